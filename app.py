@@ -1,0 +1,23 @@
+"""Serve the heygem web app and HTTP API: `python app.py [--port 8080 ...]`."""
+
+import sys
+
+from heygem.logs import configure_logging
+from heygem.settings import Settings
+
+
+def main() -> int:
+    try:
+        settings = Settings.load(argv=sys.argv[1:])
+    except ValueError as exc:
+        print(f"heygem: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    settings.log_summary()
+    from heygem.web.server import serve
+
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""The one Settings object: defaults < HEYGEM_* environment < command-line flags.
+
+Every field has a type, a default and a comment. `Settings.load(environ, argv)` builds it, so tests
+can call it with their own environment. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+log = logging.getLogger("heygem.settings")
+
+ENV_PREFIX = "HEYGEM_"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+MODELARTS_MODEL_DIR = Path("/home/mind/model")
+SECRET_FIELDS = frozenset({"api_token", "auth"})
+MASK = "***"
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "wav2lip", "preview")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- folders -------------------------------------------------------------------------------
+    data_dir: Path = PROJECT_DIR  # holds inputs/, outputs/, cache/ and the job database: one volume
+    models_dir: Path | None = None  # weights folder; None = <data_dir>/models, else /home/mind/model
+    checkpoint: Path | None = None  # generator weights; None = first of wav2lip_gan.pth, wav2lip.pth
+    detector_weights: Path | None = None  # S3FD weights; None = <models_dir>/s3fd.pth
+    input_roots: tuple[Path, ...] = ()  # extra local folders jobs may read (e.g. /obs-mount)
+
+    # --- engine --------------------------------------------------------------------------------
+    engine: str = "auto"  # auto = wav2lip when its weights exist, else preview
+    device: str = "auto"  # auto = cuda when torch sees a GPU, else cpu; or cpu, cuda, cuda:N
+    precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU; bf16 is opt-in on CPU
+    batch_size: int = 32  # faces per generator forward pass (halved on CUDA out-of-memory)
+    detect_batch_size: int = 8  # frames per face-detector pass
+    detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection
+    warmup: bool = True  # run one inference on a built-in sample at start-up before reporting ready
+    preview_watermark: bool = False  # stamp "preview" on videos made by the preview engine
+
+    # --- weights download ----------------------------------------------------------------------
+    hf_repo: str = "Non-playing-Character/Wav2Lip"  # Hugging Face repo (HF_ENDPOINT picks a mirror)
+    hf_checkpoint_file: str = "wav2lip_gan.pth"  # generator file name in that repo
+    hf_detector_file: str = "s3fd.pth"  # detector file name in that repo
+    checkpoint_url: str = ""  # plain URL for the generator; wins over the Hugging Face repo
+    detector_url: str = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"  # S3FD
+    checkpoint_sha256: str = ""  # expected SHA-256 of the generator file; empty = not checked
+    detector_sha256: str = ""  # expected SHA-256 of the detector file; empty = not checked
+
+    # --- server --------------------------------------------------------------------------------
+    host: str = "127.0.0.1"  # listen address; the container sets 0.0.0.0
+    port: int = 7860  # listen port; the container sets 8080 (ModelArts)
+    root_path: str = ""  # URL prefix when served behind a gateway
+    api_token: str = ""  # when set, the API needs "Authorization: Bearer <token>"
+    auth: str = ""  # "user:password" to require a login on the web UI
+    max_upload_mb: int = 500  # largest accepted upload or download, per file
+    max_duration_s: float = 600.0  # longest accepted audio or video
+    compat_port: int = 0  # also serve the HeyGem-compatible API on this port (8383); 0 = off
+    compat_root: Path | None = None  # shared folder of HeyGem clients; None = data_dir
+
+    # --- jobs ----------------------------------------------------------------------------------
+    queue_size: int = 100  # queued jobs accepted before submissions are refused (HTTP 429)
+    workers: int = 1  # worker threads; one per device is right for a GPU
+    max_attempts: int = 3  # a job interrupted this many times fails instead of running again
+    drain_seconds: float = 60.0  # on SIGTERM, how long the running job may take to finish
+    retention_days: float = 7.0  # delete jobs and their files older than this; 0 keeps everything
+    retention_interval_s: float = 3600.0  # how often the retention sweep runs
+
+    # --- object storage ------------------------------------------------------------------------
+    s3_endpoint: str = ""  # S3-compatible endpoint URL (OBS: https://obs.<region>.myhuaweicloud.com)
+    s3_region: str = ""  # region name passed to the S3 client
+    url_allowlist: tuple[str, ...] = ()  # https:// URL prefixes jobs may fetch; empty = none
+    presign_seconds: int = 3600  # lifetime of presigned result URLs; 0 = do not presign
+
+    # --- logging -------------------------------------------------------------------------------
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
+    log_file: Path | None = None  # also write logs to this file (stdout always gets them)
+
+    # --- derived paths -------------------------------------------------------------------------
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "heygem.db"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        if self.models_dir is not None:
+            return self.models_dir
+        local = self.data_dir / "models"
+        if not local.is_dir() and MODELARTS_MODEL_DIR.is_dir():
+            return MODELARTS_MODEL_DIR
+        return local
+
+    @property
+    def resolved_compat_root(self) -> Path:
+        return self.compat_root if self.compat_root is not None else self.data_dir
+
+    @property
+    def allowed_input_roots(self) -> tuple[Path, ...]:
+        return (self.inputs_dir, *self.input_roots)
+
+    # --- building ------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+    ) -> Settings:
+        """Build settings from the environment, then flags; raise ValueError naming a bad value."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f, raw, source=ENV_PREFIX + f.name.upper())
+        if argv:
+            values.update(_parse_flags(cls, argv))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        updated = dataclasses.replace(self, **changes)
+        updated.validate()
+        return updated
+
+    def validate(self) -> None:
+        _check_choice("device", self.device.split(":")[0], DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("engine", self.engine, ENGINES)
+        _check_choice("log_level", self.log_level.upper(), LOG_LEVELS)
+        for name in ("batch_size", "detect_batch_size", "detect_max_side", "queue_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535 or not 0 <= self.compat_port <= 65535:
+            raise ValueError("port and compat_port must be between 0 and 65535")
+        if self.auth and ":" not in self.auth:
+            raise ValueError("auth must look like user:password")
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as text, secrets masked: safe to log or to show in the UI."""
+        shown = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = MASK
+            shown[f.name] = _format(value)
+        return shown
+
+    def log_summary(self) -> None:
+        log.info("settings: %s", " ".join(f"{k}={v}" for k, v in self.describe().items()))
+
+
+def setting_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(Settings))
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _parse_flags(cls: type[Settings], argv: Sequence[str]) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="heygem", add_help=False, exit_on_error=False)
+    for f in dataclasses.fields(cls):
+        parser.add_argument(flag_name(f.name), dest=f.name, default=None)
+    parsed, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise ValueError(f"unknown option(s): {' '.join(unknown)}")
+    return {
+        f.name: _convert(f, getattr(parsed, f.name), source=flag_name(f.name))
+        for f in dataclasses.fields(cls)
+        if getattr(parsed, f.name) is not None
+    }
+
+
+def _convert(f: dataclasses.Field, raw: str, source: str) -> object:
+    kind = _base_type(f)
+    try:
+        if kind is bool:
+            return _parse_bool(raw)
+        if kind is tuple:
+            return tuple(_tuple_item(f, part.strip()) for part in raw.split(",") if part.strip())
+        if kind is Path:
+            return Path(raw).expanduser()
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{source}: cannot read {raw!r} as {kind.__name__}: {exc}") from None
+
+
+def _base_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(Settings)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = args[0]
+        origin = typing.get_origin(hint)
+    return origin or hint
+
+
+def _tuple_item(f: dataclasses.Field, text: str) -> object:
+    item_type = typing.get_args(typing.get_type_hints(Settings)[f.name])[0]
+    return Path(text) if item_type is Path else text
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _format(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+__all__ = ["Settings", "setting_fields", "env_name", "flag_name"]

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what the app needs on a Debian/Ubuntu machine: ffmpeg from apt, Python packages from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  else
+    echo "setup: please install with your package manager: $*" >&2
+  fi
+}
+
+missing=()
+for pkg in "$@" ffmpeg; do
+  tool=$pkg
+  [ "$pkg" = "espeak-ng" ] && tool=espeak-ng
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
+fi
+
+python3 -m pip install -q -r "${HEYGEM_REQUIREMENTS:-requirements.txt}"
+# face-alignment's own dependency list pulls the GUI opencv-python, which would replace the
+# headless build; its real dependencies are listed in requirements.txt instead.
+python3 -m pip install -q --no-deps face-alignment==1.5.0

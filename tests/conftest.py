@@ -1,0 +1,70 @@
+"""Shared fixtures. Everything is generated at test time: no downloads, no committed media."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from heygem.settings import Settings
+from tests import media
+
+# Torch and OpenCV each want every core; two test processes on 2 cores must not oversubscribe.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fixtures")
+
+
+@pytest.fixture(scope="session")
+def speech_wav(fixture_dir) -> Path:
+    """About 4 s of espeak-ng speech with two 0.8 s pauses."""
+    return media.make_speech(fixture_dir / "speech.wav")
+
+
+@pytest.fixture(scope="session")
+def face_video(fixture_dir) -> Path:
+    """2 s, 25 fps, 256x256 H.264 video of the astronaut's face moving slightly."""
+    return media.make_face_video(fixture_dir / "face.mp4")
+
+
+@pytest.fixture(scope="session")
+def face_image(fixture_dir) -> Path:
+    import cv2
+
+    path = fixture_dir / "face.PNG"
+    cv2.imwrite(str(path.with_suffix(".png")), media.astronaut_bgr())
+    path.with_suffix(".png").rename(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_file(fixture_dir) -> Path:
+    """Random-initialised Wav2Lip generator in the official format, keys prefixed `module.`."""
+    return media.save_random_checkpoint(fixture_dir / "wav2lip_gan.pth")
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(data_dir) -> Settings:
+    """Settings for one test: its own data folder and an empty models folder (no weights)."""
+    models = data_dir / "models"
+    models.mkdir()
+    return Settings(data_dir=data_dir, models_dir=models, warmup=False)
+
+
+@pytest.fixture
+def settings_with_weights(settings, checkpoint_file) -> Settings:
+    """Like `settings`, with the random checkpoint installed as models/wav2lip_gan.pth."""
+    shutil.copy(checkpoint_file, settings.models_dir / "wav2lip_gan.pth")
+    return settings
