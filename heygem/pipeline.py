@@ -16,11 +16,12 @@ MediaProcessError when ffmpeg fails. `stage` is one of STAGES.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Literal
 
-from heygem.settings import Settings
+from heygem.errors import InputError
+from heygem.settings import ENGINES, PRECISIONS, Settings
 
 log = logging.getLogger("heygem.pipeline")
 
@@ -30,6 +31,12 @@ ProgressCallback = Callable[[int, int, str], None]
 Blend = Literal["feather", "rect"]
 DurationPolicy = Literal["loop", "pingpong"]
 FaceChoice = Literal["largest", "nearest"]
+BLENDS = ("feather", "rect")
+DURATION_POLICIES = ("loop", "pingpong")
+FACE_CHOICES = ("largest", "nearest")
+TUPLE_OPTIONS = ("box", "pads", "face_point")
+MAX_FPS = 120.0
+MAX_LABEL_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,62 @@ class SyncOptions:
     precision: str | None = None  # None = Settings.precision
     watermark: str = ""  # visible label burnt into the corner, e.g. "AI generated"; "" = none
 
+    def __post_init__(self) -> None:
+        _check_options(self)
+
     @classmethod
     def from_dict(cls, data: dict | None) -> SyncOptions:
         """Build from JSON-like data (API, job store); raise InputError naming a bad key/value."""
-        raise NotImplementedError
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(unknown)}")
+        try:
+            for name in TUPLE_OPTIONS:
+                if data.get(name) is not None:
+                    data[name] = tuple(int(v) for v in data[name])
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"invalid options: {exc}") from None
 
     def to_dict(self) -> dict:
-        raise NotImplementedError
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
+
+
+def _check_options(options: SyncOptions) -> None:
+    for name, value, allowed in (
+        ("engine", options.engine, ENGINES),
+        ("blend", options.blend, BLENDS),
+        ("duration_policy", options.duration_policy, DURATION_POLICIES),
+        ("face_choice", options.face_choice, FACE_CHOICES),
+    ):
+        if value not in allowed:
+            raise InputError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    if options.precision is not None and options.precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}")
+    _check_quad("box", options.box, minimum=0)
+    _check_quad("pads", options.pads, minimum=0)
+    if options.box is not None and not (options.box[0] < options.box[1] and options.box[2] < options.box[3]):
+        raise InputError("box must be TOP BOTTOM LEFT RIGHT with top < bottom and left < right")
+    if options.face_choice == "nearest" and (options.face_point is None or len(options.face_point) != 2):
+        raise InputError("face_choice 'nearest' needs face_point as (x, y)")
+    if not 0 < options.fps <= MAX_FPS:
+        raise InputError(f"fps must be between 0 and {MAX_FPS:g}")
+    if options.smooth_window < 1 or (options.batch_size is not None and options.batch_size < 1):
+        raise InputError("smooth_window and batch_size must be at least 1")
+    if len(options.watermark) > MAX_LABEL_CHARS:
+        raise InputError(f"watermark text is longer than {MAX_LABEL_CHARS} characters")
+
+
+def _check_quad(name: str, value: tuple[int, ...] | None, minimum: int) -> None:
+    if value is None:
+        return
+    if len(value) != 4 or any(v < minimum for v in value):
+        raise InputError(f"{name} needs 4 whole numbers (top bottom left right), each >= {minimum}")
 
 
 @dataclass
