@@ -1,0 +1,259 @@
+"""Audio front end: decode anything ffmpeg reads to 16 kHz mono, the Wav2Lip mel, per-frame windows.
+
+The mel follows the reference recipe exactly (docs: wav2lip-reference section 1.2): pre-emphasis,
+a centred STFT with *reflect* padding, Slaney mel, dB, normalised and clipped to [-4, 4]. The
+windowing follows section 1.3 for the frames the reference produces and then keeps going with the
+final window so that the video covers the whole audio. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from heygem.errors import AudioTooShortError, InputError, MediaProcessError, UnsupportedMediaError
+
+log = logging.getLogger("heygem.audio")
+
+SAMPLE_RATE = 16000  # Hz the model's mel was trained on
+N_FFT = 800  # 50 ms analysis window -> 401 frequency bins
+HOP = 200  # 12.5 ms hop -> 80 mel frames per second
+WIN = 800  # window length equals N_FFT, so the window is not zero-padded
+N_MELS = 80
+FMIN = 55.0  # Hz
+FMAX = 7600.0  # Hz
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB = -100.0  # sets the amplitude floor (1e-5) and the normalisation range
+REF_LEVEL_DB = 20.0
+MAX_ABS = 4.0  # normalised mel lies in [-MAX_ABS, MAX_ABS]
+MEL_STEP = 16  # mel frames per model window (0.2 s)
+MEL_FPS = SAMPLE_RATE // HOP  # 80 mel frames per second
+
+AMP_FLOOR = 10.0 ** (MIN_LEVEL_DB / 20.0)
+# STFT frames processed at once: bounds memory for long audio (a 10 min clip has 48 000 frames).
+STFT_BLOCK_FRAMES = 4096
+# ffmpeg messages that mean "this file is not usable audio" rather than "ffmpeg broke".
+INPUT_PROBLEM_MARKERS = (
+    "invalid data found",
+    "could not find codec parameters",
+    "does not contain any stream",
+    "matches no streams",
+    "no such file",
+    "unknown format",
+    "end of file",
+    "invalid argument",
+    "moov atom not found",
+    "header missing",
+    "failed to read",
+)
+NO_AUDIO_MARKER = "matches no streams"
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Decode the first audio stream of any file ffmpeg reads to float32 mono at SAMPLE_RATE.
+
+    Raises UnsupportedMediaError for a missing file, a file that is not media, a file without
+    an audio stream or an empty one; MediaProcessError when ffmpeg fails for another reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UnsupportedMediaError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise UnsupportedMediaError(f"{path} is not a file")
+    raw = _run_ffmpeg_decode(path)
+    wav = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if wav.size == 0:
+        raise UnsupportedMediaError(f"{path.name}: the audio stream has no samples")
+    log.debug("decoded %s: %d samples (%.2f s)", path, wav.size, wav.size / SAMPLE_RATE)
+    return wav
+
+
+def _decode_command(path: Path) -> list[str]:
+    return [
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-i", str(path),
+        "-map", "0:a:0", "-vn", "-sn", "-dn",
+        "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(SAMPLE_RATE),
+        "-",
+    ]  # fmt: skip
+
+
+def _run_ffmpeg_decode(path: Path) -> bytes:
+    try:
+        proc = subprocess.run(_decode_command(path), capture_output=True, check=False)
+    except FileNotFoundError:
+        raise MediaProcessError("ffmpeg is not installed or not on PATH") from None
+    if proc.returncode == 0:
+        return proc.stdout
+    stderr = proc.stderr.decode("utf-8", errors="replace")
+    raise _decode_error(path, stderr)
+
+
+def _decode_error(path: Path, stderr: str) -> Exception:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lowered = stderr.lower()
+    if NO_AUDIO_MARKER in lowered:
+        return UnsupportedMediaError(f"{path.name} has no audio stream")
+    tail = _useful_tail(lines, path)
+    if any(marker in lowered for marker in INPUT_PROBLEM_MARKERS):
+        return UnsupportedMediaError(f"{path.name} is not audio or video ffmpeg can decode ({tail})")
+    return MediaProcessError(f"ffmpeg failed decoding {path.name}: {tail}")
+
+
+def _useful_tail(lines: list[str], path: Path) -> str:
+    """The last stderr line, without the path ffmpeg prefixes (the message names the file already)."""
+    if not lines:
+        return "no error output"
+    last = lines[-1]
+    prefix = f"{path}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+# --- mel spectrogram --------------------------------------------------------------------------
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+    """The reference's normalised log-mel of 16 kHz audio: shape (N_MELS, 1 + len(wav) // HOP).
+
+    Computed in float64 (as the reference is under modern librosa) and returned as float32.
+    """
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise InputError(f"audio must be one channel, got an array of shape {wav.shape}")
+    if wav.size == 0:
+        raise AudioTooShortError("audio is 0.00 s; at least 0.2 s is needed")
+    emphasized = preemphasis(wav)
+    padded = np.pad(emphasized, N_FFT // 2, mode="reflect")
+    num_frames = 1 + wav.size // HOP
+    out = np.empty((N_MELS, num_frames), dtype=np.float32)
+    for start in range(0, num_frames, STFT_BLOCK_FRAMES):
+        stop = min(start + STFT_BLOCK_FRAMES, num_frames)
+        out[:, start:stop] = _normalize(_amp_to_db(_mel_block(padded, start, stop)) - REF_LEVEL_DB)
+    if np.isnan(out).any():
+        raise InputError("the audio produced an invalid spectrogram (NaN); is it corrupt?")
+    return out
+
+
+def preemphasis(wav: np.ndarray) -> np.ndarray:
+    """y[n] = x[n] - 0.97 x[n-1] with a zero initial state, in float64."""
+    x = wav.astype(np.float64)
+    y = x.copy()
+    y[1:] -= PREEMPHASIS * x[:-1]
+    return y
+
+
+def _mel_block(padded: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Mel amplitudes of STFT frames [start, stop): frame t covers padded[HOP*t : HOP*t + N_FFT]."""
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[start * HOP : stop * HOP : HOP]
+    spectrum = np.abs(np.fft.rfft(frames * hann_window(), n=N_FFT, axis=1))
+    return mel_basis() @ spectrum.T
+
+
+def _amp_to_db(amp: np.ndarray) -> np.ndarray:
+    return 20.0 * np.log10(np.maximum(AMP_FLOOR, amp))
+
+
+def _normalize(db: np.ndarray) -> np.ndarray:
+    scaled = 2 * MAX_ABS * (db - MIN_LEVEL_DB) / (-MIN_LEVEL_DB) - MAX_ABS
+    return np.clip(scaled, -MAX_ABS, MAX_ABS)
+
+
+@lru_cache(maxsize=1)
+def hann_window() -> np.ndarray:
+    """Periodic Hann window of WIN samples (the STFT convention, not the symmetric one)."""
+    n = np.arange(WIN, dtype=np.float64)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN)
+
+
+@lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    """Slaney-scale, Slaney-normalised filterbank, (N_MELS, N_FFT // 2 + 1). Built once."""
+    import librosa  # slow to import; only needed once per process
+
+    basis = librosa.filters.mel(
+        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=False, norm="slaney",
+        dtype=np.float64,
+    )
+    basis.setflags(write=False)
+    return basis
+
+
+# --- per-frame windows ------------------------------------------------------------------------
+
+
+def frames_for_audio(num_samples: int, fps: float) -> int:
+    """Video frames needed to cover num_samples of 16 kHz audio: ceil(duration * fps)."""
+    if fps <= 0:
+        raise InputError(f"fps must be positive, got {fps}")
+    # The tolerance keeps exact multiples (2 s at 25 fps = 50) from rounding up through float error.
+    return max(0, math.ceil(num_samples * fps / SAMPLE_RATE - 1e-9))
+
+
+def reference_window_count(num_mel_frames: int, fps: float) -> int:
+    """How many windows the reference cuts: K full-stride windows plus one final window."""
+    step = MEL_FPS / fps
+    count = 0
+    while int(count * step) + MEL_STEP <= num_mel_frames:
+        count += 1
+    return count + 1
+
+
+def window_starts(num_mel_frames: int, fps: float, frames: int | None = None) -> np.ndarray:
+    """Start column of the MEL_STEP-wide mel window for each video frame.
+
+    The first windows are exactly the reference's: start int(i * (80 / fps)) while the window
+    fits, then the last MEL_STEP columns once. Extra frames (to cover the audio to its end, or
+    up to `frames`) reuse that final window; `frames` below the reference count truncates.
+    """
+    if fps <= 0:
+        raise InputError(f"fps must be positive, got {fps}")
+    if num_mel_frames < MEL_STEP:
+        seconds = max(0, num_mel_frames - 1) * HOP / SAMPLE_RATE
+        raise AudioTooShortError(f"audio is {seconds:.2f} s; at least 0.2 s is needed")
+    ref_count = reference_window_count(num_mel_frames, fps)
+    total = ref_count if frames is None else frames
+    step = MEL_FPS / fps  # the reference multiplies by this float, so do the same for parity
+    starts = np.full(total, num_mel_frames - MEL_STEP, dtype=np.int64)
+    full = min(ref_count - 1, total)
+    starts[:full] = [int(i * step) for i in range(full)]
+    return starts
+
+
+def mel_chunks(mel: np.ndarray, fps: float, frames: int | None = None) -> np.ndarray:
+    """Cut the mel into one (N_MELS, MEL_STEP) window per video frame: (frames, 80, 16) float32.
+
+    frames=None covers the span the mel describes, ceil(T_mel * fps / 80) frames (never fewer than
+    the reference's count); pass frames_for_audio(len(wav), fps) for the exact audio duration.
+    """
+    if mel.ndim != 2 or mel.shape[0] != N_MELS:
+        raise InputError(f"expected a ({N_MELS}, T) mel spectrogram, got shape {mel.shape}")
+    num_mel_frames = mel.shape[1]
+    if frames is None and num_mel_frames >= MEL_STEP:
+        frames = max(
+            reference_window_count(num_mel_frames, fps),
+            math.ceil(num_mel_frames * fps / MEL_FPS - 1e-9),
+        )
+    starts = window_starts(num_mel_frames, fps, frames)
+    columns = starts[:, None] + np.arange(MEL_STEP)[None, :]
+    return np.ascontiguousarray(mel[:, columns].transpose(1, 0, 2), dtype=np.float32)
+
+
+def audio_windows(wav: np.ndarray, fps: float) -> np.ndarray:
+    """Mel windows for every video frame of the audio's full duration: (ceil(dur*fps), 80, 16)."""
+    return mel_chunks(melspectrogram(wav), fps, frames_for_audio(len(wav), fps))
+
+
+__all__ = [
+    "SAMPLE_RATE", "N_FFT", "HOP", "WIN", "N_MELS", "FMIN", "FMAX", "PREEMPHASIS",
+    "MIN_LEVEL_DB", "REF_LEVEL_DB", "MAX_ABS", "MEL_STEP", "MEL_FPS",
+    "load_audio", "melspectrogram", "preemphasis", "mel_basis", "hann_window",
+    "frames_for_audio", "reference_window_count", "window_starts", "mel_chunks", "audio_windows",
+]  # fmt: skip
