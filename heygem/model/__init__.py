@@ -1,0 +1,27 @@
+"""The Wav2Lip generator and its weights: network, checkpoint loading, downloading.
+
+Attributes load lazily so that `heygem.model.download` (weights status, fetching) works without
+importing torch; `Wav2Lip` and `load_checkpoint` import it on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__all__ = ["Wav2Lip", "load_checkpoint"]
+
+if TYPE_CHECKING:
+    from heygem.model.checkpoint import load_checkpoint
+    from heygem.model.wav2lip import Wav2Lip
+
+
+def __getattr__(name: str):
+    if name == "Wav2Lip":
+        from heygem.model.wav2lip import Wav2Lip
+
+        return Wav2Lip
+    if name == "load_checkpoint":
+        from heygem.model.checkpoint import load_checkpoint
+
+        return load_checkpoint
+    raise AttributeError(f"module 'heygem.model' has no attribute {name!r}")
