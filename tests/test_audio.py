@@ -54,7 +54,8 @@ def slaney_filterbank(sr: int = 16000, n_fft: int = 800, n_mels: int = 80,
 
     def hz_to_mel(f):
         f = np.asarray(f, dtype=np.float64)
-        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-9) / min_log_hz) / logstep, f / f_sp)
+        log_part = min_log_mel + np.log(np.maximum(f, 1e-9) / min_log_hz) / logstep
+        return np.where(f >= min_log_hz, log_part, f / f_sp)
 
     def mel_to_hz(m):
         return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
