@@ -1,0 +1,266 @@
+"""Interface text in English and Simplified Chinese.
+
+The page's static labels are translated in the browser by Gradio (gr.I18n built from TRANSLATIONS
+in ui.py). Text made at run time (progress, status, error titles) goes through `t`, in the language
+`pick_language` reads from the request's Accept-Language header. Plain data: no gradio import.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("heygem.web.i18n")
+
+DEFAULT_LANGUAGE = "en"
+CHINESE = "zh-CN"
+
+EN: dict[str, str] = {
+    # page
+    "title": "# heygem\nSpeech audio + a face video or photo in, a lip-synced video out.",
+    "banner_starting": "⏳ Starting up…",
+    "banner_loading": "⏳ **The model is loading** ({reason}). You can submit jobs now; they start as soon as it is ready.",
+    "tab_single": "Single",
+    "tab_batch": "Batch",
+    "tab_history": "History",
+    "tab_system": "System",
+    "refresh": "Refresh",
+    "download": "Download",
+    # options
+    "options": "Options",
+    "engine": "Engine",
+    "engine_info": "auto uses the neural model when its weights are installed, else the preview engine",
+    "blend": "Blend",
+    "blend_info": "feather: soft edge around the mouth; rect: paste the whole face box",
+    "duration_policy": "When the audio is longer than the video",
+    "duration_info": "loop: start the video again; pingpong: play it backwards and forwards",
+    "pad_top": "Pad top (px)",
+    "pad_bottom": "Pad bottom (px)",
+    "pad_left": "Pad left (px)",
+    "pad_right": "Pad right (px)",
+    "smooth": "Smooth the face box",
+    "smooth_info": "average the box over a few frames to stop jitter",
+    "face_choice": "Which face",
+    "face_choice_info": "largest, or the one nearest to a point (click it in the face check picture)",
+    "face_x": "Point x",
+    "face_y": "Point y",
+    "watermark": "Watermark",
+    "watermark_hint": "e.g. AI generated (empty = none)",
+    # single
+    "audio": "Speech audio (upload or record)",
+    "face": "Face video or photo",
+    "check_face": "Check face",
+    "generate": "Generate",
+    "face_preview": "Face check (first frame)",
+    "face_found": "Face found: {w}×{h} px at x={x}, y={y}.",
+    "face_none": "No face found in the first frame. Try another video, or set the face point.",
+    "result": "Result",
+    "done_summary": "Done: job `{id}`, engine **{engine}**, {seconds} s, frames without a face: {noface}.",
+    "progress_queued": "Waiting in the queue ({ahead} queued)",
+    "what_audio": "audio",
+    "what_face": "face video or photo",
+    # batch
+    "batch_help": "Give **one audio and many videos**, **as many audios as videos** (paired in order), or a **JSONL manifest** (one `{\"audio\": ..., \"video\": ..., \"output_name\": ...}` per line; names of files uploaded here may be used).",
+    "batch_audio": "Audio file(s)",
+    "batch_videos": "Face videos or photos",
+    "batch_manifest": "Manifest (JSONL, optional)",
+    "batch_run": "Run batch",
+    "batch_table": "Items",
+    "batch_gallery": "Results",
+    "batch_zip": "Download all as ZIP",
+    "batch_retry": "Retry failed",
+    "batch_zip_file": "ZIP",
+    "batch_summary": "Batch `{id}`: {done} of {total} done, {failed} failed.",
+    "col_item": "#",
+    "col_video": "Video",
+    "col_status": "Status",
+    "col_progress": "Progress",
+    "col_stage": "Stage",
+    "col_error": "Error",
+    "err_no_batch": "Run a batch first.",
+    # history
+    "history_prev": "◀ Newer",
+    "history_next": "Older ▶",
+    "history_page": "Page {page} of {pages} ({total} jobs)",
+    "history_gallery": "Past jobs (newest first)",
+    "history_preview": "Preview",
+    "history_delete": "Delete selected",
+    "history_delete_all": "Delete all…",
+    "history_confirm": "Delete **every** job and its files? This cannot be undone.",
+    "history_confirm_yes": "Yes, delete all",
+    "history_confirm_no": "Cancel",
+    "history_details": "**Job** `{id}`  \n**Status**: {status}  \n**Created**: {created}  \n**Engine**: {engine}  \n**Error**: {error}",
+    "history_deleted_all": "{count} jobs deleted.",
+    "err_no_selection": "Select a job in the list first.",
+    # system
+    "system_engine": "Engine and weights",
+    "system_loading": "The engine is still loading: {reason}",
+    "system_preview_notice": "⚠️ The **preview** engine is running: the neural lip-sync weights are not installed, so mouths are only approximated. Fetch them with `python -m heygem models download` (or place `wav2lip_gan.pth` and `s3fd.pth` in the models folder) and restart.",
+    "system_queue": "Service",
+    "system_ready": "Ready ({reason})",
+    "system_not_ready": "Not ready: {reason}",
+    "system_queue_depth": "Jobs waiting: {count}",
+    "system_jobs_total": "Jobs in history: {count}",
+    "system_log": "Service log (latest lines)",
+    "system_settings": "Settings (secrets hidden)",
+    # statuses and stages
+    "status_queued": "queued",
+    "status_running": "running",
+    "status_succeeded": "succeeded",
+    "status_failed": "failed",
+    "status_cancelled": "cancelled",
+    "stage_probe": "Checking the files",
+    "stage_audio": "Reading the audio",
+    "stage_detect": "Finding the face",
+    "stage_synthesize": "Synthesizing the lips",
+    "stage_encode": "Encoding the video",
+    "stage_done": "Done",
+    # errors
+    "title_bad_input": "Please check your input",
+    "title_too_large": "Too large or too long",
+    "title_busy": "The queue is full",
+    "title_stopping": "The server is shutting down",
+    "title_failed": "The job failed",
+    "err_internal": "Something went wrong on the server. The details are in the service log.",
+    "err_need_face": "Please add a face video or photo first.",
+    "err_need_audio": "Please add the speech audio first.",
+}
+
+ZH: dict[str, str] = {
+    "title": "# heygem\n输入语音和一段人脸视频或照片，生成口型同步的视频。",
+    "banner_starting": "⏳ 正在启动……",
+    "banner_loading": "⏳ **模型正在加载**（{reason}）。现在即可提交任务，模型就绪后会自动开始。",
+    "tab_single": "单个任务",
+    "tab_batch": "批量任务",
+    "tab_history": "历史记录",
+    "tab_system": "系统",
+    "refresh": "刷新",
+    "download": "下载",
+    "options": "选项",
+    "engine": "引擎",
+    "engine_info": "auto：已安装神经网络权重时使用模型，否则使用预览引擎",
+    "blend": "融合方式",
+    "blend_info": "feather：嘴部周围柔和过渡；rect：整块粘贴人脸框",
+    "duration_policy": "音频比视频长时",
+    "duration_info": "loop：从头循环播放视频；pingpong：正放倒放交替",
+    "pad_top": "上边距（像素）",
+    "pad_bottom": "下边距（像素）",
+    "pad_left": "左边距（像素）",
+    "pad_right": "右边距（像素）",
+    "smooth": "平滑人脸框",
+    "smooth_info": "在相邻几帧之间平均人脸框，减少抖动",
+    "face_choice": "选择哪张脸",
+    "face_choice_info": "最大的脸，或离某点最近的脸（在人脸检查图上点击）",
+    "face_x": "点 x",
+    "face_y": "点 y",
+    "watermark": "水印",
+    "watermark_hint": "例如：AI 生成（留空表示不加）",
+    "audio": "语音音频（上传或录音）",
+    "face": "人脸视频或照片",
+    "check_face": "检查人脸",
+    "generate": "生成",
+    "face_preview": "人脸检查（第一帧）",
+    "face_found": "已找到人脸：{w}×{h} 像素，位置 x={x}，y={y}。",
+    "face_none": "第一帧中没有找到人脸。请换一个视频，或指定人脸位置。",
+    "result": "结果",
+    "done_summary": "完成：任务 `{id}`，引擎 **{engine}**，用时 {seconds} 秒，无人脸帧数：{noface}。",
+    "progress_queued": "排队中（队列中有 {ahead} 个任务）",
+    "what_audio": "音频",
+    "what_face": "人脸视频或照片",
+    "batch_help": "可以提供**一个音频和多个视频**、**数量相同的音频和视频**（按顺序配对），或一个 **JSONL 清单**（每行一个 `{\"audio\": ..., \"video\": ..., \"output_name\": ...}`，可直接使用在此上传的文件名）。",
+    "batch_audio": "音频文件",
+    "batch_videos": "人脸视频或照片",
+    "batch_manifest": "清单（JSONL，可选）",
+    "batch_run": "开始批量生成",
+    "batch_table": "任务列表",
+    "batch_gallery": "生成结果",
+    "batch_zip": "全部下载（ZIP）",
+    "batch_retry": "重试失败的任务",
+    "batch_zip_file": "ZIP 文件",
+    "batch_summary": "批次 `{id}`：共 {total} 个，已完成 {done} 个，失败 {failed} 个。",
+    "col_item": "序号",
+    "col_video": "视频",
+    "col_status": "状态",
+    "col_progress": "进度",
+    "col_stage": "阶段",
+    "col_error": "错误",
+    "err_no_batch": "请先运行一个批次。",
+    "history_prev": "◀ 较新",
+    "history_next": "较旧 ▶",
+    "history_page": "第 {page} / {pages} 页（共 {total} 个任务）",
+    "history_gallery": "历史任务（最新在前）",
+    "history_preview": "预览",
+    "history_delete": "删除所选",
+    "history_delete_all": "全部删除……",
+    "history_confirm": "确定删除**所有**任务及其文件吗？此操作无法撤销。",
+    "history_confirm_yes": "确定，全部删除",
+    "history_confirm_no": "取消",
+    "history_details": "**任务** `{id}`  \n**状态**：{status}  \n**创建时间**：{created}  \n**引擎**：{engine}  \n**错误**：{error}",
+    "history_deleted_all": "已删除 {count} 个任务。",
+    "err_no_selection": "请先在列表中选择一个任务。",
+    "system_engine": "引擎与权重",
+    "system_loading": "引擎仍在加载：{reason}",
+    "system_preview_notice": "⚠️ 当前运行的是**预览**引擎：未安装神经网络口型权重，口型只是近似效果。请运行 `python -m heygem models download` 下载权重（或将 `wav2lip_gan.pth` 和 `s3fd.pth` 放入 models 目录），然后重启。",
+    "system_queue": "服务状态",
+    "system_ready": "已就绪（{reason}）",
+    "system_not_ready": "未就绪：{reason}",
+    "system_queue_depth": "等待中的任务：{count}",
+    "system_jobs_total": "历史任务数：{count}",
+    "system_log": "服务日志（最新）",
+    "system_settings": "配置（已隐藏密钥）",
+    "status_queued": "排队中",
+    "status_running": "运行中",
+    "status_succeeded": "成功",
+    "status_failed": "失败",
+    "status_cancelled": "已取消",
+    "stage_probe": "检查文件",
+    "stage_audio": "读取音频",
+    "stage_detect": "检测人脸",
+    "stage_synthesize": "合成口型",
+    "stage_encode": "编码视频",
+    "stage_done": "完成",
+    "title_bad_input": "请检查输入",
+    "title_too_large": "文件过大或过长",
+    "title_busy": "队列已满",
+    "title_stopping": "服务正在关闭",
+    "title_failed": "任务失败",
+    "err_internal": "服务器出现错误，详情请查看服务日志。",
+    "err_need_face": "请先添加人脸视频或照片。",
+    "err_need_audio": "请先添加语音音频。",
+}
+
+# Browsers report Chinese as zh-CN, zh-Hans, zh...: register the plain language code too.
+TRANSLATIONS: dict[str, dict[str, str]] = {"en": EN, CHINESE: ZH, "zh": ZH}
+_BY_LANGUAGE = {DEFAULT_LANGUAGE: EN, CHINESE: ZH}
+
+
+def pick_language(accept_language: str) -> str:
+    """The best of our languages for an Accept-Language header (highest q first)."""
+    ranked = []
+    for position, part in enumerate(accept_language.split(",")):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        ranked.append((-quality, position, tag.strip().lower()))
+    for _, _, tag in sorted(ranked):
+        if tag.startswith("zh"):
+            return CHINESE
+        if tag.startswith("en"):
+            return DEFAULT_LANGUAGE
+    return DEFAULT_LANGUAGE
+
+
+def t(key: str, language: str = DEFAULT_LANGUAGE, default: str | None = None, **values: object) -> str:
+    """Text for `key` in `language` (English when missing), with {placeholders} filled in."""
+    table = _BY_LANGUAGE.get(language, EN)
+    text = table.get(key, EN.get(key))
+    if text is None:
+        return default if default is not None else key
+    try:
+        return text.format(**values) if values else text
+    except (KeyError, IndexError):
+        log.warning("translation %r is missing a value", key)
+        return text

@@ -1,0 +1,53 @@
+"""Small media helpers for the web layer: a duration check at upload time, and thumbnails."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+from heygem import video
+from heygem.errors import LimitExceededError, MediaProcessError
+
+log = logging.getLogger("heygem.web.media")
+
+THUMB_TIMEOUT_S = 30.0
+THUMB_WIDTH = 320
+THUMB_AT_S = 0.5  # a frame a little in, past any fade-in
+STDERR_TAIL = 300
+
+
+def check_duration(path: Path, max_duration_s: float, label: str, *, require_video: bool) -> float:
+    """Refuse a file longer than the configured limit before any job is created."""
+    seconds = video.probe(path, require_video=require_video, verify=False).duration_s
+    if seconds > max_duration_s:
+        raise LimitExceededError(
+            f"{label} is {seconds:.0f} s long; the limit is {max_duration_s:.0f} s"
+        )
+    return seconds
+
+
+def thumbnail_path(clip: Path) -> Path:
+    """Thumbnails live next to the output they show, so deleting a job's folder removes them."""
+    return clip.with_name(clip.stem + ".thumb.jpg")
+
+
+def make_thumbnail(clip: Path) -> Path:
+    """Extract one frame of `clip` as a small JPEG beside it (cached); MediaProcessError on failure."""
+    target = thumbnail_path(clip)
+    if target.exists() and target.stat().st_mtime >= clip.stat().st_mtime:
+        return target
+    partial = target.with_name(target.stem + ".partial.jpg")
+    argv = [
+        "ffmpeg", "-y", "-loglevel", "error", "-ss", str(THUMB_AT_S), "-i", str(clip),
+        "-frames:v", "1", "-vf", f"scale={THUMB_WIDTH}:-2", str(partial),
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
+    if result.returncode != 0 or not partial.exists():
+        # Videos shorter than THUMB_AT_S: take the first frame instead.
+        argv[argv.index("-ss") + 1] = "0"
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
+    if result.returncode != 0 or not partial.exists():
+        raise MediaProcessError(f"thumbnail of {clip.name} failed: {result.stderr[-STDERR_TAIL:]}")
+    partial.replace(target)
+    return target

@@ -1,0 +1,145 @@
+"""Prometheus metrics for /metrics, read from the job store at scrape time.
+
+Each app gets its own CollectorRegistry (tests build several apps in one process). Counts come from
+the store, so jobs run through the UI, the API or another process sharing the database all show up.
+Durations and frame rates are observed at scrape time for jobs that finished since the last scrape
+(and after this process started), so a restart does not count old jobs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Iterable
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from heygem.errors import HeygemError
+
+log = logging.getLogger("heygem.web.metrics")
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+RECENT_SCAN = 200  # newest jobs examined per scrape for newly finished ones
+SEEN_MEMORY = 2000  # finished job ids remembered so none is observed twice
+STATUS_PAGE = 500  # page size when counting jobs by status without a store query for it
+
+
+class _StoreCollector(Collector):
+    """Gauges computed from the store on every scrape."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("heygem_jobs", "Jobs in the store by status", labels=["status"])
+        for status, count in status_counts(self.service).items():
+            jobs.add_metric([status], count)
+        yield jobs
+        depth = GaugeMetricFamily("heygem_queue_depth", "Jobs waiting for a worker")
+        depth.add_metric([], self.service.queue_depth())
+        yield depth
+        ready, _ = self.service.readiness()
+        ready_gauge = GaugeMetricFamily("heygem_ready", "1 when the engine is loaded and warmed up")
+        ready_gauge.add_metric([], 1.0 if ready else 0.0)
+        yield ready_gauge
+        yield from _gpu_memory()
+
+
+def status_counts(service: Any) -> dict[str, int]:
+    """Jobs per status: the service's own query when it has one, else one pass over the store."""
+    counter = getattr(service, "count_by_status", None)
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    if counter is not None:
+        counts.update({str(k): int(v) for k, v in counter().items()})
+        return counts
+    offset = 0
+    while True:
+        page = service.list_jobs(limit=STATUS_PAGE, offset=offset)
+        for job in page:
+            counts[str(job.status)] = counts.get(str(job.status), 0) + 1
+        if len(page) < STATUS_PAGE:
+            return counts
+        offset += STATUS_PAGE
+
+
+def _gpu_memory() -> Iterable[GaugeMetricFamily]:
+    # torch is heavy: only look at it when the engine already imported it.
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return
+    family = GaugeMetricFamily(
+        "heygem_gpu_memory_bytes", "CUDA memory held by this process", labels=["device", "kind"]
+    )
+    for index in range(torch.cuda.device_count()):
+        device = f"cuda:{index}"
+        family.add_metric([device, "allocated"], torch.cuda.memory_allocated(index))
+        family.add_metric([device, "reserved"], torch.cuda.memory_reserved(index))
+    yield family
+
+
+class Metrics:
+    """The registry behind /metrics for one app."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.started_at = time.time()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.duration = Histogram(
+            "heygem_job_duration_seconds", "Wall time of finished job runs",
+            labelnames=["status"], buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+        self.fps = Gauge(
+            "heygem_frames_per_second", "Output frames per second of the last finished job",
+            registry=self.registry,
+        )
+        self.registry.register(_StoreCollector(service))
+
+    def render(self) -> bytes:
+        self.observe_finished()
+        return generate_latest(self.registry)
+
+    def observe_finished(self) -> None:
+        """Fold jobs that finished since the last scrape into the histogram and the fps gauge."""
+        with self._lock:
+            fresh = [job for job in self.service.list_jobs(limit=RECENT_SCAN, offset=0)
+                     if self._is_new_finish(job)]
+            for job in sorted(fresh, key=lambda j: j.finished_at):
+                self._observe(job)
+
+    def _is_new_finish(self, job: Any) -> bool:
+        return (
+            job.terminal and job.id not in self._seen
+            and job.finished_at is not None and job.finished_at >= self.started_at
+        )
+
+    def _observe(self, job: Any) -> None:
+        self._seen[job.id] = None
+        while len(self._seen) > SEEN_MEMORY:
+            self._seen.popitem(last=False)
+        seconds = job.seconds
+        if seconds is None:
+            return
+        self.duration.labels(status=str(job.status)).observe(seconds)
+        frames = _output_frames(job)
+        if frames and seconds > 0:
+            self.fps.set(frames / seconds)
+
+
+def _output_frames(job: Any) -> int:
+    if job.output_path is None or not job.output_path.exists():
+        return 0
+    from heygem import video
+
+    try:
+        return video.probe(job.output_path, verify=False).frame_count
+    except HeygemError as exc:
+        log.warning("job %s: cannot count output frames: %s", job.id, exc)
+        return 0

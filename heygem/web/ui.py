@@ -1,0 +1,606 @@
+"""The Gradio Blocks page: Single, Batch, History and System tabs. The only module importing gradio.
+
+A thin adapter over JobService: handlers copy uploads into the inputs folder, submit jobs and poll
+them; they never run the model. Static text is translated in the browser (gr.I18n); text made at
+run time (progress, status, errors) uses the language of the request's Accept-Language header.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI
+
+from heygem.errors import HeygemError, InputError, LimitExceededError, QueueFullError, ShuttingDownError
+from heygem.settings import Settings
+from heygem.web import batching, i18n, media
+from heygem.web.uploads import free_path, safe_name
+
+log = logging.getLogger("heygem.web.ui")
+
+POLL_S = 0.5  # how often a waiting Generate call looks at its job
+BATCH_REFRESH_S = 1.5
+BANNER_REFRESH_S = 2.0
+SYSTEM_REFRESH_S = 5.0
+UI_CONCURRENCY = 8  # handlers mostly wait on JobService; its own queue does the real limiting
+HISTORY_PAGE = 12
+LOG_LINES = 60
+BOX_COLOUR = (0, 255, 0)
+BOX_THICKNESS_FRACTION = 0.006
+PLACEHOLDER_SIDE = 160
+PLACEHOLDER_GREY = 90
+AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm"]
+FACE_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
+MANIFEST_TYPES = [".jsonl", ".json", ".txt"]
+ENGINES = ["auto", "wav2lip", "preview"]
+BLENDS = ["feather", "rect"]
+DURATION_POLICIES = ["loop", "pingpong"]
+FACE_CHOICES = ["largest", "nearest"]
+CSS = """
+#heygem-banner {border-radius: 8px; padding: 0 12px; background: var(--color-accent-soft);}
+footer {display: none !important;}
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def language(request: gr.Request | None) -> str:
+    header = request.headers.get("accept-language", "") if request is not None else ""
+    return i18n.pick_language(header)
+
+
+def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, gr.Request):
+            return value
+    return None
+
+
+def user_errors(fn: Callable) -> Callable:
+    """heygem errors become a readable gr.Error; anything else is logged and shown generically."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except HeygemError as exc:
+            lang = language(_request_in(args, kwargs))
+            message = " ".join(str(exc).split())
+            raise gr.Error(message, title=i18n.t(_error_title(exc), lang), print_exception=False) from None
+        except Exception:
+            log.exception("web UI handler %s failed", fn.__name__)
+            lang = language(_request_in(args, kwargs))
+            raise gr.Error(i18n.t("err_internal", lang), print_exception=False) from None
+
+    return wrapper
+
+
+def _error_title(exc: HeygemError) -> str:
+    if isinstance(exc, LimitExceededError):
+        return "title_too_large"
+    if isinstance(exc, InputError):
+        return "title_bad_input"
+    if isinstance(exc, QueueFullError):
+        return "title_busy"
+    if isinstance(exc, ShuttingDownError):
+        return "title_stopping"
+    return "title_failed"
+
+
+def stage_upload(settings: Settings, folder: Path, path: str | None, what: str, *,
+                 require_video: bool | None) -> Path:
+    """Copy a Gradio upload into `folder` under the inputs folder (where jobs may read), under its
+    own name, after the size and duration checks (require_video None: no media check)."""
+    if not path:
+        raise InputError(f"please add the {what}")
+    source = Path(path)
+    if source.stat().st_size > settings.max_upload_mb * (1 << 20):
+        raise LimitExceededError(f"{source.name} is larger than the {settings.max_upload_mb} MB limit")
+    if require_video is not None:
+        media.check_duration(source, settings.max_duration_s, source.name, require_video=require_video)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = free_path(folder, safe_name(source.name, fallback="upload"))
+    try:
+        os.link(source, target)  # same volume: no copy of a large video
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+def new_folder(settings: Settings) -> Path:
+    return settings.inputs_dir / uuid.uuid4().hex
+
+
+def build_options(
+    engine: str, pad_top: float, pad_bottom: float, pad_left: float, pad_right: float,
+    smooth: bool, blend: str, duration_policy: str, face_choice: str,
+    face_x: float | None, face_y: float | None, watermark: str,
+) -> dict:
+    """SyncOptions fields from the options panel; the job layer validates them."""
+    options: dict[str, Any] = {
+        "engine": engine, "smooth": bool(smooth), "blend": blend,
+        "duration_policy": duration_policy, "face_choice": face_choice,
+        "pads": [int(pad_top or 0), int(pad_bottom or 0), int(pad_left or 0), int(pad_right or 0)],
+        "watermark": (watermark or "").strip(),
+    }
+    if face_choice == "nearest":
+        if face_x is None or face_y is None:
+            raise InputError("choose the face: click on it in the face check picture, or enter x and y")
+        options["face_point"] = [int(face_x), int(face_y)]
+    return options
+
+
+def draw_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The face box (top, bottom, left, right) drawn as a green frame on a copy of the RGB image."""
+    out = np.ascontiguousarray(image).copy()
+    if box is None:
+        return out
+    height, width = out.shape[:2]
+    top, bottom, left, right = (int(v) for v in box)
+    top, bottom = max(0, top), min(height, bottom)
+    left, right = max(0, left), min(width, right)
+    edge = max(2, int(max(height, width) * BOX_THICKNESS_FRACTION))
+    out[top:top + edge, left:right] = BOX_COLOUR
+    out[max(top, bottom - edge):bottom, left:right] = BOX_COLOUR
+    out[top:bottom, left:left + edge] = BOX_COLOUR
+    out[top:bottom, max(left, right - edge):right] = BOX_COLOUR
+    return out
+
+
+def placeholder(status: str) -> np.ndarray:
+    """Grey tile for jobs without a picture (queued, failed); the caption names the status."""
+    shade = PLACEHOLDER_GREY if status != "failed" else PLACEHOLDER_GREY + 40
+    return np.full((PLACEHOLDER_SIDE, PLACEHOLDER_SIDE, 3), shade, dtype=np.uint8)
+
+
+def thumbnail_for(job: Any) -> Any:
+    if str(job.status) == "succeeded" and job.output_path is not None and job.output_path.exists():
+        try:
+            return str(media.make_thumbnail(job.output_path))
+        except HeygemError as exc:
+            log.warning("job %s: %s", job.id, exc)
+    return placeholder(str(job.status))
+
+
+def when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else ""
+
+
+def result_file(job: Any) -> str | None:
+    if str(job.status) == "succeeded" and job.output_path is not None and job.output_path.exists():
+        return str(job.output_path)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# handlers
+
+
+class Handlers:
+    """Everything the page does, as plain methods over the settings and the job service."""
+
+    def __init__(self, settings: Settings, service: Any, log_lines: Callable[[int], list[str]]) -> None:
+        self.settings = settings
+        self.service = service
+        self.log_lines = log_lines
+
+    # --- banner and system ----------------------------------------------------------------------
+    def banner(self, request: gr.Request) -> dict:
+        lang = language(request)
+        ready, reason = self.service.readiness()
+        if ready:
+            return gr.update(value="", visible=False)
+        return gr.update(value=i18n.t("banner_loading", lang, reason=reason), visible=True)
+
+    def system(self, request: gr.Request) -> tuple[str, str]:
+        lang = language(request)
+        ready, reason = self.service.readiness()
+        status = self.service.engine_status()
+        lines = [f"### {i18n.t('system_engine', lang)}"]
+        if status is None:
+            lines.append(i18n.t("system_loading", lang, reason=reason))
+        else:
+            for key in ("engine", "reason", "checkpoint", "detector", "device", "device_name"):
+                lines.append(f"- **{key}**: {getattr(status, key) or '-'}")
+            if status.engine == "preview":
+                lines.append("\n> " + i18n.t("system_preview_notice", lang))
+        lines.append(f"\n### {i18n.t('system_queue', lang)}")
+        state = i18n.t("system_ready" if ready else "system_not_ready", lang, reason=reason)
+        lines.append(f"- {state}")
+        lines.append(f"- {i18n.t('system_queue_depth', lang, count=self.service.queue_depth())}")
+        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs())}")
+        return "\n".join(lines), "\n".join(self.log_lines(LOG_LINES))
+
+    # --- single ---------------------------------------------------------------------------------
+    @user_errors
+    def check_face(self, face: str | None, request: gr.Request) -> tuple[np.ndarray, str]:
+        from heygem import pipeline
+
+        lang = language(request)
+        if not face:
+            raise InputError(i18n.t("err_need_face", lang))
+        media.check_duration(Path(face), self.settings.max_duration_s, "the video", require_video=True)
+        image, box = pipeline.preview_face(self.settings, Path(face))
+        if box is None:
+            return draw_box(image, None), i18n.t("face_none", lang)
+        top, bottom, left, right = (int(v) for v in box)
+        return draw_box(image, box), i18n.t("face_found", lang, w=right - left, h=bottom - top,
+                                            x=left, y=top)
+
+    def pick_point(self, evt: gr.SelectData) -> tuple[str, int, int]:
+        x, y = evt.index[0], evt.index[1]
+        return "nearest", int(x), int(y)
+
+    @user_errors
+    def generate(self, audio: str | None, face: str | None, *values: Any) -> tuple:
+        *option_values, request, progress = values
+        lang = language(request)
+        options = build_options(*option_values)
+        if not audio:
+            raise InputError(i18n.t("err_need_audio", lang))
+        if not face:
+            raise InputError(i18n.t("err_need_face", lang))
+        folder = new_folder(self.settings)
+        audio_path = stage_upload(self.settings, folder, audio, i18n.t("what_audio", lang),
+                                  require_video=False)
+        face_path = stage_upload(self.settings, folder, face, i18n.t("what_face", lang),
+                                 require_video=True)
+        job = self.service.submit(str(audio_path), str(face_path), options)
+        log.info("job %s submitted from the web UI", job.id)
+        job = self._wait(job, progress, lang)
+        if str(job.status) != "succeeded":
+            reason = job.error or i18n.t(f"status_{job.status}", lang)
+            raise gr.Error(reason, title=i18n.t("title_failed", lang), print_exception=False)
+        summary = i18n.t("done_summary", lang, id=job.id, engine=job.engine or "-",
+                         seconds=f"{job.seconds or 0:.1f}", noface=job.frames_without_face or 0)
+        return str(job.output_path), str(job.output_path), summary
+
+    def _wait(self, job: Any, progress: gr.Progress, lang: str) -> Any:
+        while not job.terminal:
+            if str(job.status) == "queued":
+                progress(0.0, desc=i18n.t("progress_queued", lang, ahead=self.service.queue_depth()))
+            else:
+                stage = i18n.t(f"stage_{job.stage}", lang, default=job.stage or "")
+                progress(float(job.progress), desc=stage)
+            time.sleep(POLL_S)
+            job = self.service.get(job.id)
+        return job
+
+    # --- batch ----------------------------------------------------------------------------------
+    @user_errors
+    def submit_batch(
+        self, audios: list[str] | None, videos: list[str] | None, manifest: str | None, *values: Any
+    ) -> tuple:
+        *option_values, request = values
+        lang = language(request)
+        options = build_options(*option_values)
+        folder = new_folder(self.settings)
+        audio_paths = self._stage_many(folder, audios, i18n.t("what_audio", lang), False)
+        video_paths = self._stage_many(folder, videos, i18n.t("what_face", lang), True)
+        if manifest:
+            staged = stage_upload(self.settings, folder, manifest, "manifest", require_video=None)
+            items = batching.manifest_items(staged, self.settings)
+        else:
+            items = batching.pair_uploads(audio_paths, video_paths)
+        batch = self.service.submit_batch(items, options)
+        log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
+        return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
+
+    def _stage_many(self, folder: Path, paths: list[str] | None, what: str, video: bool) -> list[Path]:
+        return [stage_upload(self.settings, folder, p, what, require_video=video) for p in paths or []]
+
+    @user_errors
+    def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
+        lang = language(request)
+        if not batch_id:
+            return (*self._empty_batch(lang), gr.Timer(active=False))
+        batch = self.service.get_batch(batch_id)
+        return (*self._batch_view(batch, lang), gr.Timer(active=not batch.finished))
+
+    def _empty_batch(self, lang: str) -> tuple:
+        return pd.DataFrame(columns=self._batch_columns(lang)), [], ""
+
+    def _batch_columns(self, lang: str) -> list[str]:
+        return [i18n.t(key, lang) for key in
+                ("col_item", "col_video", "col_status", "col_progress", "col_stage", "col_error")]
+
+    def _batch_view(self, batch: Any, lang: str) -> tuple[pd.DataFrame, list, str]:
+        rows = [
+            [(item.item_index or 0) + 1, Path(item.video).name, i18n.t(f"status_{item.status}", lang),
+             f"{item.progress * 100:.0f}%", i18n.t(f"stage_{item.stage}", lang, default=item.stage),
+             item.error or ""]
+            for item in batch.items
+        ]
+        gallery = [(thumbnail_for(item), item.result_name) for item in batch.succeeded]
+        summary = i18n.t("batch_summary", lang, id=batch.id, done=len(batch.succeeded),
+                         failed=len(batch.failed), total=len(batch.items))
+        return pd.DataFrame(rows, columns=self._batch_columns(lang)), gallery, summary
+
+    @user_errors
+    def batch_zip(self, batch_id: str | None, request: gr.Request) -> str:
+        if not batch_id:
+            raise InputError(i18n.t("err_no_batch", language(request)))
+        return str(self.service.batch_zip(batch_id))
+
+    @user_errors
+    def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
+        lang = language(request)
+        if not batch_id:
+            raise InputError(i18n.t("err_no_batch", lang))
+        batch = self.service.retry_failed(batch_id)
+        return (*self._batch_view(batch, lang), gr.Timer(active=True))
+
+    # --- history --------------------------------------------------------------------------------
+    @user_errors
+    def history(self, page: int, request: gr.Request) -> tuple:
+        lang = language(request)
+        total = self.service.count_jobs()
+        pages = max(1, -(-total // HISTORY_PAGE))
+        page = min(max(0, int(page or 0)), pages - 1)
+        jobs = self.service.list_jobs(limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
+        gallery = [
+            (thumbnail_for(job), f"{i18n.t(f'status_{job.status}', lang)} · {when(job.created_at)}")
+            for job in jobs
+        ]
+        label = i18n.t("history_page", lang, page=page + 1, pages=pages, total=total)
+        return page, [job.id for job in jobs], gallery, label
+
+    def history_step(self, page: int, step: int, request: gr.Request) -> tuple:
+        return self.history(int(page or 0) + step, request)
+
+    @user_errors
+    def history_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple:
+        lang = language(request)
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if not ids or index >= len(ids):
+            return None, None, None, ""
+        job = self.service.get(ids[index])
+        details = i18n.t(
+            "history_details", lang, id=job.id, status=i18n.t(f"status_{job.status}", lang),
+            created=when(job.created_at), engine=job.engine or "-", error=job.error or "-",
+        )
+        path = result_file(job)
+        return job.id, path, path, details
+
+    @user_errors
+    def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple:
+        if not job_id:
+            raise InputError(i18n.t("err_no_selection", language(request)))
+        job = self.service.get(job_id)
+        if not job.terminal:
+            self.service.cancel(job_id)
+        else:
+            self.service.delete(job_id)
+        log.info("job %s deleted from the web UI", job_id)
+        return (None, None, None, "", *self.history(page, request))
+
+    @user_errors
+    def delete_all(self, request: gr.Request) -> tuple:
+        removed = self.service.delete_all()
+        log.info("%d jobs deleted from the web UI", removed)
+        gr.Info(i18n.t("history_deleted_all", language(request), count=removed))
+        return (None, None, None, "", gr.update(visible=False), *self.history(0, request))
+
+
+# --------------------------------------------------------------------------------------------------
+# layout
+
+
+def _options_panel(t: gr.I18n) -> list[gr.components.Component]:
+    """The options accordion; returns its inputs in build_options order."""
+    with gr.Accordion(t("options"), open=False):
+        with gr.Row():
+            engine = gr.Radio(ENGINES, value="auto", label=t("engine"), info=t("engine_info"))
+            blend = gr.Radio(BLENDS, value="feather", label=t("blend"), info=t("blend_info"))
+            duration = gr.Radio(DURATION_POLICIES, value="loop", label=t("duration_policy"),
+                                info=t("duration_info"))
+        with gr.Row():
+            pad_top = gr.Number(0, label=t("pad_top"), precision=0, minimum=0)
+            pad_bottom = gr.Number(10, label=t("pad_bottom"), precision=0, minimum=0)
+            pad_left = gr.Number(0, label=t("pad_left"), precision=0, minimum=0)
+            pad_right = gr.Number(0, label=t("pad_right"), precision=0, minimum=0)
+            smooth = gr.Checkbox(True, label=t("smooth"), info=t("smooth_info"))
+        with gr.Row():
+            face_choice = gr.Radio(FACE_CHOICES, value="largest", label=t("face_choice"),
+                                   info=t("face_choice_info"))
+            face_x = gr.Number(None, label=t("face_x"), precision=0, minimum=0)
+            face_y = gr.Number(None, label=t("face_y"), precision=0, minimum=0)
+            watermark = gr.Textbox("", label=t("watermark"), placeholder=t("watermark_hint"))
+    return [engine, pad_top, pad_bottom, pad_left, pad_right, smooth, blend, duration,
+            face_choice, face_x, face_y, watermark]
+
+
+def _single_tab(t: gr.I18n, h: Handlers) -> None:
+    with gr.Row():
+        with gr.Column():
+            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label=t("audio"),
+                             elem_id="single-audio")
+            face = gr.File(file_types=FACE_TYPES, type="filepath", label=t("face"),
+                           elem_id="single-face")
+            options = _options_panel(t)
+            with gr.Row():
+                check = gr.Button(t("check_face"), variant="secondary", elem_id="check-face")
+                generate = gr.Button(t("generate"), variant="primary", elem_id="generate")
+        with gr.Column():
+            preview = gr.Image(label=t("face_preview"), interactive=False, elem_id="face-preview")
+            face_note = gr.Markdown()
+            video = gr.Video(label=t("result"), interactive=False, elem_id="result-video")
+            download = gr.File(label=t("download"), interactive=False, elem_id="result-file")
+            summary = gr.Markdown(elem_id="result-summary")
+    check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
+    preview.select(h.pick_point, None, [options[8], options[9], options[10]], api_visibility="private")
+    generate.click(_with_progress(h.generate), [audio, face, *options], [video, download, summary],
+                   api_name="generate")
+
+
+def _with_progress(method: Callable) -> Callable:
+    """Gradio injects gr.Request and gr.Progress by signature; the handler takes them positionally."""
+
+    def generate(audio, face, engine, pad_top, pad_bottom, pad_left, pad_right, smooth, blend,
+                 duration_policy, face_choice, face_x, face_y, watermark,
+                 request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+        return method(audio, face, engine, pad_top, pad_bottom, pad_left, pad_right, smooth, blend,
+                      duration_policy, face_choice, face_x, face_y, watermark, request, progress)
+
+    return generate
+
+
+def _batch_tab(t: gr.I18n, h: Handlers) -> None:
+    batch_id = gr.State(None)
+    timer = gr.Timer(BATCH_REFRESH_S, active=False)
+    gr.Markdown(t("batch_help"))
+    with gr.Row():
+        audios = gr.File(file_count="multiple", file_types=AUDIO_TYPES, label=t("batch_audio"),
+                         elem_id="batch-audio")
+        videos = gr.File(file_count="multiple", file_types=FACE_TYPES, label=t("batch_videos"),
+                         elem_id="batch-videos")
+        manifest = gr.File(file_types=MANIFEST_TYPES, label=t("batch_manifest"),
+                           elem_id="batch-manifest")
+    options = _options_panel(t)
+    run = gr.Button(t("batch_run"), variant="primary", elem_id="batch-run")
+    summary = gr.Markdown(elem_id="batch-summary")
+    table = gr.Dataframe(label=t("batch_table"), interactive=False, elem_id="batch-table")
+    gallery = gr.Gallery(label=t("batch_gallery"), columns=4, height="auto", elem_id="batch-gallery")
+    with gr.Row():
+        zip_button = gr.Button(t("batch_zip"), elem_id="batch-zip")
+        retry = gr.Button(t("batch_retry"), elem_id="batch-retry")
+    zip_file = gr.File(label=t("batch_zip_file"), interactive=False, elem_id="batch-zip-file")
+    view = [table, gallery, summary]
+    run.click(_batch_submitter(h), [audios, videos, manifest, *options], [batch_id, *view, timer],
+              api_name="batch")
+    timer.tick(h.refresh_batch, [batch_id], [*view, timer], api_visibility="private",
+               show_progress="hidden")
+    zip_button.click(h.batch_zip, [batch_id], [zip_file], api_name="batch_zip")
+    retry.click(h.retry_batch, [batch_id], [*view, timer], api_name="batch_retry")
+
+
+def _batch_submitter(h: Handlers) -> Callable:
+    def submit_batch(audios, videos, manifest, engine, pad_top, pad_bottom, pad_left, pad_right,
+                     smooth, blend, duration_policy, face_choice, face_x, face_y, watermark,
+                     request: gr.Request):
+        return h.submit_batch(audios, videos, manifest, engine, pad_top, pad_bottom, pad_left,
+                              pad_right, smooth, blend, duration_policy, face_choice, face_x,
+                              face_y, watermark, request)
+
+    return submit_batch
+
+
+def _history_tab(t: gr.I18n, h: Handlers) -> gr.Tab:
+    page = gr.State(0)
+    ids = gr.State([])
+    selected = gr.State(None)
+    with gr.Row():
+        prev_page = gr.Button(t("history_prev"), size="sm")
+        page_label = gr.Markdown(elem_id="history-page")
+        next_page = gr.Button(t("history_next"), size="sm")
+        refresh = gr.Button(t("refresh"), size="sm", elem_id="history-refresh")
+    gallery = gr.Gallery(label=t("history_gallery"), columns=6, height="auto", allow_preview=False,
+                         elem_id="history-gallery")
+    with gr.Row():
+        with gr.Column():
+            details = gr.Markdown()
+            with gr.Row():
+                delete = gr.Button(t("history_delete"), variant="stop", size="sm")
+                delete_all = gr.Button(t("history_delete_all"), variant="stop", size="sm")
+            with gr.Row(visible=False) as confirm_row:
+                gr.Markdown(t("history_confirm"))
+                confirm = gr.Button(t("history_confirm_yes"), variant="stop", size="sm")
+                cancel = gr.Button(t("history_confirm_no"), size="sm")
+        with gr.Column():
+            video = gr.Video(label=t("history_preview"), interactive=False)
+            download = gr.File(label=t("download"), interactive=False)
+    listing = [page, ids, gallery, page_label]
+    refresh.click(h.history, [page], listing, api_visibility="private")
+    prev_page.click(_stepper(h, -1), [page], listing, api_visibility="private")
+    next_page.click(_stepper(h, 1), [page], listing, api_visibility="private")
+    gallery.select(h.history_select, [ids], [selected, video, download, details],
+                   api_visibility="private")
+    delete.click(h.delete_selected, [selected, page], [selected, video, download, details, *listing],
+                 api_visibility="private")
+    delete_all.click(lambda: gr.update(visible=True), None, [confirm_row], api_visibility="private")
+    cancel.click(lambda: gr.update(visible=False), None, [confirm_row], api_visibility="private")
+    confirm.click(h.delete_all, None, [selected, video, download, details, confirm_row, *listing],
+                  api_visibility="private")
+    return listing
+
+
+def _stepper(h: Handlers, step: int) -> Callable:
+    def step_page(page: int, request: gr.Request):
+        return h.history_step(page, step, request)
+
+    return step_page
+
+
+def _system_tab(t: gr.I18n, h: Handlers) -> tuple:
+    status = gr.Markdown(elem_id="system-status")
+    refresh = gr.Button(t("refresh"), size="sm")
+    logs = gr.Textbox(label=t("system_log"), lines=16, max_lines=16, interactive=False,
+                      autoscroll=True, elem_id="system-log")
+    with gr.Accordion(t("system_settings"), open=False):
+        gr.JSON(h.settings.describe())
+    refresh.click(h.system, None, [status, logs], api_visibility="private")
+    return status, logs
+
+
+def build_blocks(settings: Settings, service: Any, log_lines: Callable[[int], list[str]]) -> gr.Blocks:
+    t = make_i18n()
+    h = Handlers(settings, service, log_lines)
+    with gr.Blocks(title="heygem", analytics_enabled=False) as demo:
+        gr.Markdown(t("title"))
+        banner = gr.Markdown(t("banner_starting"), elem_id="heygem-banner")
+        banner_timer = gr.Timer(BANNER_REFRESH_S)
+        with gr.Tabs():
+            with gr.Tab(t("tab_single"), id="single"):
+                _single_tab(t, h)
+            with gr.Tab(t("tab_batch"), id="batch"):
+                _batch_tab(t, h)
+            with gr.Tab(t("tab_history"), id="history") as history_tab:
+                listing = _history_tab(t, h)
+            with gr.Tab(t("tab_system"), id="system") as system_tab:
+                system_view = _system_tab(t, h)
+        system_timer = gr.Timer(SYSTEM_REFRESH_S)
+        banner_timer.tick(h.banner, None, [banner], api_visibility="private", show_progress="hidden")
+        demo.load(h.banner, None, [banner], api_visibility="private", show_progress="hidden")
+        history_tab.select(h.history, [listing[0]], listing, api_visibility="private")
+        demo.load(h.history, [listing[0]], listing, api_visibility="private", show_progress="hidden")
+        system_tab.select(h.system, None, list(system_view), api_visibility="private")
+        system_timer.tick(h.system, None, list(system_view), api_visibility="private",
+                          show_progress="hidden")
+    return demo
+
+
+def make_i18n() -> gr.I18n:
+    return gr.I18n(**i18n.TRANSLATIONS)
+
+
+def mount_ui(settings: Settings, service: Any, log_buffer: Any | None) -> FastAPI:
+    """Build the page and mount it at "/" of a FastAPI of its own (server.py puts that at "/")."""
+    log_lines = log_buffer.tail if log_buffer is not None else (lambda count: [])
+    demo = build_blocks(settings, service, log_lines)
+    demo.queue(default_concurrency_limit=UI_CONCURRENCY, max_size=settings.queue_size)
+    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    host = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    gr.mount_gradio_app(
+        host, demo, path="/",
+        auth=tuple(settings.auth.split(":", 1)) if settings.auth else None,
+        root_path=settings.root_path or None,
+        allowed_paths=[str(settings.outputs_dir.resolve())],
+        max_file_size=f"{settings.max_upload_mb}mb",
+        show_error=False, i18n=make_i18n(), footer_links=["api"], run_history=False,
+        ssr_mode=False, mcp_server=False, css=CSS,
+    )
+    return host
