@@ -1,0 +1,458 @@
+"""Face boxes over time: detection pass, face choice, pads, gap filling, smoothing and a box cache.
+
+No torch here. The flow is
+
+    raw = detect_faces(frames, detector, frame_size)          # every face in every frame (cacheable)
+    track = build_track(raw, pads=..., smooth=..., ...)        # one padded, smoothed box per frame
+
+`track_faces` does both, with the cache in between: raw detections are cached by video content
+and detector settings, so changing pads, smoothing or the face choice never re-detects.
+Boxes are (x1, y1, x2, y2) ints in full-frame pixels; None means "no face: pass the frame through".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+
+from heygem.errors import InputError, NoFaceError
+from heygem.faces.detect import Detection, FaceDetector
+
+log = logging.getLogger("heygem.faces.track")
+
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2
+RawFace = tuple[int, int, int, int, float]  # x1, y1, x2, y2, score
+FaceChoice = Literal["largest", "nearest"]
+ProgressCallback = Callable[[int, int, str], None]
+
+DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: the reference's extra 10 px of chin
+SMOOTH_WINDOW = 5  # the reference's temporal window
+MAX_GAP_FRAMES = 5  # gaps up to this long (0.2 s at 25 fps) hold the neighbouring box
+DETECT_BATCH = 8
+PROGRESS_STAGE = "detect"
+HASH_CHUNK = 1 << 20
+CACHE_FORMAT = 1  # bump when the stored layout changes; old entries then simply miss
+SCORE_DIGITS = 4
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class RawDetections:
+    """Every face the detector found in every frame, in full-frame pixels (the cacheable part)."""
+
+    width: int
+    height: int
+    faces: list[list[RawFace]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def to_dict(self) -> dict:
+        return {"width": self.width, "height": self.height, "faces": [[list(f) for f in fr] for fr in self.faces]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RawDetections:
+        faces = [[_raw_face(f) for f in frame] for frame in data["faces"]]
+        return cls(width=int(data["width"]), height=int(data["height"]), faces=faces)
+
+
+def _raw_face(values: Sequence) -> RawFace:
+    x1, y1, x2, y2, score = values
+    return int(x1), int(y1), int(x2), int(y2), float(score)
+
+
+@dataclass
+class FaceTrack:
+    """One box per source frame (or None), or one fixed box for every frame. JSON-friendly."""
+
+    width: int
+    height: int
+    boxes: list[Box | None] = field(default_factory=list)
+    fixed: Box | None = None
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def box_at(self, index: int) -> Box | None:
+        """The box of source frame `index`. Past the end, the last frame's box is held."""
+        if self.fixed is not None:
+            return self.fixed
+        if not self.boxes:
+            return None
+        return self.boxes[min(index, len(self.boxes) - 1)]
+
+    def count_missing(self) -> int:
+        """Frames without a face (they pass through unchanged)."""
+        return 0 if self.fixed is not None else sum(box is None for box in self.boxes)
+
+    def to_dict(self) -> dict:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "boxes": [list(b) if b is not None else None for b in self.boxes],
+            "fixed": list(self.fixed) if self.fixed is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FaceTrack:
+        boxes = [_box(b) if b is not None else None for b in data.get("boxes", [])]
+        fixed = _box(data["fixed"]) if data.get("fixed") is not None else None
+        return cls(width=int(data["width"]), height=int(data["height"]), boxes=boxes, fixed=fixed)
+
+
+def _box(values: Sequence) -> Box:
+    x1, y1, x2, y2 = (int(v) for v in values)
+    return x1, y1, x2, y2
+
+
+def count_missing(track: FaceTrack) -> int:
+    return track.count_missing()
+
+
+# --------------------------------------------------------------------------------------------------
+# detection pass
+
+
+def detect_faces(
+    frames: Iterable[np.ndarray],
+    detector: FaceDetector,
+    frame_size: tuple[int, int],
+    batch_size: int = DETECT_BATCH,
+    on_progress: ProgressCallback | None = None,
+    total: int = 0,
+) -> RawDetections:
+    """Stream frames through the detector in batches, keeping only boxes.
+
+    `frame_size` is the full (width, height) the boxes are wanted in; frames may be smaller (read
+    downscaled for detection) and their boxes are scaled up. `total` is only for progress.
+    """
+    width, height = frame_size
+    raw = RawDetections(width=width, height=height)
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == batch_size:
+            _detect_batch(batch, detector, raw, on_progress, total)
+            batch = []
+    if batch:
+        _detect_batch(batch, detector, raw, on_progress, total)
+    return raw
+
+
+def _detect_batch(
+    batch: list[np.ndarray],
+    detector: FaceDetector,
+    raw: RawDetections,
+    on_progress: ProgressCallback | None,
+    total: int,
+) -> None:
+    frame_h, frame_w = batch[0].shape[:2]
+    sx, sy = raw.width / frame_w, raw.height / frame_h
+    for faces in detector.detect(batch):
+        raw.faces.append([_to_raw(d.scaled(sx, sy)) for d in faces])
+    if on_progress is not None:
+        done = len(raw.faces)
+        on_progress(done, max(total, done), PROGRESS_STAGE)
+
+
+def _to_raw(d: Detection) -> RawFace:
+    # The reference clips negatives to 0 and truncates to int; the far edges are clamped after padding.
+    return int(max(0.0, d.x1)), int(max(0.0, d.y1)), int(max(0.0, d.x2)), int(max(0.0, d.y2)), round(d.score, SCORE_DIGITS)
+
+
+# --------------------------------------------------------------------------------------------------
+# from detections to one box per frame
+
+
+def build_track(
+    raw: RawDetections,
+    *,
+    pads: Sequence[int] = DEFAULT_PADS,
+    smooth: bool = True,
+    smooth_window: int = SMOOTH_WINDOW,
+    face_choice: FaceChoice = "largest",
+    face_point: tuple[int, int] | None = None,
+    max_gap: int = MAX_GAP_FRAMES,
+    name: str = "the video",
+) -> FaceTrack:
+    """Choose a face per frame, pad and clamp it, hold boxes over short gaps, smooth each run.
+
+    Raises NoFaceError only when no frame has a face. Frames in longer gaps stay None.
+    """
+    chosen = [choose_face(faces, face_choice, face_point) for faces in raw.faces]
+    if not any(box is not None for box in chosen):
+        raise NoFaceError(
+            f"no face found in {name} (checked {len(chosen)} frames); try a clearer frontal video or give --box"
+        )
+    size = (raw.width, raw.height)
+    boxes = [pad_box(box, pads, size) if box is not None else None for box in chosen]
+    boxes = fill_gaps(boxes, max_gap)
+    if smooth:
+        boxes = smooth_runs(boxes, smooth_window)
+    missing = sum(box is None for box in boxes)
+    if missing:
+        log.info("%d of %d frames of %s have no face and pass through unchanged", missing, len(boxes), name)
+    return FaceTrack(width=raw.width, height=raw.height, boxes=boxes)
+
+
+def choose_face(
+    faces: Sequence[RawFace], face_choice: FaceChoice = "largest", face_point: tuple[int, int] | None = None
+) -> Box | None:
+    """The largest face, or the one whose centre is nearest `face_point` (x, y) for "nearest"."""
+    usable = [f for f in faces if f[2] > f[0] and f[3] > f[1]]
+    if not usable:
+        return None
+    if face_choice == "nearest":
+        if face_point is None:
+            raise InputError("face_choice 'nearest' needs a face point (x, y)")
+        px, py = face_point
+        best = min(usable, key=lambda f: ((f[0] + f[2]) / 2 - px) ** 2 + ((f[1] + f[3]) / 2 - py) ** 2)
+    elif face_choice == "largest":
+        best = max(usable, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))
+    else:
+        raise InputError(f"unknown face choice {face_choice!r}; use largest or nearest")
+    return best[0], best[1], best[2], best[3]
+
+
+def pad_box(box: Box, pads: Sequence[int], frame_size: tuple[int, int]) -> Box | None:
+    """Grow a box by (top, bottom, left, right) pixels, clamped to the frame; None if nothing is left."""
+    top, bottom, left, right = pads
+    width, height = frame_size
+    x1, y1, x2, y2 = box
+    x1, y1 = min(width, max(0, x1 - left)), min(height, max(0, y1 - top))
+    x2, y2 = max(0, min(width, x2 + right)), max(0, min(height, y2 + bottom))
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
+def fill_gaps(boxes: Sequence[Box | None], max_gap: int = MAX_GAP_FRAMES) -> list[Box | None]:
+    """Give each frame of a gap of at most `max_gap` frames the box of its nearest face frame.
+
+    A detector missing a face for a frame or two (blink, motion blur) should not make the mouth
+    flicker back to the original; a long gap is a real absence and stays None.
+    """
+    filled = list(boxes)
+    i, n = 0, len(filled)
+    while i < n:
+        if filled[i] is not None:
+            i += 1
+            continue
+        end = i
+        while end < n and filled[end] is None:
+            end += 1
+        if end - i <= max_gap:
+            before = filled[i - 1] if i > 0 else None
+            after = filled[end] if end < n else None
+            for k in range(i, end):
+                nearer_before = before is not None and (after is None or k - (i - 1) <= end - k)
+                filled[k] = before if nearer_before else after
+        i = end
+    return filled
+
+
+def smooth_boxes(boxes: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
+    """The reference's smoothing, exactly: in place over an int (N, 4) array, row by row.
+
+    Row i becomes the truncated mean of rows i..i+window-1 (not yet smoothed) when they exist,
+    else of the last `window` rows (some already smoothed). For N < window the last slice starts
+    at N-window, a negative index, so N=4 averages only the last row, N=3 the last two, N<=2 all.
+    """
+    n = len(boxes)
+    for i in range(n):
+        rows = boxes[n - window:] if i + window > n else boxes[i : i + window]
+        boxes[i] = np.mean(rows, axis=0)
+    return boxes
+
+
+def smooth_runs(boxes: Sequence[Box | None], window: int = SMOOTH_WINDOW) -> list[Box | None]:
+    """Smooth each run of consecutive frames that have a box, separately."""
+    if window <= 1:
+        return list(boxes)
+    out = list(boxes)
+    i, n = 0, len(out)
+    while i < n:
+        if out[i] is None:
+            i += 1
+            continue
+        end = i
+        while end < n and out[end] is not None:
+            end += 1
+        run = smooth_boxes(np.array(out[i:end], dtype=np.int64), window)
+        out[i:end] = [_box(row) for row in run]
+        i = end
+    return out
+
+
+def fixed_track(box_tblr: Sequence[int], frame_size: tuple[int, int]) -> FaceTrack:
+    """`--box TOP BOTTOM LEFT RIGHT` (the reference's order): used as given, clamped to the frame.
+
+    No detection, padding or smoothing. Raises InputError when nothing of the box is in the frame.
+    """
+    top, bottom, left, right = (int(v) for v in box_tblr)
+    width, height = frame_size
+    x1, x2 = min(max(0, left), width), min(max(0, right), width)
+    y1, y2 = min(max(0, top), height), min(max(0, bottom), height)
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(
+            f"--box {top} {bottom} {left} {right} (top bottom left right) is empty inside the {width}x{height} frame"
+        )
+    return FaceTrack(width=width, height=height, fixed=(x1, y1, x2, y2))
+
+
+# --------------------------------------------------------------------------------------------------
+# one call for the pipeline
+
+
+def track_faces(
+    frames: Iterable[np.ndarray],
+    detector: FaceDetector,
+    frame_size: tuple[int, int],
+    *,
+    pads: Sequence[int] = DEFAULT_PADS,
+    smooth: bool = True,
+    smooth_window: int = SMOOTH_WINDOW,
+    face_choice: FaceChoice = "largest",
+    face_point: tuple[int, int] | None = None,
+    box: Sequence[int] | None = None,
+    batch_size: int = DETECT_BATCH,
+    on_progress: ProgressCallback | None = None,
+    total: int = 0,
+    cache: TrackCache | None = None,
+    video_path: Path | None = None,
+    cache_params: Mapping[str, object] | None = None,
+    name: str = "the video",
+) -> FaceTrack:
+    """Boxes for every frame of a video: fixed `box`, else cached or fresh detections -> build_track.
+
+    `frames` is consumed only when detection actually runs (no fixed box, no cache hit), so pass a
+    lazy iterator such as `video.read_frames(path, info, max_side=settings.detect_max_side)`.
+    The cache is used when both `cache` and `video_path` are given; `cache_params` should name
+    whatever else changes the frames (e.g. the fps they were read at).
+    """
+    if box is not None:
+        _close(frames)
+        return fixed_track(box, frame_size)
+    raw = None
+    key = None
+    if cache is not None and video_path is not None:
+        key = cache.key(video_path, detector.cache_tag, frame_size=list(frame_size), **(cache_params or {}))
+        raw = cache.get(key)
+    if raw is None:
+        raw = detect_faces(frames, detector, frame_size, batch_size, on_progress, total)
+        if key is not None:
+            cache.put(key, raw)
+    else:
+        _close(frames)
+        if on_progress is not None:
+            on_progress(len(raw), len(raw), PROGRESS_STAGE)
+    return build_track(
+        raw, pads=pads, smooth=smooth, smooth_window=smooth_window, face_choice=face_choice,
+        face_point=face_point, name=name,
+    )
+
+
+def _close(frames: Iterable[np.ndarray]) -> None:
+    close = getattr(frames, "close", None)
+    if callable(close):
+        close()
+
+
+# --------------------------------------------------------------------------------------------------
+# cache
+
+
+class TrackCache:
+    """Raw detections on disk, keyed by video content + detector settings. Safe across processes.
+
+    Files are written to a unique temporary name and renamed, so a reader never sees half a file;
+    an unreadable entry counts as a miss.
+    """
+
+    def __init__(self, cache_dir: Path | str) -> None:
+        self.cache_dir = Path(cache_dir)
+        self._hashes: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    def key(self, video_path: Path | str, detector_tag: str, **params: object) -> str:
+        payload = json.dumps(
+            {"format": CACHE_FORMAT, "video": self.content_hash(video_path), "detector": detector_tag,
+             "params": params},
+            sort_keys=True, default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def content_hash(self, video_path: Path | str) -> str:
+        """SHA-256 of the file's bytes, read in chunks; remembered per (path, size, mtime)."""
+        path = Path(video_path)
+        stat = path.stat()
+        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if memo in self._hashes:
+                return self._hashes[memo]
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+                digest.update(chunk)
+        with self._lock:
+            self._hashes[memo] = digest.hexdigest()
+        return digest.hexdigest()
+
+    def path_for(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.json"
+
+    def get(self, key: str) -> RawDetections | None:
+        path = self.path_for(key)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = RawDetections.from_dict(data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable face cache entry %s: %s", path.name, exc)
+            return None
+        log.info("face boxes from cache (%d frames)", len(raw))
+        return raw
+
+    def put(self, key: str, raw: RawDetections) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        final = self.path_for(key)
+        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            temp.write_text(json.dumps(raw.to_dict(), separators=(",", ":")), encoding="utf-8")
+            os.replace(temp, final)
+        except OSError as exc:
+            log.warning("could not store face boxes in the cache: %s", exc)  # the job can go on
+        finally:
+            temp.unlink(missing_ok=True)
+
+
+__all__ = [
+    "Box",
+    "RawDetections",
+    "FaceTrack",
+    "detect_faces",
+    "build_track",
+    "choose_face",
+    "pad_box",
+    "fill_gaps",
+    "smooth_boxes",
+    "smooth_runs",
+    "fixed_track",
+    "track_faces",
+    "count_missing",
+    "TrackCache",
+    "MAX_GAP_FRAMES",
+    "SMOOTH_WINDOW",
+    "DEFAULT_PADS",
+]

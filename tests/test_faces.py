@@ -1,0 +1,302 @@
+"""Face detection (Haar on a real face, S3FD through its real loader) and box tracking rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heygem import video
+from heygem.errors import InputError, ModelError, NoFaceError, WeightsMissingError
+from heygem.faces import detect, track
+from heygem.faces.detect import Detection, HaarDetector, S3FDDetector, ScaledDetector
+from heygem.faces.track import FaceTrack, RawDetections, TrackCache
+from tests import media
+
+SPEC_DIR = Path(__file__).parent / "spec"
+# Where the astronaut's face sits in the 256x256 fixture (x1, y1, x2, y2), give or take the drift.
+ASTRONAUT_FACE = (88, 31, 140, 84)
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+class CountingDetector:
+    """Wraps a detector and counts the frames it was asked to look at."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.cache_tag = inner.cache_tag
+        self.frames_seen = 0
+
+    def detect(self, frames):
+        self.frames_seen += len(frames)
+        return self.inner.detect(frames)
+
+
+class FixedDetector:
+    """Reports the same faces (given as fractions of the frame) in every frame."""
+
+    name = "fixed"
+    cache_tag = "fixed"
+
+    def __init__(self, *fractions) -> None:
+        self.fractions = fractions
+
+    def detect(self, frames):
+        h, w = frames[0].shape[:2]
+        return [[Detection(a * w, b * h, c * w, d * h, 0.9) for a, b, c, d in self.fractions] for _ in frames]
+
+
+@pytest.fixture(scope="module")
+def haar() -> HaarDetector:
+    return HaarDetector()
+
+
+@pytest.fixture(scope="module")
+def random_s3fd(tmp_path_factory) -> Path:
+    """S3FD with random weights, saved as a plain state dict like the public s3fd.pth."""
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+
+    torch.manual_seed(0)
+    state = s3fd().state_dict()
+    manifest = [line.split("\t") for line in (SPEC_DIR / "s3fd.tsv").read_text().splitlines() if line]
+    assert [(name, "x".join(map(str, t.shape)) or "scalar") for name, t in state.items()] == [
+        (name, shape) for name, shape in manifest
+    ]
+    path = tmp_path_factory.mktemp("s3fd") / "s3fd.pth"
+    torch.save(state, path)
+    return path
+
+
+# --- detectors -----------------------------------------------------------------------------------
+
+
+def test_haar_finds_the_astronaut_in_every_frame(face_video, haar):
+    info = video.probe(face_video)
+    faces = track.detect_faces(video.read_frames(face_video, info), haar, info.size, batch_size=8)
+    assert len(faces) == 50
+    for frame_faces in faces.faces:
+        best = track.choose_face(frame_faces)
+        assert best is not None and _iou(best, ASTRONAUT_FACE) > 0.6
+
+
+def test_detection_on_downscaled_frames_gives_full_size_boxes(face_video, haar):
+    info = video.probe(face_video)
+    small = video.read_frames(face_video, info, max_side=128)
+    faces = track.detect_faces(small, haar, info.size, batch_size=16)
+    boxes = [track.choose_face(f) for f in faces.faces]
+    found = [b for b in boxes if b is not None]
+    assert len(found) >= 45
+    assert all(_iou(b, ASTRONAUT_FACE) > 0.5 for b in found)
+
+
+def test_scaled_detector_shrinks_big_frames_and_scales_boxes_back():
+    seen = []
+
+    class Recorder(FixedDetector):
+        def detect(self, frames):
+            seen.append(frames[0].shape)
+            return super().detect(frames)
+
+    scaled = ScaledDetector(Recorder((0.25, 0.25, 0.5, 0.75)), max_side=100)
+    result = scaled.detect([np.zeros((200, 400, 3), np.uint8)] * 2)
+    assert seen == [(50, 100, 3)]
+    d = result[1][0]
+    assert (d.x1, d.y1, d.x2, d.y2) == pytest.approx((100, 50, 200, 150))
+    assert scaled.cache_tag != ScaledDetector(Recorder(), max_side=200).cache_tag
+
+
+def test_s3fd_with_random_weights_runs_a_batch(random_s3fd):
+    detector = S3FDDetector(random_s3fd, "cpu")
+    frames = [media.astronaut_bgr(128), np.random.default_rng(1).integers(0, 256, (128, 128, 3), np.uint8)]
+    result = detector.detect(frames)
+    assert len(result) == 2 and all(isinstance(faces, list) for faces in result)
+    for faces in result:
+        assert all(isinstance(d, Detection) and d.score > 0.5 for d in faces)
+        boxes = [(d.x1, d.y1, d.x2, d.y2) for d in faces]
+        # NMS ran: no two kept boxes overlap by more than the reference's 0.3 (with its +1 convention).
+        for i in range(min(len(boxes), 30)):
+            for j in range(i + 1, min(len(boxes), 30)):
+                a, b = boxes[i], boxes[j]
+                iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+                ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+                area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+                assert iw * ih / (area(a) + area(b) - iw * ih) <= 0.3 + 1e-6
+    assert detector.detect([]) == []
+
+
+def test_s3fd_weight_errors_name_the_file(tmp_path):
+    missing = tmp_path / "models" / "s3fd.pth"
+    with pytest.raises(WeightsMissingError, match=str(missing)):
+        S3FDDetector(missing)
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ModelError, match="junk.pth"):
+        S3FDDetector(junk)
+    import torch
+
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(ModelError, match="does not fit the S3FD network"):
+        S3FDDetector(other)
+
+
+def test_create_detector_prefers_s3fd_weights_and_falls_back_to_haar(settings, random_s3fd, caplog):
+    caplog.set_level("INFO", logger="heygem.faces.detect")
+    fallback = detect.create_detector(settings)
+    assert fallback.name == "haar" and fallback.max_side == settings.detect_max_side
+    assert "no S3FD weights" in caplog.text
+
+    (settings.models_dir / "s3fd.pth").write_bytes(random_s3fd.read_bytes())
+    chosen = detect.create_detector(settings.replace(detect_max_side=320), device="cpu")
+    assert chosen.name == "s3fd" and "max_side=320" in chosen.cache_tag
+    explicit = detect.create_detector(settings.replace(detector_weights=random_s3fd), device="cpu")
+    assert isinstance(explicit.inner, S3FDDetector) and explicit.inner.weights_path == random_s3fd
+
+
+# --- choosing, padding, filling, smoothing -------------------------------------------------------
+
+
+def test_smoothing_matches_the_reference_by_hand():
+    boxes = np.array(
+        [[0, 1, 100, 200], [10, 2, 110, 200], [20, 2, 120, 200], [30, 2, 130, 200],
+         [40, 2, 140, 200], [50, 0, 150, 200], [60, 0, 160, 200]],
+        dtype=np.int64,
+    )
+    out = track.smooth_boxes(boxes.copy())
+    # Forward window of 5 unsmoothed rows while it fits, then the last 5 rows (partly smoothed).
+    assert out[:, 0].tolist() == [20, 30, 40, 44, 46, 48, 47]
+    assert out[:, 1].tolist() == [1, 1, 1, 1, 0, 0, 0]  # means truncate: 1.8 -> 1, 0.8 -> 0
+    assert out[:, 2].tolist() == [120, 130, 140, 144, 146, 148, 147]
+    assert out[:, 3].tolist() == [200] * 7
+
+
+@pytest.mark.parametrize(
+    "x1s, expected",
+    [
+        ([0, 10, 20, 30], [30, 30, 30, 30]),  # N=4: the slice [-1:] is only the last row
+        ([0, 10, 21], [15, 15, 18]),  # N=3: the last two rows, the second pass sees row 1 smoothed
+        ([0, 11], [5, 8]),  # N=2: all rows
+        ([7], [7]),
+    ],
+)
+def test_smoothing_quirks_for_short_runs(x1s, expected):
+    boxes = np.array([[x, 0, x + 50, 50] for x in x1s], dtype=np.int64)
+    assert track.smooth_boxes(boxes)[:, 0].tolist() == expected
+
+
+def test_pads_grow_and_clamp_to_the_frame():
+    assert track.pad_box((10, 10, 30, 30), (0, 10, 0, 0), (64, 64)) == (10, 10, 30, 40)
+    assert track.pad_box((10, 5, 50, 60), (5, 10, 15, 20), (64, 64)) == (0, 0, 64, 64)
+    assert track.pad_box((10, 10, 30, 30), (-10, -10, 0, 0), (64, 64)) is None  # shrunk to nothing
+
+
+def test_face_choice_largest_or_nearest():
+    small_left = (10, 10, 40, 40, 0.99)
+    big_right = (100, 20, 180, 100, 0.6)
+    assert track.choose_face([small_left, big_right]) == (100, 20, 180, 100)
+    assert track.choose_face([small_left, big_right], "nearest", (20, 30)) == (10, 10, 40, 40)
+    assert track.choose_face([], "largest") is None
+    with pytest.raises(InputError):
+        track.choose_face([small_left], "nearest", None)
+
+
+def test_short_gaps_hold_neighbours_and_long_gaps_stay_empty():
+    a, b, c = (0, 0, 10, 10), (5, 5, 15, 15), (9, 9, 19, 19)
+    boxes = [None, a, None, None, b] + [None] * (track.MAX_GAP_FRAMES + 2) + [c, None]
+    filled = track.fill_gaps(boxes)
+    assert filled[:5] == [a, a, a, b, b]  # leading gap and the 2-frame gap take the nearest box
+    assert filled[5 : 5 + track.MAX_GAP_FRAMES + 2] == [None] * (track.MAX_GAP_FRAMES + 2)
+    assert filled[-2:] == [c, c]
+
+
+def test_build_track_keeps_faceless_stretches_as_none():
+    face = [(100, 40, 150, 90, 0.9)]
+    frames = [face] * 6 + [[]] * 10 + [face] * 3
+    built = track.build_track(RawDetections(256, 256, frames), pads=(0, 10, 0, 0))
+    assert built.count_missing() == 10 and track.count_missing(built) == 10
+    assert built.boxes[0] == (100, 40, 150, 100)
+    assert built.boxes[6:16] == [None] * 10
+    assert built.boxes[-1] == (100, 40, 150, 100)
+    assert built.box_at(10_000) == built.boxes[-1]
+    assert FaceTrack.from_dict(json.loads(json.dumps(built.to_dict()))) == built
+
+
+def test_no_face_anywhere_raises(tmp_path, haar):
+    blank = media.write_video(tmp_path / "wall.mp4", [np.full((256, 256, 3), 128, np.uint8)] * 10)
+    info = video.probe(blank)
+    with pytest.raises(NoFaceError, match=r"no face found in wall.mp4 \(checked 10 frames\).*--box"):
+        track.track_faces(video.read_frames(blank, info), haar, info.size, name="wall.mp4")
+
+
+def test_fixed_box_is_used_as_given_and_clamped():
+    fixed = track.fixed_track((31, 84, 88, 140), (256, 256))
+    assert fixed.box_at(0) == fixed.box_at(999) == (88, 31, 140, 84) and fixed.count_missing() == 0
+    assert track.fixed_track((-5, 300, 10, 400), (256, 256)).fixed == (10, 0, 256, 256)
+    with pytest.raises(InputError, match="--box"):
+        track.fixed_track((100, 50, 0, 10), (256, 256))
+
+    def never():
+        raise AssertionError("frames were read although the box is fixed")
+        yield  # pragma: no cover
+
+    tracked = track.track_faces(never(), CountingDetector(FixedDetector()), (256, 256), box=(31, 84, 88, 140))
+    assert tracked.fixed == (88, 31, 140, 84)
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def test_cache_hit_skips_detection_and_pads_apply_after_it(face_video, haar, tmp_path):
+    info = video.probe(face_video)
+    cache = TrackCache(tmp_path / "cache")
+    counting = CountingDetector(ScaledDetector(haar, 128))
+
+    def run(detector, **options):
+        frames = video.read_frames(face_video, info, max_side=128)
+        return track.track_faces(
+            frames, detector, info.size, cache=cache, video_path=face_video,
+            cache_params={"fps": info.fps_text}, batch_size=16, **options,
+        )
+
+    first = run(counting, pads=(0, 10, 0, 0))
+    assert counting.frames_seen == 50 and len(first) == 50
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+
+    padded = run(counting, pads=(0, 30, 0, 0), smooth=False)
+    assert counting.frames_seen == 50  # no new detection
+    assert padded.boxes != first.boxes
+    assert padded.boxes[0][3] - padded.boxes[0][1] > first.boxes[0][3] - first.boxes[0][1]
+
+    other = CountingDetector(ScaledDetector(haar, 200))  # different detector settings: a miss
+    run(other)
+    assert other.frames_seen == 50
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+
+
+def test_cache_key_follows_content_and_unreadable_entries_miss(tmp_path):
+    cache = TrackCache(tmp_path / "cache")
+    one, two = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    one.write_bytes(b"same bytes")
+    two.write_bytes(b"same bytes")
+    assert cache.key(one, "haar") == cache.key(two, "haar")  # content, not the name
+    assert cache.key(one, "haar") != cache.key(one, "s3fd")
+    assert cache.key(one, "haar", fps="25/1") != cache.key(one, "haar", fps="30/1")
+
+    key = cache.key(one, "haar")
+    raw = RawDetections(64, 48, [[(1, 2, 30, 40, 0.9)], []])
+    cache.put(key, raw)
+    assert cache.get(key) == raw
+    cache.path_for(key).write_text("{broken")
+    assert cache.get(key) is None
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{key}.json"]  # no temp files left
