@@ -1,0 +1,111 @@
+"""Batch manifests: JSONL, one {"audio": ..., "video": ..., "output_name": ...} per line.
+
+Relative paths resolve against the manifest's folder and must land inside the allowed roots;
+object-storage and URL references pass through unchanged (storage checks them). Every error
+names the line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from heygem.errors import HeygemError, InputError
+from heygem.paths import resolve_under, safe_output_name
+
+ITEM_KEYS = ("audio", "video")
+OPTIONAL_KEYS = ("output_name",)
+MAX_MANIFEST_BYTES = 10 * 1024 * 1024  # a manifest is a list of paths; anything bigger is a mistake
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+STEM_CHARS = 40  # characters of each input's name kept in a default output name
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    line: int  # 1-based line number in the manifest
+    audio: str  # resolved absolute path, or a remote reference as written
+    video: str
+    output_name: str  # validated plain name ending in .mp4 (a default when the line had none)
+
+    def as_item(self) -> dict[str, str]:
+        """The shape JobService.submit_batch takes."""
+        return {"audio": self.audio, "video": self.video, "output_name": self.output_name}
+
+
+def is_remote(ref: str) -> bool:
+    """A reference with a scheme is left to storage, which accepts or refuses it."""
+    return "://" in ref
+
+
+def parse_manifest(path: Path, roots: Sequence[Path]) -> list[ManifestItem]:
+    """Read and check a manifest file; raise InputError/ForbiddenPathError naming the line."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise InputError(f"manifest {path.name} is larger than {MAX_MANIFEST_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"manifest not found: {path}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"manifest {path.name} is not UTF-8 text") from None
+    return parse_manifest_text(text, base=path.resolve().parent, roots=roots)
+
+
+def parse_manifest_text(text: str, *, base: Path, roots: Sequence[Path]) -> list[ManifestItem]:
+    items: list[ManifestItem] = []
+    used: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            item = _parse_line(raw, number, base, roots)
+        except HeygemError as exc:
+            raise type(exc)(f"manifest line {number}: {exc}") from None
+        if item.output_name in used:
+            raise InputError(
+                f"manifest line {number}: output_name {item.output_name!r} is already used "
+                f"on line {used[item.output_name]}"
+            )
+        used[item.output_name] = number
+        items.append(item)
+    if not items:
+        raise InputError("the manifest has no items")
+    return items
+
+
+def default_output_name(number: int, audio: str, video: str) -> str:
+    """Deterministic, so a second run of the same manifest finds the first run's outputs."""
+    return f"{number:04d}_{_stem(video)}_{_stem(audio)}.mp4"
+
+
+def _parse_line(raw: str, number: int, base: Path, roots: Sequence[Path]) -> ManifestItem:
+    try:
+        data: Any = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InputError('expected an object like {"audio": ..., "video": ...}')
+    unknown = sorted(set(data) - set(ITEM_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)}; expected audio, video, output_name")
+    refs = {}
+    for key in ITEM_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"{key!r} is missing or not a string")
+        refs[key] = value if is_remote(value) else str(resolve_under(value, roots, base=base))
+    name = data.get("output_name")
+    if name is None:
+        name = default_output_name(number, refs["audio"], refs["video"])
+    elif not isinstance(name, str):
+        raise InputError("'output_name' must be a string")
+    return ManifestItem(number, refs["audio"], refs["video"], safe_output_name(name))
+
+
+def _stem(ref: str) -> str:
+    last = ref.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    stem = last.rsplit(".", 1)[0] if "." in last else last
+    return _UNSAFE_CHARS.sub("-", stem).strip("-.")[:STEM_CHARS] or "input"

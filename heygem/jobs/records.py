@@ -1,0 +1,168 @@
+"""The records the job layer hands out: Job, Batch and JobStatus (plain data, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUTPUT_NAME = "result.mp4"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+RETRYABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobKind(StrEnum):
+    SINGLE = "single"
+    BATCH_ITEM = "batch_item"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a submission asks for, already validated; the store adds id, status and times."""
+
+    audio: str  # the reference as submitted: local path, s3://, obs:// or https://
+    video: str
+    options: dict[str, Any] = field(default_factory=dict)
+    output_name: str | None = None  # plain file name ending in .mp4; None = result.mp4
+    output_prefix: str | None = None  # where to publish the result, if anywhere
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str  # uuid4 hex
+    kind: JobKind
+    batch_id: str | None
+    item_index: int | None  # position in the batch, from 0
+    audio: str
+    video: str
+    options: dict[str, Any]
+    output_name: str | None
+    output_prefix: str | None
+    idempotency_key: str | None
+    status: JobStatus
+    progress: float  # 0-1
+    stage: str
+    error: str | None
+    attempts: int  # times a worker started it
+    cancel_requested: bool
+    engine: str | None  # engine that actually ran (from SyncResult.engine)
+    frames_without_face: int | None
+    created_at: float  # unix seconds
+    queued_at: float  # last time it entered the queue (submit, retry); orders the queue
+    started_at: float | None
+    finished_at: float | None
+    output_path: Path | None  # the finished mp4 under Settings.outputs_dir
+    output_url: str | None  # object URL after publishing to output_prefix
+    presigned_url: str | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    @property
+    def result_name(self) -> str:
+        return self.output_name or DEFAULT_OUTPUT_NAME
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time of the last run, when it has finished."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view for the API and summaries."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "batch_id": self.batch_id,
+            "item_index": self.item_index,
+            "audio": self.audio,
+            "video": self.video,
+            "options": self.options,
+            "output_name": self.output_name,
+            "output_prefix": self.output_prefix,
+            "idempotency_key": self.idempotency_key,
+            "status": self.status.value,
+            "progress": round(self.progress, 4),
+            "stage": self.stage,
+            "error": self.error,
+            "attempts": self.attempts,
+            "engine": self.engine,
+            "frames_without_face": self.frames_without_face,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "seconds": self.seconds,
+            "output_path": str(self.output_path) if self.output_path else None,
+            "output_url": self.output_url,
+            "presigned_url": self.presigned_url,
+        }
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    created_at: float
+    options: dict[str, Any]
+    output_prefix: str | None
+    items: tuple[Job, ...] = ()
+
+    def count(self, status: JobStatus) -> int:
+        return sum(1 for item in self.items if item.status == status)
+
+    @property
+    def succeeded(self) -> tuple[Job, ...]:
+        return tuple(item for item in self.items if item.status == JobStatus.SUCCEEDED)
+
+    @property
+    def failed(self) -> tuple[Job, ...]:
+        return tuple(item for item in self.items if item.status == JobStatus.FAILED)
+
+    @property
+    def finished(self) -> bool:
+        return all(item.terminal for item in self.items)
+
+    @property
+    def progress(self) -> float:
+        if not self.items:
+            return 1.0
+        done = sum(1.0 if item.terminal else item.progress for item in self.items)
+        return done / len(self.items)
+
+    @property
+    def status(self) -> str:
+        """queued (nothing started), running, or finished (every item terminal)."""
+        if self.finished:
+            return "finished"
+        if all(item.status == JobStatus.QUEUED for item in self.items):
+            return "queued"
+        return "running"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "options": self.options,
+            "output_prefix": self.output_prefix,
+            "status": self.status,
+            "progress": round(self.progress, 4),
+            "counts": {status.value: self.count(status) for status in JobStatus},
+            "items": [item.to_dict() for item in self.items],
+        }

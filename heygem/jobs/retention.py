@@ -1,0 +1,103 @@
+"""Retention: delete finished jobs, their files and stale uploads older than retention_days."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heygem.jobs import files
+from heygem.jobs.store import JobStore
+from heygem.settings import Settings
+
+log = logging.getLogger("heygem.jobs.retention")
+
+SECONDS_PER_DAY = 86400.0
+
+
+@dataclass
+class SweepReport:
+    jobs: list[str] = field(default_factory=list)  # ids of deleted jobs
+    batches: list[str] = field(default_factory=list)  # ids of deleted batches
+    inputs: list[Path] = field(default_factory=list)  # deleted upload files
+
+    @property
+    def empty(self) -> bool:
+        return not (self.jobs or self.batches or self.inputs)
+
+
+def enabled(settings: Settings) -> bool:
+    return settings.retention_days > 0 and settings.retention_interval_s > 0
+
+
+def sweep(store: JobStore, settings: Settings, now: float | None = None) -> SweepReport:
+    """One pass: jobs finished before the cutoff (rows, scratch, outputs) and old uploads."""
+    now = time.time() if now is None else now
+    cutoff = now - settings.retention_days * SECONDS_PER_DAY
+    report = SweepReport()
+    old = store.finished_before(cutoff)
+    for job in store.delete([job.id for job in old]):
+        files.remove_job_files(settings, job.id)
+        report.jobs.append(job.id)
+    for batch_id in store.delete_empty_batches():
+        files.remove_tree(files.output_dir(settings, batch_id))
+        report.batches.append(batch_id)
+    report.inputs = _sweep_inputs(store, settings, cutoff)
+    if not report.empty:
+        log.info(
+            "retention (older than %g days): removed %d job(s) %s, %d batch(es) %s, %d upload(s) %s",
+            settings.retention_days, len(report.jobs), report.jobs, len(report.batches),
+            report.batches, len(report.inputs), [str(p) for p in report.inputs],
+        )
+    return report
+
+
+def _sweep_inputs(store: JobStore, settings: Settings, cutoff: float) -> list[Path]:
+    """Uploads not touched since the cutoff and not used by a queued or running job."""
+    root = settings.inputs_dir
+    if not root.is_dir():
+        return []
+    in_use = {_canonical(ref) for ref in store.references(active_only=True)}
+    removed = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        if path.name.startswith("."):
+            continue  # .gitkeep and the like; temporaries are swept at start-up
+        if path.lstat().st_mtime >= cutoff or _canonical(str(path)) in in_use:
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    _remove_empty_folders(root)
+    return removed
+
+
+def _remove_empty_folders(root: Path) -> None:
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty
+
+
+def _canonical(ref: str) -> str:
+    return os.path.realpath(ref) if "://" not in ref else ref
+
+
+class RetentionTask(threading.Thread):
+    """Runs `sweep` at start and then every retention_interval_s until stopped."""
+
+    def __init__(self, store: JobStore, settings: Settings, stopping: threading.Event) -> None:
+        super().__init__(name="heygem-retention", daemon=True)
+        self.store = store
+        self.settings = settings
+        self._stopping = stopping
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sweep(self.store, self.settings)
+            except Exception:
+                log.exception("retention sweep failed; trying again next interval")
+            self._stopping.wait(self.settings.retention_interval_s)

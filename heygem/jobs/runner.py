@@ -1,0 +1,189 @@
+"""`python -m heygem batch MANIFEST.jsonl --output-dir DIR`: a manifest run in this process.
+
+No server and no database: items run one after another through one pipeline, each result is
+moved into DIR atomically under its output_name, and an item whose output already exists is
+skipped, so running the same command again resumes an interrupted batch. One item's failure is
+recorded and the others carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+from heygem import storage
+from heygem.errors import HeygemError, InputError
+from heygem.jobs import files
+from heygem.jobs.manifest import ManifestItem, is_remote, parse_manifest
+from heygem.jobs.options import options_dict, sync_options
+from heygem.pipeline import SyncOptions
+from heygem.settings import Settings
+
+log = logging.getLogger("heygem.jobs.runner")
+
+ItemStatus = Literal["succeeded", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    item: ManifestItem
+    output: Path  # where the result is (or would have been)
+    status: ItemStatus
+    error: str | None = None
+    engine: str | None = None
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        """One line for the CLI's summary."""
+        text = f"line {self.item.line} ({self.item.output_name}): {self.status}"
+        return f"{text}: {self.error}" if self.error else text
+
+
+@dataclass(frozen=True)
+class ManifestProgress:
+    index: int  # 1-based item number
+    count: int  # items in the manifest
+    item: ManifestItem
+    stage: str  # the pipeline's stage, or "skipped" / "succeeded" / "failed" at the end
+    fraction: float  # 0-1 within this item
+    result: ItemResult | None = None  # set once the item has finished, been skipped or failed
+
+
+@dataclass
+class ManifestSummary:
+    manifest: Path
+    output_dir: Path
+    results: list[ItemResult] = field(default_factory=list)
+
+    def _with(self, status: ItemStatus) -> list[ItemResult]:
+        return [result for result in self.results if result.status == status]
+
+    @property
+    def succeeded(self) -> list[ItemResult]:
+        return self._with("succeeded")
+
+    @property
+    def skipped(self) -> list[ItemResult]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[ItemResult]:
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        """True when no item failed: the CLI's exit code follows this."""
+        return not self.failed
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.results)} item(s): {len(self.succeeded)} succeeded, "
+            f"{len(self.skipped)} skipped (output exists), {len(self.failed)} failed"
+        )
+
+
+ProgressHandler = Callable[[ManifestProgress], None]
+
+
+def run_manifest(
+    manifest: Path, output_dir: Path, settings: Settings, *,
+    options: Mapping[str, Any] | SyncOptions | None = None, pipeline: Any = None,
+    on_progress: ProgressHandler | None = None,
+) -> ManifestSummary:
+    """Run every item of a JSONL manifest into output_dir; see the module docstring.
+
+    Local paths may lie in the manifest's folder, output_dir or Settings.allowed_input_roots.
+    Raises InputError/ForbiddenPathError (naming the line) for a bad manifest before any work,
+    and ModelError when the engine cannot load; item failures only show in the summary.
+    """
+    manifest = Path(manifest).resolve()
+    output_dir = Path(output_dir).expanduser().resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    roots = (manifest.parent, output_dir, *settings.allowed_input_roots)
+    items = parse_manifest(manifest, roots)
+    sync = sync_options(options_dict(options))
+    _sweep_temp(output_dir)
+    summary = ManifestSummary(manifest, output_dir)
+    if pipeline is None and any(not (output_dir / i.output_name).is_file() for i in items):
+        pipeline = _default_pipeline(settings)
+    if pipeline is not None:
+        pipeline.load()
+    report = on_progress or (lambda update: None)
+    for index, item in enumerate(items, start=1):
+        target = output_dir / item.output_name
+        if target.is_file():
+            result = ItemResult(item, target, "skipped")
+        else:
+            callback = _item_progress(report, index, len(items), item)
+            result = _run_item(item, target, pipeline, sync, settings, callback)
+        summary.results.append(result)
+        report(ManifestProgress(index, len(items), item, result.status, 1.0, result))
+    log.info("manifest %s: %s", manifest.name, summary.describe())
+    return summary
+
+
+def _item_progress(
+    report: ProgressHandler, index: int, count: int, item: ManifestItem
+) -> Callable[[int, int, str], None]:
+    def on_progress(done: int, total: int, stage: str) -> None:
+        report(ManifestProgress(index, count, item, stage, min(1.0, done / total) if total else 0.0))
+
+    return on_progress
+
+
+def _run_item(
+    item: ManifestItem, target: Path, pipeline: Any, options: SyncOptions, settings: Settings,
+    on_progress: Callable[[int, int, str], None],
+) -> ItemResult:
+    started = time.monotonic()
+    scratch = target.parent / files.temp_name()
+    scratch.mkdir()
+    try:
+        audio = _input(item.audio, "audio", scratch, settings)
+        video = _input(item.video, "video", scratch, settings)
+        temp = scratch / files.temp_name(".mp4")
+        result = pipeline.run(audio, video, temp, options, on_progress=on_progress)
+        files.move_atomic(Path(result.output), target)
+        log.info("manifest line %d: wrote %s", item.line, target)
+        return ItemResult(item, target, "succeeded", engine=result.engine,
+                          seconds=time.monotonic() - started)
+    except HeygemError as exc:
+        error = str(exc)
+        log.warning("manifest line %d: failed: %s", item.line, error)
+    except Exception as exc:
+        error = f"internal error: {type(exc).__name__}: {exc}"
+        log.exception("manifest line %d: unexpected error", item.line)
+    finally:
+        files.remove_tree(scratch)
+    return ItemResult(item, target, "failed", error=error, seconds=time.monotonic() - started)
+
+
+def _input(ref: str, kind: str, scratch: Path, settings: Settings) -> Path:
+    if is_remote(ref):
+        dest = scratch / kind
+        dest.mkdir()
+        path = Path(storage.fetch_input(ref, dest, settings))
+    else:
+        path = Path(ref)  # already resolved and checked against the roots by parse_manifest
+    if not path.is_file():
+        raise InputError(f"{kind} file not found: {ref}")
+    return path
+
+
+def _sweep_temp(output_dir: Path) -> None:
+    """Remove what an interrupted earlier run left (only our own temporary names)."""
+    for entry in output_dir.glob(files.TEMP_PREFIX + "*"):
+        if entry.is_dir():
+            files.remove_tree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+        log.info("removed %s left by an interrupted run", entry)
+
+
+def _default_pipeline(settings: Settings) -> Any:
+    from heygem.pipeline import LipSyncPipeline
+
+    return LipSyncPipeline(settings)

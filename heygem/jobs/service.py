@@ -1,0 +1,426 @@
+"""JobService: the one object the web app, the compatible API and the CLI talk to.
+
+Life cycle: `start()` opens the store, puts interrupted jobs back in the queue (or fails them
+after max_attempts), sweeps stale temporary files, and starts the worker(s) and the retention
+task. `stop(drain_seconds)` refuses new work, gives the running job the drain window, and hands it
+back to the queue if it is not done by then. Signal handling belongs to the entry point, which
+calls `stop()` on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from heygem import storage
+from heygem.errors import (
+    ForbiddenPathError,
+    HeygemError,
+    InputError,
+    JobNotFoundError,
+    ShuttingDownError,
+)
+from heygem.jobs import archive, files, retention
+from heygem.jobs.manifest import default_output_name, is_remote
+from heygem.jobs.options import options_dict
+from heygem.jobs.records import Batch, Job, JobStatus, NewJob
+from heygem.jobs.store import JobStore, SQLiteJobStore
+from heygem.jobs.worker import PipelineFactory, Worker, job_log
+from heygem.paths import resolve_under, safe_output_name
+from heygem.settings import Settings
+
+log = logging.getLogger("heygem.jobs.service")
+
+MAX_PAGE = 500  # most jobs one list_jobs call returns
+MAX_KEY_CHARS = 200  # longest accepted idempotency key
+WAIT_POLL_S = 0.2  # wait() re-reads the store this often (another process may finish the job)
+DRAIN_POLL_S = 0.1  # how often stop() looks whether the running job has finished
+IDLE_EXIT_S = 2.0  # how long stop() waits for an idle worker thread to notice and exit
+DELETE_WAIT_S = 10.0  # how long delete() waits for a cancelled running job to stop
+REMOTE_OUTPUT_SCHEMES = ("s3://", "obs://")
+
+_NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
+
+
+class JobService:
+    def __init__(
+        self, settings: Settings, pipeline_factory: PipelineFactory | None = None,
+        *, store: JobStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store: JobStore = store if store is not None else SQLiteJobStore(settings.database_path)
+        self._pipeline_factory = pipeline_factory
+        self._state = _NEW
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._cancels: set[str] = set()
+        self._finished = threading.Condition()
+        self._workers: list[Worker] = []
+        self._retention: retention.RetentionTask | None = None
+
+    # --- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._state_lock:
+            if self._state != _NEW:
+                raise RuntimeError("JobService.start() may be called once")
+            self._state = _RUNNING
+        factory = self._pipeline_factory or _default_pipeline_factory()
+        files.ensure_folders(self.settings)
+        self.store.open()
+        self._recover()
+        files.sweep_stale(self.settings)
+        for index in range(self.settings.workers):
+            worker = Worker(
+                index, self.settings, self.store, factory, wake=self._wake,
+                stopping=self._stopping, cancels=self._cancels, on_finish=self._job_finished,
+            )
+            worker.start()
+            self._workers.append(worker)
+        if retention.enabled(self.settings):
+            self._retention = retention.RetentionTask(self.store, self.settings, self._stopping)
+            self._retention.start()
+        log.info(
+            "job service started: %d worker(s), queue limit %d, %d job(s) waiting",
+            len(self._workers), self.settings.queue_size, self.store.count_queued(),
+        )
+
+    def stop(self, drain_seconds: float | None = None) -> None:
+        """Refuse new work, let the running job finish within the window, re-queue it if not.
+
+        A job handed back here keeps its attempt count: a planned stop is not the job's fault,
+        while a crash (counted at the next start) might be.
+        """
+        with self._state_lock:
+            if self._state in (_NEW, _STOPPED):
+                self._state = _STOPPED
+                return
+            self._state = _DRAINING
+        window = self.settings.drain_seconds if drain_seconds is None else drain_seconds
+        log.info("shutting down: refusing new jobs, draining for up to %g s", window)
+        self._stopping.set()
+        self._wake.set()
+        self._drain(time.monotonic() + window)
+        stragglers = [worker for worker in self._workers if worker.is_alive()]
+        for worker in stragglers:
+            self._hand_back(worker)
+        if self._retention is not None:
+            self._retention.join(IDLE_EXIT_S)
+        if not stragglers:
+            self.store.close()
+        with self._state_lock:
+            self._state = _STOPPED
+        with self._finished:
+            self._finished.notify_all()
+        log.info("job service stopped")
+
+    def _recover(self) -> None:
+        requeued, failed = self.store.recover(self.settings.max_attempts)
+        for job in requeued:
+            job_log(job.id).warning(
+                "was running when the service stopped (attempt %d); back in the queue", job.attempts
+            )
+        for job in failed:
+            job_log(job.id).error("%s", job.error)
+
+    def _drain(self, deadline: float) -> None:
+        while True:
+            busy = [w for w in self._workers if w.is_alive() and w.current is not None]
+            remaining = deadline - time.monotonic()
+            if not busy or remaining <= 0:
+                break
+            busy[0].join(min(remaining, DRAIN_POLL_S))
+        for worker in self._workers:
+            if worker.is_alive() and worker.current is None:
+                worker.join(IDLE_EXIT_S)
+
+    def _hand_back(self, worker: Worker) -> None:
+        claim = worker.abandon()
+        if claim is None:
+            return
+        if self.store.release(claim.job.id, claim.token, count_attempt=False):
+            job_log(claim.job.id).warning(
+                "not finished within the drain window; back in the queue for the next start"
+            )
+
+    # --- submitting ----------------------------------------------------------------------------
+    def submit(
+        self, audio: str, video: str, options: Mapping[str, Any] | None = None, *,
+        output_name: str | None = None, output_prefix: str | None = None,
+        idempotency_key: str | None = None, watermark: str | None = None,
+    ) -> Job:
+        """Queue one job. watermark, when given, overrides options["watermark"]."""
+        self._check_accepting()
+        key = _check_key(idempotency_key)
+        if key is not None:
+            existing = self.store.get_by_key(key)
+            if existing is not None:
+                return existing
+        spec = NewJob(
+            audio=self._check_input(audio, "audio"),
+            video=self._check_input(video, "video"),
+            options=options_dict(options, watermark),
+            output_name=safe_output_name(output_name) if output_name is not None else None,
+            output_prefix=self._check_prefix(output_prefix),
+            idempotency_key=key,
+        )
+        _, (job,) = self.store.add([spec], queue_limit=self.settings.queue_size)
+        self._wake.set()
+        job_log(job.id).info("queued: audio=%s video=%s", job.audio, job.video)
+        return job
+
+    def submit_batch(
+        self, items: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None, *,
+        output_prefix: str | None = None,
+    ) -> Batch:
+        """Queue N items as one batch, all or nothing; item i's errors start with "item i:"."""
+        self._check_accepting()
+        if not items:
+            raise InputError("a batch needs at least one item")
+        shared = options_dict(options)
+        prefix = self._check_prefix(output_prefix)
+        specs: list[NewJob] = []
+        names: dict[str, int] = {}
+        for number, item in enumerate(items, start=1):
+            try:
+                spec = self._batch_item(item, number, shared, prefix)
+                if spec.output_name in names:
+                    raise InputError(
+                        f"output_name {spec.output_name!r} is already used by item {names[spec.output_name]}"
+                    )
+            except HeygemError as exc:
+                raise type(exc)(f"item {number}: {exc}") from None
+            names[spec.output_name or ""] = number
+            specs.append(spec)
+        batch, _ = self.store.add(
+            specs, queue_limit=self.settings.queue_size, batch_options=shared,
+            batch_prefix=prefix, as_batch=True,
+        )
+        assert batch is not None
+        self._wake.set()
+        log.info("batch %s: queued %d item(s)", batch.id, len(batch.items))
+        return batch
+
+    def retry_failed(self, batch_id: str) -> Batch:
+        """Queue the batch's failed and cancelled items again; the others are left alone."""
+        self._check_accepting()
+        self.get_batch(batch_id)
+        retried = self.store.retry(batch_id, queue_limit=self.settings.queue_size)
+        if retried:
+            self._wake.set()
+        log.info("batch %s: retrying %d item(s)", batch_id, len(retried))
+        return self.get_batch(batch_id)
+
+    def _batch_item(self, item: Mapping[str, Any], number: int, options: dict, prefix: str | None) -> NewJob:
+        if not isinstance(item, Mapping):
+            raise InputError('expected an object like {"audio": ..., "video": ...}')
+        unknown = sorted(set(item) - {"audio", "video", "output_name"})
+        if unknown:
+            raise InputError(f"unknown key(s) {', '.join(unknown)}")
+        audio = self._check_input(item.get("audio"), "audio")
+        video = self._check_input(item.get("video"), "video")
+        name = item.get("output_name")
+        name = default_output_name(number, audio, video) if name is None else name
+        return NewJob(
+            audio=audio, video=video, options=options, output_name=safe_output_name(name),
+            output_prefix=prefix,
+        )
+
+    def _check_accepting(self) -> None:
+        with self._state_lock:
+            state = self._state
+        if state == _RUNNING:
+            return
+        if state == _NEW:
+            raise ShuttingDownError("the job service has not started yet; try again shortly")
+        raise ShuttingDownError("the service is shutting down and takes no new jobs; try again shortly")
+
+    def _check_input(self, ref: Any, kind: str) -> str:
+        if not isinstance(ref, str) or not ref.strip():
+            raise InputError(f"{kind} is required")
+        storage.check_reference(ref, self.settings)
+        if is_remote(ref):
+            return ref
+        # Relative paths mean files in the inputs folder, as storage.fetch_input reads them.
+        path = resolve_under(ref, self.settings.allowed_input_roots, base=self.settings.inputs_dir)
+        if not path.is_file():
+            raise InputError(f"{kind} file not found: {ref}")
+        return str(path)
+
+    def _check_prefix(self, prefix: str | None) -> str | None:
+        if prefix is None or not prefix.strip():
+            return None
+        if "://" in prefix:
+            scheme_ok = prefix.startswith(REMOTE_OUTPUT_SCHEMES)
+            bucket = prefix.split("://", 1)[1].split("/", 1)[0]
+            if not scheme_ok or not bucket:
+                raise InputError(
+                    f"output_prefix {prefix!r} must look like s3://bucket/prefix/ or obs://bucket/prefix/"
+                )
+            return prefix
+        # The same folders storage.publish_output writes to: outputs and the extra input roots.
+        roots = (self.settings.outputs_dir, *self.settings.input_roots)
+        try:
+            return str(resolve_under(prefix, roots, base=self.settings.outputs_dir))
+        except ForbiddenPathError:
+            raise ForbiddenPathError(
+                f"output_prefix {prefix} is outside the allowed output folders"
+            ) from None
+
+    # --- reading -------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        return job
+
+    def get_by_key(self, idempotency_key: str) -> Job:
+        job = self.store.get_by_key(idempotency_key)
+        if job is None:
+            raise JobNotFoundError(f"no job with key {idempotency_key!r}")
+        return job
+
+    def list_jobs(self, limit: int = 20, offset: int = 0) -> list[Job]:
+        """Newest first."""
+        return self.store.list_jobs(max(1, min(limit, MAX_PAGE)), max(0, offset))
+
+    def count_jobs(self) -> int:
+        return self.store.count_jobs()
+
+    def queue_depth(self) -> int:
+        return self.store.count_queued()
+
+    def get_batch(self, batch_id: str) -> Batch:
+        batch = self.store.get_batch(batch_id)
+        if batch is None:
+            raise JobNotFoundError(f"no batch with id {batch_id!r}")
+        return batch
+
+    def batch_zip(self, batch_id: str) -> Path:
+        """Build the batch's ZIP (successful videos, summary.csv, summary.json); return its path."""
+        return archive.build_zip(self.get_batch(batch_id), self.settings)
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Block until the job is finished; raise TimeoutError if it is not within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            remaining = deadline - time.monotonic()
+            if job.terminal:
+                return job
+            if remaining <= 0:
+                raise TimeoutError(f"job {job_id} is still {job.status.value} after {timeout:g} s")
+            with self._finished:
+                self._finished.wait(min(remaining, WAIT_POLL_S))
+
+    def readiness(self) -> tuple[bool, str]:
+        with self._state_lock:
+            state = self._state
+        if state == _NEW:
+            return False, "the job service has not started"
+        if state != _RUNNING:
+            return False, "shutting down"
+        if any(w.ready.is_set() and w.is_alive() for w in self._workers):
+            return True, "ready"
+        errors = [w.load_error for w in self._workers if w.load_error]
+        if errors:
+            return False, errors[0]
+        if not any(w.is_alive() for w in self._workers):
+            return False, "the worker has stopped"
+        return False, "loading the model"
+
+    def engine_status(self) -> Any:
+        """The first ready worker's EngineStatus, or None while loading."""
+        for worker in self._workers:
+            if worker.ready.is_set() and worker.pipeline is not None:
+                return worker.pipeline.status()
+        return None
+
+    # --- cancelling and deleting ---------------------------------------------------------------
+    def cancel(self, job_id: str) -> Job:
+        """Queued -> cancelled now; running -> cancel requested (the run stops within ~1 s)."""
+        job = self.store.cancel(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        if job.status == JobStatus.RUNNING:
+            self._cancels.add(job_id)
+            job_log(job_id).info("cancel requested")
+        elif job.status == JobStatus.CANCELLED:
+            job_log(job_id).info("cancelled")
+            self._job_finished(job)
+        return job
+
+    def delete(self, job_id: str) -> None:
+        """Remove the job's row, its files and its uploads no other job uses (cancels it first)."""
+        job = self.get(job_id)
+        if job.status == JobStatus.RUNNING:
+            self.cancel(job_id)
+            self._wait_not_running([job_id])
+        deleted = self.store.delete([job_id])
+        if not deleted:
+            raise InputError(f"job {job_id} is still stopping; try again in a moment")
+        self._remove_files(deleted)
+        job_log(job_id).info("deleted")
+
+    def delete_all(self) -> int:
+        """Delete every job (running ones are cancelled first); return how many were deleted."""
+        running = [job.id for job in self._all_jobs() if job.status == JobStatus.RUNNING]
+        for job_id in running:
+            self.cancel(job_id)
+        self._wait_not_running(running)
+        deleted = self.store.delete(sorted(self.store.all_job_ids()))
+        self._remove_files(deleted)
+        log.info("deleted %d job(s)", len(deleted))
+        return len(deleted)
+
+    def _all_jobs(self) -> list[Job]:
+        return self.store.list_jobs(self.store.count_jobs() + 1, 0)
+
+    def _wait_not_running(self, job_ids: Sequence[str]) -> None:
+        deadline = time.monotonic() + DELETE_WAIT_S
+        for job_id in job_ids:
+            while time.monotonic() < deadline:
+                job = self.store.get(job_id)
+                if job is None or job.status != JobStatus.RUNNING:
+                    break
+                with self._finished:
+                    self._finished.wait(WAIT_POLL_S)
+
+    def _remove_files(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            files.remove_job_files(self.settings, job.id)
+        still_used = {os.path.realpath(r) for r in self.store.references(active_only=False) if not is_remote(r)}
+        inputs_root = self.settings.inputs_dir.resolve()
+        for job in jobs:
+            for ref in (job.audio, job.video):
+                path = Path(ref)
+                if is_remote(ref) or os.path.realpath(ref) in still_used:
+                    continue
+                if path.is_file() and path.resolve().is_relative_to(inputs_root):
+                    path.unlink(missing_ok=True)
+        for batch_id in self.store.delete_empty_batches():
+            files.remove_tree(files.output_dir(self.settings, batch_id))
+
+    def _job_finished(self, job: Job) -> None:
+        self._cancels.discard(job.id)
+        with self._finished:
+            self._finished.notify_all()
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
+        raise InputError(f"idempotency key must be a string of at most {MAX_KEY_CHARS} characters")
+    return key
+
+
+def _default_pipeline_factory() -> Callable[[Settings], Any]:
+    # Imported here so that building a JobService does not load the engine's heavy modules.
+    from heygem.pipeline import LipSyncPipeline
+
+    return LipSyncPipeline

@@ -1,0 +1,468 @@
+"""Where jobs live: the JobStore interface and its SQLite implementation.
+
+SQLite (standard library) runs in WAL mode with a busy timeout; each thread gets its own
+connection, and every write that reads first (queue bound, claim, recovery) runs in one
+`BEGIN IMMEDIATE` transaction, so several threads or processes can share one database file.
+A shared database for several hosts would be another class with the same methods.
+
+A claimed job carries a random run token; a worker's later writes (progress, result) only land
+while the token still matches, so a run that was handed back to the queue (drain) or deleted
+cannot overwrite the job's newer state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+from heygem.errors import HeygemError, QueueFullError
+from heygem.jobs.records import (
+    RETRYABLE_STATUSES,
+    TERMINAL_STATUSES,
+    Batch,
+    Job,
+    JobKind,
+    JobStatus,
+    NewJob,
+)
+
+log = logging.getLogger("heygem.jobs.store")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another writer before giving up
+
+_SCHEMA_V1 = """
+CREATE TABLE batches (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    output_prefix TEXT
+);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    batch_id TEXT REFERENCES batches(id),
+    item_index INTEGER,
+    audio TEXT NOT NULL,
+    video TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    output_name TEXT,
+    output_prefix TEXT,
+    idempotency_key TEXT UNIQUE,
+    status TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    run_token TEXT,
+    engine TEXT,
+    frames_without_face INTEGER,
+    created_at REAL NOT NULL,
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    output_path TEXT,
+    output_url TEXT,
+    presigned_url TEXT
+);
+CREATE INDEX jobs_queue ON jobs(status, queued_at);
+CREATE INDEX jobs_batch ON jobs(batch_id, item_index);
+CREATE INDEX jobs_created ON jobs(created_at);
+"""
+_MIGRATIONS = {1: _SCHEMA_V1}  # version -> script that brings version-1 to it
+
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
+_RETRYABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(RETRYABLE_STATUSES))
+
+
+class RunState(Enum):
+    """What a running worker learns when it reports progress."""
+
+    ACTIVE = "active"  # carry on
+    CANCEL = "cancel"  # a cancel was requested: stop and mark the job cancelled
+    GONE = "gone"  # the run is no longer this worker's (re-queued or deleted): stop quietly
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: Job
+    token: str  # must accompany every later write about this run
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one run."""
+
+    status: JobStatus
+    error: str | None = None
+    engine: str | None = None
+    frames_without_face: int | None = None
+    output_path: Path | None = None
+    output_url: str | None = None
+    presigned_url: str | None = None
+
+
+class JobStore(Protocol):
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def add(
+        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict | None = None,
+        batch_prefix: str | None = None, as_batch: bool = False,
+    ) -> tuple[Batch | None, list[Job]]: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def get_by_key(self, idempotency_key: str) -> Job | None: ...
+    def list_jobs(self, limit: int, offset: int) -> list[Job]: ...
+    def count_jobs(self) -> int: ...
+    def count_queued(self) -> int: ...
+    def claim(self) -> Claim | None: ...
+    def report_progress(self, job_id: str, token: str, progress: float, stage: str) -> RunState: ...
+    def finish(self, job_id: str, token: str, outcome: Outcome) -> bool: ...
+    def release(self, job_id: str, token: str, *, count_attempt: bool) -> bool: ...
+    def cancel(self, job_id: str) -> Job | None: ...
+    def recover(self, max_attempts: int) -> tuple[list[Job], list[Job]]: ...
+    def delete(self, job_ids: Sequence[str]) -> list[Job]: ...
+    def get_batch(self, batch_id: str) -> Batch | None: ...
+    def retry(self, batch_id: str, *, queue_limit: int) -> list[Job]: ...
+    def finished_before(self, cutoff: float) -> list[Job]: ...
+    def references(self, *, active_only: bool) -> set[str]: ...
+    def all_job_ids(self) -> set[str]: ...
+    def delete_empty_batches(self) -> list[str]: ...
+
+
+class SQLiteJobStore:
+    """JobStore on one SQLite file; safe to share between threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+
+    # --- connections ---------------------------------------------------------------------------
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise HeygemError(
+                    f"{self.path} was written by a newer heygem (schema {version}, "
+                    f"this one knows {SCHEMA_VERSION})"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                log.info("job database %s: migrating schema to version %d", self.path, target)
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            # FULL: an accepted job must survive a power cut, not only a process kill.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Job]:
+        return [_job(row) for row in self._conn().execute(sql, params).fetchall()]
+
+    # --- submitting ----------------------------------------------------------------------------
+    def add(
+        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict | None = None,
+        batch_prefix: str | None = None, as_batch: bool = False,
+    ) -> tuple[Batch | None, list[Job]]:
+        """Insert jobs (optionally as one batch) all-or-nothing, within the queue bound.
+
+        A job whose idempotency key already exists is not inserted; the existing job is returned.
+        """
+        now = time.time()
+        with self._write() as conn:
+            if not as_batch and len(jobs) == 1 and jobs[0].idempotency_key:
+                row = conn.execute(
+                    "SELECT * FROM jobs WHERE idempotency_key = ?", (jobs[0].idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return None, [_job(row)]
+            _check_room(conn, len(jobs), queue_limit)
+            batch_id = uuid.uuid4().hex if as_batch else None
+            if batch_id:
+                conn.execute(
+                    "INSERT INTO batches (id, created_at, options, output_prefix) VALUES (?, ?, ?, ?)",
+                    (batch_id, now, json.dumps(batch_options or {}), batch_prefix),
+                )
+            ids = []
+            for index, spec in enumerate(jobs):
+                job_id = uuid.uuid4().hex
+                ids.append(job_id)
+                conn.execute(
+                    "INSERT INTO jobs (id, kind, batch_id, item_index, audio, video, options,"
+                    " output_name, output_prefix, idempotency_key, status, created_at, queued_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        (JobKind.BATCH_ITEM if batch_id else JobKind.SINGLE).value,
+                        batch_id, index if batch_id else None, spec.audio, spec.video,
+                        json.dumps(spec.options), spec.output_name, spec.output_prefix,
+                        spec.idempotency_key, JobStatus.QUEUED.value, now, now,
+                    ),
+                )
+        added = [self.get(job_id) for job_id in ids]
+        batch = self.get_batch(batch_id) if batch_id else None
+        return batch, [job for job in added if job is not None]
+
+    # --- reading -------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        found = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return found[0] if found else None
+
+    def get_by_key(self, idempotency_key: str) -> Job | None:
+        found = self._rows("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
+        return found[0] if found else None
+
+    def list_jobs(self, limit: int, offset: int) -> list[Job]:
+        return self._rows(
+            "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+
+    def count_jobs(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    def count_queued(self) -> int:
+        return _queued(self._conn())
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        row = self._conn().execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        if row is None:
+            return None
+        items = self._rows("SELECT * FROM jobs WHERE batch_id = ? ORDER BY item_index", (batch_id,))
+        return Batch(
+            id=row["id"], created_at=row["created_at"], options=json.loads(row["options"]),
+            output_prefix=row["output_prefix"], items=tuple(items),
+        )
+
+    def finished_before(self, cutoff: float) -> list[Job]:
+        return self._rows(
+            f"SELECT * FROM jobs WHERE status IN ({_TERMINAL_SQL}) AND finished_at < ?", (cutoff,)
+        )
+
+    def references(self, *, active_only: bool) -> set[str]:
+        """Input references of queued/running jobs (active_only) or of every job."""
+        where = " WHERE status IN ('queued', 'running')" if active_only else ""
+        rows = self._conn().execute("SELECT audio, video FROM jobs" + where).fetchall()
+        return {ref for row in rows for ref in (row["audio"], row["video"])}
+
+    def all_job_ids(self) -> set[str]:
+        return {row[0] for row in self._conn().execute("SELECT id FROM jobs").fetchall()}
+
+    # --- running -------------------------------------------------------------------------------
+    def claim(self) -> Claim | None:
+        """Take the oldest queued job atomically; None when the queue is empty."""
+        token = uuid.uuid4().hex
+        rows = self._conn().execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_token = ?,"
+            " started_at = ?, finished_at = NULL, progress = 0, stage = 'starting', error = NULL"
+            " WHERE id = (SELECT id FROM jobs WHERE status = 'queued'"
+            "             ORDER BY queued_at, rowid LIMIT 1)"
+            " AND status = 'queued' RETURNING *",
+            (token, time.time()),
+        ).fetchall()
+        return Claim(_job(rows[0]), token) if rows else None
+
+    def report_progress(self, job_id: str, token: str, progress: float, stage: str) -> RunState:
+        rows = self._conn().execute(
+            "UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND run_token = ?"
+            " AND status = 'running' RETURNING cancel_requested",
+            (progress, stage, job_id, token),
+        ).fetchall()
+        if not rows:
+            return RunState.GONE
+        return RunState.CANCEL if rows[0][0] else RunState.ACTIVE
+
+    def finish(self, job_id: str, token: str, outcome: Outcome) -> bool:
+        """Record the end of a run; False when the run was no longer this worker's."""
+        done = outcome.status == JobStatus.SUCCEEDED
+        rows = self._conn().execute(
+            "UPDATE jobs SET status = ?, error = ?, engine = COALESCE(?, engine),"
+            " frames_without_face = ?, output_path = ?, output_url = ?, presigned_url = ?,"
+            " finished_at = ?, progress = CASE WHEN ? THEN 1.0 ELSE progress END,"
+            " stage = CASE WHEN ? THEN 'done' ELSE stage END, run_token = NULL"
+            " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
+            (
+                outcome.status.value, outcome.error, outcome.engine, outcome.frames_without_face,
+                str(outcome.output_path) if outcome.output_path else None, outcome.output_url,
+                outcome.presigned_url, time.time(), done, done, job_id, token,
+            ),
+        ).fetchall()
+        return bool(rows)
+
+    def release(self, job_id: str, token: str, *, count_attempt: bool) -> bool:
+        """Put a running job back in the queue at its old place (drain)."""
+        rows = self._conn().execute(
+            "UPDATE jobs SET status = 'queued', run_token = NULL, progress = 0, stage = 'queued',"
+            " started_at = NULL, attempts = attempts - ?"
+            " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
+            (0 if count_attempt else 1, job_id, token),
+        ).fetchall()
+        return bool(rows)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Queued -> cancelled now; running -> cancel requested; finished jobs are left alone."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', error = 'cancelled by request',"
+                " finished_at = ?, stage = 'cancelled' WHERE id = ? AND status = 'queued'",
+                (time.time(), job_id),
+            )
+            conn.execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                (job_id,),
+            )
+        return self.get(job_id)
+
+    def recover(self, max_attempts: int) -> tuple[list[Job], list[Job]]:
+        """After a crash: running jobs go back to the queue, or fail once out of attempts.
+
+        Assumes one service per database (the one starting now owns every 'running' row).
+        """
+        now = time.time()
+        with self._write() as conn:
+            failed = conn.execute(
+                "UPDATE jobs SET status = 'failed', run_token = NULL, finished_at = ?,"
+                " error = 'interrupted ' || attempts || ' times (the service restarted while it"
+                " ran); giving up' WHERE status = 'running' AND attempts >= ? RETURNING *",
+                (now, max_attempts),
+            ).fetchall()
+            requeued = conn.execute(
+                "UPDATE jobs SET status = 'queued', run_token = NULL, progress = 0,"
+                " stage = 'queued', started_at = NULL WHERE status = 'running' RETURNING *"
+            ).fetchall()
+        return [_job(row) for row in requeued], [_job(row) for row in failed]
+
+    # --- batches -------------------------------------------------------------------------------
+    def retry(self, batch_id: str, *, queue_limit: int) -> list[Job]:
+        """Queue a batch's failed and cancelled items again (fresh attempts), all-or-nothing."""
+        with self._write() as conn:
+            ids = [
+                row[0] for row in conn.execute(
+                    f"SELECT id FROM jobs WHERE batch_id = ? AND status IN ({_RETRYABLE_SQL})",
+                    (batch_id,),
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            _check_room(conn, len(ids), queue_limit)
+            marks = ", ".join("?" for _ in ids)
+            rows = conn.execute(
+                "UPDATE jobs SET status = 'queued', error = NULL, progress = 0, stage = 'queued',"
+                " attempts = 0, cancel_requested = 0, started_at = NULL, finished_at = NULL,"
+                " output_path = NULL, output_url = NULL, presigned_url = NULL, engine = NULL,"
+                f" frames_without_face = NULL, queued_at = ? WHERE id IN ({marks}) RETURNING *",
+                (time.time(), *ids),
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    # --- deleting ------------------------------------------------------------------------------
+    def delete(self, job_ids: Sequence[str]) -> list[Job]:
+        """Delete the given rows unless running; return what was deleted."""
+        if not job_ids:
+            return []
+        deleted: list[Job] = []
+        with self._write() as conn:
+            for job_id in job_ids:
+                rows = conn.execute(
+                    "DELETE FROM jobs WHERE id = ? AND status != 'running' RETURNING *", (job_id,)
+                ).fetchall()
+                deleted.extend(_job(row) for row in rows)
+        return deleted
+
+    def delete_empty_batches(self) -> list[str]:
+        rows = self._conn().execute(
+            "DELETE FROM batches WHERE NOT EXISTS"
+            " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id) RETURNING id"
+        ).fetchall()
+        return [row[0] for row in rows]
+
+
+def _queued(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+
+
+def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None:
+    waiting = _queued(conn)
+    free = max(0, queue_limit - waiting)
+    if needed <= free:
+        return
+    if needed == 1:
+        raise QueueFullError(f"queue is full ({waiting} jobs waiting); try again later")
+    raise QueueFullError(
+        f"queue is full: {needed} jobs need room and {free} places are free "
+        f"({waiting} jobs waiting, limit {queue_limit}); try again later"
+    )
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        kind=JobKind(row["kind"]),
+        batch_id=row["batch_id"],
+        item_index=row["item_index"],
+        audio=row["audio"],
+        video=row["video"],
+        options=json.loads(row["options"]),
+        output_name=row["output_name"],
+        output_prefix=row["output_prefix"],
+        idempotency_key=row["idempotency_key"],
+        status=JobStatus(row["status"]),
+        progress=row["progress"],
+        stage=row["stage"],
+        error=row["error"],
+        attempts=row["attempts"],
+        cancel_requested=bool(row["cancel_requested"]),
+        engine=row["engine"],
+        frames_without_face=row["frames_without_face"],
+        created_at=row["created_at"],
+        queued_at=row["queued_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        output_path=Path(row["output_path"]) if row["output_path"] else None,
+        output_url=row["output_url"],
+        presigned_url=row["presigned_url"],
+    )

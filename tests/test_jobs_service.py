@@ -1,0 +1,496 @@
+"""JobService in-process: real SQLite, real files, FakePipeline (real ffmpeg output)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+import time
+import zipfile
+
+import pytest
+
+from heygem.errors import (
+    ForbiddenPathError,
+    InputError,
+    JobNotFoundError,
+    ModelError,
+    QueueFullError,
+    ShuttingDownError,
+)
+from heygem.jobs import JobService, JobStatus, SQLiteJobStore
+from heygem.jobs import files as job_files
+from heygem.jobs import retention
+from heygem.jobs.records import NewJob
+from tests import media
+from tests.fakes import FakePipeline
+from tests.jobs_support import WAIT_S, Pipelines, place_inputs, running_service
+
+POLL_S = 0.05
+
+
+@pytest.fixture
+def inputs(settings, speech_wav, face_video):
+    return place_inputs(settings, speech_wav, face_video)
+
+
+def wait_for(predicate, timeout=WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    raise AssertionError("condition not met in time")
+
+
+def wait_running(service, job_id):
+    return wait_for(lambda: service.get(job_id).status == JobStatus.RUNNING)
+
+
+# --- one job -------------------------------------------------------------------------------------
+def test_single_job_produces_a_real_mp4_atomically(settings, inputs):
+    pipelines = Pipelines()
+    with running_service(settings, pipelines) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        assert job.status == JobStatus.QUEUED
+        done = service.wait(job.id, WAIT_S)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert done.output_path == settings.outputs_dir / job.id / "result.mp4"
+    assert sorted(media.stream_types(done.output_path)) == ["audio", "video"]
+    assert (done.progress, done.stage, done.attempts, done.engine) == (1.0, "done", 1, "fake")
+    assert done.started_at <= done.finished_at
+    # Only the finished file is in the job's output folder; no scratch is left behind.
+    assert [p.name for p in done.output_path.parent.iterdir()] == ["result.mp4"]
+    assert list(job_files.scratch_root(settings).iterdir()) == []
+    # The pipeline wrote to a temporary name in the job's scratch folder, never in outputs.
+    assert len(pipelines.runs) == 1
+
+
+def test_output_name_and_watermark_are_recorded(settings, inputs):
+    with running_service(settings, Pipelines()) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video), {"blend": "rect"},
+                             output_name="hello", watermark="AI generated")
+        done = service.wait(job.id, WAIT_S)
+    assert done.output_path.name == "hello.mp4"
+    assert done.options == {"blend": "rect", "watermark": "AI generated"}
+    assert done.to_dict()["status"] == "succeeded"
+    json.dumps(done.to_dict())
+
+
+def test_relative_input_paths_mean_the_inputs_folder(settings, inputs):
+    with running_service(settings, Pipelines()) as service:
+        job = service.submit("speech.wav", "face.mp4")
+        assert job.audio == str(inputs.audio.resolve())
+        assert service.wait(job.id, WAIT_S).status == JobStatus.SUCCEEDED
+
+
+def test_progress_is_stored_while_running(settings, inputs):
+    with running_service(settings, Pipelines(delay_s=2.0)) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        seen = wait_for(lambda: (j := service.get(job.id)).progress > 0.4 and j)
+        assert seen.status == JobStatus.RUNNING
+        assert seen.stage == "synthesize"
+        assert seen.progress < 1.0
+        service.cancel(job.id)
+
+
+def test_job_log_lines_carry_the_job_id(settings, inputs, caplog):
+    caplog.set_level(logging.INFO, logger="heygem.jobs")
+    with running_service(settings, Pipelines()) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        service.wait(job.id, WAIT_S)
+    worker_lines = [r.getMessage() for r in caplog.records if r.name == "heygem.jobs.worker"
+                    and job.id in r.getMessage()]
+    assert any("started (attempt 1)" in line for line in worker_lines)
+    assert any("succeeded" in line for line in worker_lines)
+    assert all(line.startswith(f"job {job.id}: ") for line in worker_lines)
+
+
+# --- bad submissions -----------------------------------------------------------------------------
+def test_submissions_outside_the_roots_or_malformed_are_refused(settings, inputs, tmp_path):
+    outside = tmp_path / "outside.wav"
+    shutil.copy(inputs.audio, outside)
+    with running_service(settings, Pipelines()) as service:
+        with pytest.raises(ForbiddenPathError, match="outside the allowed input folders"):
+            service.submit("/etc/passwd", str(inputs.video))
+        with pytest.raises(ForbiddenPathError, match="outside"):
+            service.submit("../../etc/passwd", str(inputs.video))
+        with pytest.raises(ForbiddenPathError, match="outside"):
+            service.submit(str(outside), str(inputs.video))
+        with pytest.raises(ForbiddenPathError, match="plain file name"):
+            service.submit(str(inputs.audio), str(inputs.video), output_name="a/b.mp4")
+        with pytest.raises(InputError, match="video file not found"):
+            service.submit(str(inputs.audio), str(settings.inputs_dir / "missing.mp4"))
+        with pytest.raises(InputError, match="unknown option"):
+            service.submit(str(inputs.audio), str(inputs.video), {"colour": "red"})
+        with pytest.raises(InputError, match="audio is required"):
+            service.submit("", str(inputs.video))
+        with pytest.raises(ForbiddenPathError):
+            service.submit("file:///etc/passwd", str(inputs.video))
+        with pytest.raises(ForbiddenPathError, match="output_prefix"):
+            service.submit(str(inputs.audio), str(inputs.video), output_prefix="/etc")
+        with pytest.raises(InputError, match="output_prefix"):
+            service.submit(str(inputs.audio), str(inputs.video), output_prefix="ftp://host/x/")
+        assert service.count_jobs() == 0
+
+
+def test_batch_errors_name_the_item_and_add_nothing(settings, inputs):
+    good = {"audio": str(inputs.audio), "video": str(inputs.video)}
+    with running_service(settings, Pipelines()) as service:
+        with pytest.raises(ForbiddenPathError, match="^item 2: .*outside"):
+            service.submit_batch([good, {"audio": "../../etc/passwd", "video": str(inputs.video)}])
+        with pytest.raises(ForbiddenPathError, match="^item 1: output_name"):
+            service.submit_batch([{**good, "output_name": "x/y.mp4"}])
+        with pytest.raises(InputError, match="^item 2: output_name 'same.mp4' is already used by item 1"):
+            service.submit_batch([{**good, "output_name": "same"}, {**good, "output_name": "same.mp4"}])
+        with pytest.raises(InputError, match="at least one item"):
+            service.submit_batch([])
+        assert service.count_jobs() == 0
+
+
+# --- bounded queue -------------------------------------------------------------------------------
+def test_overload_is_refused_and_nothing_accepted_is_lost(settings, inputs):
+    settings = settings.replace(queue_size=3)
+    gate = threading.Event()
+    pipelines = Pipelines(gate=gate)
+    with running_service(settings, pipelines) as service:
+        accepted = [service.submit(str(inputs.audio), str(inputs.video)) for _ in range(3)]
+        with pytest.raises(QueueFullError, match=r"^queue is full \(3 jobs waiting\); try again later$"):
+            service.submit(str(inputs.audio), str(inputs.video))
+        with pytest.raises(QueueFullError, match="2 jobs need room and 0 places are free"):
+            service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}] * 2)
+        assert service.queue_depth() == 3 and service.count_jobs() == 3
+        gate.set()
+        finished = [service.wait(job.id, WAIT_S) for job in accepted]
+    assert [job.status for job in finished] == [JobStatus.SUCCEEDED] * 3
+    assert len(pipelines.runs) == 3
+
+
+def test_a_batch_needs_room_for_every_item(settings, inputs):
+    settings = settings.replace(queue_size=3)
+    item = {"audio": str(inputs.audio), "video": str(inputs.video)}
+    with running_service(settings, Pipelines(gate=threading.Event())) as service:
+        service.submit(str(inputs.audio), str(inputs.video))
+        with pytest.raises(QueueFullError, match="3 jobs need room and 2 places are free"):
+            service.submit_batch([item] * 3)
+        batch = service.submit_batch([item] * 2)
+        assert len(batch.items) == 2
+        assert service.queue_depth() == 3
+
+
+def test_concurrent_submissions_are_accepted_or_cleanly_refused(settings, inputs):
+    settings = settings.replace(queue_size=12)
+    gate = threading.Event()
+    pipelines = Pipelines(gate=gate)
+    accepted, refused, other = [], [], []
+    lock = threading.Lock()
+
+    def submit_five(service):
+        for _ in range(5):
+            try:
+                job = service.submit(str(inputs.audio), str(inputs.video))
+                outcome = accepted
+            except QueueFullError as exc:
+                job, outcome = exc, refused
+            except Exception as exc:  # any other error is a failure of the test
+                job, outcome = exc, other
+            with lock:
+                outcome.append(job)
+
+    with running_service(settings, pipelines) as service:
+        threads = [threading.Thread(target=submit_five, args=(service,)) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert other == []
+        assert (len(accepted), len(refused)) == (12, 38)
+        assert all("queue is full" in str(exc) for exc in refused)
+        assert len({job.id for job in accepted}) == 12
+        assert service.count_jobs() == 12
+        gate.set()
+        finished = [service.wait(job.id, WAIT_S) for job in accepted]
+    assert all(job.status == JobStatus.SUCCEEDED for job in finished)
+    assert len(pipelines.runs) == 12  # one run per accepted job, none twice
+    assert len({job.output_path for job in finished}) == 12
+
+
+# --- idempotency, cancel, delete -----------------------------------------------------------------
+def test_same_idempotency_key_returns_the_same_job(settings, inputs):
+    with running_service(settings, Pipelines()) as service:
+        first = service.submit(str(inputs.audio), str(inputs.video), idempotency_key="client-42")
+        again = service.submit(str(inputs.audio), str(inputs.video), idempotency_key="client-42")
+        assert again.id == first.id
+        assert service.get_by_key("client-42").id == first.id
+        other = service.submit(str(inputs.audio), str(inputs.video), idempotency_key="client-43")
+        assert other.id != first.id
+        assert service.count_jobs() == 2
+        with pytest.raises(JobNotFoundError):
+            service.get_by_key("nope")
+
+
+def test_cancel_a_queued_job_stops_it_from_running(settings, inputs):
+    gate = threading.Event()
+    pipelines = Pipelines(gate=gate)
+    with running_service(settings, pipelines) as service:
+        doomed = service.submit(str(inputs.audio), str(inputs.video))
+        kept = service.submit(str(inputs.audio), str(inputs.video))
+        cancelled = service.cancel(doomed.id)
+        assert cancelled.status == JobStatus.CANCELLED
+        assert service.wait(doomed.id, 1).status == JobStatus.CANCELLED
+        gate.set()
+        assert service.wait(kept.id, WAIT_S).status == JobStatus.SUCCEEDED
+    assert len(pipelines.runs) == 1
+    assert not job_files.output_dir(settings, doomed.id).exists()
+
+
+def test_cancel_a_running_job(settings, inputs):
+    with running_service(settings, Pipelines(delay_s=5.0)) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        wait_running(service, job.id)
+        requested = service.cancel(job.id)
+        assert requested.status == JobStatus.RUNNING and requested.cancel_requested
+        done = service.wait(job.id, WAIT_S)
+    assert done.status == JobStatus.CANCELLED
+    assert done.error == "cancelled by request"
+    assert done.output_path is None
+    assert not job_files.output_dir(settings, job.id).exists()
+    assert list(job_files.scratch_root(settings).iterdir()) == []
+
+
+def test_unknown_ids_raise_not_found(settings):
+    with running_service(settings, Pipelines()) as service:
+        for call in (service.get, service.cancel, service.delete, service.get_batch,
+                     service.retry_failed, service.batch_zip):
+            with pytest.raises(JobNotFoundError):
+                call("0" * 32)
+
+
+def test_delete_removes_row_outputs_and_unshared_uploads(settings, inputs):
+    with running_service(settings, Pipelines()) as service:
+        first = service.submit(str(inputs.audio), str(inputs.video))
+        second = service.submit(str(inputs.audio), str(inputs.video))
+        for job in (first, second):
+            service.wait(job.id, WAIT_S)
+        service.delete(first.id)
+        with pytest.raises(JobNotFoundError):
+            service.get(first.id)
+        assert not job_files.output_dir(settings, first.id).exists()
+        assert inputs.audio.exists() and inputs.video.exists()  # the second job still uses them
+        service.delete(second.id)
+        assert not inputs.audio.exists() and not inputs.video.exists()
+        assert service.count_jobs() == 0
+
+
+def test_delete_of_a_running_job_cancels_it_first(settings, inputs):
+    with running_service(settings, Pipelines(delay_s=5.0)) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        wait_running(service, job.id)
+        service.delete(job.id)
+        with pytest.raises(JobNotFoundError):
+            service.get(job.id)
+
+
+def test_list_count_and_delete_all(settings, inputs):
+    with running_service(settings, Pipelines(gate=threading.Event())) as service:
+        ids = [service.submit(str(inputs.audio), str(inputs.video)).id for _ in range(5)]
+        assert service.count_jobs() == 5
+        assert [job.id for job in service.list_jobs(limit=2)] == ids[::-1][:2]
+        assert [job.id for job in service.list_jobs(limit=2, offset=4)] == ids[:1]
+        assert service.delete_all() == 5
+        assert service.count_jobs() == 0 and service.queue_depth() == 0
+
+
+# --- batches -------------------------------------------------------------------------------------
+def test_batch_isolates_a_failure_zips_and_retries_only_that_item(settings, inputs):
+    pipelines = Pipelines()
+    items = [{"audio": str(inputs.audio), "video": str(inputs.video), "output_name": f"clip{i}"}
+             for i in range(5)]
+    items[2]["video"] = str(inputs.corrupt)
+    with running_service(settings, pipelines) as service:
+        batch = service.submit_batch(items, {"blend": "rect"})
+        assert [item.item_index for item in batch.items] == [0, 1, 2, 3, 4]
+        for item in batch.items:
+            service.wait(item.id, WAIT_S)
+        batch = service.get_batch(batch.id)
+        assert batch.status == "finished"
+        assert [item.status for item in batch.items] == [
+            JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED,
+            JobStatus.SUCCEEDED]
+        assert "corrupt.mp4: no video stream" in batch.items[2].error
+
+        with zipfile.ZipFile(service.batch_zip(batch.id)) as archive:
+            names = sorted(archive.namelist())
+            summary = json.loads(archive.read("summary.json"))
+            table = list(csv.DictReader(io.StringIO(archive.read("summary.csv").decode())))
+        assert names == ["clip0.mp4", "clip1.mp4", "clip3.mp4", "clip4.mp4", "summary.csv",
+                         "summary.json"]
+        assert [row["status"] for row in summary["items"]] == [
+            "succeeded", "succeeded", "failed", "succeeded", "succeeded"]
+        assert "no video stream" in table[2]["error"] and table[0]["error"] == ""
+
+        before = {item.id: item for item in batch.items}
+        runs_before = len(pipelines.runs)
+        shutil.copy(inputs.video, inputs.corrupt)  # the user fixes the bad file, then retries
+        retried = service.retry_failed(batch.id)
+        assert retried.items[2].status == JobStatus.QUEUED
+        service.wait(batch.items[2].id, WAIT_S)
+        after = service.get_batch(batch.id)
+        zip_path = service.batch_zip(batch.id)
+    assert len(pipelines.runs) == runs_before + 1
+    assert after.items[2].status == JobStatus.SUCCEEDED
+    for index in (0, 1, 3, 4):
+        assert after.items[index].finished_at == before[after.items[index].id].finished_at
+        assert after.items[index].attempts == 1
+    with zipfile.ZipFile(zip_path) as archive:
+        assert sum(name.endswith(".mp4") for name in archive.namelist()) == 5
+    assert zip_path.parent == settings.outputs_dir / batch.id
+
+
+def test_batch_items_get_distinct_default_names(settings, inputs):
+    with running_service(settings, Pipelines(gate=threading.Event())) as service:
+        batch = service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}] * 3)
+    names = [item.output_name for item in batch.items]
+    assert names == ["0001_face_speech.mp4", "0002_face_speech.mp4", "0003_face_speech.mp4"]
+
+
+# --- life cycle ----------------------------------------------------------------------------------
+def test_readiness_follows_loading_and_shutdown(settings, inputs):
+    gate = threading.Event()
+    service = JobService(settings, pipeline_factory=Pipelines(gate=gate))
+    assert service.readiness() == (False, "the job service has not started")
+    with pytest.raises(ShuttingDownError):
+        service.submit(str(inputs.audio), str(inputs.video))
+    service.start()
+    try:
+        assert service.readiness() == (False, "loading the model")
+        assert service.engine_status() is None
+        queued = service.submit(str(inputs.audio), str(inputs.video))  # accepted while loading
+        gate.set()
+        wait_for(lambda: service.readiness()[0])
+        assert service.readiness() == (True, "ready")
+        assert service.engine_status().engine == "fake"
+        assert service.wait(queued.id, WAIT_S).status == JobStatus.SUCCEEDED
+    finally:
+        service.stop(drain_seconds=5)
+    assert service.readiness() == (False, "shutting down")
+    with pytest.raises(ShuttingDownError, match="shutting down"):
+        service.submit(str(inputs.audio), str(inputs.video))
+
+
+def test_engine_load_failure_shows_in_readiness(settings):
+    class Broken(FakePipeline):
+        def load(self):
+            raise ModelError("no weights at models/wav2lip_gan.pth")
+
+    service = JobService(settings, pipeline_factory=Broken)
+    service.start()
+    try:
+        wait_for(lambda: service.readiness()[1] != "loading the model")
+        assert service.readiness() == (
+            False, "the engine failed to load: no weights at models/wav2lip_gan.pth")
+    finally:
+        service.stop(drain_seconds=1)
+
+
+def test_wait_times_out_with_a_clear_error(settings, inputs):
+    with running_service(settings, Pipelines(gate=threading.Event())) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        with pytest.raises(TimeoutError, match="still queued"):
+            service.wait(job.id, 0.2)
+
+
+def test_drain_hands_back_a_job_that_cannot_finish(settings, inputs):
+    with running_service(settings, Pipelines(delay_s=10.0)) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        wait_running(service, job.id)
+        service.stop(drain_seconds=0.3)
+        handed_back = service.get(job.id)
+    assert handed_back.status == JobStatus.QUEUED
+    assert handed_back.attempts == 0  # a planned stop does not use up an attempt
+    with running_service(settings, Pipelines()) as again:
+        done = again.wait(job.id, WAIT_S)
+    assert done.status == JobStatus.SUCCEEDED and done.attempts == 1
+
+
+def test_drain_lets_a_short_job_finish(settings, inputs):
+    with running_service(settings, Pipelines(delay_s=0.5)) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        wait_running(service, job.id)
+        service.stop(drain_seconds=WAIT_S)
+        assert service.get(job.id).status == JobStatus.SUCCEEDED
+
+
+def test_start_recovers_interrupted_jobs_and_gives_up_after_max_attempts(settings, inputs):
+    store = SQLiteJobStore(settings.database_path)
+    store.open()
+    _, (retried, exhausted) = store.add(
+        [NewJob(str(inputs.audio), str(inputs.video))] * 2, queue_limit=10)
+    assert store.claim().job.id == retried.id  # claimed by a service that then "crashed"
+    assert store.claim().job.id == exhausted.id
+    with sqlite3.connect(settings.database_path) as conn:
+        conn.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (settings.max_attempts, exhausted.id))
+    store.close()
+
+    with running_service(settings, Pipelines()) as service:
+        done = service.wait(retried.id, WAIT_S)
+        gave_up = service.get(exhausted.id)
+    assert done.status == JobStatus.SUCCEEDED and done.attempts == 2
+    assert gave_up.status == JobStatus.FAILED
+    assert gave_up.error == "interrupted 3 times (the service restarted while it ran); giving up"
+
+
+def test_start_sweeps_stale_temporary_files(settings):
+    stale_scratch = job_files.scratch_root(settings) / ("ab" * 16) / "run"
+    stale_scratch.mkdir(parents=True)
+    (stale_scratch / "half.mp4").write_bytes(b"half")
+    finished = settings.outputs_dir / ("cd" * 16)
+    finished.mkdir(parents=True)
+    (finished / "result.mp4").write_bytes(b"done")
+    (finished / job_files.temp_name(".mp4")).write_bytes(b"half")
+    with running_service(settings, Pipelines()):
+        assert list(job_files.scratch_root(settings).iterdir()) == []
+        assert [p.name for p in finished.iterdir()] == ["result.mp4"]
+
+
+# --- retention -----------------------------------------------------------------------------------
+def test_retention_sweep_removes_old_jobs_files_and_uploads(settings, inputs):
+    settings = settings.replace(retention_days=2.0)
+    with running_service(settings, Pipelines()) as service:
+        batch = service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}])
+        job = service.wait(batch.items[0].id, WAIT_S)
+        zip_path = service.batch_zip(batch.id)
+        assert retention.sweep(service.store, settings).empty  # nothing is old yet
+        report = retention.sweep(service.store, settings, now=time.time() + 3 * 86400)
+        assert report.jobs == [job.id] and report.batches == [batch.id]
+        assert set(report.inputs) == {inputs.audio, inputs.video, inputs.corrupt}
+        with pytest.raises(JobNotFoundError):
+            service.get(job.id)
+        with pytest.raises(JobNotFoundError):
+            service.get_batch(batch.id)
+    assert not job.output_path.exists() and not zip_path.exists()
+    assert list(settings.inputs_dir.iterdir()) == []
+
+
+def test_retention_keeps_uploads_of_waiting_jobs(settings, inputs):
+    settings = settings.replace(retention_days=1.0)
+    with running_service(settings, Pipelines(gate=threading.Event())) as service:
+        service.submit(str(inputs.audio), str(inputs.video))
+        report = retention.sweep(service.store, settings, now=time.time() + 2 * 86400)
+    assert report.jobs == [] and report.inputs == [inputs.corrupt]
+    assert inputs.audio.exists() and inputs.video.exists()
+
+
+def test_retention_task_runs_on_its_interval(settings, inputs):
+    settings = settings.replace(retention_days=1.0, retention_interval_s=0.1)
+    with running_service(settings, Pipelines()) as service:
+        job = service.wait(service.submit(str(inputs.audio), str(inputs.video)).id, WAIT_S)
+        with sqlite3.connect(settings.database_path) as conn:
+            conn.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time() - 2 * 86400, job.id))
+        wait_for(lambda: service.count_jobs() == 0)
+    assert not job.output_path.exists()
