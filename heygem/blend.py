@@ -17,7 +17,7 @@ Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in frame pixels
 FACE_SIZE = 96  # the generator's square input and output side
 MASK_TOP = 0.45  # the blended region starts this far down the box: the generator redraws the lower half
 FEATHER_FRACTION = 0.12  # soft edge width, relative to the box's shorter side
-GAUSS_SIGMAS_IN_FEATHER = 3.0  # the blur's sigma is the feather width / 3, so it has died out by the border
+GAUSS_SIGMAS_IN_FEATHER = 3.0  # sigma = feather width / 3, so the blur has died out by the border
 MASK_FLOOR = 1e-3  # blur tails below this are cut to exactly 0 (invisible: < 0.3 grey levels)
 MASK_CACHE_SIZE = 64  # distinct box sizes remembered (smoothed boxes change size by a pixel or two)
 
@@ -55,7 +55,7 @@ def paste_feathered(frame: np.ndarray, patch: np.ndarray, box: Box) -> np.ndarra
 
 @lru_cache(maxsize=MASK_CACHE_SIZE)
 def lower_face_mask(width: int, height: int) -> np.ndarray:
-    """A height x width float32 mask in [0, 1]: 1 over mouth and jaw, Gaussian-soft edges, 0 at the border.
+    """A height x width float32 mask in [0, 1]: 1 over mouth and jaw, soft edges, 0 at the border.
 
     An ellipse fills the box's lower part (from MASK_TOP down, full width), shrunk by the feather
     width on every side; blurring it with sigma = feather / 3 makes the edge soft and lets it reach
@@ -79,7 +79,9 @@ def lower_face_mask(width: int, height: int) -> np.ndarray:
     return mask
 
 
-def _ellipse(width: int, height: int, centre: tuple[float, float], axes: tuple[float, float]) -> np.ndarray:
+def _ellipse(
+    width: int, height: int, centre: tuple[float, float], axes: tuple[float, float]
+) -> np.ndarray:
     """A hard 0/1 ellipse sampled at pixel centres (exact for any size, unlike integer cv2.ellipse)."""
     ys = (np.arange(height, dtype=np.float32) + 0.5 - centre[1]) / axes[1]
     xs = (np.arange(width, dtype=np.float32) + 0.5 - centre[0]) / axes[0]

@@ -161,7 +161,9 @@ def probe(path: Path | str, require_video: bool = True, verify: bool = True) -> 
     if video is None:
         if require_video:
             kind = "audio only" if has_audio else "no picture"
-            raise UnsupportedMediaError(f"{path.name} has no video stream ({kind}); give a face video or photo")
+            raise UnsupportedMediaError(
+                f"{path.name} has no video stream ({kind}); give a face video or photo"
+            )
         return _audio_only_info(path, fmt, has_audio)
     if _looks_like_image(path, fmt, video):
         return _probe_image(path, video, has_audio)
@@ -176,7 +178,8 @@ def _ffprobe_json(path: Path) -> dict:
     result = _run(cmd)
     if result.returncode != 0:
         reason = _last_line(result.stderr.decode("utf-8", "replace"))
-        raise UnsupportedMediaError(f"cannot read {path.name} as audio or video: {_strip_path(reason, path)}")
+        reason = _strip_path(reason, path)
+        raise UnsupportedMediaError(f"cannot read {path.name} as audio or video: {reason}")
     try:
         return json.loads(result.stdout or b"{}")
     except json.JSONDecodeError:
@@ -376,7 +379,9 @@ def _read_video(path: Path, info: MediaInfo, rate: str, width: int, height: int)
         "-map", f"0:{info.video_stream}", "-vf", ",".join(filters),
         "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
     ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     tail = _StderrTail(proc.stderr)
     frame_bytes = width * height * BGR_CHANNELS
     count = 0
@@ -386,7 +391,10 @@ def _read_video(path: Path, info: MediaInfo, rate: str, width: int, height: int)
             got = _read_exactly(proc.stdout, buffer)
             if got < frame_bytes:
                 if got:
-                    log.warning("dropping a partial last frame of %s (%d of %d bytes)", path.name, got, frame_bytes)
+                    log.warning(
+                        "dropping a partial last frame of %s (%d of %d bytes)",
+                        path.name, got, frame_bytes,
+                    )
                 break
             count += 1
             yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, BGR_CHANNELS)
@@ -416,7 +424,8 @@ def _check_read_result(path: Path, code: int, count: int, tail: _StderrTail) -> 
             f"cannot decode any frame of {path.name}: {_strip_path(tail.last_line(), path)}"
         )
     if code != 0:
-        raise MediaProcessError(f"ffmpeg failed reading {path.name} (exit {code}): {_strip_path(tail.text(), path)}")
+        reason = _strip_path(tail.text(), path)
+        raise MediaProcessError(f"ffmpeg failed reading {path.name} (exit {code}): {reason}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,7 +490,9 @@ def _repeat_still(path: Path | str, info: MediaInfo, n_out: int) -> Iterator[tup
         yield 0, frame
 
 
-def _loop(path: Path | str, info: MediaInfo, n_out: int, fps: float | str | None) -> Iterator[tuple[int, np.ndarray]]:
+def _loop(
+    path: Path | str, info: MediaInfo, n_out: int, fps: float | str | None
+) -> Iterator[tuple[int, np.ndarray]]:
     produced = 0
     while produced < n_out:
         frames = read_frames(path, info, fps=fps)
@@ -520,7 +531,10 @@ def _pingpong(
                 count += 1
             if count < n_out:
                 if spool is None:  # n_src promised more frames than the video has
-                    log.warning("%s has %d frames, not %s; spooling it for pingpong", info.path.name, count, n_src)
+                    log.warning(
+                        "%s has %d frames, not %s; spooling it for pingpong",
+                        info.path.name, count, n_src,
+                    )
                     yield from _pingpong(path, info, n_out, scratch_dir, fps, None, start=count)
                     return
                 spool.flush()
@@ -551,10 +565,14 @@ def _spool_write(spool: IO[bytes], frame: np.ndarray, spool_path: Path) -> None:
     try:
         spool.write(frame.data)
     except OSError as exc:
-        raise MediaProcessError(f"cannot write scratch file {spool_path.name} for pingpong: {exc.strerror}") from None
+        raise MediaProcessError(
+            f"cannot write scratch file {spool_path.name} for pingpong: {exc.strerror}"
+        ) from None
 
 
-def _replay(spool: IO[bytes], n_src: int, n_out: int, shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
+def _replay(
+    spool: IO[bytes], n_src: int, n_out: int, shape: tuple[int, ...]
+) -> Iterator[tuple[int, np.ndarray]]:
     frame_bytes = int(np.prod(shape))
     for i in range(n_src, n_out):
         index = pingpong_index(i, n_src)
@@ -602,7 +620,8 @@ class FrameWriter:
         self.rate = _rate_text(fps)
         self.audio_path = Path(audio_path) if audio_path is not None else None
         self.crf, self.preset, self.label = crf, preset, _ascii_label(label)
-        self.temp_path = self.output_path.with_name(f".{self.output_path.name}.{uuid.uuid4().hex[:12]}.part")
+        unique = uuid.uuid4().hex[:12]
+        self.temp_path = self.output_path.with_name(f".{self.output_path.name}.{unique}.part")
         self.frames_written = 0
         self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=WRITER_QUEUE_FRAMES)
         self._proc: subprocess.Popen | None = None
@@ -639,7 +658,9 @@ class FrameWriter:
         if self._proc is None or self._finished:
             raise RuntimeError("FrameWriter is not open")
         if frame.shape != (self.height, self.width, BGR_CHANNELS) or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be {self.height}x{self.width}x3 uint8, got {frame.shape} {frame.dtype}")
+            raise ValueError(
+                f"frame must be {self.height}x{self.width}x3 uint8, got {frame.shape} {frame.dtype}"
+            )
         if self._pipe_error is not None and self._proc.poll() not in (None, 0):
             raise self._failure("ffmpeg stopped while encoding")
         self._queue.put(frame)
@@ -714,9 +735,8 @@ class FrameWriter:
         import cv2
 
         if (self.out_width, self.out_height) != (self.width, self.height):
-            frame = cv2.copyMakeBorder(
-                frame, 0, self.out_height - self.height, 0, self.out_width - self.width, cv2.BORDER_REPLICATE
-            )
+            extra_h, extra_w = self.out_height - self.height, self.out_width - self.width
+            frame = cv2.copyMakeBorder(frame, 0, extra_h, 0, extra_w, cv2.BORDER_REPLICATE)
         elif self.label:
             frame = frame.copy()  # never draw on the caller's array
         if self.label:

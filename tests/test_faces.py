@@ -53,7 +53,8 @@ class FixedDetector:
 
     def detect(self, frames):
         h, w = frames[0].shape[:2]
-        return [[Detection(a * w, b * h, c * w, d * h, 0.9) for a, b, c, d in self.fractions] for _ in frames]
+        faces = [Detection(a * w, b * h, c * w, d * h, 0.9) for a, b, c, d in self.fractions]
+        return [list(faces) for _ in frames]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,8 @@ def test_scaled_detector_shrinks_big_frames_and_scales_boxes_back():
 
 def test_s3fd_with_random_weights_runs_a_batch(random_s3fd):
     detector = S3FDDetector(random_s3fd, "cpu")
-    frames = [media.astronaut_bgr(128), np.random.default_rng(1).integers(0, 256, (128, 128, 3), np.uint8)]
+    noise = np.random.default_rng(1).integers(0, 256, (128, 128, 3), np.uint8)
+    frames = [media.astronaut_bgr(128), noise]
     result = detector.detect(frames)
     assert len(result) == 2 and all(isinstance(faces, list) for faces in result)
     for faces in result:
@@ -250,7 +252,9 @@ def test_fixed_box_is_used_as_given_and_clamped():
         raise AssertionError("frames were read although the box is fixed")
         yield  # pragma: no cover
 
-    tracked = track.track_faces(never(), CountingDetector(FixedDetector()), (256, 256), box=(31, 84, 88, 140))
+    counting = CountingDetector(FixedDetector())
+    tracked = track.track_faces(never(), counting, (256, 256), box=(31, 84, 88, 140))
+    assert counting.frames_seen == 0
     assert tracked.fixed == (88, 31, 140, 84)
 
 

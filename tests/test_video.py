@@ -116,9 +116,9 @@ def test_probe_and_read_apply_rotation(rotated_video):
     "make",
     [
         pytest.param(lambda d: d / "missing.mp4", id="missing"),
-        pytest.param(lambda d: _write(d / "notes.mp4", b"just some text, not a video\n" * 20), id="text"),
-        pytest.param(lambda d: _write(d / "noise.mp4", np.random.default_rng(0).bytes(20000)), id="noise"),
-        pytest.param(lambda d: _write(d / "photo.jpg", b"plain text pretending to be a jpeg\n"), id="fake-jpg"),
+        pytest.param(lambda d: _write(d / "notes.mp4", b"some text, not a video\n" * 20), id="text"),
+        pytest.param(lambda d: _write(d / "noise.mp4", np.random.default_rng(0).bytes(999)), id="noise"),
+        pytest.param(lambda d: _write(d / "photo.jpg", b"text posing as a jpeg\n"), id="fake-jpg"),
         pytest.param(lambda d: media.make_tone(d / "voice.wav", 0.5), id="audio-only"),
     ],
 )

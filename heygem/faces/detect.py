@@ -77,7 +77,9 @@ class S3FDDetector:
 
     name = "s3fd"
 
-    def __init__(self, weights_path: Path | str, device: str = "cpu", threshold: float = S3FD_THRESHOLD) -> None:
+    def __init__(
+        self, weights_path: Path | str, device: str = "cpu", threshold: float = S3FD_THRESHOLD
+    ) -> None:
         self.weights_path = Path(weights_path)
         self.device = device
         self.threshold = threshold
@@ -105,7 +107,8 @@ class S3FDDetector:
             torch.cuda.empty_cache()
             half = len(frames) // 2
             log.warning("out of GPU memory detecting %d frames; retrying in halves", len(frames))
-            return self._detect_splitting_on_oom(frames[:half]) + self._detect_splitting_on_oom(frames[half:])
+            first = self._detect_splitting_on_oom(frames[:half])
+            return first + self._detect_splitting_on_oom(frames[half:])
 
     def _detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
         import torch
@@ -130,12 +133,15 @@ def _load_s3fd(path: Path, device: str):
     from face_alignment.detection.sfd.net_s3fd import s3fd
 
     if not path.is_file():
-        raise WeightsMissingError(f"S3FD weights not found: {path}; fetch them with `{DOWNLOAD_COMMAND}`")
+        raise WeightsMissingError(
+            f"S3FD weights not found: {path}; fetch them with `{DOWNLOAD_COMMAND}`"
+        )
     try:
         # map_location: a file saved from a GPU must still load on a CPU-only host.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to a user
-        raise ModelError(f"cannot read S3FD weights {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise ModelError(f"cannot read S3FD weights {path}: {reason}") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"{path} is not an S3FD state dict")
@@ -154,7 +160,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class HaarDetector:
-    """OpenCV's bundled frontal-face cascade: needs no download, good enough for frontal talking heads."""
+    """OpenCV's bundled frontal-face cascade: no download, good enough for frontal talking heads."""
 
     name = "haar"
     cache_tag = (
@@ -167,7 +173,9 @@ class HaarDetector:
 
         folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
         if folder is None:
-            raise ModelError("this OpenCV build has no bundled Haar cascades; install opencv-python-headless 4.x")
+            raise ModelError(
+                "this OpenCV build has no bundled Haar cascades; install opencv-python-headless 4.x"
+            )
         self._cascade = cv2.CascadeClassifier(str(Path(folder) / HAAR_CASCADE))
         if self._cascade.empty():
             raise ModelError(f"cannot load the Haar cascade {HAAR_CASCADE} from {folder}")
@@ -250,7 +258,9 @@ def create_detector(settings: Settings, device: str | None = None) -> ScaledDete
         reason = f"no S3FD weights at {weights}"
         if settings.detector_weights is not None:
             log.warning("detector_weights is set but %s does not exist", weights)
-    log.info("face detector: %s (%s); detection at most %d px", inner.name, reason, settings.detect_max_side)
+    log.info(
+        "face detector: %s (%s); detection at most %d px", inner.name, reason, settings.detect_max_side
+    )
     return ScaledDetector(inner, settings.detect_max_side)
 
 

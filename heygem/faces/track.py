@@ -60,7 +60,8 @@ class RawDetections:
         return len(self.faces)
 
     def to_dict(self) -> dict:
-        return {"width": self.width, "height": self.height, "faces": [[list(f) for f in fr] for fr in self.faces]}
+        faces = [[list(face) for face in frame] for frame in self.faces]
+        return {"width": self.width, "height": self.height, "faces": faces}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> RawDetections:
@@ -169,7 +170,8 @@ def _detect_batch(
 
 def _to_raw(d: Detection) -> RawFace:
     # The reference clips negatives to 0 and truncates to int; the far edges are clamped after padding.
-    return int(max(0.0, d.x1)), int(max(0.0, d.y1)), int(max(0.0, d.x2)), int(max(0.0, d.y2)), round(d.score, SCORE_DIGITS)
+    x1, y1, x2, y2 = (int(max(0.0, v)) for v in (d.x1, d.y1, d.x2, d.y2))
+    return x1, y1, x2, y2, round(d.score, SCORE_DIGITS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,7 +196,8 @@ def build_track(
     chosen = [choose_face(faces, face_choice, face_point) for faces in raw.faces]
     if not any(box is not None for box in chosen):
         raise NoFaceError(
-            f"no face found in {name} (checked {len(chosen)} frames); try a clearer frontal video or give --box"
+            f"no face found in {name} (checked {len(chosen)} frames); "
+            "try a clearer frontal video or give --box"
         )
     size = (raw.width, raw.height)
     boxes = [pad_box(box, pads, size) if box is not None else None for box in chosen]
@@ -203,12 +206,16 @@ def build_track(
         boxes = smooth_runs(boxes, smooth_window)
     missing = sum(box is None for box in boxes)
     if missing:
-        log.info("%d of %d frames of %s have no face and pass through unchanged", missing, len(boxes), name)
+        log.info(
+            "%d of %d frames of %s have no face and pass through unchanged", missing, len(boxes), name
+        )
     return FaceTrack(width=raw.width, height=raw.height, boxes=boxes)
 
 
 def choose_face(
-    faces: Sequence[RawFace], face_choice: FaceChoice = "largest", face_point: tuple[int, int] | None = None
+    faces: Sequence[RawFace],
+    face_choice: FaceChoice = "largest",
+    face_point: tuple[int, int] | None = None,
 ) -> Box | None:
     """The largest face, or the one whose centre is nearest `face_point` (x, y) for "nearest"."""
     usable = [f for f in faces if f[2] > f[0] and f[3] > f[1]]
@@ -305,7 +312,8 @@ def fixed_track(box_tblr: Sequence[int], frame_size: tuple[int, int]) -> FaceTra
     y1, y2 = min(max(0, top), height), min(max(0, bottom), height)
     if x2 <= x1 or y2 <= y1:
         raise InputError(
-            f"--box {top} {bottom} {left} {right} (top bottom left right) is empty inside the {width}x{height} frame"
+            f"--box {top} {bottom} {left} {right} (top bottom left right) "
+            f"is empty inside the {width}x{height} frame"
         )
     return FaceTrack(width=width, height=height, fixed=(x1, y1, x2, y2))
 
@@ -346,7 +354,8 @@ def track_faces(
     raw = None
     key = None
     if cache is not None and video_path is not None:
-        key = cache.key(video_path, detector.cache_tag, frame_size=list(frame_size), **(cache_params or {}))
+        params = {"frame_size": list(frame_size), **(cache_params or {})}
+        key = cache.key(video_path, detector.cache_tag, **params)
         raw = cache.get(key)
     if raw is None:
         raw = detect_faces(frames, detector, frame_size, batch_size, on_progress, total)
