@@ -1,0 +1,313 @@
+"""start_app.sh end to end: GPU detection, settings, the real server, SIGTERM, logs and ports.
+
+Each test runs the real script with the real app (no weights, so the `preview` engine; warm-up
+off) in its own data folder on a free port. `nvidia-smi` is faked with a small script first on
+PATH; torch here is a CPU build, which is exactly the "driver/wheel mismatch" case the script
+must warn about without keeping the server from starting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import psutil
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+START_APP = PROJECT / "start_app.sh"
+STARTUP_TIMEOUT_S = 180  # generous: imports on a busy 2-core machine
+DRAIN_S = 20  # HEYGEM_DRAIN_SECONDS for these tests
+GRACE_S = DRAIN_S + 10 + 30  # drain + uvicorn's graceful close + slack for a loaded machine
+JOB_TIMEOUT_S = 300
+FAKE_GPUS = ("NVIDIA Test GPU, 550.54.15, 24576 MiB", "NVIDIA Test GPU, 550.54.15, 24576 MiB")
+SECRET = "tok-very-secret-123"
+
+pytestmark = pytest.mark.slow
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def path_without_nvidia_smi() -> list[str]:
+    return [d for d in os.environ["PATH"].split(os.pathsep) if d and not (Path(d) / "nvidia-smi").exists()]
+
+
+def fake_nvidia_smi(bin_dir: Path, *, fails: bool) -> Path:
+    """A stand-in that records its call and prints a GPU list, or fails like a broken driver."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    marker = bin_dir / "called"
+    if fails:
+        body = 'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver." >&2\nexit 9'
+    else:
+        body = "\n".join(f'echo "{line}"' for line in FAKE_GPUS)
+    script = bin_dir / "nvidia-smi"
+    script.write_text(f'#!/bin/sh\necho "$@" > "{marker}"\n{body}\n')
+    script.chmod(0o755)
+    return marker
+
+
+class App:
+    """start_app.sh as a child process in its own session, its output collected by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, port: int) -> None:
+        self.port = port
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            ["bash", str(START_APP), *args], env=env, cwd=cwd, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_healthy(self) -> httpx.Response:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                pytest.fail(f"start_app.sh exited with {self.proc.returncode}:\n{self.output[-4000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                response = httpx.get(self.url("/health"), timeout=5)
+                if response.status_code == 200:
+                    return response
+            time.sleep(0.5)
+        pytest.fail(f"/health did not answer within {STARTUP_TIMEOUT_S}s:\n{self.output[-4000:]}")
+
+    def session_processes(self) -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(process.pid) == self.proc.pid:
+                    found.append(process)
+        return found
+
+    def terminate(self, timeout: float) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def kill_all(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(GRACE_S)
+        for process in self.session_processes():
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(10)
+
+
+@pytest.fixture
+def launch(tmp_path) -> Iterator:
+    """launch(path_dirs, env=..., args=..., port=...) -> a running App; all stopped at the end."""
+    started: list[App] = []
+
+    def _launch(path_dirs: list[str], env: dict[str, str] | None = None,
+                args: list[str] | None = None, port: int | None = None) -> App:
+        port = port or free_port()
+        data = tmp_path / f"data-{len(started)}"
+        data.mkdir()
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
+        full_env.update({
+            "PATH": os.pathsep.join(path_dirs),
+            "HEYGEM_DATA_DIR": str(data),
+            "HEYGEM_PORT": str(port),
+            "HEYGEM_WARMUP": "false",
+            "HEYGEM_DRAIN_SECONDS": str(DRAIN_S),
+            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+            "OMP_NUM_THREADS": "2",
+            **(env or {}),
+        })
+        # A foreign working directory proves the script finds app.py on its own.
+        app = App(args or [], full_env, cwd=tmp_path, port=port)
+        started.append(app)
+        return app
+
+    yield _launch
+    for app in started:
+        app.kill_all()
+
+
+def settings_lines(app: App) -> dict[str, str]:
+    """The `name=value` lines start_app.sh printed as effective settings."""
+    prefix = "start_app:   "
+    return dict(line[len(prefix):].split("=", 1) for line in app.lines if line.startswith(prefix))
+
+
+# --- GPU detection -------------------------------------------------------------------------------
+
+
+def test_gpu_found_exports_cuda_and_the_server_still_starts(launch, tmp_path):
+    marker = fake_nvidia_smi(tmp_path / "gpu-bin", fails=False)
+    app = launch([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()],
+                 env={"HEYGEM_API_TOKEN": SECRET})
+    assert app.wait_healthy().json() == {"health": "true"}
+
+    assert marker.read_text().split() == [
+        "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"
+    ]
+    gpu_lines = [line for line in app.lines if line.startswith("start_app: GPU found: ")]
+    assert len(gpu_lines) == 2 and FAKE_GPUS[0] in gpu_lines[0]
+    assert settings_lines(app)["device"] == "cuda"
+    # The app itself got the device: its own settings summary says so.
+    assert any("heygem.settings" in line and " device=cuda " in line for line in app.lines)
+    # torch here is a CPU build: the mismatch is reported with torch's CUDA version.
+    assert "start_app: torch " in app.output and "built for CUDA none" in app.output
+    assert "WARNING: nvidia-smi sees a GPU but torch" in app.output
+    # Secrets are masked everywhere, including the echo of the command line.
+    assert settings_lines(app)["api_token"] == "***"
+    assert SECRET not in app.output
+    assert app.terminate(GRACE_S) == 0
+
+
+@pytest.mark.parametrize("variant", ["failing", "absent"])
+def test_no_usable_nvidia_smi_means_cpu(launch, tmp_path, variant):
+    path = path_without_nvidia_smi()
+    marker = None
+    if variant == "failing":
+        marker = fake_nvidia_smi(tmp_path / "broken-bin", fails=True)
+        path = [str(tmp_path / "broken-bin"), *path]
+    app = launch(path)
+    assert app.wait_healthy().json() == {"health": "true"}
+
+    if marker is not None:
+        assert marker.exists(), "the failing nvidia-smi was never called"
+    assert "start_app: no GPU found, running on CPU (slow)" in app.lines
+    assert "GPU found" not in app.output
+    assert settings_lines(app)["device"] == "cpu"
+    assert "WARNING" not in app.output  # torch agrees: no GPU either
+    assert app.terminate(GRACE_S) == 0
+
+
+def test_a_device_already_set_is_kept_and_bad_settings_stop_early(tmp_path):
+    """No server here: a bad flag must stop the script before exec, with one line and code 2."""
+    fake_nvidia_smi(tmp_path / "gpu-bin", fails=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
+    env.update(PATH=os.pathsep.join([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()]),
+               HEYGEM_DEVICE="cpu")
+    result = subprocess.run(
+        ["bash", str(START_APP), "--no-such-flag"], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "start_app: GPU found: " in result.stdout
+    assert "start_app: device: HEYGEM_DEVICE=cpu" in result.stdout
+    assert result.stderr.strip().endswith("start_app: bad setting: unknown option(s): --no-such-flag")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "effective settings" not in result.stdout
+
+
+# --- signals -------------------------------------------------------------------------------------
+
+
+def test_sigterm_reaches_the_python_server_which_drains_and_exits_0(launch):
+    app = launch(path_without_nvidia_smi())
+    app.wait_healthy()
+    # `exec` replaced bash: the child we started *is* the Python server now.
+    server = psutil.Process(app.proc.pid)
+    assert Path(server.exe()).name.startswith("python")
+    assert "app.py" in server.cmdline()
+
+    started = time.monotonic()
+    code = app.terminate(GRACE_S)
+    elapsed = time.monotonic() - started
+
+    assert code == 0
+    assert elapsed < GRACE_S
+    assert any("SIGTERM received: draining" in line for line in app.lines), app.output[-3000:]
+    assert any("job service stopped" in line for line in app.lines)
+    assert app.session_processes() == [], "processes of the app outlived it"
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def test_a_jobs_log_lines_reach_stdout_with_its_id(launch, speech_wav, face_video):
+    app = launch(path_without_nvidia_smi())
+    app.wait_healthy()
+    with speech_wav.open("rb") as audio, face_video.open("rb") as video:
+        response = httpx.post(
+            app.url("/api/v1/jobs"), timeout=120,
+            files={"audio": ("speech.wav", audio, "audio/wav"),
+                   "video": ("face.mp4", video, "video/mp4")},
+        )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    job = response.json()
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(1)
+        job = httpx.get(app.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
+    assert job["status"] == "succeeded", json.dumps(job)[:2000] + "\n" + app.output[-3000:]
+
+    time.sleep(0.5)  # the reader thread may still be copying the last lines
+    job_lines = [line for line in app.lines if f"job {job_id}" in line]
+    worker_lines = [line for line in job_lines if " heygem.jobs." in line]
+    assert len(worker_lines) >= 2, "\n".join(job_lines) or app.output[-3000:]
+    assert all(line.split(" ", 3)[2] in ("INFO", "WARNING", "ERROR", "DEBUG") for line in worker_lines)
+    assert app.terminate(GRACE_S) == 0
+
+
+# --- ports ---------------------------------------------------------------------------------------
+
+
+def test_port_from_the_environment_and_the_flag_overrides_it(launch):
+    env_port, flag_port = free_port(), free_port()
+    app = launch(path_without_nvidia_smi(), args=["--port", str(flag_port)], port=flag_port,
+                 env={"HEYGEM_PORT": str(env_port)})
+    assert app.wait_healthy().json() == {"health": "true"}
+    assert f"start_app: serving on http://127.0.0.1:{flag_port}/" in app.lines
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{env_port}/health", timeout=2)
+    assert app.terminate(GRACE_S) == 0
+
+
+def test_port_8080_as_in_the_container(launch):
+    if port_in_use(8080):
+        pytest.skip("port 8080 is taken by another process on this machine")
+    app = launch(path_without_nvidia_smi(), env={"HEYGEM_HOST": "0.0.0.0"}, port=8080)
+    response = app.wait_healthy()
+    assert response.status_code == 200 and response.json() == {"health": "true"}
+    assert "start_app: serving on http://0.0.0.0:8080/" in app.lines
+    assert app.terminate(GRACE_S) == 0
