@@ -1,0 +1,157 @@
+"""SQLiteJobStore on its own: schema, atomic claims, run tokens, cancel and recovery rules."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from heygem.errors import HeygemError, QueueFullError
+from heygem.jobs import JobStatus, SQLiteJobStore
+from heygem.jobs.records import NewJob
+from heygem.jobs.store import SCHEMA_VERSION, Outcome, RunState
+
+
+@pytest.fixture
+def store(tmp_path):
+    job_store = SQLiteJobStore(tmp_path / "jobs.db")
+    job_store.open()
+    yield job_store
+    job_store.close()
+
+
+def add(store, count=1, **fields):
+    _, jobs = store.add([NewJob("a.wav", "v.mp4", **fields)] * count, queue_limit=1000)
+    return jobs
+
+
+def test_fresh_database_is_wal_and_versioned(store, tmp_path):
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_reopening_keeps_jobs(store, tmp_path):
+    (job,) = add(store)
+    store.close()
+    again = SQLiteJobStore(tmp_path / "jobs.db")
+    again.open()
+    assert again.get(job.id).status == JobStatus.QUEUED
+    again.close()
+
+
+def test_database_from_a_newer_version_is_refused(tmp_path):
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(HeygemError, match="newer heygem"):
+        SQLiteJobStore(tmp_path / "new.db").open()
+
+
+def test_claims_are_atomic_across_threads(store):
+    ids = {job.id for job in add(store, 30)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def drain_queue():
+        while (claim := store.claim()) is not None:
+            with lock:
+                claimed.append(claim.job.id)
+
+    threads = [threading.Thread(target=drain_queue) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(ids)  # every job once, none twice
+    assert store.count_queued() == 0
+
+
+def test_claim_takes_the_oldest_first_and_counts_the_attempt(store):
+    first, second = add(store, 2)
+    claim = store.claim()
+    assert claim.job.id == first.id
+    assert (claim.job.status, claim.job.attempts) == (JobStatus.RUNNING, 1)
+
+
+def test_a_run_handed_back_cannot_write_any_more(store):
+    (job,) = add(store)
+    old = store.claim()
+    assert store.release(job.id, old.token, count_attempt=False)
+    assert store.get(job.id).attempts == 0
+    new = store.claim()
+    assert store.report_progress(job.id, old.token, 0.5, "detect") == RunState.GONE
+    assert not store.finish(job.id, old.token, Outcome(JobStatus.FAILED, error="stale"))
+    assert store.report_progress(job.id, new.token, 0.5, "detect") == RunState.ACTIVE
+    assert store.finish(job.id, new.token, Outcome(JobStatus.SUCCEEDED, engine="fake"))
+    done = store.get(job.id)
+    assert (done.status, done.error, done.progress, done.engine) == (JobStatus.SUCCEEDED, None, 1.0, "fake")
+
+
+def test_cancel_of_running_job_reaches_the_worker(store):
+    (job,) = add(store)
+    claim = store.claim()
+    assert store.cancel(job.id).cancel_requested
+    assert store.report_progress(job.id, claim.token, 0.1, "detect") == RunState.CANCEL
+
+
+def test_cancel_leaves_finished_jobs_alone(store):
+    (job,) = add(store)
+    claim = store.claim()
+    store.finish(job.id, claim.token, Outcome(JobStatus.SUCCEEDED))
+    assert store.cancel(job.id).status == JobStatus.SUCCEEDED
+    assert store.cancel("missing") is None
+
+
+def test_queue_bound_counts_only_waiting_jobs(store):
+    store.add([NewJob("a", "v")] * 2, queue_limit=2)
+    store.claim()
+    store.add([NewJob("a", "v")], queue_limit=2)  # the running one frees a place
+    with pytest.raises(QueueFullError, match=r"queue is full \(2 jobs waiting\)"):
+        store.add([NewJob("a", "v")], queue_limit=2)
+
+
+def test_idempotency_key_is_unique_and_returns_the_first_job(store):
+    (first,) = add(store, idempotency_key="k1")
+    (again,) = add(store, idempotency_key="k1")
+    assert again.id == first.id and store.count_jobs() == 1
+
+
+def test_recover_requeues_running_jobs_and_fails_exhausted_ones(store):
+    fresh, tired = add(store, 2)
+    store.claim()
+    claim = store.claim()
+    for _ in range(2):  # start `tired` twice more: three starts, none finished
+        store.release(tired.id, claim.token, count_attempt=True)
+        claim = store.claim()
+    assert (claim.job.id, claim.job.attempts) == (tired.id, 3)
+    requeued, failed = store.recover(max_attempts=3)
+    assert [job.id for job in requeued] == [fresh.id] and requeued[0].attempts == 1
+    assert [job.id for job in failed] == [tired.id]
+    assert failed[0].error == "interrupted 3 times (the service restarted while it ran); giving up"
+
+
+def test_retry_resets_only_failed_and_cancelled_items(store):
+    batch, items = store.add([NewJob("a", "v", output_name=f"{i}.mp4") for i in range(3)],
+                             queue_limit=10, as_batch=True)
+    outcomes = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED]
+    for status in outcomes:
+        claim = store.claim()
+        store.finish(claim.job.id, claim.token, Outcome(status, error="bad" if status == JobStatus.FAILED else None))
+    store.cancel(items[2].id)  # finished: stays succeeded
+    retried = store.retry(batch.id, queue_limit=10)
+    assert [job.id for job in retried] == [items[1].id]
+    assert (retried[0].status, retried[0].attempts, retried[0].error) == (JobStatus.QUEUED, 0, None)
+    assert [item.status for item in store.get_batch(batch.id).items] == [
+        JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.SUCCEEDED]
+
+
+def test_delete_skips_running_jobs_and_empty_batches_go(store):
+    batch, (one, two) = store.add([NewJob("a", "v")] * 2, queue_limit=10, as_batch=True)
+    claim = store.claim()
+    assert [job.id for job in store.delete([one.id, two.id])] == [two.id]
+    assert store.delete_empty_batches() == []
+    store.finish(one.id, claim.token, Outcome(JobStatus.FAILED, error="x"))
+    store.delete([one.id])
+    assert store.delete_empty_batches() == [batch.id]
+
