@@ -1,0 +1,580 @@
+"""Inputs by reference and results to object storage (S3, Huawei OBS) or a mounted folder.
+
+References a job may name:
+  - a local path under Settings.allowed_input_roots (e.g. an OBS mount at /obs-mount);
+  - s3://bucket/key or obs://bucket/key, read from the S3-compatible endpoint in Settings
+    (credentials come from boto3's default chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY);
+  - https:// URLs that start with an entry of Settings.url_allowlist (empty by default).
+
+Downloads stream into the job's folder under Settings.max_upload_mb. Results are uploaded with
+boto3's managed transfer (multipart above a threshold) and retried with backoff, or copied once
+into a mounted folder. Error messages name the reference, never the credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import os
+import re
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Callable, TypeVar
+
+import boto3
+import boto3.exceptions
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from heygem.errors import (
+    ForbiddenPathError,
+    HeygemError,
+    InputError,
+    LimitExceededError,
+    StorageError,
+)
+from heygem.paths import resolve_under
+
+if TYPE_CHECKING:
+    from heygem.settings import Settings
+
+log = logging.getLogger("heygem.storage")
+
+S3_SCHEMES = ("s3", "obs")  # obs:// is Huawei OBS: same protocol, same configured endpoint
+HTTPS_SCHEME = "https"
+MB = 1024 * 1024
+
+# A dead or black-holed endpoint must fail a job in seconds, not hang it for minutes.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+BOTOCORE_MAX_ATTEMPTS = 2  # total attempts per request inside botocore ("standard" retry mode)
+
+# Uploads: boto3 switches to multipart above the threshold; our own retry wraps the whole transfer.
+MULTIPART_THRESHOLD = 64 * MB
+MULTIPART_CHUNKSIZE = 16 * MB
+UPLOAD_CONCURRENCY = 4
+PUBLISH_ATTEMPTS = 3
+PUBLISH_BACKOFF_S = 0.5  # waits 0.5 s, then 1 s, ... between attempts
+
+DOWNLOAD_CHUNK = 1 * MB
+URL_TIMEOUT_S = 30.0
+MAX_REDIRECTS = 5
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer than 7 days
+MAX_NAME_CHARS = 200
+
+# Codes S3 and OBS use for refused requests: all mean "check the credentials or the policy".
+DENIED_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+     "ExpiredToken", "AllAccessDisabled", "AccountProblem", "403"}
+)
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PublishedOutput:
+    url: str  # s3://bucket/key, obs://bucket/key, or the local path of the copied file
+    presigned_url: str | None  # temporary https download link, when presigning is on
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    scheme: str  # "s3" or "obs", kept so messages echo what the user wrote
+    bucket: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.key}"
+
+
+# --- references ----------------------------------------------------------------------------------
+
+
+def is_remote(ref: str) -> bool:
+    return _scheme(ref) in (*S3_SCHEMES, HTTPS_SCHEME)
+
+
+def check_reference(ref: str, settings: Settings) -> None:
+    """Validate an input reference at submit time without touching the network."""
+    _check_reference(ref, settings)
+
+
+def check_output_prefix(prefix: str, settings: Settings) -> None:
+    """Validate an output_prefix at submit time (no network): s3/obs URL or allowed local folder."""
+    if _scheme(prefix) in S3_SCHEMES:
+        _parse_object_url(prefix, need_key=False)
+    elif _scheme(prefix) is not None:
+        raise ForbiddenPathError(
+            f"unsupported output prefix {_display_url(prefix)}; "
+            "use s3://, obs:// or a local folder"
+        )
+    else:
+        _local_output_dir(prefix, settings)
+
+
+def fetch_input(ref: str, dest_dir: Path, settings: Settings) -> Path:
+    """Return a local file for `ref`: the checked path itself, or a download into dest_dir."""
+    kind = _check_reference(ref, settings)
+    if isinstance(kind, Path):
+        if not kind.is_file():
+            raise InputError(f"input file not found: {ref}")
+        return kind
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    limit = settings.max_upload_mb * MB
+    if isinstance(kind, ObjectRef):
+        target = _free_name(dest_dir, _object_file_name(kind.key))
+        _download_object(kind, target, limit, settings)
+    else:
+        target = _free_name(dest_dir, _url_file_name(kind))
+        _download_url(kind, target, limit, settings)
+    return target
+
+
+def _check_reference(ref: str, settings: Settings) -> Path | ObjectRef | str:
+    """Parse and validate: a resolved local Path, an ObjectRef, or an allowed https URL."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise InputError("empty input reference")
+    scheme = _scheme(ref)
+    if scheme in S3_SCHEMES:
+        return _parse_object_url(ref, need_key=True)
+    if scheme == HTTPS_SCHEME:
+        _check_allowed_url(ref, settings.url_allowlist)
+        return ref
+    if scheme is not None:
+        raise ForbiddenPathError(
+            f"unsupported reference {_display_url(ref)}; "
+            "use s3://, obs://, https:// or a local path"
+        )
+    return resolve_under(ref, settings.allowed_input_roots, base=settings.inputs_dir)
+
+
+def _scheme(ref: str) -> str | None:
+    head, sep, _ = ref.partition("://")
+    if not sep or not URL_SCHEME.match(head):
+        return None
+    return head.lower()
+
+
+def _parse_object_url(url: str, *, need_key: bool) -> ObjectRef:
+    scheme, _, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise InputError(f"no bucket in {url}; expected {scheme}://bucket/key")
+    if not BUCKET_NAME.match(bucket):
+        raise InputError(f"invalid bucket name {bucket!r} in {url}")
+    if need_key:
+        if not key:
+            raise InputError(f"no object key in {url}; expected {scheme}://bucket/key")
+        if key.endswith("/") or key.rsplit("/", 1)[-1] in (".", ".."):
+            raise InputError(f"{url} names a folder, not an object")
+    return ObjectRef(scheme.lower(), bucket, key)
+
+
+def _check_allowed_url(url: str, allowlist: tuple[str, ...]) -> None:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        raise InputError(f"invalid port in URL {_display_url(url)}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ForbiddenPathError(f"URL with user info is refused: {_display_url(url)}")
+    if parts.scheme.lower() != HTTPS_SCHEME or not parts.hostname:
+        raise ForbiddenPathError(f"URL not on the allow-list: {_display_url(url)}")
+    if not any(_matches_entry(parts, entry) for entry in allowlist):
+        raise ForbiddenPathError(f"URL not on the allow-list: {_display_url(url)}")
+
+
+def _matches_entry(parts: urllib.parse.SplitResult, entry: str) -> bool:
+    """Prefix match on whole host and path segments: https://a.com never admits https://a.com.x."""
+    allowed = urllib.parse.urlsplit(entry.strip())
+    if allowed.scheme.lower() != HTTPS_SCHEME or not allowed.hostname:
+        return False
+    if (allowed.hostname, allowed.port) != (parts.hostname, parts.port):
+        return False
+    prefix, path = allowed.path, parts.path or "/"
+    if not prefix or prefix.endswith("/"):
+        return path.startswith(prefix or "/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _display_url(url: str) -> str:
+    """A URL safe to show: no user info, query or fragment (presigned queries are credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    shown = f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
+    return shown + ("?..." if parts.query else "")
+
+
+def _object_file_name(key: str) -> str:
+    return _safe_file_name(key.rsplit("/", 1)[-1])
+
+
+def _url_file_name(url: str) -> str:
+    path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    return _safe_file_name(path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _safe_file_name(name: str) -> str:
+    """Keep the extension (ffmpeg probes by content, but users read names); drop odd characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[-MAX_NAME_CHARS:]
+    return cleaned or "input"
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """audio and video may share a key's base name (a/input, b/input): never overwrite."""
+    candidate = folder / name
+    stem, suffix = os.path.splitext(name)
+    counter = 1
+    while candidate.exists():
+        candidate = folder / f"{stem}-{counter}{suffix}"
+        counter += 1
+    return candidate
+
+
+# --- S3 client and error mapping -----------------------------------------------------------------
+
+
+def _client(settings: Settings):
+    """A fresh client per operation: credentials are read from the environment each time."""
+    config = Config(
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        retries={"max_attempts": BOTOCORE_MAX_ATTEMPTS, "mode": "standard"},
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint or None,
+        region_name=settings.s3_region or None,
+        config=config,
+    )
+
+
+def _endpoint_name(settings: Settings) -> str:
+    if not settings.s3_endpoint:
+        return "the default AWS endpoint"
+    return _display_url(settings.s3_endpoint)
+
+
+def _storage_error(
+    exc: BaseException, obj: ObjectRef, settings: Settings, action: str
+) -> StorageError:
+    """Turn a boto3/botocore failure into a one-line message; str(exc) is never shown."""
+    cause = _botocore_cause(exc)
+    if isinstance(cause, botocore.exceptions.ClientError):
+        error = cause.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket does not exist: {obj.bucket}")
+        if code in NOT_FOUND_CODES or (status == 404 and action == "read"):
+            return StorageError(f"object not found: {obj.url}")
+        if code in DENIED_CODES or status == 403:
+            return StorageError(f"access denied to {obj.url} (check the credentials)")
+        return StorageError(f"object storage refused to {action} {obj.url}: {code or status}")
+    if isinstance(cause, (botocore.exceptions.NoCredentialsError,
+                          botocore.exceptions.PartialCredentialsError)):
+        return StorageError(
+            f"no object storage credentials for {obj.url}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY"
+        )
+    if isinstance(cause, botocore.exceptions.ConnectionError):
+        return StorageError(f"cannot reach object storage at {_endpoint_name(settings)}")
+    if isinstance(cause, botocore.exceptions.HTTPClientError):
+        return StorageError(f"connection to object storage lost during {action} of {obj.url}")
+    name = type(cause).__name__
+    return StorageError(f"object storage error during {action} of {obj.url}: {name}")
+
+
+def _botocore_cause(exc: BaseException) -> BaseException:
+    """boto3 wraps ClientError in S3UploadFailedError (as __context__); find the original."""
+    seen = exc
+    while isinstance(seen, boto3.exceptions.Boto3Error):
+        inner = seen.__cause__ or seen.__context__
+        if inner is None:
+            break
+        seen = inner
+    return seen
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth another attempt: network trouble, throttling, server-side errors; not 4xx verdicts."""
+    cause = _botocore_cause(exc)
+    if isinstance(cause, botocore.exceptions.ClientError):
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(cause.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
+    if isinstance(cause, (botocore.exceptions.NoCredentialsError,
+                          botocore.exceptions.PartialCredentialsError)):
+        return False
+    retryable = (botocore.exceptions.BotoCoreError, boto3.exceptions.Boto3Error, OSError)
+    return isinstance(cause, retryable)
+
+
+# --- downloads -----------------------------------------------------------------------------------
+
+
+def _download_object(obj: ObjectRef, target: Path, limit: int, settings: Settings) -> None:
+    client = _client(settings)
+    try:
+        response = client.get_object(Bucket=obj.bucket, Key=obj.key)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise _storage_error(exc, obj, settings, "read") from None
+    body = response["Body"]
+    try:
+        size = response.get("ContentLength")
+        if size is not None and size > limit:
+            raise _too_large(obj.url, settings)
+        written = _stream_to_file(body, target, limit, obj.url, settings)
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _storage_error(exc, obj, settings, "read") from None
+    except OSError as exc:  # botocore wraps network errors, so this is the local disk
+        raise StorageError(
+            f"cannot write {target} while fetching {obj.url}: {_reason(exc)}"
+        ) from None
+    finally:
+        body.close()
+    log.info("fetched %s (%d bytes) to %s", obj.url, written, target)
+
+
+def _download_url(url: str, target: Path, limit: int, settings: Settings) -> None:
+    shown = _display_url(url)
+    opener = urllib.request.build_opener(_AllowListRedirects(settings.url_allowlist))
+    request = urllib.request.Request(url, headers={"User-Agent": "heygem"})
+    try:
+        with opener.open(request, timeout=URL_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > limit:
+                raise _too_large(shown, settings)
+            written = _stream_to_file(response, target, limit, shown, settings)
+    except urllib.error.HTTPError as exc:
+        raise _http_error(exc.code, shown) from None
+    except urllib.error.URLError as exc:
+        raise StorageError(f"cannot reach {shown}: {_reason(exc.reason)}") from None
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"download of {shown} failed: {_reason(exc)}") from None
+    log.info("fetched %s (%d bytes) to %s", shown, written, target)
+
+
+class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to another allowed URL; anything else stops the download."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def __init__(self, allowlist: tuple[str, ...]) -> None:
+        super().__init__()
+        self.allowlist = allowlist
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        try:
+            _check_allowed_url(newurl, self.allowlist)
+        except ForbiddenPathError:
+            raise ForbiddenPathError(
+                f"{_display_url(req.full_url)} redirects to a URL not on the allow-list: "
+                f"{_display_url(newurl)}"
+            ) from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _http_error(code: int, shown: str) -> StorageError:
+    if code == 404:
+        return StorageError(f"not found: {shown} (HTTP 404)")
+    if code in (401, 403):
+        return StorageError(f"access denied to {shown} (HTTP {code})")
+    return StorageError(f"cannot download {shown}: HTTP {code}")
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({reason.verify_message})"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+def _too_large(shown: str, settings: Settings) -> LimitExceededError:
+    return LimitExceededError(f"{shown} is larger than the {settings.max_upload_mb} MB limit")
+
+
+def _stream_to_file(
+    source: BinaryIO, target: Path, limit: int, shown: str, settings: Settings
+) -> int:
+    """Copy in chunks to a temporary name beside target; rename only when complete and in limit."""
+    fd, partial_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
+    partial = Path(partial_name)
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := source.read(DOWNLOAD_CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    raise _too_large(shown, settings)
+                out.write(chunk)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return written
+
+
+# --- publishing ----------------------------------------------------------------------------------
+
+
+def publish_output(
+    local_file: Path, output_prefix: str, settings: Settings, name: str | None = None
+) -> PublishedOutput:
+    """Upload or copy a finished result to output_prefix; the local file is always kept."""
+    local_file = Path(local_file)
+    if not local_file.is_file():
+        raise StorageError(f"result file missing, nothing to publish: {local_file}")
+    name = _check_object_name(name or local_file.name)
+    check_output_prefix(output_prefix, settings)
+    if _scheme(output_prefix) in S3_SCHEMES:
+        return _publish_object(local_file, output_prefix, name, settings)
+    return _publish_local(local_file, output_prefix, name, settings)
+
+
+def presign(url: str, settings: Settings) -> str | None:
+    """A temporary GET link for an s3/obs result; None when off, not an object, or impossible."""
+    if settings.presign_seconds <= 0 or _scheme(url) not in S3_SCHEMES:
+        return None
+    try:
+        obj = _parse_object_url(url, need_key=True)
+    except HeygemError:
+        return None
+    try:
+        return _client(settings).generate_presigned_url(
+            "get_object",
+            Params={"Bucket": obj.bucket, "Key": obj.key},
+            ExpiresIn=min(settings.presign_seconds, MAX_PRESIGN_SECONDS),
+        )
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        log.warning("cannot presign %s: %s", obj.url, type(exc).__name__)
+        return None
+
+
+def _check_object_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or len(name) > MAX_NAME_CHARS:
+        raise ForbiddenPathError(f"invalid output name {name!r}: use a plain file name")
+    return name
+
+
+def _object_under_prefix(prefix: str, name: str) -> ObjectRef:
+    """s3://b/out and s3://b/out/ both mean the folder out/; s3://b and s3://b/ the root."""
+    base = _parse_object_url(prefix, need_key=False)
+    folder = base.key if not base.key or base.key.endswith("/") else base.key + "/"
+    return ObjectRef(base.scheme, base.bucket, folder + name)
+
+
+def _publish_object(
+    local_file: Path, prefix: str, name: str, settings: Settings
+) -> PublishedOutput:
+    obj = _object_under_prefix(prefix, name)
+    transfer = TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=UPLOAD_CONCURRENCY,
+    )
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+    def upload() -> None:
+        _client(settings).upload_file(
+            str(local_file), obj.bucket, obj.key,
+            ExtraArgs={"ContentType": content_type}, Config=transfer,
+        )
+
+    _with_retries(
+        upload, f"upload of {local_file.name} to {obj.url}", _is_transient,
+        lambda exc: _storage_error(exc, obj, settings, "write"),
+    )
+    log.info("published %s (%d bytes) to %s", local_file.name, local_file.stat().st_size, obj.url)
+    return PublishedOutput(url=obj.url, presigned_url=presign(obj.url, settings))
+
+
+def _local_output_dir(prefix: str, settings: Settings) -> Path:
+    roots = (settings.outputs_dir, *settings.input_roots)
+    try:
+        return resolve_under(prefix, roots, base=settings.outputs_dir)
+    except ForbiddenPathError:
+        raise ForbiddenPathError(
+            f"output_prefix {prefix} is outside the allowed output folders "
+            "(the outputs folder and HEYGEM_INPUT_ROOTS)"
+        ) from None
+
+
+def _publish_local(local_file: Path, prefix: str, name: str, settings: Settings) -> PublishedOutput:
+    """Mounted object storage cannot rename or delete: write the final name once, from the
+    finished local file."""
+    folder = _local_output_dir(prefix, settings)
+    target = folder / name
+    expected = local_file.stat().st_size
+
+    def copy() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_file, target)
+        copied = target.stat().st_size
+        if copied != expected:
+            raise OSError(f"copied {copied} of {expected} bytes")
+
+    def failure(exc: BaseException) -> StorageError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return StorageError(f"cannot copy {local_file.name} to {target}: {reason}")
+
+    _with_retries(copy, f"copy of {local_file.name} to {target}",
+                  lambda exc: isinstance(exc, OSError), failure)
+    log.info("published %s (%d bytes) to %s", local_file.name, expected, target)
+    return PublishedOutput(url=str(target), presigned_url=None)
+
+
+def _with_retries(
+    action: Callable[[], T],
+    what: str,
+    transient: Callable[[BaseException], bool],
+    to_error: Callable[[BaseException], StorageError],
+) -> T:
+    """Run action up to PUBLISH_ATTEMPTS times with exponential backoff on transient failures."""
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            return action()
+        except HeygemError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised as StorageError
+            error = to_error(exc)
+            if attempt == PUBLISH_ATTEMPTS or not transient(exc):
+                log.error("%s failed after %d attempt(s): %s", what, attempt, error)
+                raise error from None
+            delay = PUBLISH_BACKOFF_S * 2 ** (attempt - 1)
+            log.warning("%s failed (attempt %d of %d): %s; retrying in %.1f s",
+                        what, attempt, PUBLISH_ATTEMPTS, error, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+__all__ = [
+    "PublishedOutput",
+    "is_remote",
+    "check_reference",
+    "check_output_prefix",
+    "fetch_input",
+    "publish_output",
+    "presign",
+]
