@@ -50,6 +50,7 @@ JOB_UPLOAD_FILES = 2
 BATCH_UPLOAD_FILES = 101  # one audio + 100 videos, or a manifest and its files
 MAX_JSON_BYTES = MB
 MAX_PAGE = 200
+DEEP_CHECK_TIMEOUT_S = 60.0  # a deep readiness probe waits this long for the running job to yield
 INTERNAL_ERROR = "internal server error; the details are in the server log"
 
 # Most specific first: LimitExceededError and ForbiddenPathError are InputErrors too.
@@ -395,6 +396,23 @@ BATCH_BODY_DOC = {
 }
 
 
+def _deep_ready(state: ApiState, body: dict) -> JSONResponse:
+    """One-frame inference on the built-in sample through the service (between jobs)."""
+    deep_check = getattr(state.service, "deep_check", None)
+    if deep_check is None:
+        return JSONResponse({"detail": "this job service has no deep check"}, status_code=501)
+    started = time.monotonic()
+    try:
+        deep_check(DEEP_CHECK_TIMEOUT_S)
+    except HeygemError as exc:
+        return JSONResponse({"ready": False, "reason": one_line(str(exc))}, status_code=503)
+    except TimeoutError:
+        reason = f"warm-up inference did not finish within {DEEP_CHECK_TIMEOUT_S:g} s"
+        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+    body["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return JSONResponse(body)
+
+
 def probe_routes(state: ApiState) -> APIRouter:
     """/health, /ready and /metrics: open even when the API needs a token."""
     router = APIRouter(tags=["probes"])
@@ -413,12 +431,7 @@ def probe_routes(state: ApiState) -> APIRouter:
             return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         body: dict[str, Any] = {"ready": True, "reason": reason}
         if deep:
-            started = time.monotonic()
-            try:
-                state.service.deep_check()
-            except HeygemError as exc:
-                return JSONResponse({"ready": False, "reason": one_line(str(exc))}, status_code=503)
-            body["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+            return _deep_ready(state, body)
         return JSONResponse(body)
 
     @router.get("/metrics")

@@ -167,7 +167,8 @@ def create_app(
     register_api(app, state)
     if ui and not ui_in_background:
         ui_slot.host = build_ui()
-    app.mount("/", ui_slot)
+    if ui:
+        app.mount("/", ui_slot)
     return app
 
 

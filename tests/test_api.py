@@ -1,0 +1,427 @@
+"""HTTP API through FastAPI's TestClient, on a real JobService (SQLite) with the fake pipeline."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sqlite3
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from heygem.jobs import JobService
+from heygem.web.api import INTERNAL_ERROR
+from heygem.web.server import create_app
+from tests import media
+from tests.fakes import FakePipeline
+
+POLL_S = 0.05
+JOB_TIMEOUT_S = 60.0
+MB = 1 << 20
+
+
+class GatedPipeline(FakePipeline):
+    """FakePipeline whose load() waits for the test to open the gate: a model that is 'loading'."""
+
+    gate = threading.Event()
+
+    def load(self) -> None:
+        self.gate.wait()
+        super().load()
+
+
+@pytest.fixture
+def gate():
+    GatedPipeline.gate = threading.Event()
+    yield GatedPipeline.gate
+    GatedPipeline.gate.set()  # never leave a worker thread blocked
+
+
+def start(settings, factory=FakePipeline, **client_kwargs):
+    service = JobService(settings, pipeline_factory=factory)
+    service.start()
+    app = create_app(settings, service, ui=False)
+    return service, TestClient(app, **client_kwargs)
+
+
+@pytest.fixture
+def client(settings):
+    service, client = start(settings)
+    with client:
+        yield client
+    service.stop(5)
+
+
+def wait_job(client: TestClient, job_id: str, headers: dict | None = None) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(POLL_S)
+    raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+def wait_batch(client: TestClient, batch_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/batches/{batch_id}").json()
+        if body["status"] == "finished":
+            return body
+        time.sleep(POLL_S)
+    raise AssertionError(f"batch {batch_id} did not finish: {body}")
+
+
+def upload(client: TestClient, audio: Path, video: Path, headers=None, **fields):
+    with open(audio, "rb") as a, open(video, "rb") as v:
+        return client.post(
+            "/api/v1/jobs", headers=headers, data=fields,
+            files={"audio": (audio.name, a, "audio/wav"), "video": (video.name, v, "video/mp4")},
+        )
+
+
+def assert_one_line_error(response, code: int) -> str:
+    assert response.status_code == code, response.text
+    body = response.json()
+    assert set(body) == {"detail"}
+    assert body["detail"] and "\n" not in body["detail"] and "Traceback" not in body["detail"]
+    return body["detail"]
+
+
+# --- probes ----------------------------------------------------------------------------------------
+
+
+def test_health_answers_while_the_model_is_still_loading(settings, gate):
+    service, client = start(settings, factory=GatedPipeline)
+    with client:
+        assert client.get("/health").json() == {"health": "true"}
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["ready"] is False and ready.json()["reason"]
+        gate.set()
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        assert client.get("/ready").json() == {"ready": True, "reason": "ready"}
+    service.stop(5)
+
+
+def test_ready_is_503_while_draining(settings):
+    service, client = start(settings)
+    with client:
+        client.app.state.heygem.draining.set()
+        response = client.get("/ready")
+        assert response.status_code == 503 and response.json()["reason"] == "draining"
+        assert client.get("/health").status_code == 200
+    service.stop(5)
+
+
+def test_metrics_expose_jobs_queue_duration_and_fps(client, speech_wav, face_video):
+    job = upload(client, speech_wav, face_video).json()
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'heygem_jobs{status="succeeded"} 1.0' in text
+    assert "heygem_queue_depth 0.0" in text
+    assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in text
+    fps = [line for line in text.splitlines() if line.startswith("heygem_frames_per_second ")]
+    assert fps and float(fps[0].split()[1]) > 0
+    # A second scrape does not count the same job twice.
+    assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in client.get("/metrics").text
+
+
+# --- submit, poll, download ------------------------------------------------------------------------
+
+
+def test_multipart_submit_poll_and_download(client, speech_wav, face_video, tmp_path):
+    response = upload(client, speech_wav, face_video, options=json.dumps({"blend": "rect"}))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert len(job["id"]) == 32 and job["status"] in ("queued", "running")
+    assert job["result_url"] is None
+    done = wait_job(client, job["id"])
+    assert done["status"] == "succeeded" and done["error"] is None
+    assert done["options"]["blend"] == "rect" and done["engine"] == "fake"
+    assert done["result_url"] == f"/api/v1/jobs/{job['id']}/result"
+    for key in ("progress", "stage", "attempts", "created_at", "finished_at",
+                "frames_without_face", "output_url", "presigned_url"):
+        assert key in done
+    assert "output_path" not in done
+    result = client.get(done["result_url"])
+    assert result.status_code == 200
+    assert result.headers["content-type"] == "video/mp4"
+    saved = tmp_path / "result.mp4"
+    saved.write_bytes(result.content)
+    assert media.stream_types(saved) == ["video", "audio"]
+
+
+def test_json_submit_with_server_paths_and_output_name(client, settings, speech_wav, face_video):
+    folder = settings.inputs_dir / "clips"
+    folder.mkdir(parents=True)
+    shutil.copy(speech_wav, folder / "speech.wav")
+    shutil.copy(face_video, folder / "face.mp4")
+    response = client.post("/api/v1/jobs", json={
+        "audio": str(folder / "speech.wav"), "video": "clips/face.mp4",
+        "options": {"duration_policy": "pingpong"}, "output_name": "hello",
+    })
+    assert response.status_code == 202, response.text
+    done = wait_job(client, response.json()["id"])
+    assert done["status"] == "succeeded" and done["output_name"] == "hello.mp4"
+    result = client.get(done["result_url"])
+    assert 'filename="hello.mp4"' in result.headers["content-disposition"]
+
+
+def test_list_jobs_newest_first_with_paging(client, settings, speech_wav, face_video):
+    ids = [upload(client, speech_wav, face_video).json()["id"] for _ in range(3)]
+    listing = client.get("/api/v1/jobs", params={"limit": 2}).json()
+    assert listing["total"] == 3 and listing["limit"] == 2
+    assert [job["id"] for job in listing["jobs"]] == ids[::-1][:2]
+    rest = client.get("/api/v1/jobs", params={"limit": 2, "offset": 2}).json()
+    assert [job["id"] for job in rest["jobs"]] == ids[:1]
+    assert_one_line_error(client.get("/api/v1/jobs", params={"limit": 0}), 400)
+
+
+def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, speech_wav, face_video):
+    service, client = start(settings, factory=GatedPipeline)
+    with client:
+        queued = upload(client, speech_wav, face_video).json()
+        cancelled = client.delete(f"/api/v1/jobs/{queued['id']}").json()
+        assert cancelled["deleted"] is False and cancelled["job"]["status"] == "cancelled"
+        gate.set()
+        finished = upload(client, speech_wav, face_video).json()
+        assert wait_job(client, finished["id"])["status"] == "succeeded"
+        assert client.delete(f"/api/v1/jobs/{finished['id']}").json() == {
+            "deleted": True, "id": finished["id"]
+        }
+        assert_one_line_error(client.get(f"/api/v1/jobs/{finished['id']}"), 404)
+    service.stop(5)
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+def test_json_batch_status_zip_and_retry(client, settings, speech_wav, face_video):
+    folder = settings.inputs_dir
+    shutil.copy(speech_wav, folder / "speech.wav")
+    shutil.copy(face_video, folder / "face.mp4")
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    items = [
+        {"audio": "speech.wav", "video": "face.mp4", "output_name": "one.mp4"},
+        {"audio": "speech.wav", "video": "face.mp4", "output_name": "two.mp4"},
+        {"audio": "speech.wav", "video": "broken.mp4", "output_name": "bad.mp4"},
+    ]
+    response = client.post("/api/v1/batches", json={"items": items, "options": {"smooth": False}})
+    assert response.status_code == 202, response.text
+    batch = wait_batch(client, response.json()["id"])
+    assert batch["counts"]["succeeded"] == 2 and batch["counts"]["failed"] == 1
+    bad = next(item for item in batch["items"] if item["output_name"] == "bad.mp4")
+    assert bad["error"] and "\n" not in bad["error"]
+    archive = client.get(batch["zip_url"])
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
+    assert {"one.mp4", "two.mp4"} <= {Path(n).name for n in names}
+    retried = client.post(f"/api/v1/batches/{batch['id']}/retry")
+    assert retried.status_code == 202
+    statuses = {i["output_name"]: i["status"] for i in retried.json()["items"]}
+    assert statuses["one.mp4"] == "succeeded" and statuses["bad.mp4"] in ("queued", "running")
+    again = wait_batch(client, batch["id"])
+    assert again["counts"] == batch["counts"]
+
+
+def test_multipart_batch_one_audio_many_videos(client, speech_wav, face_video, face_image):
+    with open(speech_wav, "rb") as a, open(face_video, "rb") as v, open(face_image, "rb") as p:
+        response = client.post("/api/v1/batches", files=[
+            ("audio", ("speech.wav", a, "audio/wav")),
+            ("video", ("face.mp4", v, "video/mp4")),
+            ("video", ("photo.png", p, "image/png")),
+        ])
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert len(batch["items"]) == 2
+    assert [Path(i["video"]).name for i in batch["items"]] == ["face.mp4", "photo.png"]
+    assert Path(batch["items"][0]["audio"]) == Path(batch["items"][1]["audio"])
+
+
+def test_multipart_batch_manifest_names_its_uploads(client, speech_wav, face_video):
+    manifest = "\n".join(json.dumps(line) for line in [
+        {"audio": "speech.wav", "video": "face.mp4", "output_name": "first"},
+        {"audio": "speech.wav", "video": "face.mp4", "output_name": "second"},
+    ]).encode()
+    with open(speech_wav, "rb") as a, open(face_video, "rb") as v:
+        response = client.post("/api/v1/batches", files=[
+            ("manifest", ("batch.jsonl", io.BytesIO(manifest), "application/jsonl")),
+            ("audio", ("speech.wav", a, "audio/wav")),
+            ("video", ("face.mp4", v, "video/mp4")),
+        ])
+    assert response.status_code == 202, response.text
+    batch = wait_batch(client, response.json()["id"])
+    assert [i["output_name"] for i in batch["items"]] == ["first.mp4", "second.mp4"]
+    assert batch["counts"]["succeeded"] == 2
+
+
+def test_multipart_batch_refuses_mismatched_counts(client, speech_wav, face_video):
+    with open(speech_wav, "rb") as a, open(face_video, "rb") as v:
+        data = a.read(), v.read()
+    response = client.post("/api/v1/batches", files=[
+        ("audio", ("a1.wav", data[0], "audio/wav")), ("audio", ("a2.wav", data[0], "audio/wav")),
+        ("video", ("v1.mp4", data[1], "video/mp4")), ("video", ("v2.mp4", data[1], "video/mp4")),
+        ("video", ("v3.mp4", data[1], "video/mp4")),
+    ])
+    assert "2 audio files for 3 videos" in assert_one_line_error(response, 400)
+
+
+# --- limits and errors -----------------------------------------------------------------------------
+
+
+def test_queue_full_is_429(settings, gate, speech_wav, face_video):
+    service, client = start(settings.replace(queue_size=2), factory=GatedPipeline)
+    with client:
+        for _ in range(2):
+            assert upload(client, speech_wav, face_video).status_code == 202
+        response = upload(client, speech_wav, face_video)
+        assert "queue" in assert_one_line_error(response, 429).lower()
+        assert response.headers["retry-after"]
+    service.stop(5)
+
+
+def test_upload_over_the_size_limit_is_413_and_leaves_nothing(settings, speech_wav):
+    service, client = start(settings.replace(max_upload_mb=1))
+    big = bytes(3 * MB)
+    with client:
+        # Declared length over the bound: refused before reading the body.
+        response = client.post("/api/v1/jobs", files={
+            "audio": ("a.wav", big, "audio/wav"), "video": ("v.mp4", big, "video/mp4")})
+        assert "limit" in assert_one_line_error(response, 413)
+        # Within the declared bound but one file over the per-file limit: refused while streaming.
+        response = client.post("/api/v1/jobs", files={
+            "audio": ("a.wav", speech_wav.read_bytes(), "audio/wav"),
+            "video": ("v.mp4", bytes(int(1.5 * MB)), "video/mp4")})
+        assert "v.mp4" in assert_one_line_error(response, 413)
+    service.stop(5)
+    assert not any(p.is_file() for p in settings.inputs_dir.rglob("*"))
+
+
+def test_audio_over_the_duration_limit_is_413(settings, speech_wav, face_video):
+    service, client = start(settings.replace(max_duration_s=1.0))
+    with client:
+        detail = assert_one_line_error(upload(client, speech_wav, face_video), 413)
+        assert "speech.wav" in detail and "limit is 1 s" in detail
+    service.stop(5)
+
+
+def test_bad_requests_are_400_with_the_problem_named(client, speech_wav, face_video):
+    assert "options" in assert_one_line_error(
+        upload(client, speech_wav, face_video, options="{not json"), 400)
+    assert "unknown option" in assert_one_line_error(
+        upload(client, speech_wav, face_video, options='{"colour": "red"}'), 400)
+    assert "JSON" in assert_one_line_error(
+        client.post("/api/v1/jobs", content=b"{", headers={"content-type": "application/json"}), 400)
+    assert "audio" in assert_one_line_error(client.post("/api/v1/jobs", json={"video": "x.mp4"}), 400)
+    with open(face_video, "rb") as v:
+        missing = client.post("/api/v1/jobs", files={"video": ("v.mp4", v, "video/mp4")})
+    assert "audio" in assert_one_line_error(missing, 400)
+    assert assert_one_line_error(client.post("/api/v1/batches", json={"items": []}), 400)
+
+
+def test_bearer_token_guards_the_api_but_not_the_probes(settings, speech_wav, face_video):
+    service, client = start(settings.replace(api_token="s3cret"))
+    with client:
+        for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            response = client.get("/api/v1/jobs", headers=headers)
+            assert_one_line_error(response, 401)
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert_one_line_error(upload(client, speech_wav, face_video), 401)
+        good = {"Authorization": "Bearer s3cret"}
+        job = upload(client, speech_wav, face_video, headers=good)
+        assert job.status_code == 202
+        assert wait_job(client, job.json()["id"], headers=good)["status"] == "succeeded"
+        for path in ("/health", "/ready", "/metrics"):
+            assert client.get(path).status_code in (200, 503)
+            assert client.get(path).status_code != 401
+    service.stop(5)
+
+
+def test_unknown_ids_are_404(client):
+    unknown = "0123456789abcdef0123456789abcdef"
+    for path in (f"/api/v1/jobs/{unknown}", f"/api/v1/jobs/{unknown}/result",
+                 f"/api/v1/batches/{unknown}", f"/api/v1/batches/{unknown}/zip"):
+        assert unknown in assert_one_line_error(client.get(path), 404)
+    assert_one_line_error(client.delete(f"/api/v1/jobs/{unknown}"), 404)
+
+
+TRAVERSALS = [
+    "/api/v1/jobs/../../heygem.db",
+    "/api/v1/jobs/..%2f..%2fheygem.db/result",
+    "/api/v1/jobs/%2e%2e%2f%2e%2e%2fheygem.db/result",
+    "/api/v1/jobs/%2e%2e/result",
+    "/api/v1/jobs/..%5c..%5cheygem.db/result",
+    "/api/v1/jobs/%2fetc%2fpasswd/result",
+    "/api/v1/batches/%2e%2e%2f%2e%2e/zip",
+    "/api/v1/jobs/0123456789ABCDEF0123456789ABCDEF/result",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_path_traversal_in_urls_is_refused(client, path):
+    response = client.get(path)
+    assert response.status_code in (400, 404), (path, response.status_code)
+    assert b"SQLite format" not in response.content and b"root:" not in response.content
+
+
+@pytest.mark.parametrize("field,value,code", [
+    ("audio", "../../heygem.db", 403),
+    ("audio", "/etc/passwd", 403),
+    ("video", "%2e%2e/%2e%2e/etc/passwd", 400),
+    ("output_name", "../escape.mp4", 403),
+    ("output_name", "/tmp/escape.mp4", 403),
+])
+def test_path_traversal_in_json_bodies_is_refused(client, settings, speech_wav, face_video,
+                                                  field, value, code):
+    shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
+    shutil.copy(face_video, settings.inputs_dir / "face.mp4")
+    body = {"audio": "speech.wav", "video": "face.mp4", field: value}
+    assert_one_line_error(client.post("/api/v1/jobs", json=body), code)
+
+
+def test_result_outside_the_outputs_folder_is_never_served(client, settings, speech_wav, face_video):
+    job = upload(client, speech_wav, face_video).json()
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    # Tamper with the store as an attacker with database access would.
+    with sqlite3.connect(settings.database_path) as db:
+        db.execute("UPDATE jobs SET output_path = ? WHERE id = ?",
+                   (str(settings.database_path), job["id"]))
+    response = client.get(f"/api/v1/jobs/{job['id']}/result")
+    assert_one_line_error(response, 403)
+    assert b"SQLite format" not in response.content
+
+
+def test_unexpected_errors_are_a_generic_500_without_traceback(settings, caplog):
+    service, client = start(settings, raise_server_exceptions=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal state /srv/private")
+
+    service.list_jobs = broken
+    with client:
+        response = client.get("/api/v1/jobs")
+    service.stop(5)
+    assert assert_one_line_error(response, 500) == INTERNAL_ERROR
+    assert "secret" not in response.text
+    assert "secret internal state" in caplog.text  # the details stay in the server log
+
+
+def test_openapi_docs_list_the_routes(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/health", "/ready", "/metrics", "/api/v1/jobs", "/api/v1/jobs/{job_id}",
+                 "/api/v1/jobs/{job_id}/result", "/api/v1/batches", "/api/v1/batches/{batch_id}",
+                 "/api/v1/batches/{batch_id}/zip", "/api/v1/batches/{batch_id}/retry"):
+        assert path in paths
+    assert "multipart/form-data" in paths["/api/v1/jobs"]["post"]["requestBody"]["content"]
