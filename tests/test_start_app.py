@@ -237,6 +237,15 @@ def test_a_device_already_set_is_kept_and_bad_settings_stop_early(tmp_path):
     assert "effective settings" not in result.stdout
 
 
+def test_help_describes_the_script_and_starts_nothing(tmp_path):
+    result = subprocess.run(["bash", str(START_APP), "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "bash start_app.sh [--host H] [--port P] [--root-path /prefix]" in result.stdout
+    assert "HEYGEM_HOST" in result.stdout
+    assert "start_app:" not in result.stdout and result.stderr == ""  # no detection ran
+
+
 # --- signals -------------------------------------------------------------------------------------
 
 
