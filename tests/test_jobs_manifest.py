@@ -122,7 +122,7 @@ def test_run_manifest_isolates_failures_and_resumes(settings, project, tmp_path)
     out = tmp_path / "out"
     pipeline = FakePipeline(settings)
     updates = []
-    summary = run_manifest(manifest, out, settings, pipeline=pipeline, on_progress=updates.append)
+    summary = run_manifest(settings, manifest, out, pipeline=pipeline, on_progress=updates.append)
 
     assert [r.status for r in summary.results] == ["succeeded", "failed", "succeeded"]
     assert not summary.ok
@@ -135,12 +135,15 @@ def test_run_manifest_isolates_failures_and_resumes(settings, project, tmp_path)
         (1, 3, "succeeded"), (2, 3, "failed"), (3, 3, "succeeded")]
     assert any(u.stage == "synthesize" and 0 < u.fraction < 1 for u in updates)
 
-    again = run_manifest(manifest, out, settings, pipeline=pipeline)
+    again = run_manifest(settings, manifest, out, pipeline=pipeline)
     assert [r.status for r in again.results] == ["skipped", "failed", "skipped"]
+    assert again.describe().splitlines() == [
+        "3 item(s): 0 succeeded, 2 skipped (output exists), 1 failed",
+        "  line 2 (two.mp4): failed: corrupt.mp4: no video stream that ffmpeg can read"]
     assert len(pipeline.runs) == 4  # three in the first run, only the failed item in the second
 
     shutil.copy(project / "media" / "face.mp4", project / "media" / "corrupt.mp4")
-    fixed = run_manifest(manifest, out, settings, pipeline=pipeline)
+    fixed = run_manifest(settings, manifest, out, pipeline=pipeline)
     assert fixed.ok and [r.status for r in fixed.results] == ["skipped", "succeeded", "skipped"]
     assert fixed.describe() == "3 item(s): 1 succeeded, 2 skipped (output exists), 0 failed"
 
@@ -155,7 +158,7 @@ def test_run_manifest_never_leaves_a_partial_output(settings, project, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / job_files.temp_name()).mkdir()  # left by an earlier killed run
-    summary = run_manifest(manifest, out, settings, pipeline=Interrupted(settings))
+    summary = run_manifest(settings, manifest, out, pipeline=Interrupted(settings))
     assert summary.results[0].error == "internal error: RuntimeError: power cut"
     assert list(out.iterdir()) == []
 
@@ -169,12 +172,12 @@ def test_run_manifest_rejects_paths_outside_before_any_work(settings, project, t
     )
     pipeline = FakePipeline(settings)
     with pytest.raises(ForbiddenPathError, match="^manifest line 2: ../elsewhere.wav is outside"):
-        run_manifest(manifest, tmp_path / "out", settings, pipeline=pipeline)
+        run_manifest(settings, manifest, tmp_path / "out", pipeline=pipeline)
     assert pipeline.runs == [] and not pipeline.loaded
 
 
 def test_run_manifest_rejects_bad_options(settings, project, tmp_path):
     manifest = write_manifest(project / "m.jsonl", {"audio": "media/speech.wav", "video": "media/face.mp4"})
     with pytest.raises(InputError, match="unknown option"):
-        run_manifest(manifest, tmp_path / "out", settings, options={"bogus": 1},
+        run_manifest(settings, manifest, tmp_path / "out", options={"bogus": 1},
                      pipeline=FakePipeline(settings))

@@ -43,9 +43,11 @@ CONTRACT (the web app, the HeyGem-compatible API and the CLI code against exactl
     Settings.outputs_dir (<outputs_dir>/<job id>/<output_name or result.mp4>).
 
     parse_manifest(path, roots) -> list[ManifestItem]   # ManifestItem.as_item() -> submit_batch item
-    run_manifest(manifest, output_dir, settings, *, options=None, pipeline=None,
+    run_manifest(settings, manifest, output_dir, options=None, *, pipeline=None,
                  on_progress=None) -> ManifestSummary   # the CLI's batch command, no server
-        on_progress(ManifestProgress(index, count, item, stage, fraction, result)); the summary
+        on_progress(ManifestProgress(index, count, item, stage, done, total, result)): index is
+        the 1-based item, (done, total, stage) the pipeline's own progress; a final call per item
+        has stage "succeeded"/"skipped"/"failed" and result set. The summary
         has .succeeded/.skipped/.failed lists of ItemResult (.describe() gives one line), .ok,
         and .describe().
 """

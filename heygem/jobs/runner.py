@@ -48,8 +48,14 @@ class ManifestProgress:
     count: int  # items in the manifest
     item: ManifestItem
     stage: str  # the pipeline's stage, or "skipped" / "succeeded" / "failed" at the end
-    fraction: float  # 0-1 within this item
+    done: int  # the pipeline's own (done, total) for this stage, e.g. frames
+    total: int
     result: ItemResult | None = None  # set once the item has finished, been skipped or failed
+
+    @property
+    def fraction(self) -> float:
+        """0-1 within the current stage."""
+        return min(1.0, self.done / self.total) if self.total else 0.0
 
 
 @dataclass
@@ -79,18 +85,20 @@ class ManifestSummary:
         return not self.failed
 
     def describe(self) -> str:
-        return (
+        """The counts on one line, then one line per failed item."""
+        counts = (
             f"{len(self.results)} item(s): {len(self.succeeded)} succeeded, "
             f"{len(self.skipped)} skipped (output exists), {len(self.failed)} failed"
         )
+        return "\n".join([counts, *(f"  {result.describe()}" for result in self.failed)])
 
 
 ProgressHandler = Callable[[ManifestProgress], None]
 
 
 def run_manifest(
-    manifest: Path, output_dir: Path, settings: Settings, *,
-    options: Mapping[str, Any] | SyncOptions | None = None, pipeline: Any = None,
+    settings: Settings, manifest: Path, output_dir: Path,
+    options: Mapping[str, Any] | SyncOptions | None = None, *, pipeline: Any = None,
     on_progress: ProgressHandler | None = None,
 ) -> ManifestSummary:
     """Run every item of a JSONL manifest into output_dir; see the module docstring.
@@ -120,7 +128,7 @@ def run_manifest(
             callback = _item_progress(report, index, len(items), item)
             result = _run_item(item, target, pipeline, sync, settings, callback)
         summary.results.append(result)
-        report(ManifestProgress(index, len(items), item, result.status, 1.0, result))
+        report(ManifestProgress(index, len(items), item, result.status, 1, 1, result))
     log.info("manifest %s: %s", manifest.name, summary.describe())
     return summary
 
@@ -129,7 +137,7 @@ def _item_progress(
     report: ProgressHandler, index: int, count: int, item: ManifestItem
 ) -> Callable[[int, int, str], None]:
     def on_progress(done: int, total: int, stage: str) -> None:
-        report(ManifestProgress(index, count, item, stage, min(1.0, done / total) if total else 0.0))
+        report(ManifestProgress(index, count, item, stage, done, total))
 
     return on_progress
 
