@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+DOWNLOAD_COMMAND = "python -m heygem models download"  # named in every missing-weights message
+
 
 class HeygemError(Exception):
     """Base of every error heygem raises on purpose; its message is safe to show a user."""

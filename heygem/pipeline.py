@@ -15,13 +15,26 @@ MediaProcessError when ffmpeg fails. `stage` is one of STAGES.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import tempfile
+import threading
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
-from heygem.errors import InputError
+import numpy as np
+
+from heygem.audio import SAMPLE_RATE, frames_for_audio, load_audio, mel_chunks, melspectrogram
+from heygem.engines import PREVIEW, WAV2LIP, Wav2LipRenderer, choose_engine
+from heygem.errors import InputError, LimitExceededError, ModelError
+from heygem.faces.detect import create_detector
+from heygem.faces.track import FaceTrack, TrackCache, choose_face, detect_faces, pad_box, track_faces
+from heygem.model.download import resolve_checkpoint
 from heygem.settings import ENGINES, PRECISIONS, Settings
+from heygem.video import FrameWriter, MediaInfo, probe, read_frames, scheduled_frames
 
 log = logging.getLogger("heygem.pipeline")
 
@@ -37,6 +50,12 @@ FACE_CHOICES = ("largest", "nearest")
 TUPLE_OPTIONS = ("box", "pads", "face_point")
 MAX_FPS = 120.0
 MAX_LABEL_CHARS = 40
+WARMUP_SIDE = 128  # built-in warm-up frame: a plain grey square treated as one face box
+WARMUP_GREY = 128
+WARMUP_FPS = 25.0
+WARMUP_SAMPLES = SAMPLE_RATE  # one second of silence: enough for a full mel window
+BOX_COLOUR_BGR = (0, 200, 0)
+BOX_LINE_DIVISOR = 200  # box outline thickness = frame width / this, at least 2 px
 
 
 @dataclass(frozen=True)
@@ -139,18 +158,74 @@ class EngineStatus:
 
 
 class LipSyncPipeline:
+    """Loads detector and generator once; each `run` streams one job through two frame passes."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._lock = threading.RLock()
+        self._detector = None
+        self._placement = None
+        self._generator = None
+        self._checkpoint: Path | None = None
+        self._auto_engine: tuple[str, str] | None = None
+        self._track_cache = TrackCache(settings.cache_dir / "tracks")
 
+    # -- loading --------------------------------------------------------------------------------
     def load(self) -> None:
-        raise NotImplementedError
+        """Pick device, detector and the engine "auto" means; load the generator if that is wav2lip."""
+        with self._lock:
+            if self._auto_engine is not None:
+                return
+            from heygem.model.inference import choose_placement
+
+            self._placement = choose_placement(self.settings.device, self.settings.precision)
+            self._detector = create_detector(self.settings, str(self._placement.device))
+            self._checkpoint = resolve_checkpoint(self.settings)
+            engine, reason = choose_engine(self.settings.engine, self._checkpoint)
+            if engine == WAV2LIP:
+                self._load_generator()
+            self._auto_engine = (engine, reason)
+            log.info("engine: %s (%s) on %s", engine, reason, self._placement.label)
+
+    def _load_generator(self):
+        with self._lock:
+            if self._generator is None:
+                from heygem.model import load_checkpoint
+                from heygem.model.inference import prepare_model
+
+                model = load_checkpoint(self._checkpoint, str(self._placement.device))
+                self._generator = prepare_model(model, self._placement)
+            return self._generator
 
     def status(self) -> EngineStatus:
-        raise NotImplementedError
+        self.load()
+        from heygem.model.inference import device_name
+
+        engine, reason = self._auto_engine
+        return EngineStatus(
+            engine=engine,
+            reason=reason,
+            checkpoint=str(self._checkpoint) if self._generator is not None else "",
+            detector=self._detector.name,
+            device=str(self._placement.device),
+            device_name=device_name(self._placement),
+            loaded=True,
+        )
 
     def warmup(self) -> float:
-        raise NotImplementedError
+        """Render one built-in frame with the default engine: proves the model runs, not just loads."""
+        self.load()
+        started = time.monotonic()
+        frame = np.full((WARMUP_SIDE, WARMUP_SIDE, 3), WARMUP_GREY, np.uint8)
+        box = (0, 0, WARMUP_SIDE, WARMUP_SIDE)
+        wav = np.zeros(WARMUP_SAMPLES, np.float32)
+        renderer = self._renderer(self._auto_engine[0], wav, WARMUP_FPS, 1, SyncOptions())
+        rendered = renderer.render([frame], [box], [0])
+        if len(rendered) != 1 or rendered[0].shape != frame.shape:
+            raise ModelError("warm-up inference returned no frame")
+        return time.monotonic() - started
 
+    # -- one job --------------------------------------------------------------------------------
     def run(
         self,
         audio: Path,
@@ -159,4 +234,186 @@ class LipSyncPipeline:
         options: SyncOptions | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> SyncResult:
-        raise NotImplementedError
+        options = options or SyncOptions()
+        job = _Job(Path(audio), Path(face), Path(output), options, on_progress or _no_progress)
+        self.load()
+        engine = self._engine_for(options)
+        job.report(0, 1, "probe")
+        info = self._probe_face(job.face)
+        fps = options.fps if info.is_image else info.fps
+        with job.timed("audio"):
+            wav = self._load_speech(job.audio)
+            n_out = frames_for_audio(len(wav), fps)
+        with job.timed("detect"):
+            track = self._face_track(job, info, n_out)
+        renderer = self._renderer(engine, wav, fps, n_out, options)
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".heygem-", dir=job.output.parent) as scratch:
+            missing = self._synthesize(job, info, fps, n_out, track, renderer, Path(scratch))
+        return job.result(engine, n_out, fps, missing)
+
+    def _engine_for(self, options: SyncOptions) -> str:
+        if options.engine == "auto":
+            return self._auto_engine[0]
+        engine, reason = choose_engine(options.engine, self._checkpoint)
+        return engine
+
+    def _probe_face(self, face: Path) -> MediaInfo:
+        info = probe(face)
+        if info.duration_s > self.settings.max_duration_s:
+            raise LimitExceededError(
+                f"{face.name} is {info.duration_s:.0f} s long; the limit is "
+                f"{self.settings.max_duration_s:.0f} s"
+            )
+        return info
+
+    def _load_speech(self, audio_path: Path) -> np.ndarray:
+        wav = load_audio(audio_path)
+        seconds = len(wav) / SAMPLE_RATE
+        if seconds > self.settings.max_duration_s:
+            raise LimitExceededError(
+                f"{audio_path.name} is {seconds:.0f} s long; the limit is "
+                f"{self.settings.max_duration_s:.0f} s"
+            )
+        return wav
+
+    def _face_track(self, job: _Job, info: MediaInfo, n_out: int) -> FaceTrack:
+        options = job.options
+        detect_fps = None if info.is_image else info.fps_text
+        frames = read_frames(job.face, info, fps=detect_fps, max_side=self.settings.detect_max_side)
+        return track_faces(
+            frames,
+            self._detector,
+            info.size,
+            pads=options.pads,
+            smooth=options.smooth,
+            smooth_window=options.smooth_window,
+            face_choice=options.face_choice,
+            face_point=options.face_point,
+            box=options.box,
+            batch_size=self.settings.detect_batch_size,
+            on_progress=job.report,
+            total=info.frame_count,
+            cache=self._track_cache,
+            video_path=job.face,
+            cache_params={"fps": detect_fps or "still", "max_side": self.settings.detect_max_side},
+            name=job.face.name,
+        )
+
+    def _renderer(self, engine: str, wav: np.ndarray, fps: float, n_out: int, options: SyncOptions):
+        if engine == PREVIEW:
+            from heygem.preview import PreviewRenderer, mouth_motion
+
+            motion = mouth_motion(wav, fps, n_out)
+            return PreviewRenderer(motion, options.blend, watermark=self.settings.preview_watermark)
+        from heygem.model.inference import GeneratorRunner
+
+        windows = mel_chunks(melspectrogram(wav), fps, frames=n_out)
+        batch_size = options.batch_size or self.settings.batch_size
+        placement = self._placement
+        if options.precision not in (None, "auto", placement.precision):
+            from heygem.model.inference import choose_placement
+
+            placement = choose_placement(str(placement.device), options.precision)
+        runner = GeneratorRunner(self._load_generator(), placement, batch_size)
+        return Wav2LipRenderer(runner, windows, options.blend)
+
+    def _synthesize(self, job, info, fps, n_out, track, renderer, scratch: Path) -> int:
+        """Pass 2: frames by the duration policy -> renderer in batches -> encoder, muxing audio.
+
+        Returns how many output frames had no face and passed through unchanged.
+        """
+        batch_size = job.options.batch_size or self.settings.batch_size
+        source = scheduled_frames(
+            job.face, info, n_out, job.options.duration_policy, scratch,
+            fps=None if info.is_image else info.fps_text, n_src=len(track) if track.fixed is None else None,
+        )
+        writer = FrameWriter(job.output, info.width, info.height, fps, job.audio, label=job.options.watermark)
+        done = missing = 0
+        with writer, job.timed("synthesize"):
+            for batch in _batched(source, batch_size):
+                indices = range(done, done + len(batch))
+                boxes = [track.box_at(src) for src, _ in batch]
+                missing += boxes.count(None)
+                frames = renderer.render([frame for _, frame in batch], boxes, indices)
+                for frame in frames:
+                    writer.write(frame)
+                done += len(batch)
+                job.report(done, n_out, "synthesize")
+            job.report(n_out, n_out, "encode")
+        job.report(n_out, n_out, "done")
+        return missing
+
+
+def preview_face(settings: Settings, face: Path) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """The first frame (RGB) with the face box the engine would use drawn on it, and that box.
+
+    For the UI's "check face" button: one frame, no model, no job.
+    """
+    import cv2
+
+    info = probe(face)
+    frames = read_frames(face, info)
+    try:
+        frame = next(frames)
+    finally:
+        frames.close()
+    raw = detect_faces([frame], _cached_detector(settings), info.size)
+    box = choose_face(raw.faces[0]) if raw.faces and raw.faces[0] else None
+    if box is not None:
+        box = pad_box(box, SyncOptions().pads, info.size)
+        thickness = max(2, info.width // BOX_LINE_DIVISOR)
+        cv2.rectangle(frame, box[:2], box[2:], BOX_COLOUR_BGR, thickness)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), box
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_detector(settings: Settings):
+    return create_detector(settings, "cpu")
+
+
+class _Job:
+    """One run's inputs, progress reporting and stage timings."""
+
+    def __init__(self, audio, face, output, options, on_progress) -> None:
+        self.audio, self.face, self.output, self.options = audio, face, output, options
+        self._on_progress = on_progress
+        self.started = time.monotonic()
+        self.stage_seconds: dict[str, float] = {}
+
+    def report(self, done: int, total: int, stage: str) -> None:
+        self._on_progress(done, total, stage)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.monotonic() - started
+
+    def result(self, engine: str, frames: int, fps: float, missing: int) -> SyncResult:
+        seconds = time.monotonic() - self.started
+        log.info(
+            "wrote %s: %d frames at %.3g fps with %s (%d without a face) in %.1f s",
+            self.output, frames, fps, engine, missing, seconds,
+        )
+        return SyncResult(
+            output=self.output, engine=engine, frames=frames, frames_without_face=missing, fps=fps,
+            duration_s=frames / fps, seconds=seconds, stage_seconds=dict(self.stage_seconds),
+        )
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _no_progress(done: int, total: int, stage: str) -> None:
+    pass

@@ -96,11 +96,12 @@ class GeneratorRunner:
         device = self.placement.device
         face_tensor = torch.from_numpy(_network_input(faces)).to(device)
         mel_tensor = torch.from_numpy(np.ascontiguousarray(mels, np.float32)).unsqueeze(1).to(device)
-        with torch.inference_mode(), self._autocast():
-            generated = self.model(mel_tensor, face_tensor)
-        pixels = generated.float().clamp_(0, 1).mul_(PIXEL_SCALE)
-        # The reference truncates rather than rounds when going back to uint8; keep that.
-        return pixels.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+        with torch.inference_mode():
+            with self._autocast():
+                generated = self.model(mel_tensor, face_tensor)
+            pixels = generated.float().clamp_(0, 1).mul_(PIXEL_SCALE)
+            # The reference truncates rather than rounds when going back to uint8; keep that.
+            return pixels.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
 
     def _autocast(self):
         dtype = AUTOCAST_DTYPES.get(self.placement.precision)

@@ -1,0 +1,220 @@
+"""`python -m heygem`: generate | batch | models | serve.
+
+Any Settings field can also be given as a flag (`--models-dir`, `--device`, `--batch-size`, ...)
+or as a HEYGEM_* environment variable; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from heygem.errors import HeygemError
+from heygem.logs import configure_logging
+from heygem.settings import Settings
+
+log = logging.getLogger("heygem.cli")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        settings = Settings.load(argv=rest)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    configure_logging(settings)
+    try:
+        return args.handler(args, settings)
+    except HeygemError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_FAILED)
+    except Exception as exc:  # an odd file must end in one line, never a traceback
+        log.debug("unexpected failure", exc_info=True)
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level DEBUG)", EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"heygem: error: {message}", file=sys.stderr)
+    return code
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m heygem",
+        description="Lip-sync a face video or photo to speech.",
+        epilog="Every setting is also a flag (e.g. --models-dir, --device cuda, --batch-size 16, "
+        "--precision bf16, --engine preview) or a HEYGEM_* environment variable.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    _add_generate(commands)
+    _add_batch(commands)
+    _add_models(commands)
+    serve = commands.add_parser("serve", help="run the web app and HTTP API")
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def _add_sync_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--box", type=int, nargs=4, metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                        help="fixed face box in pixels; skips face detection")
+    parser.add_argument("--pads", type=int, nargs=4, default=(0, 10, 0, 0),
+                        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                        help="grow the detected box by these pixels (default: 0 10 0 0)")
+    parser.add_argument("--no-smooth", action="store_true", help="do not smooth boxes over time")
+    parser.add_argument("--blend", choices=("feather", "rect"), default="feather",
+                        help="feather: soft lower-face mask (default); rect: reference-exact box paste")
+    parser.add_argument("--fps", type=float, default=25.0, help="frame rate for a still image (25)")
+    parser.add_argument("--duration-policy", choices=("loop", "pingpong"), default="loop",
+                        help="how the video is extended when the audio is longer (loop)")
+    parser.add_argument("--face-point", type=int, nargs=2, metavar=("X", "Y"),
+                        help="with several faces, use the one nearest this point (default: largest)")
+    parser.add_argument("--watermark", default="", help="visible label for the corner, e.g. 'AI generated'")
+
+
+def _sync_options(args: argparse.Namespace, settings: Settings):
+    from heygem.pipeline import SyncOptions
+
+    return SyncOptions(
+        engine=settings.engine,
+        box=tuple(args.box) if args.box else None,
+        pads=tuple(args.pads),
+        smooth=not args.no_smooth,
+        blend=args.blend,
+        fps=args.fps,
+        duration_policy=args.duration_policy,
+        face_choice="nearest" if args.face_point else "largest",
+        face_point=tuple(args.face_point) if args.face_point else None,
+        watermark=args.watermark,
+    )
+
+
+def _add_generate(commands) -> None:
+    generate = commands.add_parser("generate", help="make one lip-synced video")
+    generate.add_argument("--audio", type=Path, required=True, help="speech: any format ffmpeg reads")
+    generate.add_argument("--video", "--face", dest="video", type=Path, required=True,
+                          help="face video, or a photo (jpg/png/webp)")
+    generate.add_argument("--output", type=Path, required=True, help="the mp4 to write")
+    _add_sync_options(generate)
+    generate.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.pipeline import LipSyncPipeline
+
+    options = _sync_options(args, settings)
+    pipeline = LipSyncPipeline(settings)
+    with _StageBars() as bars:
+        result = pipeline.run(args.audio, args.video, args.output, options, on_progress=bars.update)
+    print(
+        f"wrote {result.output} ({result.duration_s:.2f} s, {result.frames} frames, "
+        f"engine {result.engine}, {result.frames_without_face} frames without a face, "
+        f"{result.seconds:.1f} s)"
+    )
+    return EXIT_OK
+
+
+def _add_batch(commands) -> None:
+    batch = commands.add_parser("batch", help="run a JSONL manifest without a server")
+    batch.add_argument("manifest", type=Path, help='JSONL: {"audio": ..., "video": ..., "output_name": ...}')
+    batch.add_argument("--output-dir", type=Path, required=True, help="where the videos go")
+    _add_sync_options(batch)
+    batch.set_defaults(handler=_batch)
+
+
+def _batch(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.jobs import run_manifest
+
+    options = _sync_options(args, settings)
+    with _StageBars() as bars:
+        summary = run_manifest(settings, args.manifest, args.output_dir, options, on_progress=bars.update)
+    print(summary.describe())
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _add_models(commands) -> None:
+    models = commands.add_parser("models", help="weights: status, download, verify")
+    models.add_argument("action", choices=("status", "download", "verify"))
+    models.set_defaults(handler=_models)
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.model import download
+
+    if args.action == "download":
+        for path in download.download_weights(settings):
+            print(f"ready: {path}")
+        return EXIT_OK
+    if args.action == "verify":
+        return _verify_models(settings)
+    for status in download.weights_status(settings):
+        state = f"present ({status.size_bytes / 2**20:.1f} MiB)" if status.present else "missing"
+        print(f"{status.name:10s} {state:24s} {status.path}")
+    return EXIT_OK
+
+
+def _verify_models(settings: Settings) -> int:
+    from heygem.model import download, load_checkpoint
+
+    checkpoint = download.resolve_checkpoint(settings)
+    load_checkpoint(checkpoint, "cpu")
+    print(f"ok: {checkpoint} loads into the Wav2Lip generator")
+    if settings.checkpoint_sha256:
+        from heygem.model.checkpoint import verify_file
+
+        verify_file(checkpoint, settings.checkpoint_sha256)
+        print(f"ok: {checkpoint} matches the expected SHA-256")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.web.server import serve
+
+    settings.log_summary()
+    return serve(settings)
+
+
+class _StageBars:
+    """One tqdm bar per pipeline stage, fed by the pipeline's (done, total, stage) callback."""
+
+    def __init__(self, factory: Callable | None = None) -> None:
+        if factory is None:
+            from tqdm import tqdm as factory
+        self._factory = factory
+        self._bar = None
+        self._stage = ""
+
+    def update(self, done: int, total: int, stage: str) -> None:
+        if stage == "done":
+            self._close()
+            return
+        if stage != self._stage:
+            self._close()
+            self._stage = stage
+            self._bar = self._factory(total=total, desc=stage, unit="frame", leave=False)
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.n = done
+            self._bar.refresh()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> _StageBars:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close()
