@@ -15,12 +15,11 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from heygem.errors import ModelError, WeightsMissingError
+from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.faces.detect")
 
-DOWNLOAD_COMMAND = "python -m heygem models download"
 S3FD_FILE = "s3fd.pth"
 S3FD_THRESHOLD = 0.5  # the reference keeps boxes scoring above this after NMS
 S3FD_NMS_IOU = 0.3
