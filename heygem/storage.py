@@ -253,7 +253,7 @@ def _client(settings: Settings):
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
-        retries={"max_attempts": BOTOCORE_MAX_ATTEMPTS, "mode": "standard"},
+        retries={"total_max_attempts": BOTOCORE_MAX_ATTEMPTS, "mode": "standard"},
         signature_version="s3v4",
         s3={"addressing_style": "path"},
     )

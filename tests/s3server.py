@@ -3,7 +3,10 @@
 `start_s3_server(workdir)` starts master + volume + filer + S3 gateway on free ports with its own
 identities, waits until a write succeeds, and returns an `S3Server`; `stop()` sends SIGTERM, waits
 a little (weed ignores SIGTERM for several seconds while it drains), then kills. The
-`s3_server` fixture is session-scoped: import it into a test module to use it.
+fixtures `s3_server` (session-scoped) and `aws_env` come in through
+`pytest_plugins = ["tests.s3server"]`, so every module shares one server.
+
+No assertions live here, so pytest need not rewrite it: PYTEST_DONT_REWRITE.
 """
 
 from __future__ import annotations
@@ -192,6 +195,26 @@ def _wait_ready(server: S3Server) -> None:
             last = f"{type(exc).__name__}: {exc}"
             time.sleep(POLL_S)
     raise RuntimeError(f"not ready after {START_TIMEOUT_S:.0f} s ({last}):\n{server.log_tail()}")
+
+
+def use_identity(monkeypatch, identity: Identity) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", identity.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", identity.secret_key)
+
+
+@pytest.fixture
+def aws_env(monkeypatch, s3_server, tmp_path):
+    """Only the standard variables count: no profile, no config file, no instance metadata.
+
+    Starts as the admin identity; returns monkeypatch so a test can switch with use_identity().
+    """
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    use_identity(monkeypatch, s3_server.admin)
+    return monkeypatch
 
 
 @pytest.fixture(scope="session")

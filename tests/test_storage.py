@@ -14,31 +14,21 @@ import pytest
 
 from heygem import storage
 from heygem.errors import ForbiddenPathError, InputError, LimitExceededError, StorageError
-from tests.s3server import BUCKET, OTHER_BUCKET, Identity, free_ports, s3_server, start_s3_server
+from tests.s3server import (
+    BUCKET,
+    OTHER_BUCKET,
+    Identity,
+    free_ports,
+    start_s3_server,
+    use_identity,
+)
 
-__all__ = ["s3_server"]  # the imported fixture is used by name below
+pytest_plugins = ["tests.s3server"]  # the s3_server and aws_env fixtures
 
 MB = 1024 * 1024
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-
-
-def _use_identity(monkeypatch, identity: Identity) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", identity.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", identity.secret_key)
-
-
-@pytest.fixture
-def aws_env(monkeypatch, s3_server, tmp_path):
-    """Only the standard variables count: no profile, no config file, no instance metadata."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    _use_identity(monkeypatch, s3_server.admin)
-    return monkeypatch
 
 
 @pytest.fixture
@@ -285,7 +275,7 @@ def test_fetch_with_bad_credentials_is_denied_without_leaking_them(
         "unknown-key": Identity("HEYGEMNOBODY", "bogus-secret-" + "y" * 20),
         "no-permission": s3_server.restricted,
     }[who]
-    _use_identity(aws_env, identity)
+    use_identity(aws_env, identity)
     caplog.set_level(logging.DEBUG)  # botocore's own debug logging included
     with pytest.raises(StorageError) as caught:
         storage.fetch_input(uploaded["audio"], tmp_path, s3_settings)
@@ -299,7 +289,7 @@ def test_fetch_with_bad_credentials_is_denied_without_leaking_them(
 def test_restricted_identity_can_read_its_own_bucket(s3_server, s3_settings, aws_env, tmp_path):
     """The denial above is about permissions, not a broken identity."""
     s3_server.client().put_object(Bucket=OTHER_BUCKET, Key="shared/a.txt", Body=b"shared")
-    _use_identity(aws_env, s3_server.restricted)
+    use_identity(aws_env, s3_server.restricted)
     path = storage.fetch_input(f"s3://{OTHER_BUCKET}/shared/a.txt", tmp_path, s3_settings)
     assert path.read_bytes() == b"shared"
 
@@ -423,7 +413,7 @@ def test_publish_to_missing_bucket_is_not_retried(s3_settings, face_video, caplo
 
 
 def test_publish_denied(s3_server, s3_settings, aws_env, face_video):
-    _use_identity(aws_env, s3_server.restricted)
+    use_identity(aws_env, s3_server.restricted)
     with pytest.raises(StorageError, match=r"^access denied to s3://heygem-other/out/face\.mp4 \(check"):
         storage.publish_output(face_video, f"s3://{OTHER_BUCKET}/out/", s3_settings)
 
@@ -439,7 +429,7 @@ def test_publish_when_the_server_stops_fails_after_retries_and_keeps_the_file(
     """A server of its own, stopped mid-test: the shared one stays up for the other tests."""
     server = start_s3_server(tmp_path_factory.mktemp("seaweedfs-stopped"))
     try:
-        _use_identity(aws_env, server.admin)
+        use_identity(aws_env, server.admin)
         own = settings.replace(s3_endpoint=server.endpoint, s3_region="us-east-1")
         result = tmp_path / "result.mp4"
         result.write_bytes(face_video.read_bytes())
