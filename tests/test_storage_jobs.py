@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import time
+import urllib.request
 import uuid
 
 import pytest
+from fastapi.testclient import TestClient
 
 from heygem.errors import ForbiddenPathError
 from heygem.jobs.records import JobStatus
 from heygem.jobs.service import JobService
+from heygem.web.server import create_app
 from tests import media
 from tests.fakes import FakePipeline
 from tests.s3server import BUCKET, OTHER_BUCKET, free_ports, use_identity
@@ -18,6 +22,7 @@ pytest_plugins = ["tests.s3server"]  # the s3_server and aws_env fixtures
 
 JOB_TIMEOUT_S = 120.0
 DRAIN_S = 5.0
+POLL_S = 0.1
 
 
 @pytest.fixture
@@ -164,3 +169,33 @@ def test_url_off_the_allow_list_is_refused_at_submit(s3_settings, run_service, o
     with pytest.raises(ForbiddenPathError, match="URL not on the allow-list: https://evil.example.net/a.wav"):
         service.submit("https://evil.example.net/a.wav", f"s3://{BUCKET}/{objects}/face.mp4")
     assert service.count_jobs() == 0
+
+
+def test_api_call_sequence_from_the_docs(s3_server, s3_settings, run_service, objects, tmp_path):
+    """docs/storage.md section 5: submit with object paths, poll, read the result location."""
+    settings = s3_settings.replace(api_token="docs-token")
+    client = TestClient(create_app(settings, run_service(settings), ui=False))
+    auth = {"Authorization": "Bearer docs-token"}
+    submitted = client.post("/api/v1/jobs", headers=auth, json={
+        "audio": f"obs://{BUCKET}/{objects}/speech.wav",
+        "video": f"obs://{BUCKET}/{objects}/face.mp4",
+        "output_prefix": f"obs://{BUCKET}/{objects}/api-out/",
+        "output_name": "a-v.mp4",
+    })
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        body = client.get(f"/api/v1/jobs/{job_id}", headers=auth).json()
+        if body["status"] not in ("queued", "running"):
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(POLL_S)
+    assert body["status"] == "succeeded", body
+    assert body["output_url"] == f"obs://{BUCKET}/{objects}/api-out/a-v.mp4"
+    downloaded = tmp_path / "a-v.mp4"
+    with urllib.request.urlopen(body["presigned_url"], timeout=10) as response:
+        downloaded.write_bytes(response.read())
+    assert sorted(media.stream_types(downloaded)) == ["audio", "video"]
+    listing = client.get("/api/v1/jobs", headers=auth).text
+    assert s3_server.admin.secret_key not in listing + submitted.text
