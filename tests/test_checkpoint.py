@@ -99,11 +99,12 @@ def test_legacy_non_zip_format(scratch, saved_state):
 
 def test_checkpoint_with_adam_state_loads(scratch, saved_state):
     """The public files carry the optimizer state; weights_only loading must accept it."""
-    model = Wav2Lip()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    model(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96)).mean().backward()
+    # Adam over one block has the same structure as over all; the file stays small.
+    block = Wav2Lip().output_block
+    optimizer = torch.optim.Adam(block.parameters(), lr=1e-4)
+    for parameter in block.parameters():
+        parameter.grad = torch.full_like(parameter, 1e-3)  # gives Adam its exp_avg/exp_avg_sq state
     optimizer.step()
-    model.load_state_dict(saved_state)
     path = scratch / "with_adam.pth"
     torch.save({"state_dict": saved_state, "optimizer": optimizer.state_dict(),
                 "global_step": 1, "global_epoch": 0}, path)

@@ -64,8 +64,8 @@ def test_forward_shape_and_range(model):
 
 def test_batch_items_are_independent_in_eval_mode(model):
     torch.manual_seed(2)
-    mel = torch.randn(4, 1, MEL_BINS, MEL_STEPS)
-    face = torch.rand(4, 6, FACE_SIZE, FACE_SIZE)
+    mel = torch.randn(3, 1, MEL_BINS, MEL_STEPS)
+    face = torch.rand(3, 6, FACE_SIZE, FACE_SIZE)
     with torch.inference_mode():
         batch = model(mel, face)
         single = model(mel[2:3], face[2:3])
@@ -85,11 +85,11 @@ def test_output_depends_on_audio_and_both_face_halves(model):
 
 def test_time_folded_mode_is_time_major(model):
     torch.manual_seed(3)
-    batch, steps = 2, 5
+    batch, steps = 2, 3
     mel = torch.randn(batch, steps, 1, MEL_BINS, MEL_STEPS)
     face = torch.rand(batch, 6, steps, FACE_SIZE, FACE_SIZE)
     with torch.inference_mode():
         clips = model(mel, face)
-        frame = model(mel[1, 3].unsqueeze(0), face[1, :, 3].unsqueeze(0))
+        frame = model(mel[1, 2].unsqueeze(0), face[1, :, 2].unsqueeze(0))
     assert clips.shape == (batch, 3, steps, FACE_SIZE, FACE_SIZE)
-    torch.testing.assert_close(clips[1, :, 3], frame[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(clips[1, :, 2], frame[0], atol=1e-5, rtol=1e-4)
