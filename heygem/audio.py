@@ -210,8 +210,8 @@ def window_starts(num_mel_frames: int, fps: float, frames: int | None = None) ->
     """Start column of the MEL_STEP-wide mel window for each video frame.
 
     The first windows are exactly the reference's: start int(i * (80 / fps)) while the window
-    fits, then the last MEL_STEP columns once. Extra frames (to cover the audio to its end, or
-    up to `frames`) reuse that final window; `frames` below the reference count truncates.
+    fits, then the last MEL_STEP columns once. frames=None gives just those (the reference's
+    count); a larger `frames` repeats the final window, a smaller one truncates.
     """
     if fps <= 0:
         raise InputError(f"fps must be positive, got {fps}")
