@@ -228,8 +228,16 @@ ZH: dict[str, str] = {
     "err_need_audio": "请先添加语音音频。",
 }
 
+# Gradio's own translations use keys such as "audio" for nested tables: prefix ours in the browser.
+BROWSER_PREFIX = "heygem_"
+
+
+def _browser(table: dict[str, str]) -> dict[str, str]:
+    return {BROWSER_PREFIX + key: text for key, text in table.items()}
+
+
 # Browsers report Chinese as zh-CN, zh-Hans, zh...: register the plain language code too.
-TRANSLATIONS: dict[str, dict[str, str]] = {"en": EN, CHINESE: ZH, "zh": ZH}
+TRANSLATIONS: dict[str, dict[str, str]] = {"en": _browser(EN), CHINESE: _browser(ZH), "zh": _browser(ZH)}
 _BY_LANGUAGE = {DEFAULT_LANGUAGE: EN, CHINESE: ZH}
 
 

@@ -35,10 +35,11 @@ SYSTEM_REFRESH_S = 5.0
 UI_CONCURRENCY = 8  # handlers mostly wait on JobService; its own queue does the real limiting
 HISTORY_PAGE = 12
 LOG_LINES = 60
-BOX_COLOUR = (0, 255, 0)
-BOX_THICKNESS_FRACTION = 0.006
 PLACEHOLDER_SIDE = 160
 PLACEHOLDER_GREY = 90
+PREVIEW_HEIGHT = 320  # px of the face check, result and history players
+GALLERY_COLUMNS = 6
+GALLERY_HEIGHT = 360
 AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm"]
 FACE_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
 MANIFEST_TYPES = [".jsonl", ".json", ".txt"]
@@ -144,23 +145,6 @@ def build_options(
     return options
 
 
-def draw_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
-    """The face box (top, bottom, left, right) drawn as a green frame on a copy of the RGB image."""
-    out = np.ascontiguousarray(image).copy()
-    if box is None:
-        return out
-    height, width = out.shape[:2]
-    top, bottom, left, right = (int(v) for v in box)
-    top, bottom = max(0, top), min(height, bottom)
-    left, right = max(0, left), min(width, right)
-    edge = max(2, int(max(height, width) * BOX_THICKNESS_FRACTION))
-    out[top:top + edge, left:right] = BOX_COLOUR
-    out[max(top, bottom - edge):bottom, left:right] = BOX_COLOUR
-    out[top:bottom, left:left + edge] = BOX_COLOUR
-    out[top:bottom, max(left, right - edge):right] = BOX_COLOUR
-    return out
-
-
 def placeholder(status: str) -> np.ndarray:
     """Grey tile for jobs without a picture (queued, failed); the caption names the status."""
     shade = PLACEHOLDER_GREY if status != "failed" else PLACEHOLDER_GREY + 40
@@ -234,12 +218,11 @@ class Handlers:
         if not face:
             raise InputError(i18n.t("err_need_face", lang))
         media.check_duration(Path(face), self.settings.max_duration_s, "the video", require_video=True)
-        image, box = pipeline.preview_face(self.settings, Path(face))
+        image, box = pipeline.preview_face(self.settings, Path(face))  # box drawn, (x1, y1, x2, y2)
         if box is None:
-            return draw_box(image, None), i18n.t("face_none", lang)
-        top, bottom, left, right = (int(v) for v in box)
-        return draw_box(image, box), i18n.t("face_found", lang, w=right - left, h=bottom - top,
-                                            x=left, y=top)
+            return image, i18n.t("face_none", lang)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        return image, i18n.t("face_found", lang, w=x2 - x1, h=y2 - y1, x=x1, y=y1)
 
     def pick_point(self, evt: gr.SelectData) -> tuple[str, int, int]:
         x, y = evt.index[0], evt.index[1]
@@ -400,7 +383,7 @@ class Handlers:
 # layout
 
 
-def _options_panel(t: gr.I18n) -> list[gr.components.Component]:
+def _options_panel(t: Callable[[str], Any]) -> list[gr.components.Component]:
     """The options accordion; returns its inputs in build_options order."""
     with gr.Accordion(t("options"), open=False):
         with gr.Row():
@@ -424,7 +407,7 @@ def _options_panel(t: gr.I18n) -> list[gr.components.Component]:
             face_choice, face_x, face_y, watermark]
 
 
-def _single_tab(t: gr.I18n, h: Handlers) -> None:
+def _single_tab(t: Callable[[str], Any], h: Handlers) -> None:
     with gr.Row():
         with gr.Column():
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label=t("audio"),
@@ -436,9 +419,11 @@ def _single_tab(t: gr.I18n, h: Handlers) -> None:
                 check = gr.Button(t("check_face"), variant="secondary", elem_id="check-face")
                 generate = gr.Button(t("generate"), variant="primary", elem_id="generate")
         with gr.Column():
-            preview = gr.Image(label=t("face_preview"), interactive=False, elem_id="face-preview")
+            preview = gr.Image(label=t("face_preview"), interactive=False, height=PREVIEW_HEIGHT,
+                               elem_id="face-preview")
             face_note = gr.Markdown()
-            video = gr.Video(label=t("result"), interactive=False, elem_id="result-video")
+            video = gr.Video(label=t("result"), interactive=False, height=PREVIEW_HEIGHT,
+                             elem_id="result-video")
             download = gr.File(label=t("download"), interactive=False, elem_id="result-file")
             summary = gr.Markdown(elem_id="result-summary")
     check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
@@ -459,7 +444,7 @@ def _with_progress(method: Callable) -> Callable:
     return generate
 
 
-def _batch_tab(t: gr.I18n, h: Handlers) -> None:
+def _batch_tab(t: Callable[[str], Any], h: Handlers) -> None:
     batch_id = gr.State(None)
     timer = gr.Timer(BATCH_REFRESH_S, active=False)
     gr.Markdown(t("batch_help"))
@@ -474,7 +459,8 @@ def _batch_tab(t: gr.I18n, h: Handlers) -> None:
     run = gr.Button(t("batch_run"), variant="primary", elem_id="batch-run")
     summary = gr.Markdown(elem_id="batch-summary")
     table = gr.Dataframe(label=t("batch_table"), interactive=False, elem_id="batch-table")
-    gallery = gr.Gallery(label=t("batch_gallery"), columns=4, height="auto", elem_id="batch-gallery")
+    gallery = gr.Gallery(label=t("batch_gallery"), columns=GALLERY_COLUMNS, fit_columns=False,
+                         height=GALLERY_HEIGHT, object_fit="contain", elem_id="batch-gallery")
     with gr.Row():
         zip_button = gr.Button(t("batch_zip"), elem_id="batch-zip")
         retry = gr.Button(t("batch_retry"), elem_id="batch-retry")
@@ -499,7 +485,7 @@ def _batch_submitter(h: Handlers) -> Callable:
     return submit_batch
 
 
-def _history_tab(t: gr.I18n, h: Handlers) -> gr.Tab:
+def _history_tab(t: Callable[[str], Any], h: Handlers) -> gr.Tab:
     page = gr.State(0)
     ids = gr.State([])
     selected = gr.State(None)
@@ -508,21 +494,26 @@ def _history_tab(t: gr.I18n, h: Handlers) -> gr.Tab:
         page_label = gr.Markdown(elem_id="history-page")
         next_page = gr.Button(t("history_next"), size="sm")
         refresh = gr.Button(t("refresh"), size="sm", elem_id="history-refresh")
-    gallery = gr.Gallery(label=t("history_gallery"), columns=6, height="auto", allow_preview=False,
+    gallery = gr.Gallery(label=t("history_gallery"), columns=GALLERY_COLUMNS, fit_columns=False,
+                         height=GALLERY_HEIGHT, object_fit="contain", allow_preview=False,
                          elem_id="history-gallery")
     with gr.Row():
         with gr.Column():
-            details = gr.Markdown()
+            details = gr.Markdown(elem_id="history-details")
             with gr.Row():
-                delete = gr.Button(t("history_delete"), variant="stop", size="sm")
-                delete_all = gr.Button(t("history_delete_all"), variant="stop", size="sm")
+                delete = gr.Button(t("history_delete"), variant="stop", size="sm",
+                                   elem_id="history-delete")
+                delete_all = gr.Button(t("history_delete_all"), variant="stop", size="sm",
+                                       elem_id="history-delete-all")
             with gr.Row(visible=False) as confirm_row:
                 gr.Markdown(t("history_confirm"))
-                confirm = gr.Button(t("history_confirm_yes"), variant="stop", size="sm")
-                cancel = gr.Button(t("history_confirm_no"), size="sm")
+                confirm = gr.Button(t("history_confirm_yes"), variant="stop", size="sm",
+                                    elem_id="history-confirm-yes")
+                cancel = gr.Button(t("history_confirm_no"), size="sm", elem_id="history-confirm-no")
         with gr.Column():
-            video = gr.Video(label=t("history_preview"), interactive=False)
-            download = gr.File(label=t("download"), interactive=False)
+            video = gr.Video(label=t("history_preview"), interactive=False, height=PREVIEW_HEIGHT,
+                             elem_id="history-video")
+            download = gr.File(label=t("download"), interactive=False, elem_id="history-file")
     listing = [page, ids, gallery, page_label]
     refresh.click(h.history, [page], listing, api_visibility="private")
     prev_page.click(_stepper(h, -1), [page], listing, api_visibility="private")
@@ -545,7 +536,7 @@ def _stepper(h: Handlers, step: int) -> Callable:
     return step_page
 
 
-def _system_tab(t: gr.I18n, h: Handlers) -> tuple:
+def _system_tab(t: Callable[[str], Any], h: Handlers) -> tuple:
     status = gr.Markdown(elem_id="system-status")
     refresh = gr.Button(t("refresh"), size="sm")
     logs = gr.Textbox(label=t("system_log"), lines=16, max_lines=16, interactive=False,
@@ -557,7 +548,11 @@ def _system_tab(t: gr.I18n, h: Handlers) -> tuple:
 
 
 def build_blocks(settings: Settings, service: Any, log_lines: Callable[[int], list[str]]) -> gr.Blocks:
-    t = make_i18n()
+    translator = make_i18n()
+
+    def t(key: str) -> Any:
+        return translator(i18n.BROWSER_PREFIX + key)
+
     h = Handlers(settings, service, log_lines)
     with gr.Blocks(title="heygem", analytics_enabled=False) as demo:
         gr.Markdown(t("title"))

@@ -1,0 +1,194 @@
+"""The web page in a real browser: Debian's Chromium driven by Playwright, against a live server
+subprocess (tests/web_server.py: the real app on the fake pipeline).
+
+Screenshots go to test-artifacts/. docs/screenshot.png is written from the Single tab when it is
+missing or when HEYGEM_UPDATE_SCREENSHOT=1, so ordinary runs leave the working tree clean.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests import media
+from tests.live_server import PROJECT, LiveServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+ARTIFACTS = PROJECT / "test-artifacts"
+DOCS_SCREENSHOT = PROJECT / "docs" / "screenshot.png"
+SCREENSHOT_LIMIT = 300 * 1024
+VIEWPORT = {"width": 1280, "height": 900}
+HEALTH_DEADLINE_S = 10.0  # the ModelArts contract: /health answers within 10 s of process start
+UI_TIMEOUT_S = 120.0  # importing gradio and building the page, on a busy 2-core machine
+WAIT_MS = 60_000  # generous: jobs, timers and uploads on a shared machine
+MP4_URL = re.compile(r"\.mp4$")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = LiveServer(tmp_path_factory.mktemp("web") / "data", env={"HEYGEM_WARMUP": "false"})
+    try:
+        live.wait_for("/", 200, UI_TIMEOUT_S)
+        yield live
+    finally:
+        code = live.stop()
+        print(live.log())  # shown only when a test failed
+        assert code == 0
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(locale="en-US", viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(server.url + "/")
+    page.locator("#generate").wait_for()
+    yield page
+    context.close()
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    return path
+
+
+def download(page: Page, link, target: Path) -> Path:
+    with page.expect_download() as info:
+        link.click()
+    info.value.save_as(target)
+    return target
+
+
+def test_single_tab_generate_play_and_download(page, speech_wav, face_video, tmp_path):
+    page.locator("#single-audio input[type=file]").set_input_files(speech_wav)
+    page.locator("#single-face input[type=file]").set_input_files(face_video)
+    expect(page.locator("#single-face")).to_contain_text("face")
+    page.locator("#generate").click()
+    video = page.locator("#result-video video")
+    expect(video).to_have_attribute("src", MP4_URL)
+    expect(page.locator("#result-summary")).to_contain_text("Done")
+    saved = download(page, page.locator("#result-file a[download]").first, tmp_path / "result.mp4")
+    assert media.stream_types(saved) == ["video", "audio"]
+    assert abs(media.duration_of(saved) - media.duration_of(face_video)) < 0.2
+    shot = screenshot(page, "single-tab.png")
+    _update_docs_screenshot(shot)
+
+
+def _update_docs_screenshot(shot: Path) -> None:
+    if DOCS_SCREENSHOT.exists() and os.environ.get("HEYGEM_UPDATE_SCREENSHOT") != "1":
+        return
+    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, DOCS_SCREENSHOT)
+    assert DOCS_SCREENSHOT.stat().st_size < SCREENSHOT_LIMIT
+
+
+def test_batch_tab_runs_two_items_and_downloads_the_zip(page, speech_wav, face_video, face_image,
+                                                         tmp_path):
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-audio input[type=file]").set_input_files(speech_wav)
+    page.locator("#batch-videos input[type=file]").set_input_files([face_video, face_image])
+    expect(page.locator("#batch-videos")).to_contain_text("face")
+    page.locator("#batch-run").click()
+    expect(page.locator("#batch-summary")).to_contain_text("2 of 2 done, 0 failed")
+    expect(page.locator("#batch-gallery img")).to_have_count(2)
+    expect(page.locator("#batch-table")).to_contain_text("succeeded")
+    page.locator("#batch-zip").click()
+    saved = download(page, page.locator("#batch-zip-file a[download]").first, tmp_path / "batch.zip")
+    names = zipfile.ZipFile(saved).namelist()
+    assert sum(name.endswith(".mp4") for name in names) == 2
+    screenshot(page, "batch-tab.png")
+
+
+def submit_through_api(server, audio: Path, video: Path) -> str:
+    with open(audio, "rb") as a, open(video, "rb") as v:
+        response = httpx.post(server.url + "/api/v1/jobs", timeout=WAIT_MS / 1000,
+                              files={"audio": (audio.name, a), "video": (video.name, v)})
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while httpx.get(f"{server.url}/api/v1/jobs/{job_id}").json()["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the API job did not finish"
+        time.sleep(0.2)
+    return job_id
+
+
+def test_history_previews_deletes_one_and_deletes_all(page, server, speech_wav, face_video):
+    kept = submit_through_api(server, speech_wav, face_video)
+    newest = submit_through_api(server, speech_wav, face_video)
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-refresh").click()
+    thumbnails = page.locator("#history-gallery button img")
+    expect(thumbnails.first).to_be_visible()
+    thumbnails.first.click()
+    expect(page.locator("#history-details")).to_contain_text(newest)  # newest first
+    expect(page.locator("#history-video video")).to_have_attribute("src", MP4_URL)
+    expect(page.locator("#history-file a[download]")).to_have_count(1)
+    screenshot(page, "history-tab.png")
+    page.locator("#history-delete").click()
+    expect(page.locator("#history-details")).not_to_contain_text(newest)
+    assert httpx.get(f"{server.url}/api/v1/jobs/{newest}").status_code == 404
+    assert httpx.get(f"{server.url}/api/v1/jobs/{kept}").status_code == 200
+    page.locator("#history-delete-all").click()
+    page.locator("#history-confirm-no").click()
+    assert httpx.get(f"{server.url}/api/v1/jobs/{kept}").status_code == 200
+    page.locator("#history-delete-all").click()
+    page.locator("#history-confirm-yes").click()
+    expect(page.locator("#history-page")).to_contain_text("(0 jobs)")
+    assert httpx.get(f"{server.url}/api/v1/jobs").json()["total"] == 0
+
+
+def test_bad_input_shows_a_readable_error(page):
+    page.locator("#generate").click()
+    expect(page.get_by_text("Please add the speech audio first.")).to_be_visible()
+
+
+def test_page_follows_the_browser_language(browser, server):
+    context = browser.new_context(locale="zh-CN", viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator("#generate")).to_have_text("生成", timeout=WAIT_MS)
+    expect(page.get_by_role("tab", name="批量任务")).to_be_visible()
+    context.close()
+
+
+def test_cold_start_health_first_then_ready_and_the_loading_banner(browser, tmp_path):
+    gate = tmp_path / "model-loaded"
+    live = LiveServer(tmp_path / "data", env={"HEYGEM_FAKE_LOAD_GATE": str(gate)})
+    try:
+        health_at = live.wait_for("/health", 200, HEALTH_DEADLINE_S)
+        assert health_at < HEALTH_DEADLINE_S
+        assert live.wait_for("/ready", 503, HEALTH_DEADLINE_S)
+        live.wait_for("/", 200, UI_TIMEOUT_S)
+        context = browser.new_context(locale="en-US", viewport=VIEWPORT)
+        page = context.new_page()
+        page.goto(live.url + "/")
+        banner = page.locator("#heygem-banner")
+        expect(banner).to_contain_text("The model is loading", timeout=WAIT_MS)
+        gate.touch()
+        live.wait_for("/ready", 200, UI_TIMEOUT_S)
+        expect(banner).to_be_hidden(timeout=WAIT_MS)
+        context.close()
+    finally:
+        assert live.stop() == 0, live.log()
