@@ -202,7 +202,9 @@ class _StageBars:
         if stage != self._stage:
             self._close()
             self._stage = stage
-            self._bar = self._factory(total=total, desc=stage, unit="frame", leave=False)
+            # disable=None: no bar when stderr is not a terminal, where its carriage-return
+            # redraws would clutter logs and come before the one-line error message.
+            self._bar = self._factory(total=total, desc=stage, unit="frame", leave=False, disable=None)
         if self._bar is not None:
             self._bar.total = total
             self._bar.n = done
