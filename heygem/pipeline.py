@@ -236,14 +236,18 @@ class LipSyncPipeline:
     ) -> SyncResult:
         options = options or SyncOptions()
         job = _Job(Path(audio), Path(face), Path(output), options, on_progress or _no_progress)
-        self.load()
-        engine = self._engine_for(options)
+        # Inputs are checked before any model work, so a bad file fails in a second, not after a
+        # checkpoint load; an explicitly requested generator is loaded before the detection pass.
         job.report(0, 1, "probe")
         info = self._probe_face(job.face)
         fps = options.fps if info.is_image else info.fps
         with job.timed("audio"):
             wav = self._load_speech(job.audio)
             n_out = frames_for_audio(len(wav), fps)
+        self.load()
+        engine = self._engine_for(options)
+        if engine == WAV2LIP:
+            self._load_generator()
         with job.timed("detect"):
             track = self._face_track(job, info, n_out)
         renderer = self._renderer(engine, wav, fps, n_out, options)
