@@ -1,0 +1,74 @@
+"""gradio_client against a live `python app.py` on 127.0.0.1: one job end to end on the real engine
+(LipSyncPipeline with a random-initialised checkpoint in the official format)."""
+
+from __future__ import annotations
+
+import http.client
+
+import pytest
+from gradio_client import Client, handle_file
+
+from tests import media
+from tests.live_server import REAL_LAUNCHER, LiveServer
+
+READY_TIMEOUT_S = 240.0  # import torch + gradio, load the generator, warm up: a busy 2-core machine
+JOB_TIMEOUT_S = 300.0
+DEFAULT_OPTIONS = {
+    "engine": "wav2lip", "pad_top": 0, "pad_bottom": 10, "pad_left": 0, "pad_right": 0,
+    "smooth": True, "blend": "feather", "duration_policy": "loop", "face_choice": "largest",
+    "face_x": None, "face_y": None, "watermark": "",
+}
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory, checkpoint_file):
+    data = tmp_path_factory.mktemp("client") / "data"
+    models = data / "models"
+    models.mkdir(parents=True)
+    (models / "wav2lip_gan.pth").write_bytes(checkpoint_file.read_bytes())
+    live = LiveServer(data, launcher=REAL_LAUNCHER, env={"HEYGEM_MODELS_DIR": str(models)})
+    try:
+        live.wait_for("/ready", 200, READY_TIMEOUT_S)
+        live.wait_for("/", 200, READY_TIMEOUT_S)
+        yield live
+    finally:
+        code = live.stop()
+        print(live.log())  # shown only when a test failed
+        assert code == 0
+
+
+def test_gradio_client_runs_one_job_on_the_real_engine(real_server, speech_wav, face_video, tmp_path):
+    client = Client(real_server.url + "/", download_files=str(tmp_path), verbose=False)
+    job = client.submit(handle_file(str(speech_wav)), handle_file(str(face_video)),
+                        *DEFAULT_OPTIONS.values(), api_name="/generate")
+    video, download, summary = job.result(timeout=JOB_TIMEOUT_S)
+    result = video["video"] if isinstance(video, dict) else video
+    assert media.stream_types(result) == ["video", "audio"]
+    assert abs(media.duration_of(result) - media.duration_of(speech_wav)) < 0.2
+    assert "wav2lip" in summary
+    frames = media.read_frames(result)
+    assert frames.shape[1:] == (256, 256, 3)
+
+
+def test_the_api_names_the_generate_endpoint(real_server):
+    info = Client(real_server.url + "/", verbose=False).view_api(print_info=False, return_format="dict")
+    assert "/generate" in info["named_endpoints"]
+    assert "/check_face" in info["named_endpoints"]
+
+
+@pytest.mark.parametrize("raw_path", [
+    "/api/v1/jobs/../../heygem.db",
+    "/api/v1/jobs/%2e%2e/%2e%2e/heygem.db",
+    "/../heygem.db",
+    "/gradio_api/file=../heygem.db",
+    "/gradio_api/file=%2e%2e/heygem.db",
+])
+def test_raw_traversal_requests_never_serve_the_database(real_server, raw_path):
+    # http.client sends the path as written (no client-side dot-segment clean-up).
+    connection = http.client.HTTPConnection("127.0.0.1", real_server.port, timeout=30)
+    connection.request("GET", raw_path)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status in (400, 403, 404), (raw_path, response.status)
+    assert b"SQLite format" not in body
