@@ -383,7 +383,7 @@ def test_readiness_follows_loading_and_shutdown(settings, inputs):
         service.submit(str(inputs.audio), str(inputs.video))
 
 
-def test_engine_load_failure_shows_in_readiness(settings):
+def test_engine_load_failure_shows_in_readiness_and_refuses_jobs(settings, inputs):
     class Broken(FakePipeline):
         def load(self):
             raise ModelError("no weights at models/wav2lip_gan.pth")
@@ -392,8 +392,10 @@ def test_engine_load_failure_shows_in_readiness(settings):
     service.start()
     try:
         wait_for(lambda: service.readiness()[1] != "loading the model")
-        assert service.readiness() == (
-            False, "the engine failed to load: no weights at models/wav2lip_gan.pth")
+        reason = "the engine failed to load: no weights at models/wav2lip_gan.pth"
+        assert service.readiness() == (False, reason)
+        with pytest.raises(ModelError, match=f"^{reason}$"):
+            service.submit(str(inputs.audio), str(inputs.video))
     finally:
         service.stop(drain_seconds=1)
 

@@ -22,6 +22,7 @@ from heygem.errors import (
     HeygemError,
     InputError,
     JobNotFoundError,
+    ModelError,
     ShuttingDownError,
 )
 from heygem.jobs import archive, files, retention
@@ -234,10 +235,17 @@ class JobService:
         with self._state_lock:
             state = self._state
         if state == _RUNNING:
+            self._check_engine()
             return
         if state == _NEW:
             raise ShuttingDownError("the job service has not started yet; try again shortly")
         raise ShuttingDownError("the service is shutting down and takes no new jobs; try again shortly")
+
+    def _check_engine(self) -> None:
+        # Queueing behind an engine that cannot load would leave the job waiting forever.
+        errors = [worker.load_error for worker in self._workers if worker.load_error]
+        if errors and len(errors) == len(self._workers):
+            raise ModelError(errors[0])
 
     def _check_input(self, ref: Any, kind: str) -> str:
         if not isinstance(ref, str) or not ref.strip():
