@@ -11,6 +11,8 @@ from gradio_client import Client, handle_file
 from tests import media
 from tests.live_server import REAL_LAUNCHER, LiveServer
 
+pytestmark = pytest.mark.slow  # a live server subprocess
+
 READY_TIMEOUT_S = 240.0  # import torch + gradio, load the generator, warm up: a busy 2-core machine
 JOB_TIMEOUT_S = 300.0
 DEFAULT_OPTIONS = {

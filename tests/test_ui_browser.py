@@ -21,6 +21,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from tests import media
 from tests.live_server import PROJECT, LiveServer
 
+pytestmark = pytest.mark.slow  # a live server subprocess
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",

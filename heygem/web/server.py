@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 from typing import Any, AsyncIterator, Callable
 
@@ -113,7 +112,7 @@ async def _starting_page(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _PrefixTolerance:
+class PrefixTolerance:
     """Accept requests with or without the root path: the ModelArts gateway may or may not strip it."""
 
     def __init__(self, app: ASGIApp, root_path: str) -> None:
@@ -241,7 +240,7 @@ def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None
         log.info("job service stopped; shutting the server down")
 
     config = uvicorn.Config(
-        _PrefixTolerance(app, settings.root_path), host=settings.host, port=settings.port,
+        PrefixTolerance(app, settings.root_path), host=settings.host, port=settings.port,
         root_path=settings.root_path, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         log_config=None, access_log=False, lifespan="on",
     )
@@ -256,4 +255,4 @@ def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None
     return 0 if server.started else 1
 
 
-__all__ = ["create_app", "serve", "LogBuffer", "install_log_buffer"]
+__all__ = ["create_app", "serve", "LogBuffer", "install_log_buffer", "PrefixTolerance"]

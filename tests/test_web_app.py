@@ -1,0 +1,161 @@
+"""How the app is put together: UI mount after the API, UI login, gateway prefixes, the starting page,
+language choice, the log tail and the UI's error mapping. In-process, on the fake pipeline."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from heygem.errors import LimitExceededError, NoFaceError
+from heygem.jobs import JobService
+from heygem.web import i18n
+from heygem.web.server import LogBuffer, PrefixTolerance, create_app
+from tests.fakes import FakePipeline
+
+PREFIX = "/v1/infers/0a1b2c"
+
+
+@pytest.fixture
+def service(settings):
+    service = JobService(settings, pipeline_factory=FakePipeline)
+    service.start()
+    yield service
+    service.stop(5)
+
+
+def test_api_routes_answer_before_the_ui_mounted_at_root(settings, service):
+    with TestClient(create_app(settings, service)) as client:
+        assert client.get("/health").json() == {"health": "true"}
+        assert client.get("/api/v1/jobs").json()["total"] == 0
+        assert client.get("/docs").status_code == 200
+        page = client.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert client.get("/config").json()["version"]  # Gradio's own route, under "/"
+
+
+def test_ui_requires_a_login_when_auth_is_set(settings, service, caplog):
+    caplog.set_level(logging.INFO, logger="heygem")
+    secured = settings.replace(auth="ann:s3cret-pw")
+    with TestClient(create_app(secured, service)) as client:
+        assert client.get("/config").status_code == 401
+        assert client.post("/login", data={"username": "ann", "password": "nope"}).status_code == 400
+        assert client.post("/login", data={"username": "ann", "password": "s3cret-pw"}).status_code == 200
+        assert client.get("/config").status_code == 200
+        assert client.get("/health").status_code == 200  # probes stay open
+    assert "s3cret-pw" not in caplog.text
+
+
+def test_the_starting_page_shows_until_the_ui_is_built(settings, service):
+    app = create_app(settings, service, ui_in_background=True)
+    with TestClient(app) as client:
+        first = client.get("/")
+        assert client.get("/health").status_code == 200
+        deadline = time.monotonic() + 120
+        while client.get("/").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.get("/").status_code == 200
+    # Gradio's import may already be cached in this process, so the first answer can be either.
+    assert first.status_code in (200, 503)
+    if first.status_code == 503:
+        assert "starting" in first.text and first.headers["retry-after"]
+
+
+@pytest.mark.parametrize("path", [f"{PREFIX}/health", f"{PREFIX}{PREFIX}/health"])
+def test_gateway_prefix_works_whether_or_not_the_gateway_strips_it(settings, service, path):
+    # uvicorn joins root_path and the request path: a stripping gateway yields PREFIX/health,
+    # a non-stripping one PREFIX/PREFIX/health.
+    app = PrefixTolerance(create_app(settings, service, ui=False), PREFIX)
+    with TestClient(app, root_path=PREFIX) as client:
+        assert client.get(path).json() == {"health": "true"}
+
+
+def test_result_urls_carry_the_gateway_prefix(settings, service, speech_wav, face_video):
+    app = PrefixTolerance(create_app(settings, service, ui=False), PREFIX)
+    with TestClient(app, root_path=PREFIX) as client, open(speech_wav, "rb") as a, \
+            open(face_video, "rb") as v:
+        job = client.post(f"{PREFIX}/api/v1/jobs", files={"audio": a, "video": v}).json()
+        service.wait(job["id"], 60)
+        done = client.get(f"{PREFIX}/api/v1/jobs/{job['id']}").json()
+        assert done["result_url"] == f"{PREFIX}/api/v1/jobs/{job['id']}/result"
+        assert client.get(done["result_url"]).status_code == 200
+
+
+def test_jobs_survive_a_restart(settings, speech_wav, face_video):
+    first = JobService(settings, pipeline_factory=FakePipeline)
+    first.start()
+    with TestClient(create_app(settings, first, ui=False)) as client, open(speech_wav, "rb") as a, \
+            open(face_video, "rb") as v:
+        job_id = client.post("/api/v1/jobs", files={"audio": a, "video": v}).json()["id"]
+        first.wait(job_id, 60)
+    first.stop(5)
+    second = JobService(settings, pipeline_factory=FakePipeline)
+    second.start()
+    with TestClient(create_app(settings, second, ui=False)) as client:
+        listed = client.get("/api/v1/jobs").json()["jobs"]
+        assert [job["id"] for job in listed] == [job_id]
+        assert client.get(listed[0]["result_url"]).status_code == 200
+    second.stop(5)
+
+
+@pytest.mark.parametrize("header,expected", [
+    ("zh-CN,zh;q=0.9,en;q=0.8", "zh-CN"),
+    ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
+    ("fr-FR,zh-TW;q=0.5", "zh-CN"),
+    ("de-DE", "en"),
+    ("", "en"),
+    ("en;q=0.1,zh;q=0.9", "zh-CN"),
+])
+def test_language_follows_accept_language(header, expected):
+    assert i18n.pick_language(header) == expected
+
+
+def test_both_languages_have_every_key():
+    assert set(i18n.EN) == set(i18n.ZH)
+    assert i18n.t("stage_detect", "zh-CN") == "检测人脸"
+    assert i18n.t("batch_summary", "en", id="x", done=1, failed=0, total=2).startswith("Batch `x`")
+    assert i18n.t("stage_", "en", default="") == ""
+
+
+def test_log_buffer_keeps_only_the_latest_lines():
+    buffer = LogBuffer(capacity=3)
+    logger = logging.getLogger("heygem.test_web_app")
+    logger.addHandler(buffer)
+    try:
+        for number in range(5):
+            logger.warning("line %d", number)
+    finally:
+        logger.removeHandler(buffer)
+    assert [line.rsplit(" ", 1)[-1] for line in buffer.tail(10)] == ["2", "3", "4"]
+
+
+def test_ui_handlers_turn_errors_into_readable_messages(caplog):
+    import gradio as gr
+
+    from heygem.web.ui import user_errors
+
+    @user_errors
+    def no_face():
+        raise NoFaceError("face.mp4: no face found in any frame")
+
+    @user_errors
+    def too_long():
+        raise LimitExceededError("speech.wav is 700 s long; the limit is 600 s")
+
+    @user_errors
+    def broken():
+        raise KeyError("internal detail /srv/x")
+
+    with pytest.raises(gr.Error) as error:
+        no_face()
+    assert error.value.message == "face.mp4: no face found in any frame"
+    assert error.value.title == i18n.t("title_bad_input")
+    with pytest.raises(gr.Error) as error:
+        too_long()
+    assert error.value.title == i18n.t("title_too_large")
+    with pytest.raises(gr.Error) as error:
+        broken()
+    assert error.value.message == i18n.t("err_internal") and "/srv/x" not in error.value.message
+    assert "internal detail /srv/x" in caplog.text
