@@ -77,6 +77,7 @@ class App:
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, port: int) -> None:
         self.port = port
+        self.env_port: int | None = None  # a HEYGEM_PORT that a --port flag overrode, if any
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             ["bash", str(START_APP), *args], env=env, cwd=cwd, text=True,
@@ -137,15 +138,17 @@ class App:
         self._reader.join(10)
 
 
-@pytest.fixture
-def launch(tmp_path) -> Iterator:
-    """launch(path_dirs, env=..., args=..., port=...) -> a running App; all stopped at the end."""
-    started: list[App] = []
+class Launcher:
+    """Starts start_app.sh runs in a scratch folder, each with its own data folder and port."""
 
-    def _launch(path_dirs: list[str], env: dict[str, str] | None = None,
-                args: list[str] | None = None, port: int | None = None) -> App:
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.started: list[App] = []
+
+    def __call__(self, path_dirs: list[str], env: dict[str, str] | None = None,
+                 args: list[str] | None = None, port: int | None = None) -> App:
         port = port or free_port()
-        data = tmp_path / f"data-{len(started)}"
+        data = self.scratch / f"data-{len(self.started)}"
         data.mkdir()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
         full_env.update({
@@ -154,18 +157,55 @@ def launch(tmp_path) -> Iterator:
             "HEYGEM_PORT": str(port),
             "HEYGEM_WARMUP": "false",
             "HEYGEM_DRAIN_SECONDS": str(DRAIN_S),
-            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+            "GRADIO_TEMP_DIR": str(self.scratch / "gradio"),
             "OMP_NUM_THREADS": "2",
             **(env or {}),
         })
         # A foreign working directory proves the script finds app.py on its own.
-        app = App(args or [], full_env, cwd=tmp_path, port=port)
-        started.append(app)
+        app = App(args or [], full_env, cwd=self.scratch, port=port)
+        self.started.append(app)
         return app
 
-    yield _launch
-    for app in started:
-        app.kill_all()
+    def close(self) -> None:
+        for app in self.started:
+            app.kill_all()
+
+
+@pytest.fixture
+def launch(tmp_path) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.close()
+
+
+@pytest.fixture(scope="module")
+def cpu_app_factory(tmp_path_factory) -> Iterator:
+    """One plain run (no nvidia-smi, port from HEYGEM_PORT overridden by --port) shared by the
+    tests that only need a server; started again if a test (the SIGTERM one) has stopped it."""
+    launcher = Launcher(tmp_path_factory.mktemp("cpu-app"))
+    current: list[App] = []
+
+    def get() -> App:
+        if not current or current[-1].proc.poll() is not None:
+            env_port, flag_port = free_port(), free_port()
+            app = launcher(path_without_nvidia_smi(), args=["--port", str(flag_port)],
+                           port=flag_port, env={"HEYGEM_PORT": str(env_port)})
+            app.env_port = env_port
+            app.wait_healthy()
+            current.append(app)
+        return current[-1]
+
+    try:
+        yield get
+    finally:
+        launcher.close()
+
+
+@pytest.fixture
+def cpu_app(cpu_app_factory) -> App:
+    return cpu_app_factory()
 
 
 def settings_lines(app: App) -> dict[str, str]:
@@ -200,23 +240,26 @@ def test_gpu_found_exports_cuda_and_the_server_still_starts(launch, tmp_path):
     assert app.terminate(GRACE_S) == 0
 
 
-@pytest.mark.parametrize("variant", ["failing", "absent"])
-def test_no_usable_nvidia_smi_means_cpu(launch, tmp_path, variant):
-    path = path_without_nvidia_smi()
-    marker = None
-    if variant == "failing":
-        marker = fake_nvidia_smi(tmp_path / "broken-bin", fails=True)
-        path = [str(tmp_path / "broken-bin"), *path]
-    app = launch(path)
+def test_failing_nvidia_smi_means_cpu(launch, tmp_path):
+    marker = fake_nvidia_smi(tmp_path / "broken-bin", fails=True)
+    app = launch([str(tmp_path / "broken-bin"), *path_without_nvidia_smi()])
     assert app.wait_healthy().json() == {"health": "true"}
 
-    if marker is not None:
-        assert marker.exists(), "the failing nvidia-smi was never called"
+    assert marker.exists(), "the failing nvidia-smi was never called"
+    assert_cpu_detected(app)
+    assert app.terminate(GRACE_S) == 0
+
+
+def test_no_nvidia_smi_means_cpu(cpu_app):
+    assert httpx.get(cpu_app.url("/health"), timeout=10).json() == {"health": "true"}
+    assert_cpu_detected(cpu_app)
+
+
+def assert_cpu_detected(app: App) -> None:
     assert "start_app: no GPU found, running on CPU (slow)" in app.lines
-    assert "GPU found" not in app.output
+    assert "start_app: GPU found" not in app.output
     assert settings_lines(app)["device"] == "cpu"
     assert "WARNING" not in app.output  # torch agrees: no GPU either
-    assert app.terminate(GRACE_S) == 0
 
 
 def test_a_device_already_set_is_kept_and_bad_settings_stop_early(tmp_path):
@@ -246,34 +289,11 @@ def test_help_describes_the_script_and_starts_nothing(tmp_path):
     assert "start_app:" not in result.stdout and result.stderr == ""  # no detection ran
 
 
-# --- signals -------------------------------------------------------------------------------------
-
-
-def test_sigterm_reaches_the_python_server_which_drains_and_exits_0(launch):
-    app = launch(path_without_nvidia_smi())
-    app.wait_healthy()
-    # `exec` replaced bash: the child we started *is* the Python server now.
-    server = psutil.Process(app.proc.pid)
-    assert Path(server.exe()).name.startswith("python")
-    assert "app.py" in server.cmdline()
-
-    started = time.monotonic()
-    code = app.terminate(GRACE_S)
-    elapsed = time.monotonic() - started
-
-    assert code == 0
-    assert elapsed < GRACE_S
-    assert any("SIGTERM received: draining" in line for line in app.lines), app.output[-3000:]
-    assert any("job service stopped" in line for line in app.lines)
-    assert app.session_processes() == [], "processes of the app outlived it"
-
-
 # --- logs ----------------------------------------------------------------------------------------
 
 
-def test_a_jobs_log_lines_reach_stdout_with_its_id(launch, speech_wav, face_video):
-    app = launch(path_without_nvidia_smi())
-    app.wait_healthy()
+def test_a_jobs_log_lines_reach_stdout_with_its_id(cpu_app, speech_wav, face_video):
+    app = cpu_app
     with speech_wav.open("rb") as audio, face_video.open("rb") as video:
         response = httpx.post(
             app.url("/api/v1/jobs"), timeout=120,
@@ -295,21 +315,16 @@ def test_a_jobs_log_lines_reach_stdout_with_its_id(launch, speech_wav, face_vide
     worker_lines = [line for line in job_lines if " heygem.jobs." in line]
     assert len(worker_lines) >= 2, "\n".join(job_lines) or app.output[-3000:]
     assert all(line.split(" ", 3)[2] in ("INFO", "WARNING", "ERROR", "DEBUG") for line in worker_lines)
-    assert app.terminate(GRACE_S) == 0
 
 
 # --- ports ---------------------------------------------------------------------------------------
 
 
-def test_port_from_the_environment_and_the_flag_overrides_it(launch):
-    env_port, flag_port = free_port(), free_port()
-    app = launch(path_without_nvidia_smi(), args=["--port", str(flag_port)], port=flag_port,
-                 env={"HEYGEM_PORT": str(env_port)})
-    assert app.wait_healthy().json() == {"health": "true"}
-    assert f"start_app: serving on http://127.0.0.1:{flag_port}/" in app.lines
+def test_port_from_the_environment_and_the_flag_overrides_it(cpu_app):
+    assert f"start_app: serving on http://127.0.0.1:{cpu_app.port}/" in cpu_app.lines
+    assert httpx.get(cpu_app.url("/health"), timeout=10).json() == {"health": "true"}
     with pytest.raises(httpx.TransportError):
-        httpx.get(f"http://127.0.0.1:{env_port}/health", timeout=2)
-    assert app.terminate(GRACE_S) == 0
+        httpx.get(f"http://127.0.0.1:{cpu_app.env_port}/health", timeout=2)
 
 
 def test_port_8080_as_in_the_container(launch):
@@ -320,3 +335,20 @@ def test_port_8080_as_in_the_container(launch):
     assert response.status_code == 200 and response.json() == {"health": "true"}
     assert "start_app: serving on http://0.0.0.0:8080/" in app.lines
     assert app.terminate(GRACE_S) == 0
+
+
+# --- signals (last: stops the shared server) ---------------------------------------------------
+
+
+def test_sigterm_reaches_the_python_server_which_drains_and_exits_0(cpu_app):
+    app = cpu_app
+    # `exec` replaced bash: the child we started *is* the Python server now.
+    server = psutil.Process(app.proc.pid)
+    assert Path(server.exe()).name.startswith("python")
+    assert "app.py" in server.cmdline()
+
+    # The grace period is the wait's timeout: overrunning it raises TimeoutExpired.
+    assert app.terminate(GRACE_S) == 0
+    assert any("SIGTERM received: draining" in line for line in app.lines), app.output[-3000:]
+    assert any("job service stopped" in line for line in app.lines)
+    assert app.session_processes() == [], "processes of the app outlived it"
