@@ -104,8 +104,6 @@ def test_relative_links_point_at_files(doc):
     for target in LINK.findall(doc.read_text()):
         if "://" in target or target.startswith("mailto:"):
             continue
-        if target == "docs/screenshot.png":
-            continue  # written by the browser test (tests/test_ui_browser.py), not committed by hand
         if not (doc.parent / target).exists():
             missing.append(target)
     assert not missing, f"{doc.name} links to missing files: {missing}"
