@@ -155,3 +155,16 @@ def test_delete_skips_running_jobs_and_empty_batches_go(store):
     store.delete([one.id])
     assert store.delete_empty_batches() == [batch.id]
 
+
+
+def test_a_cancel_asked_before_a_crash_or_drain_still_counts(store):
+    crashed, drained = add(store, 2)
+    store.claim()
+    drained_claim = store.claim()
+    store.cancel(crashed.id)
+    store.cancel(drained.id)
+    assert store.release(drained.id, drained_claim.token, count_attempt=False)
+    requeued, failed = store.recover(max_attempts=3)
+    assert requeued == [] and failed == []
+    assert [store.get(j.id).status for j in (crashed, drained)] == [JobStatus.CANCELLED] * 2
+    assert store.claim() is None

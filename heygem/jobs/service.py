@@ -5,6 +5,9 @@ after max_attempts), sweeps stale temporary files, and starts the worker(s) and 
 task. `stop(drain_seconds)` refuses new work, gives the running job the drain window, and hands it
 back to the queue if it is not done by then. Signal handling belongs to the entry point, which
 calls `stop()` on SIGTERM.
+
+One service per data folder: start-up treats every 'running' row and every scratch folder as
+left over from a crash. (Other processes may still add jobs to the same database.)
 """
 
 from __future__ import annotations
@@ -143,7 +146,10 @@ class JobService:
         claim = worker.abandon()
         if claim is None:
             return
-        if self.store.release(claim.job.id, claim.token, count_attempt=False):
+        if not self.store.release(claim.job.id, claim.token, count_attempt=False):
+            return  # it finished (or was deleted) just in time
+        released = self.store.get(claim.job.id)
+        if released is not None and released.status == JobStatus.QUEUED:
             job_log(claim.job.id).warning(
                 "not finished within the drain window; back in the queue for the next start"
             )

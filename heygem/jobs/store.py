@@ -334,12 +334,16 @@ class SQLiteJobStore:
         return bool(rows)
 
     def release(self, job_id: str, token: str, *, count_attempt: bool) -> bool:
-        """Put a running job back in the queue at its old place (drain)."""
+        """Put a running job back in the queue at its old place (drain); cancel it if asked to."""
         rows = self._conn().execute(
-            "UPDATE jobs SET status = 'queued', run_token = NULL, progress = 0, stage = 'queued',"
-            " started_at = NULL, attempts = attempts - ?"
+            "UPDATE jobs SET run_token = NULL, progress = 0, started_at = NULL,"
+            " attempts = attempts - ?,"
+            " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+            " stage = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+            " error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE NULL END,"
+            " finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END"
             " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
-            (0 if count_attempt else 1, job_id, token),
+            (0 if count_attempt else 1, time.time(), job_id, token),
         ).fetchall()
         return bool(rows)
 
@@ -364,6 +368,13 @@ class SQLiteJobStore:
         """
         now = time.time()
         with self._write() as conn:
+            # A cancel asked for before the crash still counts.
+            conn.execute(
+                "UPDATE jobs SET status = 'cancelled', run_token = NULL, finished_at = ?,"
+                " stage = 'cancelled', error = 'cancelled by request'"
+                " WHERE status = 'running' AND cancel_requested = 1",
+                (now,),
+            )
             failed = conn.execute(
                 "UPDATE jobs SET status = 'failed', run_token = NULL, finished_at = ?,"
                 " error = 'interrupted ' || attempts || ' times (the service restarted while it"

@@ -107,6 +107,11 @@ class Worker(threading.Thread):
                 return
             try:
                 job = JobRun(claim, self).execute()
+            except Exception:
+                # Only the store can fail here (the run itself catches everything); the job stays
+                # 'running' in the database and the next start puts it back in the queue.
+                log.exception("job %s: could not record the outcome", claim.job.id)
+                job = None
             finally:
                 self._current = None
             if job is not None:
