@@ -321,7 +321,7 @@ def test_audio_over_the_duration_limit_is_413(settings, speech_wav, face_video):
     service, client = start(settings.replace(max_duration_s=1.0))
     with client:
         detail = assert_one_line_error(upload(client, speech_wav, face_video), 413)
-        assert "speech.wav" in detail and "limit is 1 s" in detail
+        assert "speech.wav" in detail and "the limit is 1 s" in detail
     service.stop(5)
 
 

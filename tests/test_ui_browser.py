@@ -175,22 +175,55 @@ def test_page_follows_the_browser_language(browser, server):
     context.close()
 
 
-def test_cold_start_health_first_then_ready_and_the_loading_banner(browser, tmp_path):
-    gate = tmp_path / "model-loaded"
-    live = LiveServer(tmp_path / "data", env={"HEYGEM_FAKE_LOAD_GATE": str(gate)})
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory):
+    """A server whose "model" loads only when the test opens the gate, with small upload limits."""
+    folder = tmp_path_factory.mktemp("cold")
+    gate = folder / "model-loaded"
+    live = LiveServer(folder / "data", env={
+        "HEYGEM_FAKE_LOAD_GATE": str(gate), "HEYGEM_MAX_UPLOAD_MB": "1",
+        "HEYGEM_MAX_DURATION_S": "3",
+    })
     try:
-        health_at = live.wait_for("/health", 200, HEALTH_DEADLINE_S)
-        assert health_at < HEALTH_DEADLINE_S
-        assert live.wait_for("/ready", 503, HEALTH_DEADLINE_S)
-        live.wait_for("/", 200, UI_TIMEOUT_S)
-        context = browser.new_context(locale="en-US", viewport=VIEWPORT)
-        page = context.new_page()
-        page.goto(live.url + "/")
-        banner = page.locator("#heygem-banner")
-        expect(banner).to_contain_text("The model is loading", timeout=WAIT_MS)
-        gate.touch()
-        live.wait_for("/ready", 200, UI_TIMEOUT_S)
-        expect(banner).to_be_hidden(timeout=WAIT_MS)
-        context.close()
+        live.health_at = live.wait_for("/health", 200, HEALTH_DEADLINE_S)
+        live.gate = gate
+        yield live
     finally:
-        assert live.stop() == 0, live.log()
+        code = live.stop()
+        print(live.log())  # shown only when a test failed
+        assert code == 0
+
+
+def test_cold_start_health_first_then_ready_and_the_loading_banner(browser, cold):
+    assert cold.health_at < HEALTH_DEADLINE_S
+    assert cold.wait_for("/ready", 503, HEALTH_DEADLINE_S)
+    cold.wait_for("/", 200, UI_TIMEOUT_S)
+    context = browser.new_context(locale="en-US", viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(cold.url + "/")
+    banner = page.locator("#heygem-banner")
+    expect(banner).to_contain_text("The model is loading", timeout=WAIT_MS)
+    cold.gate.touch()
+    cold.wait_for("/ready", 200, UI_TIMEOUT_S)
+    expect(banner).to_be_hidden(timeout=WAIT_MS)
+    context.close()
+
+
+def test_uploads_over_the_limits_are_refused_up_front(browser, cold, speech_wav, face_video, tmp_path):
+    cold.wait_for("/", 200, UI_TIMEOUT_S)
+    context = browser.new_context(locale="en-US", viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(cold.url + "/")
+    big = tmp_path / "big.wav"
+    big.write_bytes(bytes(2 << 20))
+    page.locator("#single-audio input[type=file]").set_input_files(big)
+    expect(page.get_by_text("exceed the maximum allowed size")).to_be_visible()
+    page.reload()
+    page.locator("#single-audio input[type=file]").set_input_files(speech_wav)  # ~4 s > 3 s
+    page.locator("#single-face input[type=file]").set_input_files(face_video)
+    expect(page.locator("#single-face")).to_contain_text("face")
+    page.locator("#generate").click()
+    expect(page.get_by_text("Too large or too long: speech.wav is")).to_be_visible()
+    context.close()
+    assert httpx.get(cold.url + "/api/v1/jobs").json()["total"] == 0

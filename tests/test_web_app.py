@@ -150,7 +150,7 @@ def test_ui_handlers_turn_errors_into_readable_messages(caplog):
 
     with pytest.raises(gr.Error) as error:
         no_face()
-    assert error.value.message == "face.mp4: no face found in any frame"
+    assert error.value.message == f"{i18n.t('title_bad_input')}: face.mp4: no face found in any frame"
     assert error.value.title == i18n.t("title_bad_input")
     with pytest.raises(gr.Error) as error:
         too_long()

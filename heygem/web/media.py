@@ -22,7 +22,7 @@ def check_duration(path: Path, max_duration_s: float, label: str, *, require_vid
     seconds = video.probe(path, require_video=require_video, verify=False).duration_s
     if seconds > max_duration_s:
         raise LimitExceededError(
-            f"{label} is {seconds:.0f} s long; the limit is {max_duration_s:.0f} s"
+            f"{label} is {seconds:.1f} s long; the limit is {max_duration_s:g} s"
         )
     return seconds
 

@@ -80,8 +80,10 @@ def user_errors(fn: Callable) -> Callable:
             raise
         except HeygemError as exc:
             lang = language(_request_in(args, kwargs))
-            message = " ".join(str(exc).split())
-            raise gr.Error(message, title=i18n.t(_error_title(exc), lang), print_exception=False) from None
+            title = i18n.t(_error_title(exc), lang)
+            # Gradio 6 shows only the message in its toast: lead with the (translated) title.
+            message = f"{title}: {' '.join(str(exc).split())}"
+            raise gr.Error(message, title=title, print_exception=False) from None
         except Exception:
             log.exception("web UI handler %s failed", fn.__name__)
             lang = language(_request_in(args, kwargs))
@@ -246,8 +248,9 @@ class Handlers:
         log.info("job %s submitted from the web UI", job.id)
         job = self._wait(job, progress, lang)
         if str(job.status) != "succeeded":
+            title = i18n.t("title_failed", lang)
             reason = job.error or i18n.t(f"status_{job.status}", lang)
-            raise gr.Error(reason, title=i18n.t("title_failed", lang), print_exception=False)
+            raise gr.Error(f"{title}: {reason}", title=title, print_exception=False)
         summary = i18n.t("done_summary", lang, id=job.id, engine=job.engine or "-",
                          seconds=f"{job.seconds or 0:.1f}", noface=job.frames_without_face or 0)
         return str(job.output_path), str(job.output_path), summary
