@@ -16,6 +16,7 @@ import pytest
 
 from heygem.errors import (
     ForbiddenPathError,
+    HeygemError,
     InputError,
     JobNotFoundError,
     ModelError,
@@ -496,3 +497,67 @@ def test_retention_task_runs_on_its_interval(settings, inputs):
             conn.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time() - 2 * 86400, job.id))
         wait_for(lambda: service.count_jobs() == 0)
     assert not job.output_path.exists()
+
+
+# --- deep readiness check ------------------------------------------------------------------------
+class _CountingWarmup(FakePipeline):
+    """Its warm-up records the thread it ran on (settings.warmup is off, so only deep checks call it)."""
+
+    gate = threading.Event()
+
+    def __init__(self, settings):
+        super().__init__(settings, delay_s=1.0)
+        self.warmups: list[str] = []
+
+    def load(self):
+        self.gate.wait()
+        super().load()
+
+    def warmup(self):
+        self.warmups.append(threading.current_thread().name)
+        return 0.25
+
+
+def test_deep_check_runs_a_warmup_in_the_worker_between_jobs(settings, inputs):
+    built = []
+
+    def factory(s):
+        built.append(_CountingWarmup(s))
+        return built[-1]
+
+    _CountingWarmup.gate = threading.Event()
+    service = JobService(settings, pipeline_factory=factory)
+    service.start()
+    try:
+        with pytest.raises(HeygemError, match="^not ready: loading the model$"):
+            service.deep_check(1)
+        _CountingWarmup.gate.set()
+        wait_for(lambda: service.readiness()[0])
+        assert service.deep_check(WAIT_S) == 0.25
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        wait_running(service, job.id)
+        with pytest.raises(TimeoutError, match="did not finish within 0.1 s"):
+            service.deep_check(0.1)  # the worker is busy with the job
+        assert service.deep_check(WAIT_S) == 0.25
+        assert service.get(job.id).status == JobStatus.SUCCEEDED  # it waited for the job
+    finally:
+        service.stop(drain_seconds=5)
+    assert built[0].warmups == ["heygem-worker-0"] * 2  # the abandoned probe never ran
+    with pytest.raises(HeygemError, match="^not ready: shutting down$"):
+        service.deep_check(1)
+
+
+def test_deep_check_reports_a_failing_inference(settings):
+    class Failing(FakePipeline):
+        def warmup(self):
+            raise RuntimeError("CUDA error: device lost")
+
+    service = JobService(settings, pipeline_factory=Failing)
+    service.start()
+    try:
+        wait_for(lambda: service.readiness()[0])
+        with pytest.raises(ModelError, match="^warm-up inference failed: RuntimeError: CUDA error"):
+            service.deep_check(WAIT_S)
+        assert service.readiness() == (True, "ready")  # one failed probe does not stop the worker
+    finally:
+        service.stop(drain_seconds=5)

@@ -37,6 +37,9 @@ CONTRACT (the web app, the HeyGem-compatible API and the CLI code against exactl
     service.queue_depth() -> int
     service.readiness() -> tuple[bool, str]   # (True, "ready") or (False, reason)
     service.engine_status() -> EngineStatus | None
+    service.deep_check(timeout) -> float   # one warm-up inference in the worker between jobs,
+                                           # seconds; HeygemError if not ready or it fails,
+                                           # TimeoutError if the worker stays busy past timeout
 
     Job / Batch: frozen records with .to_dict() for JSON (see records.py); JobStatus is a StrEnum
     (queued, running, succeeded, failed, cancelled). Job.output_path is the finished mp4 under

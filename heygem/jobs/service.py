@@ -347,6 +347,27 @@ class JobService:
             return False, "the worker has stopped"
         return False, "loading the model"
 
+    def deep_check(self, timeout: float) -> float:
+        """One warm-up inference in a ready worker, between jobs; its duration in seconds.
+
+        Raises HeygemError naming the reason when not ready or when the inference fails, and
+        TimeoutError when the worker is busy (or slow) for longer than `timeout`.
+        """
+        ready, reason = self.readiness()
+        worker = next((w for w in self._workers if w.ready.is_set() and w.is_alive()), None)
+        if not ready or worker is None:
+            raise HeygemError(f"not ready: {reason}")
+        future = worker.request_probe()
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"the warm-up inference did not finish within {timeout:g} s") from None
+        except HeygemError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from None
+
     def engine_status(self) -> Any:
         """The first ready worker's EngineStatus, or None while loading."""
         for worker in self._workers:

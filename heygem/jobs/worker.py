@@ -8,8 +8,10 @@ output prefix, and records the outcome. Errors end that job only; the worker car
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,6 +80,7 @@ class Worker(threading.Thread):
         self._current: Claim | None = None
         self._abandoned = threading.Event()
         self._claim_lock = threading.Lock()  # abandon() and taking on a claim exclude each other
+        self._probes: queue.SimpleQueue[Future] = queue.SimpleQueue()
 
     @property
     def current(self) -> Claim | None:
@@ -93,6 +96,7 @@ class Worker(threading.Thread):
         if not self._load():
             return
         while not self._stopping.is_set():
+            self._serve_probes()
             try:
                 claim = self.store.claim()
             except Exception:
@@ -116,6 +120,27 @@ class Worker(threading.Thread):
                 self._current = None
             if job is not None:
                 self._on_finish(job)
+
+    def request_probe(self) -> Future:
+        """Ask for one warm-up inference between jobs; the Future gets its seconds."""
+        future: Future = Future()
+        self._probes.put(future)
+        self._wake.set()
+        return future
+
+    def _serve_probes(self) -> None:
+        while True:
+            try:
+                future = self._probes.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue  # the caller gave up waiting
+            try:
+                future.set_result(self.pipeline.warmup())
+            except Exception as exc:
+                log.exception("%s: on-demand warm-up inference failed", self.name)
+                future.set_exception(exc)
 
     def _take(self, claim: Claim) -> bool:
         with self._claim_lock:
