@@ -109,13 +109,15 @@ class JobService:
         self._stopping.set()
         self._wake.set()
         self._drain(time.monotonic() + window)
-        stragglers = [worker for worker in self._workers if worker.is_alive()]
-        for worker in stragglers:
-            self._hand_back(worker)
+        stragglers: list[threading.Thread] = [w for w in self._workers if w.is_alive()]
+        for worker in self._workers:
+            if worker.is_alive():
+                self._hand_back(worker)
         if self._retention is not None:
             self._retention.join(IDLE_EXIT_S)
+            stragglers += [self._retention] if self._retention.is_alive() else []
         if not stragglers:
-            self.store.close()
+            self.store.close()  # else a thread may still use it; the process exit closes it
         with self._state_lock:
             self._state = _STOPPED
         with self._finished:
