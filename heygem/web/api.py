@@ -335,15 +335,17 @@ def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Any:
 # --------------------------------------------------------------------------------------------------
 # routes
 
+REFERENCE_DOC = "path under an input folder, s3://bucket/key, obs://bucket/key or an allowed https:// URL"
+OPTIONS_DOC = 'SyncOptions fields, e.g. {"blend": "rect", "pads": [0, 10, 0, 0]}'
 JOB_BODY_DOC = {
     "requestBody": {
         "content": {
             "application/json": {"schema": {
                 "type": "object", "required": ["audio", "video"],
                 "properties": {
-                    "audio": {"type": "string", "description": "path under an input folder, s3://, obs:// or https://"},
+                    "audio": {"type": "string", "description": REFERENCE_DOC},
                     "video": {"type": "string", "description": "face video or photo, same forms as audio"},
-                    "options": {"type": "object", "description": "SyncOptions fields, e.g. {\"blend\": \"rect\"}"},
+                    "options": {"type": "object", "description": OPTIONS_DOC},
                     "output_name": {"type": "string"},
                     "output_prefix": {"type": "string", "description": "s3://bucket/prefix/ or obs://..."},
                     "idempotency_key": {"type": "string"},

@@ -18,7 +18,10 @@ EN: dict[str, str] = {
     # page
     "title": "# heygem\nSpeech audio + a face video or photo in, a lip-synced video out.",
     "banner_starting": "⏳ Starting up…",
-    "banner_loading": "⏳ **The model is loading** ({reason}). You can submit jobs now; they start as soon as it is ready.",
+    "banner_loading": (
+        "⏳ **The model is loading** ({reason}). You can submit jobs now; they start as soon as "
+        "it is ready."
+    ),
     "tab_single": "Single",
     "tab_batch": "Batch",
     "tab_history": "History",
@@ -56,10 +59,12 @@ EN: dict[str, str] = {
     "result": "Result",
     "done_summary": "Done: job `{id}`, engine **{engine}**, {seconds} s, frames without a face: {noface}.",
     "progress_queued": "Waiting in the queue ({ahead} queued)",
-    "what_audio": "audio",
-    "what_face": "face video or photo",
     # batch
-    "batch_help": "Give **one audio and many videos**, **as many audios as videos** (paired in order), or a **JSONL manifest** (one `{\"audio\": ..., \"video\": ..., \"output_name\": ...}` per line; names of files uploaded here may be used).",
+    "batch_help": (
+        "Give **one audio and many videos**, **as many audios as videos** (paired in order), or "
+        "a **JSONL manifest** (one `{\"audio\": ..., \"video\": ..., \"output_name\": ...}` per line; "
+        "names of files uploaded here may be used)."
+    ),
     "batch_audio": "Audio file(s)",
     "batch_videos": "Face videos or photos",
     "batch_manifest": "Manifest (JSONL, optional)",
@@ -88,13 +93,20 @@ EN: dict[str, str] = {
     "history_confirm": "Delete **every** job and its files? This cannot be undone.",
     "history_confirm_yes": "Yes, delete all",
     "history_confirm_no": "Cancel",
-    "history_details": "**Job** `{id}`  \n**Status**: {status}  \n**Created**: {created}  \n**Engine**: {engine}  \n**Error**: {error}",
+    "history_details": (
+        "**Job** `{id}`  \n**Status**: {status}  \n**Created**: {created}  \n**Engine**: {engine}  "
+        "\n**Error**: {error}"
+    ),
     "history_deleted_all": "{count} jobs deleted.",
     "err_no_selection": "Select a job in the list first.",
     # system
     "system_engine": "Engine and weights",
     "system_loading": "The engine is still loading: {reason}",
-    "system_preview_notice": "⚠️ The **preview** engine is running: the neural lip-sync weights are not installed, so mouths are only approximated. Fetch them with `python -m heygem models download` (or place `wav2lip_gan.pth` and `s3fd.pth` in the models folder) and restart.",
+    "system_preview_notice": (
+        "⚠️ The **preview** engine is running: the neural lip-sync weights are not installed, so "
+        "mouths are only approximated. Fetch them with `python -m heygem models download` (or "
+        "place `wav2lip_gan.pth` and `s3fd.pth` in the models folder) and restart."
+    ),
     "system_queue": "Service",
     "system_ready": "Ready ({reason})",
     "system_not_ready": "Not ready: {reason}",
@@ -128,7 +140,9 @@ EN: dict[str, str] = {
 ZH: dict[str, str] = {
     "title": "# heygem\n输入语音和一段人脸视频或照片，生成口型同步的视频。",
     "banner_starting": "⏳ 正在启动……",
-    "banner_loading": "⏳ **模型正在加载**（{reason}）。现在即可提交任务，模型就绪后会自动开始。",
+    "banner_loading": (
+        "⏳ **模型正在加载**（{reason}）。现在即可提交任务，模型就绪后会自动开始。"
+    ),
     "tab_single": "单个任务",
     "tab_batch": "批量任务",
     "tab_history": "历史记录",
@@ -162,11 +176,14 @@ ZH: dict[str, str] = {
     "face_found": "已找到人脸：{w}×{h} 像素，位置 x={x}，y={y}。",
     "face_none": "第一帧中没有找到人脸。请换一个视频，或指定人脸位置。",
     "result": "结果",
-    "done_summary": "完成：任务 `{id}`，引擎 **{engine}**，用时 {seconds} 秒，无人脸帧数：{noface}。",
+    "done_summary": (
+        "完成：任务 `{id}`，引擎 **{engine}**，用时 {seconds} 秒，无人脸帧数：{noface}。"
+    ),
     "progress_queued": "排队中（队列中有 {ahead} 个任务）",
-    "what_audio": "音频",
-    "what_face": "人脸视频或照片",
-    "batch_help": "可以提供**一个音频和多个视频**、**数量相同的音频和视频**（按顺序配对），或一个 **JSONL 清单**（每行一个 `{\"audio\": ..., \"video\": ..., \"output_name\": ...}`，可直接使用在此上传的文件名）。",
+    "batch_help": (
+        "可以提供**一个音频和多个视频**、**数量相同的音频和视频**（按顺序配对），或一个 **JSONL 清单**（每行一个 `{\"audio\": ..., \"video\": "
+        "..., \"output_name\": ...}`，可直接使用在此上传的文件名）。"
+    ),
     "batch_audio": "音频文件",
     "batch_videos": "人脸视频或照片",
     "batch_manifest": "清单（JSONL，可选）",
@@ -194,12 +211,17 @@ ZH: dict[str, str] = {
     "history_confirm": "确定删除**所有**任务及其文件吗？此操作无法撤销。",
     "history_confirm_yes": "确定，全部删除",
     "history_confirm_no": "取消",
-    "history_details": "**任务** `{id}`  \n**状态**：{status}  \n**创建时间**：{created}  \n**引擎**：{engine}  \n**错误**：{error}",
+    "history_details": (
+        "**任务** `{id}`  \n**状态**：{status}  \n**创建时间**：{created}  \n**引擎**：{engine}  \n**错误**：{error}"
+    ),
     "history_deleted_all": "已删除 {count} 个任务。",
     "err_no_selection": "请先在列表中选择一个任务。",
     "system_engine": "引擎与权重",
     "system_loading": "引擎仍在加载：{reason}",
-    "system_preview_notice": "⚠️ 当前运行的是**预览**引擎：未安装神经网络口型权重，口型只是近似效果。请运行 `python -m heygem models download` 下载权重（或将 `wav2lip_gan.pth` 和 `s3fd.pth` 放入 models 目录），然后重启。",
+    "system_preview_notice": (
+        "⚠️ 当前运行的是**预览**引擎：未安装神经网络口型权重，口型只是近似效果。请运行 `python -m heygem models download` 下载权重（或将 "
+        "`wav2lip_gan.pth` 和 `s3fd.pth` 放入 models 目录），然后重启。"
+    ),
     "system_queue": "服务状态",
     "system_ready": "已就绪（{reason}）",
     "system_not_ready": "未就绪：{reason}",

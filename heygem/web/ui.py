@@ -7,6 +7,7 @@ run time (progress, status, errors) uses the language of the request's Accept-La
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -14,7 +15,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import numpy as np
@@ -22,7 +23,8 @@ import pandas as pd
 from fastapi import FastAPI
 
 from heygem.errors import HeygemError, InputError, LimitExceededError, QueueFullError, ShuttingDownError
-from heygem.settings import Settings
+from heygem.pipeline import BLENDS, DURATION_POLICIES, FACE_CHOICES, SyncOptions
+from heygem.settings import ENGINES, Settings
 from heygem.web import batching, i18n, media
 from heygem.web.uploads import free_path, safe_name
 
@@ -43,13 +45,9 @@ GALLERY_HEIGHT = 360
 AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm"]
 FACE_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
 MANIFEST_TYPES = [".jsonl", ".json", ".txt"]
-ENGINES = ["auto", "wav2lip", "preview"]
-BLENDS = ["feather", "rect"]
-DURATION_POLICIES = ["loop", "pingpong"]
-FACE_CHOICES = ["largest", "nearest"]
+DEFAULTS = SyncOptions()  # the options panel starts from the engine's own defaults
 CSS = """
 #heygem-banner {border-radius: 8px; padding: 0 12px; background: var(--color-accent-soft);}
-footer {display: none !important;}
 """
 
 
@@ -104,12 +102,9 @@ def _error_title(exc: HeygemError) -> str:
     return "title_failed"
 
 
-def stage_upload(settings: Settings, folder: Path, path: str | None, what: str, *,
-                 require_video: bool | None) -> Path:
-    """Copy a Gradio upload into `folder` under the inputs folder (where jobs may read), under its
-    own name, after the size and duration checks (require_video None: no media check)."""
-    if not path:
-        raise InputError(f"please add the {what}")
+def stage_upload(settings: Settings, folder: Path, path: str, *, require_video: bool | None) -> Path:
+    """Copy a Gradio upload into `folder` (under the inputs folder, where jobs may read) under its
+    own name, after the size and duration checks; require_video None skips the media check."""
     source = Path(path)
     if source.stat().st_size > settings.max_upload_mb * (1 << 20):
         raise LimitExceededError(f"{source.name} is larger than the {settings.max_upload_mb} MB limit")
@@ -124,8 +119,15 @@ def stage_upload(settings: Settings, folder: Path, path: str | None, what: str, 
     return target
 
 
-def new_folder(settings: Settings) -> Path:
-    return settings.inputs_dir / uuid.uuid4().hex
+@contextlib.contextmanager
+def staging(settings: Settings) -> Iterator[Path]:
+    """A fresh upload folder, removed again when anything fails before the job layer takes over."""
+    folder = settings.inputs_dir / uuid.uuid4().hex
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def build_options(
@@ -185,12 +187,13 @@ class Handlers:
         self.log_lines = log_lines
 
     # --- banner and system ----------------------------------------------------------------------
-    def banner(self, request: gr.Request) -> dict:
-        lang = language(request)
+    def banner(self, request: gr.Request) -> tuple:
+        """The "model is loading" notice; its timer stops once the engine is ready."""
         ready, reason = self.service.readiness()
         if ready:
-            return gr.update(value="", visible=False)
-        return gr.update(value=i18n.t("banner_loading", lang, reason=reason), visible=True)
+            return gr.update(value="", visible=False), gr.Timer(active=False)
+        text = i18n.t("banner_loading", language(request), reason=reason)
+        return gr.update(value=text, visible=True), gr.Timer(active=True)
 
     def system(self, request: gr.Request) -> tuple[str, str]:
         lang = language(request)
@@ -239,12 +242,10 @@ class Handlers:
             raise InputError(i18n.t("err_need_audio", lang))
         if not face:
             raise InputError(i18n.t("err_need_face", lang))
-        folder = new_folder(self.settings)
-        audio_path = stage_upload(self.settings, folder, audio, i18n.t("what_audio", lang),
-                                  require_video=False)
-        face_path = stage_upload(self.settings, folder, face, i18n.t("what_face", lang),
-                                 require_video=True)
-        job = self.service.submit(str(audio_path), str(face_path), options)
+        with staging(self.settings) as folder:
+            audio_path = stage_upload(self.settings, folder, audio, require_video=False)
+            face_path = stage_upload(self.settings, folder, face, require_video=True)
+            job = self.service.submit(str(audio_path), str(face_path), options)
         log.info("job %s submitted from the web UI", job.id)
         job = self._wait(job, progress, lang)
         if str(job.status) != "succeeded":
@@ -274,20 +275,21 @@ class Handlers:
         *option_values, request = values
         lang = language(request)
         options = build_options(*option_values)
-        folder = new_folder(self.settings)
-        audio_paths = self._stage_many(folder, audios, i18n.t("what_audio", lang), False)
-        video_paths = self._stage_many(folder, videos, i18n.t("what_face", lang), True)
-        if manifest:
-            staged = stage_upload(self.settings, folder, manifest, "manifest", require_video=None)
-            items = batching.manifest_items(staged, self.settings)
-        else:
-            items = batching.pair_uploads(audio_paths, video_paths)
-        batch = self.service.submit_batch(items, options)
+        with staging(self.settings) as folder:
+            audio_paths = self._stage_many(folder, audios, require_video=False)
+            video_paths = self._stage_many(folder, videos, require_video=True)
+            if manifest:
+                staged = stage_upload(self.settings, folder, manifest, require_video=None)
+                items = batching.manifest_items(staged, self.settings)
+            else:
+                items = batching.pair_uploads(audio_paths, video_paths)
+            batch = self.service.submit_batch(items, options)
         log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
         return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
 
-    def _stage_many(self, folder: Path, paths: list[str] | None, what: str, video: bool) -> list[Path]:
-        return [stage_upload(self.settings, folder, p, what, require_video=video) for p in paths or []]
+    def _stage_many(self, folder: Path, paths: list[str] | None, *, require_video: bool) -> list[Path]:
+        return [stage_upload(self.settings, folder, path, require_video=require_video)
+                for path in paths or []]
 
     @user_errors
     def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
@@ -390,18 +392,21 @@ def _options_panel(t: Callable[[str], Any]) -> list[gr.components.Component]:
     """The options accordion; returns its inputs in build_options order."""
     with gr.Accordion(t("options"), open=False):
         with gr.Row():
-            engine = gr.Radio(ENGINES, value="auto", label=t("engine"), info=t("engine_info"))
-            blend = gr.Radio(BLENDS, value="feather", label=t("blend"), info=t("blend_info"))
-            duration = gr.Radio(DURATION_POLICIES, value="loop", label=t("duration_policy"),
-                                info=t("duration_info"))
+            engine = gr.Radio(list(ENGINES), value=DEFAULTS.engine, label=t("engine"),
+                              info=t("engine_info"))
+            blend = gr.Radio(list(BLENDS), value=DEFAULTS.blend, label=t("blend"),
+                             info=t("blend_info"))
+            duration = gr.Radio(list(DURATION_POLICIES), value=DEFAULTS.duration_policy,
+                                label=t("duration_policy"), info=t("duration_info"))
         with gr.Row():
-            pad_top = gr.Number(0, label=t("pad_top"), precision=0, minimum=0)
-            pad_bottom = gr.Number(10, label=t("pad_bottom"), precision=0, minimum=0)
-            pad_left = gr.Number(0, label=t("pad_left"), precision=0, minimum=0)
-            pad_right = gr.Number(0, label=t("pad_right"), precision=0, minimum=0)
-            smooth = gr.Checkbox(True, label=t("smooth"), info=t("smooth_info"))
+            top, bottom, left, right = DEFAULTS.pads
+            pad_top = gr.Number(top, label=t("pad_top"), precision=0, minimum=0)
+            pad_bottom = gr.Number(bottom, label=t("pad_bottom"), precision=0, minimum=0)
+            pad_left = gr.Number(left, label=t("pad_left"), precision=0, minimum=0)
+            pad_right = gr.Number(right, label=t("pad_right"), precision=0, minimum=0)
+            smooth = gr.Checkbox(DEFAULTS.smooth, label=t("smooth"), info=t("smooth_info"))
         with gr.Row():
-            face_choice = gr.Radio(FACE_CHOICES, value="largest", label=t("face_choice"),
+            face_choice = gr.Radio(list(FACE_CHOICES), value=DEFAULTS.face_choice, label=t("face_choice"),
                                    info=t("face_choice_info"))
             face_x = gr.Number(None, label=t("face_x"), precision=0, minimum=0)
             face_y = gr.Number(None, label=t("face_y"), precision=0, minimum=0)
@@ -488,7 +493,7 @@ def _batch_submitter(h: Handlers) -> Callable:
     return submit_batch
 
 
-def _history_tab(t: Callable[[str], Any], h: Handlers) -> gr.Tab:
+def _history_tab(t: Callable[[str], Any], h: Handlers) -> list:
     page = gr.State(0)
     ids = gr.State([])
     selected = gr.State(None)
@@ -571,8 +576,9 @@ def build_blocks(settings: Settings, service: Any, log_lines: Callable[[int], li
             with gr.Tab(t("tab_system"), id="system") as system_tab:
                 system_view = _system_tab(t, h)
         system_timer = gr.Timer(SYSTEM_REFRESH_S)
-        banner_timer.tick(h.banner, None, [banner], api_visibility="private", show_progress="hidden")
-        demo.load(h.banner, None, [banner], api_visibility="private", show_progress="hidden")
+        for trigger in (banner_timer.tick, demo.load):
+            trigger(h.banner, None, [banner, banner_timer], api_visibility="private",
+                    show_progress="hidden")
         history_tab.select(h.history, [listing[0]], listing, api_visibility="private")
         demo.load(h.history, [listing[0]], listing, api_visibility="private", show_progress="hidden")
         system_tab.select(h.system, None, list(system_view), api_visibility="private")
