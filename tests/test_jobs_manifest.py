@@ -181,3 +181,10 @@ def test_run_manifest_rejects_bad_options(settings, project, tmp_path):
     with pytest.raises(InputError, match="unknown option"):
         run_manifest(settings, manifest, tmp_path / "out", options={"bogus": 1},
                      pipeline=FakePipeline(settings))
+
+
+def test_shown_references_drop_url_queries():
+    from heygem.jobs.manifest import shown_ref
+
+    assert shown_ref("https://cdn.example.com/a.wav?X-Amz-Signature=secret") == "https://cdn.example.com/a.wav"
+    assert shown_ref("/data/inputs/what?.wav") == "/data/inputs/what?.wav"

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from heygem.jobs import files
+from heygem.jobs.manifest import shown_ref
 from heygem.jobs.records import Batch, JobStatus
 from heygem.settings import Settings
 
@@ -32,8 +33,8 @@ def summary_rows(batch: Batch) -> list[dict]:
             "id": item.id,
             "status": item.status.value,
             "output_name": item.result_name,
-            "audio": item.audio,
-            "video": item.video,
+            "audio": shown_ref(item.audio),
+            "video": shown_ref(item.video),
             "error": item.error or "",
             "engine": item.engine or "",
             "attempts": item.attempts,

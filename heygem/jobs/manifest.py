@@ -40,6 +40,11 @@ def is_remote(ref: str) -> bool:
     return "://" in ref
 
 
+def shown_ref(ref: str) -> str:
+    """A reference fit for logs and summaries: a URL loses its query, which may hold a signature."""
+    return ref.split("?", 1)[0] if is_remote(ref) else ref
+
+
 def parse_manifest(path: Path, roots: Sequence[Path]) -> list[ManifestItem]:
     """Read and check a manifest file; raise InputError/ForbiddenPathError naming the line."""
     path = Path(path)

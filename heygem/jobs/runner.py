@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Mapping
 from heygem import storage
 from heygem.errors import HeygemError, InputError
 from heygem.jobs import files
-from heygem.jobs.manifest import ManifestItem, is_remote, parse_manifest
+from heygem.jobs.manifest import ManifestItem, is_remote, parse_manifest, shown_ref
 from heygem.jobs.options import options_dict, sync_options
 from heygem.pipeline import SyncOptions
 from heygem.settings import Settings
@@ -177,7 +177,7 @@ def _input(ref: str, kind: str, scratch: Path, settings: Settings) -> Path:
     else:
         path = Path(ref)  # already resolved and checked against the roots by parse_manifest
     if not path.is_file():
-        raise InputError(f"{kind} file not found: {ref}")
+        raise InputError(f"{kind} file not found: {shown_ref(ref)}")
     return path
 
 

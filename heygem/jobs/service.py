@@ -29,7 +29,7 @@ from heygem.errors import (
     ShuttingDownError,
 )
 from heygem.jobs import archive, files, retention
-from heygem.jobs.manifest import default_output_name, is_remote
+from heygem.jobs.manifest import default_output_name, is_remote, shown_ref
 from heygem.jobs.options import options_dict
 from heygem.jobs.records import Batch, Job, JobStatus, NewJob
 from heygem.jobs.store import JobStore, SQLiteJobStore
@@ -179,7 +179,7 @@ class JobService:
         )
         _, (job,) = self.store.add([spec], queue_limit=self.settings.queue_size)
         self._wake.set()
-        job_log(job.id).info("queued: audio=%s video=%s", job.audio, job.video)
+        job_log(job.id).info("queued: audio=%s video=%s", shown_ref(job.audio), shown_ref(job.video))
         return job
 
     def submit_batch(

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from heygem import storage
 from heygem.errors import HeygemError, InputError
 from heygem.jobs import files
+from heygem.jobs.manifest import shown_ref
 from heygem.jobs.options import sync_options
 from heygem.jobs.records import Job, JobStatus
 from heygem.jobs.store import Claim, JobStore, Outcome, RunState
@@ -192,7 +193,8 @@ class JobRun:
     def execute(self) -> Job | None:
         """Run and record the outcome; the finished Job, or None if the run was handed back."""
         self.log.info(
-            "started (attempt %d): audio=%s video=%s", self.job.attempts, self.job.audio, self.job.video
+            "started (attempt %d): audio=%s video=%s",
+            self.job.attempts, shown_ref(self.job.audio), shown_ref(self.job.video),
         )
         self.scratch.mkdir(parents=True, exist_ok=True)
         try:
@@ -265,7 +267,7 @@ class JobRun:
         dest.mkdir(exist_ok=True)
         path = Path(storage.fetch_input(ref, dest, self.settings))
         if not path.is_file():
-            raise InputError(f"{kind} file not found: {ref}")
+            raise InputError(f"{kind} file not found: {shown_ref(ref)}")
         return path
 
     def _final_path(self) -> Path:
