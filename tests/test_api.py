@@ -121,13 +121,19 @@ def test_ready_is_503_while_draining(settings):
     service.stop(5)
 
 
-@pytest.mark.xfail(not hasattr(JobService, "deep_check"), strict=True,
-                   reason="needs JobService.deep_check(timeout) -> seconds (see the web layer report)")
 def test_deep_ready_runs_one_inference_and_reports_its_latency(client):
     response = client.get("/ready", params={"deep": 1})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["ready"] is True and body["latency_ms"] >= 0 and body["inference_ms"] >= 0
+
+
+def test_deep_ready_refuses_while_loading(settings, gate):
+    service, client = start(settings, factory=GatedPipeline)
+    with client:
+        response = client.get("/ready", params={"deep": 1})
+        assert response.status_code == 503 and response.json()["ready"] is False
+    service.stop(5)
 
 
 def test_metrics_expose_jobs_queue_duration_and_fps(client, speech_wav, face_video):

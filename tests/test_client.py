@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import http.client
+from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
 
@@ -50,6 +52,19 @@ def test_gradio_client_runs_one_job_on_the_real_engine(real_server, speech_wav, 
     assert "wav2lip" in summary
     frames = media.read_frames(result)
     assert frames.shape[1:] == (256, 256, 3)
+
+
+def test_check_face_shows_the_detected_box(real_server, face_video, tmp_path):
+    client = Client(real_server.url + "/", download_files=str(tmp_path), verbose=False)
+    image, message = client.predict(handle_file(str(face_video)), api_name="/check_face")
+    assert message.startswith("Face found:")
+    assert Path(image).is_file()
+
+
+def test_deep_readiness_runs_a_real_inference(real_server):
+    response = httpx.get(real_server.url + "/ready", params={"deep": 1}, timeout=READY_TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    assert response.json()["inference_ms"] > 0
 
 
 def test_the_api_names_the_generate_endpoint(real_server):
