@@ -1,0 +1,411 @@
+"""HeyGem-compatible API: POST /easy/submit and GET /easy/query over the job layer.
+
+HeyGem.ai's desktop client and scripts drive a video service on port 8383 with two calls. This
+module speaks that protocol so they can point at heygem unchanged; like the web UI it is an
+adapter over JobService and never runs the model itself.
+
+    submit  {"audio_url", "video_url", "code", "chaofen", "watermark_switch", "pn"}
+            -> {"code": 10000, "msg": ...}; 10002 bad request, 10003 busy, 9999 unexpected
+    query   ?code=K -> {"code": 10000, "data": {"status", "msg", "progress", "result"}}
+            status 1 queued or running, 2 succeeded, 3 failed or cancelled; progress 0-100
+
+Paths live in one shared folder (Settings.resolved_compat_root, the folder HeyGem's compose file
+mounts at /code/data). As in the original service, its temp/ subfolder is the working folder:
+relative paths name files there (the desktop client saves its audio and avatar videos there and
+sends bare names), and the result is written there as <code>-r.mp4 and reported as
+"/<code>-r.mp4", which the client joins to that same folder. Container paths
+("/code/data/...") and absolute paths inside the root work too; anything else is refused.
+
+The client's `code` is the job's idempotency key (namespaced), so a repeated submit returns the
+same job. The job layer publishes the finished video into temp/ before the job turns succeeded,
+so status 2 always comes with a complete file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from heygem.errors import (
+    ForbiddenPathError,
+    HeygemError,
+    InputError,
+    JobNotFoundError,
+    QueueFullError,
+    ShuttingDownError,
+)
+from heygem.jobs.records import Job, JobStatus
+from heygem.paths import resolve_under
+from heygem.settings import Settings
+
+log = logging.getLogger("heygem.web.compat")
+
+# Top-level reply codes of the protocol; the client treats 9999, 10002 and 10003 as failures.
+CODE_OK = 10000
+CODE_BAD_REQUEST = 10002  # bad parameters, refused paths, missing files, unknown task codes
+CODE_BUSY = 10003  # queue full or shutting down: try again later
+CODE_ERROR = 9999  # anything unexpected (details in the server log only)
+
+# data.status of a query
+STATUS_RUNNING = 1  # queued or running
+STATUS_SUCCEEDED = 2
+STATUS_FAILED = 3  # failed or cancelled
+
+CONTAINER_ROOT = "/code/data"  # where HeyGem's compose file mounts the shared folder
+WORK_FOLDER = "temp"  # the original's working folder inside the shared one (see module doc)
+RESULT_SUFFIX = "-r.mp4"  # the original names results <code>-r.mp4
+KEY_PREFIX = "heygem-compat:"  # keeps client codes apart from the main API's idempotency keys
+MAX_CODE_CHARS = 128
+# A code becomes a file name: letters, digits, '_', '-' and single dots (UUIDs, timestamps).
+CODE_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+MAX_BODY_BYTES = 64 * 1024
+WATERMARK_LABEL = "AI generated"  # what watermark_switch=1 burns into the corner
+CHAOFEN_NOTE = "super-resolution (chaofen) is not available yet; the video is made without it"
+INTERNAL_ERROR = "internal error; the details are in the server log"
+SERVER_START_TIMEOUT_S = 10.0
+SERVER_POLL_S = 0.05
+SERVER_STOP_TIMEOUT_S = 5.0
+
+
+# --------------------------------------------------------------------------------------------------
+# settings and paths
+
+
+def compat_service_settings(settings: Settings) -> Settings:
+    """Settings for the JobService the compatible API shares: the shared folder becomes one of
+    input_roots, so jobs may read the client's files there and publish results into it."""
+    root = settings.resolved_compat_root
+    if _inside_any(root, settings.input_roots):
+        return settings
+    return settings.replace(input_roots=(*settings.input_roots, root))
+
+
+def resolve_shared_path(raw: Any, root: Path, field: str) -> Path:
+    """The file a client's audio_url / video_url names inside the shared folder `root`.
+
+    "/code/data/x" maps to <root>/x; other absolute paths must lie inside root; relative ones
+    name a file in <root>/temp/, or failing that in <root>/. Raises ForbiddenPathError for
+    anything outside root and InputError when the file does not exist.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise InputError(f"{field} is required: a path in the shared folder")
+    text = raw.strip().replace("\\", "/")  # Windows clients may send backslashes
+    try:
+        path = _resolve(text, root)
+    except ForbiddenPathError:
+        raise ForbiddenPathError(f"{field} {raw!r} is outside the shared folder") from None
+    if not path.is_file():
+        raise InputError(f"{field} file not found in the shared folder: {raw}")
+    return path
+
+
+def _resolve(text: str, root: Path) -> Path:
+    if text == CONTAINER_ROOT or text.startswith(CONTAINER_ROOT + "/"):
+        return resolve_under(root / text[len(CONTAINER_ROOT):].lstrip("/"), [root])
+    if Path(text).is_absolute():
+        return resolve_under(text, [root])
+    in_work_folder = resolve_under(text, [root], base=root / WORK_FOLDER)
+    if in_work_folder.is_file():
+        return in_work_folder
+    return resolve_under(text, [root], base=root)
+
+
+def _inside_any(path: Path, roots: tuple[Path, ...]) -> bool:
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved.is_relative_to(Path(r).expanduser().resolve()) for r in roots)
+
+
+def check_code(raw: Any) -> str:
+    """The client's task code, checked: it names the result file and keys the job."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str) or not raw:
+        raise InputError("code is required: a unique task key chosen by the client")
+    if len(raw) > MAX_CODE_CHARS or not CODE_PATTERN.match(raw):
+        raise InputError(
+            f"code {raw[:MAX_CODE_CHARS]!r} must be 1-{MAX_CODE_CHARS} letters, digits, '_', '-' "
+            "or single dots (a UUID works)"
+        )
+    return raw
+
+
+def _flag(body: Mapping[str, Any], name: str) -> bool:
+    value = body.get(name, 0)
+    if isinstance(value, bool):
+        return value
+    if value in (None, "", 0, "0"):
+        return False
+    if value in (1, "1"):
+        return True
+    raise InputError(f"{name} must be 0 or 1, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the two calls, without HTTP
+
+
+def submit_task(service: Any, root: Path, body: Any) -> dict:
+    """Queue the client's task (or find the one with its code); the protocol reply on success.
+
+    Raises HeygemError subclasses; `reply_for_error` turns them into protocol replies.
+    """
+    if not isinstance(body, Mapping):
+        raise InputError('the body must be a JSON object like {"audio_url": ..., "video_url": ..., "code": ...}')
+    code = check_code(body.get("code"))
+    chaofen = _flag(body, "chaofen")
+    watermark = _flag(body, "watermark_switch")
+    note = f"; {CHAOFEN_NOTE}" if chaofen else ""
+    key = KEY_PREFIX + code
+    existing = _find(service, key)
+    if existing is not None:
+        return _reply(CODE_OK, f"task {code} was already submitted; nothing new was started{note}")
+    audio = resolve_shared_path(body.get("audio_url"), root, "audio_url")
+    video = resolve_shared_path(body.get("video_url"), root, "video_url")
+    job = service.submit(
+        str(audio), str(video),
+        output_name=code + RESULT_SUFFIX, output_prefix=str(root / WORK_FOLDER),
+        idempotency_key=key, watermark=WATERMARK_LABEL if watermark else None,
+    )
+    log.info("task %s: job %s (watermark %s, chaofen %s)", code, job.id, watermark, chaofen)
+    return _reply(CODE_OK, f"task {code} accepted{note}")
+
+
+def query_task(service: Any, root: Path, raw_code: Any) -> dict:
+    """The protocol reply for one task code; JobNotFoundError for an unknown one."""
+    code = check_code(raw_code)
+    job = _find(service, KEY_PREFIX + code)
+    if job is None:
+        raise JobNotFoundError(f"no task with code {code!r}")
+    return _reply(CODE_OK, "ok", task_view(job, root))
+
+
+def task_view(job: Job, root: Path) -> dict:
+    """data of a query reply: status 1/2/3, msg (stage or error), progress 0-100, result."""
+    if job.status == JobStatus.SUCCEEDED:
+        result, problem = _result_path(job, root)
+        if problem is None:
+            return _view(STATUS_SUCCEEDED, "succeeded", 100, result)
+        return _view(STATUS_FAILED, problem, 100, "")
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        return _view(STATUS_FAILED, job.error or str(job.status), _percent(job.progress), "")
+    if job.status == JobStatus.QUEUED:
+        return _view(STATUS_RUNNING, "queued", 0, "")
+    return _view(STATUS_RUNNING, f"running: {job.stage or 'starting'}", _percent(job.progress), "")
+
+
+def _result_path(job: Job, root: Path) -> tuple[str, str | None]:
+    """("/<name>" relative to the working folder, None), or ("", why the file is unusable)."""
+    work_folder = (root / WORK_FOLDER).resolve()
+    if not job.output_url:
+        return "", "the task finished but its video was not placed in the shared folder"
+    path = Path(job.output_url).resolve()
+    if not path.is_relative_to(work_folder):
+        return "", "the task finished but its video is outside the shared folder"
+    if not path.is_file():
+        return "", f"the finished video {path.name} is no longer in the shared folder"
+    return "/" + path.relative_to(work_folder).as_posix(), None
+
+
+def _percent(fraction: float) -> int:
+    return max(0, min(100, int(fraction * 100)))
+
+
+def _find(service: Any, key: str) -> Job | None:
+    try:
+        return service.get_by_key(key)
+    except JobNotFoundError:
+        return None
+
+
+def _view(status: int, msg: str, progress: int, result: str) -> dict:
+    return {"status": status, "msg": _one_line(msg), "progress": progress, "result": result}
+
+
+def _reply(code: int, msg: str, data: dict | None = None) -> dict:
+    # "success" and "data" as the original sends them; scripts written for it read both.
+    return {"code": code, "msg": _one_line(msg), "success": code == CODE_OK, "data": data or {}}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "error"
+
+
+def reply_for_error(exc: BaseException, what: str) -> dict:
+    """Protocol failure reply: 10003 when busy, 10002 for the client's mistakes, else 9999."""
+    if isinstance(exc, (QueueFullError, ShuttingDownError)):
+        log.info("%s refused (busy): %s", what, exc)
+        return _reply(CODE_BUSY, str(exc))
+    if isinstance(exc, (InputError, JobNotFoundError)):
+        log.info("%s refused: %s", what, exc)
+        return _reply(CODE_BAD_REQUEST, str(exc))
+    if isinstance(exc, HeygemError):  # the engine failed to load, storage trouble...
+        log.warning("%s failed: %s", what, exc)
+        return _reply(CODE_ERROR, str(exc))
+    log.error("%s failed unexpectedly", what, exc_info=exc)
+    return _reply(CODE_ERROR, INTERNAL_ERROR)
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP
+
+
+async def _read_json(request: Request) -> Any:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise InputError(f"the request body is larger than {MAX_BODY_BYTES // 1024} KB")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("the body must be JSON") from None
+
+
+def create_compat_router(service: Any, settings: Settings, *, authenticate: bool = True) -> APIRouter:
+    """/easy/submit and /easy/query. Every reply is HTTP 200 with a protocol code, except a
+    missing bearer token (HTTP 401) when `authenticate` and Settings.api_token is set: HeyGem
+    clients send no token, so they belong on the compat port (create_compat_app) instead."""
+    root = settings.resolved_compat_root.expanduser().resolve()
+    token = settings.api_token.encode() if authenticate else b""
+    _check_setup(service, root)
+    router = APIRouter(tags=["HeyGem compatible"])
+
+    def refused(request: Request) -> JSONResponse | None:
+        if not token or _bearer_matches(request, token):
+            return None
+        return JSONResponse(
+            _reply(CODE_BAD_REQUEST, "missing or wrong bearer token"), status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @router.post("/easy/submit")
+    async def submit(request: Request) -> JSONResponse:
+        """Queue a lip-sync task: audio_url + video_url in the shared folder, keyed by code."""
+        denied = refused(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await _read_json(request)
+            reply = await run_in_threadpool(submit_task, service, root, body)
+        except Exception as exc:  # noqa: BLE001 - every failure leaves in the protocol's shape
+            reply = reply_for_error(exc, "submit")
+        return JSONResponse(reply)
+
+    @router.get("/easy/query")
+    def query(request: Request) -> JSONResponse:
+        """Status (1 running, 2 done, 3 failed), stage or error, progress 0-100 and result."""
+        denied = refused(request)
+        if denied is not None:
+            return denied
+        try:
+            reply = query_task(service, root, request.query_params.get("code"))
+        except Exception as exc:  # noqa: BLE001 - every failure leaves in the protocol's shape
+            reply = reply_for_error(exc, "query")
+        return JSONResponse(reply)
+
+    return router
+
+
+def _bearer_matches(request: Request, expected: bytes) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
+def _check_setup(service: Any, root: Path) -> None:
+    # Warn at start-up rather than on every submit: the service must be allowed to read root.
+    service_settings = getattr(service, "settings", None)
+    if isinstance(service_settings, Settings) and not _inside_any(root, service_settings.input_roots):
+        log.warning(
+            "the HeyGem-compatible API cannot work: the job service may not read the shared folder "
+            "%s (build it with heygem.web.compat.compat_service_settings(settings))", root,
+        )
+    if not root.is_dir():
+        log.warning("the HeyGem shared folder %s does not exist yet", root)
+
+
+def create_compat_app(service: Any, settings: Settings) -> FastAPI:
+    """Only the compatible routes, without a token: for the separate HEYGEM_COMPAT_PORT."""
+    app = FastAPI(
+        title="heygem (HeyGem-compatible API)", docs_url=None, redoc_url=None, openapi_url=None,
+    )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(reply_for_error(exc, f"{request.method} {request.url.path}"))
+
+    app.add_exception_handler(Exception, unexpected)
+    app.include_router(create_compat_router(service, settings, authenticate=False))
+    return app
+
+
+class CompatServer:
+    """create_compat_app served by uvicorn on Settings.compat_port, in a thread of this process.
+
+    A thread, not a second event loop in the main one: uvicorn installs signal handlers only in
+    the main thread, so SIGTERM stays with the main server, which stops this one after its drain.
+    """
+
+    def __init__(self, service: Any, settings: Settings) -> None:
+        self.port = settings.compat_port
+        config = uvicorn.Config(
+            create_compat_app(service, settings), host=settings.host, port=self.port,
+            log_config=None, access_log=False, lifespan="off",
+            timeout_graceful_shutdown=int(SERVER_STOP_TIMEOUT_S),
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, name="heygem-compat", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except SystemExit:
+            pass  # uvicorn exits this way when it cannot open the port; start() reports it
+
+    def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> None:
+        """Serve; OSError when the port cannot be opened (uvicorn has logged why)."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise OSError(f"cannot serve the HeyGem-compatible API on port {self.port}")
+            time.sleep(SERVER_POLL_S)
+        log.info("HeyGem-compatible API on port %d", self.port)
+
+    def stop(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+
+def start_compat_server(service: Any, settings: Settings) -> CompatServer | None:
+    """Start the compat port when Settings.compat_port is set; None when it is 0."""
+    if not settings.compat_port:
+        return None
+    server = CompatServer(service, settings)
+    server.start()
+    return server
+
+
+__all__ = [
+    "create_compat_router",
+    "create_compat_app",
+    "compat_service_settings",
+    "start_compat_server",
+    "CompatServer",
+    "resolve_shared_path",
+    "CODE_OK",
+    "CODE_BAD_REQUEST",
+    "CODE_BUSY",
+    "CODE_ERROR",
+]

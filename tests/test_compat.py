@@ -1,0 +1,366 @@
+"""The HeyGem-compatible API (/easy/submit, /easy/query) through FastAPI's TestClient, on a real
+JobService (SQLite) with the fast FakePipeline. The real engine is in test_compat_live.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from heygem.jobs import JobService
+from heygem.web.compat import (
+    CHAOFEN_NOTE,
+    CODE_BAD_REQUEST,
+    CODE_BUSY,
+    CODE_ERROR,
+    CODE_OK,
+    INTERNAL_ERROR,
+    KEY_PREFIX,
+    WATERMARK_LABEL,
+    compat_service_settings,
+    create_compat_app,
+    create_compat_router,
+    start_compat_server,
+)
+from tests import media
+from tests.jobs_support import Pipelines
+
+POLL_S = 0.05
+JOB_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def shared(tmp_path, speech_wav, face_video) -> Path:
+    """The client's shared folder (mounted at /code/data for HeyGem): inputs in temp/."""
+    root = tmp_path / "heygem_data" / "face2face"
+    work = root / "temp"
+    work.mkdir(parents=True)
+    shutil.copy(speech_wav, work / "speech.wav")
+    shutil.copy(face_video, work / "face.mp4")
+    (work / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 512)
+    return root
+
+
+@pytest.fixture
+def compat_settings(settings, shared):
+    return compat_service_settings(settings.replace(compat_root=shared))
+
+
+class Harness:
+    def __init__(self, settings, pipelines: Pipelines) -> None:
+        self.settings = settings
+        self.pipelines = pipelines
+        self.service = JobService(settings, pipeline_factory=pipelines)
+        self.service.start()
+        self.client = TestClient(create_compat_app(self.service, settings))
+
+    def submit(self, code: str, audio: str = "speech.wav", video: str = "face.mp4", **flags) -> dict:
+        body = {"audio_url": audio, "video_url": video, "code": code,
+                "chaofen": 0, "watermark_switch": 0, "pn": 1, **flags}
+        response = self.client.post("/easy/submit", json=body)
+        assert response.status_code == 200
+        return response.json()
+
+    def query(self, code: str) -> dict:
+        response = self.client.get("/easy/query", params={"code": code})
+        assert response.status_code == 200
+        return response.json()
+
+    def poll(self, code: str) -> tuple[dict, list[int]]:
+        """Query until status 2 or 3, as the desktop client does; the last reply and progresses."""
+        seen: list[int] = []
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            reply = self.query(code)
+            assert reply["code"] == CODE_OK, reply
+            seen.append(reply["data"]["progress"])
+            if reply["data"]["status"] in (2, 3):
+                return reply, seen
+            assert reply["data"]["status"] == 1
+            time.sleep(POLL_S)
+        raise AssertionError(f"task {code} did not finish: {reply}")
+
+    def close(self) -> None:
+        if self.pipelines.gate is not None:
+            self.pipelines.gate.set()
+        self.service.stop(drain_seconds=5)
+
+
+@pytest.fixture
+def harness(compat_settings):
+    h = Harness(compat_settings, Pipelines())
+    yield h
+    h.close()
+
+
+def test_submit_poll_and_read_the_result_from_the_shared_folder(harness, shared):
+    reply = harness.submit("6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60")
+    assert reply == {"code": CODE_OK, "msg": "task 6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60 accepted",
+                     "success": True, "data": {}}
+
+    done, progresses = harness.poll("6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60")
+
+    assert done["data"] == {"status": 2, "msg": "succeeded", "progress": 100,
+                            "result": "/6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60-r.mp4"}
+    assert all(isinstance(p, int) and 0 <= p <= 100 for p in progresses)
+    assert progresses == sorted(progresses)
+    # The desktop client joins result to its asset folder, <shared>/temp.
+    result = shared / "temp" / done["data"]["result"].lstrip("/")
+    assert result.is_file()
+    assert sorted(media.stream_types(result)) == ["audio", "video"]
+    assert abs(media.duration_of(result) - 2.0) < 0.2  # the 2 s face video, muxed by the fake
+
+
+def test_running_task_reports_its_stage_and_progress(compat_settings):
+    h = Harness(compat_settings, Pipelines(delay_s=1.5))
+    try:
+        h.submit("slow")
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        data = h.query("slow")["data"]
+        while data["msg"] != "running: synthesize" and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            data = h.query("slow")["data"]
+        assert data["status"] == 1
+        assert data["msg"] == "running: synthesize"
+        assert 0 < data["progress"] < 100
+        assert data["result"] == ""
+    finally:
+        h.close()
+
+
+def test_duplicate_submit_returns_the_same_task_and_starts_nothing_new(harness):
+    first = harness.submit("dup-1")
+    again = harness.submit("dup-1")
+    assert first["code"] == again["code"] == CODE_OK
+    assert "already submitted" in again["msg"]
+    done, _ = harness.poll("dup-1")
+    after = harness.submit("dup-1", audio="missing.wav")  # same code: the same task, no checks
+    assert after["code"] == CODE_OK and "already submitted" in after["msg"]
+    assert harness.query("dup-1") == done
+    assert len(harness.pipelines.runs) == 1
+    assert harness.service.count_jobs() == 1
+
+
+def test_unknown_or_missing_code_is_a_failure(harness):
+    reply = harness.query("never-submitted")
+    assert reply["code"] == CODE_BAD_REQUEST
+    assert reply["success"] is False
+    assert reply["msg"] == "no task with code 'never-submitted'"
+    missing = harness.client.get("/easy/query").json()
+    assert missing["code"] == CODE_BAD_REQUEST
+    assert missing["msg"].startswith("code is required")
+
+
+@pytest.mark.parametrize("path", [
+    "../../etc/passwd", "/etc/passwd", "/code/data/../../etc/passwd", "..\\..\\etc\\passwd",
+    "/code/data/../x.wav",
+])
+def test_paths_escaping_the_shared_folder_are_refused(harness, path):
+    reply = harness.submit("escape", audio=path)
+    assert reply["code"] == CODE_BAD_REQUEST
+    assert reply["msg"] == f"audio_url {path!r} is outside the shared folder"
+    assert harness.service.count_jobs() == 0
+
+
+def test_a_symlink_out_of_the_shared_folder_is_refused(harness, shared, tmp_path):
+    outside = tmp_path / "secret.wav"
+    shutil.copy(shared / "temp" / "speech.wav", outside)
+    (shared / "temp" / "link.wav").symlink_to(outside)
+    reply = harness.submit("link", audio="link.wav")
+    assert reply["code"] == CODE_BAD_REQUEST
+    assert "outside the shared folder" in reply["msg"]
+
+
+def test_missing_file_is_named(harness):
+    reply = harness.submit("missing", video="nobody.mp4")
+    assert reply["code"] == CODE_BAD_REQUEST
+    assert reply["msg"] == "video_url file not found in the shared folder: nobody.mp4"
+
+
+def test_container_paths_and_absolute_paths_map_into_the_shared_folder(harness, shared):
+    (shared / "avatars").mkdir()
+    shutil.copy(shared / "temp" / "face.mp4", shared / "avatars" / "anchor.mp4")
+    reply = harness.submit("mapped", audio="/code/data/temp/speech.wav",
+                           video=str(shared / "avatars" / "anchor.mp4"))
+    assert reply["code"] == CODE_OK, reply
+    job = harness.service.get_by_key(KEY_PREFIX + "mapped")
+    assert Path(job.audio) == (shared / "temp" / "speech.wav").resolve()
+    assert Path(job.video) == (shared / "avatars" / "anchor.mp4").resolve()
+    assert harness.poll("mapped")[0]["data"]["status"] == 2
+
+
+def test_relative_paths_fall_back_from_temp_to_the_shared_folder(harness, shared):
+    (shared / "voice").mkdir()
+    shutil.copy(shared / "temp" / "speech.wav", shared / "voice" / "line.wav")
+    reply = harness.submit("fallback", audio="voice/line.wav")
+    assert reply["code"] == CODE_OK, reply
+    job = harness.service.get_by_key(KEY_PREFIX + "fallback")
+    assert Path(job.audio) == (shared / "voice" / "line.wav").resolve()
+
+
+def test_corrupt_video_ends_in_status_3_with_a_readable_message(harness):
+    assert harness.submit("broken", video="corrupt.mp4")["code"] == CODE_OK
+    done, _ = harness.poll("broken")
+    assert done["data"]["status"] == 3
+    assert done["data"]["result"] == ""
+    assert done["data"]["msg"] == "corrupt.mp4: no video stream that ffmpeg can read"
+
+
+def test_full_queue_answers_busy_with_a_message(settings, shared):
+    # The gate holds the engine 'loading', so the first task stays queued and fills the queue.
+    narrow = compat_service_settings(settings.replace(compat_root=shared, queue_size=1))
+    h = Harness(narrow, Pipelines(gate=threading.Event()))
+    try:
+        assert h.submit("first")["code"] == CODE_OK
+        busy = h.submit("second")
+        assert busy["code"] == CODE_BUSY
+        assert busy["success"] is False
+        assert busy["msg"].startswith("queue is full")
+        assert h.query("second")["code"] == CODE_BAD_REQUEST  # refused, so never known
+        h.pipelines.gate.set()
+        assert h.poll("first")[0]["data"]["status"] == 2
+        assert h.submit("second")["code"] == CODE_OK  # room again
+    finally:
+        h.close()
+
+
+def test_shutting_down_answers_busy(harness):
+    harness.service.stop(drain_seconds=1)
+    reply = harness.submit("late")
+    assert reply["code"] == CODE_BUSY
+    assert "shutting down" in reply["msg"]
+
+
+def test_chaofen_is_accepted_with_a_clear_message(harness):
+    reply = harness.submit("hd", chaofen=1)
+    assert reply["code"] == CODE_OK
+    assert reply["msg"] == f"task hd accepted; {CHAOFEN_NOTE}"
+    assert harness.poll("hd")[0]["data"]["status"] == 2
+
+
+def test_watermark_switch_adds_the_ai_generated_label(harness):
+    harness.submit("marked", watermark_switch=1)
+    harness.submit("plain", watermark_switch=0)
+    marked = harness.service.get_by_key(KEY_PREFIX + "marked")
+    plain = harness.service.get_by_key(KEY_PREFIX + "plain")
+    assert marked.options["watermark"] == WATERMARK_LABEL == "AI generated"
+    assert plain.options.get("watermark", "") == ""
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"audio_url": "speech.wav", "video_url": "face.mp4"}, "code is required"),
+    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "../x"}, "code '../x' must be"),
+    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "a..b"}, "code 'a..b' must be"),
+    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "x" * 129}, "must be 1-128"),
+    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "c", "chaofen": 2},
+     "chaofen must be 0 or 1, got 2"),
+    ({"video_url": "face.mp4", "code": "c"}, "audio_url is required"),
+    ({"audio_url": "speech.wav", "video_url": 7, "code": "c"}, "video_url is required"),
+    (["not", "an", "object"], "the body must be a JSON object"),
+])
+def test_bad_parameters_are_refused_with_a_message(harness, body, message):
+    reply = harness.client.post("/easy/submit", json=body).json()
+    assert reply["code"] == CODE_BAD_REQUEST
+    assert message in reply["msg"]
+    assert harness.service.count_jobs() == 0
+
+
+def test_non_json_and_oversized_bodies_are_refused(harness):
+    garbage = harness.client.post("/easy/submit", content=b"audio_url=x&code=1").json()
+    assert garbage == {"code": CODE_BAD_REQUEST, "msg": "the body must be JSON",
+                       "success": False, "data": {}}
+    huge = harness.client.post("/easy/submit", content=b" " * (65 * 1024)).json()
+    assert huge["code"] == CODE_BAD_REQUEST and "larger than 64 KB" in huge["msg"]
+
+
+def test_numeric_codes_and_string_flags_are_accepted(harness):
+    reply = harness.submit(20250101, chaofen="0", watermark_switch="1")
+    assert reply["code"] == CODE_OK, reply
+    assert harness.query("20250101")["data"]["status"] in (1, 2)
+
+
+def test_result_removed_from_the_shared_folder_is_reported_as_failed(harness, shared):
+    harness.submit("gone")
+    done, _ = harness.poll("gone")
+    (shared / "temp" / "gone-r.mp4").unlink()
+    data = harness.query("gone")["data"]
+    assert data["status"] == 3
+    assert data["msg"] == "the finished video gone-r.mp4 is no longer in the shared folder"
+
+
+class _Broken:
+    settings = None
+
+    def get_by_key(self, key):
+        raise RuntimeError("database exploded")
+
+
+def test_unexpected_errors_answer_9999_without_details(settings, shared):
+    client = TestClient(create_compat_app(_Broken(), settings.replace(compat_root=shared)))
+    for reply in (client.get("/easy/query", params={"code": "x"}).json(),
+                  client.post("/easy/submit", json={"code": "x", "audio_url": "speech.wav",
+                                                    "video_url": "face.mp4"}).json()):
+        assert reply == {"code": CODE_ERROR, "msg": INTERNAL_ERROR, "success": False, "data": {}}
+
+
+def test_router_on_the_main_port_needs_the_api_token_when_one_is_set(compat_settings):
+    guarded = compat_settings.replace(api_token="s3cret")
+    pipelines = Pipelines()
+    service = JobService(guarded, pipeline_factory=pipelines)
+    service.start()
+    try:
+        app = FastAPI()
+        app.include_router(create_compat_router(service, guarded))
+        client = TestClient(app)
+        denied = client.get("/easy/query", params={"code": "x"})
+        assert denied.status_code == 401
+        assert denied.json()["code"] == CODE_BAD_REQUEST
+        allowed = client.get("/easy/query", params={"code": "x"},
+                             headers={"Authorization": "Bearer s3cret"})
+        assert allowed.status_code == 200 and allowed.json()["msg"] == "no task with code 'x'"
+        # The compat port has no token: HeyGem clients cannot send one.
+        open_app = TestClient(create_compat_app(service, guarded))
+        assert open_app.get("/easy/query", params={"code": "x"}).status_code == 200
+    finally:
+        service.stop(drain_seconds=1)
+
+
+def test_compat_service_settings_adds_the_shared_folder_once(settings, shared):
+    added = compat_service_settings(settings.replace(compat_root=shared))
+    assert added.input_roots == (shared,)
+    assert compat_service_settings(added) is added
+    inside = settings.replace(compat_root=shared / "temp", input_roots=(shared,))
+    assert compat_service_settings(inside) is inside
+    default = compat_service_settings(settings)  # no compat_root: the data folder
+    assert default.input_roots == (settings.data_dir,)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_compat_server_serves_its_own_port_and_stops(harness):
+    port = _free_port()
+    settings = harness.settings.replace(compat_port=port)
+    assert start_compat_server(harness.service, settings.replace(compat_port=0)) is None
+    server = start_compat_server(harness.service, settings)
+    try:
+        url = f"http://127.0.0.1:{port}/easy/query?code=x"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+            assert json.load(response)["msg"] == "no task with code 'x'"
+        with pytest.raises(OSError, match=f"port {port}"):
+            start_compat_server(harness.service, settings)  # the port is taken
+    finally:
+        server.stop()
+    assert not server.thread.is_alive()
