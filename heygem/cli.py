@@ -136,11 +136,19 @@ def _add_batch(commands) -> None:
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
     from heygem.jobs import run_manifest
 
+    from tqdm import tqdm
+
     options = _sync_options(args, settings)
-    with _StageBars() as bars:
-        summary = run_manifest(settings, args.manifest, args.output_dir, options, on_progress=bars.update)
+    with tqdm(unit="item", desc="batch") as bar:
+
+        def show(update) -> None:
+            bar.total = update.count
+            bar.n = update.index if update.result is not None else update.index - 1
+            bar.set_postfix_str(f"{update.item.output_name}: {update.stage}", refresh=True)
+
+        summary = run_manifest(settings, args.manifest, args.output_dir, options, on_progress=show)
     print(summary.describe())
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    return EXIT_OK if summary.ok else EXIT_FAILED
 
 
 def _add_models(commands) -> None:
