@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import uuid
 from pathlib import Path
 
 from heygem import video
@@ -37,17 +38,25 @@ def make_thumbnail(clip: Path) -> Path:
     target = thumbnail_path(clip)
     if target.exists() and target.stat().st_mtime >= clip.stat().st_mtime:
         return target
-    partial = target.with_name(target.stem + ".partial.jpg")
+    # A unique scratch name: two browser tabs may ask for the same thumbnail at once.
+    partial = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:8]}.partial.jpg")
     argv = [
         "ffmpeg", "-y", "-loglevel", "error", "-ss", str(THUMB_AT_S), "-i", str(clip),
         "-frames:v", "1", "-vf", f"scale={THUMB_WIDTH}:-2", str(partial),
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
+    result = _ffmpeg(argv, clip)
     if result.returncode != 0 or not partial.exists():
         # Videos shorter than THUMB_AT_S: take the first frame instead.
         argv[argv.index("-ss") + 1] = "0"
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
+        result = _ffmpeg(argv, clip)
     if result.returncode != 0 or not partial.exists():
         raise MediaProcessError(f"thumbnail of {clip.name} failed: {result.stderr[-STDERR_TAIL:]}")
     partial.replace(target)
     return target
+
+
+def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise MediaProcessError(f"thumbnail of {clip.name} took longer than {THUMB_TIMEOUT_S:g} s") from None

@@ -291,13 +291,20 @@ class Handlers:
         return [stage_upload(self.settings, folder, path, require_video=require_video)
                 for path in paths or []]
 
-    @user_errors
     def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
+        """Timer tick: never raises, so one bad moment (a busy disk) does not stop the live table."""
         lang = language(request)
         if not batch_id:
             return (*self._empty_batch(lang), gr.Timer(active=False))
-        batch = self.service.get_batch(batch_id)
-        return (*self._batch_view(batch, lang), gr.Timer(active=not batch.finished))
+        try:
+            batch = self.service.get_batch(batch_id)
+            return (*self._batch_view(batch, lang), gr.Timer(active=not batch.finished))
+        except HeygemError as exc:  # e.g. the batch was deleted from the History tab
+            log.info("batch %s: live view stopped: %s", batch_id, exc)
+            return (gr.skip(), gr.skip(), str(exc), gr.Timer(active=False))
+        except Exception:
+            log.exception("batch %s: refreshing the live view failed; trying again", batch_id)
+            return (gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=True))
 
     def _empty_batch(self, lang: str) -> tuple:
         return pd.DataFrame(columns=self._batch_columns(lang)), [], ""
@@ -429,7 +436,7 @@ def _single_tab(t: Callable[[str], Any], h: Handlers) -> None:
         with gr.Column():
             preview = gr.Image(label=t("face_preview"), interactive=False, height=PREVIEW_HEIGHT,
                                elem_id="face-preview")
-            face_note = gr.Markdown()
+            face_note = gr.Markdown(elem_id="face-note")
             video = gr.Video(label=t("result"), interactive=False, height=PREVIEW_HEIGHT,
                              elem_id="result-video")
             download = gr.File(label=t("download"), interactive=False, elem_id="result-file")
