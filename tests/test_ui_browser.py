@@ -35,6 +35,7 @@ HEALTH_DEADLINE_S = 10.0  # the ModelArts contract: /health answers within 10 s 
 UI_TIMEOUT_S = 120.0  # importing gradio and building the page, on a busy 2-core machine
 WAIT_MS = 60_000  # generous: jobs, timers and uploads on a shared machine
 MP4_URL = re.compile(r"\.mp4$")
+GATEWAY_PREFIX = "/v1/infers/0a1b2c"  # as on ModelArts
 
 
 @pytest.fixture(scope="module")
@@ -182,12 +183,13 @@ def test_page_follows_the_browser_language(browser, server):
 
 @pytest.fixture(scope="module")
 def cold(tmp_path_factory):
-    """A server whose "model" loads only when the test opens the gate, with small upload limits."""
+    """A server whose "model" loads only when the test opens the gate, with small upload limits,
+    behind a gateway prefix (the page is reached under it, the probes straight)."""
     folder = tmp_path_factory.mktemp("cold")
     gate = folder / "model-loaded"
     live = LiveServer(folder / "data", env={
         "HEYGEM_FAKE_LOAD_GATE": str(gate), "HEYGEM_MAX_UPLOAD_MB": "1",
-        "HEYGEM_MAX_DURATION_S": "3",
+        "HEYGEM_MAX_DURATION_S": "3", "HEYGEM_ROOT_PATH": GATEWAY_PREFIX,
     })
     try:
         live.health_at = live.wait_for("/health", 200, HEALTH_DEADLINE_S)
@@ -202,10 +204,10 @@ def cold(tmp_path_factory):
 def test_cold_start_health_first_then_ready_and_the_loading_banner(browser, cold):
     assert cold.health_at < HEALTH_DEADLINE_S
     assert cold.wait_for("/ready", 503, HEALTH_DEADLINE_S)
-    cold.wait_for("/", 200, UI_TIMEOUT_S)
+    cold.wait_for(GATEWAY_PREFIX + "/", 200, UI_TIMEOUT_S)
     context = browser.new_context(locale="en-US", viewport=VIEWPORT)
     page = context.new_page()
-    page.goto(cold.url + "/")
+    page.goto(cold.url + GATEWAY_PREFIX + "/")
     banner = page.locator("#heygem-banner")
     expect(banner).to_contain_text("The model is loading", timeout=WAIT_MS)
     cold.gate.touch()
@@ -215,11 +217,11 @@ def test_cold_start_health_first_then_ready_and_the_loading_banner(browser, cold
 
 
 def test_uploads_over_the_limits_are_refused_up_front(browser, cold, speech_wav, face_video, tmp_path):
-    cold.wait_for("/", 200, UI_TIMEOUT_S)
+    cold.wait_for(GATEWAY_PREFIX + "/", 200, UI_TIMEOUT_S)
     context = browser.new_context(locale="en-US", viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    page.goto(cold.url + "/")
+    page.goto(cold.url + GATEWAY_PREFIX + "/")
     big = tmp_path / "big.wav"
     big.write_bytes(bytes(2 << 20))
     page.locator("#single-audio input[type=file]").set_input_files(big)

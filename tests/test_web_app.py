@@ -159,3 +159,32 @@ def test_ui_handlers_turn_errors_into_readable_messages(caplog):
         broken()
     assert error.value.message == i18n.t("err_internal") and "/srv/x" not in error.value.message
     assert "internal detail /srv/x" in caplog.text
+
+
+class PreviewPipeline(FakePipeline):
+    """Reports what the real engine reports when no neural weights are installed."""
+
+    def status(self):
+        status = super().status()
+        status.engine, status.reason = "preview", "no weights at models/wav2lip_gan.pth"
+        return status
+
+
+def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
+    from heygem.web.ui import Handlers
+
+    service = JobService(settings, pipeline_factory=PreviewPipeline)
+    service.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not service.readiness()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        buffer = LogBuffer()
+        buffer.emit(logging.LogRecord("heygem.x", logging.INFO, __file__, 1, "hello log", (), None))
+        status, log_tail = Handlers(settings, service, buffer.tail).system(None)
+    finally:
+        service.stop(5)
+    assert "**engine**: preview" in status and "no weights at models/wav2lip_gan.pth" in status
+    assert "python -m heygem models download" in status
+    assert "Jobs waiting: 0" in status
+    assert log_tail.endswith("hello log")
