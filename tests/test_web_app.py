@@ -188,3 +188,14 @@ def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
     assert "python -m heygem models download" in status
     assert "Jobs waiting: 0" in status
     assert log_tail.endswith("hello log")
+
+
+def test_the_server_and_api_modules_do_not_import_gradio():
+    # /health must answer before gradio (seconds to import) is loaded: only ui.py may import it.
+    import subprocess
+    import sys
+
+    code = ("import sys, heygem.web.server, heygem.web.api, heygem.web.metrics; "
+            "print('gradio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -37,6 +37,9 @@ SYSTEM_REFRESH_S = 5.0
 UI_CONCURRENCY = 8  # handlers mostly wait on JobService; its own queue does the real limiting
 HISTORY_PAGE = 12
 LOG_LINES = 60
+# Gradio copies every file it shows into its cache: sweep copies older than a day, hourly.
+CACHE_SWEEP_S = 3600
+CACHE_MAX_AGE_S = 86400
 PLACEHOLDER_SIDE = 160
 PLACEHOLDER_GREY = 90
 PREVIEW_HEIGHT = 320  # px of the face check, result and history players
@@ -569,7 +572,8 @@ def build_blocks(settings: Settings, service: Any, log_lines: Callable[[int], li
         return translator(i18n.BROWSER_PREFIX + key)
 
     h = Handlers(settings, service, log_lines)
-    with gr.Blocks(title="heygem", analytics_enabled=False) as demo:
+    with gr.Blocks(title="heygem", analytics_enabled=False,
+                   delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S)) as demo:
         gr.Markdown(t("title"))
         banner = gr.Markdown(t("banner_starting"), elem_id="heygem-banner")
         banner_timer = gr.Timer(BANNER_REFRESH_S)
