@@ -344,6 +344,9 @@ class LipSyncPipeline:
                     writer.write(frame)
                 done += len(batch)
                 job.report(done, n_out, "synthesize")
+                # Drop this batch before the next is decoded: otherwise two batches of source
+                # frames and one of rendered frames are alive at once.
+                del batch, boxes, frames
             job.report(n_out, n_out, "encode")
         job.report(n_out, n_out, "done")
         return missing
