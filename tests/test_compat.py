@@ -29,6 +29,7 @@ from heygem.web.compat import (
     create_compat_app,
     create_compat_router,
     start_compat_server,
+    submit_task,
 )
 from tests import media
 from tests.jobs_support import Pipelines
@@ -147,6 +148,22 @@ def test_duplicate_submit_returns_the_same_task_and_starts_nothing_new(harness):
     assert harness.query("dup-1") == done
     assert len(harness.pipelines.runs) == 1
     assert harness.service.count_jobs() == 1
+
+
+def test_concurrent_duplicate_submits_make_one_job(harness):
+    root = harness.settings.resolved_compat_root
+    body = {"audio_url": "speech.wav", "video_url": "face.mp4", "code": "race"}
+    replies: list[dict] = []
+    threads = [threading.Thread(target=lambda: replies.append(submit_task(harness.service, root, body)))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [reply["code"] for reply in replies] == [CODE_OK] * 6
+    assert harness.poll("race")[0]["data"]["status"] == 2
+    assert harness.service.count_jobs() == 1
+    assert len(harness.pipelines.runs) == 1
 
 
 def test_unknown_or_missing_code_is_a_failure(harness):

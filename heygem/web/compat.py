@@ -161,7 +161,10 @@ def submit_task(service: Any, root: Path, body: Any) -> dict:
     Raises HeygemError subclasses; `reply_for_error` turns them into protocol replies.
     """
     if not isinstance(body, Mapping):
-        raise InputError('the body must be a JSON object like {"audio_url": ..., "video_url": ..., "code": ...}')
+        raise InputError(
+            'the body must be a JSON object like {"audio_url": ..., "video_url": ..., "code": ...}'
+        )
+    root = Path(root).expanduser().resolve()
     code = check_code(body.get("code"))
     chaofen = _flag(body, "chaofen")
     watermark = _flag(body, "watermark_switch")
