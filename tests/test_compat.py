@@ -277,6 +277,7 @@ def test_watermark_switch_adds_the_ai_generated_label(harness):
     ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "../x"}, "code '../x' must be"),
     ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "a..b"}, "code 'a..b' must be"),
     ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "x" * 129}, "must be 1-128"),
+    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "ok\n"}, "code 'ok\\n' must be"),
     ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "c", "chaofen": 2},
      "chaofen must be 0 or 1, got 2"),
     ({"video_url": "face.mp4", "code": "c"}, "audio_url is required"),

@@ -68,7 +68,7 @@ RESULT_SUFFIX = "-r.mp4"  # the original names results <code>-r.mp4
 KEY_PREFIX = "heygem-compat:"  # keeps client codes apart from the main API's idempotency keys
 MAX_CODE_CHARS = 128
 # A code becomes a file name: letters, digits, '_', '-' and single dots (UUIDs, timestamps).
-CODE_PATTERN = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+CODE_PATTERN = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]*")  # used with fullmatch
 MAX_BODY_BYTES = 64 * 1024
 WATERMARK_LABEL = "AI generated"  # what watermark_switch=1 burns into the corner
 CHAOFEN_NOTE = "super-resolution (chaofen) is not available yet; the video is made without it"
@@ -132,7 +132,7 @@ def check_code(raw: Any) -> str:
         raw = str(raw)
     if not isinstance(raw, str) or not raw:
         raise InputError("code is required: a unique task key chosen by the client")
-    if len(raw) > MAX_CODE_CHARS or not CODE_PATTERN.match(raw):
+    if len(raw) > MAX_CODE_CHARS or not CODE_PATTERN.fullmatch(raw):
         raise InputError(
             f"code {raw[:MAX_CODE_CHARS]!r} must be 1-{MAX_CODE_CHARS} letters, digits, '_', '-' "
             "or single dots (a UUID works)"
