@@ -1,8 +1,8 @@
 """A HeyGem client's part, over HTTP, against a live server on 127.0.0.1 running the real engine
 (LipSyncPipeline with a random-initialised checkpoint in the official format).
 
-The server is tests/compat_server.py: the compat port wired as heygem/web/server.py wires it
-(one JobService built with compat_service_settings, start_compat_server), without the web UI.
+The server is app.py itself with HEYGEM_COMPAT_PORT set: the client talks to the second port, as
+a HeyGem desktop client pointed at port 8383 would.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import pytest
 from heygem.video import draw_label
 from heygem.web.compat import WATERMARK_LABEL
 from tests import media
-from tests.live_server import PROJECT, LiveServer
+from tests.live_server import REAL_LAUNCHER, LiveServer, free_port, http_status
 
 pytestmark = pytest.mark.slow  # a live server subprocess on the real engine
 
-LAUNCHER = PROJECT / "tests" / "compat_server.py"
 READY_TIMEOUT_S = 120.0  # import torch and start serving on a busy 2-core machine
 JOB_TIMEOUT_S = 300.0  # load the generator, then a ~1 s clip on 2 busy CPU cores
 POLL_S = 0.5  # the desktop client polls every 2 s; faster keeps the test short
@@ -38,13 +37,19 @@ def live(tmp_path_factory, checkpoint_file, face_video):
     (shared / "temp").mkdir(parents=True)
     media.make_speech(shared / "temp" / "hello.wav", SHORT_SPEECH)
     shutil.copy(face_video, shared / "temp" / "anchor.mp4")
-    server = LiveServer(base / "data", launcher=LAUNCHER, env={
+    compat_port = free_port()
+    server = LiveServer(base / "data", launcher=REAL_LAUNCHER, env={
         "HEYGEM_MODELS_DIR": str(models), "HEYGEM_COMPAT_ROOT": str(shared),
-        "HEYGEM_WARMUP": "false", "HEYGEM_BATCH_SIZE": "16",
+        "HEYGEM_COMPAT_PORT": str(compat_port), "HEYGEM_WARMUP": "false", "HEYGEM_BATCH_SIZE": "16",
     })
+    compat_url = f"http://127.0.0.1:{compat_port}"
     try:
-        server.wait_for("/easy/query?code=probe", 200, READY_TIMEOUT_S)
-        yield server, shared
+        server.wait_for("/health", 200, READY_TIMEOUT_S)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while http_status(compat_url + "/easy/query?code=probe") != 200:
+            assert time.monotonic() < deadline, f"compat port never answered\n{server.log()}"
+            time.sleep(POLL_S)
+        yield server, compat_url, shared
     finally:
         code = server.stop()
         print(server.log())  # shown only when a test failed
@@ -52,9 +57,9 @@ def live(tmp_path_factory, checkpoint_file, face_video):
 
 
 def test_client_submits_polls_and_reads_the_result_from_the_shared_folder(live):
-    server, shared = live
+    server, compat_url, shared = live
     code = "0d7e4b8a-3f2c-4e1b-9a6d-5c4b3a2f1e0d"
-    with httpx.Client(base_url=server.url, timeout=30.0) as client:
+    with httpx.Client(base_url=compat_url, timeout=30.0) as client:
         unknown = client.get("/easy/query", params={"code": code}).json()
         assert unknown["code"] == 10002  # a failure code the client recognises
 

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heygem.settings import Settings
 from heygem.web.api import ApiState, register_api
+from heygem.web.compat import compat_service_settings, create_compat_router, start_compat_server
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.server")
@@ -164,6 +165,7 @@ def create_app(
     state = ApiState(settings=settings, service=service, metrics=Metrics(service))
     app.state.heygem = state
     register_api(app, state)
+    app.include_router(create_compat_router(service, settings))
     if ui and not ui_in_background:
         ui_slot.host = build_ui()
     if ui:
@@ -229,10 +231,20 @@ def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None
     _prepare_gradio_environment(settings)
     log_buffer = install_log_buffer()
     _log_auth(settings)
-    service = JobService(settings, pipeline_factory=pipeline_factory or _default_pipeline_factory())
+    # The HeyGem-compatible API reads clients' files from, and writes results into, its shared folder.
+    service = JobService(
+        compat_service_settings(settings),
+        pipeline_factory=pipeline_factory or _default_pipeline_factory(),
+    )
     service.start()
     app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True)
     state: ApiState = app.state.heygem
+    try:
+        compat = start_compat_server(service, settings)  # None unless HEYGEM_COMPAT_PORT is set
+    except OSError as exc:
+        log.error("cannot serve the HeyGem-compatible API: %s", exc)
+        service.stop(0)
+        return 1
 
     def drain() -> None:
         state.draining.set()
@@ -252,6 +264,8 @@ def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None
         if not state.draining.is_set():
             state.draining.set()
             service.stop(0)
+        if compat is not None:
+            compat.stop()  # after the drain, so HeyGem clients can poll until their job ends
     return 0 if server.started else 1
 
 
