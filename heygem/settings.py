@@ -21,6 +21,7 @@ log = logging.getLogger("heygem.settings")
 ENV_PREFIX = "HEYGEM_"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MODELARTS_MODEL_DIR = Path("/home/mind/model")
+DETECTOR_FILE = "s3fd.pth"
 SECRET_FIELDS = frozenset({"api_token", "auth"})
 MASK = "***"
 
@@ -112,6 +113,13 @@ class Settings:
         if not local.is_dir() and MODELARTS_MODEL_DIR.is_dir():
             return MODELARTS_MODEL_DIR
         return local
+
+    @property
+    def resolved_detector_weights(self) -> Path:
+        """Where S3FD weights are looked for: detector_weights, else <models dir>/s3fd.pth."""
+        if self.detector_weights is not None:
+            return self.detector_weights
+        return self.resolved_models_dir / DETECTOR_FILE
 
     @property
     def resolved_compat_root(self) -> Path:

@@ -20,7 +20,6 @@ from heygem.settings import Settings
 
 log = logging.getLogger("heygem.faces.detect")
 
-S3FD_FILE = "s3fd.pth"
 S3FD_THRESHOLD = 0.5  # the reference keeps boxes scoring above this after NMS
 S3FD_NMS_IOU = 0.3
 DATA_PARALLEL_PREFIX = "module."
@@ -235,19 +234,12 @@ class ScaledDetector:
         return [[d.scaled(sx, sy) for d in faces] for faces in self.inner.detect(small)]
 
 
-def detector_weights_path(settings: Settings) -> Path:
-    """Where S3FD weights are looked for: settings.detector_weights, else <models_dir>/s3fd.pth."""
-    if settings.detector_weights is not None:
-        return settings.detector_weights
-    return settings.resolved_models_dir / S3FD_FILE
-
-
 def create_detector(settings: Settings, device: str | None = None) -> ScaledDetector:
     """S3FD when its weights file exists, else the Haar cascade; detection capped at detect_max_side.
 
     `device` defaults to settings.device ("auto" = cuda when torch sees a GPU). Logs the choice.
     """
-    weights = detector_weights_path(settings)
+    weights = settings.resolved_detector_weights
     if weights.is_file():
         resolved = device or _resolve_device(settings.device)
         inner: FaceDetector = S3FDDetector(weights, resolved)
@@ -284,5 +276,4 @@ __all__ = [
     "HaarDetector",
     "ScaledDetector",
     "create_detector",
-    "detector_weights_path",
 ]

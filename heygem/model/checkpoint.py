@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from heygem.errors import ModelError, WeightsMissingError
+from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("heygem.model.checkpoint")
 
-DOWNLOAD_COMMAND = "python -m heygem models download"
 DATA_PARALLEL_PREFIX = "module."
 # Checkpoints from torch < 0.4.1 lack these BatchNorm counters; zeros are what torch would use.
 OPTIONAL_SUFFIX = "num_batches_tracked"

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from heygem.errors import ModelError
 from heygem.model.checkpoint import sha256_of, verify_file
-from heygem.settings import Settings
+from heygem.settings import DETECTOR_FILE, Settings
 
 log = logging.getLogger("heygem.model.download")
 
@@ -30,7 +30,7 @@ GENERATOR = "generator"
 DETECTOR = "detector"
 WEIGHTS = (GENERATOR, DETECTOR)
 CHECKPOINT_NAMES = ("wav2lip_gan.pth", "wav2lip.pth")  # looked for in this order
-DETECTOR_NAME = "s3fd.pth"
+DETECTOR_NAME = DETECTOR_FILE
 URL_SCHEMES = ("http", "https")
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0  # per socket operation, not for the whole download
@@ -75,9 +75,7 @@ def resolve_checkpoint(settings: Settings) -> Path:
 
 
 def resolve_detector_weights(settings: Settings) -> Path:
-    if settings.detector_weights is not None:
-        return settings.detector_weights
-    return settings.resolved_models_dir / DETECTOR_NAME
+    return settings.resolved_detector_weights
 
 
 def weights_status(settings: Settings) -> list[WeightStatus]:
