@@ -112,17 +112,25 @@ def check_reference(ref: str, settings: Settings) -> None:
     _check_reference(ref, settings)
 
 
-def check_output_prefix(prefix: str, settings: Settings) -> None:
-    """Validate an output_prefix at submit time (no network): s3/obs URL or allowed local folder."""
-    if _scheme(prefix) in S3_SCHEMES:
+def check_output_prefix(prefix: str, settings: Settings) -> str:
+    """Validate an output_prefix (no network); return it as stored: the URL as given, or the
+    resolved local folder under the outputs folder or HEYGEM_INPUT_ROOTS."""
+    scheme = _scheme(prefix)
+    if scheme in S3_SCHEMES:
         _parse_object_url(prefix, need_key=False)
-    elif _scheme(prefix) is not None:
+        return prefix
+    if scheme is not None:
         raise ForbiddenPathError(
             f"unsupported output prefix {_display_url(prefix)}; "
             "use s3://, obs:// or a local folder"
         )
-    else:
-        _local_output_dir(prefix, settings)
+    if "://" in prefix:
+        # A mistyped URL ("s3 ://b/", "://b/") would otherwise become a folder under outputs.
+        raise InputError(
+            f"output_prefix {_display_url(prefix)!r} must look like s3://bucket/prefix/ "
+            "or obs://bucket/prefix/"
+        )
+    return str(_local_output_dir(prefix, settings))
 
 
 def fetch_input(ref: str, dest_dir: Path, settings: Settings) -> Path:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import re
 import shutil
 import sqlite3
 import threading
@@ -135,9 +136,34 @@ def test_submissions_outside_the_roots_or_malformed_are_refused(settings, inputs
             service.submit("file:///etc/passwd", str(inputs.video))
         with pytest.raises(ForbiddenPathError, match="output_prefix"):
             service.submit(str(inputs.audio), str(inputs.video), output_prefix="/etc")
-        with pytest.raises(InputError, match="output_prefix"):
+        with pytest.raises(ForbiddenPathError, match="unsupported output prefix ftp://host/x/"):
             service.submit(str(inputs.audio), str(inputs.video), output_prefix="ftp://host/x/")
         assert service.count_jobs() == 0
+
+
+@pytest.mark.parametrize("prefix,message", [
+    ("s3://bad bucket/out/", "invalid bucket name 'bad bucket'"),
+    ("obs://", "no bucket in obs://"),
+    ("://bucket/out/", "must look like s3://bucket/prefix/"),
+])
+def test_output_prefixes_storage_cannot_publish_to_are_refused_at_submit(settings, inputs, prefix, message):
+    # The same check runs again at publish time: a prefix accepted here must not fail only after rendering.
+    item = {"audio": str(inputs.audio), "video": str(inputs.video)}
+    with running_service(settings, Pipelines(gate=threading.Event())) as service:
+        with pytest.raises(InputError, match=re.escape(message)):
+            service.submit(str(inputs.audio), str(inputs.video), output_prefix=prefix)
+        with pytest.raises(InputError, match=re.escape(message)):
+            service.submit_batch([item], output_prefix=prefix)
+        assert service.count_jobs() == 0
+
+
+def test_output_prefix_is_stored_normalised(settings, inputs):
+    with running_service(settings, Pipelines(gate=threading.Event())) as service:
+        local = service.submit(str(inputs.audio), str(inputs.video), output_prefix="published/")
+        remote = service.submit(str(inputs.audio), str(inputs.video), output_prefix="s3://media/out/")
+        blank = service.submit(str(inputs.audio), str(inputs.video), output_prefix="  ")
+    assert local.output_prefix == str(settings.outputs_dir.resolve() / "published")
+    assert (remote.output_prefix, blank.output_prefix) == ("s3://media/out/", None)
 
 
 def test_batch_errors_name_the_item_and_add_nothing(settings, inputs):

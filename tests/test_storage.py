@@ -230,6 +230,20 @@ def test_output_prefix_forms(settings, tmp_path):
         storage.check_output_prefix("https://example.com/upload/", settings)
 
 
+def test_output_prefix_is_returned_normalised_and_odd_schemes_are_refused(settings, tmp_path):
+    mount = tmp_path / "obs-mount"
+    settings = settings.replace(input_roots=(mount,))
+    assert storage.check_output_prefix("S3://bucket/out/", settings) == "S3://bucket/out/"
+    assert storage.check_output_prefix("results", settings) == str(settings.outputs_dir.resolve() / "results")
+    assert storage.check_output_prefix(str(mount / "a" / ".." / "b"), settings) == str(mount.resolve() / "b")
+    # Not a scheme, yet not a folder anyone meant either: "outputs/:/bucket/out" would be accepted.
+    for odd in ("://bucket/out/", "my bucket://out/", "s3 ://bucket/"):
+        with pytest.raises(InputError, match="must look like s3://bucket/prefix/"):
+            storage.check_output_prefix(odd, settings)
+    with pytest.raises(InputError, match="invalid bucket name"):
+        storage.check_output_prefix("s3://bad bucket/", settings)
+
+
 # --- fetching from S3 ----------------------------------------------------------------------------
 
 

@@ -21,7 +21,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from heygem import storage
 from heygem.errors import (
-    ForbiddenPathError,
     HeygemError,
     InputError,
     JobNotFoundError,
@@ -45,7 +44,6 @@ WAIT_POLL_S = 0.2  # wait() re-reads the store this often (another process may f
 DRAIN_POLL_S = 0.1  # how often stop() looks whether the running job has finished
 IDLE_EXIT_S = 2.0  # how long stop() waits for an idle worker thread to notice and exit
 DELETE_WAIT_S = 10.0  # how long delete() waits for a cancelled running job to stop
-REMOTE_OUTPUT_SCHEMES = ("s3://", "obs://")
 
 _NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
 
@@ -270,22 +268,8 @@ class JobService:
     def _check_prefix(self, prefix: str | None) -> str | None:
         if prefix is None or not prefix.strip():
             return None
-        if "://" in prefix:
-            scheme_ok = prefix.startswith(REMOTE_OUTPUT_SCHEMES)
-            bucket = prefix.split("://", 1)[1].split("/", 1)[0]
-            if not scheme_ok or not bucket:
-                raise InputError(
-                    f"output_prefix {prefix!r} must look like s3://bucket/prefix/ or obs://bucket/prefix/"
-                )
-            return prefix
-        # The same folders storage.publish_output writes to: outputs and the extra input roots.
-        roots = (self.settings.outputs_dir, *self.settings.input_roots)
-        try:
-            return str(resolve_under(prefix, roots, base=self.settings.outputs_dir))
-        except ForbiddenPathError:
-            raise ForbiddenPathError(
-                f"output_prefix {prefix} is outside the allowed output folders"
-            ) from None
+        # The check publish_output repeats: a prefix accepted here cannot fail only after rendering.
+        return storage.check_output_prefix(prefix, self.settings)
 
     # --- reading -------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:
