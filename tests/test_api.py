@@ -177,6 +177,44 @@ def test_multipart_submit_poll_and_download(client, speech_wav, face_video, tmp_
     assert media.stream_types(saved) == ["video", "audio"]
 
 
+def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, speech_wav, face_video):
+    """A link signed once at the end of the job would expire; each read signs a fresh one."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPRESIGNTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    settings = settings.replace(s3_endpoint="http://127.0.0.1:9", s3_region="us-east-1",
+                                presign_seconds=120)
+    stale = "http://127.0.0.1:9/media/out/a.mp4?X-Amz-Expires=1&X-Amz-Signature=old"
+    service, client = start(settings)
+    with client:
+        job = upload(client, speech_wav, face_video).json()
+        batch = client.post("/api/v1/batches", json={"items": [
+            {"audio": job["audio"], "video": job["video"]}]}).json()
+        ids = [job["id"], batch["items"][0]["id"]]
+        for job_id in ids:
+            assert wait_job(client, job_id)["status"] == "succeeded"
+        with sqlite3.connect(settings.database_path) as db:  # as if published to object storage
+            db.execute("UPDATE jobs SET output_url = 's3://media/out/a.mp4', presigned_url = ?", (stale,))
+        views = [
+            client.get(f"/api/v1/jobs/{job['id']}").json(),
+            client.get("/api/v1/jobs").json()["jobs"][0],
+            client.get(f"/api/v1/batches/{batch['id']}").json()["items"][0],
+        ]
+        for view in views:
+            fresh = view["presigned_url"]
+            assert fresh.startswith("http://127.0.0.1:9/media/out/a.mp4?"), view
+            assert "X-Amz-Expires=120" in fresh and "AKIDPRESIGNTEST" in fresh
+        # Presigning impossible (no credentials): the link stored at finish is the fallback.
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        assert client.get(f"/api/v1/jobs/{job['id']}").json()["presigned_url"] == stale
+    service.stop(5)
+
+
 def test_json_submit_with_server_paths_and_output_name(client, settings, speech_wav, face_video):
     folder = settings.inputs_dir / "clips"
     folder.mkdir(parents=True)

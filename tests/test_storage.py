@@ -408,6 +408,26 @@ def test_presign_off_and_for_non_objects(s3_settings, face_video):
     assert storage.presign(f"s3://{BUCKET}/results/r1.mp4", s3_settings).startswith("http")
 
 
+def test_presign_reuses_one_client_until_the_credentials_change(
+    s3_server, s3_settings, aws_env, monkeypatch
+):
+    """Making a client costs ~0.2 s and signing ~0.3 ms: the API re-signs on every read."""
+    monkeypatch.setattr(storage, "_signing_clients", storage._SigningClients())
+    made = []
+    real_client = storage._client
+    monkeypatch.setattr(storage, "_client", lambda settings: made.append(1) or real_client(settings))
+    url = f"s3://{BUCKET}/results/r1.mp4"
+    first = storage.presign(url, s3_settings)
+    assert storage.presign(url, s3_settings.replace(presign_seconds=60)) is not None
+    assert len(made) == 1
+    use_identity(aws_env, s3_server.restricted)
+    other = storage.presign(url, s3_settings)
+    assert len(made) == 2
+    assert s3_server.restricted.access_key in other and s3_server.admin.access_key in first
+    storage.presign(url, s3_settings.replace(s3_region="eu-west-1"))
+    assert len(made) == 3
+
+
 def test_publish_large_file_uses_multipart(s3_server, s3_settings, monkeypatch, tmp_path):
     monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * MB)
     monkeypatch.setattr(storage, "MULTIPART_CHUNKSIZE", 5 * MB)

@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from heygem import storage
 from heygem.errors import (
     ForbiddenPathError,
     HeygemError,
@@ -154,17 +155,26 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
     return resolved
 
 
-def job_view(job: Any, request: Request) -> dict:
+def job_view(job: Any, request: Request, settings: Settings) -> dict:
     data = job.to_dict()
     data.pop("output_path", None)  # a server-side path means nothing to a caller
     ready = str(job.status) == "succeeded" and job.output_path is not None
     data["result_url"] = _url(request, f"{API_PREFIX}/jobs/{job.id}/result") if ready else None
+    data["presigned_url"] = presigned_link(job, settings)
     return data
 
 
-def batch_view(batch: Any, request: Request) -> dict:
+def presigned_link(job: Any, settings: Settings) -> str | None:
+    """Signed now, so the link lasts presign_seconds from this read; the one stored when the job
+    finished only when signing is off or fails."""
+    if not job.output_url:
+        return job.presigned_url
+    return storage.presign(job.output_url, settings) or job.presigned_url
+
+
+def batch_view(batch: Any, request: Request, settings: Settings) -> dict:
     data = batch.to_dict()
-    data["items"] = [job_view(item, request) for item in batch.items]
+    data["items"] = [job_view(item, request, settings) for item in batch.items]
     data["zip_url"] = _url(request, f"{API_PREFIX}/batches/{batch.id}/zip")
     return data
 
@@ -451,7 +461,7 @@ def job_routes(state: ApiState) -> APIRouter:
     async def submit_job(request: Request) -> JSONResponse:
         job = await _submit_job(state, request)
         log.info("job %s submitted through the API", job.id)
-        return JSONResponse(job_view(job, request), status_code=202)
+        return JSONResponse(job_view(job, request, settings), status_code=202)
 
     @router.get("/jobs")
     def list_jobs(
@@ -461,13 +471,13 @@ def job_routes(state: ApiState) -> APIRouter:
     ) -> dict:
         jobs = service.list_jobs(limit=limit, offset=offset)
         return {
-            "jobs": [job_view(job, request) for job in jobs],
+            "jobs": [job_view(job, request, settings) for job in jobs],
             "total": service.count_jobs(), "limit": limit, "offset": offset,
         }
 
     @router.get("/jobs/{job_id}")
     def get_job(job_id: str, request: Request) -> dict:
-        return job_view(service.get(check_id(job_id)), request)
+        return job_view(service.get(check_id(job_id)), request, settings)
 
     @router.get("/jobs/{job_id}/result", response_class=FileResponse)
     def get_result(job_id: str) -> FileResponse:
@@ -481,7 +491,7 @@ def job_routes(state: ApiState) -> APIRouter:
     def delete_job(job_id: str, request: Request) -> dict:
         job = service.get(check_id(job_id))
         if not job.terminal:
-            return {"deleted": False, "job": job_view(service.cancel(job.id), request)}
+            return {"deleted": False, "job": job_view(service.cancel(job.id), request, settings)}
         service.delete(job.id)
         return {"deleted": True, "id": job.id}
 
@@ -489,11 +499,11 @@ def job_routes(state: ApiState) -> APIRouter:
     async def submit_batch(request: Request) -> JSONResponse:
         batch = await _submit_batch(state, request)
         log.info("batch %s submitted through the API with %d items", batch.id, len(batch.items))
-        return JSONResponse(batch_view(batch, request), status_code=202)
+        return JSONResponse(batch_view(batch, request, settings), status_code=202)
 
     @router.get("/batches/{batch_id}")
     def get_batch(batch_id: str, request: Request) -> dict:
-        return batch_view(service.get_batch(check_id(batch_id, "batch")), request)
+        return batch_view(service.get_batch(check_id(batch_id, "batch")), request, settings)
 
     @router.get("/batches/{batch_id}/zip", response_class=FileResponse)
     def get_batch_zip(batch_id: str) -> FileResponse:
@@ -504,7 +514,7 @@ def job_routes(state: ApiState) -> APIRouter:
     @router.post("/batches/{batch_id}/retry", status_code=202)
     def retry_batch(batch_id: str, request: Request) -> JSONResponse:
         batch = service.retry_failed(check_id(batch_id, "batch"))
-        return JSONResponse(batch_view(batch, request), status_code=202)
+        return JSONResponse(batch_view(batch, request, settings), status_code=202)
 
     return router
 
