@@ -215,6 +215,44 @@ def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, spee
     service.stop(5)
 
 
+def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech_wav, face_video):
+    """The mp4 was made and kept; the job says failed (the upload error) and still links it."""
+    mount = tmp_path / "obs-mount"
+    mount.mkdir()
+    (mount / "blocked").write_bytes(b"a file where the result folder should be")
+    settings = settings.replace(input_roots=(mount,))
+    settings.inputs_dir.mkdir(parents=True)
+    shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
+    shutil.copy(face_video, settings.inputs_dir / "face.mp4")
+    (settings.inputs_dir / "broken.mp4").write_bytes(b"not a video" * 100)
+    service, client = start(settings)
+    with client:
+        unpublished = client.post("/api/v1/jobs", json={
+            "audio": "speech.wav", "video": "face.mp4", "output_name": "kept.mp4",
+            "output_prefix": str(mount / "blocked" / "out")}).json()
+        broken = client.post("/api/v1/jobs", json={"audio": "speech.wav", "video": "broken.mp4"}).json()
+        done = wait_job(client, unpublished["id"])
+        assert done["status"] == "failed"
+        assert done["error"].startswith("cannot copy kept.mp4 to ") and done["output_url"] is None
+        assert done["result_url"] == f"/api/v1/jobs/{done['id']}/result"
+        result = client.get(done["result_url"])
+        assert result.status_code == 200 and result.headers["content-type"] == "video/mp4"
+        assert 'filename="kept.mp4"' in result.headers["content-disposition"]
+        saved = tmp_path / "kept.mp4"
+        saved.write_bytes(result.content)
+        assert sorted(media.stream_types(saved)) == ["audio", "video"]
+        # A job that failed before its video existed still has nothing to serve.
+        failed = wait_job(client, broken["id"])
+        assert failed["status"] == "failed" and failed["result_url"] is None
+        assert "is failed" in assert_one_line_error(client.get(f"/api/v1/jobs/{broken['id']}/result"), 409)
+        # Tampered paths are still refused: only files inside the outputs folder are served.
+        with sqlite3.connect(settings.database_path) as db:
+            db.execute("UPDATE jobs SET output_path = ? WHERE id = ?",
+                       (str(settings.database_path), done["id"]))
+        assert_one_line_error(client.get(done["result_url"]), 403)
+    service.stop(5)
+
+
 def test_json_submit_with_server_paths_and_output_name(client, settings, speech_wav, face_video):
     folder = settings.inputs_dir / "clips"
     folder.mkdir(parents=True)

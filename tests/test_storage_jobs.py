@@ -143,6 +143,7 @@ def test_failed_upload_fails_the_job_and_keeps_the_local_result(
     assert job.error == f"cannot reach object storage at {dead}"
     assert job.output_url is None
     assert job.output_path is not None and job.output_path.is_file()
+    assert job.has_result  # the API serves it although the job failed
     assert sorted(media.stream_types(job.output_path)) == ["audio", "video"]
 
 

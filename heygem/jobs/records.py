@@ -76,6 +76,12 @@ class Job:
         return self.status.terminal
 
     @property
+    def has_result(self) -> bool:
+        """The mp4 was finished: the job succeeded, or it failed only while publishing the result
+        to output_prefix (a failed run records output_path only once the mp4 is in place)."""
+        return self.output_path is not None and self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+    @property
     def result_name(self) -> str:
         return self.output_name or DEFAULT_OUTPUT_NAME
 

@@ -233,6 +233,8 @@ class JobRun:
             return None
         if self._stop == RunState.CANCEL:
             return Outcome(JobStatus.CANCELLED, error=CANCELLED_MESSAGE)
+        # output is set only once the finished mp4 is in place, so a failure that keeps it is a
+        # publishing failure: Job.has_result, and the API still serves the file.
         if isinstance(exc, HeygemError):
             return Outcome(JobStatus.FAILED, error=str(exc), output_path=output)
         self.log.exception("unexpected error")

@@ -158,8 +158,8 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
 def job_view(job: Any, request: Request, settings: Settings) -> dict:
     data = job.to_dict()
     data.pop("output_path", None)  # a server-side path means nothing to a caller
-    ready = str(job.status) == "succeeded" and job.output_path is not None
-    data["result_url"] = _url(request, f"{API_PREFIX}/jobs/{job.id}/result") if ready else None
+    # Also after a failed upload: the job says failed, yet its mp4 was made and can be fetched.
+    data["result_url"] = _url(request, f"{API_PREFIX}/jobs/{job.id}/result") if job.has_result else None
     data["presigned_url"] = presigned_link(job, settings)
     return data
 
@@ -482,8 +482,8 @@ def job_routes(state: ApiState) -> APIRouter:
     @router.get("/jobs/{job_id}/result", response_class=FileResponse)
     def get_result(job_id: str) -> FileResponse:
         job = service.get(check_id(job_id))
-        if str(job.status) != "succeeded":
-            raise StarletteHTTPException(409, f"job {job.id} is {job.status}, not succeeded")
+        if not job.has_result:
+            raise StarletteHTTPException(409, f"job {job.id} is {job.status}; it has no video to download")
         path = output_file(settings, job.output_path, f"job {job.id}")
         return FileResponse(path, media_type="video/mp4", filename=job.result_name)
 
