@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from heygem.jobs import JobService
 from heygem.web.api import INTERNAL_ERROR
+from heygem.web.metrics import RECENT_SCAN
 from heygem.web.server import create_app
 from tests import media
 from tests.fakes import FakePipeline
@@ -150,6 +151,25 @@ def test_metrics_expose_jobs_queue_duration_and_fps(client, speech_wav, face_vid
     assert fps and float(fps[0].split()[1]) > 0
     # A second scrape does not count the same job twice.
     assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in client.get("/metrics").text
+
+
+def test_metrics_count_jobs_with_one_query_not_by_paging(settings, speech_wav, face_video):
+    service, client = start(settings)
+    with client:
+        for _ in range(2):
+            assert wait_job(client, upload(client, speech_wav, face_video).json()["id"])["status"] == "succeeded"
+        pages = []
+        real_list_jobs = service.list_jobs
+
+        def list_jobs(limit=20, offset=0):
+            pages.append((limit, offset))
+            return real_list_jobs(limit=limit, offset=offset)
+
+        service.list_jobs = list_jobs
+        text = client.get("/metrics").text
+    service.stop(5)
+    assert 'heygem_jobs{status="succeeded"} 2.0' in text and 'heygem_jobs{status="failed"} 0.0' in text
+    assert pages == [(RECENT_SCAN, 0)]  # only the look for newly finished jobs
 
 
 # --- submit, poll, download ------------------------------------------------------------------------

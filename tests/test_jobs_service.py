@@ -329,8 +329,11 @@ def test_list_count_and_delete_all(settings, inputs):
         assert service.count_jobs() == 5
         assert [job.id for job in service.list_jobs(limit=2)] == ids[::-1][:2]
         assert [job.id for job in service.list_jobs(limit=2, offset=4)] == ids[:1]
+        assert service.count_by_status() == {
+            "queued": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
         assert service.delete_all() == 5
         assert service.count_jobs() == 0 and service.queue_depth() == 0
+        assert set(service.count_by_status().values()) == {0}
 
 
 # --- batches -------------------------------------------------------------------------------------

@@ -168,3 +168,14 @@ def test_a_cancel_asked_before_a_crash_or_drain_still_counts(store):
     assert requeued == [] and failed == []
     assert [store.get(j.id).status for j in (crashed, drained)] == [JobStatus.CANCELLED] * 2
     assert store.claim() is None
+
+
+def test_count_by_status_groups_every_row(store):
+    assert store.count_by_status() == {}
+    jobs = add(store, 5)
+    running = store.claim()
+    failed = store.claim()
+    store.finish(failed.job.id, failed.token, Outcome(JobStatus.FAILED, error="x"))
+    store.cancel(jobs[4].id)
+    assert store.count_by_status() == {"queued": 2, "running": 1, "failed": 1, "cancelled": 1}
+    assert running.job.id == jobs[0].id

@@ -26,6 +26,7 @@ CONTRACT (the web app, the HeyGem-compatible API and the CLI code against exactl
     service.get_by_key(idempotency_key) -> Job   # JobNotFoundError
     service.list_jobs(limit=20, offset=0) -> list[Job]   # newest first
     service.count_jobs() -> int
+    service.count_by_status() -> dict[str, int]   # every JobStatus value -> jobs in it (one query)
     service.cancel(job_id) -> Job          # queued -> cancelled; running -> cancel requested
     service.delete(job_id) -> None         # removes the row and its files (a running job is
                                            # cancelled first)

@@ -291,6 +291,12 @@ class JobService:
     def count_jobs(self) -> int:
         return self.store.count_jobs()
 
+    def count_by_status(self) -> dict[str, int]:
+        """Jobs per status (every status, zeros included), from one store query."""
+        counts = dict.fromkeys((status.value for status in JobStatus), 0)
+        counts.update(self.store.count_by_status())
+        return counts
+
     def queue_depth(self) -> int:
         return self.store.count_queued()
 

@@ -27,7 +27,6 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 RECENT_SCAN = 200  # newest jobs examined per scrape for newly finished ones
 SEEN_MEMORY = 2000  # finished job ids remembered so none is observed twice
-STATUS_PAGE = 500  # page size when counting jobs by status without a store query for it
 
 
 class _StoreCollector(Collector):
@@ -52,20 +51,10 @@ class _StoreCollector(Collector):
 
 
 def status_counts(service: Any) -> dict[str, int]:
-    """Jobs per status: the service's own query when it has one, else one pass over the store."""
-    counter = getattr(service, "count_by_status", None)
+    """Jobs per status, every status present: one GROUP BY in the store."""
     counts = dict.fromkeys(JOB_STATUSES, 0)
-    if counter is not None:
-        counts.update({str(k): int(v) for k, v in counter().items()})
-        return counts
-    offset = 0
-    while True:
-        page = service.list_jobs(limit=STATUS_PAGE, offset=offset)
-        for job in page:
-            counts[str(job.status)] = counts.get(str(job.status), 0) + 1
-        if len(page) < STATUS_PAGE:
-            return counts
-        offset += STATUS_PAGE
+    counts.update({str(k): int(v) for k, v in service.count_by_status().items()})
+    return counts
 
 
 def _gpu_memory() -> Iterable[GaugeMetricFamily]:
