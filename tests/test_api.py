@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -137,20 +138,35 @@ def test_deep_ready_refuses_while_loading(settings, gate):
     service.stop(5)
 
 
-def test_metrics_expose_jobs_queue_duration_and_fps(client, speech_wav, face_video):
-    job = upload(client, speech_wav, face_video).json()
-    assert wait_job(client, job["id"])["status"] == "succeeded"
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    text = response.text
-    assert 'heygem_jobs{status="succeeded"} 1.0' in text
-    assert "heygem_queue_depth 0.0" in text
-    assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in text
-    fps = [line for line in text.splitlines() if line.startswith("heygem_frames_per_second ")]
-    assert fps and float(fps[0].split()[1]) > 0
-    # A second scrape does not count the same job twice.
-    assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in client.get("/metrics").text
+class CountingPipeline(FakePipeline):
+    """Reports a frame count, as the real engine does (the fake muxes and reports 0)."""
+
+    FRAMES = 1234  # not the file's real count: the gauge must come from the job record
+
+    def run(self, *args, **kwargs):
+        return dataclasses.replace(super().run(*args, **kwargs), frames=self.FRAMES)
+
+
+def test_metrics_expose_jobs_queue_duration_and_fps(settings, speech_wav, face_video):
+    service, client = start(settings, factory=CountingPipeline)
+    with client:
+        job = upload(client, speech_wav, face_video).json()
+        done = wait_job(client, job["id"])
+        assert done["status"] == "succeeded"
+        assert done["frames"] == CountingPipeline.FRAMES and done["run_seconds"] > 0
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.text
+        assert 'heygem_jobs{status="succeeded"} 1.0' in text
+        assert "heygem_queue_depth 0.0" in text
+        assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in text
+        fps = [line for line in text.splitlines() if line.startswith("heygem_frames_per_second ")]
+        assert float(fps[0].split()[1]) == pytest.approx(CountingPipeline.FRAMES / done["run_seconds"])
+        # A second scrape does not count the same job twice.
+        again = client.get("/metrics").text
+    service.stop(5)
+    assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in again
 
 
 def test_metrics_count_jobs_with_one_query_not_by_paging(settings, speech_wav, face_video):
@@ -245,7 +261,7 @@ def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech
     shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
     shutil.copy(face_video, settings.inputs_dir / "face.mp4")
     (settings.inputs_dir / "broken.mp4").write_bytes(b"not a video" * 100)
-    service, client = start(settings)
+    service, client = start(settings, factory=CountingPipeline)
     with client:
         unpublished = client.post("/api/v1/jobs", json={
             "audio": "speech.wav", "video": "face.mp4", "output_name": "kept.mp4",
@@ -254,6 +270,7 @@ def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech
         done = wait_job(client, unpublished["id"])
         assert done["status"] == "failed"
         assert done["error"].startswith("cannot copy kept.mp4 to ") and done["output_url"] is None
+        assert done["frames"] == CountingPipeline.FRAMES  # the run itself completed
         assert done["result_url"] == f"/api/v1/jobs/{done['id']}/result"
         result = client.get(done["result_url"])
         assert result.status_code == 200 and result.headers["content-type"] == "video/mp4"

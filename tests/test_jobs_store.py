@@ -10,6 +10,7 @@ import pytest
 from heygem.errors import HeygemError, QueueFullError
 from heygem.jobs import JobStatus, SQLiteJobStore
 from heygem.jobs.records import NewJob
+from heygem.jobs import store as store_module
 from heygem.jobs.store import SCHEMA_VERSION, Outcome, RunState
 
 
@@ -179,3 +180,52 @@ def test_count_by_status_groups_every_row(store):
     store.cancel(jobs[4].id)
     assert store.count_by_status() == {"queued": 2, "running": 1, "failed": 1, "cancelled": 1}
     assert running.job.id == jobs[0].id
+
+
+def test_a_run_records_its_frames_and_engine_seconds_until_retried(store):
+    batch, (job,) = store.add([NewJob("a", "v")], queue_limit=10, as_batch=True)
+    claim = store.claim()
+    assert store.finish(job.id, claim.token, Outcome(
+        JobStatus.FAILED, error="upload failed", frames=120, run_seconds=4.5))
+    done = store.get(job.id)
+    assert (done.frames, done.run_seconds) == (120, 4.5)
+    assert done.to_dict()["frames"] == 120 and done.to_dict()["run_seconds"] == 4.5
+    (retried,) = store.retry(batch.id, queue_limit=10)
+    assert (retried.frames, retried.run_seconds) == (None, None)
+
+
+def _columns(path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path):
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:  # as the first release left it
+        conn.executescript(store_module._MIGRATIONS[1])
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO jobs (id, kind, audio, video, status, created_at, queued_at, started_at,"
+            " finished_at, engine, output_path) VALUES ('old', 'single', 'a.wav', 'v.mp4',"
+            " 'succeeded', 1.0, 1.0, 2.0, 5.0, 'wav2lip', '/data/outputs/old/result.mp4')"
+        )
+    assert not {"frames", "run_seconds"} & _columns(path)
+    migrated = SQLiteJobStore(path)
+    migrated.open()
+    try:
+        old = migrated.get("old")
+        assert (old.status, old.engine, old.seconds) == (JobStatus.SUCCEEDED, "wav2lip", 3.0)
+        assert (old.frames, old.run_seconds) == (None, None)
+        (job,) = add(migrated)
+        claim = migrated.claim()
+        migrated.finish(job.id, claim.token, Outcome(JobStatus.SUCCEEDED, frames=50, run_seconds=2.0))
+        assert (migrated.get(job.id).frames, migrated.get(job.id).run_seconds) == (50, 2.0)
+    finally:
+        migrated.close()
+    assert {"frames", "run_seconds"} <= _columns(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    again = SQLiteJobStore(path)  # opening a migrated database changes nothing
+    again.open()
+    assert again.count_jobs() == 2
+    again.close()

@@ -63,6 +63,8 @@ class Job:
     cancel_requested: bool
     engine: str | None  # engine that actually ran (from SyncResult.engine)
     frames_without_face: int | None
+    frames: int | None  # frames the engine wrote (SyncResult.frames); None before a run ends
+    run_seconds: float | None  # wall time of the engine run alone (SyncResult.seconds)
     created_at: float  # unix seconds
     queued_at: float  # last time it entered the queue (submit, retry); orders the queue
     started_at: float | None
@@ -112,6 +114,8 @@ class Job:
             "attempts": self.attempts,
             "engine": self.engine,
             "frames_without_face": self.frames_without_face,
+            "frames": self.frames,
+            "run_seconds": self.run_seconds,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -37,7 +37,7 @@ from heygem.jobs.records import (
 
 log = logging.getLogger("heygem.jobs.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another writer before giving up
 
 _SCHEMA_V1 = """
@@ -79,7 +79,13 @@ CREATE INDEX jobs_queue ON jobs(status, queued_at);
 CREATE INDEX jobs_batch ON jobs(batch_id, item_index);
 CREATE INDEX jobs_created ON jobs(created_at);
 """
-_MIGRATIONS = {1: _SCHEMA_V1}  # version -> script that brings version-1 to it
+# Version 2: what the engine reported, so /metrics needs no ffprobe of the outputs.
+_SCHEMA_V2 = """
+ALTER TABLE jobs ADD COLUMN frames INTEGER;
+ALTER TABLE jobs ADD COLUMN run_seconds REAL;
+"""
+# version -> script that brings version-1 to it; released scripts are never edited
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _RETRYABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(RETRYABLE_STATUSES))
@@ -107,6 +113,8 @@ class Outcome:
     error: str | None = None
     engine: str | None = None
     frames_without_face: int | None = None
+    frames: int | None = None
+    run_seconds: float | None = None
     output_path: Path | None = None
     output_url: str | None = None
     presigned_url: str | None = None
@@ -327,12 +335,14 @@ class SQLiteJobStore:
         done = outcome.status == JobStatus.SUCCEEDED
         rows = self._conn().execute(
             "UPDATE jobs SET status = ?, error = ?, engine = COALESCE(?, engine),"
-            " frames_without_face = ?, output_path = ?, output_url = ?, presigned_url = ?,"
+            " frames_without_face = ?, frames = ?, run_seconds = ?,"
+            " output_path = ?, output_url = ?, presigned_url = ?,"
             " finished_at = ?, progress = CASE WHEN ? THEN 1.0 ELSE progress END,"
             " stage = CASE WHEN ? THEN 'done' ELSE stage END, run_token = NULL"
             " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
             (
                 outcome.status.value, outcome.error, outcome.engine, outcome.frames_without_face,
+                outcome.frames, outcome.run_seconds,
                 str(outcome.output_path) if outcome.output_path else None, outcome.output_url,
                 outcome.presigned_url, time.time(), done, done, job_id, token,
             ),
@@ -411,7 +421,8 @@ class SQLiteJobStore:
                 "UPDATE jobs SET status = 'queued', error = NULL, progress = 0, stage = 'queued',"
                 " attempts = 0, cancel_requested = 0, started_at = NULL, finished_at = NULL,"
                 " output_path = NULL, output_url = NULL, presigned_url = NULL, engine = NULL,"
-                f" frames_without_face = NULL, queued_at = ? WHERE id IN ({marks}) RETURNING *",
+                " frames_without_face = NULL, frames = NULL, run_seconds = NULL,"
+                f" queued_at = ? WHERE id IN ({marks}) RETURNING *",
                 (time.time(), *ids),
             ).fetchall()
         return [_job(row) for row in rows]
@@ -475,6 +486,8 @@ def _job(row: sqlite3.Row) -> Job:
         cancel_requested=bool(row["cancel_requested"]),
         engine=row["engine"],
         frames_without_face=row["frames_without_face"],
+        frames=row["frames"],
+        run_seconds=row["run_seconds"],
         created_at=row["created_at"],
         queued_at=row["queued_at"],
         started_at=row["started_at"],

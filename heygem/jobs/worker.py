@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,6 +210,7 @@ class JobRun:
 
     def _attempt(self) -> Outcome | None:
         output: Path | None = None
+        result: Any = None
         try:
             self.report(0, 1, "fetch")
             audio = self._fetch(self.job.audio, "audio")
@@ -221,11 +223,16 @@ class JobRun:
             url, presigned = self._publish(output)
             return Outcome(
                 JobStatus.SUCCEEDED, engine=result.engine,
-                frames_without_face=result.frames_without_face, output_path=output,
-                output_url=url, presigned_url=presigned,
+                frames_without_face=result.frames_without_face, frames=result.frames,
+                run_seconds=result.seconds, output_path=output, output_url=url,
+                presigned_url=presigned,
             )
         except Exception as exc:
-            return self._outcome_of(exc, output)
+            outcome = self._outcome_of(exc, output)
+            if outcome is None or output is None or result is None:
+                return outcome
+            # The video was made (publishing failed): its run counts for the frame rate too.
+            return replace(outcome, frames=result.frames, run_seconds=result.seconds)
 
     def _outcome_of(self, exc: Exception, output: Path | None) -> Outcome | None:
         # The stop flags win over the exception type: the pipeline may wrap our _StopRun.

@@ -8,7 +8,6 @@ Durations and frame rates are observed at scrape time for jobs that finished sin
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -18,10 +17,6 @@ from typing import Any, Iterable
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from heygem.errors import HeygemError
-
-log = logging.getLogger("heygem.web.metrics")
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -86,7 +81,8 @@ class Metrics:
             labelnames=["status"], buckets=DURATION_BUCKETS, registry=self.registry,
         )
         self.fps = Gauge(
-            "heygem_frames_per_second", "Output frames per second of the last finished job",
+            "heygem_frames_per_second",
+            "Frames the engine wrote per second of its run, for the last finished job",
             registry=self.registry,
         )
         self.registry.register(_StoreCollector(service))
@@ -117,18 +113,7 @@ class Metrics:
         if seconds is None:
             return
         self.duration.labels(status=str(job.status)).observe(seconds)
-        frames = _output_frames(job)
-        if frames and seconds > 0:
-            self.fps.set(frames / seconds)
+        # Recorded by the worker from the engine's own report: no ffprobe of the output per scrape.
+        if job.frames and job.run_seconds:
+            self.fps.set(job.frames / job.run_seconds)
 
-
-def _output_frames(job: Any) -> int:
-    if job.output_path is None or not job.output_path.exists():
-        return 0
-    from heygem import video
-
-    try:
-        return video.probe(job.output_path, verify=False).frame_count
-    except HeygemError as exc:
-        log.warning("job %s: cannot count output frames: %s", job.id, exc)
-        return 0
