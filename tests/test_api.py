@@ -325,10 +325,13 @@ def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, 
         gate.set()
         finished = upload(client, speech_wav, face_video).json()
         assert wait_job(client, finished["id"])["status"] == "succeeded"
+        upload_folder = Path(finished["audio"]).parent
+        assert upload_folder.parent == settings.inputs_dir
         assert client.delete(f"/api/v1/jobs/{finished['id']}").json() == {
             "deleted": True, "id": finished["id"]
         }
         assert_one_line_error(client.get(f"/api/v1/jobs/{finished['id']}"), 404)
+        assert not upload_folder.exists()  # no empty inputs/<uuid>/ left behind
     service.stop(5)
 
 

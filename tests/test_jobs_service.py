@@ -314,6 +314,29 @@ def test_delete_removes_row_outputs_and_unshared_uploads(settings, inputs):
         assert service.count_jobs() == 0
 
 
+def test_delete_removes_the_upload_folder_once_no_job_uses_it(settings, speech_wav, face_video):
+    upload = settings.inputs_dir / ("ab" * 16)  # one request's folder, as web/uploads makes them
+    library = settings.inputs_dir / "library"  # an input root that happens to lie in inputs/
+    for folder in (upload, library):
+        folder.mkdir(parents=True)
+        shutil.copy(speech_wav, folder / "speech.wav")
+        shutil.copy(face_video, folder / "face.mp4")
+    settings = settings.replace(input_roots=(library,))
+    with running_service(settings, Pipelines()) as service:
+        first, second = (service.submit(str(upload / "speech.wav"), str(upload / "face.mp4"))
+                         for _ in range(2))
+        mounted = service.submit(str(library / "speech.wav"), str(library / "face.mp4"))
+        for job in (first, second, mounted):
+            service.wait(job.id, WAIT_S)
+        service.delete(first.id)
+        assert sorted(p.name for p in upload.iterdir()) == ["face.mp4", "speech.wav"]  # still used
+        service.delete(second.id)
+        assert not upload.exists()
+        service.delete(mounted.id)
+    assert library.is_dir()  # never removed: it is an input root
+    assert settings.inputs_dir.is_dir()
+
+
 def test_delete_of_a_running_job_cancels_it_first(settings, inputs):
     with running_service(settings, Pipelines(delay_s=5.0)) as service:
         job = service.submit(str(inputs.audio), str(inputs.video))

@@ -90,6 +90,27 @@ def remove_job_files(settings: Settings, job_id: str) -> None:
     remove_tree(output_dir(settings, job_id))
 
 
+def remove_upload_folder(settings: Settings, folder: Path) -> bool:
+    """Remove an upload's folder (<inputs_dir>/<name>/) once it is empty; True when removed.
+
+    Only folders directly in the inputs folder: never inputs itself, deeper folders, or a folder
+    that is or lies in one of HEYGEM_INPUT_ROOTS (unless that root holds the whole inputs folder).
+    """
+    inputs_root = settings.inputs_dir.resolve()
+    folder = folder.resolve()
+    if folder.parent != inputs_root:
+        return False
+    for root in (Path(r).expanduser().resolve() for r in settings.input_roots):
+        if folder.is_relative_to(root) and not inputs_root.is_relative_to(root):
+            return False
+    try:
+        folder.rmdir()
+    except OSError:
+        return False  # not empty: another job's upload, or files a user placed there
+    log.info("removed empty upload folder %s", folder)
+    return True
+
+
 def sweep_stale(settings: Settings) -> list[Path]:
     """At start-up, before any worker runs: remove every scratch folder and temporary file."""
     removed: list[Path] = []

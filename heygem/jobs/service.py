@@ -422,13 +422,19 @@ class JobService:
             files.remove_job_files(self.settings, job.id)
         still_used = {os.path.realpath(r) for r in self.store.references(active_only=False) if not is_remote(r)}
         inputs_root = self.settings.inputs_dir.resolve()
+        folders: set[Path] = set()
         for job in jobs:
             for ref in (job.audio, job.video):
+                if is_remote(ref):
+                    continue
                 path = Path(ref)
-                if is_remote(ref) or os.path.realpath(ref) in still_used:
+                folders.add(Path(os.path.realpath(ref)).parent)
+                if os.path.realpath(ref) in still_used:
                     continue
                 if path.is_file() and path.resolve().is_relative_to(inputs_root):
                     path.unlink(missing_ok=True)
+        for folder in folders:
+            files.remove_upload_folder(self.settings, folder)
         for batch_id in self.store.delete_empty_batches():
             files.remove_tree(files.output_dir(self.settings, batch_id))
 
