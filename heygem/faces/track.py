@@ -430,6 +430,10 @@ class TrackCache:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable face cache entry %s: %s", path.name, exc)
             return None
+        try:
+            os.utime(path)  # retention prunes entries by last use: keep active avatars cached
+        except OSError:
+            pass  # a read-only cache still serves hits
         log.info("face boxes from cache (%d frames)", len(raw))
         return raw
 

@@ -1,4 +1,5 @@
-"""Retention: delete finished jobs, their files and stale uploads older than retention_days."""
+"""Retention: delete finished jobs, their files, stale uploads and unused face-track cache
+entries older than retention_days."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from heygem.settings import Settings
 log = logging.getLogger("heygem.jobs.retention")
 
 SECONDS_PER_DAY = 86400.0
+# Under Settings.cache_dir: where the pipeline's TrackCache keeps one <key>.json per video (named
+# here rather than imported, so retention does not load the engine's modules).
+TRACK_CACHE_FOLDER = "tracks"
+TRACK_CACHE_PATTERN = "*.json"
 
 
 @dataclass
@@ -23,10 +28,11 @@ class SweepReport:
     jobs: list[str] = field(default_factory=list)  # ids of deleted jobs
     batches: list[str] = field(default_factory=list)  # ids of deleted batches
     inputs: list[Path] = field(default_factory=list)  # deleted upload files
+    tracks: list[Path] = field(default_factory=list)  # deleted face-track cache entries
 
     @property
     def empty(self) -> bool:
-        return not (self.jobs or self.batches or self.inputs)
+        return not (self.jobs or self.batches or self.inputs or self.tracks)
 
 
 def enabled(settings: Settings) -> bool:
@@ -46,11 +52,14 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
         files.remove_tree(files.output_dir(settings, batch_id))
         report.batches.append(batch_id)
     report.inputs = _sweep_inputs(store, settings, cutoff)
+    report.tracks = _sweep_track_cache(settings, cutoff)
     if not report.empty:
         log.info(
-            "retention (older than %g days): removed %d job(s) %s, %d batch(es) %s, %d upload(s) %s",
+            "retention (older than %g days): removed %d job(s) %s, %d batch(es) %s, %d upload(s) %s,"
+            " %d unused face-track cache file(s) %s",
             settings.retention_days, len(report.jobs), report.jobs, len(report.batches),
             report.batches, len(report.inputs), [str(p) for p in report.inputs],
+            len(report.tracks), [p.name for p in report.tracks],
         )
     return report
 
@@ -70,6 +79,25 @@ def _sweep_inputs(store: JobStore, settings: Settings, cutoff: float) -> list[Pa
         path.unlink(missing_ok=True)
         removed.append(path)
     _remove_empty_folders(root)
+    return removed
+
+
+def _sweep_track_cache(settings: Settings, cutoff: float) -> list[Path]:
+    """Face-track entries neither written nor read since the cutoff (a cache hit touches mtime;
+    atime counts too where the file system keeps it)."""
+    folder = settings.cache_dir / TRACK_CACHE_FOLDER
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.glob(TRACK_CACHE_PATTERN)):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue  # replaced or removed meanwhile
+        if max(stat.st_mtime, stat.st_atime) >= cutoff:
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
 
 

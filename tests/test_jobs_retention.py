@@ -1,0 +1,65 @@
+"""Retention of the face-track cache: entries unused for the retention period go, hits keep them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+
+from heygem.faces.track import RawDetections, TrackCache
+from heygem.jobs import SQLiteJobStore, retention
+
+DAY_S = 86400.0
+
+
+@pytest.fixture
+def store(settings):
+    job_store = SQLiteJobStore(settings.database_path)
+    job_store.open()
+    yield job_store
+    job_store.close()
+
+
+def _age(path, days: float) -> None:
+    then = time.time() - days * DAY_S
+    os.utime(path, (then, then))
+
+
+def test_a_cache_hit_marks_the_entry_as_used(tmp_path):
+    cache = TrackCache(tmp_path / "tracks")
+    cache.put("avatar", RawDetections(width=4, height=4, faces=[[(0, 0, 2, 2, 0.9)]]))
+    _age(cache.path_for("avatar"), 30)
+    assert cache.get("avatar") is not None
+    assert cache.path_for("avatar").stat().st_mtime > time.time() - 60
+
+
+def test_retention_prunes_track_cache_entries_unused_for_the_period(settings, store, caplog):
+    caplog.set_level(logging.INFO, logger="heygem.jobs.retention")
+    settings = settings.replace(retention_days=2.0)
+    tracks = settings.cache_dir / retention.TRACK_CACHE_FOLDER
+    cache = TrackCache(tracks)
+    raw = RawDetections(width=4, height=4, faces=[[(0, 0, 2, 2, 0.9)]])
+    for key in ("forgotten", "active", "new"):
+        cache.put(key, raw)
+    for key in ("forgotten", "active"):
+        _age(cache.path_for(key), 5)
+    assert cache.get("active") is not None  # an avatar still in use
+    unrelated = settings.cache_dir / "gradio" / "old.json"  # not a face-track entry
+    unrelated.parent.mkdir(parents=True)
+    unrelated.write_text("{}")
+    _age(unrelated, 5)
+
+    report = retention.sweep(store, settings)
+
+    assert report.tracks == [cache.path_for("forgotten")]
+    assert sorted(p.name for p in tracks.iterdir()) == ["active.json", "new.json"]
+    assert unrelated.exists()
+    assert "1 unused face-track cache file(s)" in caplog.text and "forgotten.json" in caplog.text
+    assert retention.sweep(store, settings).empty  # nothing else is old
+
+
+def test_retention_without_a_track_cache_folder_is_fine(settings, store):
+    report = retention.sweep(store, settings.replace(retention_days=1.0), now=time.time() + 9 * DAY_S)
+    assert report.tracks == [] and report.empty
