@@ -168,7 +168,7 @@ class LipSyncPipeline:
         self._generator = None
         self._checkpoint: Path | None = None
         self._auto_engine: tuple[str, str] | None = None
-        self._track_cache = TrackCache(settings.cache_dir / "tracks")
+        self._track_cache = TrackCache(settings.track_cache_dir)
 
     # -- loading --------------------------------------------------------------------------------
     def load(self) -> None:

@@ -102,6 +102,11 @@ class Settings:
         return self.data_dir / "cache"
 
     @property
+    def track_cache_dir(self) -> Path:
+        """Face boxes cached per video; pruned by retention like any other old data."""
+        return self.cache_dir / "tracks"
+
+    @property
     def database_path(self) -> Path:
         return self.data_dir / "heygem.db"
 

@@ -38,7 +38,7 @@ def test_a_cache_hit_marks_the_entry_as_used(tmp_path):
 def test_retention_prunes_track_cache_entries_unused_for_the_period(settings, store, caplog):
     caplog.set_level(logging.INFO, logger="heygem.jobs.retention")
     settings = settings.replace(retention_days=2.0)
-    tracks = settings.cache_dir / retention.TRACK_CACHE_FOLDER
+    tracks = settings.track_cache_dir
     cache = TrackCache(tracks)
     raw = RawDetections(width=4, height=4, faces=[[(0, 0, 2, 2, 0.9)]])
     for key in ("forgotten", "active", "new"):

@@ -19,7 +19,6 @@ log = logging.getLogger("heygem.jobs.retention")
 SECONDS_PER_DAY = 86400.0
 # Under Settings.cache_dir: where the pipeline's TrackCache keeps one <key>.json per video (named
 # here rather than imported, so retention does not load the engine's modules).
-TRACK_CACHE_FOLDER = "tracks"
 TRACK_CACHE_PATTERN = "*.json"
 
 
@@ -85,7 +84,7 @@ def _sweep_inputs(store: JobStore, settings: Settings, cutoff: float) -> list[Pa
 def _sweep_track_cache(settings: Settings, cutoff: float) -> list[Path]:
     """Face-track entries neither written nor read since the cutoff (a cache hit touches mtime;
     atime counts too where the file system keeps it)."""
-    folder = settings.cache_dir / TRACK_CACHE_FOLDER
+    folder = settings.track_cache_dir
     if not folder.is_dir():
         return []
     removed = []
