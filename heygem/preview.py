@@ -1,0 +1,388 @@
+"""The `preview` engine: audio-driven mouth motion rendered as a geometric warp, no weights needed.
+
+Two halves. `mouth_motion` turns 16 kHz speech into per-frame openness and roundness values
+(speech-band energy in dB above a noise floor, look-ahead, attack/release smoothing, gate to an
+exact zero in silence). `PreviewRenderer` moves the lower lip and jaw of each face box down with a
+smooth displacement field (cv2.remap), narrows the mouth with roundness and darkens the gap
+between the lips. Nothing here is learned: it is a stand-in that keeps the product usable without
+the Wav2Lip weights, and it says so (the job record, the UI and the optional watermark name it).
+
+Geometry is in box-relative units: the box is the detector's (x1, y1, x2, y2) after the pipeline's
+padding (the reference's +10 px chin pad) and smoothing. The displacement is exactly zero above
+WARP_TOP and outside the box, so the eyes, nose and background are byte-identical to the source.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from heygem.audio import SAMPLE_RATE
+from heygem.errors import InputError
+
+log = logging.getLogger("heygem.preview")
+
+# --- audio analysis ------------------------------------------------------------------------
+ANALYSIS_HOP = 160  # 10 ms between analysis frames at 16 kHz
+ANALYSIS_WIN = 512  # 32 ms Hann window: resolves the 300 Hz band edge, short enough for syllables
+ANALYSIS_RATE = SAMPLE_RATE / ANALYSIS_HOP  # analysis frames per second (100)
+SPEECH_BAND_HZ = (300.0, 3400.0)  # telephone band: carries the voiced energy of speech
+LOW_BAND_HZ = (300.0, 1000.0)  # first formants; dominant for rounded vowels (o, u)
+MID_BAND_HZ = (1000.0, 3000.0)  # second formants; strong for spread vowels (e, i)
+ABSOLUTE_FLOOR_DBFS = -65.0  # band energy below this is silence, whatever the loudness of the rest
+DYNAMIC_RANGE_DB = 24.0  # openness spans [reference - range, reference] dB
+REFERENCE_PERCENTILE = 95.0  # robust "loud speech" level: ignores a few clipped peaks
+MIN_RANGE_DB = 6.0  # a near-constant signal still gets a usable scale
+LEVEL_CURVE = 1.4  # > 1 keeps loud vowels from saturating, so syllables stay visible
+STFT_BLOCK = 4096  # analysis frames per block, bounding memory on long audio
+
+# --- smoothing ------------------------------------------------------------------------------
+LOOKAHEAD_MS = 60.0  # the mouth starts opening this long before the sound (lips lead the voice)
+ATTACK_MS = 15.0  # time constant while the level rises: the mouth opens quickly
+RELEASE_MS = 70.0  # time constant while it falls: the mouth closes more slowly than it opens
+ROUNDNESS_SMOOTH_MS = 60.0  # time constant of the roundness follower (lip shape changes slowly)
+GATE = 0.04  # openness below this is exactly 0, so pauses are still (the release tail ends)
+ROUND_RATIO_DB = (-2.0, 10.0)  # low/mid band ratio mapped to roundness 0..1
+DB_EPS = 1e-20  # keeps log10 finite on digital silence
+
+# --- geometry, as fractions of the face box ------------------------------------------------
+WARP_TOP = 0.55  # no displacement above this height (nose and up stay untouched)
+LIP_LINE = 0.67  # where the lips meet (Haar box with a 10 px chin pad; S3FD is similar)
+LIP_BAND_ABOVE = 0.03  # the jaw shift ramps in from LIP_LINE - this ...
+LIP_BAND_BELOW = 0.02  # ... to LIP_LINE + this (the stretched band becomes the mouth gap)
+CHIN_LINE = 0.86  # the jaw moves rigidly down to here ...
+WARP_BOTTOM = 1.0  # ... and the shift fades out to zero at the bottom of the box
+JAW_HALF_WIDTH = 0.5  # horizontal support of the jaw shift (half the box width: the whole box)
+JAW_SIGMA = 0.45  # Gaussian falloff of the jaw shift, in units of JAW_HALF_WIDTH
+MAX_JAW_DROP = 0.06  # jaw drop at openness 1
+ROUND_DROP_REDUCTION = 0.3  # rounded lips (o, u) open less far than spread ones (a)
+MOUTH_HALF_WIDTH = 0.2  # half the mouth width
+MOUTH_HALF_HEIGHT = 0.12  # vertical support of the rounding pinch around LIP_LINE
+MOUTH_SIGMA = 0.6  # Gaussian falloff of the pinch, in units of its support
+MAX_PINCH = 0.35  # fraction by which roundness 1 narrows the mouth
+GAP_HALF_WIDTH = 0.15  # half width of the dark gap between the lips at roundness 0
+GAP_ROUND_SHRINK = 0.35  # how much narrower the gap is at roundness 1
+MAX_DARKEN = 0.75  # opacity of the mouth interior at openness 1
+MOUTH_INTERIOR_BGR = (28, 22, 60)  # dark red-brown: throat and tongue in shadow
+BLENDS = ("feather", "rect")  # accepted for parity with the neural engine's paste modes
+MIN_OPENNESS = 1e-3  # below this a frame is returned as it is (no resampling at all)
+
+# --- watermark --------------------------------------------------------------------------------
+WATERMARK_TEXT = "preview"
+WATERMARK_HEIGHT = 0.035  # text height as a fraction of the frame height
+WATERMARK_MARGIN = 0.02  # distance from the top-left corner, fraction of the frame height
+WATERMARK_MIN_SCALE = 0.3  # cv2 font scale floor, so small frames still get readable text
+
+
+@dataclass(frozen=True)
+class MouthMotion:
+    """Per output frame: how far the mouth is open and how rounded it is, both in [0, 1]."""
+
+    openness: np.ndarray  # float32, shape (n_frames,); exactly 0 in silence
+    roundness: np.ndarray  # float32, shape (n_frames,); 0 = spread (a, e, i), 1 = round (o, u)
+
+    def __len__(self) -> int:
+        return int(self.openness.shape[0])
+
+
+# --- audio -> motion ------------------------------------------------------------------------
+
+
+def mouth_motion(wav: np.ndarray, fps: float, n_frames: int) -> MouthMotion:
+    """Openness and roundness for n_frames video frames at fps of 16 kHz mono float32 speech.
+
+    Frame i shows the audio around its centre time (i + 0.5) / fps; frames past the end of the
+    audio are closed (0).
+    """
+    wav = _check_motion_input(wav, fps, n_frames)
+    if wav.size == 0 or n_frames == 0:
+        zeros = np.zeros(n_frames, dtype=np.float32)
+        return MouthMotion(zeros, zeros.copy())
+    speech, low, mid = band_energies(wav)
+    level = _level_from_energy(speech)
+    level = _look_ahead(level, _frames_of(LOOKAHEAD_MS))
+    openness = _gate(_attack_release(level, ATTACK_MS, RELEASE_MS))
+    roundness = _roundness(low, mid, speaking=openness > 0)
+    times = (np.arange(n_frames) + 0.5) / fps
+    grid = np.arange(openness.size) / ANALYSIS_RATE
+    return MouthMotion(
+        openness=_sample(grid, openness, times),
+        roundness=_sample(grid, roundness, times),
+    )
+
+
+def _check_motion_input(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim != 1:
+        raise InputError(f"audio must be one channel, got an array of shape {wav.shape}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise InputError(f"fps must be positive, got {fps}")
+    if n_frames < 0:
+        raise InputError(f"frame count must not be negative, got {n_frames}")
+    if not np.isfinite(wav).all():
+        raise InputError("the audio contains invalid samples (NaN or infinity); is it corrupt?")
+    return wav
+
+
+def band_energies(wav: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean power per analysis frame (every ANALYSIS_HOP samples) in the speech, low and mid bands."""
+    padded = np.pad(wav.astype(np.float32), (ANALYSIS_WIN // 2, ANALYSIS_WIN // 2))
+    count = 1 + wav.size // ANALYSIS_HOP
+    frames = np.lib.stride_tricks.sliding_window_view(padded, ANALYSIS_WIN)[::ANALYSIS_HOP][:count]
+    masks = [_band_mask(band) for band in (SPEECH_BAND_HZ, LOW_BAND_HZ, MID_BAND_HZ)]
+    out = np.empty((len(masks), count), dtype=np.float64)
+    window = np.hanning(ANALYSIS_WIN).astype(np.float32)
+    for start in range(0, count, STFT_BLOCK):
+        block = frames[start : start + STFT_BLOCK] * window
+        power = np.abs(np.fft.rfft(block, axis=1)) ** 2 / (ANALYSIS_WIN * np.sum(window**2))
+        for row, mask in enumerate(masks):
+            out[row, start : start + block.shape[0]] = power[:, mask].sum(axis=1)
+    return out[0], out[1], out[2]
+
+
+def _band_mask(band: tuple[float, float]) -> np.ndarray:
+    freqs = np.fft.rfftfreq(ANALYSIS_WIN, d=1.0 / SAMPLE_RATE)
+    return (freqs >= band[0]) & (freqs < band[1])
+
+
+def _level_from_energy(energy: np.ndarray) -> np.ndarray:
+    """Band energy to 0..1: dB above max(absolute floor, reference - range), over that range."""
+    db = 10.0 * np.log10(energy + DB_EPS)
+    voiced = db[db > ABSOLUTE_FLOOR_DBFS]
+    if voiced.size == 0:
+        return np.zeros_like(db)
+    reference = float(np.percentile(voiced, REFERENCE_PERCENTILE))
+    floor = max(ABSOLUTE_FLOOR_DBFS, reference - DYNAMIC_RANGE_DB)
+    span = max(reference - floor, MIN_RANGE_DB)
+    return np.clip((db - floor) / span, 0.0, 1.0) ** LEVEL_CURVE
+
+
+def _frames_of(ms: float) -> int:
+    return int(round(ms * ANALYSIS_RATE / 1000.0))
+
+
+def _look_ahead(level: np.ndarray, frames: int) -> np.ndarray:
+    """Each frame takes the loudest level of the next `frames` frames, so openings lead the sound."""
+    if frames <= 0:
+        return level
+    padded = np.concatenate([level, np.zeros(frames, dtype=level.dtype)])
+    return np.lib.stride_tricks.sliding_window_view(padded, frames + 1).max(axis=1)
+
+
+def _attack_release(level: np.ndarray, attack_ms: float, release_ms: float) -> np.ndarray:
+    """One-pole follower: rises with the attack time constant, falls with the release one."""
+    up = 1.0 - math.exp(-1000.0 / (attack_ms * ANALYSIS_RATE))
+    down = 1.0 - math.exp(-1000.0 / (release_ms * ANALYSIS_RATE))
+    out = np.empty_like(level)
+    state = 0.0
+    for i, target in enumerate(level.tolist()):
+        state += (up if target > state else down) * (target - state)
+        out[i] = state
+    return out
+
+
+def _gate(envelope: np.ndarray) -> np.ndarray:
+    """Subtract the gate and rescale, so small tails become an exact 0 without a jump."""
+    return np.clip((envelope - GATE) / (1.0 - GATE), 0.0, 1.0)
+
+
+def _roundness(low: np.ndarray, mid: np.ndarray, speaking: np.ndarray) -> np.ndarray:
+    ratio_db = 10.0 * np.log10((low + DB_EPS) / (mid + DB_EPS))
+    lo, hi = ROUND_RATIO_DB
+    raw = np.where(speaking, np.clip((ratio_db - lo) / (hi - lo), 0.0, 1.0), 0.0)
+    smoothed = _attack_release(raw, ROUNDNESS_SMOOTH_MS, ROUNDNESS_SMOOTH_MS)
+    return np.where(speaking, smoothed, 0.0)
+
+
+def _sample(grid: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+    return np.interp(times, grid, values, left=0.0, right=0.0).astype(np.float32)
+
+
+# --- motion -> pixels -------------------------------------------------------------------------
+
+
+class PreviewRenderer:
+    """Warps the lower face of each frame according to a MouthMotion. Stateless between batches."""
+
+    name = "preview"
+
+    def __init__(self, motion: MouthMotion, blend: str = "feather", watermark: bool = False) -> None:
+        # `blend` is accepted for interface parity with the neural engine; the warp is always
+        # feathered because a hard-edged warp would show as a moving rectangle.
+        if blend not in BLENDS:
+            raise InputError(f"blend must be one of {', '.join(BLENDS)}; got {blend!r}")
+        self.motion = motion
+        self.blend = blend
+        self.watermark = watermark
+
+    def render(
+        self,
+        frames: list[np.ndarray],
+        boxes: list[tuple[int, int, int, int] | None],
+        frame_indices: Sequence[int],
+    ) -> list[np.ndarray]:
+        """New frames with the mouth moved; frames whose box is None come back unchanged."""
+        if not len(frames) == len(boxes) == len(frame_indices):
+            raise ValueError(
+                f"frames, boxes and frame_indices differ in length: "
+                f"{len(frames)}, {len(boxes)}, {len(frame_indices)}"
+            )
+        return [
+            self._render_one(frame, box, index)
+            for frame, box, index in zip(frames, boxes, frame_indices)
+        ]
+
+    def _render_one(
+        self, frame: np.ndarray, box: tuple[int, int, int, int] | None, index: int
+    ) -> np.ndarray:
+        openness, roundness = self._motion_at(index)
+        out = frame.copy()
+        if box is not None and openness >= MIN_OPENNESS:
+            warp_mouth(frame, out, box, openness, roundness)
+        if self.watermark:
+            draw_watermark(out)
+        return out
+
+    def _motion_at(self, index: int) -> tuple[float, float]:
+        if not 0 <= index < len(self.motion):
+            return 0.0, 0.0
+        return float(self.motion.openness[index]), float(self.motion.roundness[index])
+
+
+@dataclass(frozen=True)
+class _Region:
+    """The part of the frame the warp may touch: box rows from WARP_TOP down, clamped to the frame."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    box_x: float  # box left edge
+    box_y: float  # box top edge
+    box_w: float
+    box_h: float
+
+
+def _region(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> _Region | None:
+    x1, y1, x2, y2 = (int(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    if w < 4 or h < 4:
+        return None
+    height, width = shape[:2]
+    top = y1 + math.ceil(WARP_TOP * h)
+    rx1, ry1 = max(x1, 0), max(top, 0)
+    rx2, ry2 = min(x2, width), min(y2, height)
+    if rx2 <= rx1 or ry2 <= ry1:
+        return None
+    return _Region(rx1, ry1, rx2, ry2, float(x1), float(y1), float(w), float(h))
+
+
+def warp_mouth(
+    src: np.ndarray,
+    dst: np.ndarray,
+    box: tuple[int, int, int, int],
+    openness: float,
+    roundness: float,
+) -> None:
+    """Write the warped, darkened lower face of `src` into `dst` (same shape) inside `box`."""
+    region = _region(box, src.shape)
+    if region is None:
+        return
+    u, v = _box_coords(region)
+    opening = MAX_JAW_DROP * openness * (1.0 - ROUND_DROP_REDUCTION * roundness)  # box heights
+    drop = _jaw_drop(u, v) * (opening * region.box_h)
+    pinch = _pinch(u, v) * (MAX_PINCH * roundness * min(1.0, 4.0 * openness))
+    xs = np.arange(region.x1, region.x2, dtype=np.float32)[None, :]
+    ys = np.arange(region.y1, region.y2, dtype=np.float32)[:, None]
+    centre_x = region.box_x + 0.5 * region.box_w
+    map_x = (xs + pinch * (xs - centre_x)).astype(np.float32)
+    map_y = (ys - drop).astype(np.float32)
+    warped = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    moved = (drop > 0) | (pinch > 0)
+    patch = dst[region.y1 : region.y2, region.x1 : region.x2]
+    patch[moved] = warped[moved]
+    _darken_gap(patch, u, v, region, opening, openness, roundness)
+
+
+def _box_coords(region: _Region) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres of the region as box fractions: u across (0.5 = centre), v down."""
+    xs = (np.arange(region.x1, region.x2, dtype=np.float32) - region.box_x) / region.box_w
+    ys = (np.arange(region.y1, region.y2, dtype=np.float32) - region.box_y) / region.box_h
+    return xs[None, :], ys[:, None]
+
+
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _truncated_gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian of x (support units) shifted and rescaled to be 1 at 0 and exactly 0 from |x| >= 1."""
+    edge = math.exp(-0.5 / sigma**2)
+    g = (np.exp(-0.5 * (x / sigma) ** 2) - edge) / (1.0 - edge)
+    return np.where(np.abs(x) < 1.0, np.maximum(g, 0.0), 0.0).astype(np.float32)
+
+
+def _jaw_drop(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """0..1 shape of the downward shift: ramps in at the lips, rigid to the chin, fades by the box edge."""
+    ramp = _smoothstep(LIP_LINE - LIP_BAND_ABOVE, LIP_LINE + LIP_BAND_BELOW, v)
+    fade = 1.0 - _smoothstep(CHIN_LINE, WARP_BOTTOM, v)
+    across = _truncated_gaussian((u - 0.5) / JAW_HALF_WIDTH, JAW_SIGMA)
+    return (ramp * fade * (v >= WARP_TOP)) * across
+
+
+def _pinch(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """0..1 weight of the horizontal squeeze that narrows the mouth, centred on the lips."""
+    across = _truncated_gaussian((u - 0.5) / (2.0 * MOUTH_HALF_WIDTH), MOUTH_SIGMA)
+    down = _truncated_gaussian((v - LIP_LINE) / MOUTH_HALF_HEIGHT, MOUTH_SIGMA)
+    return across * down * (v >= WARP_TOP)
+
+
+def _darken_gap(
+    patch: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    region: _Region,
+    opening: float,
+    openness: float,
+    roundness: float,
+) -> None:
+    """Shade a feathered ellipse over the stretched band between the lips (the open mouth).
+
+    `opening` is the jaw drop in box heights; the gap spans it below the lip line.
+    """
+    top = LIP_LINE - LIP_BAND_ABOVE / 2.0
+    centre_v = top + opening / 2.0
+    half_h = max(opening / 2.0, 1.0 / region.box_h)
+    half_w = GAP_HALF_WIDTH * (1.0 - GAP_ROUND_SHRINK * roundness)
+    r2 = ((u - 0.5) / half_w) ** 2 + ((v - centre_v) / half_h) ** 2
+    alpha = MAX_DARKEN * openness * _truncated_gaussian(np.sqrt(r2) / 1.5, 0.45)
+    alpha = (alpha * (v >= WARP_TOP))[..., None]
+    if not np.any(alpha > 0):
+        return
+    shaded = patch * (1.0 - alpha) + np.asarray(MOUTH_INTERIOR_BGR, np.float32) * alpha
+    touched = alpha[..., 0] > 0
+    patch[touched] = np.clip(np.rint(shaded[touched]), 0, 255).astype(patch.dtype)
+
+
+def draw_watermark(frame: np.ndarray) -> None:
+    """Burn a small 'preview' label into the top-left corner, in place."""
+    height = frame.shape[0]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (_, base_h), _ = cv2.getTextSize(WATERMARK_TEXT, font, 1.0, 1)
+    scale = max(WATERMARK_MIN_SCALE, WATERMARK_HEIGHT * height / base_h)
+    thickness = max(1, int(round(scale)))
+    margin = max(2, int(WATERMARK_MARGIN * height))
+    (_, text_h), _ = cv2.getTextSize(WATERMARK_TEXT, font, scale, thickness)
+    origin = (margin, margin + text_h)
+    cv2.putText(frame, WATERMARK_TEXT, origin, font, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.putText(frame, WATERMARK_TEXT, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+__all__ = ["MouthMotion", "PreviewRenderer", "mouth_motion", "band_energies", "warp_mouth", "draw_watermark"]
