@@ -68,6 +68,8 @@ MOUTH_SIGMA = 0.6  # Gaussian falloff of the pinch, in units of its support
 MAX_PINCH = 0.35  # fraction by which roundness 1 narrows the mouth
 GAP_HALF_WIDTH = 0.15  # half width of the dark gap between the lips at roundness 0
 GAP_ROUND_SHRINK = 0.35  # how much narrower the gap is at roundness 1
+GAP_FEATHER = 1.5  # the shading fades out at this many ellipse radii
+GAP_SIGMA = 0.45  # Gaussian falloff of the shading, in units of GAP_FEATHER radii
 MAX_DARKEN = 0.75  # opacity of the mouth interior at openness 1
 MOUTH_INTERIOR_BGR = (28, 22, 60)  # dark red-brown: throat and tongue in shadow
 BLENDS = ("feather", "rect")  # accepted for parity with the neural engine's paste modes
@@ -111,10 +113,15 @@ def mouth_motion(wav: np.ndarray, fps: float, n_frames: int) -> MouthMotion:
     roundness = _roundness(low, mid, speaking=openness > 0)
     times = (np.arange(n_frames) + 0.5) / fps
     grid = np.arange(openness.size) / ANALYSIS_RATE
-    return MouthMotion(
+    motion = MouthMotion(
         openness=_sample(grid, openness, times),
         roundness=_sample(grid, roundness, times),
     )
+    log.debug(
+        "mouth motion: %d frames, %.0f%% with the mouth open, mean openness %.2f",
+        n_frames, 100.0 * np.mean(motion.openness > 0), float(np.mean(motion.openness)),
+    )
+    return motion
 
 
 def _check_motion_input(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
@@ -306,7 +313,7 @@ def warp_mouth(
     warped = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     moved = (drop > 0) | (pinch > 0)
     patch = dst[region.y1 : region.y2, region.x1 : region.x2]
-    patch[moved] = warped[moved]
+    np.copyto(patch, warped, where=moved[..., None])
     _darken_gap(patch, u, v, region, opening, openness, roundness)
 
 
@@ -361,14 +368,17 @@ def _darken_gap(
     centre_v = top + opening / 2.0
     half_h = max(opening / 2.0, 1.0 / region.box_h)
     half_w = GAP_HALF_WIDTH * (1.0 - GAP_ROUND_SHRINK * roundness)
-    r2 = ((u - 0.5) / half_w) ** 2 + ((v - centre_v) / half_h) ** 2
-    alpha = MAX_DARKEN * openness * _truncated_gaussian(np.sqrt(r2) / 1.5, 0.45)
-    alpha = (alpha * (v >= WARP_TOP))[..., None]
-    if not np.any(alpha > 0):
+    # Work only on the rows and columns the ellipse's support can reach.
+    rows = np.flatnonzero((np.abs(v[:, 0] - centre_v) < GAP_FEATHER * half_h) & (v[:, 0] >= WARP_TOP))
+    cols = np.flatnonzero(np.abs(u[0] - 0.5) < GAP_FEATHER * half_w)
+    if rows.size == 0 or cols.size == 0:
         return
-    shaded = patch * (1.0 - alpha) + np.asarray(MOUTH_INTERIOR_BGR, np.float32) * alpha
-    touched = alpha[..., 0] > 0
-    patch[touched] = np.clip(np.rint(shaded[touched]), 0, 255).astype(patch.dtype)
+    rs, cs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    r = np.sqrt(((u[:, cs] - 0.5) / half_w) ** 2 + ((v[rs] - centre_v) / half_h) ** 2)
+    alpha = (MAX_DARKEN * openness * _truncated_gaussian(r / GAP_FEATHER, GAP_SIGMA))[..., None]
+    area = patch[rs, cs]
+    shaded = area * (1.0 - alpha) + np.asarray(MOUTH_INTERIOR_BGR, np.float32) * alpha
+    np.copyto(area, np.clip(np.rint(shaded), 0, 255).astype(area.dtype), where=alpha > 0)
 
 
 def draw_watermark(frame: np.ndarray) -> None:
