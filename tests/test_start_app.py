@@ -208,6 +208,21 @@ def cpu_app(cpu_app_factory) -> App:
     return cpu_app_factory()
 
 
+def submit_job(app: App, audio: Path, video: Path) -> str:
+    with audio.open("rb") as audio_file, video.open("rb") as video_file:
+        response = httpx.post(
+            app.url("/api/v1/jobs"), timeout=120,
+            files={"audio": (audio.name, audio_file, "audio/wav"),
+                   "video": (video.name, video_file, "video/mp4")},
+        )
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def job_status(app: App, job_id: str) -> dict:
+    return httpx.get(app.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
+
+
 def settings_lines(app: App) -> dict[str, str]:
     """The `name=value` lines start_app.sh printed as effective settings."""
     prefix = "start_app:   "
@@ -294,20 +309,12 @@ def test_help_describes_the_script_and_starts_nothing(tmp_path):
 
 def test_a_jobs_log_lines_reach_stdout_with_its_id(cpu_app, speech_wav, face_video):
     app = cpu_app
-    with speech_wav.open("rb") as audio, face_video.open("rb") as video:
-        response = httpx.post(
-            app.url("/api/v1/jobs"), timeout=120,
-            files={"audio": ("speech.wav", audio, "audio/wav"),
-                   "video": ("face.mp4", video, "video/mp4")},
-        )
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-
+    job_id = submit_job(app, speech_wav, face_video)
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    job = response.json()
+    job = job_status(app, job_id)
     while job["status"] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(1)
-        job = httpx.get(app.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
+        job = job_status(app, job_id)
     assert job["status"] == "succeeded", json.dumps(job)[:2000] + "\n" + app.output[-3000:]
 
     time.sleep(0.5)  # the reader thread may still be copying the last lines
@@ -340,15 +347,25 @@ def test_port_8080_as_in_the_container(launch):
 # --- signals (last: stops the shared server) ---------------------------------------------------
 
 
-def test_sigterm_reaches_the_python_server_which_drains_and_exits_0(cpu_app):
+def test_sigterm_reaches_the_python_server_which_drains_and_exits_0(cpu_app, speech_wav, face_video):
     app = cpu_app
     # `exec` replaced bash: the child we started *is* the Python server now.
     server = psutil.Process(app.proc.pid)
     assert Path(server.exe()).name.startswith("python")
     assert "app.py" in server.cmdline()
+    # A job in flight, so that the drain has something to wait for.
+    job_id = submit_job(app, speech_wav, face_video)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while job_status(app, job_id)["status"] == "queued" and time.monotonic() < deadline:
+        time.sleep(0.2)
 
     # The grace period is the wait's timeout: overrunning it raises TimeoutExpired.
     assert app.terminate(GRACE_S) == 0
     assert any("SIGTERM received: draining" in line for line in app.lines), app.output[-3000:]
-    assert any("job service stopped" in line for line in app.lines)
+    stopped = next(i for i, line in enumerate(app.lines) if "job service stopped" in line)
+    # The running job was let finish, or handed back to the queue: never cut off as failed.
+    outcome = [line for line in app.lines[:stopped] if f"job {job_id}: " in line
+               and ("succeeded" in line or "back in the queue" in line)]
+    assert outcome, "\n".join(line for line in app.lines if job_id in line)
+    assert not any(f"job {job_id}: failed" in line for line in app.lines)
     assert app.session_processes() == [], "processes of the app outlived it"
