@@ -1,0 +1,214 @@
+"""`python -m heygem` as a user runs it: a real subprocess, real files, exit codes and messages.
+
+Failures must end in exit code 1 and ONE stderr line "heygem: error: ..." that names the problem,
+never a traceback. Settings come from HEYGEM_* variables and flags, and flags win.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from heygem.errors import DOWNLOAD_COMMAND
+from heygem.settings import Settings
+from tests import e2e_media as em
+from tests import media
+
+PROJECT = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT_S = 300
+
+
+def heygem(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "heygem", *map(str, args)],
+        cwd=PROJECT, env=environ, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("heygem: error: ")
+    for name in names:
+        assert name in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def short_speech(work, speech_wav) -> Path:
+    return em.cut_audio(speech_wav, work / "speech-0.4s.wav", 0.4)
+
+
+@pytest.fixture
+def folders(tmp_path) -> dict[str, Path]:
+    """A data folder and an empty models folder, as flags for one run."""
+    models = tmp_path / "models"
+    models.mkdir()
+    return {"data": tmp_path / "data", "models": models}
+
+
+def folder_flags(folders: dict[str, Path]) -> list[str]:
+    return ["--data-dir", str(folders["data"]), "--models-dir", str(folders["models"])]
+
+
+# --------------------------------------------------------------------------------------------------
+# generate: engine choice, still image, precision, flags over environment
+
+
+def test_without_weights_generate_uses_preview_and_says_so(short_speech, face_image, folders, tmp_path):
+    output = tmp_path / "still.mp4"
+    env = {"HEYGEM_DATA_DIR": str(folders["data"]), "HEYGEM_MODELS_DIR": str(folders["models"])}
+    proc = heygem("generate", "--audio", short_speech, "--video", face_image, "--output", output, "--fps", "30", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "engine preview" in proc.stdout
+    assert f"no Wav2Lip weights at {folders['models'] / 'wav2lip_gan.pth'}" in proc.stdout
+    assert DOWNLOAD_COMMAND in proc.stdout
+    assert proc.stderr == ""  # no progress bar noise when stderr is not a terminal
+    assert media.stream_types(output) == ["video", "audio"]
+    assert em.frame_rate(output) == Fraction(30)
+    assert abs(media.duration_of(output) - media.duration_of(short_speech)) <= 1 / 30 + 1e-3
+
+
+def test_flags_win_over_environment_bf16_wav2lip(short_speech, face_video, folders, checkpoint_file, tmp_path):
+    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    output = tmp_path / "bf16.mp4"
+    env = {"HEYGEM_ENGINE": "preview", "HEYGEM_PRECISION": "fp32"}
+    proc = heygem(
+        "generate", "--audio", short_speech, "--video", face_video, "--output", output,
+        *folder_flags(folders), "--engine", "wav2lip", "--precision", "bf16", env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "engine wav2lip" in proc.stdout
+    assert "on cpu bf16" in proc.stdout
+    kinds = {s["codec_type"]: s for s in media.probe(output)["streams"]}
+    assert kinds["video"]["codec_name"] == "h264" and "audio" in kinds
+    assert int(kinds["video"]["nb_frames"]) == 10
+
+
+def test_requested_wav2lip_without_weights_names_path_and_command(short_speech, face_video, folders, tmp_path):
+    proc = heygem(
+        "generate", "--audio", short_speech, "--video", face_video, "--output", tmp_path / "o.mp4",
+        *folder_flags(folders), "--engine", "wav2lip",
+    )
+    assert_one_line_error(proc, str(folders["models"] / "wav2lip_gan.pth"), DOWNLOAD_COMMAND)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.fixture(scope="module")
+def bad_files(work, face_video) -> dict[str, Path]:
+    corrupt = work / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(64 * 1024))
+    text = work / "notes.mp4"
+    text.write_text("these are meeting notes, not a video\n" * 20)
+    silent = work / "video-only.mp4"
+    em.ffmpeg("-i", str(face_video), "-an", "-c", "copy", str(silent))
+    noface = em.write_frames(work / "noface.mp4", em.no_face_frames(10), 256, 256, 25)
+    return {"corrupt": corrupt, "text": text, "silent": silent, "noface": noface}
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        ("corrupt video", ["corrupt.mp4"]),
+        ("text renamed .mp4", ["notes.mp4"]),
+        ("audio file without audio", ["video-only.mp4", "no audio stream"]),
+        ("missing video", ["missing.mp4", "not found"]),
+        ("missing audio", ["missing.wav", "not found"]),
+        ("video without a face", ["noface.mp4", "no face"]),
+    ],
+)
+def test_bad_input_fails_with_one_line(case, names, bad_files, short_speech, face_video, folders, tmp_path):
+    audio, video = short_speech, face_video
+    if case == "corrupt video":
+        video = bad_files["corrupt"]
+    elif case == "text renamed .mp4":
+        video = bad_files["text"]
+    elif case == "audio file without audio":
+        audio = bad_files["silent"]
+    elif case == "missing video":
+        video = tmp_path / "missing.mp4"
+    elif case == "missing audio":
+        audio = tmp_path / "missing.wav"
+    else:
+        video = bad_files["noface"]
+    output = tmp_path / "out.mp4"
+    proc = heygem("generate", "--audio", audio, "--video", video, "--output", output, *folder_flags(folders))
+    assert_one_line_error(proc, *names)
+    assert not output.exists()
+    assert not list(tmp_path.glob(".out.mp4*")), "a partial output was left behind"
+
+
+# --------------------------------------------------------------------------------------------------
+# models and settings
+
+
+def test_models_status_lists_generator_and_detector(folders, checkpoint_file):
+    proc = heygem("models", "status", *folder_flags(folders))
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "missing" in rows["generator"] and str(folders["models"] / "wav2lip_gan.pth") in rows["generator"]
+    assert "missing" in rows["detector"] and str(folders["models"] / "s3fd.pth") in rows["detector"]
+
+    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    proc = heygem("models", "status", *folder_flags(folders))
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "present" in rows["generator"] and "missing" in rows["detector"]
+
+
+def test_models_folder_from_environment_and_flag_wins(folders, checkpoint_file, tmp_path):
+    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    env = {"HEYGEM_MODELS_DIR": str(folders["models"]), "HEYGEM_DATA_DIR": str(folders["data"])}
+    from_env = heygem("models", "status", env=env)
+    assert str(folders["models"]) in from_env.stdout and "present" in from_env.stdout
+    other = tmp_path / "other-models"
+    other.mkdir()
+    from_flag = heygem("models", "status", "--models-dir", other, env=env)
+    assert str(other / "wav2lip_gan.pth") in from_flag.stdout
+    assert "present" not in from_flag.stdout
+
+
+def test_models_verify_loads_the_checkpoint(folders, checkpoint_file):
+    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    proc = heygem("models", "verify", *folder_flags(folders))
+    assert proc.returncode == 0, proc.stderr
+    assert f"ok: {folders['models'] / 'wav2lip_gan.pth'} loads into the Wav2Lip generator" in proc.stdout
+
+
+def test_models_verify_without_weights_fails_with_one_line(folders):
+    proc = heygem("models", "verify", *folder_flags(folders))
+    assert_one_line_error(proc, str(folders["models"] / "wav2lip_gan.pth"), DOWNLOAD_COMMAND)
+
+
+def test_settings_environment_then_flags():
+    env = {"HEYGEM_BATCH_SIZE": "4", "HEYGEM_DEVICE": "cpu", "HEYGEM_PRECISION": "bf16"}
+    assert Settings.load(environ={}).batch_size == 32
+    from_env = Settings.load(environ=env)
+    assert (from_env.batch_size, from_env.device, from_env.precision) == (4, "cpu", "bf16")
+    flags = Settings.load(environ=env, argv=["--batch-size", "2", "--precision", "fp32"])
+    assert (flags.batch_size, flags.device, flags.precision) == (2, "cpu", "fp32")
+
+
+def test_bad_setting_is_a_usage_error(folders):
+    proc = heygem("models", "status", *folder_flags(folders), env={"HEYGEM_BATCH_SIZE": "lots"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("heygem: error: HEYGEM_BATCH_SIZE")
+    assert "Traceback" not in proc.stderr
