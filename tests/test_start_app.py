@@ -208,10 +208,10 @@ def cpu_app(cpu_app_factory) -> App:
     return cpu_app_factory()
 
 
-def submit_job(app: App, audio: Path, video: Path) -> str:
+def submit_job(app: App, audio: Path, video: Path, headers: dict | None = None) -> str:
     with audio.open("rb") as audio_file, video.open("rb") as video_file:
         response = httpx.post(
-            app.url("/api/v1/jobs"), timeout=120,
+            app.url("/api/v1/jobs"), timeout=120, headers=headers,
             files={"audio": (audio.name, audio_file, "audio/wav"),
                    "video": (video.name, video_file, "video/mp4")},
         )
@@ -219,8 +219,17 @@ def submit_job(app: App, audio: Path, video: Path) -> str:
     return response.json()["id"]
 
 
-def job_status(app: App, job_id: str) -> dict:
-    return httpx.get(app.url(f"/api/v1/jobs/{job_id}"), timeout=30).json()
+def job_status(app: App, job_id: str, headers: dict | None = None) -> dict:
+    return httpx.get(app.url(f"/api/v1/jobs/{job_id}"), timeout=30, headers=headers).json()
+
+
+def wait_finished(app: App, job_id: str, headers: dict | None = None) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    job = job_status(app, job_id, headers)
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(1)
+        job = job_status(app, job_id, headers)
+    return job
 
 
 def settings_lines(app: App) -> dict[str, str]:
@@ -232,7 +241,7 @@ def settings_lines(app: App) -> dict[str, str]:
 # --- GPU detection -------------------------------------------------------------------------------
 
 
-def test_gpu_found_exports_cuda_and_the_server_still_starts(launch, tmp_path):
+def test_gpu_found_exports_cuda_and_the_server_still_works(launch, tmp_path, speech_wav, face_video):
     marker = fake_nvidia_smi(tmp_path / "gpu-bin", fails=False)
     app = launch([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()],
                  env={"HEYGEM_API_TOKEN": SECRET})
@@ -251,6 +260,10 @@ def test_gpu_found_exports_cuda_and_the_server_still_starts(launch, tmp_path):
     assert "WARNING: nvidia-smi sees a GPU but torch" in app.output
     # Secrets are masked everywhere, including the echo of the command line.
     assert settings_lines(app)["api_token"] == "***"
+    # HEYGEM_DEVICE=cuda without a usable GPU must not break the service: a job still succeeds.
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    job = wait_finished(app, submit_job(app, speech_wav, face_video, auth), auth)
+    assert job["status"] == "succeeded", json.dumps(job)[:2000] + "\n" + app.output[-3000:]
     assert SECRET not in app.output
     assert app.terminate(GRACE_S) == 0
 
@@ -310,11 +323,7 @@ def test_help_describes_the_script_and_starts_nothing(tmp_path):
 def test_a_jobs_log_lines_reach_stdout_with_its_id(cpu_app, speech_wav, face_video):
     app = cpu_app
     job_id = submit_job(app, speech_wav, face_video)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    job = job_status(app, job_id)
-    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(1)
-        job = job_status(app, job_id)
+    job = wait_finished(app, job_id)
     assert job["status"] == "succeeded", json.dumps(job)[:2000] + "\n" + app.output[-3000:]
 
     time.sleep(0.5)  # the reader thread may still be copying the last lines
