@@ -19,6 +19,7 @@ from typing import Any, Callable
 from heygem import storage
 from heygem.errors import HeygemError, InputError
 from heygem.jobs import files
+from heygem.logs import job_context
 from heygem.jobs.manifest import shown_ref
 from heygem.jobs.options import sync_options
 from heygem.jobs.records import Job, JobStatus
@@ -217,7 +218,8 @@ class JobRun:
             video = self._fetch(self.job.video, "video")
             options = sync_options(self.job.options)
             temp = self.scratch / files.temp_name(".mp4")
-            result = self.worker.pipeline.run(audio, video, temp, options, on_progress=self.report)
+            with job_context(self.job.id):
+                result = self.worker.pipeline.run(audio, video, temp, options, on_progress=self.report)
             self._check_stop()
             output = files.move_atomic(Path(result.output), self._final_path())
             url, presigned = self._publish(output)
