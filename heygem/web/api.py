@@ -256,17 +256,22 @@ async def _submit_job(state: ApiState, request: Request) -> Any:
     if not _is_multipart(request):
         data = await _read_json(request)
         return await run_in_threadpool(_submit_refs, state, data, idempotency_key)
-    limit = JOB_UPLOAD_FILES * (state.settings.max_upload_mb * MB + MULTIPART_SLACK)
-    _check_length(request, limit)
-    form = await uploads.receive_multipart(
-        request.stream(), request.headers["content-type"], state.settings.inputs_dir,
-        state.settings.max_upload_mb * MB, JOB_UPLOAD_FILES,
-    )
+    form = await _receive_form(state, request, JOB_UPLOAD_FILES)
     try:
         return await run_in_threadpool(_submit_form, state, form, idempotency_key)
     except BaseException:
         form.discard()
         raise
+
+
+async def _receive_form(state: ApiState, request: Request, max_files: int) -> uploads.UploadedForm:
+    """Stream a multipart body's files to the inputs folder, refusing oversize bodies up front."""
+    per_file = state.settings.max_upload_mb * MB
+    _check_length(request, max_files * (per_file + MULTIPART_SLACK))
+    return await uploads.receive_multipart(
+        request.stream(), request.headers["content-type"], state.settings.inputs_dir,
+        per_file, max_files,
+    )
 
 
 def _submit_refs(state: ApiState, data: dict, idempotency_key: str | None) -> Any:
@@ -301,12 +306,7 @@ async def _submit_batch(state: ApiState, request: Request) -> Any:
     if not _is_multipart(request):
         data = await _read_json(request)
         return await run_in_threadpool(_submit_batch_json, state, data)
-    limit = BATCH_UPLOAD_FILES * (state.settings.max_upload_mb * MB + MULTIPART_SLACK)
-    _check_length(request, limit)
-    form = await uploads.receive_multipart(
-        request.stream(), request.headers["content-type"], state.settings.inputs_dir,
-        state.settings.max_upload_mb * MB, BATCH_UPLOAD_FILES,
-    )
+    form = await _receive_form(state, request, BATCH_UPLOAD_FILES)
     try:
         return await run_in_threadpool(_submit_batch_form, state, form)
     except BaseException:
