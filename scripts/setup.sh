@@ -12,11 +12,10 @@ apt_install() {
   fi
 }
 
+# Each extra argument names an apt package whose command has the same name (espeak-ng, chromium...).
 missing=()
 for pkg in "$@" ffmpeg; do
-  tool=$pkg
-  [ "$pkg" = "espeak-ng" ] && tool=espeak-ng
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
+  command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
