@@ -48,17 +48,7 @@ def write_frames(
     pix_fmt: str = "yuv420p",
 ) -> Path:
     """Encode BGR frames of any size to H.264 (yuv444p allows odd sizes)."""
-    cmd = [
-        *FFMPEG_QUIET, "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
-        "-r", str(fps), "-i", "-", "-c:v", "libx264", "-crf", "16", "-pix_fmt", pix_fmt, str(path),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-    for frame in frames:
-        proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-    proc.stdin.close()
-    if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {path}")
-    return path
+    return media.write_video(path, frames, fps, size=(width, height), pix_fmt=pix_fmt, crf=16)
 
 
 def video_stream(path: Path) -> dict:

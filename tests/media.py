@@ -39,12 +39,16 @@ def moving_frames(count: int, side: int = FIXTURE_SIDE):
         yield cv2.warpAffine(base, matrix, (side, side), borderMode=cv2.BORDER_REFLECT)
 
 
-def write_video(path: Path, frames, fps: float = FIXTURE_FPS, side: int = FIXTURE_SIDE) -> Path:
-    """Encode BGR frames to H.264 mp4 with real ffmpeg."""
+def write_video(
+    path: Path, frames, fps: float | str = FIXTURE_FPS, side: int = FIXTURE_SIDE, *,
+    size: tuple[int, int] | None = None, pix_fmt: str = "yuv420p", crf: int = 18,
+) -> Path:
+    """Encode BGR frames (side x side, or size=(width, height)) to H.264 mp4 with real ffmpeg."""
+    width, height = size or (side, side)
     cmd = [
-        "ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-        "-s", f"{side}x{side}", "-r", str(fps), "-i", "-",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", str(path),
+        "ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
+        "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+        "-c:v", "libx264", "-pix_fmt", pix_fmt, "-crf", str(crf), str(path),
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     for frame in frames:
