@@ -3,10 +3,12 @@
 import sys
 
 from heygem.logs import configure_logging
+from heygem.runtime import tune_process
 from heygem.settings import Settings
 
 
 def main() -> int:
+    tune_process()
     try:
         settings = Settings.load(argv=sys.argv[1:])
     except ValueError as exc:

@@ -7,15 +7,14 @@ or as a HEYGEM_* environment variable; flags win.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from heygem.errors import HeygemError
 from heygem.logs import configure_logging
+from heygem.runtime import tune_process
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.cli")
@@ -24,19 +23,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-# On CPU, torch shares the cores with the ffmpeg decoder and encoder. OpenMP threads that spin while
-# they wait take the core ffmpeg needs; passive waiting gives it back (measured at 480x480: 0.18 ->
-# 0.15 CPU-s per frame end to end, model alone unchanged). Read when torch loads, so set it first.
-OMP_WAIT_POLICY = "PASSIVE"
-# glibc raises its mmap threshold each time a large block is freed; frame-sized buffers then come
-# from the heap, which fragments and makes peak memory creep up with the video's length (measured:
-# +89 MiB from 8.7 s to 30 s at 480x480). A fixed threshold keeps them mmapped and returned on free.
-M_MMAP_THRESHOLD = -3  # mallopt() parameter number in glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value, now fixed
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _tune_process()
+    tune_process()
     parser = _build_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "command", None):
@@ -56,17 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an odd file must end in one line, never a traceback
         log.debug("unexpected failure", exc_info=True)
         return _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level DEBUG)", EXIT_FAILED)
-
-
-def _tune_process() -> None:
-    """Process-wide settings for CPU jobs; an operator's own environment values win."""
-    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def _fail(message: str, code: int) -> int:
