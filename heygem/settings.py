@@ -51,9 +51,9 @@ class Settings:
     preview_watermark: bool = False  # stamp "preview" on videos made by the preview engine
 
     # --- weights download ----------------------------------------------------------------------
-    hf_repo: str = "Non-playing-Character/Wav2Lip"  # Hugging Face repo (HF_ENDPOINT picks a mirror)
-    hf_checkpoint_file: str = "wav2lip_gan.pth"  # generator file name in that repo
-    hf_detector_file: str = "s3fd.pth"  # detector file name in that repo
+    hf_repo: str = "camenduru/Wav2Lip"  # Hugging Face repo (HF_ENDPOINT picks a mirror)
+    hf_checkpoint_file: str = "checkpoints/wav2lip_gan.pth"  # generator file in that repo
+    hf_detector_file: str = "face_detection/detection/sfd/s3fd.pth"  # detector file in that repo
     checkpoint_url: str = ""  # plain URL for the generator; wins over the Hugging Face repo
     detector_url: str = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"  # S3FD
     checkpoint_sha256: str = ""  # expected SHA-256 of the generator file; empty = not checked
