@@ -22,6 +22,9 @@ HF_REPO = "someone/Wav2Lip"
 HF_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+DEFAULTS = Settings()  # the repo layout heygem expects by default (files in sub-folders)
+
+
 @dataclass
 class WeightsServer:
     """Serves PAYLOAD at /files/<name>, a Hugging Face-style /<repo>/resolve/main/<name>,
@@ -51,7 +54,8 @@ def _handler(server: WeightsServer):
             if path.startswith("/short/"):
                 self._send(200, PAYLOAD[:1000], body, length=len(PAYLOAD))
             elif path.startswith("/files/") or path in (
-                f"/{HF_REPO}/resolve/main/wav2lip_gan.pth", f"/{HF_REPO}/resolve/main/s3fd.pth"
+                f"/{HF_REPO}/resolve/main/{DEFAULTS.hf_checkpoint_file}",
+                f"/{HF_REPO}/resolve/main/{DEFAULTS.hf_detector_file}",
             ):
                 self._send(200, PAYLOAD, body, etag=PAYLOAD_SHA)
             else:
@@ -272,7 +276,7 @@ def test_hugging_face_download(hf_settings, server):
     assert paths == [models / "wav2lip_gan.pth", models / "s3fd.pth"]
     assert all(p.read_bytes() == PAYLOAD for p in paths)
     assert files_in(models) == ["s3fd.pth", "wav2lip_gan.pth"]  # staging folders removed
-    assert f"/{HF_REPO}/resolve/main/wav2lip_gan.pth" in server.requests
+    assert f"/{HF_REPO}/resolve/main/{DEFAULTS.hf_checkpoint_file}" in server.requests
     assert progress[-1] == (len(PAYLOAD), len(PAYLOAD), "detector")
 
 
