@@ -58,7 +58,7 @@ STAGE_MODEL_BATCHES = 3  # timed generator batches after one warm-up batch
 MODEL_ONLY_FRAMES = 64  # generator frames timed after each end-to-end run
 SMALL_DETECT_SIDE = 320  # what-if: detection at half the default detect_max_side
 FAST_PRESET = "veryfast"  # what-if: x264 preset instead of the writer's default
-# What `python -m heygem` sets for itself (heygem/cli.py _tune_process), as environment for library
+# What heygem.runtime.tune_process() sets in the CLI and the server, as environment for library
 # runs: passive OpenMP waiting, and a fixed glibc mmap threshold.
 TUNED_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": "131072"}
 CLI_VARIANTS = {  # label -> extra `python -m heygem generate` flags
@@ -99,7 +99,8 @@ def motion_frames(side: int, canvas: tuple[int, int]) -> Iterator[np.ndarray]:
         phase = 2 * np.pi * i / MOTION_FRAMES
         matrix = np.float32([[1, 0, 3 * np.sin(phase)], [0, 1, 2 * np.cos(phase)]])
         frame = np.full((height, width, 3), 96, np.uint8)
-        frame[y0:y0 + side, x0:x0 + side] = cv2.warpAffine(face, matrix, (side, side), borderMode=cv2.BORDER_REFLECT)
+        moved = cv2.warpAffine(face, matrix, (side, side), borderMode=cv2.BORDER_REFLECT)
+        frame[y0:y0 + side, x0:x0 + side] = moved
         yield frame
 
 
@@ -108,7 +109,10 @@ def face_box(side: int, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
     scale = side / 256
     x0, y0 = (canvas[0] - side) // 2, (canvas[1] - side) // 2
     top, bottom, left, right = FACE_BOX_256
-    return (y0 + round(top * scale), y0 + round(bottom * scale), x0 + round(left * scale), x0 + round(right * scale))
+    return (
+        y0 + round(top * scale), y0 + round(bottom * scale),
+        x0 + round(left * scale), x0 + round(right * scale),
+    )
 
 
 def write_motion(path: Path, side: int, canvas: tuple[int, int]) -> Path:
@@ -129,14 +133,15 @@ def write_motion(path: Path, side: int, canvas: tuple[int, int]) -> Path:
 
 def looped_video(cycle: Path, path: Path, seconds: float) -> Path:
     if not path.exists():
-        ffmpeg("-stream_loop", "-1", "-i", str(cycle), "-t", f"{seconds:.3f}", "-an",
-               "-c:v", "libx264", "-preset", ENCODE_PRESET, "-crf", "18", "-pix_fmt", "yuv420p", str(path))
+        ffmpeg("-stream_loop", "-1", "-i", str(cycle), "-t", f"{seconds:.3f}", "-an", "-c:v", "libx264",
+               "-preset", ENCODE_PRESET, "-crf", "18", "-pix_fmt", "yuv420p", str(path))
     return path
 
 
 def looped_audio(speech: Path, path: Path, seconds: float) -> Path:
     if not path.exists():
-        ffmpeg("-stream_loop", "-1", "-i", str(speech), "-t", f"{seconds:.3f}", "-c:a", "pcm_s16le", str(path))
+        ffmpeg("-stream_loop", "-1", "-i", str(speech), "-t", f"{seconds:.3f}",
+               "-c:a", "pcm_s16le", str(path))
     return path
 
 
@@ -239,13 +244,16 @@ def measure_stages(spec: dict) -> dict:
 
     kept: list[np.ndarray] = []
     with Clock() as clock:
-        for count, frame in enumerate(itertools.islice(read_frames(video, info), STAGE_DECODE_FRAMES), 1):
+        decoded = itertools.islice(read_frames(video, info), STAGE_DECODE_FRAMES)
+        for count, frame in enumerate(decoded, 1):
             if len(kept) < STAGE_KEEP_FRAMES:
                 kept.append(frame)
     out["decode"] = clock.rate(count)
 
     detector = create_detector(settings, "cpu")
-    frames = itertools.islice(read_frames(video, info, max_side=settings.detect_max_side), STAGE_DETECT_FRAMES)
+    frames = itertools.islice(
+        read_frames(video, info, max_side=settings.detect_max_side), STAGE_DETECT_FRAMES
+    )
     with Clock() as clock:
         raw = detect_faces(frames, detector, info.size, settings.detect_batch_size)
     out["detect"] = clock.rate(len(raw)) | {"detector": detector.name, "found": found(raw)}
@@ -292,7 +300,8 @@ def measure_stages(spec: dict) -> dict:
                 writer.write(blended[i % len(blended)])
     out["encode"] = clock.rate(STAGE_ENCODE_FRAMES)
     with Clock() as clock:
-        with FrameWriter(target, info.width, info.height, info.fps_text, audio, preset=FAST_PRESET) as writer:
+        fast = FrameWriter(target, info.width, info.height, info.fps_text, audio, preset=FAST_PRESET)
+        with fast as writer:
             for i in range(STAGE_ENCODE_FRAMES):
                 writer.write(blended[i % len(blended)])
     out["encode fast"] = clock.rate(STAGE_ENCODE_FRAMES)
@@ -375,7 +384,8 @@ def measure_run(spec: dict) -> dict:
     synth = result.stage_seconds.get("synthesize", clock.wall)
     stages = {name: round(s, 2) for name, s in timers.seconds.items()}
     stages["detect pass"] = round(result.stage_seconds.get("detect", 0.0), 2)
-    stages["audio+mel"] = round(result.stage_seconds.get("audio", 0.0) + timers.seconds.get("mel", 0.0), 2)
+    audio_s = result.stage_seconds.get("audio", 0.0) + timers.seconds.get("mel", 0.0)
+    stages["audio+mel"] = round(audio_s, 2)
     return {
         "run": clock.rate(result.frames),
         "synthesis_fps": round(result.frames / synth, 2),
@@ -419,7 +429,8 @@ def measure_cli(spec: dict) -> dict:
     argv = [
         "generate", "--audio", audio, "--video", video, "--output", str(data / "out.mp4"),
         "--box", str(top), str(bottom), str(left), str(right), "--engine", "wav2lip",
-        "--data-dir", str(data), "--models-dir", spec["models"], "--log-level", "WARNING", *spec["flags"],
+        "--data-dir", str(data), "--models-dir", spec["models"], "--log-level", "WARNING",
+        *spec["flags"],
     ]
     code = cli_main(argv)
     if code != 0:
@@ -463,7 +474,8 @@ def machine() -> dict[str, str]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-        mem_kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        mem_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
     except (OSError, StopIteration, ValueError):
         mem_kib = 0
     return {
@@ -480,8 +492,10 @@ def stage_table(stages: dict) -> list[str]:
     rows = ["| stage | frames | frames/s | CPU-s per frame | note |", "|---|---:|---:|---:|---|"]
     notes = {
         "decode": "ffmpeg pipe, full 1280x720 BGR frames",
-        "detect": f"{stages['detect']['detector']} at detect_max_side 640 (default): {stages['detect']['found']}",
-        "detect small": f"what-if: the same at {SMALL_DETECT_SIDE} px: {stages['detect small']['found']}",
+        "detect": f"{stages['detect']['detector']} at detect_max_side 640 (default): "
+        f"{stages['detect']['found']}",
+        "detect small": f"what-if: the same at {SMALL_DETECT_SIDE} px: "
+        f"{stages['detect small']['found']}",
         "mel": "ffmpeg decode to 16 kHz + mel + windows",
         "model": "generator only, batch of 96x96 faces, fp32",
         "model bf16": "the same with bf16 autocast (opt-in `--precision bf16`)",
@@ -489,9 +503,9 @@ def stage_table(stages: dict) -> list[str]:
         "encode": "FrameWriter: x264 (preset medium, the default) + AAC mux, 720p",
         "encode fast": f"what-if: the same with x264 preset {FAST_PRESET}",
     }
-    for name in ("decode", "detect", "detect small", "mel", "model", "model bf16", "blend", "encode", "encode fast"):
+    for name, note in notes.items():
         r = stages[name]
-        rows.append(f"| {name} | {r['frames']} | {r['fps']:.1f} | {r['cpu_s_per_frame']:.4f} | {notes[name]} |")
+        rows.append(f"| {name} | {r['frames']} | {r['fps']:.1f} | {r['cpu_s_per_frame']:.4f} | {note} |")
     return rows
 
 
@@ -507,7 +521,8 @@ def run_table(runs: dict[str, dict]) -> list[str]:
         wall = run["fps"] / model["fps"]
         cpu = model["cpu_s_per_frame"] / run["cpu_s_per_frame"]
         rows.append(
-            f"| {label} | {r['frames']} | {run['seconds']:.1f} | {run['fps']:.2f} | {model['fps']:.2f} | "
+            f"| {label} | {r['frames']} | {run['seconds']:.1f} | {run['fps']:.2f} | "
+            f"{model['fps']:.2f} | "
             f"{wall:.0%} | {run['cpu_s_per_frame']:.3f} / {model['cpu_s_per_frame']:.3f} | {cpu:.0%} | "
             f"{r['peak_mib']:.0f} ({r['loaded_peak_mib']:.0f}) | {r['command_s']:.1f} |"
         )
@@ -526,15 +541,20 @@ def breakdown_table(runs: dict[str, dict]) -> list[str]:
     return rows
 
 
-def reference_rows(cli: dict[str, dict], flat: dict[str, tuple[dict, dict]], ref_s: float, long_s: float) -> list[str]:
+def reference_rows(
+    cli: dict[str, dict], flat: dict[str, tuple[dict, dict]], ref_s: float, long_s: float
+) -> list[str]:
     rows = ["| `python -m heygem generate --box ... --engine wav2lip` | whole command | speed-up "
             "(target >= 3x) | whole command CPU-s | peak RSS | of the reference's (target <= 25%) |",
             "|---|---:|---:|---:|---:|---:|"]
     for label, r in cli.items():
         speedup = REFERENCE_SECONDS / r["command_s"]
         memory = r["peak_mib"] / REFERENCE_PEAK_MIB
-        rows.append(f"| {label} | {r['command_s']:.1f} s | {speedup:.2f}x {mark(speedup >= SPEED_TARGET)} | "
-                    f"{r['command_cpu_s']:.1f} | {r['peak_mib']:.0f} MiB | {memory:.0%} {mark(memory <= MEMORY_TARGET)} |")
+        rows.append(
+            f"| {label} | {r['command_s']:.1f} s | {speedup:.2f}x {mark(speedup >= SPEED_TARGET)} | "
+            f"{r['command_cpu_s']:.1f} | {r['peak_mib']:.0f} MiB | "
+            f"{memory:.0%} {mark(memory <= MEMORY_TARGET)} |"
+        )
     rows += ["", f"Flat memory (target: the same job on a {long_s:g} s input peaks within "
              f"{FLAT_LIMIT - 1:.0%} of the {ref_s:g} s one):", "",
              f"| | {ref_s:g} s input | {long_s:g} s input | ratio |", "|---|---:|---:|---:|"]
@@ -561,9 +581,10 @@ def render(
         "face detection with the Haar fallback, since a fresh install has no S3FD weights.",
         "",
         f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {info['cpu']}, {info['memory']} RAM, Python {info['python']}, torch {info['torch']}, "
-        f"{info['threads']} torch threads; library runs use batch size {info['batch_size']}, device cpu, fp32 "
-        "unless the row says otherwise ('CLI tuning': the environment `python -m heygem` sets for itself, "
+        f"- machine: {info['cpu']}, {info['memory']} RAM, Python {info['python']}, "
+        f"torch {info['torch']}, {info['threads']} torch threads; library runs use batch size "
+        f"{info['batch_size']}, device cpu, fp32 unless the row says otherwise ('CLI tuning': the "
+        "environment heygem.runtime.tune_process() sets in `python -m heygem` and the server, "
         f"{' '.join(f'{k}={v}' for k, v in TUNED_ENV.items())})",
         f"- load average when the benchmark started / ended: {info['load']} / {info['load_end']}",
         "- **the CPU was shared** with other engineers' test runs while this ran, so wall-clock "
@@ -593,7 +614,8 @@ def render(
         "",
         f"8.7 s of speech on a 480x480, 25 fps video with a fixed box; the reference implementation "
         f"took {REFERENCE_SECONDS} s and 2.2 GB peak on a 2-core machine of this kind. heygem's "
-        "'whole command' is `python -m heygem generate` in a fresh process: interpreter start, imports, "
+        "'whole command' is `python -m heygem generate` in a fresh process: interpreter start, "
+        "imports, "
         "weights load and the run; peak RSS is that process's ru_maxrss.",
         "",
         *reference_rows(cli, flat, *lengths),
@@ -607,8 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=PROJECT / "docs" / "benchmarks.md",
                         help="markdown file to (re)write; '-' prints only")
     parser.add_argument("--work-dir", type=Path, help="where inputs are built (default: a temp dir)")
-    parser.add_argument("--batch-size", type=int, default=32, help="generator batch (Settings default 32)")
-    parser.add_argument("--quick", action="store_true", help="4 s and 2 s inputs: checks the script runs")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="generator batch (Settings default 32)")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 s and 2 s inputs: checks the script runs")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -636,7 +660,9 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
         f"720p, {short_s:g} s, fixed box": {"input": inputs["hd_short"]} | hd_box,
         f"720p, {short_s:g} s, fixed box, CLI tuning": {"input": inputs["hd_short"]} | hd_box | tuned,
         f"480x480, {ref_s:g} s, fixed box": {"input": inputs["ref_short"]} | ref_box,
-        f"480x480, {ref_s:g} s, fixed box, CLI tuning": {"input": inputs["ref_short"]} | ref_box | tuned,
+        f"480x480, {ref_s:g} s, fixed box, CLI tuning": (
+            {"input": inputs["ref_short"]} | ref_box | tuned
+        ),
         f"480x480, {long_s:g} s, fixed box": {"input": inputs["ref_long"]} | ref_box,
     }
     runs = {}
@@ -652,7 +678,7 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
     info["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     flat = {
         "`python -m heygem generate` (defaults)": (cli["fp32, batch 32 (defaults)"], cli_long),
-        "library call without the CLI's process tuning": (
+        "library call without heygem.runtime.tune_process()": (
             runs[f"480x480, {ref_s:g} s, fixed box"], runs[f"480x480, {long_s:g} s, fixed box"]
         ),
     }

@@ -16,6 +16,8 @@ from tests import media
 
 FFMPEG_QUIET = ["ffmpeg", "-y", "-nostdin", "-loglevel", "error"]
 FACE_BOX_256 = (32, 96, 84, 140)  # --box TOP BOTTOM LEFT RIGHT around the 256 px astronaut's face
+PCM = ["-c:a", "pcm_s16le"]
+FAST_H264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p"]
 
 
 def ffmpeg(*args: str) -> None:
@@ -24,13 +26,13 @@ def ffmpeg(*args: str) -> None:
 
 def cut_audio(source: Path, target: Path, seconds: float, start: float = 0.0) -> Path:
     """`seconds` of `source` from `start`, as 16-bit PCM wav."""
-    ffmpeg("-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", str(source), "-c:a", "pcm_s16le", str(target))
+    ffmpeg("-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", str(source), *PCM, str(target))
     return target
 
 
 def loop_audio(source: Path, target: Path, seconds: float) -> Path:
     """`source` repeated until it lasts exactly `seconds` (wav)."""
-    ffmpeg("-stream_loop", "-1", "-i", str(source), "-t", f"{seconds:.3f}", "-c:a", "pcm_s16le", str(target))
+    ffmpeg("-stream_loop", "-1", "-i", str(source), "-t", f"{seconds:.3f}", *PCM, str(target))
     return target
 
 
@@ -39,7 +41,7 @@ def loop_video(source: Path, target: Path, seconds: float, extra_filters: str = 
     args = ["-stream_loop", "-1", "-i", str(source), "-t", f"{seconds:.3f}", "-an"]
     if extra_filters:
         args += ["-vf", extra_filters]
-    ffmpeg(*args, "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", str(target))
+    ffmpeg(*args, *FAST_H264, str(target))
     return target
 
 
@@ -70,7 +72,9 @@ def reencode(frames: np.ndarray, target: Path, fps: float) -> np.ndarray:
     return media.read_frames(target)
 
 
-def box_mask(height: int, width: int, box_tblr: tuple[int, int, int, int], margin: int = 0) -> np.ndarray:
+def box_mask(
+    height: int, width: int, box_tblr: tuple[int, int, int, int], margin: int = 0
+) -> np.ndarray:
     """True inside the box (grown by `margin` px on every side)."""
     top, bottom, left, right = box_tblr
     mask = np.zeros((height, width), bool)

@@ -73,7 +73,10 @@ def folder_flags(folders: dict[str, Path]) -> list[str]:
 def test_without_weights_generate_uses_preview_and_says_so(short_speech, face_image, folders, tmp_path):
     output = tmp_path / "still.mp4"
     env = {"HEYGEM_DATA_DIR": str(folders["data"]), "HEYGEM_MODELS_DIR": str(folders["models"])}
-    proc = heygem("generate", "--audio", short_speech, "--video", face_image, "--output", output, "--fps", "30", env=env)
+    proc = heygem(
+        "generate", "--audio", short_speech, "--video", face_image, "--output", output, "--fps", "30",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "engine preview" in proc.stdout
     assert f"no Wav2Lip weights at {folders['models'] / 'wav2lip_gan.pth'}" in proc.stdout
@@ -84,7 +87,9 @@ def test_without_weights_generate_uses_preview_and_says_so(short_speech, face_im
     assert abs(media.duration_of(output) - media.duration_of(short_speech)) <= 1 / 30 + 1e-3
 
 
-def test_flags_win_over_environment_bf16_wav2lip(short_speech, face_video, folders, checkpoint_file, tmp_path):
+def test_flags_win_over_environment_bf16_wav2lip(
+    short_speech, face_video, folders, checkpoint_file, tmp_path
+):
     shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
     output = tmp_path / "bf16.mp4"
     env = {"HEYGEM_ENGINE": "preview", "HEYGEM_PRECISION": "fp32"}
@@ -100,7 +105,9 @@ def test_flags_win_over_environment_bf16_wav2lip(short_speech, face_video, folde
     assert int(kinds["video"]["nb_frames"]) == 10
 
 
-def test_requested_wav2lip_without_weights_names_path_and_command(short_speech, face_video, folders, tmp_path):
+def test_requested_wav2lip_without_weights_names_path_and_command(
+    short_speech, face_video, folders, tmp_path
+):
     proc = heygem(
         "generate", "--audio", short_speech, "--video", face_video, "--output", tmp_path / "o.mp4",
         *folder_flags(folders), "--engine", "wav2lip",
@@ -136,7 +143,9 @@ def bad_files(work, face_video) -> dict[str, Path]:
         ("video without a face", ["noface.mp4", "no face"]),
     ],
 )
-def test_bad_input_fails_with_one_line(case, names, bad_files, short_speech, face_video, folders, tmp_path):
+def test_bad_input_fails_with_one_line(
+    case, names, bad_files, short_speech, face_video, folders, tmp_path
+):
     audio, video = short_speech, face_video
     if case == "corrupt video":
         video = bad_files["corrupt"]
@@ -151,7 +160,9 @@ def test_bad_input_fails_with_one_line(case, names, bad_files, short_speech, fac
     else:
         video = bad_files["noface"]
     output = tmp_path / "out.mp4"
-    proc = heygem("generate", "--audio", audio, "--video", video, "--output", output, *folder_flags(folders))
+    proc = heygem(
+        "generate", "--audio", audio, "--video", video, "--output", output, *folder_flags(folders)
+    )
     assert_one_line_error(proc, *names)
     assert not output.exists()
     assert not list(tmp_path.glob(".out.mp4*")), "a partial output was left behind"
@@ -165,7 +176,8 @@ def test_models_status_lists_generator_and_detector(folders, checkpoint_file):
     proc = heygem("models", "status", *folder_flags(folders))
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
-    assert "missing" in rows["generator"] and str(folders["models"] / "wav2lip_gan.pth") in rows["generator"]
+    assert "missing" in rows["generator"]
+    assert str(folders["models"] / "wav2lip_gan.pth") in rows["generator"]
     assert "missing" in rows["detector"] and str(folders["models"] / "s3fd.pth") in rows["detector"]
 
     shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
@@ -190,7 +202,8 @@ def test_models_verify_loads_the_checkpoint(folders, checkpoint_file):
     shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
     proc = heygem("models", "verify", *folder_flags(folders))
     assert proc.returncode == 0, proc.stderr
-    assert f"ok: {folders['models'] / 'wav2lip_gan.pth'} loads into the Wav2Lip generator" in proc.stdout
+    checkpoint = folders["models"] / "wav2lip_gan.pth"
+    assert f"ok: {checkpoint} loads into the Wav2Lip generator" in proc.stdout
 
 
 def test_models_verify_without_weights_fails_with_one_line(folders):
