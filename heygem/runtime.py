@@ -6,12 +6,13 @@ import ctypes
 import os
 
 # On CPU, torch shares the cores with the ffmpeg decoder and encoder. OpenMP threads that spin while
-# they wait take the core ffmpeg needs; passive waiting gives it back (measured at 480x480: 0.18 ->
-# 0.15 CPU-s per frame end to end, model alone unchanged). Read when torch loads, so set it first.
+# they wait take the core ffmpeg needs; passive waiting gives it back (paired runs at 480x480 were
+# noisy: about 0.20 -> 0.16 CPU-s per frame on average). Read when torch loads, so set it first.
 OMP_WAIT_POLICY = "PASSIVE"
 # glibc raises its mmap threshold each time a large block is freed; frame-sized buffers then come
 # from the heap, which fragments and makes peak memory creep up with the video's length (measured:
-# +89 MiB from 8.7 s to 30 s at 480x480). A fixed threshold keeps them mmapped and returned on free.
+# 892 -> 1110 MiB from 8.7 s to 60 s at 480x480; with a fixed threshold 847 -> 856 MiB), because
+# a fixed threshold keeps frame buffers mmapped and returned to the system on free.
 M_MMAP_THRESHOLD = -3  # mallopt() parameter number in glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value, now fixed
 
