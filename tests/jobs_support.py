@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from heygem.jobs import JobService
+from heygem.jobs import JobService, SQLiteJobStore
 from heygem.settings import Settings
 from tests.fakes import FakePipeline
 
@@ -74,3 +75,28 @@ def running_service(settings: Settings, pipelines: Pipelines) -> Iterator[JobSer
         if pipelines.gate is not None:
             pipelines.gate.set()
         service.stop(drain_seconds=5)
+
+
+POLL_S = 0.05
+
+
+def wait_until(predicate, timeout: float = WAIT_S, what: str = "condition"):
+    """The first truthy value of `predicate()`, polled until `timeout`; AssertionError after."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[SQLiteJobStore]:
+    """A test's own connection to the service's database, as a second process would have."""
+    job_store = SQLiteJobStore(settings.database_path)
+    job_store.open()
+    try:
+        yield job_store
+    finally:
+        job_store.close()

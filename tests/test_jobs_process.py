@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from heygem.jobs import JobStatus, SQLiteJobStore
+from heygem.jobs import JobStatus
 from heygem.jobs import files as job_files
 from heygem.jobs.records import NewJob
 from tests import media
 from tests.jobs_server import READY_FILE, RUN_LOG
-from tests.jobs_support import WAIT_S, place_inputs
+from tests.jobs_support import WAIT_S, open_store, place_inputs, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 30.0
-POLL_S = 0.05
 
 
 class Server:
@@ -45,7 +44,7 @@ class Server:
                 [sys.executable, "-m", "tests.jobs_server"], cwd=PROJECT_DIR, env=env,
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        _until(lambda: (data_dir / READY_FILE).exists() or self.proc.poll() is not None,
+        wait_until(lambda: (data_dir / READY_FILE).exists() or self.proc.poll() is not None,
                START_TIMEOUT_S, "server ready")
         assert self.proc.poll() is None, self.log()
 
@@ -61,16 +60,6 @@ class Server:
         return self.proc.wait(EXIT_TIMEOUT_S)
 
 
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def inputs(settings, speech_wav, face_video):
     return place_inputs(settings, speech_wav, face_video)
@@ -80,10 +69,8 @@ def inputs(settings, speech_wav, face_video):
 def store(settings):
     # The test's own connection to the server's database: submitting here is what a second
     # process sharing the queue would do.
-    job_store = SQLiteJobStore(settings.database_path)
-    job_store.open()
-    yield job_store
-    job_store.close()
+    with open_store(settings) as job_store:
+        yield job_store
 
 
 def submit(store, inputs, count: int) -> list[str]:
@@ -103,13 +90,13 @@ def runs(settings) -> Counter:
 def test_sigkill_mid_job_then_restart_completes_every_job_exactly_once(settings, inputs, store):
     server = Server(settings.data_dir, delay_s=3.0)
     ids = submit(store, inputs, 4)
-    _until(lambda: store.get(ids[0]).progress > 0, WAIT_S, "first job under way")
+    wait_until(lambda: store.get(ids[0]).progress > 0, WAIT_S, "first job under way")
     server.kill()
     assert status_of(store, ids[0]) == JobStatus.RUNNING  # what a crash leaves behind
     assert runs(settings) == Counter()
 
     server = Server(settings.data_dir, delay_s=0.1)
-    _until(lambda: all(status_of(store, i) == JobStatus.SUCCEEDED for i in ids), WAIT_S, "all jobs")
+    wait_until(lambda: all(status_of(store, i) == JobStatus.SUCCEEDED for i in ids), WAIT_S, "all jobs")
     assert server.terminate() == 0, server.log()
 
     assert runs(settings) == Counter({job_id: 1 for job_id in ids})
@@ -123,7 +110,7 @@ def test_sigkill_mid_job_then_restart_completes_every_job_exactly_once(settings,
 def test_sigterm_lets_a_short_job_finish_and_exits_zero(settings, inputs, store):
     server = Server(settings.data_dir, delay_s=1.0, drain_s=WAIT_S)
     (job_id,) = submit(store, inputs, 1)
-    _until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, "job running")
+    wait_until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, "job running")
     assert server.terminate() == 0, server.log()
     job = store.get(job_id)
     assert job.status == JobStatus.SUCCEEDED and job.output_path.is_file()
@@ -133,14 +120,14 @@ def test_sigterm_lets_a_short_job_finish_and_exits_zero(settings, inputs, store)
 def test_sigterm_requeues_a_long_job_which_completes_after_restart(settings, inputs, store):
     server = Server(settings.data_dir, delay_s=60.0, drain_s=0.5)
     (job_id,) = submit(store, inputs, 1)
-    _until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, "job running")
+    wait_until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, "job running")
     assert server.terminate() == 0, server.log()
     job = store.get(job_id)
     assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
     assert "back in the queue" in server.log()
 
     server = Server(settings.data_dir, delay_s=0.1)
-    _until(lambda: status_of(store, job_id) == JobStatus.SUCCEEDED, WAIT_S, "job done")
+    wait_until(lambda: status_of(store, job_id) == JobStatus.SUCCEEDED, WAIT_S, "job done")
     assert server.terminate() == 0, server.log()
     assert runs(settings) == Counter({job_id: 1})
     assert store.get(job_id).attempts == 1

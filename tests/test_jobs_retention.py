@@ -9,17 +9,16 @@ import time
 import pytest
 
 from heygem.faces.track import RawDetections, TrackCache
-from heygem.jobs import SQLiteJobStore, retention
+from heygem.jobs import retention
+from tests.jobs_support import open_store
 
 DAY_S = 86400.0
 
 
 @pytest.fixture
 def store(settings):
-    job_store = SQLiteJobStore(settings.database_path)
-    job_store.open()
-    yield job_store
-    job_store.close()
+    with open_store(settings) as job_store:
+        yield job_store
 
 
 def _age(path, days: float) -> None:

@@ -30,9 +30,8 @@ from heygem.jobs import retention
 from heygem.jobs.records import NewJob
 from tests import media
 from tests.fakes import FakePipeline
-from tests.jobs_support import WAIT_S, Pipelines, place_inputs, running_service
+from tests.jobs_support import WAIT_S, Pipelines, place_inputs, running_service, wait_until
 
-POLL_S = 0.05
 
 
 @pytest.fixture
@@ -40,18 +39,8 @@ def inputs(settings, speech_wav, face_video):
     return place_inputs(settings, speech_wav, face_video)
 
 
-def wait_for(predicate, timeout=WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError("condition not met in time")
-
-
 def wait_running(service, job_id):
-    return wait_for(lambda: service.get(job_id).status == JobStatus.RUNNING)
+    return wait_until(lambda: service.get(job_id).status == JobStatus.RUNNING)
 
 
 # --- one job -------------------------------------------------------------------------------------
@@ -94,7 +83,7 @@ def test_relative_input_paths_mean_the_inputs_folder(settings, inputs):
 def test_progress_is_stored_while_running(settings, inputs):
     with running_service(settings, Pipelines(delay_s=2.0)) as service:
         job = service.submit(str(inputs.audio), str(inputs.video))
-        seen = wait_for(lambda: (j := service.get(job.id)).progress > 0.4 and j)
+        seen = wait_until(lambda: (j := service.get(job.id)).progress > 0.4 and j)
         assert seen.status == JobStatus.RUNNING
         assert seen.stage == "synthesize"
         assert seen.progress < 1.0
@@ -425,7 +414,7 @@ def test_readiness_follows_loading_and_shutdown(settings, inputs):
         assert service.engine_status() is None
         queued = service.submit(str(inputs.audio), str(inputs.video))  # accepted while loading
         gate.set()
-        wait_for(lambda: service.readiness()[0])
+        wait_until(lambda: service.readiness()[0])
         assert service.readiness() == (True, "ready")
         assert service.engine_status().engine == "fake"
         assert service.wait(queued.id, WAIT_S).status == JobStatus.SUCCEEDED
@@ -444,7 +433,7 @@ def test_engine_load_failure_shows_in_readiness_and_refuses_jobs(settings, input
     service = JobService(settings, pipeline_factory=Broken)
     service.start()
     try:
-        wait_for(lambda: service.readiness()[1] != "loading the model")
+        wait_until(lambda: service.readiness()[1] != "loading the model")
         reason = "the engine failed to load: no weights at models/wav2lip_gan.pth"
         assert service.readiness() == (False, reason)
         with pytest.raises(ModelError, match=f"^{reason}$"):
@@ -547,7 +536,7 @@ def test_retention_task_runs_on_its_interval(settings, inputs):
         job = service.wait(service.submit(str(inputs.audio), str(inputs.video)).id, WAIT_S)
         with sqlite3.connect(settings.database_path) as conn:
             conn.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time() - 2 * 86400, job.id))
-        wait_for(lambda: service.count_jobs() == 0)
+        wait_until(lambda: service.count_jobs() == 0)
     assert not job.output_path.exists()
 
 
@@ -584,7 +573,7 @@ def test_deep_check_runs_a_warmup_in_the_worker_between_jobs(settings, inputs):
         with pytest.raises(HeygemError, match="^not ready: loading the model$"):
             service.deep_check(1)
         _CountingWarmup.gate.set()
-        wait_for(lambda: service.readiness()[0])
+        wait_until(lambda: service.readiness()[0])
         assert service.deep_check(WAIT_S) == 0.25
         job = service.submit(str(inputs.audio), str(inputs.video))
         wait_running(service, job.id)
@@ -607,7 +596,7 @@ def test_deep_check_reports_a_failing_inference(settings):
     service = JobService(settings, pipeline_factory=Failing)
     service.start()
     try:
-        wait_for(lambda: service.readiness()[0])
+        wait_until(lambda: service.readiness()[0])
         with pytest.raises(ModelError, match="^warm-up inference failed: RuntimeError: CUDA error"):
             service.deep_check(WAIT_S)
         assert service.readiness() == (True, "ready")  # one failed probe does not stop the worker
