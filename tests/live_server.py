@@ -80,3 +80,10 @@ class LiveServer:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+    def stop_cleanly(self) -> None:
+        """Stop through the drain path and require exit code 0; the log is printed for pytest,
+        which shows it only when a test failed."""
+        code = self.stop()
+        print(self.log())
+        assert code == 0, f"server exited with {code}"

@@ -53,9 +53,7 @@ def server(tmp_path_factory):
         live.wait_for("/", 200, UI_TIMEOUT_S)
         yield live
     finally:
-        code = live.stop()
-        print(live.log())  # shown only when a test failed
-        assert code == 0
+        live.stop_cleanly()
 
 
 @pytest.fixture
@@ -83,13 +81,18 @@ def download(page: Page, link, target: Path) -> Path:
     return target
 
 
-def test_single_tab_generate_play_and_download(page, speech_wav, face_video, tmp_path):
-    page.locator("#single-audio input[type=file]").set_input_files(speech_wav)
+def upload_face_and_check_it(page, face_video) -> None:
+    """Upload the face video and press "check face": the pipeline's real first frame + box."""
     page.locator("#single-face input[type=file]").set_input_files(face_video)
     expect(page.locator("#single-face")).to_contain_text("face")
-    page.locator("#check-face").click()  # the pipeline's real face check: first frame + box
+    page.locator("#check-face").click()
     expect(page.locator("#face-note")).to_contain_text("Face found")
     expect(page.locator("#face-preview img")).to_be_visible()
+
+
+def test_single_tab_generate_play_and_download(page, speech_wav, face_video, tmp_path):
+    page.locator("#single-audio input[type=file]").set_input_files(speech_wav)
+    upload_face_and_check_it(page, face_video)
     page.locator("#generate").click()
     video = page.locator("#result-video video")
     expect(video).to_have_attribute("src", MP4_URL)
@@ -196,9 +199,7 @@ def cold(tmp_path_factory):
         live.gate = gate
         yield live
     finally:
-        code = live.stop()
-        print(live.log())  # shown only when a test failed
-        assert code == 0
+        live.stop_cleanly()
 
 
 def test_cold_start_health_first_then_ready_and_the_loading_banner(browser, cold):
@@ -228,11 +229,7 @@ def test_uploads_over_the_limits_are_refused_up_front(browser, cold, speech_wav,
     expect(page.get_by_text("exceed the maximum allowed size")).to_be_visible()
     page.reload()
     page.locator("#single-audio input[type=file]").set_input_files(speech_wav)  # ~4 s > 3 s
-    page.locator("#single-face input[type=file]").set_input_files(face_video)
-    expect(page.locator("#single-face")).to_contain_text("face")
-    page.locator("#check-face").click()  # the pipeline's real face check: first frame + box
-    expect(page.locator("#face-note")).to_contain_text("Face found")
-    expect(page.locator("#face-preview img")).to_be_visible()
+    upload_face_and_check_it(page, face_video)
     page.locator("#generate").click()
     expect(page.get_by_text("Too large or too long: speech.wav is")).to_be_visible()
     context.close()
