@@ -2,8 +2,8 @@
 
 import sys
 
-from heygem.logs import configure_logging
-from heygem.runtime import tune_process
+from heygem.cli import configure_logging
+from heygem.engine.runtime import tune_process
 from heygem.settings import Settings
 
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from heygem.model.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip  # noqa: E402
+from heygem.engine.model.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2Lip  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 CALIBRATION_BATCHES = 4

@@ -58,7 +58,7 @@ STAGE_MODEL_BATCHES = 3  # timed generator batches after one warm-up batch
 MODEL_ONLY_FRAMES = 64  # generator frames timed after each end-to-end run
 SMALL_DETECT_SIDE = 320  # what-if: detection at half the default detect_max_side
 FAST_PRESET = "veryfast"  # what-if: x264 preset instead of the writer's default
-# What heygem.runtime.tune_process() sets in the CLI and the server, as environment for library
+# What heygem.engine.runtime.tune_process() sets in the CLI and the server, as environment for library
 # runs: passive OpenMP waiting, and a fixed glibc mmap threshold.
 TUNED_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": "131072"}
 CLI_VARIANTS = {  # label -> extra `python -m heygem generate` flags
@@ -149,7 +149,7 @@ def random_checkpoint(path: Path) -> Path:
     """A random-initialised generator saved like the public files (state_dict, `module.` keys)."""
     import torch
 
-    from heygem.model import Wav2Lip
+    from heygem.engine.model import Wav2Lip
 
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,13 +227,13 @@ def child_settings(spec: dict, tag: str):
 
 def measure_stages(spec: dict) -> dict:
     """Each stage alone on the short 720p input: decode, detect, mel, model, blend, encode."""
-    from heygem.audio import load_audio, mel_chunks, melspectrogram
-    from heygem.blend import crop_face, paste_feathered
-    from heygem.faces.detect import create_detector
-    from heygem.faces.track import detect_faces
-    from heygem.model import load_checkpoint
-    from heygem.model.inference import GeneratorRunner, choose_placement, prepare_model
-    from heygem.video import FrameWriter, probe, read_frames
+    from heygem.engine.audio import load_audio, mel_chunks, melspectrogram
+    from heygem.engine.blend import crop_face, paste_feathered
+    from heygem.engine.faces.detect import create_detector
+    from heygem.engine.faces.track import detect_faces
+    from heygem.engine.model import load_checkpoint
+    from heygem.engine.model.inference import GeneratorRunner, choose_placement, prepare_model
+    from heygem.engine.media import FrameWriter, probe, read_frames
 
     settings = child_settings(spec, "stages")
     video, audio = (Path(p) for p in spec["input"])
@@ -350,9 +350,9 @@ class StageTimers:
 
 def instrument(timers: StageTimers) -> None:
     """Patch the pipeline's collaborators with timing wrappers (this child process only)."""
-    from heygem import engines, pipeline
-    from heygem.model import inference
-    from heygem.video import FrameWriter
+    from heygem.engine import renderers as engines, pipeline
+    from heygem.engine.model import inference
+    from heygem.engine.media import FrameWriter
 
     pipeline.scheduled_frames = timers.wrap_iterator("decode", pipeline.scheduled_frames)
     pipeline.melspectrogram = timers.wrap("mel", pipeline.melspectrogram)
@@ -367,7 +367,8 @@ def instrument(timers: StageTimers) -> None:
 
 def measure_run(spec: dict) -> dict:
     """One pipeline.run with the neural engine: wall, CPU, peak memory, where the time went."""
-    from heygem.pipeline import LipSyncPipeline, SyncOptions
+    from heygem.engine.api import SyncOptions
+    from heygem.engine.pipeline import LipSyncPipeline
 
     timers = StageTimers()
     instrument(timers)
@@ -403,8 +404,8 @@ def model_only(spec: dict, settings) -> dict:
 
     Measured here rather than once per benchmark because the shared machine's load drifts.
     """
-    from heygem.model import load_checkpoint
-    from heygem.model.inference import GeneratorRunner, choose_placement, prepare_model
+    from heygem.engine.model import load_checkpoint
+    from heygem.engine.model.inference import GeneratorRunner, choose_placement, prepare_model
 
     placement = choose_placement("cpu", settings.precision)
     model = prepare_model(load_checkpoint(Path(spec["models"]) / "wav2lip_gan.pth", "cpu"), placement)
@@ -584,7 +585,7 @@ def render(
         f"- machine: {info['cpu']}, {info['memory']} RAM, Python {info['python']}, "
         f"torch {info['torch']}, {info['threads']} torch threads; library runs use batch size "
         f"{info['batch_size']}, device cpu, fp32 unless the row says otherwise ('CLI tuning': the "
-        "environment heygem.runtime.tune_process() sets in `python -m heygem` and the server, "
+        "environment heygem.engine.runtime.tune_process() sets in `python -m heygem` and the server, "
         f"{' '.join(f'{k}={v}' for k, v in TUNED_ENV.items())})",
         f"- load average when the benchmark started / ended: {info['load']} / {info['load_end']}",
         "- **the CPU was shared** with other engineers' test runs while this ran, so wall-clock "
@@ -678,7 +679,7 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
     info["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     flat = {
         "`python -m heygem generate` (defaults)": (cli["fp32, batch 32 (defaults)"], cli_long),
-        "library call without heygem.runtime.tune_process()": (
+        "library call without heygem.engine.runtime.tune_process()": (
             runs[f"480x480, {ref_s:g} s, fixed box"], runs[f"480x480, {long_s:g} s, fixed box"]
         ),
     }

@@ -10,13 +10,14 @@ __version__ = "0.1.0"
 __all__ = ["Settings", "LipSyncPipeline", "SyncOptions", "__version__"]
 
 if TYPE_CHECKING:
-    from heygem.pipeline import LipSyncPipeline, SyncOptions
+    from heygem.engine.api import SyncOptions
+    from heygem.engine.pipeline import LipSyncPipeline
 
 
 def __getattr__(name: str):
     # Lazy so that `import heygem` stays light: torch loads only when the pipeline is wanted.
     if name in ("LipSyncPipeline", "SyncOptions"):
-        from heygem import pipeline
+        from heygem.engine import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'heygem' has no attribute {name!r}")

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from heygem.errors import HeygemError
-from heygem.logs import configure_logging
-from heygem.runtime import tune_process
+from heygem.engine.runtime import tune_process
+from heygem.jobs.joblog import JobIdFilter
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.cli")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,6 +46,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an odd file must end in one line, never a traceback
         log.debug("unexpected failure", exc_info=True)
         return _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --log-level DEBUG)", EXIT_FAILED)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send heygem's logs to stdout (what containers collect), and to a file when one is set."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(settings.log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(JobIdFilter())
+        root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
 
 
 def _fail(message: str, code: int) -> int:
@@ -85,7 +102,7 @@ def _add_sync_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _sync_options(args: argparse.Namespace, settings: Settings):
-    from heygem.pipeline import SyncOptions
+    from heygem.engine.api import SyncOptions
 
     return SyncOptions(
         engine=settings.engine,
@@ -112,7 +129,7 @@ def _add_generate(commands) -> None:
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.pipeline import LipSyncPipeline
+    from heygem.engine.pipeline import LipSyncPipeline
 
     options = _sync_options(args, settings)
     pipeline = LipSyncPipeline(settings)
@@ -159,7 +176,7 @@ def _add_models(commands) -> None:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.model import download
+    from heygem.engine.model import download
 
     if args.action == "download":
         for path in download.download_weights(settings):
@@ -174,13 +191,13 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify_models(settings: Settings) -> int:
-    from heygem.model import download, load_checkpoint
+    from heygem.engine.model import download, load_checkpoint
 
     checkpoint = download.resolve_checkpoint(settings)
     load_checkpoint(checkpoint, "cpu")
     print(f"ok: {checkpoint} loads into the Wav2Lip generator")
     if settings.checkpoint_sha256:
-        from heygem.model.checkpoint import verify_file
+        from heygem.engine.model.checkpoint import verify_file
 
         verify_file(checkpoint, settings.checkpoint_sha256)
         print(f"ok: {checkpoint} matches the expected SHA-256")

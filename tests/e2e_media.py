@@ -63,7 +63,7 @@ def frame_rate(path: Path) -> Fraction:
 
 def reencode(frames: np.ndarray, target: Path, fps: float) -> np.ndarray:
     """The frames through heygem's own encoder, unchanged: the codec-noise baseline."""
-    from heygem.video import FrameWriter
+    from heygem.engine.media import FrameWriter
 
     height, width = frames.shape[1:3]
     with FrameWriter(target, width, height, fps) as writer:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from heygem.errors import UnsupportedMediaError
-from heygem.pipeline import EngineStatus, SyncOptions, SyncResult
+from heygem.engine.api import EngineStatus, SyncOptions, SyncResult
 
 # Subprocess tests (kill/recover, drain) set this to make every job take a while.
 DELAY_ENV = "HEYGEM_FAKE_DELAY_S"

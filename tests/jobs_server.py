@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from heygem.jobs import JobService
-from heygem.logs import configure_logging
+from heygem.cli import configure_logging
 from heygem.settings import Settings
 from tests.fakes import FakePipeline
 

@@ -111,7 +111,7 @@ def save_random_checkpoint(path: Path, seed: int = 0, prefix: str = "module.") -
     """A random-initialised generator saved exactly like the public files (dict + state_dict)."""
     import torch
 
-    from heygem.model import Wav2Lip
+    from heygem.engine.model import Wav2Lip
 
     torch.manual_seed(seed)
     model = Wav2Lip()

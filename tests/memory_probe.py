@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from heygem.pipeline import LipSyncPipeline, SyncOptions  # noqa: E402
+from heygem.engine.api import SyncOptions  # noqa: E402
+from heygem.engine.pipeline import LipSyncPipeline  # noqa: E402
 from heygem.settings import Settings  # noqa: E402
 
 KIB_PER_MIB = 1024  # Linux reports ru_maxrss in KiB

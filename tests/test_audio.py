@@ -10,7 +10,7 @@ import librosa
 import numpy as np
 import pytest
 
-from heygem import audio
+from heygem.engine import audio
 from heygem.errors import AudioTooShortError, InputError, UnsupportedMediaError
 from tests import media
 

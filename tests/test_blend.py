@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from heygem import blend
+from heygem.engine import blend
 from tests import media
 
 BOX = (88, 31, 140, 94)  # the astronaut's face with the reference's 10 px of chin: 52 x 63

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from heygem.errors import ModelError, WeightsMissingError
-from heygem.model import Wav2Lip, load_checkpoint
-from heygem.model.checkpoint import DOWNLOAD_COMMAND, sha256_of, verify_file
+from heygem.engine.model import Wav2Lip, load_checkpoint
+from heygem.engine.model.checkpoint import DOWNLOAD_COMMAND, sha256_of, verify_file
 from tests import media
 
 

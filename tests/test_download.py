@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from heygem.errors import ModelError
-from heygem.model import download
+from heygem.engine.model import download
 from heygem.settings import Settings
 
 PAYLOAD = os.urandom(2_500_000)  # a few 1 MiB chunks, so progress is reported more than once

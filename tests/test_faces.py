@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heygem import video
+from heygem.engine import media as video
 from heygem.errors import InputError, ModelError, NoFaceError, WeightsMissingError
-from heygem.faces import detect, track
-from heygem.faces.detect import Detection, HaarDetector, S3FDDetector, ScaledDetector
-from heygem.faces.track import FaceTrack, RawDetections, TrackCache
+from heygem.engine.faces import detect, track
+from heygem.engine.faces.detect import Detection, HaarDetector, S3FDDetector, ScaledDetector
+from heygem.engine.faces.track import FaceTrack, RawDetections, TrackCache
 from tests import media
 
 SPEC_DIR = Path(__file__).parent / "spec"
@@ -154,7 +154,7 @@ def test_s3fd_weight_errors_name_the_file(tmp_path):
 
 
 def test_create_detector_prefers_s3fd_weights_and_falls_back_to_haar(settings, random_s3fd, caplog):
-    caplog.set_level("INFO", logger="heygem.faces.detect")
+    caplog.set_level("INFO", logger="heygem.engine.faces.detect")
     fallback = detect.create_detector(settings)
     assert fallback.name == "haar" and fallback.max_side == settings.detect_max_side
     assert "no S3FD weights" in caplog.text

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from heygem.faces.track import RawDetections, TrackCache
+from heygem.engine.faces.track import RawDetections, TrackCache
 from heygem.jobs import retention
 from tests.jobs_support import open_store
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 import logging
 
-from heygem.logs import JobIdFilter, job_context
+from heygem.jobs.joblog import JobIdFilter, job_context
 
 
 def _capture() -> tuple[logging.Logger, io.StringIO, logging.Handler]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(JobIdFilter())
-    logger = logging.getLogger("heygem.pipeline.test_logs")
+    logger = logging.getLogger("heygem.engine.pipeline.test_logs")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     return logger, stream, handler

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from heygem.model import Wav2Lip
-from heygem.model.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS
+from heygem.engine.model import Wav2Lip
+from heygem.engine.model.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS
 
 SPEC = Path(__file__).parent / "spec" / "wav2lip_generator.tsv"
 PARAMETERS = 36_298_035

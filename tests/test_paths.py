@@ -5,7 +5,7 @@ import os
 import pytest
 
 from heygem.errors import ForbiddenPathError, InputError
-from heygem.paths import MAX_OUTPUT_NAME, resolve_under, safe_output_name
+from heygem.storage.paths import MAX_OUTPUT_NAME, resolve_under, safe_output_name
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from heygem.errors import NoFaceError
-from heygem.pipeline import LipSyncPipeline, SyncOptions
+from heygem.engine.api import SyncOptions
+from heygem.engine.pipeline import LipSyncPipeline
 from heygem.settings import Settings
-from heygem.video import pingpong_index
+from heygem.engine.media import pingpong_index
 from tests import e2e_media as em
 from tests import media
 
@@ -280,7 +281,7 @@ class CountingDetector:
 def test_second_run_and_new_pads_reuse_cached_face_boxes(
     settings, clip, face_video, tmp_path, monkeypatch, caplog
 ):
-    from heygem import pipeline as pipeline_module
+    from heygem.engine import pipeline as pipeline_module
 
     counters: list[CountingDetector] = []
 
@@ -296,7 +297,7 @@ def test_second_run_and_new_pads_reuse_cached_face_boxes(
     engine.run(audio, face_video, tmp_path / "first.mp4")
     (detector,) = counters
     assert detector.frames == 2 * FPS
-    caplog.set_level(logging.INFO, logger="heygem.faces.track")
+    caplog.set_level(logging.INFO, logger="heygem.engine.faces.track")
     engine.run(audio, face_video, tmp_path / "second.mp4")
     engine.run(audio, face_video, tmp_path / "pads.mp4", SyncOptions(pads=(5, 20, 5, 5), smooth=False))
     renamed = shutil.copy(face_video, tmp_path / "same-content.mp4")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heygem import preview
-from heygem.audio import SAMPLE_RATE, load_audio
+from heygem.engine import preview
+from heygem.engine.audio import SAMPLE_RATE, load_audio
 from heygem.errors import InputError
-from heygem.preview import MouthMotion, PreviewRenderer, mouth_motion
+from heygem.engine.preview import MouthMotion, PreviewRenderer, mouth_motion
 from tests import media
 
 FPS = 25.0

@@ -1,4 +1,4 @@
-"""heygem.video against real ffmpeg: probe, streaming reads, the muxing writer, duration schedules."""
+"""heygem.engine.media against real ffmpeg: probe, streaming reads, the muxing writer, duration schedules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heygem import video
+from heygem.engine import media as video
 from heygem.errors import MediaProcessError, UnsupportedMediaError
 from tests import media
 

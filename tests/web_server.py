@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from heygem.logs import configure_logging  # noqa: E402
+from heygem.cli import configure_logging  # noqa: E402
 from heygem.settings import Settings  # noqa: E402
 from heygem.web.server import serve  # noqa: E402
 from tests.fakes import FakePipeline  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from heygem.errors import HeygemError, InputError
-from heygem.paths import resolve_under, safe_output_name
+from heygem.storage.paths import resolve_under, safe_output_name
 
 ITEM_KEYS = ("audio", "video")
 OPTIONAL_KEYS = ("output_name",)

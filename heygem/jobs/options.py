@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from heygem.errors import InputError
-from heygem.pipeline import SyncOptions
+from heygem.engine.api import SyncOptions
 
 
 def options_dict(options: Mapping[str, Any] | SyncOptions | None, watermark: str | None = None) -> dict:

@@ -19,7 +19,7 @@ from heygem.errors import HeygemError, InputError
 from heygem.jobs import files
 from heygem.jobs.manifest import ManifestItem, is_remote, parse_manifest, shown_ref
 from heygem.jobs.options import options_dict, sync_options
-from heygem.pipeline import SyncOptions
+from heygem.engine.api import SyncOptions
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.runner")
@@ -192,6 +192,6 @@ def _sweep_temp(output_dir: Path) -> None:
 
 
 def _default_pipeline(settings: Settings) -> Any:
-    from heygem.pipeline import LipSyncPipeline
+    from heygem.engine.pipeline import LipSyncPipeline
 
     return LipSyncPipeline(settings)

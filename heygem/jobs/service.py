@@ -33,7 +33,7 @@ from heygem.jobs.options import options_dict
 from heygem.jobs.records import Batch, Job, JobStatus, NewJob
 from heygem.jobs.store import JobStore, SQLiteJobStore
 from heygem.jobs.worker import PipelineFactory, Worker, job_log
-from heygem.paths import resolve_under, safe_output_name
+from heygem.storage.paths import resolve_under, safe_output_name
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.service")
@@ -454,6 +454,6 @@ def _check_key(key: str | None) -> str | None:
 
 def _default_pipeline_factory() -> Callable[[Settings], Any]:
     # Imported here so that building a JobService does not load the engine's heavy modules.
-    from heygem.pipeline import LipSyncPipeline
+    from heygem.engine.pipeline import LipSyncPipeline
 
     return LipSyncPipeline

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from heygem import storage
 from heygem.errors import HeygemError, InputError
 from heygem.jobs import files
-from heygem.logs import job_context
+from heygem.jobs.joblog import job_context
 from heygem.jobs.manifest import shown_ref
 from heygem.jobs.options import sync_options
 from heygem.jobs.records import Job, JobStatus

@@ -36,7 +36,7 @@ from heygem.errors import (
     ShuttingDownError,
     StorageError,
 )
-from heygem.paths import resolve_under
+from heygem.storage.paths import resolve_under
 from heygem.settings import Settings
 from heygem.web import batching, media, uploads
 from heygem.web.metrics import Metrics

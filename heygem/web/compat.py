@@ -46,7 +46,7 @@ from heygem.errors import (
     ShuttingDownError,
 )
 from heygem.jobs.records import Job, JobStatus
-from heygem.paths import resolve_under
+from heygem.storage.paths import resolve_under
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.web.compat")

@@ -180,7 +180,7 @@ def _version() -> str:
 
 
 def _default_pipeline_factory() -> Callable[[Settings], Any]:
-    from heygem.pipeline import LipSyncPipeline
+    from heygem.engine.pipeline import LipSyncPipeline
 
     return LipSyncPipeline
 

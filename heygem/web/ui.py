@@ -23,7 +23,7 @@ import pandas as pd
 from fastapi import FastAPI
 
 from heygem.errors import HeygemError, InputError, LimitExceededError, QueueFullError, ShuttingDownError
-from heygem.pipeline import BLENDS, DURATION_POLICIES, FACE_CHOICES, SyncOptions
+from heygem.engine.api import BLENDS, DURATION_POLICIES, FACE_CHOICES, SyncOptions
 from heygem.settings import ENGINES, Settings
 from heygem.web import batching, i18n, media
 from heygem.web.uploads import free_path, safe_name
@@ -220,7 +220,7 @@ class Handlers:
     # --- single ---------------------------------------------------------------------------------
     @user_errors
     def check_face(self, face: str | None, request: gr.Request) -> tuple[np.ndarray, str]:
-        from heygem import pipeline
+        from heygem.engine import pipeline
 
         lang = language(request)
         if not face:

@@ -1,6 +1,6 @@
 """The two mouth renderers behind one interface, and the rule that picks one.
 
-`wav2lip` runs the neural generator; `preview` (heygem.preview) warps the lower face from the
+`wav2lip` runs the neural generator; `preview` (heygem.engine.preview) warps the lower face from the
 speech envelope and needs no weights. The pipeline streams frames through whichever is chosen.
 """
 
@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from heygem.blend import crop_face, paste_feathered, paste_rect
+from heygem.engine.api import PREVIEW, WAV2LIP, Box
+from heygem.engine.blend import crop_face, paste_feathered, paste_rect
 from heygem.errors import DOWNLOAD_COMMAND
 
-log = logging.getLogger("heygem.engines")
-
-WAV2LIP = "wav2lip"
-PREVIEW = "preview"
-
-Box = tuple[int, int, int, int]
-
-
-class MouthRenderer(Protocol):
-    name: str
-
-    def render(
-        self, frames: list[np.ndarray], boxes: list[Box | None], frame_indices: Sequence[int]
-    ) -> list[np.ndarray]:
-        """New frames with the mouth redrawn; frames whose box is None come back unchanged."""
-
+log = logging.getLogger("heygem.engine.renderers")
 
 class Wav2LipRenderer:
     """Crops each face to 96x96, runs the generator with that frame's mel window, pastes back."""

@@ -18,7 +18,7 @@ import numpy as np
 from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 from heygem.settings import Settings
 
-log = logging.getLogger("heygem.faces.detect")
+log = logging.getLogger("heygem.engine.faces.detect")
 
 S3FD_THRESHOLD = 0.5  # the reference keeps boxes scoring above this after NMS
 S3FD_NMS_IOU = 0.3

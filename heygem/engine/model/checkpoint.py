@@ -19,9 +19,9 @@ from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 if TYPE_CHECKING:
     import torch
 
-    from heygem.model.wav2lip import Wav2Lip
+    from heygem.engine.model.wav2lip import Wav2Lip
 
-log = logging.getLogger("heygem.model.checkpoint")
+log = logging.getLogger("heygem.engine.model.checkpoint")
 
 DATA_PARALLEL_PREFIX = "module."
 # Checkpoints from torch < 0.4.1 lack these BatchNorm counters; zeros are what torch would use.
@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Wav2Lip:
     Raises WeightsMissingError when the file does not exist and ModelError when it is not a
     readable Wav2Lip generator checkpoint.
     """
-    from heygem.model.wav2lip import Wav2Lip
+    from heygem.engine.model.wav2lip import Wav2Lip
 
     path = Path(path)
     state = extract_state_dict(read_checkpoint(path), path)

@@ -28,7 +28,7 @@ import numpy as np
 
 from heygem.errors import MediaProcessError, UnsupportedMediaError
 
-log = logging.getLogger("heygem.video")
+log = logging.getLogger("heygem.engine.media")
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"

@@ -25,9 +25,9 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from heygem.errors import InputError, NoFaceError
-from heygem.faces.detect import Detection, FaceDetector
+from heygem.engine.faces.detect import Detection, FaceDetector
 
-log = logging.getLogger("heygem.faces.track")
+log = logging.getLogger("heygem.engine.faces.track")
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2
 RawFace = tuple[int, int, int, int, float]  # x1, y1, x2, y2, score

@@ -23,10 +23,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from heygem.audio import SAMPLE_RATE
+from heygem.engine.audio import SAMPLE_RATE
 from heygem.errors import InputError
 
-log = logging.getLogger("heygem.preview")
+log = logging.getLogger("heygem.engine.preview")
 
 # --- audio analysis ------------------------------------------------------------------------
 ANALYSIS_HOP = 160  # 10 ms between analysis frames at 16 kHz

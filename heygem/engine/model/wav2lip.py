@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from heygem.engine.api import FACE_SIZE
 
-FACE_SIZE = 96  # face crops are FACE_SIZE x FACE_SIZE pixels
 FACE_CHANNELS = 6  # masked BGR face + reference BGR face, stacked on channels
 OUT_CHANNELS = 3  # generated BGR face
 MEL_BINS = 80  # audio input height

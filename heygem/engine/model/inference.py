@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from heygem.errors import ModelError
+from heygem.engine.api import FACE_SIZE
 
-log = logging.getLogger("heygem.model.inference")
+log = logging.getLogger("heygem.engine.model.inference")
 
-FACE_SIZE = 96
 MASKED_ROWS = slice(FACE_SIZE // 2, FACE_SIZE)  # the lower half the network must fill in
 PIXEL_SCALE = 255.0
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}

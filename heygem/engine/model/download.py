@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from heygem.errors import ModelError
-from heygem.model.checkpoint import sha256_of, verify_file
+from heygem.engine.model.checkpoint import sha256_of, verify_file
 from heygem.settings import DETECTOR_FILE, Settings
 
-log = logging.getLogger("heygem.model.download")
+log = logging.getLogger("heygem.engine.model.download")
 
 GENERATOR = "generator"
 DETECTOR = "detector"

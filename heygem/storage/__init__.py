@@ -44,7 +44,7 @@ from heygem.errors import (
     LimitExceededError,
     StorageError,
 )
-from heygem.paths import resolve_under
+from heygem.storage.paths import resolve_under
 
 if TYPE_CHECKING:
     from heygem.settings import Settings

@@ -11,10 +11,10 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+from heygem.engine.api import FACE_SIZE
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in frame pixels
 
-FACE_SIZE = 96  # the generator's square input and output side
 MASK_TOP = 0.45  # the blended region starts this far down the box: the generator redraws the lower half
 FEATHER_FRACTION = 0.12  # soft edge width, relative to the box's shorter side
 GAUSS_SIGMAS_IN_FEATHER = 3.0  # sigma = feather width / 3, so the blur has died out by the border

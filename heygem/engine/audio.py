@@ -18,7 +18,7 @@ import numpy as np
 
 from heygem.errors import AudioTooShortError, InputError, MediaProcessError, UnsupportedMediaError
 
-log = logging.getLogger("heygem.audio")
+log = logging.getLogger("heygem.engine.audio")
 
 SAMPLE_RATE = 16000  # Hz the model's mel was trained on
 N_FFT = 800  # 50 ms analysis window -> 401 frequency bins
