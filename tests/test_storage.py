@@ -152,6 +152,16 @@ def test_is_remote_recognises_the_three_remote_forms():
     assert not storage.is_remote("inputs/a.wav")
 
 
+@pytest.mark.parametrize("ref", [
+    "jar:file:///etc/passwd", "JAR:FILE://host/share/a.wav", "file:///etc/passwd", "://bucket/a.wav",
+])
+def test_is_remote_leaves_other_schemes_to_the_local_path_checks(ref, settings, tmp_path):
+    assert not storage.is_remote(ref)
+    # Taken as a relative local path: a file under the inputs folder, which does not exist.
+    with pytest.raises(InputError, match="input file not found"):
+        storage.fetch_input(ref, tmp_path / "job", settings)
+
+
 @pytest.mark.parametrize("ref, message", [
     ("s3://", "no bucket"),
     ("s3:///key.wav", "no bucket"),

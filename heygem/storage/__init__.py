@@ -29,13 +29,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, TypeVar
-
-import boto3
-import boto3.exceptions
-import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, TypeVar
 
 from heygem.errors import (
     ForbiddenPathError,
@@ -44,8 +38,10 @@ from heygem.errors import (
     LimitExceededError,
     StorageError,
 )
-from heygem.storage.paths import resolve_under
+from heygem.storage.paths import free_name, resolve_under, safe_file_name
 
+# boto3 and botocore are imported inside the functions that talk to object storage: reading a
+# job record or checking a path must not cost their import (about a third of a second).
 if TYPE_CHECKING:
     from heygem.settings import Settings
 
@@ -74,6 +70,7 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer t
 # The API signs result links on every read: making a client costs ~0.2 s of CPU, signing ~0.3 ms.
 SIGNING_CLIENT_TTL_S = 300.0  # reuse one signing client this long (refreshed credentials count)
 MAX_NAME_CHARS = 200
+INPUT_FALLBACK_NAME = "input"  # a downloaded input whose key or URL gives no usable name
 
 # Codes S3 and OBS use for refused requests: all mean "check the credentials or the policy".
 DENIED_CODES = frozenset(
@@ -108,6 +105,11 @@ class ObjectRef:
 
 
 def is_remote(ref: str) -> bool:
+    """True for the references storage downloads: s3://, obs:// and https:// (any case).
+
+    Anything else, even with a scheme such as jar:file:// or http://, is not remote: it goes
+    through the local path checks (and check_reference refuses a scheme it does not know).
+    """
     return _scheme(ref) in (*S3_SCHEMES, HTTPS_SCHEME)
 
 
@@ -148,10 +150,10 @@ def fetch_input(ref: str, dest_dir: Path, settings: Settings) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     limit = settings.max_upload_mb * MB
     if isinstance(kind, ObjectRef):
-        target = _free_name(dest_dir, _object_file_name(kind.key))
+        target = free_name(dest_dir, _object_file_name(kind.key))
         _download_object(kind, target, limit, settings)
     else:
-        target = _free_name(dest_dir, _url_file_name(kind))
+        target = free_name(dest_dir, _url_file_name(kind))
         _download_url(kind, target, limit, settings)
     return target
 
@@ -232,36 +234,22 @@ def _display_url(url: str) -> str:
 
 
 def _object_file_name(key: str) -> str:
-    return _safe_file_name(key.rsplit("/", 1)[-1])
+    return safe_file_name(key, fallback=INPUT_FALLBACK_NAME)
 
 
 def _url_file_name(url: str) -> str:
     path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
-    return _safe_file_name(path.rstrip("/").rsplit("/", 1)[-1])
-
-
-def _safe_file_name(name: str) -> str:
-    """Keep the extension (ffmpeg probes by content, but users read names); drop odd characters."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[-MAX_NAME_CHARS:]
-    return cleaned or "input"
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    """audio and video may share a key's base name (a/input, b/input): never overwrite."""
-    candidate = folder / name
-    stem, suffix = os.path.splitext(name)
-    counter = 1
-    while candidate.exists():
-        candidate = folder / f"{stem}-{counter}{suffix}"
-        counter += 1
-    return candidate
+    return safe_file_name(path.rstrip("/"), fallback=INPUT_FALLBACK_NAME)
 
 
 # --- S3 client and error mapping -----------------------------------------------------------------
 
 
-def _client(settings: Settings):
+def _client(settings: Settings) -> Any:
     """A fresh client per operation: credentials are read from the environment each time."""
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
@@ -288,6 +276,8 @@ def _storage_error(
     exc: BaseException, obj: ObjectRef, settings: Settings, action: str
 ) -> StorageError:
     """Turn a boto3/botocore failure into a one-line message; str(exc) is never shown."""
+    import botocore.exceptions
+
     cause = _botocore_cause(exc)
     if isinstance(cause, botocore.exceptions.ClientError):
         error = cause.response.get("Error", {})
@@ -316,6 +306,8 @@ def _storage_error(
 
 def _botocore_cause(exc: BaseException) -> BaseException:
     """boto3 wraps ClientError in S3UploadFailedError (as __context__); find the original."""
+    import boto3.exceptions
+
     seen = exc
     while isinstance(seen, boto3.exceptions.Boto3Error):
         inner = seen.__cause__ or seen.__context__
@@ -327,6 +319,9 @@ def _botocore_cause(exc: BaseException) -> BaseException:
 
 def _is_transient(exc: BaseException) -> bool:
     """Worth another attempt: network trouble, throttling, server-side errors; not 4xx verdicts."""
+    import boto3.exceptions
+    import botocore.exceptions
+
     cause = _botocore_cause(exc)
     if isinstance(cause, botocore.exceptions.ClientError):
         status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -343,6 +338,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _download_object(obj: ObjectRef, target: Path, limit: int, settings: Settings) -> None:
+    import botocore.exceptions
+
     client = _client(settings)
     try:
         response = client.get_object(Bucket=obj.bucket, Key=obj.key)
@@ -393,7 +390,15 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
         super().__init__()
         self.allowlist = allowlist
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         try:
             _check_allowed_url(newurl, self.allowlist)
         except ForbiddenPathError:
@@ -476,8 +481,10 @@ def presign(url: str, settings: Settings) -> str | None:
         obj = _parse_object_url(url, need_key=True)
     except HeygemError:
         return None
+    import botocore.exceptions
+
     try:
-        return _signing_clients.get(settings).generate_presigned_url(
+        link: str = _signing_clients.get(settings).generate_presigned_url(
             "get_object",
             Params={"Bucket": obj.bucket, "Key": obj.key},
             ExpiresIn=min(settings.presign_seconds, MAX_PRESIGN_SECONDS),
@@ -485,6 +492,7 @@ def presign(url: str, settings: Settings) -> str | None:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         log.warning("cannot presign %s: %s", obj.url, type(exc).__name__)
         return None
+    return link
 
 
 class _SigningClients:
@@ -493,9 +501,9 @@ class _SigningClients:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cached: tuple[str, float, object] | None = None
+        self._cached: tuple[str, float, Any] | None = None
 
-    def get(self, settings: Settings):
+    def get(self, settings: Settings) -> Any:
         key = _signing_key(settings)
         now = time.monotonic()
         with self._lock:
@@ -534,6 +542,8 @@ def _object_under_prefix(prefix: str, name: str) -> ObjectRef:
 def _publish_object(
     local_file: Path, prefix: str, name: str, settings: Settings
 ) -> PublishedOutput:
+    from boto3.s3.transfer import TransferConfig
+
     obj = _object_under_prefix(prefix, name)
     transfer = TransferConfig(
         multipart_threshold=MULTIPART_THRESHOLD,

@@ -25,8 +25,8 @@ from fastapi import FastAPI
 from heygem.errors import HeygemError, InputError, LimitExceededError, QueueFullError, ShuttingDownError
 from heygem.engine.api import BLENDS, DURATION_POLICIES, FACE_CHOICES, SyncOptions
 from heygem.settings import ENGINES, Settings
+from heygem.storage.paths import free_name, safe_file_name
 from heygem.web import batching, i18n, media
-from heygem.web.uploads import free_path, safe_name
 
 log = logging.getLogger("heygem.web.ui")
 
@@ -114,7 +114,7 @@ def stage_upload(settings: Settings, folder: Path, path: str, *, require_video: 
     if require_video is not None:
         media.check_duration(source, settings.max_duration_s, source.name, require_video=require_video)
     folder.mkdir(parents=True, exist_ok=True)
-    target = free_path(folder, safe_name(source.name, fallback="upload"))
+    target = free_name(folder, safe_file_name(source.name, fallback="upload"))
     try:
         os.link(source, target)  # same volume: no copy of a large video
     except OSError:

@@ -8,7 +8,6 @@ streaming here keeps memory bounded, puts the files where jobs may read them
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -19,12 +18,11 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygem.errors import InputError, LimitExceededError
+from heygem.storage.paths import free_name, safe_file_name
 
 log = logging.getLogger("heygem.web.uploads")
 
 MAX_FIELD_BYTES = 1 << 20  # a text field (options JSON, a manifest line) is small
-UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_NAME_LENGTH = 80
 
 
 @dataclass
@@ -47,25 +45,6 @@ class UploadedForm:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def safe_name(name: str, fallback: str = "file") -> str:
-    """A client-supplied file name reduced to letters, digits, dot, dash, underscore."""
-    base = Path(name.replace("\\", "/")).name
-    cleaned = UNSAFE_NAME_CHARS.sub("_", base).strip("._")[:MAX_NAME_LENGTH]
-    return cleaned or fallback
-
-
-def free_path(folder: Path, name: str) -> Path:
-    """`folder/name`, or `folder/stem-2.ext`... when taken: uploads keep their own names, so a
-    manifest sent with them can refer to them."""
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-    number = 1
-    while candidate.exists():
-        number += 1
-        candidate = folder / f"{stem}-{number}{suffix}"
-    return candidate
 
 
 def new_upload_folder(inputs_dir: Path) -> Path:
@@ -136,8 +115,8 @@ class _PartWriter:
         self._file_count += 1
         if self._file_count > self.max_files:
             raise LimitExceededError(f"too many files in one request (at most {self.max_files})")
-        self._filename = safe_name(params[b"filename"].decode("utf-8", "replace"), self._name)
-        self._path = free_path(self.form.folder, self._filename)
+        self._filename = safe_file_name(params[b"filename"].decode("utf-8", "replace"), self._name)
+        self._path = free_name(self.form.folder, self._filename)
         self._sink = open(self._path, "xb")
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
