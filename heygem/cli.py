@@ -129,10 +129,10 @@ def _add_generate(commands) -> None:
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.engine.pipeline import LipSyncPipeline
+    from heygem.jobs.execute import default_engine
 
     options = _sync_options(args, settings)
-    pipeline = LipSyncPipeline(settings)
+    pipeline = default_engine(settings)
     with _StageBars() as bars:
         result = pipeline.run(args.audio, args.video, args.output, options, on_progress=bars.update)
     print(
@@ -152,7 +152,7 @@ def _add_batch(commands) -> None:
 
 
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.jobs import run_manifest
+    from heygem.jobs.runner import run_manifest
 
     from tqdm import tqdm
 

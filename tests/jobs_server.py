@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from heygem.jobs import JobService
 from heygem.cli import configure_logging
+from heygem.jobs.service import JobService
 from heygem.settings import Settings
 from tests.fakes import FakePipeline
 

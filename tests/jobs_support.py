@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from heygem.jobs import JobService, SQLiteJobStore
+from heygem.jobs.service import JobService
+from heygem.jobs.store import SQLiteJobStore
 from heygem.settings import Settings
 from tests.fakes import FakePipeline
 

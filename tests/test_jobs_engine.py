@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from heygem.jobs import JobService, JobStatus
+from heygem.jobs.records import JobStatus
+from heygem.jobs.service import JobService
 from tests import media
 from tests.jobs_support import place_inputs
 

@@ -24,10 +24,11 @@ from heygem.errors import (
     QueueFullError,
     ShuttingDownError,
 )
-from heygem.jobs import JobService, JobStatus, SQLiteJobStore
 from heygem.jobs import files as job_files
 from heygem.jobs import retention
-from heygem.jobs.records import NewJob
+from heygem.jobs.records import JobStatus, NewJob
+from heygem.jobs.service import JobService
+from heygem.jobs.store import SQLiteJobStore
 from tests import media
 from tests.fakes import FakePipeline
 from tests.jobs_support import WAIT_S, Pipelines, place_inputs, running_service, wait_until
@@ -100,6 +101,19 @@ def test_job_log_lines_carry_the_job_id(settings, inputs, caplog):
     assert any("started (attempt 1)" in line for line in worker_lines)
     assert any("succeeded" in line for line in worker_lines)
     assert all(line.startswith(f"job {job.id}: ") for line in worker_lines)
+
+
+def test_service_lines_about_a_job_carry_its_id(settings, inputs, caplog):
+    caplog.set_level(logging.INFO, logger="heygem.jobs")
+    with running_service(settings, Pipelines(delay_s=5.0)) as service:
+        job = service.submit(str(inputs.audio), str(inputs.video))
+        wait_running(service, job.id)
+        service.cancel(job.id)
+        service.wait(job.id, WAIT_S)
+        service.delete(job.id)
+    lines = [r.getMessage() for r in caplog.records if r.name == "heygem.jobs.service"]
+    for text in ("queued: audio=", "cancel requested", "deleted"):
+        assert any(line.startswith(f"job {job.id}: {text}") for line in lines), (text, lines)
 
 
 # --- bad submissions -----------------------------------------------------------------------------

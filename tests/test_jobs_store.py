@@ -8,10 +8,9 @@ import threading
 import pytest
 
 from heygem.errors import HeygemError, QueueFullError
-from heygem.jobs import JobStatus, SQLiteJobStore
-from heygem.jobs.records import NewJob
 from heygem.jobs import store as store_module
-from heygem.jobs.store import SCHEMA_VERSION, Outcome, RunState
+from heygem.jobs.records import JobStatus, NewJob, Outcome
+from heygem.jobs.store import SCHEMA_VERSION, RunState, SQLiteJobStore
 
 
 @pytest.fixture

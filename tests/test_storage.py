@@ -143,20 +143,27 @@ def https_settings(settings, https_server, monkeypatch):
 # --- reference forms (no network) ----------------------------------------------------------------
 
 
-def test_is_remote_recognises_the_three_remote_forms():
+def test_is_remote_recognises_the_three_remote_forms(settings):
     assert storage.is_remote("s3://b/k")
     assert storage.is_remote("OBS://bucket/key.wav")
     assert storage.is_remote("https://example.com/a.wav")
     assert not storage.is_remote("http://example.com/a.wav")
     assert not storage.is_remote("/obs-mount/a.wav")
     assert not storage.is_remote("inputs/a.wav")
+    # Written as a URL, but not one storage fetches: refused, never taken for a path.
+    assert storage.is_url("http://example.com/a.wav") and storage.is_url("S3://b/k")
+    for url in ("http://example.com/a.wav?sig=secret", "file:///etc/passwd"):
+        assert storage.is_url(url) and not storage.is_remote(url)
+        with pytest.raises(ForbiddenPathError, match=f"unsupported reference {url.split('?')[0]}"):
+            storage.check_reference(url, settings)
 
 
 @pytest.mark.parametrize("ref", [
-    "jar:file:///etc/passwd", "JAR:FILE://host/share/a.wav", "file:///etc/passwd", "://bucket/a.wav",
+    "jar:file:///etc/passwd", "JAR:FILE://host/share/a.wav", "://bucket/a.wav",
 ])
 def test_is_remote_leaves_other_schemes_to_the_local_path_checks(ref, settings, tmp_path):
     assert not storage.is_remote(ref)
+    assert not storage.is_url(ref)
     # Taken as a relative local path: a file under the inputs folder, which does not exist.
     with pytest.raises(InputError, match="input file not found"):
         storage.fetch_input(ref, tmp_path / "job", settings)

@@ -1,7 +1,18 @@
 """The job layer's contract: what the web app, the HeyGem-compatible API and the UI may call.
 
-`heygem.jobs.service.JobService` implements it; web code is typed against this protocol so that
-tests can wrap or replace the service.
+`heygem.jobs.service.JobService(settings, pipeline_factory=None)` implements it (the factory
+defaults to heygem.jobs.execute.default_engine); web code is typed against this protocol so that
+tests can wrap or replace the service. Nothing starts before start().
+
+Records (heygem.jobs.records): Job and Batch are frozen, with .to_dict() for JSON; JobStatus is a
+StrEnum (queued, running, succeeded, failed, cancelled). Job.output_path is the finished mp4 under
+Settings.outputs_dir (<outputs_dir>/<job id>/<output_name or result.mp4>).
+
+Without a server, the CLI's batch command runs a JSONL manifest in-process:
+heygem.jobs.manifest.parse_manifest(path, roots) -> list[ManifestItem] (ManifestItem.as_item() is
+a submit_batch item) and heygem.jobs.runner.run_manifest(settings, manifest, output_dir, options,
+*, pipeline=None, on_progress=None) -> ManifestSummary. Both the queue worker and run_manifest run
+each item through heygem.jobs.execute.run_one.
 """
 
 from __future__ import annotations
@@ -9,10 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from heygem.engine.api import Engine, EngineStatus
+from heygem.engine.api import Engine, EngineStatus, SyncOptions
 from heygem.jobs.records import Batch, Job
 from heygem.settings import Settings
 
+# Builds a worker's engine from the settings; called once per worker thread, which then loads
+# it (and warms it up when Settings.warmup is on).
 EngineFactory = Callable[[Settings], Engine]
 
 
@@ -20,18 +33,21 @@ class JobQueue(Protocol):
     """Durable jobs: submit, read, cancel, delete, batches. All methods are thread-safe."""
 
     def start(self) -> None:
-        """Open the store, recover interrupted jobs, start the worker(s) and the retention task."""
+        """Open the store, recover interrupted jobs, sweep stale temporary files, start the
+        worker(s) (each builds, loads and warms up its engine) and the retention task."""
         ...
 
     def stop(self, drain_seconds: float | None = None) -> None:
-        """Refuse new work; let the running job finish within the drain window, else re-queue it."""
+        """Refuse new work; let the running job finish within the drain window (default
+        Settings.drain_seconds), else re-queue it with its attempt count unchanged. Returns
+        without waiting for a re-queued run's (daemon) thread. Entry points call it on SIGTERM."""
         ...
 
     def submit(
         self,
         audio: str,
         video: str,
-        options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | SyncOptions | None = None,
         *,
         output_name: str | None = None,
         output_prefix: str | None = None,
@@ -39,24 +55,31 @@ class JobQueue(Protocol):
         watermark: str | None = None,
     ) -> Job:
         """Queue one job from references (a local path under the input roots, s3://, obs://, or an
-        allow-listed https:// URL). The same idempotency key returns the same job. Raises
-        QueueFullError, ShuttingDownError, ForbiddenPathError or InputError."""
+        allow-listed https:// URL). options: SyncOptions fields (InputError names a bad one);
+        watermark, when not None, overrides options["watermark"]. output_prefix: s3://bucket/
+        prefix/, obs://bucket/prefix/ or a folder under the allowed roots, where the result is
+        published as well. The same idempotency key returns the same job. Raises QueueFullError,
+        ShuttingDownError, ForbiddenPathError or InputError."""
         ...
 
     def submit_batch(
         self,
         items: Sequence[Mapping[str, Any]],
-        options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | SyncOptions | None = None,
         *,
         output_prefix: str | None = None,
     ) -> Batch:
-        """Queue {"audio", "video", "output_name"?} items as one batch, all or nothing; an item's
-        errors start with "item N:"."""
+        """Queue {"audio", "video", "output_name"?} items as one batch, all or nothing (N items
+        need N free queue places); an item's errors start with "item N:"."""
         ...
 
-    def get(self, job_id: str) -> Job: ...
+    def get(self, job_id: str) -> Job:
+        """JobNotFoundError when there is none."""
+        ...
 
-    def get_by_key(self, idempotency_key: str) -> Job: ...
+    def get_by_key(self, idempotency_key: str) -> Job:
+        """JobNotFoundError when there is none."""
+        ...
 
     def list_jobs(self, limit: int = 20, offset: int = 0) -> list[Job]:
         """Newest first."""
@@ -78,11 +101,17 @@ class JobQueue(Protocol):
         """Remove the job and its files (a running job is cancelled first)."""
         ...
 
-    def delete_all(self) -> int: ...
+    def delete_all(self) -> int:
+        """Delete every job (running ones are cancelled first); how many were deleted."""
+        ...
 
-    def get_batch(self, batch_id: str) -> Batch: ...
+    def get_batch(self, batch_id: str) -> Batch:
+        """The batch with its items; JobNotFoundError when there is none."""
+        ...
 
-    def retry_failed(self, batch_id: str) -> Batch: ...
+    def retry_failed(self, batch_id: str) -> Batch:
+        """Queue the batch's failed and cancelled items again."""
+        ...
 
     def batch_zip(self, batch_id: str) -> Path:
         """A ZIP of the batch's results with summary.csv and summary.json."""
@@ -105,7 +134,8 @@ class EngineHealth(Protocol):
         ...
 
     def deep_check(self, timeout: float) -> float:
-        """One warm-up inference in a worker between jobs; its seconds."""
+        """One warm-up inference in a worker between jobs; its seconds. HeygemError when not
+        ready or when it fails; TimeoutError when the worker stays busy past `timeout`."""
         ...
 
 

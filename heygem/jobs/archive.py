@@ -8,6 +8,7 @@ import json
 import logging
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from heygem.jobs import files
 from heygem.jobs.manifest import shown_ref
@@ -26,7 +27,7 @@ def zip_name(batch_id: str) -> str:
     return f"heygem-batch-{batch_id[:8]}.zip"
 
 
-def summary_rows(batch: Batch) -> list[dict]:
+def summary_rows(batch: Batch) -> list[dict[str, Any]]:
     return [
         {
             "index": item.item_index,
@@ -72,7 +73,7 @@ def build_zip(batch: Batch, settings: Settings) -> Path:
     return target
 
 
-def _csv(rows: list[dict]) -> str:
+def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS)
     writer.writeheader()

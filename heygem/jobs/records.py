@@ -1,13 +1,20 @@
-"""The records the job layer hands out: Job, Batch and JobStatus (plain data, no I/O)."""
+"""The records the job layer hands out: Job, Batch and JobStatus (plain data, no I/O).
+
+Job's dataclass fields are the one list of job fields: the store's row mapping and to_dict()
+are derived from them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import Field, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DEFAULT_OUTPUT_NAME = "result.mp4"
+# Field metadata: kept in the store but left out of to_dict() (the API's and summaries' view).
+INTERNAL: dict[str, bool] = {"internal": True}
 
 
 class JobStatus(StrEnum):
@@ -60,13 +67,14 @@ class Job:
     stage: str
     error: str | None
     attempts: int  # times a worker started it
-    cancel_requested: bool
+    cancel_requested: bool = field(metadata=INTERNAL)
     engine: str | None  # engine that actually ran (from SyncResult.engine)
     frames_without_face: int | None
     frames: int | None  # frames the engine wrote (SyncResult.frames); None before a run ends
     run_seconds: float | None  # wall time of the engine run alone (SyncResult.seconds)
     created_at: float  # unix seconds
-    queued_at: float  # last time it entered the queue (submit, retry); orders the queue
+    # last time it entered the queue (submit, retry); orders the queue
+    queued_at: float = field(metadata=INTERNAL)
     started_at: float | None
     finished_at: float | None
     output_path: Path | None  # the finished mp4 under Settings.outputs_dir
@@ -95,35 +103,58 @@ class Job:
         return max(0.0, self.finished_at - self.started_at)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view for the API and summaries."""
-        return {
-            "id": self.id,
-            "kind": self.kind.value,
-            "batch_id": self.batch_id,
-            "item_index": self.item_index,
-            "audio": self.audio,
-            "video": self.video,
-            "options": self.options,
-            "output_name": self.output_name,
-            "output_prefix": self.output_prefix,
-            "idempotency_key": self.idempotency_key,
-            "status": self.status.value,
-            "progress": round(self.progress, 4),
-            "stage": self.stage,
-            "error": self.error,
-            "attempts": self.attempts,
-            "engine": self.engine,
-            "frames_without_face": self.frames_without_face,
-            "frames": self.frames,
-            "run_seconds": self.run_seconds,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "seconds": self.seconds,
-            "output_path": str(self.output_path) if self.output_path else None,
-            "output_url": self.output_url,
-            "presigned_url": self.presigned_url,
-        }
+        """JSON-ready view for the API and summaries: every field but the internal ones, and the
+        run's `seconds` after finished_at."""
+        view: dict[str, Any] = {}
+        for name in public_job_fields():
+            value = getattr(self, name)
+            view[name] = _JSON_VALUES[name](value) if name in _JSON_VALUES else value
+            if name == "finished_at":
+                view["seconds"] = self.seconds
+        return view
+
+
+def _path_text(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def _enum_value(member: StrEnum) -> str:
+    return member.value
+
+
+# Fields whose JSON form differs from the attribute.
+_JSON_VALUES: dict[str, Callable[[Any], Any]] = {
+    "kind": _enum_value,
+    "status": _enum_value,
+    "progress": lambda progress: round(progress, 4),
+    "output_path": _path_text,
+}
+
+
+@functools.cache
+def job_fields() -> tuple[Field[Any], ...]:
+    """Job's fields in order: the store's columns and to_dict()'s keys come from these."""
+    return fields(Job)
+
+
+@functools.cache
+def public_job_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in job_fields() if not f.metadata.get("internal"))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one run, as the store records it."""
+
+    status: JobStatus
+    error: str | None = None
+    engine: str | None = None
+    frames_without_face: int | None = None
+    frames: int | None = None
+    run_seconds: float | None = None
+    output_path: Path | None = None
+    output_url: str | None = None
+    presigned_url: str | None = None
 
 
 @dataclass(frozen=True)

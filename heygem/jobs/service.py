@@ -12,14 +12,14 @@ left over from a crash. (Other processes may still add jobs to the same database
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from heygem import storage
+from heygem.engine.api import EngineStatus, SyncOptions
 from heygem.errors import (
     HeygemError,
     InputError,
@@ -28,15 +28,19 @@ from heygem.errors import (
     ShuttingDownError,
 )
 from heygem.jobs import archive, files, retention
-from heygem.jobs.manifest import default_output_name, is_remote, shown_ref
+from heygem.jobs.api import EngineFactory
+from heygem.jobs.execute import default_engine
+from heygem.jobs.joblog import job_context, job_logger
+from heygem.jobs.manifest import default_output_name, shown_ref
 from heygem.jobs.options import options_dict
 from heygem.jobs.records import Batch, Job, JobStatus, NewJob
 from heygem.jobs.store import JobStore, SQLiteJobStore
-from heygem.jobs.worker import PipelineFactory, Worker, job_log
-from heygem.storage.paths import resolve_under, safe_output_name
+from heygem.jobs.worker import Worker
 from heygem.settings import Settings
+from heygem.storage import is_remote
+from heygem.storage.paths import resolve_under, safe_output_name
 
-log = logging.getLogger("heygem.jobs.service")
+log = job_logger("heygem.jobs.service")
 
 MAX_PAGE = 500  # most jobs one list_jobs call returns
 MAX_KEY_CHARS = 200  # longest accepted idempotency key
@@ -49,8 +53,10 @@ _NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
 
 
 class JobService:
+    """Implements heygem.jobs.api.JobService: the durable queue, its worker(s) and retention."""
+
     def __init__(
-        self, settings: Settings, pipeline_factory: PipelineFactory | None = None,
+        self, settings: Settings, pipeline_factory: EngineFactory | None = None,
         *, store: JobStore | None = None,
     ) -> None:
         self.settings = settings
@@ -71,7 +77,7 @@ class JobService:
             if self._state != _NEW:
                 raise RuntimeError("JobService.start() may be called once")
             self._state = _RUNNING
-        factory = self._pipeline_factory or _default_pipeline_factory()
+        factory = self._pipeline_factory or default_engine
         files.ensure_folders(self.settings)
         self.store.open()
         self._recover()
@@ -125,11 +131,14 @@ class JobService:
     def _recover(self) -> None:
         requeued, failed = self.store.recover(self.settings.max_attempts)
         for job in requeued:
-            job_log(job.id).warning(
-                "was running when the service stopped (attempt %d); back in the queue", job.attempts
-            )
+            with job_context(job.id):
+                log.warning(
+                    "was running when the service stopped (attempt %d); back in the queue",
+                    job.attempts,
+                )
         for job in failed:
-            job_log(job.id).error("%s", job.error)
+            with job_context(job.id):
+                log.error("%s", job.error)
 
     def _drain(self, deadline: float) -> None:
         while True:
@@ -150,13 +159,12 @@ class JobService:
             return  # it finished (or was deleted) just in time
         released = self.store.get(claim.job.id)
         if released is not None and released.status == JobStatus.QUEUED:
-            job_log(claim.job.id).warning(
-                "not finished within the drain window; back in the queue for the next start"
-            )
+            with job_context(claim.job.id):
+                log.warning("not finished within the drain window; back in the queue for the next start")
 
     # --- submitting ----------------------------------------------------------------------------
     def submit(
-        self, audio: str, video: str, options: Mapping[str, Any] | None = None, *,
+        self, audio: str, video: str, options: Mapping[str, Any] | SyncOptions | None = None, *,
         output_name: str | None = None, output_prefix: str | None = None,
         idempotency_key: str | None = None, watermark: str | None = None,
     ) -> Job:
@@ -177,11 +185,13 @@ class JobService:
         )
         _, (job,) = self.store.add([spec], queue_limit=self.settings.queue_size)
         self._wake.set()
-        job_log(job.id).info("queued: audio=%s video=%s", shown_ref(job.audio), shown_ref(job.video))
+        with job_context(job.id):
+            log.info("queued: audio=%s video=%s", shown_ref(job.audio), shown_ref(job.video))
         return job
 
     def submit_batch(
-        self, items: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None, *,
+        self, items: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | SyncOptions | None = None, *,
         output_prefix: str | None = None,
     ) -> Batch:
         """Queue N items as one batch, all or nothing; item i's errors start with "item i:"."""
@@ -222,7 +232,9 @@ class JobService:
         log.info("batch %s: retrying %d item(s)", batch_id, len(retried))
         return self.get_batch(batch_id)
 
-    def _batch_item(self, item: Mapping[str, Any], number: int, options: dict, prefix: str | None) -> NewJob:
+    def _batch_item(
+        self, item: Mapping[str, Any], number: int, options: dict[str, Any], prefix: str | None
+    ) -> NewJob:
         if not isinstance(item, Mapping):
             raise InputError('expected an object like {"audio": ..., "video": ...}')
         unknown = sorted(set(item) - {"audio", "video", "output_name"})
@@ -253,7 +265,7 @@ class JobService:
         if errors and len(errors) == len(self._workers):
             raise ModelError(errors[0])
 
-    def _check_input(self, ref: Any, kind: str) -> str:
+    def _check_input(self, ref: object, kind: str) -> str:
         if not isinstance(ref, str) or not ref.strip():
             raise InputError(f"{kind} is required")
         storage.check_reference(ref, self.settings)
@@ -351,7 +363,8 @@ class JobService:
             raise HeygemError(f"not ready: {reason}")
         future = worker.request_probe()
         try:
-            return future.result(timeout)
+            seconds: float = future.result(timeout)
+            return seconds
         except TimeoutError:
             future.cancel()
             raise TimeoutError(f"the warm-up inference did not finish within {timeout:g} s") from None
@@ -360,11 +373,11 @@ class JobService:
         except Exception as exc:
             raise ModelError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from None
 
-    def engine_status(self) -> Any:
+    def engine_status(self) -> EngineStatus | None:
         """The first ready worker's EngineStatus, or None while loading."""
         for worker in self._workers:
-            if worker.ready.is_set() and worker.pipeline is not None:
-                return worker.pipeline.status()
+            if worker.ready.is_set():
+                return worker.engine.status()
         return None
 
     # --- cancelling and deleting ---------------------------------------------------------------
@@ -373,12 +386,13 @@ class JobService:
         job = self.store.cancel(job_id)
         if job is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        if job.status == JobStatus.RUNNING:
-            self._cancels.add(job_id)
-            job_log(job_id).info("cancel requested")
-        elif job.status == JobStatus.CANCELLED:
-            job_log(job_id).info("cancelled")
-            self._job_finished(job)
+        with job_context(job_id):
+            if job.status == JobStatus.RUNNING:
+                self._cancels.add(job_id)
+                log.info("cancel requested")
+            elif job.status == JobStatus.CANCELLED:
+                log.info("cancelled")
+                self._job_finished(job)
         return job
 
     def delete(self, job_id: str) -> None:
@@ -391,7 +405,8 @@ class JobService:
         if not deleted:
             raise InputError(f"job {job_id} is still stopping; try again in a moment")
         self._remove_files(deleted)
-        job_log(job_id).info("deleted")
+        with job_context(job_id):
+            log.info("deleted")
 
     def delete_all(self) -> int:
         """Delete every job (running ones are cancelled first); return how many were deleted."""
@@ -452,8 +467,8 @@ def _check_key(key: str | None) -> str | None:
     return key
 
 
-def _default_pipeline_factory() -> Callable[[Settings], Any]:
-    # Imported here so that building a JobService does not load the engine's heavy modules.
-    from heygem.engine.pipeline import LipSyncPipeline
+if TYPE_CHECKING:
+    from heygem.jobs import api
 
-    return LipSyncPipeline
+    def _implements_the_contract(service: JobService) -> api.JobService:
+        return service  # mypy checks that JobService has the protocol's methods and signatures

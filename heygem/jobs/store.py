@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from heygem.errors import HeygemError, QueueFullError
 from heygem.jobs.records import (
@@ -33,6 +33,8 @@ from heygem.jobs.records import (
     JobKind,
     JobStatus,
     NewJob,
+    Outcome,
+    job_fields,
 )
 
 log = logging.getLogger("heygem.jobs.store")
@@ -105,26 +107,11 @@ class Claim:
     token: str  # must accompany every later write about this run
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The end of one run."""
-
-    status: JobStatus
-    error: str | None = None
-    engine: str | None = None
-    frames_without_face: int | None = None
-    frames: int | None = None
-    run_seconds: float | None = None
-    output_path: Path | None = None
-    output_url: str | None = None
-    presigned_url: str | None = None
-
-
 class JobStore(Protocol):
     def open(self) -> None: ...
     def close(self) -> None: ...
     def add(
-        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict | None = None,
+        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict[str, Any] | None = None,
         batch_prefix: str | None = None, as_batch: bool = False,
     ) -> tuple[Batch | None, list[Job]]: ...
     def get(self, job_id: str) -> Job | None: ...
@@ -214,7 +201,7 @@ class SQLiteJobStore:
 
     # --- submitting ----------------------------------------------------------------------------
     def add(
-        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict | None = None,
+        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict[str, Any] | None = None,
         batch_prefix: str | None = None, as_batch: bool = False,
     ) -> tuple[Batch | None, list[Job]]:
         """Insert jobs (optionally as one batch) all-or-nothing, within the queue bound.
@@ -272,7 +259,7 @@ class SQLiteJobStore:
         )
 
     def count_jobs(self) -> int:
-        return self._conn().execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        return _count(self._conn(), "SELECT COUNT(*) FROM jobs")
 
     def count_queued(self) -> int:
         return _queued(self._conn())
@@ -450,7 +437,11 @@ class SQLiteJobStore:
 
 
 def _queued(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+    return _count(conn, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+
+
+def _count(conn: sqlite3.Connection, sql: str) -> int:
+    return int(conn.execute(sql).fetchone()[0])
 
 
 def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None:
@@ -466,33 +457,24 @@ def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None
     )
 
 
+def _optional_path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+# Columns stored in another form than the Job field (every job column is named like its field).
+_FROM_COLUMN: dict[str, Callable[[Any], Any]] = {
+    "kind": JobKind,
+    "options": json.loads,
+    "status": JobStatus,
+    "cancel_requested": bool,
+    "output_path": _optional_path,
+}
+
+
 def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        kind=JobKind(row["kind"]),
-        batch_id=row["batch_id"],
-        item_index=row["item_index"],
-        audio=row["audio"],
-        video=row["video"],
-        options=json.loads(row["options"]),
-        output_name=row["output_name"],
-        output_prefix=row["output_prefix"],
-        idempotency_key=row["idempotency_key"],
-        status=JobStatus(row["status"]),
-        progress=row["progress"],
-        stage=row["stage"],
-        error=row["error"],
-        attempts=row["attempts"],
-        cancel_requested=bool(row["cancel_requested"]),
-        engine=row["engine"],
-        frames_without_face=row["frames_without_face"],
-        frames=row["frames"],
-        run_seconds=row["run_seconds"],
-        created_at=row["created_at"],
-        queued_at=row["queued_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        output_path=Path(row["output_path"]) if row["output_path"] else None,
-        output_url=row["output_url"],
-        presigned_url=row["presigned_url"],
-    )
+    values = {}
+    for spec in job_fields():
+        value = row[spec.name]
+        convert = _FROM_COLUMN.get(spec.name)
+        values[spec.name] = convert(value) if convert is not None else value
+    return Job(**values)

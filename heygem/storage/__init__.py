@@ -113,6 +113,12 @@ def is_remote(ref: str) -> bool:
     return _scheme(ref) in (*S3_SCHEMES, HTTPS_SCHEME)
 
 
+def is_url(ref: str) -> bool:
+    """True when `ref` is written as a URL (a valid scheme, then ://): it is never resolved as a
+    local path; fetch_input downloads it or refuses its scheme."""
+    return _scheme(ref) is not None
+
+
 def check_reference(ref: str, settings: Settings) -> None:
     """Validate an input reference at submit time without touching the network."""
     _check_reference(ref, settings)
@@ -628,6 +634,7 @@ def _with_retries(
 __all__ = [
     "PublishedOutput",
     "is_remote",
+    "is_url",
     "check_reference",
     "check_output_prefix",
     "fetch_input",

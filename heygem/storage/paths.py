@@ -102,9 +102,9 @@ def _split_suffix(name: str) -> tuple[str, str]:
 
 
 __all__ = [
-    "resolve_under",
-    "safe_output_name",
-    "safe_file_name",
-    "free_name",
     "MAX_OUTPUT_NAME",
+    "free_name",
+    "resolve_under",
+    "safe_file_name",
+    "safe_output_name",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from heygem.errors import InputError
-from heygem.jobs import parse_manifest
+from heygem.jobs.manifest import parse_manifest
 from heygem.settings import Settings
 
 

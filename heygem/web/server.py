@@ -179,12 +179,6 @@ def _version() -> str:
     return __version__
 
 
-def _default_pipeline_factory() -> Callable[[Settings], Any]:
-    from heygem.engine.pipeline import LipSyncPipeline
-
-    return LipSyncPipeline
-
-
 def _prepare_gradio_environment(settings: Settings) -> None:
     # Gradio reads these when it is imported: no phoning home (no internet here, nor in most
     # deployments), and its upload cache on the data volume that uid 1000 can write.
@@ -226,7 +220,7 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None = None) -> int:
     """Run the web app and API until SIGTERM/SIGINT; return the process exit code."""
-    from heygem.jobs import JobService
+    from heygem.jobs.service import JobService
 
     _prepare_gradio_environment(settings)
     log_buffer = install_log_buffer()
@@ -234,7 +228,7 @@ def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None
     # The HeyGem-compatible API reads clients' files from, and writes results into, its shared folder.
     service = JobService(
         compat_service_settings(settings),
-        pipeline_factory=pipeline_factory or _default_pipeline_factory(),
+        pipeline_factory=pipeline_factory,  # None: heygem.jobs.execute.default_engine
     )
     service.start()
     app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True)
