@@ -59,3 +59,8 @@ class ShuttingDownError(HeygemError):
 
 class JobNotFoundError(HeygemError):
     """No job or batch has that id."""
+
+
+class SpeechError(HeygemError):
+    """Text-to-speech failed: the speech server refused, timed out or sent no audio, or espeak-ng
+    failed. The message names the provider and the reason, never the API key."""

@@ -22,13 +22,15 @@ ENV_PREFIX = "HEYGEM_"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MODELARTS_MODEL_DIR = Path("/home/mind/model")
 DETECTOR_FILE = "s3fd.pth"
-SECRET_FIELDS = frozenset({"api_token", "auth"})
+SECRET_FIELDS = frozenset({"api_token", "auth", "tts_api_key"})
 MASK = "***"
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "wav2lip", "preview")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TTS_PROVIDERS = ("espeak", "openai", "fish")
+HTTP_SCHEMES = ("http://", "https://")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,19 @@ class Settings:
     # --- logging -------------------------------------------------------------------------------
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     log_file: Path | None = None  # also write logs to this file (stdout always gets them)
+
+    # --- speech --------------------------------------------------------------------------------
+    tts_provider: str = "espeak"  # espeak (built in, offline), openai, or fish (HeyGem cloning)
+    tts_url: str = ""  # base URL of the openai or fish speech server, e.g. http://127.0.0.1:18180
+    tts_model: str = "tts-1"  # model name sent to an OpenAI-compatible server
+    tts_api_key: str = ""  # sent as "Authorization: Bearer <key>" to the speech server when set
+    tts_voice: str = ""  # voice when a job names none; empty = the provider's default
+    tts_reference_audio: str = ""  # fish: default voice sample: a path or URL the server can read
+    tts_reference_text: str = ""  # fish: transcript of tts_reference_audio
+    tts_timeout_s: float = 60.0  # longest wait for one piece of speech (request or espeak-ng run)
+    tts_max_chars: int = 3000  # longest accepted text, in characters
+    tts_piece_chars: int = 200  # longest piece sent to the provider; longer sentences are split
+    tts_pause_s: float = 0.25  # silence inserted between synthesised pieces
 
     # --- derived paths -------------------------------------------------------------------------
     @property
@@ -169,6 +184,7 @@ class Settings:
             raise ValueError("port and compat_port must be between 0 and 65535")
         if self.auth and ":" not in self.auth:
             raise ValueError("auth must look like user:password")
+        _check_speech(self)
 
     def describe(self) -> dict[str, str]:
         """Every setting as text, secrets masked: safe to log or to show in the UI."""
@@ -251,6 +267,25 @@ def _parse_bool(raw: str) -> bool:
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_speech(settings: Settings) -> None:
+    _check_choice("tts_provider", settings.tts_provider, TTS_PROVIDERS)
+    if settings.tts_url and not settings.tts_url.lower().startswith(HTTP_SCHEMES):
+        scheme = settings.tts_url.split("://", 1)[0] if "://" in settings.tts_url else "no scheme"
+        # Only the scheme is echoed: a URL may carry user:password.
+        raise ValueError(f"tts_url must start with http:// or https://; got {scheme}")
+    if settings.tts_provider != "espeak" and not settings.tts_url:
+        raise ValueError(f"tts_provider {settings.tts_provider} needs tts_url (HEYGEM_TTS_URL)")
+    for name in ("tts_max_chars", "tts_piece_chars"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if bool(settings.tts_reference_audio) != bool(settings.tts_reference_text):
+        raise ValueError(
+            "tts_reference_audio and tts_reference_text go together: set both or neither"
+        )
+    if settings.tts_timeout_s <= 0 or settings.tts_pause_s < 0:
+        raise ValueError("tts_timeout_s must be positive and tts_pause_s not negative")
 
 
 def _format(value: object) -> str:
