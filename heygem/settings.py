@@ -156,7 +156,7 @@ class Settings:
     ) -> Settings:
         """Build settings from the environment, then flags; raise ValueError naming a bad value."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, typing.Any] = {}  # each value has its own field's type
         for f in dataclasses.fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
@@ -167,7 +167,7 @@ class Settings:
         settings.validate()
         return settings
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: typing.Any) -> Settings:
         updated = dataclasses.replace(self, **changes)
         updated.validate()
         return updated

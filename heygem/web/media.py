@@ -7,7 +7,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from heygem.engine import media as video
+from heygem.engine.media import probe as video
 from heygem.errors import LimitExceededError, MediaProcessError
 
 log = logging.getLogger("heygem.web.media")
