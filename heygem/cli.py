@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from heygem.errors import HeygemError
 from heygem.engine.runtime import tune_process
+from heygem.errors import HeygemError
 from heygem.jobs.joblog import JobIdFilter
 from heygem.settings import Settings
 
@@ -176,9 +176,9 @@ def _add_batch(commands) -> None:
 
 
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.jobs import run_manifest
-
     from tqdm import tqdm
+
+    from heygem.jobs import run_manifest
 
     options = _sync_options(args, settings)
     with tqdm(unit="item", desc="batch") as bar:

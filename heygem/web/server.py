@@ -28,7 +28,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from heygem.jobs.api import EngineFactory, JobService
 from heygem.settings import Settings
 from heygem.web.api import ApiState, register_api
-from heygem.web.compat import compat_service_settings, create_compat_router, start_compat_server
+from heygem.web.compat import (
+    compat_service_settings,
+    create_compat_router,
+    start_compat_server,
+)
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.server")
@@ -142,7 +146,9 @@ def create_app(
     ui_slot = DeferredUI()
 
     def build_ui() -> FastAPI:
-        from heygem.web.ui import mount_ui  # gradio is slow to import: only when the UI is wanted
+        from heygem.web.ui import (
+            mount_ui,  # gradio is slow to import: only when the UI is wanted
+        )
 
         return mount_ui(settings, service, log_buffer)
 
