@@ -149,7 +149,7 @@ def batch_view(batch: Batch, request: Request, settings: Settings) -> dict[str, 
 
 
 def _url(request: Request, path: str) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + path
+    return str(request.scope.get("root_path", "")).rstrip("/") + path
 
 
 def _options(raw: object) -> dict[str, Any] | None:

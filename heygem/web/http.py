@@ -118,7 +118,7 @@ def check_length(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int) -> object:
     """The request body parsed as JSON (None when empty), read at most `limit` bytes far."""
     check_length(request, limit)
     body = bytearray()

@@ -25,6 +25,7 @@ from gradio.components import Component
 from gradio.i18n import I18nData
 
 from heygem.engine.api import (
+    PREVIEW,
     FaceChoice,
     OptionSpec,
     option_default,
@@ -213,7 +214,7 @@ class Handlers:
         self.log_lines = log_lines
 
     # --- banner and system ----------------------------------------------------------------------
-    def banner(self, request: gr.Request) -> tuple:
+    def banner(self, request: gr.Request) -> tuple[Any, ...]:
         """The "model is loading" notice; its timer stops once the engine is ready."""
         ready, reason = self.service.readiness()
         if ready:
@@ -231,7 +232,7 @@ class Handlers:
         else:
             for key in ("engine", "reason", "checkpoint", "detector", "device", "device_name"):
                 lines.append(f"- **{key}**: {getattr(status, key) or '-'}")
-            if status.engine == "preview":
+            if status.engine == PREVIEW:
                 lines.append("\n> " + i18n.t("system_preview_notice", lang))
         lines.append(f"\n### {i18n.t('system_queue', lang)}")
         state = i18n.t("system_ready" if ready else "system_not_ready", lang, reason=reason)
@@ -320,7 +321,7 @@ class Handlers:
         return [stage_upload(self.settings, folder, path, require_video=require_video)
                 for path in paths or []]
 
-    def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
+    def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Timer tick: never raises, so one bad moment (a busy disk) does not stop the live table."""
         lang = language(request)
         if not batch_id:
@@ -335,7 +336,7 @@ class Handlers:
             log.exception("batch %s: refreshing the live view failed; trying again", batch_id)
             return (gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=True))
 
-    def _empty_batch(self, lang: str) -> tuple:
+    def _empty_batch(self, lang: str) -> tuple[Any, ...]:
         return pd.DataFrame(columns=self._batch_columns(lang)), [], ""
 
     def _batch_columns(self, lang: str) -> list[str]:
@@ -361,7 +362,7 @@ class Handlers:
         return str(self.service.batch_zip(batch_id))
 
     @user_errors
-    def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
+    def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", lang))
@@ -370,7 +371,7 @@ class Handlers:
 
     # --- history --------------------------------------------------------------------------------
     @user_errors
-    def history(self, page: int, request: gr.Request) -> tuple:
+    def history(self, page: int, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         total = self.service.count_jobs()
         pages = max(1, -(-total // HISTORY_PAGE))
@@ -383,11 +384,11 @@ class Handlers:
         label = i18n.t("history_page", lang, page=page + 1, pages=pages, total=total)
         return page, [job.id for job in jobs], gallery, label
 
-    def history_step(self, page: int, step: int, request: gr.Request) -> tuple:
+    def history_step(self, page: int, step: int, request: gr.Request) -> tuple[Any, ...]:
         return self.history(int(page or 0) + step, request)
 
     @user_errors
-    def history_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple:
+    def history_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not ids or index >= len(ids):
@@ -401,7 +402,7 @@ class Handlers:
         return job.id, path, path, details
 
     @user_errors
-    def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple:
+    def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple[Any, ...]:
         if not job_id:
             raise InputError(i18n.t("err_no_selection", language(request)))
         job = self.service.get(job_id)
@@ -413,7 +414,7 @@ class Handlers:
         return (None, None, None, "", *self.history(page, request))
 
     @user_errors
-    def delete_all(self, request: gr.Request) -> tuple:
+    def delete_all(self, request: gr.Request) -> tuple[Any, ...]:
         removed = self.service.delete_all()
         log.info("%d jobs deleted from the web UI", removed)
         gr.Info(i18n.t("history_deleted_all", language(request), count=removed))
@@ -604,8 +605,8 @@ def _history_tab(t: Translate, h: Handlers) -> list[Any]:
     return listing
 
 
-def _stepper(h: Handlers, step: int) -> Callable:
-    def step_page(page: int, request: gr.Request):
+def _stepper(h: Handlers, step: int) -> Callable[[int, gr.Request], tuple[Any, ...]]:
+    def step_page(page: int, request: gr.Request) -> tuple[Any, ...]:
         return h.history_step(page, step, request)
 
     return step_page
@@ -631,8 +632,9 @@ def build_blocks(
         return translator(i18n.BROWSER_PREFIX + key)
 
     h = Handlers(settings, service, log_lines)
-    with gr.Blocks(title="heygem", analytics_enabled=False,
-                   delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S)) as demo:
+    demo = gr.Blocks(title="heygem", analytics_enabled=False,
+                     delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S))
+    with demo:
         gr.Markdown(t("title"))
         banner = gr.Markdown(t("banner_starting"), elem_id="heygem-banner")
         banner_timer = gr.Timer(BANNER_REFRESH_S)
