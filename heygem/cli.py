@@ -10,12 +10,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from heygem.errors import HeygemError
 from heygem.engine.runtime import tune_process
+from heygem.errors import HeygemError
 from heygem.jobs.joblog import JobIdFilter
 from heygem.settings import Settings
+
+if TYPE_CHECKING:  # the engine package is imported only by the commands that run it
+    from heygem.engine.api import FaceChoice, OptionSpec, SyncOptions
 
 log = logging.getLogger("heygem.cli")
 
@@ -24,6 +27,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+FACE_NEAREST_POINT: FaceChoice = "nearest"  # what --face-point without --face-choice asks for
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_process()
@@ -85,37 +89,57 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sync_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--box", type=int, nargs=4, metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                        help="fixed face box in pixels; skips face detection")
-    parser.add_argument("--pads", type=int, nargs=4, default=(0, 10, 0, 0),
-                        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                        help="grow the detected box by these pixels (default: 0 10 0 0)")
-    parser.add_argument("--no-smooth", action="store_true", help="do not smooth boxes over time")
-    parser.add_argument("--blend", choices=("feather", "rect"), default="feather",
-                        help="feather: soft lower-face mask (default); rect: reference-exact box paste")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate for a still image (25)")
-    parser.add_argument("--duration-policy", choices=("loop", "pingpong"), default="loop",
-                        help="how the video is extended when the audio is longer (loop)")
-    parser.add_argument("--face-point", type=int, nargs=2, metavar=("X", "Y"),
-                        help="with several faces, use the one nearest this point (default: largest)")
-    parser.add_argument("--watermark", default="", help="visible label for the corner, e.g. 'AI generated'")
+    """One flag per SyncOptions field that has a per-job flag (--box T B L R, --pads, --smooth /
+    --no-smooth, --blend, --fps, ...), generated from the option schema. Engine, precision and
+    batch size are Settings flags instead."""
+    from heygem.engine.api import option_specs
+
+    for name, spec in option_specs().items():
+        if spec.per_job_flag:
+            _add_option_flag(parser, name, spec)
 
 
-def _sync_options(args: argparse.Namespace, settings: Settings):
-    from heygem.engine.api import SyncOptions
+def _add_option_flag(parser: argparse.ArgumentParser, name: str, spec: OptionSpec) -> None:
+    from heygem.engine.api import option_default, option_type
 
-    return SyncOptions(
-        engine=settings.engine,
-        box=tuple(args.box) if args.box else None,
-        pads=tuple(args.pads),
-        smooth=not args.no_smooth,
-        blend=args.blend,
-        fps=args.fps,
-        duration_policy=args.duration_policy,
-        face_choice="nearest" if args.face_point else "largest",
-        face_point=tuple(args.face_point) if args.face_point else None,
-        watermark=args.watermark,
-    )
+    flag = "--" + name.replace("_", "-")
+    # Unset flags stay None, so SyncOptions (the one place defaults live) fills them in.
+    common: dict[str, Any] = {
+        "dest": name, "default": None, "help": spec.help + _default_note(option_default(name)),
+    }
+    if spec.widget == "check":
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+    elif spec.parts:
+        parser.add_argument(
+            flag, type=option_type(name), nargs=len(spec.parts), metavar=spec.parts, **common
+        )
+    elif spec.choices:
+        parser.add_argument(flag, choices=spec.choices, **common)
+    else:
+        parser.add_argument(flag, type=option_type(name), **common)
+
+
+def _default_note(default: object) -> str:
+    if default is None or default == "":
+        return ""
+    if isinstance(default, bool):
+        return f" (default: {'on' if default else 'off'})"
+    if isinstance(default, tuple):
+        return f" (default: {' '.join(map(str, default))})"
+    return f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+
+
+def _sync_options(args: argparse.Namespace, settings: Settings) -> SyncOptions:
+    from heygem.engine.api import SyncOptions, option_specs
+
+    values: dict[str, Any] = {}
+    for name, spec in option_specs().items():
+        given = getattr(args, name, None) if spec.per_job_flag else None
+        if given is not None:
+            values[name] = tuple(given) if spec.parts else given
+    if "face_point" in values:  # a point alone means "the face nearest it"
+        values.setdefault("face_choice", FACE_NEAREST_POINT)
+    return SyncOptions(engine=settings.engine, **values)
 
 
 def _add_generate(commands) -> None:
@@ -214,11 +238,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 class _StageBars:
     """One tqdm bar per pipeline stage, fed by the pipeline's (done, total, stage) callback."""
 
-    def __init__(self, factory: Callable | None = None) -> None:
+    def __init__(self, factory: Callable[..., Any] | None = None) -> None:
         if factory is None:
-            from tqdm import tqdm as factory
+            from tqdm import tqdm
+
+            factory = tqdm
         self._factory = factory
-        self._bar = None
+        self._bar: Any = None
         self._stage = ""
 
     def update(self, done: int, total: int, stage: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from heygem.engine.api import OPTION_NAMES, SyncOptions, option_default, option_specs
 from heygem.jobs import JobService
 from heygem.web.api import INTERNAL_ERROR
 from heygem.web.metrics import RECENT_SCAN
@@ -556,3 +557,42 @@ def test_openapi_docs_list_the_routes(client):
                  "/api/v1/batches/{batch_id}/zip", "/api/v1/batches/{batch_id}/retry"):
         assert path in paths
     assert "multipart/form-data" in paths["/api/v1/jobs"]["post"]["requestBody"]["content"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/batches"])
+def test_openapi_documents_every_option_from_the_schema(client, path):
+    body = client.get("/openapi.json").json()["paths"][path]["post"]["requestBody"]["content"]
+    options = body["application/json"]["schema"]["properties"]["options"]
+    assert list(options["properties"]) == list(OPTION_NAMES)
+    defaults = SyncOptions().to_dict()
+    for name, spec in option_specs().items():
+        documented = options["properties"][name]
+        assert documented["description"].startswith(spec.help), name
+        if option_default(name) is None:  # FastAPI drops null defaults: the description says so
+            assert "default" not in documented and "(default: none)" in documented["description"]
+            value_schema = documented["anyOf"][0]
+        else:
+            assert documented["default"] == defaults[name], name
+            value_schema = documented
+        if spec.choices:
+            assert value_schema["enum"] == list(spec.choices), name
+    assert options["properties"]["pads"]["default"] == [0, 10, 0, 0]
+    assert options["properties"]["pads"]["items"] == {"type": "integer", "minimum": 0}
+    assert options["properties"]["fps"]["type"] == "number"
+    assert options["properties"]["smooth_window"]["type"] == "integer"
+    assert options["properties"]["precision"]["anyOf"][1] == {"type": "null"}
+    assert options["properties"]["watermark"]["maxLength"] > 0
+
+
+def test_an_options_object_built_from_the_documented_defaults_is_accepted(client, settings,
+                                                                            speech_wav, face_video):
+    """The documented defaults are values the API really accepts (and the job runs with them)."""
+    properties = client.get("/openapi.json").json()["paths"]["/api/v1/jobs"]["post"][
+        "requestBody"]["content"]["application/json"]["schema"]["properties"]["options"]["properties"]
+    documented = {name: schema.get("default") for name, schema in properties.items()}
+    shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
+    shutil.copy(face_video, settings.inputs_dir / "face.mp4")
+    response = client.post("/api/v1/jobs", json={
+        "audio": "speech.wav", "video": "face.mp4", "options": documented})
+    assert response.status_code == 202, response.text
+    assert wait_job(client, response.json()["id"])["status"] == "succeeded"

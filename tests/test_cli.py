@@ -225,3 +225,49 @@ def test_bad_setting_is_a_usage_error(folders):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("heygem: error: HEYGEM_BATCH_SIZE")
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# per-job flags, generated from the option schema
+
+
+def parsed_options(*flags: str, settings: Settings | None = None):
+    from heygem.cli import _build_parser, _sync_options
+
+    args, rest = _build_parser().parse_known_args(
+        ["generate", "--audio", "a.wav", "--video", "v.mp4", "--output", "o.mp4", *flags]
+    )
+    assert rest == []
+    return _sync_options(args, settings or Settings.load(environ={}))
+
+
+def test_without_flags_the_options_are_the_schema_defaults():
+    from heygem.engine.api import SyncOptions
+
+    preview = Settings.load(environ={}, argv=["--engine", "preview"])
+    assert parsed_options(settings=preview) == SyncOptions(engine="preview")
+
+
+def test_todays_flag_spellings_still_work():
+    options = parsed_options(
+        "--box", "10", "90", "20", "80", "--pads", "1", "2", "3", "4", "--no-smooth",
+        "--blend", "rect", "--fps", "30", "--duration-policy", "pingpong", "--watermark", "AI",
+    )
+    assert options.box == (10, 90, 20, 80) and options.pads == (1, 2, 3, 4)
+    assert options.smooth is False and options.blend == "rect" and options.fps == 30.0
+    assert options.duration_policy == "pingpong" and options.watermark == "AI"
+
+
+def test_face_point_alone_means_the_nearest_face_and_new_flags_parse():
+    assert parsed_options("--face-point", "120", "80").face_choice == "nearest"
+    assert parsed_options("--face-point", "120", "80").face_point == (120, 80)
+    chosen = parsed_options("--face-point", "1", "2", "--face-choice", "largest", "--smooth-window", "9")
+    assert (chosen.face_choice, chosen.smooth_window) == ("largest", 9)
+
+
+def test_a_bad_option_value_is_one_line(short_speech, face_image, folders, tmp_path):
+    proc = heygem(
+        "generate", "--audio", short_speech, "--video", face_image, "--output", tmp_path / "o.mp4",
+        *folder_flags(folders), "--fps", "0",
+    )
+    assert_one_line_error(proc, "fps must be between 1 and 120")

@@ -199,3 +199,30 @@ def test_the_server_and_api_modules_do_not_import_gradio():
             "print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_options_panel_is_built_from_the_schema_and_maps_back_to_fields():
+    import gradio as gr
+
+    from heygem.engine.api import SyncOptions, option_specs
+    from heygem.errors import InputError
+    from heygem.web.ui import OptionsPanel, build_options
+
+    with gr.Blocks():
+        panel = OptionsPanel(lambda key: key)
+    # The inputs' names are the Gradio API's parameter names, in the order clients pass them.
+    assert list(panel.kwargs) == [
+        "engine", "pad_top", "pad_bottom", "pad_left", "pad_right", "smooth", "blend",
+        "duration_policy", "face_choice", "face_x", "face_y", "watermark",
+    ]
+    untouched = {name: component.value for name, component in panel.kwargs.items()}
+    assert SyncOptions.from_dict(build_options(panel.fields(untouched))) == SyncOptions()
+    assert panel.component("blend").choices == [(c, c) for c in option_specs()["blend"].choices]
+
+    picked = dict(untouched, face_choice="nearest", face_x=120.0, face_y=80.0, pad_top=None)
+    options = build_options(panel.fields(picked))
+    assert options["face_point"] == [120, 80] and options["pads"] == [0, 10, 0, 0]
+    with pytest.raises(InputError, match="choose the face"):
+        build_options(panel.fields(dict(untouched, face_choice="nearest", face_x=5.0)))
+    # A point without the "nearest" choice is not sent, as before.
+    assert "face_point" not in build_options(panel.fields(dict(untouched, face_x=5.0, face_y=6.0)))

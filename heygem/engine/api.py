@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from types import NoneType, UnionType
+from typing import Any, Literal, Protocol, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 from numpy.typing import NDArray
@@ -140,6 +141,20 @@ def option_default(name: str) -> Any:
     if default is MISSING:  # every option has a default; this guards the schema itself
         raise KeyError(name)
     return default
+
+
+def option_type(name: str) -> type:
+    """The scalar type of one SyncOptions field: bool, int, float or str (each part's, for a
+    quad or point); None is left out. Callers parse flags and form values with it."""
+    hint: Any = get_type_hints(SyncOptions)[name]
+    while True:
+        origin = get_origin(hint)
+        if origin is Literal:
+            return type(get_args(hint)[0])
+        if origin in (Union, UnionType, tuple):
+            hint = next(arg for arg in get_args(hint) if arg is not NoneType)
+            continue
+        return hint  # type: ignore[no-any-return]
 
 
 def _check_options(options: SyncOptions) -> None:

@@ -7,7 +7,6 @@ folder, calls the service and maps heygem.errors to HTTP codes. Every error body
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -25,46 +24,37 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heygem import storage
-from heygem.errors import (
-    ForbiddenPathError,
-    HeygemError,
-    InputError,
-    JobNotFoundError,
-    LimitExceededError,
-    ModelError,
-    QueueFullError,
-    ShuttingDownError,
-    StorageError,
-)
-from heygem.storage.paths import resolve_under
+from heygem.errors import HeygemError, InputError
+from heygem.jobs.api import JobService
+from heygem.jobs.records import Batch, Job
 from heygem.settings import Settings
-from heygem.web import batching, media, uploads
+from heygem.storage.paths import resolve_under
+from heygem.web import batching, media, openapi, uploads
+from heygem.web.http import (
+    BEARER_CHALLENGE,
+    INTERNAL_ERROR,
+    MB,
+    TOKEN_REFUSED,
+    bearer_ok,
+    check_length,
+    classify,
+    error_response,
+    one_line,
+    read_json_object,
+    retry_headers,
+)
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.api")
 
 API_PREFIX = "/api/v1"
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as the job store makes them
-MB = 1 << 20
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around each file part
 JOB_UPLOAD_FILES = 2
 BATCH_UPLOAD_FILES = 101  # one audio + 100 videos, or a manifest and its files
 MAX_JSON_BYTES = MB
 MAX_PAGE = 200
 DEEP_CHECK_TIMEOUT_S = 60.0  # a deep readiness probe waits this long for the running job to yield
-INTERNAL_ERROR = "internal server error; the details are in the server log"
-
-# Most specific first: LimitExceededError and ForbiddenPathError are InputErrors too.
-ERROR_STATUS: tuple[tuple[type[HeygemError], int], ...] = (
-    (LimitExceededError, 413),
-    (ForbiddenPathError, 403),
-    (InputError, 400),
-    (JobNotFoundError, 404),
-    (QueueFullError, 429),
-    (ShuttingDownError, 503),
-    (ModelError, 503),
-    (StorageError, 502),
-)
 
 
 @dataclass
@@ -72,46 +62,32 @@ class ApiState:
     """What the routes share: the one Settings, the job service, metrics and the drain flag."""
 
     settings: Settings
-    service: Any  # heygem.jobs.JobService (duck-typed so tests can wrap it)
+    service: JobService
     metrics: Metrics
     draining: threading.Event = field(default_factory=threading.Event)
-
-
-def status_for(exc: HeygemError) -> int:
-    for kind, code in ERROR_STATUS:
-        if isinstance(exc, kind):
-            return code
-    return 500
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "error"
-
-
-def error_response(code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": one_line(detail)}, status_code=code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as {"detail": one line}; unexpected ones are logged with a traceback."""
 
-    async def heygem_error(request: Request, exc: HeygemError) -> JSONResponse:
-        code = status_for(exc)
-        headers = {"Retry-After": "5"} if code in (429, 503) else None
-        log.info("%s %s -> %d: %s", request.method, request.url.path, code, one_line(str(exc)))
-        return error_response(code, str(exc), headers)
+    async def heygem_error(request: Request, exc: Exception) -> JSONResponse:
+        error_class = classify(exc)
+        log.info("%s %s -> %d: %s", request.method, request.url.path, error_class.status, one_line(exc))
+        return error_response(error_class.status, str(exc), retry_headers(error_class))
 
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         return error_response(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, INTERNAL_ERROR)
+        return error_response(classify(exc).status, INTERNAL_ERROR)
 
     app.add_exception_handler(HeygemError, heygem_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -124,16 +100,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def token_checker(settings: Settings) -> Callable[[Request], None]:
-    expected = settings.api_token.encode()
-
     def require_token(request: Request) -> None:
-        if not expected:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise StarletteHTTPException(
-                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        if not bearer_ok(request, settings.api_token):
+            raise StarletteHTTPException(401, TOKEN_REFUSED, headers=BEARER_CHALLENGE)
 
     return require_token
 
@@ -155,7 +124,7 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
     return resolved
 
 
-def job_view(job: Any, request: Request, settings: Settings) -> dict:
+def job_view(job: Job, request: Request, settings: Settings) -> dict[str, Any]:
     data = job.to_dict()
     data.pop("output_path", None)  # a server-side path means nothing to a caller
     # Also after a failed upload: the job says failed, yet its mp4 was made and can be fetched.
@@ -164,7 +133,7 @@ def job_view(job: Any, request: Request, settings: Settings) -> dict:
     return data
 
 
-def presigned_link(job: Any, settings: Settings) -> str | None:
+def presigned_link(job: Job, settings: Settings) -> str | None:
     """Signed now, so the link lasts presign_seconds from this read; the one stored when the job
     finished only when signing is off or fails."""
     if not job.output_url:
@@ -172,7 +141,7 @@ def presigned_link(job: Any, settings: Settings) -> str | None:
     return storage.presign(job.output_url, settings) or job.presigned_url
 
 
-def batch_view(batch: Any, request: Request, settings: Settings) -> dict:
+def batch_view(batch: Batch, request: Request, settings: Settings) -> dict[str, Any]:
     data = batch.to_dict()
     data["items"] = [job_view(item, request, settings) for item in batch.items]
     data["zip_url"] = _url(request, f"{API_PREFIX}/batches/{batch.id}/zip")
@@ -180,38 +149,10 @@ def batch_view(batch: Any, request: Request, settings: Settings) -> dict:
 
 
 def _url(request: Request, path: str) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + path
+    return str(request.scope.get("root_path", "")).rstrip("/") + path
 
 
-def _check_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is None:
-        return
-    try:
-        size = int(declared)
-    except ValueError:
-        raise InputError("Content-Length is not a number") from None
-    if size > limit:
-        raise LimitExceededError(f"request body is {size // MB} MB; the limit is {limit // MB} MB")
-
-
-async def _read_json(request: Request) -> dict:
-    _check_length(request, MAX_JSON_BYTES)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise LimitExceededError("JSON body is larger than 1 MB")
-    try:
-        data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError("the JSON body must be an object")
-    return data
-
-
-def _options(raw: Any) -> dict | None:
+def _options(raw: object) -> dict[str, Any] | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, str):
@@ -224,7 +165,7 @@ def _options(raw: Any) -> dict | None:
     return raw
 
 
-def _text(data: dict, key: str) -> str | None:
+def _text(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None or value == "":
         return None
@@ -251,10 +192,10 @@ def _check_upload_durations(settings: Settings, form: uploads.UploadedForm) -> N
 # submissions
 
 
-async def _submit_job(state: ApiState, request: Request) -> Any:
+async def _submit_job(state: ApiState, request: Request) -> Job:
     idempotency_key = request.headers.get("idempotency-key") or None
     if not _is_multipart(request):
-        data = await _read_json(request)
+        data = await read_json_object(request, MAX_JSON_BYTES)
         return await run_in_threadpool(_submit_refs, state, data, idempotency_key)
     form = await _receive_form(state, request, JOB_UPLOAD_FILES)
     try:
@@ -267,14 +208,14 @@ async def _submit_job(state: ApiState, request: Request) -> Any:
 async def _receive_form(state: ApiState, request: Request, max_files: int) -> uploads.UploadedForm:
     """Stream a multipart body's files to the inputs folder, refusing oversize bodies up front."""
     per_file = state.settings.max_upload_mb * MB
-    _check_length(request, max_files * (per_file + MULTIPART_SLACK))
+    check_length(request, max_files * (per_file + MULTIPART_SLACK))
     return await uploads.receive_multipart(
         request.stream(), request.headers["content-type"], state.settings.inputs_dir,
         per_file, max_files,
     )
 
 
-def _submit_refs(state: ApiState, data: dict, idempotency_key: str | None) -> Any:
+def _submit_refs(state: ApiState, data: dict[str, Any], idempotency_key: str | None) -> Job:
     audio, video = _text(data, "audio"), _text(data, "video")
     if audio is None or video is None:
         raise InputError("give both 'audio' and 'video'")
@@ -285,26 +226,30 @@ def _submit_refs(state: ApiState, data: dict, idempotency_key: str | None) -> An
     )
 
 
-def _submit_form(state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None) -> Any:
+def _submit_form(state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None) -> Job:
     _check_upload_durations(state.settings, form)
-    refs = {}
-    for key in ("audio", "video"):
-        saved = form.file(key)
-        refs[key] = str(saved.path) if saved else form.fields.get(key)
-        if not refs[key]:
-            raise InputError(f"missing the {key!r} file")
+    audio, video = _form_reference(form, "audio"), _form_reference(form, "video")
     fields = form.fields
     return state.service.submit(
-        refs["audio"], refs["video"], _options(fields.get("options")),
+        audio, video, _options(fields.get("options")),
         output_name=fields.get("output_name") or None,
         output_prefix=fields.get("output_prefix") or None,
         idempotency_key=fields.get("idempotency_key") or idempotency_key,
     )
 
 
-async def _submit_batch(state: ApiState, request: Request) -> Any:
+def _form_reference(form: uploads.UploadedForm, key: str) -> str:
+    """The uploaded file's path, or a reference sent as a plain field."""
+    saved = form.file(key)
+    reference = str(saved.path) if saved else form.fields.get(key)
+    if not reference:
+        raise InputError(f"missing the {key!r} file")
+    return reference
+
+
+async def _submit_batch(state: ApiState, request: Request) -> Batch:
     if not _is_multipart(request):
-        data = await _read_json(request)
+        data = await read_json_object(request, MAX_JSON_BYTES)
         return await run_in_threadpool(_submit_batch_json, state, data)
     form = await _receive_form(state, request, BATCH_UPLOAD_FILES)
     try:
@@ -314,7 +259,7 @@ async def _submit_batch(state: ApiState, request: Request) -> Any:
         raise
 
 
-def _submit_batch_json(state: ApiState, data: dict) -> Any:
+def _submit_batch_json(state: ApiState, data: dict[str, Any]) -> Batch:
     items = data.get("items")
     if not isinstance(items, list) or not items:
         raise InputError("'items' must be a non-empty list of {audio, video, output_name}")
@@ -326,7 +271,7 @@ def _submit_batch_json(state: ApiState, data: dict) -> Any:
     )
 
 
-def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Any:
+def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Batch:
     _check_upload_durations(state.settings, form)
     manifest = form.file("manifest")
     if manifest is not None:
@@ -345,70 +290,8 @@ def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Any:
 # --------------------------------------------------------------------------------------------------
 # routes
 
-REFERENCE_DOC = "path under an input folder, s3://bucket/key, obs://bucket/key or an allowed https:// URL"
-OPTIONS_DOC = 'SyncOptions fields, e.g. {"blend": "rect", "pads": [0, 10, 0, 0]}'
-JOB_BODY_DOC = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": {
-                "type": "object", "required": ["audio", "video"],
-                "properties": {
-                    "audio": {"type": "string", "description": REFERENCE_DOC},
-                    "video": {"type": "string", "description": "face video or photo, same forms as audio"},
-                    "options": {"type": "object", "description": OPTIONS_DOC},
-                    "output_name": {"type": "string"},
-                    "output_prefix": {"type": "string", "description": "s3://bucket/prefix/ or obs://..."},
-                    "idempotency_key": {"type": "string"},
-                },
-            }},
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["audio", "video"],
-                "properties": {
-                    "audio": {"type": "string", "format": "binary"},
-                    "video": {"type": "string", "format": "binary"},
-                    "options": {"type": "string", "description": "JSON object as text"},
-                    "output_name": {"type": "string"},
-                    "output_prefix": {"type": "string"},
-                },
-            }},
-        },
-        "required": True,
-    }
-}
 
-BATCH_BODY_DOC = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": {
-                "type": "object", "required": ["items"],
-                "properties": {
-                    "items": {"type": "array", "items": {"type": "object", "properties": {
-                        "audio": {"type": "string"}, "video": {"type": "string"},
-                        "output_name": {"type": "string"},
-                    }}},
-                    "options": {"type": "object"},
-                    "output_prefix": {"type": "string"},
-                },
-            }},
-            "multipart/form-data": {"schema": {
-                "type": "object",
-                "properties": {
-                    "audio": {"type": "array", "items": {"type": "string", "format": "binary"},
-                              "description": "one audio for every video, or one per video in order"},
-                    "video": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "manifest": {"type": "string", "format": "binary",
-                                 "description": "JSONL: {audio, video, output_name} per line"},
-                    "options": {"type": "string"},
-                    "output_prefix": {"type": "string"},
-                },
-            }},
-        },
-        "required": True,
-    }
-}
-
-
-def _deep_ready(state: ApiState, body: dict) -> JSONResponse:
+def _deep_ready(state: ApiState, body: dict[str, Any]) -> JSONResponse:
     """One-frame inference on the built-in sample through the service (between jobs)."""
     started = time.monotonic()
     try:
@@ -428,7 +311,7 @@ def probe_routes(state: ApiState) -> APIRouter:
     router = APIRouter(tags=["probes"])
 
     @router.get("/health")
-    def health() -> dict:
+    def health() -> dict[str, Any]:
         # Answers while the process is up; never touches the queue, the store or the models.
         return {"health": "true"}
 
@@ -457,7 +340,7 @@ def job_routes(state: ApiState) -> APIRouter:
     )
     service, settings = state.service, state.settings
 
-    @router.post("/jobs", status_code=202, openapi_extra=JOB_BODY_DOC)
+    @router.post("/jobs", status_code=202, openapi_extra=openapi.job_body_doc())
     async def submit_job(request: Request) -> JSONResponse:
         job = await _submit_job(state, request)
         log.info("job %s submitted through the API", job.id)
@@ -468,7 +351,7 @@ def job_routes(state: ApiState) -> APIRouter:
         request: Request,
         limit: int = Query(20, ge=1, le=MAX_PAGE),
         offset: int = Query(0, ge=0),
-    ) -> dict:
+    ) -> dict[str, Any]:
         jobs = service.list_jobs(limit=limit, offset=offset)
         return {
             "jobs": [job_view(job, request, settings) for job in jobs],
@@ -476,7 +359,7 @@ def job_routes(state: ApiState) -> APIRouter:
         }
 
     @router.get("/jobs/{job_id}")
-    def get_job(job_id: str, request: Request) -> dict:
+    def get_job(job_id: str, request: Request) -> dict[str, Any]:
         return job_view(service.get(check_id(job_id)), request, settings)
 
     @router.get("/jobs/{job_id}/result", response_class=FileResponse)
@@ -488,21 +371,21 @@ def job_routes(state: ApiState) -> APIRouter:
         return FileResponse(path, media_type="video/mp4", filename=job.result_name)
 
     @router.delete("/jobs/{job_id}")
-    def delete_job(job_id: str, request: Request) -> dict:
+    def delete_job(job_id: str, request: Request) -> dict[str, Any]:
         job = service.get(check_id(job_id))
         if not job.terminal:
             return {"deleted": False, "job": job_view(service.cancel(job.id), request, settings)}
         service.delete(job.id)
         return {"deleted": True, "id": job.id}
 
-    @router.post("/batches", status_code=202, openapi_extra=BATCH_BODY_DOC)
+    @router.post("/batches", status_code=202, openapi_extra=openapi.batch_body_doc())
     async def submit_batch(request: Request) -> JSONResponse:
         batch = await _submit_batch(state, request)
         log.info("batch %s submitted through the API with %d items", batch.id, len(batch.items))
         return JSONResponse(batch_view(batch, request, settings), status_code=202)
 
     @router.get("/batches/{batch_id}")
-    def get_batch(batch_id: str, request: Request) -> dict:
+    def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
         return batch_view(service.get_batch(check_id(batch_id, "batch")), request, settings)
 
     @router.get("/batches/{batch_id}/zip", response_class=FileResponse)

@@ -55,7 +55,7 @@ def make_thumbnail(clip: Path) -> Path:
     return target
 
 
-def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess:
+def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -19,15 +19,20 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from heygem.jobs.api import EngineFactory, JobService
 from heygem.settings import Settings
 from heygem.web.api import ApiState, register_api
-from heygem.web.compat import compat_service_settings, create_compat_router, start_compat_server
+from heygem.web.compat import (
+    compat_service_settings,
+    create_compat_router,
+    start_compat_server,
+)
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.server")
@@ -87,7 +92,7 @@ class DeferredUI:
     ) -> None:
         """Build (in a thread), enter Gradio's lifespan, serve, and leave it when `stop` is set."""
         try:
-            host = self.host or await asyncio.to_thread(build)
+            host = self.host if self.host is not None else await asyncio.to_thread(build)
             # Entered and left in this one task: Gradio's lifespan may hold task groups.
             async with host.router.lifespan_context(host):
                 self.host, self.app = host, host
@@ -131,7 +136,7 @@ class PrefixTolerance:
 
 def create_app(
     settings: Settings,
-    service: Any,
+    service: JobService,
     *,
     log_buffer: LogBuffer | None = None,
     ui: bool = True,
@@ -141,7 +146,9 @@ def create_app(
     ui_slot = DeferredUI()
 
     def build_ui() -> FastAPI:
-        from heygem.web.ui import mount_ui  # gradio is slow to import: only when the UI is wanted
+        from heygem.web.ui import (
+            mount_ui,  # gradio is slow to import: only when the UI is wanted
+        )
 
         return mount_ui(settings, service, log_buffer)
 
@@ -218,7 +225,7 @@ class _DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None = None) -> int:
+def serve(settings: Settings, pipeline_factory: EngineFactory | None = None) -> int:
     """Run the web app and API until SIGTERM/SIGINT; return the process exit code."""
     from heygem.jobs.service import JobService
 

@@ -12,13 +12,16 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, AsyncIterator
+from typing import IO, TYPE_CHECKING, AsyncIterator
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygem.errors import InputError, LimitExceededError
 from heygem.storage.paths import free_name, safe_file_name
+
+if TYPE_CHECKING:  # a typing-only name in python_multipart
+    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger("heygem.web.uploads")
 
@@ -78,7 +81,7 @@ class _PartWriter:
         self._text = bytearray()
         self._file_count = 0
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._on_part_begin,
             "on_header_field": self._on_header_field,
@@ -133,7 +136,7 @@ class _PartWriter:
         self._sink.write(data[start:end])
 
     def _on_part_end(self) -> None:
-        if self._sink is None:
+        if self._sink is None or self._path is None:
             self.form.fields[self._name] = self._text.decode("utf-8", "replace")
             return
         self._sink.close()

@@ -1,0 +1,143 @@
+"""The HTTP layer the job API, the HeyGem-compatible API and the web UI share.
+
+One place decides how a heygem error is reported (HTTP status, a short title, and whose fault it
+is), how a JSON body is read within a size limit, how the bearer token is checked, and what an
+unexpected failure says. The callers differ only in the shape of their replies: {"detail": ...}
+for the job API, protocol codes for the compatible API, a toast for the UI.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from heygem.errors import (
+    ForbiddenPathError,
+    HeygemError,
+    InputError,
+    JobNotFoundError,
+    LimitExceededError,
+    ModelError,
+    QueueFullError,
+    ShuttingDownError,
+    StorageError,
+)
+
+KB = 1 << 10
+MB = 1 << 20
+INTERNAL_ERROR = "internal server error; the details are in the server log"
+TOKEN_REFUSED = "missing or wrong bearer token"
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+RETRY_AFTER_S = 5  # what a busy or not-yet-ready server asks clients to wait
+INTERNAL_STATUS = 500
+
+
+class Fault(StrEnum):
+    """Whose move it is: the compatible API turns this into its reply codes."""
+
+    CLIENT = "client"  # the request is wrong; retrying it unchanged will fail again
+    BUSY = "busy"  # the request is fine; try again later
+    SERVER = "server"  # heygem failed on purpose, with a message safe to show
+    INTERNAL = "internal"  # anything else: details only in the server log
+
+
+@dataclass(frozen=True)
+class ErrorClass:
+    status: int  # HTTP status of the job API
+    title: str  # short title; the UI shows i18n key "title_<title>"
+    fault: Fault
+    retry: bool = False  # the job API adds Retry-After
+
+
+# Most specific first: LimitExceededError and ForbiddenPathError are InputErrors too.
+ERROR_TABLE: tuple[tuple[type[HeygemError], ErrorClass], ...] = (
+    (LimitExceededError, ErrorClass(413, "too_large", Fault.CLIENT)),
+    (ForbiddenPathError, ErrorClass(403, "bad_input", Fault.CLIENT)),
+    (InputError, ErrorClass(400, "bad_input", Fault.CLIENT)),
+    (JobNotFoundError, ErrorClass(404, "failed", Fault.CLIENT)),
+    (QueueFullError, ErrorClass(429, "busy", Fault.BUSY, retry=True)),
+    (ShuttingDownError, ErrorClass(503, "stopping", Fault.BUSY, retry=True)),
+    (ModelError, ErrorClass(503, "failed", Fault.SERVER, retry=True)),
+    (StorageError, ErrorClass(502, "failed", Fault.SERVER)),
+)
+OTHER_HEYGEM_ERROR = ErrorClass(INTERNAL_STATUS, "failed", Fault.SERVER)
+UNEXPECTED_ERROR = ErrorClass(INTERNAL_STATUS, "failed", Fault.INTERNAL)
+
+
+def classify(exc: BaseException) -> ErrorClass:
+    """How `exc` is reported; UNEXPECTED_ERROR for anything heygem did not raise on purpose."""
+    if not isinstance(exc, HeygemError):
+        return UNEXPECTED_ERROR
+    for kind, error_class in ERROR_TABLE:
+        if isinstance(exc, kind):
+            return error_class
+    return OTHER_HEYGEM_ERROR
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "error"
+
+
+def error_response(code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The job API's error body: {"detail": one line}."""
+    return JSONResponse({"detail": one_line(detail)}, status_code=code, headers=headers)
+
+
+def retry_headers(error_class: ErrorClass) -> dict[str, str] | None:
+    return {"Retry-After": str(RETRY_AFTER_S)} if error_class.retry else None
+
+
+def bearer_ok(request: Request, token: str) -> bool:
+    """True when no token is configured or the request carries `Authorization: Bearer <token>`."""
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def size_text(size: int) -> str:
+    return f"{size / MB:.4g} MB" if size >= MB else f"{size // KB} KB"
+
+
+def check_length(request: Request, limit: int) -> None:
+    """Refuse a body whose declared Content-Length is over `limit` before reading any of it."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    try:
+        size = int(declared)
+    except ValueError:
+        raise InputError("Content-Length is not a number") from None
+    if size > limit:
+        raise _too_large(limit)
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The request body parsed as JSON (None when empty), read at most `limit` bytes far."""
+    check_length(request, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("the body must be JSON") from None
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    data = await read_json(request, limit)
+    if not isinstance(data, dict):
+        raise InputError("the JSON body must be an object")
+    return data
+
+
+def _too_large(limit: int) -> LimitExceededError:
+    return LimitExceededError(f"the request body is larger than {size_text(limit)}, this route's limit")
