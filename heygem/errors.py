@@ -64,3 +64,15 @@ class JobNotFoundError(HeygemError):
 class SpeechError(HeygemError):
     """Text-to-speech failed: the speech server refused, timed out or sent no audio, or espeak-ng
     failed. The message names the provider and the reason, never the API key."""
+
+
+class JobExpiredError(JobNotFoundError):
+    """The job existed but retention removed it; `expired_at` is when (Unix time), if known."""
+
+    def __init__(self, message: str, expired_at: float | None = None) -> None:
+        super().__init__(message)
+        self.expired_at = expired_at
+
+
+class DiskFullError(StorageError):
+    """The data volume is full (or over its quota); the work can be retried once space returns."""
