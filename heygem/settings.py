@@ -24,6 +24,7 @@ MODELARTS_MODEL_DIR = Path("/home/mind/model")
 DETECTOR_FILE = "s3fd.pth"
 SECRET_FIELDS = frozenset({"api_token", "auth", "tts_api_key"})
 MASK = "***"
+URL_MARK = "://"  # any setting value holding this is treated as a URL and masked when shown
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -89,6 +90,15 @@ class Settings:
     # --- logging -------------------------------------------------------------------------------
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     log_file: Path | None = None  # also write logs to this file (stdout always gets them)
+
+    # --- web hardening -------------------------------------------------------------------------
+    allowed_hosts: tuple[str, ...] = ()  # Host names the server answers (DNS rebinding); empty = any: set it
+    allowed_origins: tuple[str, ...] = ()  # extra origins (scheme://host[:port]) allowed to POST besides our own
+    frame_ancestors: str = "'self'"  # CSP frame-ancestors: who may embed the UI in a frame
+    keep_alive_s: float = 75.0  # idle keep-alive of HTTP connections; longer than any Retry-After
+    ui_upload_mb_per_hour: int = 2048  # web UI uploads per client (login, else IP) per hour, in MB
+    ui_uploads_per_minute: int = 30  # web UI upload requests per client per minute
+    ui_upload_files_per_request: int = 101  # files in one web UI upload request (a batch: 1 audio + 100)
 
     # --- speech --------------------------------------------------------------------------------
     tts_provider: str = "espeak"  # espeak (built in, offline), openai, or fish (HeyGem cloning)
@@ -184,6 +194,7 @@ class Settings:
             raise ValueError("port and compat_port must be between 0 and 65535")
         if self.auth and ":" not in self.auth:
             raise ValueError("auth must look like user:password")
+        _check_web(self)
         _check_speech(self)
 
     def describe(self) -> dict[str, str]:
@@ -193,7 +204,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS and value:
                 value = MASK
-            shown[f.name] = _format(value)
+            shown[f.name] = _format(_mask_value(value))
         return shown
 
     def log_summary(self) -> None:
@@ -288,10 +299,51 @@ def _check_speech(settings: Settings) -> None:
         raise ValueError("tts_timeout_s must be positive and tts_pause_s not negative")
 
 
+def _check_web(settings: Settings) -> None:
+    if settings.keep_alive_s <= 0:
+        raise ValueError(f"keep_alive_s must be positive, got {settings.keep_alive_s}")
+    for name in ("ui_upload_mb_per_hour", "ui_uploads_per_minute", "ui_upload_files_per_request"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    for origin in settings.allowed_origins:
+        if not origin.lower().startswith(HTTP_SCHEMES):
+            raise ValueError("allowed_origins entries must start with http:// or https://")
+    if any(c in settings.frame_ancestors for c in ";,\r\n"):
+        raise ValueError("frame_ancestors must be a space-separated source list, without ';'")
+
+
+def mask_url(text: str) -> str:
+    """`text` with a URL's user info and query replaced by ***, so credentials are never shown.
+
+    https://user:pass@host/x?sig=abc -> https://***@host/x?***. Text that is not a URL is returned
+    unchanged; a fragment is masked like a query (it may carry a token too).
+    """
+    scheme, mark, rest = text.partition(URL_MARK)
+    if not mark:
+        return text
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "@" in authority:
+        authority = MASK + "@" + authority.rpartition("@")[2]
+    for sep in ("?", "#"):
+        if sep in tail:
+            tail = tail.split(sep, 1)[0] + sep + MASK
+            break
+    return f"{scheme}{mark}{authority}{tail}"
+
+
+def _mask_value(value: object) -> object:
+    if isinstance(value, str) and URL_MARK in value:
+        return mask_url(value)
+    if isinstance(value, tuple):
+        return tuple(_mask_value(item) for item in value)
+    return value
+
+
 def _format(value: object) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return "" if value is None else str(value)
 
 
-__all__ = ["Settings", "setting_fields", "env_name", "flag_name"]
+__all__ = ["Settings", "setting_fields", "env_name", "flag_name", "mask_url"]

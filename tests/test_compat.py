@@ -292,10 +292,13 @@ def test_bad_parameters_are_refused_with_a_message(harness, body, message):
 
 
 def test_non_json_and_oversized_bodies_are_refused(harness):
-    garbage = harness.client.post("/easy/submit", content=b"audio_url=x&code=1").json()
+    json_type = {"Content-Type": "application/json"}
+    form = harness.client.post("/easy/submit", content=b"audio_url=x&code=1").json()
+    assert form["code"] == CODE_BAD_REQUEST and "Content-Type: application/json" in form["msg"]
+    garbage = harness.client.post("/easy/submit", content=b"audio_url=x&code=1", headers=json_type).json()
     assert garbage == {"code": CODE_BAD_REQUEST, "msg": "the body must be JSON",
                        "success": False, "data": {}}
-    huge = harness.client.post("/easy/submit", content=b" " * (65 * 1024)).json()
+    huge = harness.client.post("/easy/submit", content=b" " * (65 * 1024), headers=json_type).json()
     assert huge["code"] == CODE_BAD_REQUEST and "larger than 64 KB" in huge["msg"]
 
 

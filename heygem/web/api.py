@@ -7,11 +7,13 @@ folder, calls the service and maps heygem.errors to HTTP codes. Every error body
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from heygem import storage
-from heygem.errors import HeygemError, InputError
+from heygem.errors import HeygemError, InputError, QueueFullError, ShuttingDownError
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Batch, Job
 from heygem.settings import Settings
@@ -39,9 +42,12 @@ from heygem.web.http import (
     check_length,
     classify,
     error_response,
+    is_disk_full,
     one_line,
+    public_message,
     read_json_object,
     retry_headers,
+    strip_paths,
 )
 from heygem.web.metrics import Metrics
 
@@ -55,6 +61,7 @@ BATCH_UPLOAD_FILES = 101  # one audio + 100 videos, or a manifest and its files
 MAX_JSON_BYTES = MB
 MAX_PAGE = 200
 DEEP_CHECK_TIMEOUT_S = 60.0  # a deep readiness probe waits this long for the running job to yield
+PROBE_THREADS = 2  # ffprobe of uploads runs here, not in the pool the other sync routes share
 
 
 @dataclass
@@ -65,15 +72,34 @@ class ApiState:
     service: JobService
     metrics: Metrics
     draining: threading.Event = field(default_factory=threading.Event)
+    # Blocking media probes of uploads get their own small pool: a burst of submissions then
+    # queues here instead of in the shared thread pool (sync routes, the token check).
+    probe_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="heygem-probe")
+    )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as {"detail": one line}; unexpected ones are logged with a traceback."""
+def install_error_handlers(app: FastAPI, data_dir: Path | None = None) -> None:
+    """Every error leaves as {"detail": one line} without server paths; unexpected ones are
+    logged with a traceback, once."""
 
     async def heygem_error(request: Request, exc: Exception) -> JSONResponse:
         error_class = classify(exc)
         log.info("%s %s -> %d: %s", request.method, request.url.path, error_class.status, one_line(exc))
-        return error_response(error_class.status, str(exc), retry_headers(error_class))
+        detail = public_message(exc, data_dir)
+        return error_response(error_class.status, detail, retry_headers(error_class))
+
+    async def os_error(request: Request, exc: Exception) -> JSONResponse:
+        # Handled here rather than by the catch-all, which Starlette re-raises (a second traceback).
+        if is_disk_full(exc):
+            log.warning("%s %s -> 507: %s", request.method, request.url.path, one_line(exc))
+            return await heygem_error(request, exc)
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(classify(exc).status, INTERNAL_ERROR)
+
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        log.info("%s %s: the client went away before its body was read", request.method, request.url.path)
+        return Response(status_code=400)  # nobody reads it
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -90,6 +116,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(classify(exc).status, INTERNAL_ERROR)
 
     app.add_exception_handler(HeygemError, heygem_error)
+    app.add_exception_handler(OSError, os_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
@@ -105,6 +133,20 @@ def token_checker(settings: Settings) -> Callable[[Request], None]:
             raise StarletteHTTPException(401, TOKEN_REFUSED, headers=BEARER_CHALLENGE)
 
     return require_token
+
+
+def admission_checker(state: ApiState) -> Callable[[], Any]:
+    """A dependency run before the body is read: a draining server or a full queue refuses a
+    submission at the cost of one count query, not after streaming the upload and probing it."""
+
+    async def admit() -> None:
+        if state.draining.is_set():
+            raise ShuttingDownError("the service is shutting down and takes no new jobs; try again shortly")
+        waiting = state.service.queue_depth()
+        if waiting >= state.settings.queue_size:
+            raise QueueFullError(f"queue is full ({waiting} jobs waiting); try again later")
+
+    return admit
 
 
 def check_id(value: str, what: str = "job") -> str:
@@ -127,6 +169,8 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
 def job_view(job: Job, request: Request, settings: Settings) -> dict[str, Any]:
     data = job.to_dict()
     data.pop("output_path", None)  # a server-side path means nothing to a caller
+    if isinstance(data.get("error"), str):
+        data["error"] = strip_paths(data["error"], settings.data_dir)
     # Also after a failed upload: the job says failed, yet its mp4 was made and can be fetched.
     data["result_url"] = _url(request, f"{API_PREFIX}/jobs/{job.id}/result") if job.has_result else None
     data["presigned_url"] = presigned_link(job, settings)
@@ -199,6 +243,7 @@ async def _submit_job(state: ApiState, request: Request) -> Job:
         return await run_in_threadpool(_submit_refs, state, data, idempotency_key)
     form = await _receive_form(state, request, JOB_UPLOAD_FILES)
     try:
+        await _probe_uploads(state, form)
         return await run_in_threadpool(_submit_form, state, form, idempotency_key)
     except BaseException:
         form.discard()
@@ -226,8 +271,12 @@ def _submit_refs(state: ApiState, data: dict[str, Any], idempotency_key: str | N
     )
 
 
+async def _probe_uploads(state: ApiState, form: uploads.UploadedForm) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(state.probe_pool, _check_upload_durations, state.settings, form)
+
+
 def _submit_form(state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None) -> Job:
-    _check_upload_durations(state.settings, form)
     audio, video = _form_reference(form, "audio"), _form_reference(form, "video")
     fields = form.fields
     return state.service.submit(
@@ -253,6 +302,7 @@ async def _submit_batch(state: ApiState, request: Request) -> Batch:
         return await run_in_threadpool(_submit_batch_json, state, data)
     form = await _receive_form(state, request, BATCH_UPLOAD_FILES)
     try:
+        await _probe_uploads(state, form)
         return await run_in_threadpool(_submit_batch_form, state, form)
     except BaseException:
         form.discard()
@@ -272,7 +322,6 @@ def _submit_batch_json(state: ApiState, data: dict[str, Any]) -> Batch:
 
 
 def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Batch:
-    _check_upload_durations(state.settings, form)
     manifest = form.file("manifest")
     if manifest is not None:
         items = batching.manifest_items(manifest.path, state.settings)
@@ -310,13 +359,15 @@ def probe_routes(state: ApiState) -> APIRouter:
     """/health, /ready and /metrics: open even when the API needs a token."""
     router = APIRouter(tags=["probes"])
 
+    # /health and /ready are async: they answer on the event loop and never wait for a thread
+    # of the pool that uploads and other sync routes use.
     @router.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         # Answers while the process is up; never touches the queue, the store or the models.
         return {"health": "true"}
 
     @router.get("/ready")
-    def ready(deep: bool = False) -> JSONResponse:
+    async def ready(deep: bool = False) -> JSONResponse:
         if state.draining.is_set():
             return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
         ok, reason = state.service.readiness()
@@ -324,7 +375,7 @@ def probe_routes(state: ApiState) -> APIRouter:
             return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         body: dict[str, Any] = {"ready": True, "reason": reason}
         if deep:
-            return _deep_ready(state, body)
+            return await run_in_threadpool(_deep_ready, state, body)
         return JSONResponse(body)
 
     @router.get("/metrics")
@@ -339,8 +390,9 @@ def job_routes(state: ApiState) -> APIRouter:
         prefix=API_PREFIX, tags=["jobs"], dependencies=[Depends(token_checker(state.settings))]
     )
     service, settings = state.service, state.settings
+    admit = [Depends(admission_checker(state))]
 
-    @router.post("/jobs", status_code=202, openapi_extra=openapi.job_body_doc())
+    @router.post("/jobs", status_code=202, openapi_extra=openapi.job_body_doc(), dependencies=admit)
     async def submit_job(request: Request) -> JSONResponse:
         job = await _submit_job(state, request)
         log.info("job %s submitted through the API", job.id)
@@ -378,7 +430,7 @@ def job_routes(state: ApiState) -> APIRouter:
         service.delete(job.id)
         return {"deleted": True, "id": job.id}
 
-    @router.post("/batches", status_code=202, openapi_extra=openapi.batch_body_doc())
+    @router.post("/batches", status_code=202, openapi_extra=openapi.batch_body_doc(), dependencies=admit)
     async def submit_batch(request: Request) -> JSONResponse:
         batch = await _submit_batch(state, request)
         log.info("batch %s submitted through the API with %d items", batch.id, len(batch.items))
@@ -404,6 +456,6 @@ def job_routes(state: ApiState) -> APIRouter:
 
 def register_api(app: FastAPI, state: ApiState) -> None:
     """Add the error handlers and every API route; call before Gradio is mounted at '/'."""
-    install_error_handlers(app)
+    install_error_handlers(app, state.settings.data_dir)
     app.include_router(probe_routes(state))
     app.include_router(job_routes(state))

@@ -24,6 +24,7 @@ so status 2 always comes with a complete file.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -40,6 +41,7 @@ from heygem.jobs.api import JobService
 from heygem.jobs.records import Job, JobStatus
 from heygem.settings import Settings
 from heygem.storage.paths import resolve_under
+from heygem.web.guard import WebGuard
 from heygem.web.http import (
     BEARER_CHALLENGE,
     INTERNAL_ERROR,
@@ -334,6 +336,7 @@ def create_compat_app(service: JobService, settings: Settings) -> FastAPI:
         return JSONResponse(reply_for_error(exc, f"{request.method} {request.url.path}"))
 
     app.add_exception_handler(Exception, unexpected)
+    app.add_middleware(WebGuard, settings=settings)
     app.include_router(create_compat_router(service, settings, authenticate=False))
     return app
 
@@ -351,6 +354,7 @@ class CompatServer:
             create_compat_app(service, settings), host=settings.host, port=self.port,
             log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(SERVER_STOP_TIMEOUT_S),
+            timeout_keep_alive=math.ceil(settings.keep_alive_s),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="heygem-compat", daemon=True)

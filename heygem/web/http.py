@@ -8,19 +8,25 @@ for the job API, protocol codes for the compatible API, a toast for the UI.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
+import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from heygem.errors import (
+    DiskFullError,
     ForbiddenPathError,
     HeygemError,
     InputError,
+    JobExpiredError,
     JobNotFoundError,
     LimitExceededError,
     ModelError,
@@ -36,6 +42,16 @@ TOKEN_REFUSED = "missing or wrong bearer token"
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 RETRY_AFTER_S = 5  # what a busy or not-yet-ready server asks clients to wait
 INTERNAL_STATUS = 500
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL = "the server's disk is full; try again later"
+JSON_TYPES = ("application/json",)
+# An absolute path: "/" plus at least one "dir/" and a last part, not inside a URL ("//host/x",
+# "host/x") nor a relative path. Replaced by its last part, so a message still names the file.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+class UnsupportedMediaTypeError(InputError):
+    """The request body is not of a type this route reads (a JSON route sent text/plain)."""
 
 
 class Fault(StrEnum):
@@ -57,21 +73,34 @@ class ErrorClass:
 
 # Most specific first: LimitExceededError and ForbiddenPathError are InputErrors too.
 ERROR_TABLE: tuple[tuple[type[HeygemError], ErrorClass], ...] = (
+    (UnsupportedMediaTypeError, ErrorClass(415, "bad_input", Fault.CLIENT)),
     (LimitExceededError, ErrorClass(413, "too_large", Fault.CLIENT)),
     (ForbiddenPathError, ErrorClass(403, "bad_input", Fault.CLIENT)),
     (InputError, ErrorClass(400, "bad_input", Fault.CLIENT)),
+    (JobExpiredError, ErrorClass(410, "failed", Fault.CLIENT)),
     (JobNotFoundError, ErrorClass(404, "failed", Fault.CLIENT)),
     (QueueFullError, ErrorClass(429, "busy", Fault.BUSY, retry=True)),
     (ShuttingDownError, ErrorClass(503, "stopping", Fault.BUSY, retry=True)),
     (ModelError, ErrorClass(503, "failed", Fault.SERVER, retry=True)),
+    (DiskFullError, ErrorClass(507, "failed", Fault.BUSY, retry=True)),
     (StorageError, ErrorClass(502, "failed", Fault.SERVER)),
 )
 OTHER_HEYGEM_ERROR = ErrorClass(INTERNAL_STATUS, "failed", Fault.SERVER)
 UNEXPECTED_ERROR = ErrorClass(INTERNAL_STATUS, "failed", Fault.INTERNAL)
+DISK_FULL_ERROR = ErrorClass(507, "failed", Fault.BUSY, retry=True)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full volume or exhausted quota, whether raised by the OS or reported by the job layer."""
+    if isinstance(exc, DiskFullError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 def classify(exc: BaseException) -> ErrorClass:
     """How `exc` is reported; UNEXPECTED_ERROR for anything heygem did not raise on purpose."""
+    if is_disk_full(exc):
+        return DISK_FULL_ERROR
     if not isinstance(exc, HeygemError):
         return UNEXPECTED_ERROR
     for kind, error_class in ERROR_TABLE:
@@ -82,6 +111,29 @@ def classify(exc: BaseException) -> ErrorClass:
 
 def one_line(text: object) -> str:
     return " ".join(str(text).split()) or "error"
+
+
+def strip_paths(text: str, data_dir: Path | None = None) -> str:
+    """`text` without absolute server paths: relative to data_dir when inside it, else the last part."""
+    if data_dir is not None:
+        for root in {str(data_dir), str(data_dir.resolve())}:
+            if len(root) > 1:
+                text = text.replace(root.rstrip("/") + "/", "")
+    return ABSOLUTE_PATH.sub(lambda match: match.group(1) or "", text)
+
+
+def public_message(exc: BaseException, data_dir: Path | None = None) -> str:
+    """The one line a caller sees for an error heygem reports: no absolute paths, no OS details."""
+    if is_disk_full(exc):
+        return DISK_FULL
+    text = one_line(strip_paths(str(exc), data_dir))
+    if isinstance(exc, JobExpiredError) and exc.expired_at is not None:
+        text = f"{text} (expired {expiry_text(exc.expired_at)})"
+    return text
+
+
+def expiry_text(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def error_response(code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -118,8 +170,18 @@ def check_length(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
+def check_json_type(request: Request) -> None:
+    """JSON routes read only application/json: a browser sends text/plain cross-site without
+    asking first, application/json only after a CORS preflight that heygem never grants."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind not in JSON_TYPES:
+        shown = kind or "none"
+        raise UnsupportedMediaTypeError(f"send the body as Content-Type: application/json (got {shown})")
+
+
 async def read_json(request: Request, limit: int) -> object:
     """The request body parsed as JSON (None when empty), read at most `limit` bytes far."""
+    check_json_type(request)
     check_length(request, limit)
     body = bytearray()
     async for chunk in request.stream():

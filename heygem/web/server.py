@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -33,6 +34,7 @@ from heygem.web.compat import (
     create_compat_router,
     start_compat_server,
 )
+from heygem.web.guard import WebGuard
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.server")
@@ -171,6 +173,7 @@ def create_app(
     )
     state = ApiState(settings=settings, service=service, metrics=Metrics(service))
     app.state.heygem = state
+    app.add_middleware(WebGuard, settings=settings)  # hosts, origins, body caps, UI upload quota, headers
     register_api(app, state)
     app.include_router(create_compat_router(service, settings))
     if ui and not ui_in_background:
@@ -255,6 +258,7 @@ def serve(settings: Settings, pipeline_factory: EngineFactory | None = None) -> 
     config = uvicorn.Config(
         PrefixTolerance(app, settings.root_path), host=settings.host, port=settings.port,
         root_path=settings.root_path, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),
         log_config=None, access_log=False, lifespan="on",
     )
     server = _DrainingServer(config, drain)

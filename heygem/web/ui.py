@@ -52,9 +52,10 @@ SYSTEM_REFRESH_S = 5.0
 UI_CONCURRENCY = 8  # handlers mostly wait on JobService; its own queue does the real limiting
 HISTORY_PAGE = 12
 LOG_LINES = 60
-# Gradio copies every file it shows into its cache: sweep copies older than a day, hourly.
-CACHE_SWEEP_S = 3600
-CACHE_MAX_AGE_S = 86400
+# Gradio copies every upload and every file it shows into its cache: sweep copies older than an
+# hour, every quarter hour, so unauthenticated uploads cannot pile up for a day (issue 12).
+CACHE_SWEEP_S = 900
+CACHE_MAX_AGE_S = 3600
 PLACEHOLDER_SIDE = 160
 PLACEHOLDER_GREY = 90
 PREVIEW_HEIGHT = 320  # px of the face check, result and history players

@@ -3,6 +3,8 @@
 Starlette's own form parser spools every file to the system temp folder before a handler sees it;
 streaming here keeps memory bounded, puts the files where jobs may read them
 (Settings.inputs_dir/<uuid>/) and refuses an oversized upload after at most one chunk too many.
+Text fields are held in memory, so their number and size are capped too, as they arrive: a
+chunked body (no Content-Length) cannot grow them past MAX_TEXT_BYTES in total.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ if TYPE_CHECKING:  # a typing-only name in python_multipart
 
 log = logging.getLogger("heygem.web.uploads")
 
-MAX_FIELD_BYTES = 1 << 20  # a text field (options JSON, a manifest line) is small
+KB = 1 << 10
+MAX_FIELD_BYTES = 64 * KB  # one text field (options JSON, a reference, a name) is small
+MAX_TEXT_BYTES = 1 << 20  # every text field of one body together
+MAX_TEXT_FIELDS = 32  # text parts of one body (a job form has about six)
 
 
 @dataclass
@@ -80,6 +85,8 @@ class _PartWriter:
         self._size = 0
         self._text = bytearray()
         self._file_count = 0
+        self._field_count = 0
+        self._text_total = 0
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -114,6 +121,9 @@ class _PartWriter:
         if not self._name:
             raise InputError("a multipart part has no field name")
         if b"filename" not in params:
+            self._field_count += 1
+            if self._field_count > MAX_TEXT_FIELDS:
+                raise LimitExceededError(f"too many form fields in one request (at most {MAX_TEXT_FIELDS})")
             return
         self._file_count += 1
         if self._file_count > self.max_files:
@@ -125,8 +135,11 @@ class _PartWriter:
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start
         if self._sink is None:
+            self._text_total += end - start
             if self._size > MAX_FIELD_BYTES:
-                raise LimitExceededError(f"form field {self._name!r} is larger than 1 MB")
+                raise LimitExceededError(f"form field {self._name!r} is larger than {MAX_FIELD_BYTES // KB} KB")
+            if self._text_total > MAX_TEXT_BYTES:
+                raise LimitExceededError(f"the form fields together are larger than {MAX_TEXT_BYTES // KB} KB")
             self._text += data[start:end]
             return
         if self._size > self.max_file_bytes:
