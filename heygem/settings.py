@@ -79,8 +79,8 @@ class Settings:
     # --- jobs ----------------------------------------------------------------------------------
     queue_size: int = 100  # queued jobs accepted before submissions are refused (HTTP 429)
     workers: int = 1  # worker threads; one per device is right for a GPU
-    worker_isolation: str = "auto"  # process: engine in a supervised child; thread: in the server; auto
-    worker_memory_mb: int = 0  # address-space limit per engine process (MB); 0 = none; torch needs GBs
+    worker_isolation: str = "auto"  # auto/process: engine in a restartable child; thread: in-server
+    worker_memory_mb: int = 0  # address-space limit per engine process; 0 = none; torch needs several GB
     max_attempts: int = 3  # a job interrupted this many times fails instead of running again
     drain_seconds: float = 60.0  # on SIGTERM, how long the running job may take to finish
     retention_days: float = 7.0  # delete jobs and their files older than this; 0 keeps everything
