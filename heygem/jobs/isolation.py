@@ -24,6 +24,7 @@ lines (re-logged in the parent, where the job id is added) and then the result o
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -63,8 +64,8 @@ MB = 1024 * 1024
 # A process killed by SIGKILL is most often the kernel's out-of-memory killer.
 SIGNAL_HINTS = {signal.SIGKILL: "e.g. out of memory", signal.SIGSEGV: "a crash in native code"}
 
-# Messages: parent -> child ("run", audio, face, output, options) | ("warmup",) | ("stop",) |
-# ("exit",); child -> parent ("ok", value) | ("error", exception) | ("stopped",) |
+# Messages: parent -> child ("load",) | ("run", audio, face, output, options) | ("warmup",) |
+# ("stop",) | ("exit",); child -> parent ("ok", value) | ("error", exception) | ("stopped",) |
 # ("progress", done, total, stage) | ("log", logger, level, text) | ("died", reason).
 Message = tuple[Any, ...]
 T = TypeVar("T")
@@ -308,9 +309,9 @@ def child_main(conn: Connection, settings: Settings, factory: EngineFactory) -> 
         if message[0] == "stop":
             continue  # it arrived after the run it was meant for had ended
         if message[0] == "load":
-            engine = _answer(channel, lambda: _load(settings, factory), reply=_status_of)
+            engine = _answer(channel, functools.partial(_load, settings, factory), reply=_status_of)
         else:
-            _answer(channel, lambda: _serve(engine, message, channel))
+            _answer(channel, functools.partial(_serve, engine, message, channel))
 
 
 def _load(settings: Settings, factory: EngineFactory) -> Engine:

@@ -18,6 +18,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from heygem.engine.audio import load_audio
@@ -163,6 +164,7 @@ def big_png(uploads) -> Path:
     return _flat_png(uploads / "huge.png", BIG_SIDE)
 
 
+@pytest.mark.slow
 def test_a_small_png_of_huge_size_is_refused_before_decoding(big_png, engine, speech_wav, tmp_path):
     assert big_png.stat().st_size < BIG_PNG_MAX_BYTES
     assert _ffprobe_plain(big_png)["streams"][0]["width"] == BIG_SIDE  # a real picture of that size
@@ -217,6 +219,7 @@ def endless_stream(uploads) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_stream_without_a_declared_duration_is_refused_while_decoding(
     endless_stream, engine, speech_wav, face_video, tmp_path
 ):
@@ -238,3 +241,15 @@ def test_a_stream_without_a_declared_duration_is_refused_while_decoding(
             pass
     # Within the limit the same file reads whole.
     assert len(load_audio(endless_stream, max_duration_s=STREAM_S + 1)) == STREAM_S * 16000
+
+
+def test_a_picture_named_like_a_sequence_is_read_as_that_one_file(uploads):
+    # image2 would read "frame%d.png" as frame1.png, frame2.png...: files the job never named.
+    import cv2
+
+    cv2.imwrite(str(uploads / "frame1.png"), np.full((32, 48, 3), 255, np.uint8))
+    named = uploads / "frame%d.png"
+    cv2.imwrite(str(named), np.zeros((16, 16, 3), np.uint8))
+    info = probe(named)
+    assert info.is_image and info.size == (16, 16)
+    assert decode_image(named).max() == 0

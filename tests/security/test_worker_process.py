@@ -14,12 +14,12 @@ import time
 
 import pytest
 
+from heygem.jobs.execute import default_engine
+from heygem.jobs.isolation import use_process
 from heygem.jobs.records import JobStatus
 from heygem.jobs.service import JobService
 from tests import media, process_fakes
 from tests.jobs_support import place_inputs, wait_until
-
-pytestmark = pytest.mark.slow
 
 START_S = 60.0  # spawning the engine process imports numpy, OpenCV and the engine on 2 busy cores
 JOB_S = 120.0
@@ -47,6 +47,7 @@ def inputs(settings, speech_wav, face_video):
     return place_inputs(settings, speech_wav, face_video)
 
 
+@pytest.mark.slow
 def test_a_job_whose_engine_process_is_killed_goes_back_to_the_queue_and_succeeds(settings, inputs):
     settings = settings.replace(worker_isolation="process")
     service = _start(settings, process_fakes.KillOnceEngine)
@@ -63,6 +64,7 @@ def test_a_job_whose_engine_process_is_killed_goes_back_to_the_queue_and_succeed
     assert ready == (True, "ready")
 
 
+@pytest.mark.slow
 def test_a_job_that_kills_its_engine_every_time_fails_after_max_attempts(settings, inputs):
     settings = settings.replace(worker_isolation="process", max_attempts=2)
     service = _start(settings, process_fakes.AlwaysKilledEngine)
@@ -83,6 +85,7 @@ def test_a_job_that_kills_its_engine_every_time_fails_after_max_attempts(setting
     assert ready == (True, "ready") and status is not None and status.engine == "fake"
 
 
+@pytest.mark.slow
 def test_the_memory_limit_ends_the_engine_process_not_the_server(settings, inputs):
     settings = settings.replace(
         worker_isolation="process", worker_memory_mb=MEMORY_LIMIT_MB, max_attempts=1
@@ -99,6 +102,7 @@ def test_the_memory_limit_ends_the_engine_process_not_the_server(settings, input
     )
 
 
+@pytest.mark.slow
 def test_cancel_ends_an_engine_that_reports_no_progress_within_seconds(settings, inputs):
     settings = settings.replace(worker_isolation="process")
     service = _start(settings, process_fakes.StuckEngine)
@@ -123,6 +127,7 @@ def _preview_settings(settings):
     return settings.replace(engine="preview", warmup=True)
 
 
+@pytest.mark.slow
 def test_the_real_engine_process_killed_mid_run_is_restarted_and_the_job_retried(settings, speech_wav):
     settings = _preview_settings(settings)
     face = media.make_face_video(settings.inputs_dir / "long-face.mp4", seconds=6.0)
@@ -149,6 +154,7 @@ def test_the_real_engine_process_killed_mid_run_is_restarted_and_the_job_retried
     assert sorted(media.stream_types(done.output_path)) == ["audio", "video"]
 
 
+@pytest.mark.slow
 def test_cancel_during_detection_of_the_real_engine_stops_within_seconds(settings):
     settings = _preview_settings(settings).replace(warmup=False, detect_batch_size=1)
     face = media.make_face_video(settings.inputs_dir / "long-face.mp4", seconds=20.0)
@@ -165,3 +171,17 @@ def test_cancel_during_detection_of_the_real_engine_stops_within_seconds(setting
         service.stop(drain_seconds=5)
     assert done.status == JobStatus.CANCELLED
     assert took < CANCEL_WITHIN_S
+
+
+@pytest.mark.parametrize(
+    ("isolation", "custom", "expected"),
+    [("auto", False, True), ("auto", True, False), ("process", True, True), ("thread", False, False)],
+)
+def test_which_engines_run_in_a_child_process(settings, isolation, custom, expected):
+    factory = process_fakes.KillOnceEngine if custom else default_engine
+    assert use_process(settings.replace(worker_isolation=isolation), factory) is expected
+
+
+def test_an_unknown_isolation_is_refused(settings):
+    with pytest.raises(ValueError, match="worker_isolation must be one of auto, process, thread"):
+        settings.replace(worker_isolation="fork")
