@@ -95,7 +95,6 @@ class ProcessEngine:
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
         self._status: EngineStatus | None = None
-        self.deaths = 0  # children lost so far (for logs and tests)
 
     # --- the Engine protocol ----------------------------------------------------------------
     def load(self) -> None:
@@ -242,7 +241,6 @@ class ProcessEngine:
         if proc is not None:
             proc.join(TERM_GRACE_S)
         how = reason or _exit_reason(proc.exitcode if proc is not None else None)
-        self.deaths += 1
         log.error("the engine process died: %s", how)
         self._end_child()
         raise EngineDied(how)
@@ -264,15 +262,18 @@ class ProcessEngine:
 
 
 def _signal_group(proc: BaseProcess, signum: signal.Signals) -> None:
+    """Signal the child's process group (the child and its ffmpeg helpers)."""
     if proc.pid is None:
         return
     try:
-        os.killpg(proc.pid, signum)  # the child leads its own group (child_main: setpgid)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # the group does not exist yet: the child had not got that far
-        if proc.is_alive():
-            os.kill(proc.pid, signum)
+        # The child leads its own group (child_main: setpgid). A group id is not reused while the
+        # group has members, so this reaches only our helpers even after the child has gone.
+        os.killpg(proc.pid, signum)
+        return
+    except (ProcessLookupError, PermissionError):
+        pass  # no such group: the child died, or had not got as far as setpgid
+    if proc.is_alive():
+        os.kill(proc.pid, signum)
 
 
 def _exit_reason(code: int | None) -> str:
