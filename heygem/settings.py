@@ -29,6 +29,9 @@ URL_MARK = "://"  # any setting value holding this is treated as a URL and maske
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "wav2lip", "preview")
+# auto = a supervised engine process for the built-in engine, in-process for an engine factory a
+# caller passes (test fakes that share state with the test through threads, embedding).
+WORKER_ISOLATIONS = ("auto", "process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TTS_PROVIDERS = ("espeak", "openai", "fish")
 HTTP_SCHEMES = ("http://", "https://")
@@ -69,13 +72,16 @@ class Settings:
     api_token: str = ""  # when set, the API needs "Authorization: Bearer <token>"
     auth: str = ""  # "user:password" to require a login on the web UI
     max_upload_mb: int = 500  # largest accepted upload or download, per file
-    max_duration_s: float = 600.0  # longest accepted audio or video
+    max_duration_s: float = 600.0  # longest accepted audio or video, also checked while decoding
+    max_pixels: int = 3840 * 2160  # largest accepted picture (width x height), checked before decoding
     compat_port: int = 0  # also serve the HeyGem-compatible API on this port (8383); 0 = off
     compat_root: Path | None = None  # shared folder of HeyGem clients; None = data_dir
 
     # --- jobs ----------------------------------------------------------------------------------
     queue_size: int = 100  # queued jobs accepted before submissions are refused (HTTP 429)
     workers: int = 1  # worker threads; one per device is right for a GPU
+    worker_isolation: str = "auto"  # auto/process: engine in a restartable child; thread: in-server
+    worker_memory_mb: int = 0  # address-space limit per engine process; 0 = none; torch needs several GB
     max_attempts: int = 3  # a job interrupted this many times fails instead of running again
     drain_seconds: float = 60.0  # on SIGTERM, how long the running job may take to finish
     retention_days: float = 7.0  # delete jobs and their files older than this; 0 keeps everything
@@ -187,6 +193,9 @@ class Settings:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("log_level", self.log_level.upper(), LOG_LEVELS)
+        _check_choice("worker_isolation", self.worker_isolation, WORKER_ISOLATIONS)
+        if self.max_pixels < 1 or self.worker_memory_mb < 0:
+            raise ValueError("max_pixels must be at least 1 and worker_memory_mb not negative")
         for name in ("batch_size", "detect_batch_size", "detect_max_side", "queue_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -13,10 +13,13 @@ import math
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from numpy.typing import NDArray
 
+from heygem.engine.media.guard import input_args, refusal, too_long
+from heygem.engine.media.process import StderrTail, kill
 from heygem.errors import AudioTooShortError, InputError, MediaProcessError, UnsupportedMediaError
 
 log = logging.getLogger("heygem.engine.audio")
@@ -53,6 +56,8 @@ INPUT_PROBLEM_MARKERS = (
     "failed to read",
 )
 NO_AUDIO_MARKER = "matches no streams"
+SAMPLE_BYTES = 4  # ffmpeg writes float32 samples
+READ_CHUNK_BYTES = SAMPLE_RATE * SAMPLE_BYTES  # one second of decoded audio per read
 
 Samples = NDArray[np.float32]  # mono audio at SAMPLE_RATE
 Mel = NDArray[np.float32]  # (N_MELS, frames) normalised log-mel, or (frames, N_MELS, MEL_STEP) windows
@@ -62,18 +67,21 @@ Float64s = NDArray[np.float64]  # intermediate results, computed in float64 like
 # --- decoding --------------------------------------------------------------------------------
 
 
-def load_audio(path: str | Path) -> Samples:
+def load_audio(path: str | Path, max_duration_s: float | None = None) -> Samples:
     """Decode the first audio stream of any file ffmpeg reads to float32 mono at SAMPLE_RATE.
 
+    Only that one file is read (no playlists or lists naming other files: guard.input_args).
     Raises UnsupportedMediaError for a missing file, a file that is not media, a file without
-    an audio stream or an empty one; MediaProcessError when ffmpeg fails for another reason.
+    an audio stream or an empty one; MediaProcessError when ffmpeg fails for another reason;
+    LimitExceededError as soon as the decoded audio passes `max_duration_s`, whatever the header
+    says, so a long stream is never held in memory whole.
     """
     path = Path(path)
     if not path.exists():
         raise UnsupportedMediaError(f"audio file not found: {path}")
     if not path.is_file():
         raise UnsupportedMediaError(f"{path} is not a file")
-    raw = _run_ffmpeg_decode(path)
+    raw = _run_ffmpeg_decode(path, max_duration_s)
     wav = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     if wav.size == 0:
         raise UnsupportedMediaError(f"{path.name}: the audio stream has no samples")
@@ -84,25 +92,53 @@ def load_audio(path: str | Path) -> Samples:
 def _decode_command(path: Path) -> list[str]:
     return [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", str(path),
+        *input_args(path),
         "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(SAMPLE_RATE),
         "-",
     ]  # fmt: skip
 
 
-def _run_ffmpeg_decode(path: Path) -> bytes:
+def _run_ffmpeg_decode(path: Path, max_duration_s: float | None) -> bytes:
     try:
-        proc = subprocess.run(_decode_command(path), capture_output=True, check=False)
+        proc = subprocess.Popen(
+            _decode_command(path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
     except FileNotFoundError:
         raise MediaProcessError("ffmpeg is not installed or not on PATH") from None
-    if proc.returncode == 0:
-        return proc.stdout
-    stderr = proc.stderr.decode("utf-8", errors="replace")
-    raise _decode_error(path, stderr)
+    # Both pipes exist: they were requested just above.
+    assert proc.stdout is not None and proc.stderr is not None
+    tail = StderrTail(proc.stderr)
+    try:
+        raw = _read_limited(proc.stdout, path, max_duration_s)
+        code = proc.wait()
+    finally:
+        kill(proc)
+        proc.stdout.close()
+        tail.join()
+    if code == 0:
+        return raw
+    raise _decode_error(path, "\n".join(tail.lines()))
+
+
+def _read_limited(stream: IO[bytes], path: Path, max_duration_s: float | None) -> bytes:
+    """Everything ffmpeg writes, refusing (LimitExceededError) once it passes the duration limit."""
+    limit = None if max_duration_s is None else int(max_duration_s * SAMPLE_RATE) * SAMPLE_BYTES
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := stream.read(READ_CHUNK_BYTES):
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise too_long(path.name, max_duration_s or 0.0)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode_error(path: Path, stderr: str) -> Exception:
+    refused = refusal(stderr, path.name)
+    if refused is not None:
+        return refused
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     lowered = stderr.lower()
     if NO_AUDIO_MARKER in lowered:

@@ -46,6 +46,7 @@ from heygem.engine.faces.track import (
 )
 from heygem.engine.media.decode import read_frames
 from heygem.engine.media.encode import FrameWriter
+from heygem.engine.media.guard import MediaLimits
 from heygem.engine.media.probe import MediaInfo, probe
 from heygem.engine.media.schedule import scheduled_frames
 from heygem.engine.model.download import resolve_checkpoint
@@ -188,16 +189,11 @@ class LipSyncPipeline:
         return engine
 
     def _probe_face(self, face: Path) -> MediaInfo:
-        info = probe(face)
-        if info.duration_s > self.settings.max_duration_s:
-            raise LimitExceededError(
-                f"{face.name} is {info.duration_s:.0f} s long; the limit is "
-                f"{self.settings.max_duration_s:.0f} s"
-            )
-        return info
+        # The limits travel in the MediaInfo: every later read of the face enforces them too.
+        return probe(face, limits=MediaLimits.from_settings(self.settings))
 
     def _load_speech(self, audio_path: Path) -> NDArray[np.float32]:
-        wav = load_audio(audio_path)
+        wav = load_audio(audio_path, max_duration_s=self.settings.max_duration_s)
         seconds = len(wav) / SAMPLE_RATE
         if seconds > self.settings.max_duration_s:
             raise LimitExceededError(
@@ -296,7 +292,7 @@ def preview_face(settings: Settings, face: Path) -> tuple[Frame, Box | None]:
     """
     import cv2
 
-    info = probe(face)
+    info = probe(face, limits=MediaLimits.from_settings(settings))
     frames = read_frames(face, info)
     try:
         frame = next(frames)

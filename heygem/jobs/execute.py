@@ -34,6 +34,16 @@ class RunStopped(Exception):
     """Raised by a caller's progress callback (or by run_one) to end a run the caller stopped."""
 
 
+class EngineDied(Exception):
+    """The process the engine ran in ended in the middle of a request (killed, crashed, out of
+    memory). Not the input's fault as far as anyone can tell, so it is not a failed Outcome:
+    run_one lets it through and the queue worker decides whether the job runs again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class RunRequest:
     # References: a local path, s3://bucket/key, obs://bucket/key or an allowed https:// URL.
@@ -80,7 +90,8 @@ def run_one(
     on_progress gets (done, total, stage) for "fetch", the engine's stages and "publish"; it
     may raise (RunStopped) to end the run. stopped() tells whether the caller has ended the run:
     it is asked once the engine returns and before an error is mapped, since the engine may wrap
-    the callback's exception in its own. An error never escapes: it becomes a failed Outcome.
+    the callback's exception in its own. An error never escapes: it becomes a failed Outcome,
+    except EngineDied (the engine's process was lost), which the caller handles.
     """
     report = on_progress or _ignore_progress
     is_stopped = stopped or _never_stopped
@@ -107,6 +118,8 @@ def run_one(
             output_url=url,
             presigned_url=presigned,
         )
+    except EngineDied:
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's outcome
         if is_stopped():
             return None
@@ -178,6 +191,7 @@ def _never_stopped() -> bool:
 
 
 __all__ = [
+    "EngineDied",
     "FETCH_STAGE",
     "PUBLISH_STAGE",
     "RunRequest",

@@ -4,6 +4,10 @@ A run (execute.run_one) fetches the inputs into the job's scratch folder, runs t
 temporary name there, moves the result atomically into the outputs folder and publishes it if
 the job names an output prefix; the worker records the outcome. Errors end that job only; the
 worker carries on. Every line logged during a run carries the job id (job_context).
+
+The engine itself runs in a supervised child process (isolation.ProcessEngine) unless
+Settings.worker_isolation says otherwise. When that process dies mid-run the job counts a failed
+attempt and goes back to the queue; after max_attempts it fails, naming how the process died.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ from concurrent.futures import Future
 from heygem.engine.api import Engine
 from heygem.jobs import files
 from heygem.jobs.api import EngineFactory
-from heygem.jobs.execute import FETCH_STAGE, PUBLISH_STAGE, RunRequest, RunStopped, run_one
+from heygem.jobs.execute import (
+    FETCH_STAGE,
+    PUBLISH_STAGE,
+    EngineDied,
+    RunRequest,
+    RunStopped,
+    run_one,
+)
+from heygem.jobs.isolation import ProcessEngine, use_process
 from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import shown_ref
 from heygem.jobs.records import Job, JobStatus, Outcome
@@ -78,8 +90,13 @@ class Worker(threading.Thread):
             return self._current
 
     def run(self) -> None:
-        if not self._load():
-            return
+        try:
+            if self._load():
+                self._serve()
+        finally:
+            self._close_engine()
+
+    def _serve(self) -> None:
         while not self._stopping.is_set():
             self._serve_probes()
             try:
@@ -144,10 +161,20 @@ class Worker(threading.Thread):
             raise RuntimeError(f"{self.name} has no engine loaded")
         return self._engine
 
+    def _build_engine(self) -> Engine:
+        if use_process(self.settings, self.pipeline_factory):
+            return ProcessEngine(self.settings, self.pipeline_factory)
+        return self.pipeline_factory(self.settings)
+
+    def _close_engine(self) -> None:
+        # Only a ProcessEngine holds something to release: its child process.
+        if isinstance(self._engine, ProcessEngine):
+            self._engine.close()
+
     def _load(self) -> bool:
         started = time.monotonic()
         try:
-            engine = self.pipeline_factory(self.settings)
+            engine = self._build_engine()
             self._engine = engine
             engine.load()
             if self.settings.warmup:
@@ -207,16 +234,32 @@ class JobRun:
             scratch=self.scratch, publish_prefix=self.job.output_prefix,
             publish_name=self.job.output_name or f"{self.job.id}.mp4", job_id=self.job.id,
         )
-        outcome = run_one(
-            self.worker.engine, request, self.settings, on_progress=self.report,
-            stopped=self._stopped,
-        )
+        try:
+            outcome = run_one(
+                self.worker.engine, request, self.settings, on_progress=self.report,
+                stopped=self._stopped,
+            )
+        except EngineDied as exc:
+            outcome = self._after_engine_died(exc)
         # The stop flags win over the outcome: the engine may wrap our RunStopped.
         if self._stop == RunState.CANCEL:
             return Outcome(JobStatus.CANCELLED, error=CANCELLED_MESSAGE)
         if self._stop == RunState.GONE:
             return None
         return outcome
+
+    def _after_engine_died(self, exc: EngineDied) -> Outcome | None:
+        """A failed attempt: the job fails once it has used max_attempts, else goes back in the
+        queue at its old place (None: nothing more to record)."""
+        attempts = self.job.attempts
+        if attempts >= self.settings.max_attempts:
+            return Outcome(JobStatus.FAILED, error=died_message(attempts, exc.reason))
+        log.warning(
+            "the engine process died (%s) on attempt %d of %d; back in the queue",
+            exc.reason, attempts, self.settings.max_attempts,
+        )  # fmt: skip
+        self.store.release(self.job.id, self.token, count_attempt=True)
+        return None
 
     def report(self, done: int, total: int, stage: str) -> None:
         """Progress callback for the run; raises RunStopped when the run must end."""
@@ -249,3 +292,9 @@ class JobRun:
             log.info("cancelled")
         else:
             log.warning("failed: %s", outcome.error)
+
+
+def died_message(attempts: int, reason: str) -> str:
+    """The error of a job whose engine process died on every attempt."""
+    times = "once" if attempts == 1 else f"{attempts} times"
+    return f"the engine process died {times} on this job (last time: {reason}); giving up"

@@ -11,6 +11,7 @@ from typing import cast
 import numpy as np
 
 from heygem.engine.api import Frame
+from heygem.engine.media.guard import input_args, refusal, too_long
 from heygem.engine.media.image import decode_image
 from heygem.engine.media.probe import MediaInfo, rate_text
 from heygem.engine.media.process import (
@@ -49,19 +50,21 @@ def read_frames(
 
     ffmpeg is killed when the iterator is closed early (`.close()`, or garbage collection), so
     stopping after a few frames is cheap. Raise UnsupportedMediaError when no frame decodes and
-    MediaProcessError when ffmpeg fails part-way.
+    MediaProcessError when ffmpeg fails part-way. The limits `info` was probed under hold here
+    too: frames are counted, and a file that turns out longer than the duration limit (a stream
+    whose header declares no duration) raises LimitExceededError once decoding passes it.
     """
     path = Path(path)
     width, height = scaled_size(info.width, info.height, max_side)
     if info.is_image:
-        return _read_image(path, width, height)
+        return _read_image(path, info, width, height)
     return _read_video(path, info, rate_text(fps, info.fps_text), width, height)
 
 
-def _read_image(path: Path, width: int, height: int) -> FrameStream:
+def _read_image(path: Path, info: MediaInfo, width: int, height: int) -> FrameStream:
     import cv2
 
-    frame = decode_image(path)
+    frame = decode_image(path, info.limits)
     if frame.shape[:2] != (height, width):
         # cv2's stubs type every image as MatLike; resizing keeps the uint8 dtype.
         frame = cast(Frame, cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
@@ -73,7 +76,7 @@ def _read_video(path: Path, info: MediaInfo, rate: str, width: int, height: int)
     if (width, height) != info.size:
         filters.append(f"scale={width}:{height}:flags=area")
     cmd = [
-        FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path),
+        FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *input_args(path, info.limits),
         "-map", f"0:{info.video_stream}", "-vf", ",".join(filters),
         "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
     ]  # fmt: skip
@@ -83,6 +86,7 @@ def _read_video(path: Path, info: MediaInfo, rate: str, width: int, height: int)
     stdout = proc.stdout
     tail = StderrTail(proc.stderr)
     frame_bytes = width * height * BGR_CHANNELS
+    budget = info.limits.frame_budget(rate)
     count = 0
     try:
         while True:
@@ -96,17 +100,22 @@ def _read_video(path: Path, info: MediaInfo, rate: str, width: int, height: int)
                     )  # fmt: skip
                 break
             count += 1
+            if budget is not None and count > budget:
+                raise too_long(path.name, info.limits.max_duration_s or 0.0)
             yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, BGR_CHANNELS)
         code = proc.wait()
         tail.join()
-        _check_read_result(path, code, count, tail)
+        _check_read_result(path, code, count, tail, info)
     finally:
         kill(proc)
         stdout.close()
         tail.join()
 
 
-def _check_read_result(path: Path, code: int, count: int, tail: StderrTail) -> None:
+def _check_read_result(path: Path, code: int, count: int, tail: StderrTail, info: MediaInfo) -> None:
+    refused = refusal(tail.text(), path.name, info.limits)
+    if refused is not None:
+        raise refused
     if count == 0:
         raise UnsupportedMediaError(
             f"cannot decode any frame of {path.name}: {strip_path(tail.last_line(), path)}"

@@ -20,6 +20,7 @@ from typing import IO, cast
 import numpy as np
 
 from heygem.engine.api import Frame
+from heygem.engine.media.guard import input_args
 from heygem.engine.media.label import ascii_label, draw_label
 from heygem.engine.media.probe import audio_duration, rate_text
 from heygem.engine.media.process import BGR_CHANNELS, FFMPEG, StderrTail, kill
@@ -152,10 +153,11 @@ class FrameWriter:
         cmd = [
             FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.out_width}x{self.out_height}",
-            "-framerate", self.rate, "-i", "pipe:0",
+            "-framerate", self.rate, "-protocol_whitelist", "pipe", "-i", "pipe:0",
         ]  # fmt: skip
         if self.audio_path is not None:
-            cmd += ["-i", str(self.audio_path), "-map", "0:v:0", "-map", "1:a:0"]
+            # The user's audio file: read under the same rules as every other user file.
+            cmd += [*input_args(self.audio_path), "-map", "0:v:0", "-map", "1:a:0"]
         cmd += ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
         if self.audio_path is not None:
             cmd += ["-c:a", AUDIO_CODEC, "-b:a", AUDIO_BITRATE, "-shortest"]

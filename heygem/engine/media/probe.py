@@ -2,6 +2,8 @@
 
 A still is recognised by what ffprobe finds inside the file, or by one of IMAGE_EXTENSIONS when
 the content is a single picture of an image codec; never by splitting the name on dots.
+Probing reads only the given file (guard.input_args) and refuses a picture over the pixel limit
+before anything decodes it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from heygem.engine.media.guard import MediaLimits, check_pixels, input_args, refusal
 from heygem.engine.media.image import decode_image
 from heygem.engine.media.process import FFMPEG, FFPROBE, run, stderr_reason
-from heygem.errors import UnsupportedMediaError
+from heygem.errors import LimitExceededError, UnsupportedMediaError
 
 log = logging.getLogger("heygem.engine.media.probe")
 
@@ -46,22 +49,30 @@ class MediaInfo:
     is_image: bool
     codec: str  # video codec name as ffprobe reports it (h264, png, mjpeg...)
     video_stream: int = -1  # absolute index of the chosen video stream; -1 when there is none
+    # The limits the file was probed under; every reader of this file enforces them again.
+    limits: MediaLimits = MediaLimits()
 
     @property
     def size(self) -> tuple[int, int]:
         return self.width, self.height
 
 
-def probe(path: Path | str, require_video: bool = True, verify: bool = True) -> MediaInfo:
+def probe(
+    path: Path | str, require_video: bool = True, verify: bool = True,
+    limits: MediaLimits | None = None,
+) -> MediaInfo:
     """Describe a face video or photo; raise UnsupportedMediaError with a one-line reason.
 
     With `require_video` a file without a picture stream (e.g. audio given as the face) is refused.
     With `verify` the first frame is decoded too, so a corrupt file fails here and not mid-job.
+    `limits` (default: 4K, any duration) raise LimitExceededError for a picture that is too large,
+    before any frame is decoded, and for a declared duration that is too long.
     """
     path = Path(path)
+    limits = limits or MediaLimits()
     if not path.is_file():
         raise UnsupportedMediaError(f"file not found: {path.name}")
-    data = _ffprobe_json(path)
+    data = _ffprobe_json(path, limits)
     streams: list[ProbeJson] = data.get("streams", [])
     fmt: ProbeJson = data.get("format", {})
     video = _pick_video_stream(streams)
@@ -73,9 +84,11 @@ def probe(path: Path | str, require_video: bool = True, verify: bool = True) -> 
                 f"{path.name} has no video stream ({kind}); give a face video or photo"
             )
         return _audio_only_info(path, fmt, has_audio)
+    check_pixels(path.name, int(video.get("width") or 0), int(video.get("height") or 0), limits)
     if _looks_like_image(path, fmt, video):
-        return _probe_image(path, video, has_audio)
-    info = _video_info(path, fmt, video, has_audio)
+        return _probe_image(path, video, has_audio, limits)
+    info = _video_info(path, fmt, video, has_audio, limits)
+    _check_declared_duration(info, limits)
     if verify:
         _verify_first_frame(info)
     return info
@@ -83,7 +96,10 @@ def probe(path: Path | str, require_video: bool = True, verify: bool = True) -> 
 
 def audio_duration(path: Path) -> float:
     """The container's duration in seconds, or 0.0 when ffprobe cannot tell."""
-    cmd = [FFPROBE, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)]
+    cmd = [
+        FFPROBE, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+        *input_args(path, ffprobe=True),
+    ]  # fmt: skip
     result = run(cmd)
     return to_float(result.stdout.decode().strip()) if result.returncode == 0 else 0.0
 
@@ -111,9 +127,16 @@ def to_float(value: object) -> float:
         return 0.0
 
 
-def _ffprobe_json(path: Path) -> ProbeJson:
-    cmd = [FFPROBE, "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(path)]
+def _ffprobe_json(path: Path, limits: MediaLimits) -> ProbeJson:
+    cmd = [
+        FFPROBE, "-v", "error", "-print_format", "json", "-show_streams", "-show_format",
+        *input_args(path, limits, ffprobe=True),
+    ]  # fmt: skip
     result = run(cmd)
+    # A picture over the pixel limit is reported on stderr while ffprobe itself succeeds.
+    refused = refusal(result.stderr.decode("utf-8", "replace"), path.name, limits)
+    if refused is not None:
+        raise refused
     if result.returncode != 0:
         raise UnsupportedMediaError(
             f"cannot read {path.name} as audio or video: {stderr_reason(result, path)}"
@@ -141,13 +164,14 @@ def _looks_like_image(path: Path, fmt: ProbeJson, video: ProbeJson) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and video.get("codec_name") in IMAGE_CODECS and single
 
 
-def _probe_image(path: Path, video: ProbeJson, has_audio: bool) -> MediaInfo:
-    frame = decode_image(path)  # decoding is the only reliable check, and it honours EXIF rotation
+def _probe_image(path: Path, video: ProbeJson, has_audio: bool, limits: MediaLimits) -> MediaInfo:
+    # Decoding is the only reliable check, and it honours EXIF rotation.
+    frame = decode_image(path, limits)
     height, width = frame.shape[:2]
     return MediaInfo(
         path=path, width=width, height=height, fps=0.0, fps_text="", frame_count=1, duration_s=0.0,
         rotation=0, has_video=True, has_audio=has_audio, is_image=True,
-        codec=str(video.get("codec_name", "")), video_stream=int(video.get("index", 0)),
+        codec=str(video.get("codec_name", "")), video_stream=int(video.get("index", 0)), limits=limits,
     )  # fmt: skip
 
 
@@ -159,7 +183,9 @@ def _audio_only_info(path: Path, fmt: ProbeJson, has_audio: bool) -> MediaInfo:
     )  # fmt: skip
 
 
-def _video_info(path: Path, fmt: ProbeJson, video: ProbeJson, has_audio: bool) -> MediaInfo:
+def _video_info(
+    path: Path, fmt: ProbeJson, video: ProbeJson, has_audio: bool, limits: MediaLimits
+) -> MediaInfo:
     coded_w, coded_h = int(video.get("width") or 0), int(video.get("height") or 0)
     if coded_w <= 0 or coded_h <= 0:
         raise UnsupportedMediaError(f"cannot read {path.name}: the video stream has no picture size")
@@ -173,7 +199,18 @@ def _video_info(path: Path, fmt: ProbeJson, video: ProbeJson, has_audio: bool) -
         path=path, width=width, height=height, fps=float(rate), fps_text=rational(rate),
         frame_count=count, duration_s=duration, rotation=rotation, has_video=True, has_audio=has_audio,
         is_image=False, codec=str(video.get("codec_name", "")), video_stream=int(video.get("index", 0)),
+        limits=limits,
     )  # fmt: skip
+
+
+def _check_declared_duration(info: MediaInfo, limits: MediaLimits) -> None:
+    # The header's word is checked here; a file that declares none (a stream) is counted while
+    # decoding (decode.read_frames).
+    if limits.max_duration_s is not None and info.duration_s > limits.max_duration_s:
+        raise LimitExceededError(
+            f"{info.path.name} is {info.duration_s:.0f} s long; the limit is "
+            f"{limits.max_duration_s:.0f} s"
+        )
 
 
 def _rotation(video: ProbeJson) -> int:
@@ -204,10 +241,13 @@ def _parse_rate(text: object) -> Fraction | None:
 
 def _verify_first_frame(info: MediaInfo) -> None:
     cmd = [
-        FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(info.path),
+        FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *input_args(info.path, info.limits),
         "-map", f"0:{info.video_stream}", "-frames:v", "1", "-f", "null", "-",
     ]  # fmt: skip
     result = run(cmd)
+    refused = refusal(result.stderr.decode("utf-8", "replace"), info.path.name, info.limits)
+    if refused is not None:
+        raise refused
     if result.returncode != 0:
         raise UnsupportedMediaError(
             f"cannot decode {info.path.name}, the file looks corrupt: {stderr_reason(result, info.path)}"

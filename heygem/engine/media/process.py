@@ -52,6 +52,9 @@ class StderrTail:
     def last_line(self) -> str:
         return last_line("\n".join(self._lines))
 
+    def lines(self) -> list[str]:
+        return list(self._lines)
+
     def text(self) -> str:
         return " | ".join(self._lines) or "no error output"
 
