@@ -94,6 +94,19 @@ def test_a_body_that_is_not_audio_gives_one_line_naming_the_source(body, shown):
     assert "\n" not in message
 
 
+def test_a_playlist_from_the_speech_server_opens_no_other_file(hello_wav, tmp_path):
+    # A hostile speech server answers with a playlist naming a file on this host. The format
+    # whitelist refuses the playlist itself (ffmpeg 5.1's HLS defaults also refuse file segments
+    # read through a pipe; this keeps it refused if those defaults change).
+    playlist = (
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
+        f"file://{hello_wav}\n#EXT-X-ENDLIST\n"
+    ).encode()
+    with pytest.raises(SpeechError) as info:
+        decode_audio(playlist, "hostile server")
+    assert "hostile server" in str(info.value)
+
+
 def test_a_wav_without_samples_is_an_error(hello_wav):
     header_only = hello_wav.read_bytes()
     data_at = header_only.index(b"data")

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from heygem.errors import SpeechError
+from heygem.engine.media.guard import SINGLE_FILE_DEMUXERS
 
 log = logging.getLogger("heygem.speech.wav")
 
@@ -132,6 +133,11 @@ def _decode_with_ffmpeg(data: bytes, source: str) -> Audio:
         "-nostdin",
         "-loglevel",
         "error",
+        # A speech server's answer is one stream: no playlist may make ffmpeg open other files.
+        "-protocol_whitelist",
+        "pipe",
+        "-format_whitelist",
+        ",".join(SINGLE_FILE_DEMUXERS),
         "-i",
         "pipe:0",
         "-vn",
