@@ -46,6 +46,7 @@ from heygem.errors import (
     ShuttingDownError,
 )
 from heygem.jobs.records import Job, JobStatus
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.storage.paths import resolve_under
 from heygem.settings import Settings
 
@@ -179,6 +180,7 @@ def submit_task(service: Any, root: Path, body: Any) -> dict:
         str(audio), str(video),
         output_name=code + RESULT_SUFFIX, output_prefix=str(root / WORK_FOLDER),
         idempotency_key=key, watermark=WATERMARK_LABEL if watermark else None,
+        principal=LOCAL, internal=True,
     )
     log.info("task %s: job %s (watermark %s, chaofen %s)", code, job.id, watermark, chaofen)
     return _reply(CODE_OK, f"task {code} accepted{note}")
@@ -226,7 +228,7 @@ def _percent(fraction: float) -> int:
 
 def _find(service: Any, key: str) -> Job | None:
     try:
-        return service.get_by_key(key)
+        return service.get_by_key(key, principal=LOCAL)
     except JobNotFoundError:
         return None
 
