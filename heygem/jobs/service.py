@@ -16,7 +16,7 @@ import os
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -302,24 +302,19 @@ class JobService:
             return ref
         # Relative paths mean files in the inputs folder, as storage.fetch_input reads them.
         path = resolve_under(ref, self.settings.allowed_input_roots, base=self.settings.inputs_dir)
-        self._check_upload_owner(path, ref, kind, owned)
         if not storage.is_file(path, ref):
             raise InputError(f"{kind} file not found: {storage.shown_path(ref)}")
+        self._check_upload_owner(path, ref, kind, owned)
         return str(path)
 
     def _check_upload_owner(self, path: Path, ref: str, kind: str, owned: tuple[str, ...]) -> None:
-        """A file in an upload folder (<inputs>/<folder>/...) is readable only by the request that
-        staged it: another client's upload is not an input. Files placed directly in inputs/, or
-        in a HEYGEM_INPUT_ROOTS folder inside it, are the operator's and stay shared."""
-        inputs = self.settings.inputs_dir.expanduser().resolve()
-        if not path.is_relative_to(inputs) or path.parent == inputs:
+        """A file in an upload folder (<inputs>/<32 hex>/..., as the web layer names them) is
+        readable only by the request that staged it: another client's upload is not an input.
+        Other files in inputs/ are the operator's and stay shared."""
+        if files.upload_folder_of(self.settings, path) is None:
             return
         if any(path.is_relative_to(Path(entry)) for entry in owned):
             return
-        for root in self.settings.input_roots:
-            root_path = Path(root).expanduser().resolve()
-            if root_path != inputs and root_path.is_relative_to(inputs) and path.is_relative_to(root_path):
-                return
         raise ForbiddenPathError(
             f"{kind} {storage.shown_path(ref)} belongs to another upload; upload the file with this "
             "request instead"
@@ -418,7 +413,7 @@ class JobService:
         """Not found, or expired when retention deleted it (and it was the principal's)."""
         tomb: Tombstone | None = self.store.tombstone(item_id) if absent else None
         if tomb is not None and (principal.is_admin or tomb.tenant == principal.tenant):
-            when = datetime.fromtimestamp(tomb.expired_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            when = datetime.fromtimestamp(tomb.expired_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
             return JobExpiredError(
                 f"{what} {item_id} expired on {when}: finished {what}s are kept "
                 f"{self.settings.retention_days:g} days", tomb.expired_at,

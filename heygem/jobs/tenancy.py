@@ -126,8 +126,8 @@ def _object_under(candidate: str, entry: str) -> bool:
 __all__ = [
     "DEFAULT_TENANT",
     "LOCAL",
-    "Principal",
     "RESERVED_KEY_PREFIXES",
+    "Principal",
     "Role",
     "check_key",
     "check_tenant_prefix",
