@@ -85,9 +85,9 @@ class Settings:
     retention_days: float = 7.0  # delete jobs and their files older than this; 0 keeps everything
     retention_interval_s: float = 3600.0  # how often the retention sweep runs
     tenant_queue_size: int = 0  # queued jobs one tenant may have; 0 = queue_size (HTTP 429 above it)
-    # Where each tenant may publish results: "teamA=s3://bucket-a/,obs://x/out/;teamB=/mnt/b/".
-    # Empty = no per-tenant rule; once set, a tenant not listed may name no output_prefix.
-    tenant_output_prefixes: str = ""
+    # Where each tenant may publish results. Once set, a tenant not listed may name no
+    # output_prefix (admins keep the default rules).
+    tenant_output_prefixes: str = ""  # "teamA=s3://a/,obs://x/out/;teamB=/mnt/b/"; empty = no rule
 
     # --- object storage ------------------------------------------------------------------------
     s3_endpoint: str = ""  # S3-compatible endpoint URL (OBS: https://obs.<region>.myhuaweicloud.com)

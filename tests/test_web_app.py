@@ -90,7 +90,7 @@ def test_jobs_survive_a_restart(settings, speech_wav, face_video):
     with TestClient(create_app(settings, first, ui=False)) as client, open(speech_wav, "rb") as a, \
             open(face_video, "rb") as v:
         job_id = client.post("/api/v1/jobs", files={"audio": a, "video": v}).json()["id"]
-        first.wait(job_id, 60)
+        first.wait(job_id, 60, principal=LOCAL)
     first.stop(5)
     second = JobService(settings, pipeline_factory=FakePipeline)
     second.start()
