@@ -67,7 +67,8 @@ class SpeechError(HeygemError):
 
 
 class JobExpiredError(JobNotFoundError):
-    """The job existed but retention removed it; `expired_at` is when (Unix time), if known."""
+    """The job or batch existed but retention deleted it; `expired_at` (Unix seconds) says when.
+    The web layer answers 410 with that date instead of 404."""
 
     def __init__(self, message: str, expired_at: float | None = None) -> None:
         super().__init__(message)
@@ -75,4 +76,6 @@ class JobExpiredError(JobNotFoundError):
 
 
 class DiskFullError(StorageError):
-    """The data volume is full (or over its quota); the work can be retried once space returns."""
+    """No space (or quota) left while staging inputs or writing a result (ENOSPC/EDQUOT). The
+    message names no server path; the web layer answers 507, and the work can be retried once
+    space returns."""

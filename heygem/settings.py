@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ WORKER_ISOLATIONS = ("auto", "process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TTS_PROVIDERS = ("espeak", "openai", "fish")
 HTTP_SCHEMES = ("http://", "https://")
+COMPAT_FOLDER = "compat"  # default HeyGem shared folder, under the data folder
+# A tenant's name: what API keys and UI users map to; safe in logs, paths and SQL parameters.
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+OUTPUT_PREFIX_SCHEMES = ("s3://", "obs://")
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class Settings:
     max_duration_s: float = 600.0  # longest accepted audio or video, also checked while decoding
     max_pixels: int = 3840 * 2160  # largest accepted picture (width x height), checked before decoding
     compat_port: int = 0  # also serve the HeyGem-compatible API on this port (8383); 0 = off
-    compat_root: Path | None = None  # shared folder of HeyGem clients; None = data_dir
+    compat_root: Path | None = None  # shared folder of HeyGem clients; None = <data_dir>/compat
 
     # --- jobs ----------------------------------------------------------------------------------
     queue_size: int = 100  # queued jobs accepted before submissions are refused (HTTP 429)
@@ -86,6 +91,10 @@ class Settings:
     drain_seconds: float = 60.0  # on SIGTERM, how long the running job may take to finish
     retention_days: float = 7.0  # delete jobs and their files older than this; 0 keeps everything
     retention_interval_s: float = 3600.0  # how often the retention sweep runs
+    tenant_queue_size: int = 0  # queued jobs one tenant may have; 0 = queue_size (HTTP 429 above it)
+    # Where each tenant may publish results. Once set, a tenant not listed may name no
+    # output_prefix (admins keep the default rules).
+    tenant_output_prefixes: str = ""  # "teamA=s3://a/,obs://x/out/;teamB=/mnt/b/"; empty = no rule
 
     # --- object storage ------------------------------------------------------------------------
     s3_endpoint: str = ""  # S3-compatible endpoint URL (OBS: https://obs.<region>.myhuaweicloud.com)
@@ -159,7 +168,22 @@ class Settings:
 
     @property
     def resolved_compat_root(self) -> Path:
-        return self.compat_root if self.compat_root is not None else self.data_dir
+        """The HeyGem clients' shared folder: never the data folder itself, which holds the job
+        database and every tenant's files."""
+        return self.compat_root if self.compat_root is not None else self.data_dir / COMPAT_FOLDER
+
+    @property
+    def compat_enabled(self) -> bool:
+        """The compat port is on; only then may the compat root become an input root."""
+        return self.compat_port > 0
+
+    @property
+    def resolved_tenant_queue_size(self) -> int:
+        return self.tenant_queue_size or self.queue_size
+
+    def tenant_prefix_map(self) -> dict[str, tuple[str, ...]]:
+        """tenant_output_prefixes parsed: tenant -> allowed output prefixes (ValueError if bad)."""
+        return parse_tenant_prefixes(self.tenant_output_prefixes)
 
     @property
     def allowed_input_roots(self) -> tuple[Path, ...]:
@@ -204,6 +228,9 @@ class Settings:
         if self.auth and ":" not in self.auth:
             raise ValueError("auth must look like user:password")
         _check_web(self)
+        if self.tenant_queue_size < 0:
+            raise ValueError(f"tenant_queue_size must not be negative, got {self.tenant_queue_size}")
+        self.tenant_prefix_map()
         _check_speech(self)
 
     def describe(self) -> dict[str, str]:
@@ -347,6 +374,37 @@ def _mask_value(value: object) -> object:
     if isinstance(value, tuple):
         return tuple(_mask_value(item) for item in value)
     return value
+
+
+def parse_tenant_prefixes(text: str) -> dict[str, tuple[str, ...]]:
+    """"teamA=s3://a/,obs://x/out/;teamB=/mnt/b/" -> {"teamA": (...), "teamB": (...)}.
+
+    Each prefix is s3://bucket/..., obs://bucket/... or an absolute local folder; a tenant may
+    appear once. Raises ValueError naming the bad entry.
+    """
+    mapping: dict[str, tuple[str, ...]] = {}
+    for entry in (part.strip() for part in text.split(";")):
+        if not entry:
+            continue
+        tenant, sep, prefixes = entry.partition("=")
+        tenant = tenant.strip()
+        if not sep or not TENANT_NAME.match(tenant):
+            raise ValueError(
+                f"tenant_output_prefixes: {entry[:60]!r} must look like tenant=s3://bucket/prefix/"
+            )
+        if tenant in mapping:
+            raise ValueError(f"tenant_output_prefixes: tenant {tenant!r} is listed twice")
+        allowed = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+        for prefix in allowed:
+            if not (prefix.lower().startswith(OUTPUT_PREFIX_SCHEMES) or prefix.startswith("/")):
+                raise ValueError(
+                    f"tenant_output_prefixes: {tenant}: {prefix[:60]!r} is not s3://, obs:// "
+                    "or an absolute folder"
+                )
+        if not allowed:
+            raise ValueError(f"tenant_output_prefixes: tenant {tenant!r} has no prefix")
+        mapping[tenant] = allowed
+    return mapping
 
 
 def _format(value: object) -> str:

@@ -31,6 +31,7 @@ from heygem.web.compat import (
     start_compat_server,
     submit_task,
 )
+from heygem.jobs.tenancy import LOCAL
 from tests import media
 from tests.jobs_support import Pipelines
 
@@ -147,7 +148,7 @@ def test_duplicate_submit_returns_the_same_task_and_starts_nothing_new(harness):
     assert after["code"] == CODE_OK and "already submitted" in after["msg"]
     assert harness.query("dup-1") == done
     assert len(harness.pipelines.runs) == 1
-    assert harness.service.count_jobs() == 1
+    assert harness.service.count_jobs(principal=LOCAL) == 1
 
 
 def test_concurrent_duplicate_submits_make_one_job(harness):
@@ -162,7 +163,7 @@ def test_concurrent_duplicate_submits_make_one_job(harness):
         thread.join()
     assert [reply["code"] for reply in replies] == [CODE_OK] * 6
     assert harness.poll("race")[0]["data"]["status"] == 2
-    assert harness.service.count_jobs() == 1
+    assert harness.service.count_jobs(principal=LOCAL) == 1
     assert len(harness.pipelines.runs) == 1
 
 
@@ -184,7 +185,7 @@ def test_paths_escaping_the_shared_folder_are_refused(harness, path):
     reply = harness.submit("escape", audio=path)
     assert reply["code"] == CODE_BAD_REQUEST
     assert reply["msg"] == f"audio_url {path!r} is outside the shared folder"
-    assert harness.service.count_jobs() == 0
+    assert harness.service.count_jobs(principal=LOCAL) == 0
 
 
 def test_a_symlink_out_of_the_shared_folder_is_refused(harness, shared, tmp_path):
@@ -208,7 +209,7 @@ def test_container_paths_and_absolute_paths_map_into_the_shared_folder(harness, 
     reply = harness.submit("mapped", audio="/code/data/temp/speech.wav",
                            video=str(shared / "avatars" / "anchor.mp4"))
     assert reply["code"] == CODE_OK, reply
-    job = harness.service.get_by_key(KEY_PREFIX + "mapped")
+    job = harness.service.get_by_key(KEY_PREFIX + "mapped", principal=LOCAL)
     assert Path(job.audio) == (shared / "temp" / "speech.wav").resolve()
     assert Path(job.video) == (shared / "avatars" / "anchor.mp4").resolve()
     assert harness.poll("mapped")[0]["data"]["status"] == 2
@@ -219,7 +220,7 @@ def test_relative_paths_fall_back_from_temp_to_the_shared_folder(harness, shared
     shutil.copy(shared / "temp" / "speech.wav", shared / "voice" / "line.wav")
     reply = harness.submit("fallback", audio="voice/line.wav")
     assert reply["code"] == CODE_OK, reply
-    job = harness.service.get_by_key(KEY_PREFIX + "fallback")
+    job = harness.service.get_by_key(KEY_PREFIX + "fallback", principal=LOCAL)
     assert Path(job.audio) == (shared / "voice" / "line.wav").resolve()
 
 
@@ -266,8 +267,8 @@ def test_chaofen_is_accepted_with_a_clear_message(harness):
 def test_watermark_switch_adds_the_ai_generated_label(harness):
     harness.submit("marked", watermark_switch=1)
     harness.submit("plain", watermark_switch=0)
-    marked = harness.service.get_by_key(KEY_PREFIX + "marked")
-    plain = harness.service.get_by_key(KEY_PREFIX + "plain")
+    marked = harness.service.get_by_key(KEY_PREFIX + "marked", principal=LOCAL)
+    plain = harness.service.get_by_key(KEY_PREFIX + "plain", principal=LOCAL)
     assert marked.options["watermark"] == WATERMARK_LABEL == "AI generated"
     assert plain.options.get("watermark", "") == ""
 
@@ -288,7 +289,7 @@ def test_bad_parameters_are_refused_with_a_message(harness, body, message):
     reply = harness.client.post("/easy/submit", json=body).json()
     assert reply["code"] == CODE_BAD_REQUEST
     assert message in reply["msg"]
-    assert harness.service.count_jobs() == 0
+    assert harness.service.count_jobs(principal=LOCAL) == 0
 
 
 def test_non_json_and_oversized_bodies_are_refused(harness):
@@ -360,8 +361,8 @@ def test_compat_service_settings_adds_the_shared_folder_once(settings, shared):
     assert compat_service_settings(added) is added
     inside = settings.replace(compat_root=shared / "temp", input_roots=(shared,))
     assert compat_service_settings(inside) is inside
-    default = compat_service_settings(settings)  # no compat_root: the data folder
-    assert default.input_roots == (settings.data_dir,)
+    default = compat_service_settings(settings)  # no compat_root: <data_dir>/compat, never data_dir
+    assert default.input_roots == (settings.data_dir / "compat",)
 
 
 def _free_port() -> int:

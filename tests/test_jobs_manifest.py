@@ -12,6 +12,7 @@ from heygem.jobs import files as job_files
 from heygem.jobs.manifest import parse_manifest
 from heygem.jobs.records import JobStatus
 from heygem.jobs.runner import run_manifest
+from heygem.jobs.tenancy import LOCAL
 from tests import media
 from tests.fakes import FakePipeline
 from tests.jobs_support import WAIT_S, Pipelines, running_service
@@ -135,8 +136,8 @@ def test_a_manifest_submitted_to_the_server_uses_the_server_roots(settings, proj
         parse_manifest(outside, settings.allowed_input_roots)
     items = parse_manifest(manifest, settings.allowed_input_roots)
     with running_service(settings, Pipelines()) as service:
-        batch = service.submit_batch([item.as_item() for item in items])
-        results = [service.wait(item.id, WAIT_S) for item in batch.items]
+        batch = service.submit_batch([item.as_item() for item in items], principal=LOCAL, uploaded=[folder])
+        results = [service.wait(item.id, WAIT_S, principal=LOCAL) for item in batch.items]
     assert [job.status for job in results] == [JobStatus.SUCCEEDED, JobStatus.FAILED]
     assert results[0].output_path.name == "a.mp4"
 

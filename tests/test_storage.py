@@ -251,7 +251,9 @@ def test_output_prefix_is_returned_normalised_and_odd_schemes_are_refused(settin
     mount = tmp_path / "obs-mount"
     settings = settings.replace(input_roots=(mount,))
     assert storage.check_output_prefix("S3://bucket/out/", settings) == "S3://bucket/out/"
-    assert storage.check_output_prefix("results", settings) == str(settings.outputs_dir.resolve() / "results")
+    # Relative folders are refused: they used to mean the outputs folder, which is the service's.
+    with pytest.raises(ForbiddenPathError, match="must be an absolute folder"):
+        storage.check_output_prefix("results", settings)
     assert storage.check_output_prefix(str(mount / "a" / ".." / "b"), settings) == str(mount.resolve() / "b")
     # Not a scheme, yet not a folder anyone meant either: "outputs/:/bucket/out" would be accepted.
     for odd in ("://bucket/out/", "my bucket://out/", "s3 ://bucket/"):

@@ -13,6 +13,7 @@ from heygem.errors import LimitExceededError, NoFaceError
 from heygem.jobs import JobService
 from heygem.web import i18n
 from heygem.web.server import LogBuffer, PrefixTolerance, create_app
+from heygem.jobs.tenancy import LOCAL
 from tests.fakes import FakePipeline
 
 PREFIX = "/v1/infers/0a1b2c"
@@ -77,7 +78,7 @@ def test_result_urls_carry_the_gateway_prefix(settings, service, speech_wav, fac
     with TestClient(app, root_path=PREFIX) as client, open(speech_wav, "rb") as a, \
             open(face_video, "rb") as v:
         job = client.post(f"{PREFIX}/api/v1/jobs", files={"audio": a, "video": v}).json()
-        service.wait(job["id"], 60)
+        service.wait(job["id"], 60, principal=LOCAL)
         done = client.get(f"{PREFIX}/api/v1/jobs/{job['id']}").json()
         assert done["result_url"] == f"{PREFIX}/api/v1/jobs/{job['id']}/result"
         assert client.get(done["result_url"]).status_code == 200
@@ -89,7 +90,7 @@ def test_jobs_survive_a_restart(settings, speech_wav, face_video):
     with TestClient(create_app(settings, first, ui=False)) as client, open(speech_wav, "rb") as a, \
             open(face_video, "rb") as v:
         job_id = client.post("/api/v1/jobs", files={"audio": a, "video": v}).json()["id"]
-        first.wait(job_id, 60)
+        first.wait(job_id, 60, principal=LOCAL)
     first.stop(5)
     second = JobService(settings, pipeline_factory=FakePipeline)
     second.start()

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from heygem import storage
 from heygem.jobs import files
 from heygem.jobs.manifest import shown_ref
 from heygem.jobs.records import Batch, JobStatus
@@ -67,6 +68,10 @@ def build_zip(batch: Batch, settings: Settings) -> Path:
                 compress_type=zipfile.ZIP_DEFLATED,
             )
         files.move_atomic(staging, target)
+    except OSError as exc:
+        if storage.is_disk_full(exc):
+            raise storage.disk_full_error() from None
+        raise
     finally:
         staging.unlink(missing_ok=True)
     log.info("batch %s: ZIP with %d video(s) at %s", batch.id, len(batch.succeeded), target)

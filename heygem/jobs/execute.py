@@ -164,6 +164,10 @@ def _failure(exc: Exception, output: Path | None, request: RunRequest) -> Outcom
     # publishing failure: Job.has_result, and the API still serves the file.
     if isinstance(exc, HeygemError):
         return Outcome(JobStatus.FAILED, error=str(exc), output_path=output)
+    if storage.is_disk_full(exc):
+        # A full disk is the operator's to fix; the message names no server path.
+        log.error("%sthe disk is full: %s", _prefix(request), exc)
+        return Outcome(JobStatus.FAILED, error=str(storage.disk_full_error()), output_path=output)
     log.exception("%sunexpected error", _prefix(request))
     return Outcome(
         JobStatus.FAILED, error=internal_error(exc, request.job_id), output_path=output

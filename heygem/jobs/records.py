@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_OUTPUT_NAME = "result.mp4"
+DEFAULT_TENANT = "default"  # owner of jobs written before tenancy, and of the single-user service
 # Field metadata: kept in the store but left out of to_dict() (the API's and summaries' view).
 INTERNAL: dict[str, bool] = {"internal": True}
 
@@ -48,11 +49,15 @@ class NewJob:
     output_name: str | None = None  # plain file name ending in .mp4; None = result.mp4
     output_prefix: str | None = None  # where to publish the result, if anywhere
     idempotency_key: str | None = None
+    # Files or folders under the inputs folder that the submitter staged for this job: the job
+    # owns them, and deleting it removes them (nothing else it merely references).
+    uploads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Job:
     id: str  # uuid4 hex
+    tenant: str  # the owner (heygem.jobs.tenancy.Principal.tenant); filters every read
     kind: JobKind
     batch_id: str | None
     item_index: int | None  # position in the batch, from 0
@@ -80,6 +85,7 @@ class Job:
     output_path: Path | None  # the finished mp4 under Settings.outputs_dir
     output_url: str | None  # object URL after publishing to output_prefix
     presigned_url: str | None
+    uploads: tuple[str, ...] = field(metadata=INTERNAL)  # what this job owns under inputs/
 
     @property
     def terminal(self) -> bool:
@@ -102,20 +108,64 @@ class Job:
             return None
         return max(0.0, self.finished_at - self.started_at)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, data_dir: Path | None = None) -> dict[str, Any]:
         """JSON-ready view for the API and summaries: every field but the internal ones, and the
-        run's `seconds` after finished_at."""
+        run's `seconds` after finished_at. References lose their URL query (a signature is a
+        credential); with `data_dir`, paths inside it are shown relative to it, in the error too,
+        so callers never learn the server's folders."""
         view: dict[str, Any] = {}
         for name in public_job_fields():
             value = getattr(self, name)
             view[name] = _JSON_VALUES[name](value) if name in _JSON_VALUES else value
             if name == "finished_at":
                 view["seconds"] = self.seconds
+        if data_dir is not None:
+            for name in _SHOWN_PATHS:
+                view[name] = shown_path(view[name], data_dir)
+            view["error"] = scrub_paths(view["error"], data_dir)
         return view
 
 
 def _path_text(path: Path | None) -> str | None:
     return str(path) if path else None
+
+
+def without_query(ref: str | None) -> str | None:
+    """A reference with any URL query and fragment removed (local paths unchanged)."""
+    if ref is None or "://" not in ref:
+        return ref
+    return ref.split("#", 1)[0].split("?", 1)[0]
+
+
+def shown_path(text: str | None, data_dir: Path) -> str | None:
+    """A local path inside data_dir as a path relative to it; anything else unchanged."""
+    if not text or "://" in text:
+        return text
+    for root in _roots(data_dir):
+        if text == root:
+            return "."
+        if text.startswith(root + "/"):
+            return text[len(root) + 1:]
+    return text
+
+
+def scrub_paths(text: str | None, data_dir: Path) -> str | None:
+    """Replace the data folder's absolute path wherever it occurs in a message."""
+    if not text:
+        return text
+    for root in _roots(data_dir):
+        text = text.replace(root + "/", "").replace(root, ".")
+    return text
+
+
+def _roots(data_dir: Path) -> list[str]:
+    # Both spellings: jobs store resolved paths, settings may hold a symlinked one.
+    spelled = {str(data_dir), str(data_dir.resolve())}
+    return sorted((root.rstrip("/") for root in spelled if root.strip("/")), key=len, reverse=True)
+
+
+# Path fields that to_dict(data_dir) shows relative to the data folder.
+_SHOWN_PATHS = ("audio", "video", "output_path", "output_url", "output_prefix")
 
 
 def _enum_value(member: StrEnum) -> str:
@@ -128,6 +178,10 @@ _JSON_VALUES: dict[str, Callable[[Any], Any]] = {
     "status": _enum_value,
     "progress": lambda progress: round(progress, 4),
     "output_path": _path_text,
+    "audio": without_query,
+    "video": without_query,
+    "output_url": without_query,
+    "output_prefix": without_query,
 }
 
 
@@ -164,6 +218,21 @@ class Batch:
     options: dict[str, Any]
     output_prefix: str | None
     items: tuple[Job, ...] = ()
+    tenant: str = DEFAULT_TENANT
+
+    def to_dict(self, data_dir: Path | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "created_at": self.created_at,
+            "options": self.options,
+            "output_prefix": shown_path(without_query(self.output_prefix), data_dir)
+            if data_dir is not None else self.output_prefix,
+            "status": self.status,
+            "progress": round(self.progress, 4),
+            "counts": {status.value: self.count(status) for status in JobStatus},
+            "items": [item.to_dict(data_dir) for item in self.items],
+        }
 
     def count(self, status: JobStatus) -> int:
         return sum(1 for item in self.items if item.status == status)
@@ -196,14 +265,3 @@ class Batch:
             return "queued"
         return "running"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "created_at": self.created_at,
-            "options": self.options,
-            "output_prefix": self.output_prefix,
-            "status": self.status,
-            "progress": round(self.progress, 4),
-            "counts": {status.value: self.count(status) for status in JobStatus},
-            "items": [item.to_dict() for item in self.items],
-        }

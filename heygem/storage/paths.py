@@ -14,6 +14,7 @@ from heygem.errors import ForbiddenPathError, InputError
 
 MAX_OUTPUT_NAME = 200  # characters; leaves room for folder names within common path limits
 OUTPUT_SUFFIX = ".mp4"
+MAX_SHOWN_PATH = 120  # characters of a user's path repeated in an error message
 # What a file name we make up from someone else's (an upload, an object key, a URL) may hold.
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _NAME_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,15}$")  # an extension worth keeping
@@ -28,16 +29,30 @@ def resolve_under(path: str | Path, roots: Sequence[Path], *, base: Path | None 
     if not text.strip():
         raise InputError("empty path")
     if "\x00" in text:
-        raise ForbiddenPathError(f"{text!r} is not a valid path")
-    candidate = Path(text).expanduser()
-    if not candidate.is_absolute():
-        candidate = (base if base is not None else Path.cwd()) / candidate
-    resolved = candidate.resolve()
+        raise ForbiddenPathError(f"{_short(text)!r} is not a valid path")
+    try:
+        candidate = Path(text).expanduser()
+        if not candidate.is_absolute():
+            candidate = (base if base is not None else Path.cwd()) / candidate
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # too long, a symlink loop, an unknown ~user
+        raise InputError(f"cannot use the path {_short(text)}: {_os_reason(exc)}") from None
     for root in roots:
         root_resolved = Path(root).expanduser().resolve()
         if resolved == root_resolved or resolved.is_relative_to(root_resolved):
             return resolved
-    raise ForbiddenPathError(f"{text} is outside the allowed input folders")
+    raise ForbiddenPathError(f"{_short(text)} is outside the allowed input folders")
+
+
+def _short(text: str) -> str:
+    """A path for a one-line message: a 5000-character path would bury the message."""
+    return text if len(text) <= MAX_SHOWN_PATH else text[: MAX_SHOWN_PATH - 3] + "..."
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def safe_output_name(name: str) -> str:

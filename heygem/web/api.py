@@ -30,6 +30,7 @@ from heygem import storage
 from heygem.errors import HeygemError, InputError, QueueFullError, ShuttingDownError
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Batch, Job
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.settings import Settings
 from heygem.storage.paths import resolve_under
 from heygem.web import batching, media, openapi, uploads
@@ -267,7 +268,7 @@ def _submit_refs(state: ApiState, data: dict[str, Any], idempotency_key: str | N
     return state.service.submit(
         audio, video, _options(data.get("options")),
         output_name=_text(data, "output_name"), output_prefix=_text(data, "output_prefix"),
-        idempotency_key=_text(data, "idempotency_key") or idempotency_key,
+        idempotency_key=_text(data, "idempotency_key") or idempotency_key, principal=LOCAL,
     )
 
 
@@ -283,7 +284,8 @@ def _submit_form(state: ApiState, form: uploads.UploadedForm, idempotency_key: s
         audio, video, _options(fields.get("options")),
         output_name=fields.get("output_name") or None,
         output_prefix=fields.get("output_prefix") or None,
-        idempotency_key=fields.get("idempotency_key") or idempotency_key,
+        idempotency_key=fields.get("idempotency_key") or idempotency_key, principal=LOCAL,
+        uploaded=[form.folder],
     )
 
 
@@ -318,6 +320,7 @@ def _submit_batch_json(state: ApiState, data: dict[str, Any]) -> Batch:
             raise InputError(f"items[{index}] must be an object")
     return state.service.submit_batch(
         items, _options(data.get("options")), output_prefix=_text(data, "output_prefix"),
+        principal=LOCAL,
     )
 
 
@@ -332,7 +335,8 @@ def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Batch:
         )
     return state.service.submit_batch(
         items, _options(form.fields.get("options")),
-        output_prefix=form.fields.get("output_prefix") or None,
+        output_prefix=form.fields.get("output_prefix") or None, principal=LOCAL,
+        uploaded=[form.folder],
     )
 
 
@@ -404,19 +408,19 @@ def job_routes(state: ApiState) -> APIRouter:
         limit: int = Query(20, ge=1, le=MAX_PAGE),
         offset: int = Query(0, ge=0),
     ) -> dict[str, Any]:
-        jobs = service.list_jobs(limit=limit, offset=offset)
+        jobs = service.list_jobs(limit=limit, offset=offset, principal=LOCAL)
         return {
             "jobs": [job_view(job, request, settings) for job in jobs],
-            "total": service.count_jobs(), "limit": limit, "offset": offset,
+            "total": service.count_jobs(principal=LOCAL), "limit": limit, "offset": offset,
         }
 
     @router.get("/jobs/{job_id}")
     def get_job(job_id: str, request: Request) -> dict[str, Any]:
-        return job_view(service.get(check_id(job_id)), request, settings)
+        return job_view(service.get(check_id(job_id), principal=LOCAL), request, settings)
 
     @router.get("/jobs/{job_id}/result", response_class=FileResponse)
     def get_result(job_id: str) -> FileResponse:
-        job = service.get(check_id(job_id))
+        job = service.get(check_id(job_id), principal=LOCAL)
         if not job.has_result:
             raise StarletteHTTPException(409, f"job {job.id} is {job.status}; it has no video to download")
         path = output_file(settings, job.output_path, f"job {job.id}")
@@ -424,10 +428,10 @@ def job_routes(state: ApiState) -> APIRouter:
 
     @router.delete("/jobs/{job_id}")
     def delete_job(job_id: str, request: Request) -> dict[str, Any]:
-        job = service.get(check_id(job_id))
+        job = service.get(check_id(job_id), principal=LOCAL)
         if not job.terminal:
-            return {"deleted": False, "job": job_view(service.cancel(job.id), request, settings)}
-        service.delete(job.id)
+            return {"deleted": False, "job": job_view(service.cancel(job.id, principal=LOCAL), request, settings)}
+        service.delete(job.id, principal=LOCAL)
         return {"deleted": True, "id": job.id}
 
     @router.post("/batches", status_code=202, openapi_extra=openapi.batch_body_doc(), dependencies=admit)
@@ -438,17 +442,17 @@ def job_routes(state: ApiState) -> APIRouter:
 
     @router.get("/batches/{batch_id}")
     def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
-        return batch_view(service.get_batch(check_id(batch_id, "batch")), request, settings)
+        return batch_view(service.get_batch(check_id(batch_id, "batch"), principal=LOCAL), request, settings)
 
     @router.get("/batches/{batch_id}/zip", response_class=FileResponse)
     def get_batch_zip(batch_id: str) -> FileResponse:
-        path = service.batch_zip(check_id(batch_id, "batch"))
+        path = service.batch_zip(check_id(batch_id, "batch"), principal=LOCAL)
         path = output_file(settings, path, f"batch {batch_id}")
         return FileResponse(path, media_type="application/zip", filename=f"batch-{batch_id}.zip")
 
     @router.post("/batches/{batch_id}/retry", status_code=202)
     def retry_batch(batch_id: str, request: Request) -> JSONResponse:
-        batch = service.retry_failed(check_id(batch_id, "batch"))
+        batch = service.retry_failed(check_id(batch_id, "batch"), principal=LOCAL)
         return JSONResponse(batch_view(batch, request, settings), status_code=202)
 
     return router

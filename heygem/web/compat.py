@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse
 from heygem.errors import ForbiddenPathError, InputError, JobNotFoundError
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Job, JobStatus
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.settings import Settings
 from heygem.storage.paths import resolve_under
 from heygem.web.guard import WebGuard
@@ -190,6 +191,7 @@ def submit_task(service: JobService, root: Path, body: object) -> dict[str, Any]
         str(audio), str(video),
         output_name=code + RESULT_SUFFIX, output_prefix=str(root / WORK_FOLDER),
         idempotency_key=key, watermark=WATERMARK_LABEL if watermark else None,
+        principal=LOCAL, internal=True,
     )
     log.info("task %s: job %s (watermark %s, chaofen %s)", code, job.id, watermark, chaofen)
     return _reply(CODE_OK, f"task {code} accepted{note}")
@@ -237,7 +239,7 @@ def _percent(fraction: float) -> int:
 
 def _find(service: JobService, key: str) -> Job | None:
     try:
-        return service.get_by_key(key)
+        return service.get_by_key(key, principal=LOCAL)
     except JobNotFoundError:
         return None
 

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Job
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -97,7 +98,7 @@ class Metrics:
     def observe_finished(self) -> None:
         """Fold jobs that finished since the last scrape into the histogram and the fps gauge."""
         with self._lock:
-            fresh = [job for job in self.service.list_jobs(limit=RECENT_SCAN, offset=0)
+            fresh = [job for job in self.service.list_jobs(limit=RECENT_SCAN, offset=0, principal=LOCAL)
                      if self._is_new_finish(job)]
             for job in sorted(fresh, key=lambda j: j.finished_at or 0.0):
                 self._observe(job)

@@ -36,6 +36,7 @@ from heygem.errors import HeygemError, InputError, LimitExceededError
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Batch, Job
 from heygem.settings import Settings
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.storage.paths import free_name, safe_file_name
 from heygem.web import batching, i18n, media
 from heygem.web.http import Fault, classify, one_line
@@ -239,7 +240,7 @@ class Handlers:
         state = i18n.t("system_ready" if ready else "system_not_ready", lang, reason=reason)
         lines.append(f"- {state}")
         lines.append(f"- {i18n.t('system_queue_depth', lang, count=self.service.queue_depth())}")
-        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs())}")
+        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs(principal=LOCAL))}")
         return "\n".join(lines), "\n".join(self.log_lines(LOG_LINES))
 
     # --- single ---------------------------------------------------------------------------------
@@ -276,7 +277,9 @@ class Handlers:
         with staging(self.settings) as folder:
             audio_path = stage_upload(self.settings, folder, audio, require_video=False)
             face_path = stage_upload(self.settings, folder, face, require_video=True)
-            job = self.service.submit(str(audio_path), str(face_path), options)
+            job = self.service.submit(
+                str(audio_path), str(face_path), options, principal=LOCAL, uploaded=[folder],
+            )
         log.info("job %s submitted from the web UI", job.id)
         job = self._wait(job, progress, lang)
         if str(job.status) != "succeeded":
@@ -295,7 +298,7 @@ class Handlers:
                 stage = i18n.t(f"stage_{job.stage}", lang, default=job.stage or "")
                 progress(float(job.progress), desc=stage)
             time.sleep(POLL_S)
-            job = self.service.get(job.id)
+            job = self.service.get(job.id, principal=LOCAL)
         return job
 
     # --- batch ----------------------------------------------------------------------------------
@@ -314,7 +317,7 @@ class Handlers:
                 items = batching.manifest_items(staged, self.settings)
             else:
                 items = batching.pair_uploads(audio_paths, video_paths)
-            batch = self.service.submit_batch(items, options)
+            batch = self.service.submit_batch(items, options, principal=LOCAL, uploaded=[folder])
         log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
         return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
 
@@ -328,7 +331,7 @@ class Handlers:
         if not batch_id:
             return (*self._empty_batch(lang), gr.Timer(active=False))
         try:
-            batch = self.service.get_batch(batch_id)
+            batch = self.service.get_batch(batch_id, principal=LOCAL)
             return (*self._batch_view(batch, lang), gr.Timer(active=not batch.finished))
         except HeygemError as exc:  # e.g. the batch was deleted from the History tab
             log.info("batch %s: live view stopped: %s", batch_id, exc)
@@ -360,24 +363,24 @@ class Handlers:
     def batch_zip(self, batch_id: str | None, request: gr.Request) -> str:
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", language(request)))
-        return str(self.service.batch_zip(batch_id))
+        return str(self.service.batch_zip(batch_id, principal=LOCAL))
 
     @user_errors
     def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", lang))
-        batch = self.service.retry_failed(batch_id)
+        batch = self.service.retry_failed(batch_id, principal=LOCAL)
         return (*self._batch_view(batch, lang), gr.Timer(active=True))
 
     # --- history --------------------------------------------------------------------------------
     @user_errors
     def history(self, page: int, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
-        total = self.service.count_jobs()
+        total = self.service.count_jobs(principal=LOCAL)
         pages = max(1, -(-total // HISTORY_PAGE))
         page = min(max(0, int(page or 0)), pages - 1)
-        jobs = self.service.list_jobs(limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
+        jobs = self.service.list_jobs(limit=HISTORY_PAGE, offset=page * HISTORY_PAGE, principal=LOCAL)
         gallery = [
             (thumbnail_for(job), f"{i18n.t(f'status_{job.status}', lang)} · {when(job.created_at)}")
             for job in jobs
@@ -394,7 +397,7 @@ class Handlers:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not ids or index >= len(ids):
             return None, None, None, ""
-        job = self.service.get(ids[index])
+        job = self.service.get(ids[index], principal=LOCAL)
         details = i18n.t(
             "history_details", lang, id=job.id, status=i18n.t(f"status_{job.status}", lang),
             created=when(job.created_at), engine=job.engine or "-", error=job.error or "-",
@@ -406,17 +409,17 @@ class Handlers:
     def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple[Any, ...]:
         if not job_id:
             raise InputError(i18n.t("err_no_selection", language(request)))
-        job = self.service.get(job_id)
+        job = self.service.get(job_id, principal=LOCAL)
         if not job.terminal:
-            self.service.cancel(job_id)
+            self.service.cancel(job_id, principal=LOCAL)
         else:
-            self.service.delete(job_id)
+            self.service.delete(job_id, principal=LOCAL)
         log.info("job %s deleted from the web UI", job_id)
         return (None, None, None, "", *self.history(page, request))
 
     @user_errors
     def delete_all(self, request: gr.Request) -> tuple[Any, ...]:
-        removed = self.service.delete_all()
+        removed = self.service.delete_all(principal=LOCAL)
         log.info("%d jobs deleted from the web UI", removed)
         gr.Info(i18n.t("history_deleted_all", language(request), count=removed))
         return (None, None, None, "", gr.update(visible=False), *self.history(0, request))
