@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from heygem.errors import DiskFullError, JobExpiredError
+from heygem.errors import DiskFullError
 from heygem.jobs import JobService
+from heygem.jobs.tenancy import LOCAL
 from heygem.settings import Settings, mask_url
 from heygem.web.guard import (
     MultipartInspector,
@@ -398,18 +399,17 @@ def test_full_disk_answers_507_without_a_path_and_recovers(api, settings, monkey
     assert client.post("/api/v1/jobs", json=body).status_code == 400  # the request itself is wrong
 
 
-def test_expired_job_answers_410_with_its_date(api, monkeypatch):
+def test_expired_job_answers_410_with_its_date(api, settings, speech_wav, face_video):
     client, service = api
-
-    def expired(job_id):
-        raise JobExpiredError(f"job {job_id} has expired", expired_at=1_700_000_000)
-
-    monkeypatch.setattr(service, "get", expired)
-    answer = client.get("/api/v1/jobs/" + "a" * 32)
+    clips = settings.inputs_dir / "clips"  # operator media, not an upload folder
+    clips.mkdir(parents=True, exist_ok=True)
+    audio, video = shutil.copy(speech_wav, clips), shutil.copy(face_video, clips)
+    job_id = client.post("/api/v1/jobs", json={"audio": str(audio), "video": str(video)}).json()["id"]
+    service.wait(job_id, READY_TIMEOUT_S, principal=LOCAL)
+    service.store.expire([job_id], 1_700_000_000)  # what the retention sweep does
+    answer = client.get(f"/api/v1/jobs/{job_id}")
     assert answer.status_code == 410
-    assert "2023-11-14T22:13:20Z" in answer.json()["detail"]
-    assert client.get("/api/v1/jobs/" + "b" * 32).status_code == 410  # stub: every id
-    monkeypatch.undo()
+    assert "2023-11-14" in answer.json()["detail"]
     assert client.get("/api/v1/jobs/" + "b" * 32).status_code == 404  # never existed
 
 
