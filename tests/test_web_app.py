@@ -171,6 +171,8 @@ class PreviewPipeline(FakePipeline):
 
 
 def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
+    import gradio as gr
+
     from heygem.web.ui import Handlers
 
     service = JobService(settings, pipeline_factory=PreviewPipeline)
@@ -181,7 +183,8 @@ def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
             time.sleep(0.05)
         buffer = LogBuffer()
         buffer.emit(logging.LogRecord("heygem.x", logging.INFO, __file__, 1, "hello log", (), None))
-        status, log_tail = Handlers(settings, service, buffer.tail).system(None)
+        admin = gr.Request(username="default:admin", headers={})  # as the identity gate names it
+        status, log_tail = Handlers(settings, service, buffer.tail).system(admin)
     finally:
         service.stop(5)
     assert "**engine**: preview" in status and "no weights at models/wav2lip_gan.pth" in status
