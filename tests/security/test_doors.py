@@ -6,6 +6,7 @@ same door opens with a valid credential, so the refusal is not just a broken rou
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,9 @@ from tests.live_server import LiveServer, free_port
 pytestmark = pytest.mark.slow  # live server subprocesses
 
 START_TIMEOUT_S = 180.0
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+BROWSER_WAIT_MS = 60_000
 JOB_TIMEOUT_S = 120.0
 TOKEN = "legacy-token-for-tests"
 UI_USER, UI_PASSWORD = "ann", "ann-password-1"
@@ -201,6 +205,25 @@ def test_cross_origin_login_is_refused(login_server):
     same = httpx.post(login_server.url + "/login", data=form, timeout=10,
                       headers={"Origin": f"http://{host}"})
     assert same.status_code == 200 and "heygem-session=" in same.headers["set-cookie"]
+
+
+def test_the_browser_login_form_signs_in_and_the_admin_sees_the_log(login_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(locale="en-US").new_page()
+            page.set_default_timeout(BROWSER_WAIT_MS)
+            page.goto(login_server.url + "/")
+            page.locator("input[type=text]").first.fill(UI_USER)  # Gradio's own login form
+            page.locator("input[type=password]").fill(UI_PASSWORD)
+            page.get_by_role("button", name="Login").click()
+            page.locator("#generate").wait_for()  # the app, after the form reloaded the page
+            page.get_by_role("tab", name="System").click()
+            expect(page.locator("#system-log textarea")).to_have_value(re.compile("heygem"))
+        finally:
+            browser.close()
 
 
 def test_login_attempts_are_rate_limited(login_server):
