@@ -16,6 +16,11 @@ sends bare names), and the result is written there as <code>-r.mp4 and reported 
 "/<code>-r.mp4", which the client joins to that same folder. Container paths
 ("/code/data/...") and absolute paths inside the root work too; anything else is refused.
 
+Who may call: both doors (the main port's /easy routes and the compat port) sit behind the
+IdentityGate of heygem.web.identity. With any credential configured, a call needs
+"Authorization: Bearer <key>": HEYGEM_COMPAT_TOKEN (tenant compat_tenant) or any API key. The
+compat port listens on Settings.compat_host, 127.0.0.1 unless set (the image sets 0.0.0.0).
+
 The client's `code` is the job's idempotency key (namespaced), so a repeated submit returns the
 same job. The job layer publishes the finished video into temp/ before the job turns succeeded,
 so status 2 always comes with a complete file.

@@ -715,7 +715,10 @@ def _use_gate_identity(host: FastAPI) -> None:
     Gradio no longer has one: the UI would otherwise ignore bearer keys)."""
     from gradio.routes import App
 
-    for app in (route.app for route in host.routes if isinstance(getattr(route, "app", None), App)):
+    for route in host.routes:
+        app = getattr(route, "app", None)
+        if not isinstance(app, App):
+            continue
         endpoint = _find_endpoint(app.routes, USER_ROUTE)
         if endpoint is not None:
             app.dependency_overrides[endpoint] = gradio_user
