@@ -305,7 +305,7 @@ def test_keys_add_user_reads_the_password_from_stdin(tmp_path):
     added = subprocess.run(
         [sys.executable, "-m", "heygem", "keys", "add-user", "ann", "acme", "--file", str(users)],
         cwd=PROJECT, env=environ, input="correct horse\n", capture_output=True, text=True,
-        timeout=CLI_TIMEOUT_S,
+        timeout=CLI_TIMEOUT_S, check=False,
     )
     assert added.returncode == 0, added.stderr
     (entry,) = parse_users(users.read_text(), "users")

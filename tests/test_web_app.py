@@ -229,3 +229,14 @@ def test_the_options_panel_is_built_from_the_schema_and_maps_back_to_fields():
         build_options(panel.fields(dict(untouched, face_choice="nearest", face_x=5.0)))
     # A point without the "nearest" choice is not sent, as before.
     assert "face_point" not in build_options(panel.fields(dict(untouched, face_x=5.0, face_y=6.0)))
+
+
+@pytest.mark.parametrize("path", [PREFIX, f"{PREFIX}{PREFIX}"])
+def test_the_identity_gate_sees_through_the_gateway_prefix(settings, service, path):
+    app = PrefixTolerance(create_app(settings.replace(api_token="s3cret"), service, ui=False), PREFIX)
+    with TestClient(app, root_path=PREFIX) as client:
+        assert client.get(f"{path}/health").status_code == 200
+        assert client.get(f"{path}/api/v1/jobs").status_code == 401
+        assert client.get(f"{path}/ready?deep=1").status_code == 401
+        jobs = client.get(f"{path}/api/v1/jobs", headers={"Authorization": "Bearer s3cret"})
+        assert jobs.status_code == 200

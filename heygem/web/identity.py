@@ -29,9 +29,10 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Request
@@ -59,6 +60,7 @@ LOGIN_WINDOW_S = 60.0
 MAX_TRACKED_LOGINS = 10_000  # client IPs / user names whose failures are remembered
 MAX_LOGIN_BODY = 16 * 1024
 MAX_LOGIN_FIELDS = 8
+MAX_NAME_CHARS = 64  # of a user name, as remembered by the rate limit and written to the log
 LOGIN_PATHS = frozenset({"/login", "/login/"})
 LOGOUT_PATHS = frozenset({"/logout", "/logout/"})
 COMPAT_PREFIX = "/easy/"
@@ -501,7 +503,8 @@ class IdentityGate:
     def _refusal(self, scope: Scope, path: str, method: str, who: Principal | None) -> Response | None:
         deep = path == DEEP_READY_PATH and DEEP_PARAM in _query(scope)
         if who is None and (deep or not self._public(path, method)):
-            log.info("%s %s refused: no credentials", method, path)
+            # DEBUG: a logged-out tab keeps polling, and a flood of refusals must not flood the log.
+            log.debug("%s %s refused: no credentials", method, path)
             return _refused(path, 401, TOKEN_REFUSED)
         if deep and who is not None and not who.is_admin:
             return _refused(path, 403, ADMIN_ONLY)
@@ -526,19 +529,19 @@ class IdentityGate:
                                 status_code=400)
         username, password = form
         client = scope.get("client")
-        limit_keys = [f"ip:{client[0] if client else '-'}", f"user:{username}"]
+        limit_keys = [f"ip:{client[0] if client else '-'}", f"user:{username[:MAX_NAME_CHARS]}"]
         wait = self.identity.limiter.wait_s(limit_keys)
         if wait > 0:
             seconds = str(max(1, int(wait + 0.999)))
-            log.warning("login for %r refused: too many failures", username[:64])
+            log.warning("login for %r refused: too many failures", username[:MAX_NAME_CHARS])
             return JSONResponse({"detail": f"too many failed logins; try again in {seconds} s"},
                                 status_code=429, headers={"Retry-After": seconds})
         who = await run_in_threadpool(self.identity.from_login, username, password)
         if who is None:
             self.identity.limiter.failed(limit_keys)
-            log.info("failed login for %r", username[:64])
+            log.info("failed login for %r", username[:MAX_NAME_CHARS])
             return JSONResponse({"detail": BAD_LOGIN}, status_code=400)
-        log.info("login: %r as tenant %s (%s)", username[:64], who.tenant, who.role)
+        log.info("login: %r as tenant %s (%s)", username[:MAX_NAME_CHARS], who.tenant, who.role)
         response = JSONResponse({"success": True})
         response.set_cookie(SESSION_COOKIE, self.identity.sessions.open(who), max_age=SESSION_TTL_S,
                             path="/", httponly=True, samesite="lax", secure=_is_https(scope))
@@ -644,7 +647,21 @@ async def _login_form(scope: Scope, receive: Receive) -> tuple[str, str] | None:
 
 
 __all__ = [
-    "Identity", "IdentityGate", "main_gate", "principal_of", "require_principal", "gradio_user",
-    "username_for", "principal_from_username", "key_line", "user_line", "new_key", "append_line",
-    "parse_keys", "parse_users", "hash_password", "verify_password", "same_origin",
+    "Identity",
+    "IdentityGate",
+    "append_line",
+    "gradio_user",
+    "hash_password",
+    "key_line",
+    "main_gate",
+    "new_key",
+    "parse_keys",
+    "parse_users",
+    "principal_from_username",
+    "principal_of",
+    "require_principal",
+    "same_origin",
+    "user_line",
+    "username_for",
+    "verify_password",
 ]
