@@ -1,4 +1,4 @@
-"""`python -m heygem`: generate | batch | models | serve.
+"""`python -m heygem`: generate | batch | models | keys | serve.
 
 Any Settings field can also be given as a flag (`--models-dir`, `--device`, `--batch-size`, ...)
 or as a HEYGEM_* environment variable; flags win.
@@ -28,6 +28,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 FACE_NEAREST_POINT: FaceChoice = "nearest"  # what --face-point without --face-choice asks for
+MIN_PASSWORD_CHARS = 8
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_process()
@@ -83,6 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_batch(commands)
     _add_models(commands)
+    _add_keys(commands)
     serve = commands.add_parser("serve", help="run the web app and HTTP API")
     serve.set_defaults(handler=_serve)
     return parser
@@ -226,6 +228,77 @@ def _verify_models(settings: Settings) -> int:
         verify_file(checkpoint, settings.checkpoint_sha256)
         print(f"ok: {checkpoint} matches the expected SHA-256")
     return EXIT_OK
+
+
+def _add_keys(commands) -> None:
+    keys = commands.add_parser("keys", help="API keys and UI users: add one")
+    actions = keys.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="make a new API key for a tenant; it is printed once")
+    add.add_argument("tenant", help="tenant (department) the key belongs to")
+    add.add_argument("--role", choices=("user", "admin"), default="user",
+                     help="admin sees every tenant's jobs and the service log (default: user)")
+    add.add_argument("--file", type=Path, default=None,
+                     help="keys file to append to (default: HEYGEM_API_KEYS_FILE)")
+    add.set_defaults(handler=_keys_add)
+    user = actions.add_parser("add-user", help="add a web UI login; the password is read from "
+                              "stdin (or asked for twice on a terminal)")
+    user.add_argument("username")
+    user.add_argument("tenant")
+    user.add_argument("--role", choices=("user", "admin"), default="user")
+    user.add_argument("--file", type=Path, default=None,
+                      help="users file to append to (default: HEYGEM_USERS_FILE)")
+    user.set_defaults(handler=_keys_add_user)
+
+
+def _keys_add(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.web.identity import append_line, key_line, new_key
+
+    path = _credentials_file(args.file, settings.api_keys_file, "--file or HEYGEM_API_KEYS_FILE")
+    key = new_key()
+    try:
+        line = key_line(args.tenant, args.role, key)  # only the key's SHA-256 is stored
+    except ValueError as exc:
+        raise HeygemError(str(exc)) from None
+    append_line(path, line)
+    print(key)
+    print(f"added a {args.role} key for tenant {args.tenant} to {path}; this is the only time the "
+          "key is shown", file=sys.stderr)
+    return EXIT_OK
+
+
+def _keys_add_user(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.web.identity import append_line, user_line
+
+    path = _credentials_file(args.file, settings.users_file, "--file or HEYGEM_USERS_FILE")
+    password = _read_password()
+    try:
+        line = user_line(args.username, args.tenant, args.role, password)
+    except ValueError as exc:
+        raise HeygemError(str(exc)) from None
+    append_line(path, line)
+    print(f"added user {args.username} (tenant {args.tenant}, {args.role}) to {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _credentials_file(given: Path | None, configured: Path | None, how: str) -> Path:
+    path = given or configured
+    if path is None:
+        raise HeygemError(f"which file? give {how}")
+    return path.expanduser()
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise HeygemError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise HeygemError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    return password
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

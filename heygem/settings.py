@@ -23,7 +23,7 @@ ENV_PREFIX = "HEYGEM_"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MODELARTS_MODEL_DIR = Path("/home/mind/model")
 DETECTOR_FILE = "s3fd.pth"
-SECRET_FIELDS = frozenset({"api_token", "auth", "tts_api_key"})
+SECRET_FIELDS = frozenset({"api_token", "auth", "tts_api_key", "compat_token"})
 MASK = "***"
 URL_MARK = "://"  # any setting value holding this is treated as a URL and masked when shown
 
@@ -74,12 +74,19 @@ class Settings:
     host: str = "127.0.0.1"  # listen address; the container sets 0.0.0.0
     port: int = 7860  # listen port; the container sets 8080 (ModelArts)
     root_path: str = ""  # URL prefix when served behind a gateway
-    api_token: str = ""  # when set, the API needs "Authorization: Bearer <token>"
-    auth: str = ""  # "user:password" to require a login on the web UI
+    api_token: str = ""  # one bearer key (tenant api_token_tenant, admin); any credential locks every door
+    api_token_tenant: str = "default"  # the tenant that api_token stands for
+    api_keys_file: Path | None = None  # "tenant role sha256hex" per line; see `heygem keys add`
+    auth: str = ""  # "user:password": a web UI login for tenant "default", admin
+    users_file: Path | None = None  # "user tenant role pbkdf2_sha256$..." per line; `heygem keys add-user`
+    login_attempts_per_minute: int = 5  # failed logins per client IP or user name before 429; 0 = no limit
     max_upload_mb: int = 500  # largest accepted upload or download, per file
     max_duration_s: float = 600.0  # longest accepted audio or video, also checked while decoding
     max_pixels: int = 3840 * 2160  # largest accepted picture (width x height), checked before decoding
     compat_port: int = 0  # also serve the HeyGem-compatible API on this port (8383); 0 = off
+    compat_host: str = "127.0.0.1"  # listen address of the compat port; the container sets 0.0.0.0
+    compat_token: str = ""  # bearer key for HeyGem clients (tenant compat_tenant, user role)
+    compat_tenant: str = "default"  # the tenant that compat_token's tasks belong to
     compat_root: Path | None = None  # shared folder of HeyGem clients; None = <data_dir>/compat
 
     # --- jobs ----------------------------------------------------------------------------------
@@ -231,6 +238,8 @@ class Settings:
         if self.tenant_queue_size < 0:
             raise ValueError(f"tenant_queue_size must not be negative, got {self.tenant_queue_size}")
         self.tenant_prefix_map()
+        if self.login_attempts_per_minute < 0:
+            raise ValueError("login_attempts_per_minute must not be negative")
         _check_speech(self)
 
     def describe(self) -> dict[str, str]:

@@ -32,6 +32,7 @@ from heygem.web.compat import (
     submit_task,
 )
 from heygem.jobs.tenancy import LOCAL
+from heygem.web.identity import Identity, IdentityGate
 from tests import media
 from tests.jobs_support import Pipelines
 
@@ -333,23 +334,26 @@ def test_unexpected_errors_answer_9999_without_details(settings, shared):
         assert reply == {"code": CODE_ERROR, "msg": INTERNAL_ERROR, "success": False, "data": {}}
 
 
-def test_router_on_the_main_port_needs_the_api_token_when_one_is_set(compat_settings):
-    guarded = compat_settings.replace(api_token="s3cret")
+def test_both_compat_doors_need_a_key_when_one_is_set(compat_settings):
+    guarded = compat_settings.replace(api_token="s3cret", compat_token="heygem-client")
     pipelines = Pipelines()
     service = JobService(guarded, pipeline_factory=pipelines)
     service.start()
     try:
-        app = FastAPI()
-        app.include_router(create_compat_router(service, guarded))
-        client = TestClient(app)
-        denied = client.get("/easy/query", params={"code": "x"})
-        assert denied.status_code == 401
-        assert denied.json()["code"] == CODE_BAD_REQUEST
-        allowed = client.get("/easy/query", params={"code": "x"},
-                             headers={"Authorization": "Bearer s3cret"})
-        assert allowed.status_code == 200 and allowed.json()["msg"] == "no task with code 'x'"
-        # The compat port has no token: HeyGem clients cannot send one.
-        open_app = TestClient(create_compat_app(service, guarded))
+        main_door = FastAPI()
+        main_door.include_router(create_compat_router(service, guarded))
+        main_door.add_middleware(IdentityGate, identity=Identity(guarded))
+        for app in (main_door, create_compat_app(service, guarded)):
+            client = TestClient(app)
+            denied = client.get("/easy/query", params={"code": "x"})
+            assert denied.status_code == 401
+            assert denied.json()["code"] == CODE_BAD_REQUEST
+            for key in ("s3cret", "heygem-client"):
+                allowed = client.get("/easy/query", params={"code": "x"},
+                                     headers={"Authorization": f"Bearer {key}"})
+                assert allowed.status_code == 200 and allowed.json()["msg"] == "no task with code 'x'"
+        # No credential configured anywhere: the compat port stays open for stock HeyGem clients.
+        open_app = TestClient(create_compat_app(service, compat_settings))
         assert open_app.get("/easy/query", params={"code": "x"}).status_code == 200
     finally:
         service.stop(drain_seconds=1)

@@ -172,6 +172,8 @@ class PreviewPipeline(FakePipeline):
 
 
 def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
+    import gradio as gr
+
     from heygem.web.ui import Handlers
 
     service = JobService(settings, pipeline_factory=PreviewPipeline)
@@ -182,7 +184,8 @@ def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
             time.sleep(0.05)
         buffer = LogBuffer()
         buffer.emit(logging.LogRecord("heygem.x", logging.INFO, __file__, 1, "hello log", (), None))
-        status, log_tail = Handlers(settings, service, buffer.tail).system(None)
+        admin = gr.Request(username="default:admin", headers={})  # as the identity gate names it
+        status, log_tail = Handlers(settings, service, buffer.tail).system(admin)
     finally:
         service.stop(5)
     assert "**engine**: preview" in status and "no weights at models/wav2lip_gan.pth" in status
@@ -227,3 +230,14 @@ def test_the_options_panel_is_built_from_the_schema_and_maps_back_to_fields():
         build_options(panel.fields(dict(untouched, face_choice="nearest", face_x=5.0)))
     # A point without the "nearest" choice is not sent, as before.
     assert "face_point" not in build_options(panel.fields(dict(untouched, face_x=5.0, face_y=6.0)))
+
+
+@pytest.mark.parametrize("path", [PREFIX, f"{PREFIX}{PREFIX}"])
+def test_the_identity_gate_sees_through_the_gateway_prefix(settings, service, path):
+    app = PrefixTolerance(create_app(settings.replace(api_token="s3cret"), service, ui=False), PREFIX)
+    with TestClient(app, root_path=PREFIX) as client:
+        assert client.get(f"{path}/health").status_code == 200
+        assert client.get(f"{path}/api/v1/jobs").status_code == 401
+        assert client.get(f"{path}/ready?deep=1").status_code == 401
+        jobs = client.get(f"{path}/api/v1/jobs", headers={"Authorization": "Bearer s3cret"})
+        assert jobs.status_code == 200

@@ -16,7 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -35,11 +36,8 @@ from heygem.settings import Settings
 from heygem.storage.paths import resolve_under
 from heygem.web import batching, media, openapi, uploads
 from heygem.web.http import (
-    BEARER_CHALLENGE,
     INTERNAL_ERROR,
     MB,
-    TOKEN_REFUSED,
-    bearer_ok,
     check_length,
     classify,
     error_response,
@@ -50,6 +48,7 @@ from heygem.web.http import (
     retry_headers,
     strip_paths,
 )
+from heygem.web.identity import require_principal
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.api")
@@ -126,14 +125,6 @@ def install_error_handlers(app: FastAPI, data_dir: Path | None = None) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # helpers
-
-
-def token_checker(settings: Settings) -> Callable[[Request], None]:
-    def require_token(request: Request) -> None:
-        if not bearer_ok(request, settings.api_token):
-            raise StarletteHTTPException(401, TOKEN_REFUSED, headers=BEARER_CHALLENGE)
-
-    return require_token
 
 
 def admission_checker(state: ApiState) -> Callable[[], Any]:
@@ -391,7 +382,7 @@ def probe_routes(state: ApiState) -> APIRouter:
 
 def job_routes(state: ApiState) -> APIRouter:
     router = APIRouter(
-        prefix=API_PREFIX, tags=["jobs"], dependencies=[Depends(token_checker(state.settings))]
+        prefix=API_PREFIX, tags=["jobs"], dependencies=[Depends(require_principal)]
     )
     service, settings = state.service, state.settings
     admit = [Depends(admission_checker(state))]

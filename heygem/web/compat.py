@@ -16,6 +16,11 @@ sends bare names), and the result is written there as <code>-r.mp4 and reported 
 "/<code>-r.mp4", which the client joins to that same folder. Container paths
 ("/code/data/...") and absolute paths inside the root work too; anything else is refused.
 
+Who may call: both doors (the main port's /easy routes and the compat port) sit behind the
+IdentityGate of heygem.web.identity. With any credential configured, a call needs
+"Authorization: Bearer <key>": HEYGEM_COMPAT_TOKEN (tenant compat_tenant) or any API key. The
+compat port listens on Settings.compat_host, 127.0.0.1 unless set (the image sets 0.0.0.0).
+
 The client's `code` is the job's idempotency key (namespaced), so a repeated submit returns the
 same job. The job layer publishes the finished video into temp/ before the job turns succeeded,
 so status 2 always comes with a complete file.
@@ -44,16 +49,14 @@ from heygem.settings import Settings
 from heygem.storage.paths import resolve_under
 from heygem.web.guard import WebGuard
 from heygem.web.http import (
-    BEARER_CHALLENGE,
     INTERNAL_ERROR,
     KB,
-    TOKEN_REFUSED,
     Fault,
-    bearer_ok,
     classify,
     one_line,
     read_json,
 )
+from heygem.web.identity import Identity, IdentityGate
 
 log = logging.getLogger("heygem.web.compat")
 
@@ -270,30 +273,17 @@ def reply_for_error(exc: BaseException, what: str) -> dict[str, Any]:
 # HTTP
 
 
-def create_compat_router(
-    service: JobService, settings: Settings, *, authenticate: bool = True
-) -> APIRouter:
-    """/easy/submit and /easy/query. Every reply is HTTP 200 with a protocol code, except a
-    missing bearer token (HTTP 401) when `authenticate` and Settings.api_token is set: HeyGem
-    clients send no token, so they belong on the compat port (create_compat_app) instead."""
+def create_compat_router(service: JobService, settings: Settings) -> APIRouter:
+    """/easy/submit and /easy/query. Every reply is HTTP 200 with a protocol code. Who may call
+    them is the IdentityGate's business (heygem.web.identity), in front of the app that
+    includes this router: a refusal there is HTTP 401 with protocol code 10002."""
     root = settings.resolved_compat_root.expanduser().resolve()
-    token = settings.api_token if authenticate else ""
     _check_setup(service, root)
     router = APIRouter(tags=["HeyGem compatible"])
-
-    def refused(request: Request) -> JSONResponse | None:
-        if bearer_ok(request, token):
-            return None
-        return JSONResponse(
-            _reply(CODE_BAD_REQUEST, TOKEN_REFUSED), status_code=401, headers=BEARER_CHALLENGE
-        )
 
     @router.post("/easy/submit")
     async def submit(request: Request) -> JSONResponse:
         """Queue a lip-sync task: audio_url + video_url in the shared folder, keyed by code."""
-        denied = refused(request)
-        if denied is not None:
-            return denied
         try:
             body = await read_json(request, MAX_BODY_BYTES)
             reply = await run_in_threadpool(submit_task, service, root, body)
@@ -304,9 +294,6 @@ def create_compat_router(
     @router.get("/easy/query")
     def query(request: Request) -> JSONResponse:
         """Status (1 running, 2 done, 3 failed), stage or error, progress 0-100 and result."""
-        denied = refused(request)
-        if denied is not None:
-            return denied
         try:
             reply = query_task(service, root, request.query_params.get("code"))
         except Exception as exc:  # noqa: BLE001 - every failure leaves in the protocol's shape
@@ -328,8 +315,12 @@ def _check_setup(service: JobService, root: Path) -> None:
         log.warning("the HeyGem shared folder %s does not exist yet", root)
 
 
-def create_compat_app(service: JobService, settings: Settings) -> FastAPI:
-    """Only the compatible routes, without a token: for the separate HEYGEM_COMPAT_PORT."""
+def create_compat_app(
+    service: JobService, settings: Settings, identity: Identity | None = None
+) -> FastAPI:
+    """Only the compatible routes, for the separate HEYGEM_COMPAT_PORT, behind the same identity
+    gate as the main port: with any credential configured, a bearer key (compat_token or any API
+    key) is needed. `identity` shares the main port's; None builds one from `settings`."""
     app = FastAPI(
         title="heygem (HeyGem-compatible API)", docs_url=None, redoc_url=None, openapi_url=None,
     )
@@ -338,8 +329,9 @@ def create_compat_app(service: JobService, settings: Settings) -> FastAPI:
         return JSONResponse(reply_for_error(exc, f"{request.method} {request.url.path}"))
 
     app.add_exception_handler(Exception, unexpected)
-    app.add_middleware(WebGuard, settings=settings)
-    app.include_router(create_compat_router(service, settings, authenticate=False))
+    app.include_router(create_compat_router(service, settings))
+    app.add_middleware(IdentityGate, identity=identity if identity is not None else Identity(settings))
+    app.add_middleware(WebGuard, settings=settings)  # added last: runs first, before any identity work
     return app
 
 
@@ -350,10 +342,13 @@ class CompatServer:
     the main thread, so SIGTERM stays with the main server, which stops this one after its drain.
     """
 
-    def __init__(self, service: JobService, settings: Settings) -> None:
-        self.port = settings.compat_port
+    def __init__(
+        self, service: JobService, settings: Settings, identity: Identity | None = None
+    ) -> None:
+        self.host, self.port = settings.compat_host, settings.compat_port
         config = uvicorn.Config(
-            create_compat_app(service, settings), host=settings.host, port=self.port,
+            create_compat_app(service, settings, identity), host=settings.compat_host,
+            port=self.port,
             log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(SERVER_STOP_TIMEOUT_S),
             timeout_keep_alive=math.ceil(settings.keep_alive_s),
@@ -376,7 +371,7 @@ class CompatServer:
                 self.stop()
                 raise OSError(f"cannot serve the HeyGem-compatible API on port {self.port}")
             time.sleep(SERVER_POLL_S)
-        log.info("HeyGem-compatible API on port %d", self.port)
+        log.info("HeyGem-compatible API on %s:%d", self.host, self.port)
 
     def stop(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> None:
         self.server.should_exit = True
@@ -384,11 +379,13 @@ class CompatServer:
             self.thread.join(timeout)
 
 
-def start_compat_server(service: JobService, settings: Settings) -> CompatServer | None:
+def start_compat_server(
+    service: JobService, settings: Settings, identity: Identity | None = None
+) -> CompatServer | None:
     """Start the compat port when Settings.compat_port is set; None when it is 0."""
     if not settings.compat_port:
         return None
-    server = CompatServer(service, settings)
+    server = CompatServer(service, settings, identity)
     server.start()
     return server
 

@@ -1,15 +1,14 @@
 """The HTTP layer the job API, the HeyGem-compatible API and the web UI share.
 
 One place decides how a heygem error is reported (HTTP status, a short title, and whose fault it
-is), how a JSON body is read within a size limit, how the bearer token is checked, and what an
-unexpected failure says. The callers differ only in the shape of their replies: {"detail": ...}
+is), how a JSON body is read within a size limit, and what an unexpected failure says (who may
+call is heygem.web.identity's business). The callers differ only in the shape of their replies: {"detail": ...}
 for the job API, protocol codes for the compatible API, a toast for the UI.
 """
 
 from __future__ import annotations
 
 import errno
-import hmac
 import json
 import re
 from dataclasses import dataclass
@@ -38,8 +37,6 @@ from heygem.errors import (
 KB = 1 << 10
 MB = 1 << 20
 INTERNAL_ERROR = "internal server error; the details are in the server log"
-TOKEN_REFUSED = "missing or wrong bearer token"
-BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 RETRY_AFTER_S = 5  # what a busy or not-yet-ready server asks clients to wait
 INTERNAL_STATUS = 500
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -143,14 +140,6 @@ def error_response(code: int, detail: str, headers: dict[str, str] | None = None
 
 def retry_headers(error_class: ErrorClass) -> dict[str, str] | None:
     return {"Retry-After": str(RETRY_AFTER_S)} if error_class.retry else None
-
-
-def bearer_ok(request: Request, token: str) -> bool:
-    """True when no token is configured or the request carries `Authorization: Bearer <token>`."""
-    if not token:
-        return True
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def size_text(size: int) -> str:

@@ -113,6 +113,7 @@ EN: dict[str, str] = {
     "system_queue_depth": "Jobs waiting: {count}",
     "system_jobs_total": "Jobs in history: {count}",
     "system_log": "Service log (latest lines)",
+    "system_log_admins_only": "The service log is shown to admins only.",
     "system_settings": "Settings (secrets hidden)",
     # statuses and stages
     "status_queued": "queued",
@@ -228,6 +229,7 @@ ZH: dict[str, str] = {
     "system_queue_depth": "等待中的任务：{count}",
     "system_jobs_total": "历史任务数：{count}",
     "system_log": "服务日志（最新）",
+    "system_log_admins_only": "服务日志仅对管理员显示。",
     "system_settings": "配置（已隐藏密钥）",
     "status_queued": "排队中",
     "status_running": "运行中",

@@ -35,6 +35,12 @@ from heygem.web.compat import (
     start_compat_server,
 )
 from heygem.web.guard import WebGuard
+from heygem.web.identity import (
+    MAIN_PUBLIC_PATHS,
+    MAIN_PUBLIC_PREFIXES,
+    Identity,
+    IdentityGate,
+)
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.server")
@@ -143,16 +149,19 @@ def create_app(
     log_buffer: LogBuffer | None = None,
     ui: bool = True,
     ui_in_background: bool = False,
+    identity: Identity | None = None,
 ) -> FastAPI:
-    """The API routes, then Gradio at "/" (built now, or in a thread at start-up)."""
+    """The API routes, then Gradio at "/" (built now, or in a thread at start-up), all behind one
+    IdentityGate. `identity` None builds it from `settings` (ValueError for a bad keys file)."""
     ui_slot = DeferredUI()
+    gate = identity if identity is not None else Identity(settings)
 
     def build_ui() -> FastAPI:
         from heygem.web.ui import (
             mount_ui,  # gradio is slow to import: only when the UI is wanted
         )
 
-        return mount_ui(settings, service, log_buffer)
+        return mount_ui(settings, service, log_buffer, gate)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -176,6 +185,9 @@ def create_app(
     app.add_middleware(WebGuard, settings=settings)  # hosts, origins, body caps, UI upload quota, headers
     register_api(app, state)
     app.include_router(create_compat_router(service, settings))
+    app.add_middleware(IdentityGate, identity=gate, public_paths=MAIN_PUBLIC_PATHS,
+                       public_prefixes=MAIN_PUBLIC_PREFIXES)
+    app.state.identity = gate
     if ui and not ui_in_background:
         ui_slot.host = build_ui()
     if ui:
@@ -196,9 +208,8 @@ def _prepare_gradio_environment(settings: Settings) -> None:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.cache_dir / "gradio"))
 
 
-def _log_auth(settings: Settings) -> None:
-    log.info("API bearer token: %s", "on" if settings.api_token else "off")
-    log.info("web UI login: %s", "on" if settings.auth else "off")
+def _log_auth(identity: Identity) -> None:
+    log.info("credentials: %s", identity.describe())
 
 
 class _DrainingServer(uvicorn.Server):
@@ -234,17 +245,24 @@ def serve(settings: Settings, pipeline_factory: EngineFactory | None = None) -> 
 
     _prepare_gradio_environment(settings)
     log_buffer = install_log_buffer()
-    _log_auth(settings)
+    try:
+        identity = Identity(settings)
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    _log_auth(identity)
     # The HeyGem-compatible API reads clients' files from, and writes results into, its shared folder.
     service = JobService(
         compat_service_settings(settings),
         pipeline_factory=pipeline_factory,  # None: heygem.jobs.execute.default_engine
     )
     service.start()
-    app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True)
+    app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True,
+                     identity=identity)
     state: ApiState = app.state.heygem
     try:
-        compat = start_compat_server(service, settings)  # None unless HEYGEM_COMPAT_PORT is set
+        # None unless HEYGEM_COMPAT_PORT is set; the same identity: one session, one key list.
+        compat = start_compat_server(service, settings, identity)
     except OSError as exc:
         log.error("cannot serve the HeyGem-compatible API: %s", exc)
         service.stop(0)

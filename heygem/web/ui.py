@@ -14,8 +14,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import gradio as gr
 import numpy as np
@@ -35,11 +36,13 @@ from heygem.engine.api import (
 from heygem.errors import HeygemError, InputError, LimitExceededError
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Batch, Job
+from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
 from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.storage.paths import free_name, safe_file_name
 from heygem.web import batching, i18n, media
 from heygem.web.http import Fault, classify, one_line
+from heygem.web.identity import Identity, gradio_user, principal_of
 
 if TYPE_CHECKING:
     from heygem.web.server import LogBuffer
@@ -71,6 +74,7 @@ PANEL_ROWS = (("engine", "blend", "duration_policy"), ("pads", "smooth"),
 # Parts of a quad/point option are named <prefix>_<part>: these names are both the i18n keys of
 # their labels and the Gradio API's parameter names (pad_top ... pad_right, face_x, face_y).
 PART_PREFIX = {"pads": "pad", "face_point": "face"}
+USER_ROUTE = "/gradio_api/user"  # Gradio's current-user lookup, a dependency of its routes
 NEAREST_FACE: FaceChoice = "nearest"  # the face choice a picked point stands for
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -240,8 +244,14 @@ class Handlers:
         state = i18n.t("system_ready" if ready else "system_not_ready", lang, reason=reason)
         lines.append(f"- {state}")
         lines.append(f"- {i18n.t('system_queue_depth', lang, count=self.service.queue_depth())}")
-        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs(principal=LOCAL))}")
-        return "\n".join(lines), "\n".join(self.log_lines(LOG_LINES))
+        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs())}")
+        return "\n".join(lines), self.log_tail(principal_of(request), lang)
+
+    def log_tail(self, who: Principal, lang: str) -> str:
+        """The service log names every tenant's files and jobs: admins only."""
+        if not who.is_admin:
+            return i18n.t("system_log_admins_only", lang)
+        return "\n".join(self.log_lines(LOG_LINES))
 
     # --- single ---------------------------------------------------------------------------------
     @user_errors
@@ -377,16 +387,25 @@ class Handlers:
     @user_errors
     def history(self, page: int, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
-        total = self.service.count_jobs(principal=LOCAL)
+        who = principal_of(request)
+        total = self.visible_count(who)
         pages = max(1, -(-total // HISTORY_PAGE))
         page = min(max(0, int(page or 0)), pages - 1)
-        jobs = self.service.list_jobs(limit=HISTORY_PAGE, offset=page * HISTORY_PAGE, principal=LOCAL)
+        jobs = self.visible_jobs(who, HISTORY_PAGE, page * HISTORY_PAGE)
         gallery = [
             (thumbnail_for(job), f"{i18n.t(f'status_{job.status}', lang)} · {when(job.created_at)}")
             for job in jobs
         ]
         label = i18n.t("history_page", lang, page=page + 1, pages=pages, total=total)
         return page, [job.id for job in jobs], gallery, label
+
+    # The one place the History tab asks which jobs `who` may see. Until the job service takes
+    # principal= (the tenancy work), these list every job; connecting them filters the tab.
+    def visible_jobs(self, who: Principal, limit: int, offset: int) -> list[Job]:
+        return self.service.list_jobs(limit=limit, offset=offset)
+
+    def visible_count(self, who: Principal) -> int:
+        return self.service.count_jobs()
 
     def history_step(self, page: int, step: int, request: gr.Request) -> tuple[Any, ...]:
         return self.history(int(page or 0) + step, request)
@@ -667,8 +686,17 @@ def make_i18n() -> gr.I18n:
     return gr.I18n(**i18n.TRANSLATIONS)
 
 
-def mount_ui(settings: Settings, service: JobService, log_buffer: LogBuffer | None) -> FastAPI:
-    """Build the page and mount it at "/" of a FastAPI of its own (server.py puts that at "/")."""
+def mount_ui(
+    settings: Settings, service: JobService, log_buffer: LogBuffer | None,
+    identity: Identity | None = None,
+) -> FastAPI:
+    """Build the page and mount it at "/" of a FastAPI of its own (server.py puts that at "/").
+
+    Who the caller is comes from the IdentityGate in front of the app (bearer key or login
+    session): Gradio's "current user" lookup is replaced by the gate's principal, so
+    gr.Request.username is "tenant:role" and a bearer key works for gradio_client too. The
+    auth callable only makes Gradio show its login form; the gate answers POST /login."""
+    identity = identity if identity is not None else Identity(settings)
     log_lines = log_buffer.tail if log_buffer is not None else (lambda count: [])
     demo = build_blocks(settings, service, log_lines)
     demo.queue(default_concurrency_limit=UI_CONCURRENCY, max_size=settings.queue_size)
@@ -676,11 +704,41 @@ def mount_ui(settings: Settings, service: JobService, log_buffer: LogBuffer | No
     host = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     gr.mount_gradio_app(
         host, demo, path="/",
-        auth=tuple(settings.auth.split(":", 1)) if settings.auth else None,
+        auth=identity.check_login if identity.required else None,
         root_path=settings.root_path or None,
         allowed_paths=[str(settings.outputs_dir.resolve())],
         max_file_size=f"{settings.max_upload_mb}mb",
         show_error=False, i18n=make_i18n(), footer_links=["api"], run_history=False,
         ssr_mode=False, mcp_server=False, css=CSS,
     )
+    _use_gate_identity(host)
     return host
+
+
+def _use_gate_identity(host: FastAPI) -> None:
+    """Point Gradio's current-user dependency at the gate's principal (fail loudly if this
+    Gradio no longer has one: the UI would otherwise ignore bearer keys)."""
+    from gradio.routes import App
+
+    for route in host.routes:
+        app = getattr(route, "app", None)
+        if not isinstance(app, App):
+            continue
+        endpoint = _find_endpoint(app.routes, USER_ROUTE)
+        if endpoint is not None:
+            app.dependency_overrides[endpoint] = gradio_user
+            return
+    raise RuntimeError(f"this Gradio has no {USER_ROUTE} route; heygem cannot attach its identity")
+
+
+def _find_endpoint(routes: Iterable[Any], path: str) -> Callable[..., Any] | None:
+    """The endpoint serving `path`, looking inside included routers (FastAPI keeps them apart)."""
+    for route in routes:
+        if getattr(route, "path", None) == path and callable(getattr(route, "endpoint", None)):
+            return route.endpoint  # type: ignore[no-any-return]
+        included = getattr(route, "original_router", None)
+        children = getattr(route, "routes", None) or getattr(included, "routes", None)
+        found = _find_endpoint(children, path) if children else None
+        if found is not None:
+            return found
+    return None
