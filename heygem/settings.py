@@ -181,8 +181,9 @@ class Settings:
 
     @property
     def compat_enabled(self) -> bool:
-        """The compat port is on; only then may the compat root become an input root."""
-        return self.compat_port > 0
+        """The HeyGem-compatible API is configured (its port or its shared folder is set); only
+        then does the shared folder become an input root."""
+        return self.compat_port > 0 or self.compat_root is not None
 
     @property
     def resolved_tenant_queue_size(self) -> int:

@@ -329,7 +329,9 @@ def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, 
         gate.set()
         finished = upload(client, speech_wav, face_video).json()
         assert wait_job(client, finished["id"])["status"] == "succeeded"
-        upload_folder = Path(finished["audio"]).parent
+        shown = Path(finished["audio"])
+        assert not shown.is_absolute()  # job JSON names paths relative to the data folder
+        upload_folder = settings.data_dir / shown.parent
         assert upload_folder.parent == settings.inputs_dir
         assert client.delete(f"/api/v1/jobs/{finished['id']}").json() == {
             "deleted": True, "id": finished["id"]

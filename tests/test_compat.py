@@ -31,6 +31,8 @@ from heygem.web.compat import (
     start_compat_server,
     submit_task,
 )
+from heygem.errors import ForbiddenPathError
+from heygem.storage.paths import resolve_under
 from heygem.jobs.tenancy import LOCAL
 from heygem.web.identity import Identity, IdentityGate
 from tests import media
@@ -156,7 +158,7 @@ def test_concurrent_duplicate_submits_make_one_job(harness):
     root = harness.settings.resolved_compat_root
     body = {"audio_url": "speech.wav", "video_url": "face.mp4", "code": "race"}
     replies: list[dict] = []
-    threads = [threading.Thread(target=lambda: replies.append(submit_task(harness.service, root, body)))
+    threads = [threading.Thread(target=lambda: replies.append(submit_task(harness.service, root, body, LOCAL)))
                for _ in range(6)]
     for thread in threads:
         thread.start()
@@ -365,8 +367,17 @@ def test_compat_service_settings_adds_the_shared_folder_once(settings, shared):
     assert compat_service_settings(added) is added
     inside = settings.replace(compat_root=shared / "temp", input_roots=(shared,))
     assert compat_service_settings(inside) is inside
-    default = compat_service_settings(settings)  # no compat_root: <data_dir>/compat, never data_dir
-    assert default.input_roots == (settings.data_dir / "compat",)
+    port_only = compat_service_settings(settings.replace(compat_port=8383))
+    assert port_only.input_roots == (settings.data_dir / "compat",)  # never data_dir itself
+    assert (settings.data_dir / "compat").is_dir()
+    assert compat_service_settings(settings) is settings  # compat API off: no folder opened
+
+
+def test_with_the_compat_api_off_its_default_folder_is_no_input_root(settings):
+    service_settings = compat_service_settings(settings)
+    hidden = settings.data_dir / "compat" / "temp" / "a.wav"
+    with pytest.raises(ForbiddenPathError):
+        resolve_under(hidden, service_settings.allowed_input_roots)
 
 
 def _free_port() -> int:

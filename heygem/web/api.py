@@ -31,7 +31,7 @@ from heygem import storage
 from heygem.errors import HeygemError, InputError, QueueFullError, ShuttingDownError
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Batch, Job
-from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
+from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
 from heygem.storage.paths import resolve_under
 from heygem.web import batching, media, openapi, uploads
@@ -48,7 +48,7 @@ from heygem.web.http import (
     retry_headers,
     strip_paths,
 )
-from heygem.web.identity import require_principal
+from heygem.web.identity import principal_of, require_principal
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.api")
@@ -159,9 +159,9 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
 
 
 def job_view(job: Job, request: Request, settings: Settings) -> dict[str, Any]:
-    data = job.to_dict()
+    data = job.to_dict(settings.data_dir)
     data.pop("output_path", None)  # a server-side path means nothing to a caller
-    if isinstance(data.get("error"), str):
+    if isinstance(data.get("error"), str):  # paths outside the data folder too
         data["error"] = strip_paths(data["error"], settings.data_dir)
     # Also after a failed upload: the job says failed, yet its mp4 was made and can be fetched.
     data["result_url"] = _url(request, f"{API_PREFIX}/jobs/{job.id}/result") if job.has_result else None
@@ -178,7 +178,7 @@ def presigned_link(job: Job, settings: Settings) -> str | None:
 
 
 def batch_view(batch: Batch, request: Request, settings: Settings) -> dict[str, Any]:
-    data = batch.to_dict()
+    data = batch.to_dict(settings.data_dir)
     data["items"] = [job_view(item, request, settings) for item in batch.items]
     data["zip_url"] = _url(request, f"{API_PREFIX}/batches/{batch.id}/zip")
     return data
@@ -230,13 +230,14 @@ def _check_upload_durations(settings: Settings, form: uploads.UploadedForm) -> N
 
 async def _submit_job(state: ApiState, request: Request) -> Job:
     idempotency_key = request.headers.get("idempotency-key") or None
+    who = principal_of(request)
     if not _is_multipart(request):
         data = await read_json_object(request, MAX_JSON_BYTES)
-        return await run_in_threadpool(_submit_refs, state, data, idempotency_key)
+        return await run_in_threadpool(_submit_refs, state, data, idempotency_key, who)
     form = await _receive_form(state, request, JOB_UPLOAD_FILES)
     try:
         await _probe_uploads(state, form)
-        return await run_in_threadpool(_submit_form, state, form, idempotency_key)
+        return await run_in_threadpool(_submit_form, state, form, idempotency_key, who)
     except BaseException:
         form.discard()
         raise
@@ -252,14 +253,16 @@ async def _receive_form(state: ApiState, request: Request, max_files: int) -> up
     )
 
 
-def _submit_refs(state: ApiState, data: dict[str, Any], idempotency_key: str | None) -> Job:
+def _submit_refs(
+    state: ApiState, data: dict[str, Any], idempotency_key: str | None, who: Principal
+) -> Job:
     audio, video = _text(data, "audio"), _text(data, "video")
     if audio is None or video is None:
         raise InputError("give both 'audio' and 'video'")
     return state.service.submit(
         audio, video, _options(data.get("options")),
         output_name=_text(data, "output_name"), output_prefix=_text(data, "output_prefix"),
-        idempotency_key=_text(data, "idempotency_key") or idempotency_key, principal=LOCAL,
+        idempotency_key=_text(data, "idempotency_key") or idempotency_key, principal=who,
     )
 
 
@@ -268,14 +271,16 @@ async def _probe_uploads(state: ApiState, form: uploads.UploadedForm) -> None:
     await loop.run_in_executor(state.probe_pool, _check_upload_durations, state.settings, form)
 
 
-def _submit_form(state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None) -> Job:
+def _submit_form(
+    state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None, who: Principal
+) -> Job:
     audio, video = _form_reference(form, "audio"), _form_reference(form, "video")
     fields = form.fields
     return state.service.submit(
         audio, video, _options(fields.get("options")),
         output_name=fields.get("output_name") or None,
         output_prefix=fields.get("output_prefix") or None,
-        idempotency_key=fields.get("idempotency_key") or idempotency_key, principal=LOCAL,
+        idempotency_key=fields.get("idempotency_key") or idempotency_key, principal=who,
         uploaded=[form.folder],
     )
 
@@ -290,19 +295,20 @@ def _form_reference(form: uploads.UploadedForm, key: str) -> str:
 
 
 async def _submit_batch(state: ApiState, request: Request) -> Batch:
+    who = principal_of(request)
     if not _is_multipart(request):
         data = await read_json_object(request, MAX_JSON_BYTES)
-        return await run_in_threadpool(_submit_batch_json, state, data)
+        return await run_in_threadpool(_submit_batch_json, state, data, who)
     form = await _receive_form(state, request, BATCH_UPLOAD_FILES)
     try:
         await _probe_uploads(state, form)
-        return await run_in_threadpool(_submit_batch_form, state, form)
+        return await run_in_threadpool(_submit_batch_form, state, form, who)
     except BaseException:
         form.discard()
         raise
 
 
-def _submit_batch_json(state: ApiState, data: dict[str, Any]) -> Batch:
+def _submit_batch_json(state: ApiState, data: dict[str, Any], who: Principal) -> Batch:
     items = data.get("items")
     if not isinstance(items, list) or not items:
         raise InputError("'items' must be a non-empty list of {audio, video, output_name}")
@@ -311,11 +317,11 @@ def _submit_batch_json(state: ApiState, data: dict[str, Any]) -> Batch:
             raise InputError(f"items[{index}] must be an object")
     return state.service.submit_batch(
         items, _options(data.get("options")), output_prefix=_text(data, "output_prefix"),
-        principal=LOCAL,
+        principal=who,
     )
 
 
-def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Batch:
+def _submit_batch_form(state: ApiState, form: uploads.UploadedForm, who: Principal) -> Batch:
     manifest = form.file("manifest")
     if manifest is not None:
         items = batching.manifest_items(manifest.path, state.settings)
@@ -326,7 +332,7 @@ def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Batch:
         )
     return state.service.submit_batch(
         items, _options(form.fields.get("options")),
-        output_prefix=form.fields.get("output_prefix") or None, principal=LOCAL,
+        output_prefix=form.fields.get("output_prefix") or None, principal=who,
         uploaded=[form.folder],
     )
 
@@ -399,19 +405,19 @@ def job_routes(state: ApiState) -> APIRouter:
         limit: int = Query(20, ge=1, le=MAX_PAGE),
         offset: int = Query(0, ge=0),
     ) -> dict[str, Any]:
-        jobs = service.list_jobs(limit=limit, offset=offset, principal=LOCAL)
+        jobs = service.list_jobs(limit=limit, offset=offset, principal=principal_of(request))
         return {
             "jobs": [job_view(job, request, settings) for job in jobs],
-            "total": service.count_jobs(principal=LOCAL), "limit": limit, "offset": offset,
+            "total": service.count_jobs(principal=principal_of(request)), "limit": limit, "offset": offset,
         }
 
     @router.get("/jobs/{job_id}")
     def get_job(job_id: str, request: Request) -> dict[str, Any]:
-        return job_view(service.get(check_id(job_id), principal=LOCAL), request, settings)
+        return job_view(service.get(check_id(job_id), principal=principal_of(request)), request, settings)
 
     @router.get("/jobs/{job_id}/result", response_class=FileResponse)
-    def get_result(job_id: str) -> FileResponse:
-        job = service.get(check_id(job_id), principal=LOCAL)
+    def get_result(job_id: str, request: Request) -> FileResponse:
+        job = service.get(check_id(job_id), principal=principal_of(request))
         if not job.has_result:
             raise StarletteHTTPException(409, f"job {job.id} is {job.status}; it has no video to download")
         path = output_file(settings, job.output_path, f"job {job.id}")
@@ -419,10 +425,10 @@ def job_routes(state: ApiState) -> APIRouter:
 
     @router.delete("/jobs/{job_id}")
     def delete_job(job_id: str, request: Request) -> dict[str, Any]:
-        job = service.get(check_id(job_id), principal=LOCAL)
+        job = service.get(check_id(job_id), principal=principal_of(request))
         if not job.terminal:
-            return {"deleted": False, "job": job_view(service.cancel(job.id, principal=LOCAL), request, settings)}
-        service.delete(job.id, principal=LOCAL)
+            return {"deleted": False, "job": job_view(service.cancel(job.id, principal=principal_of(request)), request, settings)}
+        service.delete(job.id, principal=principal_of(request))
         return {"deleted": True, "id": job.id}
 
     @router.post("/batches", status_code=202, openapi_extra=openapi.batch_body_doc(), dependencies=admit)
@@ -433,17 +439,17 @@ def job_routes(state: ApiState) -> APIRouter:
 
     @router.get("/batches/{batch_id}")
     def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
-        return batch_view(service.get_batch(check_id(batch_id, "batch"), principal=LOCAL), request, settings)
+        return batch_view(service.get_batch(check_id(batch_id, "batch"), principal=principal_of(request)), request, settings)
 
     @router.get("/batches/{batch_id}/zip", response_class=FileResponse)
-    def get_batch_zip(batch_id: str) -> FileResponse:
-        path = service.batch_zip(check_id(batch_id, "batch"), principal=LOCAL)
+    def get_batch_zip(batch_id: str, request: Request) -> FileResponse:
+        path = service.batch_zip(check_id(batch_id, "batch"), principal=principal_of(request))
         path = output_file(settings, path, f"batch {batch_id}")
         return FileResponse(path, media_type="application/zip", filename=f"batch-{batch_id}.zip")
 
     @router.post("/batches/{batch_id}/retry", status_code=202)
     def retry_batch(batch_id: str, request: Request) -> JSONResponse:
-        batch = service.retry_failed(check_id(batch_id, "batch"), principal=LOCAL)
+        batch = service.retry_failed(check_id(batch_id, "batch"), principal=principal_of(request))
         return JSONResponse(batch_view(batch, request, settings), status_code=202)
 
     return router

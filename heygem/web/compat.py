@@ -44,7 +44,7 @@ from fastapi.responses import JSONResponse
 from heygem.errors import ForbiddenPathError, InputError, JobNotFoundError
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Job, JobStatus
-from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
+from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
 from heygem.storage.paths import resolve_under
 from heygem.web.guard import WebGuard
@@ -56,7 +56,7 @@ from heygem.web.http import (
     one_line,
     read_json,
 )
-from heygem.web.identity import Identity, IdentityGate
+from heygem.web.identity import Identity, IdentityGate, principal_of
 
 log = logging.getLogger("heygem.web.compat")
 
@@ -99,8 +99,12 @@ SERVER_STOP_TIMEOUT_S = 5.0
 
 def compat_service_settings(settings: Settings) -> Settings:
     """Settings for the JobService the compatible API shares: the shared folder becomes one of
-    input_roots, so jobs may read the client's files there and publish results into it."""
+    input_roots, so jobs may read the client's files there and publish results into it. Only
+    when the compatible API is configured: otherwise no folder is opened to jobs for it."""
+    if not settings.compat_enabled:
+        return settings
     root = settings.resolved_compat_root
+    root.mkdir(parents=True, exist_ok=True)
     if _inside_any(root, settings.input_roots):
         return settings
     return settings.replace(input_roots=(*settings.input_roots, root))
@@ -170,7 +174,7 @@ def _flag(body: Mapping[str, Any], name: str) -> bool:
 # the two calls, without HTTP
 
 
-def submit_task(service: JobService, root: Path, body: object) -> dict[str, Any]:
+def submit_task(service: JobService, root: Path, body: object, who: Principal) -> dict[str, Any]:
     """Queue the client's task (or find the one with its code); the protocol reply on success.
 
     Raises HeygemError subclasses; `reply_for_error` turns them into protocol replies.
@@ -185,7 +189,7 @@ def submit_task(service: JobService, root: Path, body: object) -> dict[str, Any]
     watermark = _flag(body, "watermark_switch")
     note = f"; {CHAOFEN_NOTE}" if chaofen else ""
     key = KEY_PREFIX + code
-    existing = _find(service, key)
+    existing = _find(service, key, who)
     if existing is not None:
         return _reply(CODE_OK, f"task {code} was already submitted; nothing new was started{note}")
     audio = resolve_shared_path(body.get("audio_url"), root, "audio_url")
@@ -194,16 +198,16 @@ def submit_task(service: JobService, root: Path, body: object) -> dict[str, Any]
         str(audio), str(video),
         output_name=code + RESULT_SUFFIX, output_prefix=str(root / WORK_FOLDER),
         idempotency_key=key, watermark=WATERMARK_LABEL if watermark else None,
-        principal=LOCAL, internal=True,
+        principal=who, internal=True,
     )
     log.info("task %s: job %s (watermark %s, chaofen %s)", code, job.id, watermark, chaofen)
     return _reply(CODE_OK, f"task {code} accepted{note}")
 
 
-def query_task(service: JobService, root: Path, raw_code: object) -> dict[str, Any]:
+def query_task(service: JobService, root: Path, raw_code: object, who: Principal) -> dict[str, Any]:
     """The protocol reply for one task code; JobNotFoundError for an unknown one."""
     code = check_code(raw_code)
-    job = _find(service, KEY_PREFIX + code)
+    job = _find(service, KEY_PREFIX + code, who)
     if job is None:
         raise JobNotFoundError(f"no task with code {code!r}")
     return _reply(CODE_OK, "ok", task_view(job, root))
@@ -240,9 +244,9 @@ def _percent(fraction: float) -> int:
     return max(0, min(100, int(fraction * 100)))
 
 
-def _find(service: JobService, key: str) -> Job | None:
+def _find(service: JobService, key: str, who: Principal) -> Job | None:
     try:
-        return service.get_by_key(key, principal=LOCAL)
+        return service.get_by_key(key, principal=who)
     except JobNotFoundError:
         return None
 
@@ -286,7 +290,7 @@ def create_compat_router(service: JobService, settings: Settings) -> APIRouter:
         """Queue a lip-sync task: audio_url + video_url in the shared folder, keyed by code."""
         try:
             body = await read_json(request, MAX_BODY_BYTES)
-            reply = await run_in_threadpool(submit_task, service, root, body)
+            reply = await run_in_threadpool(submit_task, service, root, body, principal_of(request))
         except Exception as exc:  # noqa: BLE001 - every failure leaves in the protocol's shape
             reply = reply_for_error(exc, "submit")
         return JSONResponse(reply)
@@ -295,7 +299,7 @@ def create_compat_router(service: JobService, settings: Settings) -> APIRouter:
     def query(request: Request) -> JSONResponse:
         """Status (1 running, 2 done, 3 failed), stage or error, progress 0-100 and result."""
         try:
-            reply = query_task(service, root, request.query_params.get("code"))
+            reply = query_task(service, root, request.query_params.get("code"), principal_of(request))
         except Exception as exc:  # noqa: BLE001 - every failure leaves in the protocol's shape
             reply = reply_for_error(exc, "query")
         return JSONResponse(reply)

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from heygem.jobs.api import JobService
 from heygem.jobs.records import Job
-from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
+from heygem.jobs.tenancy import LOCAL  # metrics describe the whole service: read as its admin
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)

@@ -38,7 +38,6 @@ from heygem.jobs.api import JobService
 from heygem.jobs.records import Batch, Job
 from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
-from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.storage.paths import free_name, safe_file_name
 from heygem.web import batching, i18n, media
 from heygem.web.http import Fault, classify, one_line
@@ -244,7 +243,7 @@ class Handlers:
         state = i18n.t("system_ready" if ready else "system_not_ready", lang, reason=reason)
         lines.append(f"- {state}")
         lines.append(f"- {i18n.t('system_queue_depth', lang, count=self.service.queue_depth())}")
-        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs())}")
+        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs(principal=principal_of(request)))}")
         return "\n".join(lines), self.log_tail(principal_of(request), lang)
 
     def log_tail(self, who: Principal, lang: str) -> str:
@@ -288,10 +287,10 @@ class Handlers:
             audio_path = stage_upload(self.settings, folder, audio, require_video=False)
             face_path = stage_upload(self.settings, folder, face, require_video=True)
             job = self.service.submit(
-                str(audio_path), str(face_path), options, principal=LOCAL, uploaded=[folder],
+                str(audio_path), str(face_path), options, principal=principal_of(request), uploaded=[folder],
             )
         log.info("job %s submitted from the web UI", job.id)
-        job = self._wait(job, progress, lang)
+        job = self._wait(job, progress, lang, principal_of(request))
         if str(job.status) != "succeeded":
             title = i18n.t("title_failed", lang)
             reason = job.error or i18n.t(f"status_{job.status}", lang)
@@ -300,7 +299,7 @@ class Handlers:
                          seconds=f"{job.seconds or 0:.1f}", noface=job.frames_without_face or 0)
         return str(job.output_path), str(job.output_path), summary
 
-    def _wait(self, job: Job, progress: gr.Progress, lang: str) -> Job:
+    def _wait(self, job: Job, progress: gr.Progress, lang: str, who: Principal) -> Job:
         while not job.terminal:
             if str(job.status) == "queued":
                 progress(0.0, desc=i18n.t("progress_queued", lang, ahead=self.service.queue_depth()))
@@ -308,7 +307,7 @@ class Handlers:
                 stage = i18n.t(f"stage_{job.stage}", lang, default=job.stage or "")
                 progress(float(job.progress), desc=stage)
             time.sleep(POLL_S)
-            job = self.service.get(job.id, principal=LOCAL)
+            job = self.service.get(job.id, principal=who)
         return job
 
     # --- batch ----------------------------------------------------------------------------------
@@ -327,7 +326,7 @@ class Handlers:
                 items = batching.manifest_items(staged, self.settings)
             else:
                 items = batching.pair_uploads(audio_paths, video_paths)
-            batch = self.service.submit_batch(items, options, principal=LOCAL, uploaded=[folder])
+            batch = self.service.submit_batch(items, options, principal=principal_of(request), uploaded=[folder])
         log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
         return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
 
@@ -341,7 +340,7 @@ class Handlers:
         if not batch_id:
             return (*self._empty_batch(lang), gr.Timer(active=False))
         try:
-            batch = self.service.get_batch(batch_id, principal=LOCAL)
+            batch = self.service.get_batch(batch_id, principal=principal_of(request))
             return (*self._batch_view(batch, lang), gr.Timer(active=not batch.finished))
         except HeygemError as exc:  # e.g. the batch was deleted from the History tab
             log.info("batch %s: live view stopped: %s", batch_id, exc)
@@ -373,14 +372,14 @@ class Handlers:
     def batch_zip(self, batch_id: str | None, request: gr.Request) -> str:
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", language(request)))
-        return str(self.service.batch_zip(batch_id, principal=LOCAL))
+        return str(self.service.batch_zip(batch_id, principal=principal_of(request)))
 
     @user_errors
     def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", lang))
-        batch = self.service.retry_failed(batch_id, principal=LOCAL)
+        batch = self.service.retry_failed(batch_id, principal=principal_of(request))
         return (*self._batch_view(batch, lang), gr.Timer(active=True))
 
     # --- history --------------------------------------------------------------------------------
@@ -402,10 +401,10 @@ class Handlers:
     # The one place the History tab asks which jobs `who` may see. Until the job service takes
     # principal= (the tenancy work), these list every job; connecting them filters the tab.
     def visible_jobs(self, who: Principal, limit: int, offset: int) -> list[Job]:
-        return self.service.list_jobs(limit=limit, offset=offset)
+        return self.service.list_jobs(limit=limit, offset=offset, principal=who)
 
     def visible_count(self, who: Principal) -> int:
-        return self.service.count_jobs()
+        return self.service.count_jobs(principal=who)
 
     def history_step(self, page: int, step: int, request: gr.Request) -> tuple[Any, ...]:
         return self.history(int(page or 0) + step, request)
@@ -416,7 +415,7 @@ class Handlers:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not ids or index >= len(ids):
             return None, None, None, ""
-        job = self.service.get(ids[index], principal=LOCAL)
+        job = self.service.get(ids[index], principal=principal_of(request))
         details = i18n.t(
             "history_details", lang, id=job.id, status=i18n.t(f"status_{job.status}", lang),
             created=when(job.created_at), engine=job.engine or "-", error=job.error or "-",
@@ -428,17 +427,17 @@ class Handlers:
     def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple[Any, ...]:
         if not job_id:
             raise InputError(i18n.t("err_no_selection", language(request)))
-        job = self.service.get(job_id, principal=LOCAL)
+        job = self.service.get(job_id, principal=principal_of(request))
         if not job.terminal:
-            self.service.cancel(job_id, principal=LOCAL)
+            self.service.cancel(job_id, principal=principal_of(request))
         else:
-            self.service.delete(job_id, principal=LOCAL)
+            self.service.delete(job_id, principal=principal_of(request))
         log.info("job %s deleted from the web UI", job_id)
         return (None, None, None, "", *self.history(page, request))
 
     @user_errors
     def delete_all(self, request: gr.Request) -> tuple[Any, ...]:
-        removed = self.service.delete_all(principal=LOCAL)
+        removed = self.service.delete_all(principal=principal_of(request))
         log.info("%d jobs deleted from the web UI", removed)
         gr.Info(i18n.t("history_deleted_all", language(request), count=removed))
         return (None, None, None, "", gr.update(visible=False), *self.history(0, request))

@@ -60,7 +60,7 @@ def test_a_keys_file_holds_hashes_comments_and_blank_lines():
     ("acme owner " + "a" * 64, "role must be user or admin"),
     ("acme user " + "a" * 63, "64 hex characters"),
     ("acme user " + "g" * 64, "64 hex characters"),
-    ("-acme user " + "a" * 64, "tenant '-acme'"),
+    ("-acme user " + "a" * 64, "tenant name '-acme'"),
     ("acme user " + "a" * 64 + " extra", "expected"),
 ])
 def test_a_bad_keys_line_is_named_by_its_number(line, problem):
