@@ -16,6 +16,8 @@ import os
 import shutil
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -31,7 +33,15 @@ from heygem.errors import (
     ModelError,
     ShuttingDownError,
 )
-from heygem.jobs import archive, files, retention
+from heygem.jobs import archive, avatars, files, retention
+from heygem.jobs.avatars import (
+    Avatar,
+    AvatarNotFoundError,
+    AvatarPreparer,
+    avatar_id_of,
+    check_name,
+    check_usable,
+)
 from heygem.jobs.api import EngineFactory
 from heygem.jobs.execute import default_engine
 from heygem.jobs.joblog import job_context, job_logger
@@ -41,6 +51,7 @@ from heygem.jobs.records import Batch, Job, JobStatus, NewJob
 from heygem.jobs.store import JobStore, SQLiteJobStore, Tombstone
 from heygem.jobs.tenancy import Principal, check_key, check_tenant_prefix
 from heygem.jobs.worker import Worker
+from heygem.speech.api import MAX_REFERENCE_TEXT
 from heygem.settings import Settings
 from heygem.storage import is_remote
 from heygem.storage.paths import resolve_under, safe_output_name
@@ -55,6 +66,19 @@ IDLE_EXIT_S = 2.0  # how long stop() waits for an idle worker thread to notice a
 DELETE_WAIT_S = 10.0  # how long delete() waits for a cancelled running job to stop
 
 _NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
+BATCH_ITEM_KEYS = ("audio", "text", "voice", "video", "output_name")
+TEXT_STEM = "text"  # a text item's default output name uses this in place of the audio's name
+SPEECH_FOLDER = "speech"  # <data_dir>/speech: "hear it" WAVs, removed after SPEECH_KEEP_S
+SPEECH_KEEP_S = 3600.0
+
+
+@dataclass(frozen=True)
+class SpeechSpec:
+    """A submission's speech: an audio reference, or text (audio "") with an optional voice."""
+
+    audio: str
+    text: str | None = None
+    voice: str | None = None
 
 
 class JobService:
@@ -75,6 +99,7 @@ class JobService:
         self._finished = threading.Condition()
         self._workers: list[Worker] = []
         self._retention: retention.RetentionTask | None = None
+        self._preparer: AvatarPreparer | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +122,10 @@ class JobService:
         if retention.enabled(self.settings):
             self._retention = retention.RetentionTask(self.store, self.settings, self._stopping)
             self._retention.start()
+        self._preparer = AvatarPreparer(self.settings, self.store)
+        for avatar in self.store.list_avatars():
+            if avatar.status == avatars.PREPARING:  # interrupted by the last stop: prepare again
+                self._preparer.submit(avatar)
         log.info(
             "job service started: %d worker(s), queue limit %d, %d job(s) waiting",
             len(self._workers), self.settings.queue_size, self.store.count_queued(),
@@ -117,6 +146,8 @@ class JobService:
         log.info("shutting down: refusing new jobs, draining for up to %g s", window)
         self._stopping.set()
         self._wake.set()
+        if self._preparer is not None:
+            self._preparer.stop()
         self._drain(time.monotonic() + window)
         stragglers: list[threading.Thread] = [w for w in self._workers if w.is_alive()]
         for worker in self._workers:
@@ -169,15 +200,19 @@ class JobService:
 
     # --- submitting ----------------------------------------------------------------------------
     def submit(
-        self, audio: str, video: str, options: Mapping[str, Any] | SyncOptions | None = None, *,
-        principal: Principal, output_name: str | None = None, output_prefix: str | None = None,
+        self, audio: str | None, video: str,
+        options: Mapping[str, Any] | SyncOptions | None = None, *,
+        principal: Principal, text: str | None = None, voice: str | None = None,
+        output_name: str | None = None, output_prefix: str | None = None,
         idempotency_key: str | None = None, watermark: str | None = None,
         uploaded: Sequence[str | os.PathLike[str]] = (), internal: bool = False,
     ) -> Job:
-        """Queue one job for the principal's tenant. watermark, when given, overrides
-        options["watermark"]. uploaded: what the caller staged under the inputs folder for this
-        request (the job may read it and owns it). internal: heygem's own adapters only (reserved
-        key prefixes, no per-tenant output list)."""
+        """Queue one job for the principal's tenant. Exactly one of audio and text: a text job
+        synthesises its speech (with voice) first. video may be "avatar:<id>" (a ready avatar of
+        the tenant). watermark, when given, overrides options["watermark"]. uploaded: what the
+        caller staged under the inputs folder for this request (the job may read it and owns
+        it). internal: heygem's own adapters only (reserved key prefixes, no per-tenant output
+        list)."""
         self._check_accepting()
         key = check_key(idempotency_key, max_chars=MAX_KEY_CHARS, internal=internal)
         owned = self._check_uploaded(uploaded)
@@ -186,9 +221,12 @@ class JobService:
             if existing is not None:
                 self._discard_replayed(owned, existing)
                 return existing
+        speech = self._check_speech(audio, text, voice, owned)
         spec = NewJob(
-            audio=self._check_input(audio, "audio", owned),
-            video=self._check_input(video, "video", owned),
+            audio=speech.audio,
+            video=self._check_face(video, owned, principal),
+            text=speech.text,
+            voice=speech.voice,
             options=options_dict(options, watermark),
             output_name=safe_output_name(output_name) if output_name is not None else None,
             output_prefix=self._check_prefix(output_prefix, principal, internal),
@@ -227,7 +265,7 @@ class JobService:
         names: dict[str, int] = {}
         for number, item in enumerate(items, start=1):
             try:
-                spec = self._batch_item(item, number, shared, prefix, owned)
+                spec = self._batch_item(item, number, shared, prefix, owned, principal)
                 if spec.output_name in names:
                     raise InputError(
                         f"output_name {spec.output_name!r} is already used by item {names[spec.output_name]}"
@@ -261,21 +299,56 @@ class JobService:
 
     def _batch_item(
         self, item: Mapping[str, Any], number: int, options: dict[str, Any], prefix: str | None,
-        owned: tuple[str, ...],
+        owned: tuple[str, ...], principal: Principal,
     ) -> NewJob:
         if not isinstance(item, Mapping):
             raise InputError('expected an object like {"audio": ..., "video": ...}')
-        unknown = sorted(set(item) - {"audio", "video", "output_name"})
+        unknown = sorted(set(item) - set(BATCH_ITEM_KEYS))
         if unknown:
             raise InputError(f"unknown key(s) {', '.join(unknown)}")
-        audio = self._check_input(item.get("audio"), "audio", owned)
-        video = self._check_input(item.get("video"), "video", owned)
+        speech = self._check_speech(item.get("audio"), item.get("text"), item.get("voice"), owned)
+        video = self._check_face(item.get("video"), owned, principal)
         name = item.get("output_name")
-        name = default_output_name(number, audio, video) if name is None else name
+        if name is None:
+            name = default_output_name(number, speech.audio or TEXT_STEM, video)
         return NewJob(
-            audio=audio, video=video, options=options, output_name=safe_output_name(name),
-            output_prefix=prefix, uploads=owned,
+            audio=speech.audio, video=video, text=speech.text, voice=speech.voice,
+            options=options, output_name=safe_output_name(name), output_prefix=prefix,
+            uploads=owned,
         )
+
+    def _check_speech(
+        self, audio: object, text: object, voice: object, owned: tuple[str, ...]
+    ) -> SpeechSpec:
+        """Exactly one of audio and text; text within the speech limits, voice a plain name."""
+        has_audio = audio is not None and audio != ""
+        has_text = text is not None
+        if has_audio and has_text:
+            raise InputError("give either audio or text, not both")
+        if not has_audio and not has_text:
+            raise InputError("audio is required (or text, to synthesise the speech)")
+        if not has_text:
+            if voice is not None and voice != "":
+                raise InputError("voice goes with text: an audio job has its voice already")
+            return SpeechSpec(self._check_input(audio, "audio", owned))
+        if not isinstance(text, str):
+            raise InputError("text must be a string")
+        if voice is not None and not isinstance(voice, str):
+            raise InputError("voice must be a string")
+        from heygem.speech import check_text, check_voice
+
+        cleaned = check_text(text, self.settings.tts_max_chars)
+        chosen = check_voice(voice) if voice and voice.strip() else None
+        return SpeechSpec("", cleaned, chosen)
+
+    def _check_face(self, ref: object, owned: tuple[str, ...], principal: Principal) -> str:
+        """A face reference, or "avatar:<id>" for one of the tenant's ready avatars."""
+        avatar_id = avatar_id_of(ref) if isinstance(ref, str) else None
+        if avatar_id is None:
+            return self._check_input(ref, "video", owned)
+        avatar = self.get_avatar(avatar_id, principal=principal)
+        check_usable(avatar)
+        return avatar.ref
 
     def _check_accepting(self) -> None:
         with self._state_lock:
@@ -465,6 +538,129 @@ class JobService:
                 return worker.engine.status()
         return None
 
+    # --- avatars -------------------------------------------------------------------------------
+    def create_avatar(
+        self, name: str, media: str | os.PathLike[str], *, principal: Principal,
+        voice_audio: str | os.PathLike[str] | None = None, voice_text: str | None = None,
+        uploaded: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> Avatar:
+        """Store the media (and voice sample) in a new avatar folder and prepare it in the
+        background: status 'preparing', later 'ready' or 'failed'. media and voice_audio are
+        references like a job's inputs; files inside `uploaded` (the caller's staged folders)
+        are moved, anything else is copied. The staged folders are removed either way."""
+        self._check_running()
+        try:
+            return self._create_avatar(name, media, principal, voice_audio, voice_text, uploaded or ())
+        finally:
+            for entry in uploaded or ():
+                _remove_path(Path(entry))
+                files.remove_upload_folder(self.settings, Path(entry).parent)
+
+    def _create_avatar(
+        self, name: str, media: str | os.PathLike[str], principal: Principal,
+        voice_audio: str | os.PathLike[str] | None, voice_text: str | None,
+        uploaded: Sequence[str | os.PathLike[str]],
+    ) -> Avatar:
+        shown = check_name(name)
+        transcript = _voice_transcript(voice_audio, voice_text)
+        limit = self.settings.max_avatars
+        if limit and self.store.count_avatars(principal.tenant) >= limit:
+            raise InputError(f"tenant {principal.tenant} has {limit} avatars, the limit; delete one first")
+        owned = self._check_uploaded(uploaded)
+        avatar_id = uuid.uuid4().hex
+        folder = avatars.avatar_dir(self.settings, avatar_id)
+        folder.mkdir(parents=True)
+        try:
+            stored = self._store_file(os.fspath(media), "media", avatars.MEDIA_STEM, folder, owned)
+            voice = None
+            if voice_audio is not None:
+                voice = self._store_file(os.fspath(voice_audio), "voice", avatars.VOICE_STEM, folder, owned)
+            avatar = Avatar(
+                id=avatar_id, tenant=principal.tenant, name=shown, status=avatars.PREPARING,
+                error=None, media=stored, thumbnail=None, voice_audio=voice, voice_text=transcript,
+                created_at=time.time(), duration_s=None, is_image=False,
+            )
+            self.store.add_avatar(avatar)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        assert self._preparer is not None  # set by start(), which _check_running asked for
+        self._preparer.submit(avatar)
+        log.info("avatar %s (%s) created for tenant %s; preparing", avatar.id, shown, avatar.tenant)
+        return avatar
+
+    def _store_file(self, ref: str, kind: str, stem: str, folder: Path, owned: tuple[str, ...]) -> Path:
+        """Move a staged upload, download a remote reference or copy a local input into the
+        avatar's folder, as <stem><suffix>."""
+        if is_remote(ref):
+            storage.check_reference(ref, self.settings)
+            fetched = storage.fetch_input(ref, folder / ".download", self.settings)
+            target = folder / avatars.stored_name(stem, fetched)
+            os.replace(fetched, target)
+            shutil.rmtree(folder / ".download", ignore_errors=True)
+            return target
+        source = Path(self._check_input(ref, kind, owned))
+        target = folder / avatars.stored_name(stem, source)
+        if any(source.is_relative_to(Path(entry)) for entry in owned):
+            shutil.move(source, target)
+        else:
+            shutil.copyfile(source, target)
+        return target
+
+    def list_avatars(self, *, principal: Principal) -> list[Avatar]:
+        """Newest first; the principal's tenant only (every tenant for admins)."""
+        return self.store.list_avatars(principal.scope)
+
+    def get_avatar(self, avatar_id: str, *, principal: Principal) -> Avatar:
+        """AvatarNotFoundError for an unknown id and for another tenant's avatar alike."""
+        avatar = self.store.get_avatar(avatars.check_id(avatar_id))
+        if avatar is None or not principal.can_see(avatar):
+            raise AvatarNotFoundError(f"no avatar with id {avatar_id!r}")
+        return avatar
+
+    def rename_avatar(self, avatar_id: str, name: str, *, principal: Principal) -> Avatar:
+        self.get_avatar(avatar_id, principal=principal)
+        updated = self.store.update_avatar(avatar_id, name=check_name(name))
+        if updated is None:
+            raise AvatarNotFoundError(f"no avatar with id {avatar_id!r}")
+        return updated
+
+    def delete_avatar(self, avatar_id: str, *, principal: Principal) -> None:
+        """Remove the avatar and its folder. Finished jobs keep their videos; a queued job that
+        names it fails when it runs ("no longer exists")."""
+        self.get_avatar(avatar_id, principal=principal)
+        self.store.delete_avatar(avatar_id)
+        avatars.remove_folder(self.settings, avatar_id)
+        log.info("avatar %s deleted", avatar_id)
+
+    def speak(
+        self, text: str, *, principal: Principal, voice: str | None = None,
+        avatar_id: str | None = None,
+    ) -> Path:
+        """Synthesise `text` only ("hear it"): a WAV under <data_dir>/speech/, kept an hour.
+        With avatar_id, the avatar's voice sample is the cloning reference."""
+        from heygem.speech import synthesize_text
+
+        self._check_running()
+        speech = self._check_speech(None, text, voice, ())
+        reference = None
+        if avatar_id:
+            reference = avatars.voice_reference(self.get_avatar(avatar_id, principal=principal))
+        folder = self.settings.data_dir / SPEECH_FOLDER
+        _prune_old_files(folder, time.time() - SPEECH_KEEP_S)
+        assert speech.text is not None
+        result = synthesize_text(
+            speech.text, folder / f"speech-{uuid.uuid4().hex}.wav", self.settings,
+            voice=speech.voice, reference=reference,
+        )
+        return result.path
+
+    def _check_running(self) -> None:
+        with self._state_lock:
+            state = self._state
+        if state != _RUNNING:
+            raise ShuttingDownError("the job service is not running; try again shortly")
+
     # --- cancelling and deleting ---------------------------------------------------------------
     def cancel(self, job_id: str, *, principal: Principal) -> Job:
         """Queued -> cancelled now; running -> cancel requested (the run stops within ~1 s)."""
@@ -543,6 +739,30 @@ class JobService:
         self._cancels.discard(job.id)
         with self._finished:
             self._finished.notify_all()
+
+
+def _voice_transcript(voice_audio: object, voice_text: str | None) -> str | None:
+    """A voice sample needs its transcript (voice cloning reads both), and a transcript its
+    sample."""
+    text = " ".join((voice_text or "").split()) or None
+    if voice_audio is None and text is not None:
+        raise InputError("voice_text goes with a voice sample: upload the voice too")
+    if voice_audio is not None and text is None:
+        raise InputError("give voice_text: the words spoken in the voice sample")
+    if text is not None and len(text) > MAX_REFERENCE_TEXT:
+        raise InputError(f"voice_text is {len(text)} characters; the limit is {MAX_REFERENCE_TEXT}")
+    return text
+
+
+def _prune_old_files(folder: Path, before: float) -> None:
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink(missing_ok=True)
+        except OSError:
+            continue  # removed meanwhile
 
 
 def _remove_path(path: Path) -> None:
