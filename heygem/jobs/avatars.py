@@ -14,19 +14,25 @@ Avatars are not subject to retention: they stay until deleted.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import threading
+import time
 import unicodedata
+import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from heygem import storage
 from heygem.errors import HeygemError, InputError, JobNotFoundError
 from heygem.jobs.records import shown_path
+from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
-from heygem.speech.api import VoiceReference
+from heygem.speech.api import MAX_REFERENCE_TEXT, VoiceReference
 
 if TYPE_CHECKING:
     from heygem.engine.faces.detect import FaceDetector
@@ -50,6 +56,7 @@ THUMBNAIL_NAME = "thumbnail.jpg"
 THUMBNAIL_SIDE = 320  # longer side of the thumbnail, in pixels
 THUMBNAIL_QUALITY = 85
 SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")  # a stored file keeps its upload's suffix if plain
+DOWNLOAD_FOLDER = ".download"  # a remote reference is fetched here, then moved into place
 PREPARE_THREADS = 1  # preparation shares the machine with the workers: one avatar at a time
 
 
@@ -144,6 +151,107 @@ def remove_folder(settings: Settings, avatar_id: str) -> None:
     shutil.rmtree(avatar_dir(settings, avatar_id), ignore_errors=True)
 
 
+# (reference, kind, staged folders) -> the checked local path of a job-like input
+InputCheck = Callable[[str, str, tuple[str, ...]], str]
+
+
+class AvatarBook:
+    """Creating, reading, renaming and deleting a tenant's avatars over a store; `prepare` hands
+    a new avatar to its preparation (a background AvatarPreparer in the service, a direct call in
+    the CLI) and `check_input` vets a local media reference like a job input."""
+
+    def __init__(
+        self, settings: Settings, store: AvatarStore, check_input: InputCheck,
+        prepare: Callable[[Avatar], object],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._check_input = check_input
+        self._prepare = prepare
+
+    def create(
+        self, name: str, media: str | os.PathLike[str], *, principal: Principal,
+        voice_audio: str | os.PathLike[str] | None = None, voice_text: str | None = None,
+        owned: tuple[str, ...] = (),
+    ) -> Avatar:
+        shown = check_name(name)
+        transcript = voice_transcript(voice_audio, voice_text)
+        limit = self.settings.max_avatars
+        if limit and self.store.count_avatars(principal.tenant) >= limit:
+            raise InputError(f"tenant {principal.tenant} has {limit} avatars, the limit; delete one first")
+        avatar_id = uuid.uuid4().hex
+        folder = avatar_dir(self.settings, avatar_id)
+        folder.mkdir(parents=True)
+        try:
+            stored = self._store_file(os.fspath(media), "media", MEDIA_STEM, folder, owned)
+            voice = None
+            if voice_audio is not None:
+                voice = self._store_file(os.fspath(voice_audio), "voice", VOICE_STEM, folder, owned)
+            avatar = Avatar(
+                id=avatar_id, tenant=principal.tenant, name=shown, status=PREPARING, error=None,
+                media=stored, thumbnail=None, voice_audio=voice, voice_text=transcript,
+                created_at=time.time(), duration_s=None, is_image=False,
+            )
+            self.store.add_avatar(avatar)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        log.info("avatar %s (%s) created for tenant %s; preparing", avatar.id, shown, avatar.tenant)
+        self._prepare(avatar)
+        return avatar
+
+    def _store_file(self, ref: str, kind: str, stem: str, folder: Path, owned: tuple[str, ...]) -> Path:
+        """Move a staged upload, download a remote reference or copy a local input into the
+        avatar's folder, as <stem><suffix>."""
+        if storage.is_remote(ref):
+            download = folder / DOWNLOAD_FOLDER
+            fetched = storage.fetch_input(ref, download, self.settings)
+            target = folder / stored_name(stem, fetched)
+            os.replace(fetched, target)
+            shutil.rmtree(download, ignore_errors=True)
+            return target
+        source = Path(self._check_input(ref, kind, owned))
+        target = folder / stored_name(stem, source)
+        if any(source.is_relative_to(Path(entry)) for entry in owned):
+            shutil.move(source, target)
+        else:
+            shutil.copyfile(source, target)
+        return target
+
+    def get(self, avatar_id: str, *, principal: Principal) -> Avatar:
+        """AvatarNotFoundError for an unknown id and for another tenant's avatar alike."""
+        avatar = self.store.get_avatar(check_id(avatar_id))
+        if avatar is None or not principal.can_see(avatar):
+            raise AvatarNotFoundError(f"no avatar with id {avatar_id!r}")
+        return avatar
+
+    def rename(self, avatar_id: str, name: str, *, principal: Principal) -> Avatar:
+        self.get(avatar_id, principal=principal)
+        updated = self.store.update_avatar(avatar_id, name=check_name(name))
+        if updated is None:
+            raise AvatarNotFoundError(f"no avatar with id {avatar_id!r}")
+        return updated
+
+    def delete(self, avatar_id: str, *, principal: Principal) -> None:
+        self.get(avatar_id, principal=principal)
+        self.store.delete_avatar(avatar_id)
+        remove_folder(self.settings, avatar_id)
+        log.info("avatar %s deleted", avatar_id)
+
+
+def voice_transcript(voice_audio: object, voice_text: str | None) -> str | None:
+    """A voice sample needs its transcript (voice cloning reads both), and a transcript its
+    sample."""
+    text = " ".join((voice_text or "").split()) or None
+    if voice_audio is None and text is not None:
+        raise InputError("voice_text goes with a voice sample: upload the voice too")
+    if voice_audio is not None and text is None:
+        raise InputError("give voice_text: the words spoken in the voice sample")
+    if text is not None and len(text) > MAX_REFERENCE_TEXT:
+        raise InputError(f"voice_text is {len(text)} characters; the limit is {MAX_REFERENCE_TEXT}")
+    return text
+
+
 def voice_reference(avatar: Avatar) -> VoiceReference | None:
     """The avatar's voice sample as a cloning reference (its path: the speech server shares the
     data volume), or None without one."""
@@ -222,7 +330,7 @@ class AvatarPreparer:
             prepared = self._prepare(avatar)
         except HeygemError as exc:
             return self._record_failure(avatar, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bad file must end as 'failed', never kill the thread
+        except Exception as exc:
             log.exception("avatar %s: preparation failed unexpectedly", avatar.id)
             return self._record_failure(avatar, f"internal error ({type(exc).__name__}); see the service log")
         updated = self.store.update_avatar(
@@ -309,13 +417,13 @@ def write_thumbnail(info: MediaInfo, target: Path) -> Path:
 
 __all__ = [
     "AVATAR_PREFIX",
+    "FAILED",
+    "PREPARING",
+    "READY",
     "Avatar",
     "AvatarNotFoundError",
     "AvatarPreparer",
     "AvatarStatus",
-    "FAILED",
-    "PREPARING",
-    "READY",
     "avatar_id_of",
     "check_name",
 ]

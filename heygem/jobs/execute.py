@@ -135,7 +135,7 @@ def run_one(
         )
     except EngineDied:
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes the run's outcome
+    except Exception as exc:
         if is_stopped():
             return None
         outcome = _failure(exc, output, request)
@@ -228,10 +228,10 @@ def _never_stopped() -> bool:
 
 
 __all__ = [
-    "EngineDied",
     "FETCH_STAGE",
     "PUBLISH_STAGE",
     "SPEECH_STAGE",
+    "EngineDied",
     "RunRequest",
     "RunStopped",
     "default_engine",

@@ -34,15 +34,14 @@ from heygem.errors import (
     ShuttingDownError,
 )
 from heygem.jobs import archive, avatars, files, retention
+from heygem.jobs.api import EngineFactory
 from heygem.jobs.avatars import (
     Avatar,
-    AvatarNotFoundError,
+    AvatarBook,
     AvatarPreparer,
     avatar_id_of,
-    check_name,
     check_usable,
 )
-from heygem.jobs.api import EngineFactory
 from heygem.jobs.execute import default_engine
 from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import default_output_name, shown_ref
@@ -51,7 +50,6 @@ from heygem.jobs.records import Batch, Job, JobStatus, NewJob
 from heygem.jobs.store import JobStore, SQLiteJobStore, Tombstone
 from heygem.jobs.tenancy import Principal, check_key, check_tenant_prefix
 from heygem.jobs.worker import Worker
-from heygem.speech.api import MAX_REFERENCE_TEXT
 from heygem.settings import Settings
 from heygem.storage import is_remote
 from heygem.storage.paths import resolve_under, safe_output_name
@@ -538,7 +536,7 @@ class JobService:
                 return worker.engine.status()
         return None
 
-    # --- avatars -------------------------------------------------------------------------------
+    # --- avatars (the bookkeeping is heygem.jobs.avatars.AvatarBook's) ------------------------
     def create_avatar(
         self, name: str, media: str | os.PathLike[str], *, principal: Principal,
         voice_audio: str | os.PathLike[str] | None = None, voice_text: str | None = None,
@@ -548,64 +546,17 @@ class JobService:
         background: status 'preparing', later 'ready' or 'failed'. media and voice_audio are
         references like a job's inputs; files inside `uploaded` (the caller's staged folders)
         are moved, anything else is copied. The staged folders are removed either way."""
-        self._check_running()
         try:
-            return self._create_avatar(name, media, principal, voice_audio, voice_text, uploaded or ())
+            self._check_running()
+            owned = self._check_uploaded(uploaded or ())
+            return self._avatar_book().create(
+                name, media, principal=principal, voice_audio=voice_audio, voice_text=voice_text,
+                owned=owned,
+            )
         finally:
             for entry in uploaded or ():
                 _remove_path(Path(entry))
                 files.remove_upload_folder(self.settings, Path(entry).parent)
-
-    def _create_avatar(
-        self, name: str, media: str | os.PathLike[str], principal: Principal,
-        voice_audio: str | os.PathLike[str] | None, voice_text: str | None,
-        uploaded: Sequence[str | os.PathLike[str]],
-    ) -> Avatar:
-        shown = check_name(name)
-        transcript = _voice_transcript(voice_audio, voice_text)
-        limit = self.settings.max_avatars
-        if limit and self.store.count_avatars(principal.tenant) >= limit:
-            raise InputError(f"tenant {principal.tenant} has {limit} avatars, the limit; delete one first")
-        owned = self._check_uploaded(uploaded)
-        avatar_id = uuid.uuid4().hex
-        folder = avatars.avatar_dir(self.settings, avatar_id)
-        folder.mkdir(parents=True)
-        try:
-            stored = self._store_file(os.fspath(media), "media", avatars.MEDIA_STEM, folder, owned)
-            voice = None
-            if voice_audio is not None:
-                voice = self._store_file(os.fspath(voice_audio), "voice", avatars.VOICE_STEM, folder, owned)
-            avatar = Avatar(
-                id=avatar_id, tenant=principal.tenant, name=shown, status=avatars.PREPARING,
-                error=None, media=stored, thumbnail=None, voice_audio=voice, voice_text=transcript,
-                created_at=time.time(), duration_s=None, is_image=False,
-            )
-            self.store.add_avatar(avatar)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        assert self._preparer is not None  # set by start(), which _check_running asked for
-        self._preparer.submit(avatar)
-        log.info("avatar %s (%s) created for tenant %s; preparing", avatar.id, shown, avatar.tenant)
-        return avatar
-
-    def _store_file(self, ref: str, kind: str, stem: str, folder: Path, owned: tuple[str, ...]) -> Path:
-        """Move a staged upload, download a remote reference or copy a local input into the
-        avatar's folder, as <stem><suffix>."""
-        if is_remote(ref):
-            storage.check_reference(ref, self.settings)
-            fetched = storage.fetch_input(ref, folder / ".download", self.settings)
-            target = folder / avatars.stored_name(stem, fetched)
-            os.replace(fetched, target)
-            shutil.rmtree(folder / ".download", ignore_errors=True)
-            return target
-        source = Path(self._check_input(ref, kind, owned))
-        target = folder / avatars.stored_name(stem, source)
-        if any(source.is_relative_to(Path(entry)) for entry in owned):
-            shutil.move(source, target)
-        else:
-            shutil.copyfile(source, target)
-        return target
 
     def list_avatars(self, *, principal: Principal) -> list[Avatar]:
         """Newest first; the principal's tenant only (every tenant for admins)."""
@@ -613,25 +564,23 @@ class JobService:
 
     def get_avatar(self, avatar_id: str, *, principal: Principal) -> Avatar:
         """AvatarNotFoundError for an unknown id and for another tenant's avatar alike."""
-        avatar = self.store.get_avatar(avatars.check_id(avatar_id))
-        if avatar is None or not principal.can_see(avatar):
-            raise AvatarNotFoundError(f"no avatar with id {avatar_id!r}")
-        return avatar
+        return self._avatar_book().get(avatar_id, principal=principal)
 
     def rename_avatar(self, avatar_id: str, name: str, *, principal: Principal) -> Avatar:
-        self.get_avatar(avatar_id, principal=principal)
-        updated = self.store.update_avatar(avatar_id, name=check_name(name))
-        if updated is None:
-            raise AvatarNotFoundError(f"no avatar with id {avatar_id!r}")
-        return updated
+        return self._avatar_book().rename(avatar_id, name, principal=principal)
 
     def delete_avatar(self, avatar_id: str, *, principal: Principal) -> None:
         """Remove the avatar and its folder. Finished jobs keep their videos; a queued job that
         names it fails when it runs ("no longer exists")."""
-        self.get_avatar(avatar_id, principal=principal)
-        self.store.delete_avatar(avatar_id)
-        avatars.remove_folder(self.settings, avatar_id)
-        log.info("avatar %s deleted", avatar_id)
+        self._avatar_book().delete(avatar_id, principal=principal)
+
+    def _avatar_book(self) -> AvatarBook:
+        def prepare(avatar: Avatar) -> None:
+            if self._preparer is None:
+                raise ShuttingDownError("the job service is not running; try again shortly")
+            self._preparer.submit(avatar)
+
+        return AvatarBook(self.settings, self.store, self._check_input, prepare)
 
     def speak(
         self, text: str, *, principal: Principal, voice: str | None = None,
@@ -739,19 +688,6 @@ class JobService:
         self._cancels.discard(job.id)
         with self._finished:
             self._finished.notify_all()
-
-
-def _voice_transcript(voice_audio: object, voice_text: str | None) -> str | None:
-    """A voice sample needs its transcript (voice cloning reads both), and a transcript its
-    sample."""
-    text = " ".join((voice_text or "").split()) or None
-    if voice_audio is None and text is not None:
-        raise InputError("voice_text goes with a voice sample: upload the voice too")
-    if voice_audio is not None and text is None:
-        raise InputError("give voice_text: the words spoken in the voice sample")
-    if text is not None and len(text) > MAX_REFERENCE_TEXT:
-        raise InputError(f"voice_text is {len(text)} characters; the limit is {MAX_REFERENCE_TEXT}")
-    return text
 
 
 def _prune_old_files(folder: Path, before: float) -> None:

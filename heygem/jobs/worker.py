@@ -21,8 +21,8 @@ from concurrent.futures import Future
 from heygem.engine.api import Engine
 from heygem.errors import HeygemError
 from heygem.jobs import files
-from heygem.jobs.avatars import face_for_run
 from heygem.jobs.api import EngineFactory
+from heygem.jobs.avatars import face_for_run
 from heygem.jobs.execute import (
     FETCH_STAGE,
     PUBLISH_STAGE,
