@@ -5,6 +5,7 @@ API, on a real JobService (SQLite) with the fake pipeline for the jobs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -288,3 +289,26 @@ def test_http_speech_provider_failure_is_502(settings, face_video):
     finally:
         svc.stop(5)
     assert answer.status_code == 502 and "\n" not in json.dumps(answer.json())
+
+
+@pytest.mark.slow
+def test_cli_avatars_add_list_generate_with_text_and_rm(tmp_path, face_video, capsys, monkeypatch):
+    from heygem import cli
+    from tests import media
+
+    for name in [n for n in os.environ if n.startswith("HEYGEM_")]:
+        monkeypatch.delenv(name)
+    flags = ["--data-dir", str(tmp_path / "data"), "--engine", "preview", "--warmup", "false"]
+    assert cli.main(["avatars", "add", "Anna\x07", str(face_video), *flags]) == 0
+    added = capsys.readouterr().out
+    avatar_id = added.strip().splitlines()[-1].split()[0]  # logs go to stdout too
+    assert "ready: Anna" in added and len(avatar_id) == 32
+    assert cli.main(["avatars", "list", *flags]) == 0
+    assert f"{avatar_id}  ready" in capsys.readouterr().out
+    output = tmp_path / "out.mp4"
+    assert cli.main(["generate", "--text", "Hello from the CLI.", "--video", f"avatar:{avatar_id}",
+                     "--output", str(output), *flags]) == 0
+    assert sorted(media.stream_types(output)) == ["audio", "video"]
+    assert cli.main(["avatars", "rm", avatar_id, *flags]) == 0
+    assert cli.main(["avatars", "rm", avatar_id, *flags]) == 1
+    assert "no avatar with id" in capsys.readouterr().err
