@@ -192,7 +192,6 @@ EN: dict[str, str] = {
     "title_failed": "The job failed",
     "err_internal": "Something went wrong on the server. The details are in the service log.",
     "err_need_face": "Please add a face video or photo first.",
-    "err_need_audio": "Please add the speech audio first.",
 }
 
 ZH: dict[str, str] = {
@@ -359,7 +358,6 @@ ZH: dict[str, str] = {
     "title_failed": "任务失败",
     "err_internal": "服务器出现错误，详情请查看服务日志。",
     "err_need_face": "请先添加人脸视频或照片。",
-    "err_need_audio": "请先添加语音音频。",
 }
 
 # Gradio's own translations use keys such as "audio" for nested tables: prefix ours in the browser.

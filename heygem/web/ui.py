@@ -755,7 +755,7 @@ def _voice_choices(settings: Settings) -> list[str]:
 def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     with gr.Row():
         with gr.Column():
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 avatar = _avatar_picker(t, "single-avatar")
                 face = gr.File(file_types=FACE_TYPES, type="filepath", label=t("face"),
                                elem_id="single-face")
@@ -763,7 +763,7 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
                              elem_id="single-audio")
             text = gr.Textbox(label=t("speech_text"), placeholder=t("speech_text_hint"),
                               lines=SPEECH_LINES, elem_id="single-text")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 voice = gr.Dropdown(_voice_choices(h.settings), value=h.settings.tts_voice or None,
                                     allow_custom_value=True, label=t("speech_voice"),
                                     info=t("speech_voice_info"), elem_id="single-voice")
@@ -871,7 +871,7 @@ def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Calla
                                  elem_id="avatar-gallery")
             refresh = gr.Button(t("refresh"), size="sm", elem_id="avatar-refresh")
             details = gr.Markdown(elem_id="avatar-details")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 new_name = gr.Textbox(label=t("avatar_new_name"), elem_id="avatar-new-name",
                                       scale=3)
                 rename = gr.Button(t("avatar_rename"), size="sm", elem_id="avatar-rename", scale=1)
