@@ -1,4 +1,4 @@
-"""`python -m heygem`: generate | batch | models | keys | serve.
+"""`python -m heygem`: generate | batch | avatars | models | keys | serve.
 
 Any Settings field can also be given as a flag (`--models-dir`, `--device`, `--batch-size`, ...)
 or as a HEYGEM_* environment variable; flags win.
@@ -83,6 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     _add_generate(commands)
     _add_batch(commands)
+    _add_avatars(commands)
     _add_models(commands)
     _add_keys(commands)
     serve = commands.add_parser("serve", help="run the web app and HTTP API")
@@ -146,21 +147,37 @@ def _sync_options(args: argparse.Namespace, settings: Settings) -> SyncOptions:
 
 def _add_generate(commands) -> None:
     generate = commands.add_parser("generate", help="make one lip-synced video")
-    generate.add_argument("--audio", type=Path, required=True, help="speech: any format ffmpeg reads")
-    generate.add_argument("--video", "--face", dest="video", type=Path, required=True,
-                          help="face video, or a photo (jpg/png/webp)")
+    speech = generate.add_mutually_exclusive_group(required=True)
+    speech.add_argument("--audio", type=Path, help="speech: any format ffmpeg reads")
+    speech.add_argument("--text", help="text to speak instead of --audio (HEYGEM_TTS_* settings)")
+    generate.add_argument("--voice", default=None, help="speech voice for --text (default: the provider's)")
+    generate.add_argument("--video", "--face", dest="video", required=True,
+                          help="face video, a photo (jpg/png/webp), or avatar:<id>")
     generate.add_argument("--output", type=Path, required=True, help="the mp4 to write")
     _add_sync_options(generate)
     generate.set_defaults(handler=_generate)
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
     from heygem.jobs.execute import default_engine
 
+    if args.voice is not None and args.text is None:
+        raise HeygemError("--voice goes with --text")
     options = _sync_options(args, settings)
+    face, reference = _face_of(args.video, settings)
     pipeline = default_engine(settings)
-    with _StageBars() as bars:
-        result = pipeline.run(args.audio, args.video, args.output, options, on_progress=bars.update)
+    with tempfile.TemporaryDirectory(prefix="heygem-speech-") as scratch, _StageBars() as bars:
+        audio = args.audio
+        if args.text is not None:
+            from heygem.speech import synthesize_text
+
+            audio = synthesize_text(
+                args.text, Path(scratch) / "speech.wav", settings, voice=args.voice,
+                reference=reference, on_progress=bars.update,
+            ).path
+        result = pipeline.run(audio, face, args.output, options, on_progress=bars.update)
     print(
         f"wrote {result.output} ({result.duration_s:.2f} s, {result.frames} frames, "
         f"engine {result.engine}, {result.frames_without_face} frames without a face, "
@@ -178,9 +195,9 @@ def _add_batch(commands) -> None:
 
 
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.jobs.runner import run_manifest
-
     from tqdm import tqdm
+
+    from heygem.jobs.runner import run_manifest
 
     options = _sync_options(args, settings)
     with tqdm(unit="item", desc="batch") as bar:
@@ -193,6 +210,112 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
         summary = run_manifest(settings, args.manifest, args.output_dir, options, on_progress=show)
     print(summary.describe())
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _face_of(video: str, settings: Settings) -> tuple[Path, Any]:
+    """The face file and voice reference for --video: a file, or one of the local avatars."""
+    from heygem.jobs.avatars import avatar_id_of
+
+    if avatar_id_of(video) is None:
+        return Path(video), None
+    from heygem.jobs.avatars import face_for_run
+    from heygem.jobs.records import DEFAULT_TENANT
+
+    with _avatar_store(settings) as store:
+        found = face_for_run(store, settings, video, DEFAULT_TENANT)
+    assert found is not None  # an avatar reference, checked above
+    return found.face, found.reference
+
+
+def _add_avatars(commands) -> None:
+    avatars = commands.add_parser("avatars", help="stored faces (with a voice sample) to reuse")
+    actions = avatars.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="store and prepare a face video or photo")
+    add.add_argument("name")
+    add.add_argument("file", type=Path, help="the person's video or photo")
+    add.add_argument("--voice", type=Path, default=None, help="a sample of the person's voice")
+    add.add_argument("--voice-text", default=None, help="the words spoken in --voice")
+    add.set_defaults(handler=_avatars_add)
+    listing = actions.add_parser("list", help="every avatar: id, status, name")
+    listing.set_defaults(handler=_avatars_list)
+    remove = actions.add_parser("rm", help="delete an avatar (videos made from it stay)")
+    remove.add_argument("id")
+    remove.set_defaults(handler=_avatars_rm)
+
+
+class _avatar_store:
+    """The service's job database in the data folder, opened for one command."""
+
+    def __init__(self, settings: Settings) -> None:
+        from heygem.jobs.store import SQLiteJobStore
+
+        self.store = SQLiteJobStore(settings.database_path)
+
+    def __enter__(self) -> Any:
+        self.store.open()
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+
+def _local_file(ref: str, kind: str, owned: tuple[str, ...]) -> str:
+    """The CLI's user names files on their own machine: any readable file will do."""
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise HeygemError(f"{kind} file not found: {ref}")
+    return str(path.resolve())
+
+
+def _avatars_add(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.jobs.avatars import READY, AvatarBook, AvatarPreparer
+    from heygem.jobs.tenancy import LOCAL
+
+    with _avatar_store(settings) as store:
+        book = AvatarBook(settings, store, _local_file, lambda avatar: None)
+        avatar = book.create(
+            args.name, args.file, principal=LOCAL, voice_audio=args.voice,
+            voice_text=args.voice_text,
+        )
+        print(f"preparing avatar {avatar.id} ({avatar.name}): probing and finding the face...",
+              file=sys.stderr)
+        preparer = AvatarPreparer(settings, store)
+        try:
+            prepared = preparer.prepare(avatar)
+        finally:
+            preparer.stop()
+    if prepared is None or prepared.status != READY:
+        reason = prepared.error if prepared is not None else "deleted meanwhile"
+        return _fail(f"avatar {avatar.id} could not be prepared: {reason}", EXIT_FAILED)
+    print(f"{avatar.id} ready: {prepared.name} (use --video avatar:{avatar.id})")
+    return EXIT_OK
+
+
+def _avatars_list(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.jobs.tenancy import LOCAL
+
+    with _avatar_store(settings) as store:
+        found = store.list_avatars(LOCAL.scope)
+    for avatar in found:
+        length = "photo" if avatar.is_image else (
+            f"{avatar.duration_s:.1f} s" if avatar.duration_s is not None else "-"
+        )
+        voice = "voice" if avatar.voice_audio is not None else "-"
+        detail = f"  {avatar.error}" if avatar.error else ""
+        print(f"{avatar.id}  {avatar.status:9s}  {length:8s}  {voice:5s}  {avatar.name}{detail}")
+    if not found:
+        print("no avatars yet; add one with: python -m heygem avatars add NAME FILE", file=sys.stderr)
+    return EXIT_OK
+
+
+def _avatars_rm(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.jobs.avatars import AvatarBook
+    from heygem.jobs.tenancy import LOCAL
+
+    with _avatar_store(settings) as store:
+        AvatarBook(settings, store, _local_file, lambda avatar: None).delete(args.id, principal=LOCAL)
+    print(f"deleted avatar {args.id}")
+    return EXIT_OK
 
 
 def _add_models(commands) -> None:

@@ -102,6 +102,7 @@ class Settings:
     # Where each tenant may publish results. Once set, a tenant not listed may name no
     # output_prefix (admins keep the default rules).
     tenant_output_prefixes: str = ""  # "teamA=s3://a/,obs://x/out/;teamB=/mnt/b/"; empty = no rule
+    max_avatars: int = 100  # avatars one tenant may keep (each holds a video); 0 = no limit
 
     # --- object storage ------------------------------------------------------------------------
     s3_endpoint: str = ""  # S3-compatible endpoint URL (OBS: https://obs.<region>.myhuaweicloud.com)
@@ -152,6 +153,11 @@ class Settings:
     def track_cache_dir(self) -> Path:
         """Face boxes cached per video; pruned by retention like any other old data."""
         return self.cache_dir / "tracks"
+
+    @property
+    def avatars_dir(self) -> Path:
+        """One folder per avatar (media, thumbnail, voice sample); never pruned by retention."""
+        return self.data_dir / "avatars"
 
     @property
     def database_path(self) -> Path:
@@ -236,8 +242,9 @@ class Settings:
         if self.auth and ":" not in self.auth:
             raise ValueError("auth must look like user:password")
         _check_web(self)
-        if self.tenant_queue_size < 0:
-            raise ValueError(f"tenant_queue_size must not be negative, got {self.tenant_queue_size}")
+        for name in ("tenant_queue_size", "max_avatars"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         self.tenant_prefix_map()
         if self.login_attempts_per_minute < 0:
             raise ValueError("login_attempts_per_minute must not be negative")

@@ -223,7 +223,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path):
         migrated.close()
     assert {"frames", "run_seconds"} <= _columns(path)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     again = SQLiteJobStore(path)  # opening a migrated database changes nothing
     again.open()
     assert again.count_jobs() == 2

@@ -203,21 +203,9 @@ class LipSyncPipeline:
         return wav
 
     def _face_track(self, job: _Job, info: MediaInfo, detector: FaceDetector) -> FaceTrack:
-        detect_fps = None if info.is_image else info.fps_text
-        max_side = self.settings.detect_max_side
-        frames = read_frames(job.face, info, fps=detect_fps, max_side=max_side)
-        cache = CachedVideo(
-            self._track_cache, job.face, {"fps": detect_fps or "still", "max_side": max_side}
-        )
-        return track_faces(
-            frames,
-            detector,
-            info.size,
-            TrackOptions.from_job(job.options, self.settings),
-            cache=cache,
-            on_progress=job.report,
-            total=info.frame_count,
-            name=job.face.name,
+        return face_track(
+            self.settings, self._track_cache, info, detector,
+            TrackOptions.from_job(job.options, self.settings), on_progress=job.report,
         )
 
     def _renderer(
@@ -283,6 +271,31 @@ class LipSyncPipeline:
             job.report(n_out, n_out, "encode")
         job.report(n_out, n_out, "done")
         return missing
+
+
+def cached_face(settings: Settings, cache: TrackCache, info: MediaInfo) -> CachedVideo:
+    """The face file's entry in the track cache, with every parameter that changes its frames;
+    an avatar prepared through it is a cache hit for every later run on the same file."""
+    detect_fps = None if info.is_image else info.fps_text
+    params = {"fps": detect_fps or "still", "max_side": settings.detect_max_side}
+    return CachedVideo(cache, info.path, params)
+
+
+def face_track(
+    settings: Settings,
+    cache: TrackCache,
+    info: MediaInfo,
+    detector: FaceDetector,
+    options: TrackOptions,
+    on_progress: ProgressCallback | None = None,
+) -> FaceTrack:
+    """Boxes for every frame of a probed face file, from the cache or by detection (then cached)."""
+    detect_fps = None if info.is_image else info.fps_text
+    frames = read_frames(info.path, info, fps=detect_fps, max_side=settings.detect_max_side)
+    return track_faces(
+        frames, detector, info.size, options, cache=cached_face(settings, cache, info),
+        on_progress=on_progress, total=info.frame_count, name=info.path.name,
+    )
 
 
 def preview_face(settings: Settings, face: Path) -> tuple[Frame, Box | None]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from heygem.engine.api import Engine, EngineStatus, SyncOptions
+from heygem.jobs.avatars import Avatar
 from heygem.jobs.records import Batch, Job
 from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
@@ -52,11 +53,13 @@ class JobQueue(Protocol):
 
     def submit(
         self,
-        audio: str,
+        audio: str | None,
         video: str,
         options: Mapping[str, Any] | SyncOptions | None = None,
         *,
         principal: Principal,
+        text: str | None = None,
+        voice: str | None = None,
         output_name: str | None = None,
         output_prefix: str | None = None,
         idempotency_key: str | None = None,
@@ -65,7 +68,12 @@ class JobQueue(Protocol):
         internal: bool = False,
     ) -> Job:
         """Queue one job for principal.tenant from references (a local path under the input
-        roots, s3://, obs://, or an allow-listed https:// URL). options: SyncOptions fields
+        roots, s3://, obs://, or an allow-listed https:// URL). video may be "avatar:<id>", one
+        of the tenant's ready avatars (AvatarNotFoundError for anyone else's, InputError while it
+        is preparing or after it failed). Exactly one of audio and text (InputError otherwise):
+        a text job synthesises its speech in a "speech" stage first, with `voice` (a provider
+        voice name) and the avatar's voice sample as the cloning reference; the text's length
+        limit is Settings.tts_max_chars. options: SyncOptions fields
         (InputError names a bad one); watermark, when not None, overrides options["watermark"].
         output_prefix: s3://bucket/prefix/, obs://bucket/prefix/ or a folder under
         HEYGEM_INPUT_ROOTS (never in the data folder), where the result is published as well
@@ -93,9 +101,50 @@ class JobQueue(Protocol):
         output_prefix: str | None = None,
         uploaded: Sequence[str | os.PathLike[str]] = (),
     ) -> Batch:
-        """Queue {"audio", "video", "output_name"?} items as one batch, all or nothing (N items
-        need N free queue places, in the queue and in the tenant's share); an item's errors
-        start with "item N:"."""
+        """Queue {"audio" | "text" (+ "voice"?), "video", "output_name"?} items as one batch,
+        all or nothing (N items need N free queue places, in the queue and in the tenant's
+        share); an item's errors start with "item N:". "video" may be "avatar:<id>"."""
+        ...
+
+    # --- avatars (heygem.jobs.avatars): the tenant's stored face videos, prepared once --------
+
+    def create_avatar(
+        self,
+        name: str,
+        media: str | os.PathLike[str],
+        *,
+        principal: Principal,
+        voice_audio: str | os.PathLike[str] | None = None,
+        voice_text: str | None = None,
+        uploaded: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> Avatar:
+        """Store media (a video or photo reference; staged files in `uploaded` are moved, the
+        staged folders removed) and optionally a voice sample with its transcript (both or
+        neither) as a new avatar, status "preparing"; a background thread probes it, computes
+        its face track once and makes its thumbnail, then marks it "ready" or "failed" with the
+        reason. InputError for a bad name or too many avatars (Settings.max_avatars)."""
+        ...
+
+    def list_avatars(self, *, principal: Principal) -> list[Avatar]:
+        """Newest first, the principal's tenant only (admins: every tenant)."""
+        ...
+
+    def get_avatar(self, avatar_id: str, *, principal: Principal) -> Avatar:
+        """AvatarNotFoundError (a JobNotFoundError: 404) for an unknown or another tenant's id."""
+        ...
+
+    def rename_avatar(self, avatar_id: str, name: str, *, principal: Principal) -> Avatar: ...
+
+    def delete_avatar(self, avatar_id: str, *, principal: Principal) -> None:
+        """Remove the avatar and its folder; videos made from it stay."""
+        ...
+
+    def speak(
+        self, text: str, *, principal: Principal, voice: str | None = None,
+        avatar_id: str | None = None,
+    ) -> Path:
+        """Only the speech for `text` ("hear it"): a WAV file (kept about an hour). SpeechError
+        when the provider fails or times out."""
         ...
 
     # Every read below is limited to the principal's tenant (admins: every tenant). Another

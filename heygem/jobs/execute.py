@@ -21,13 +21,16 @@ from heygem.jobs.manifest import shown_ref
 from heygem.jobs.options import sync_options
 from heygem.jobs.records import JobStatus, Outcome
 from heygem.settings import Settings
+from heygem.speech.api import VoiceReference
 
 log = job_logger("heygem.jobs.execute")
 
 # Steps of a run around the engine's own STAGES, reported through the same progress callback.
 FETCH_STAGE = "fetch"
+SPEECH_STAGE = "speech"  # a text job's speech synthesis (heygem.speech.SPEECH_STAGE)
 PUBLISH_STAGE = "publish"
 RESULT_SUFFIX = ".mp4"
+SPEECH_FILE = "speech.wav"  # a text job's synthesised audio, in the run's scratch folder
 
 
 class RunStopped(Exception):
@@ -67,6 +70,14 @@ class RunRequest:
     job_id: str | None = None
     # Names the run in log lines when no job_context does (e.g. "manifest line 3").
     label: str | None = None
+    # A text job: speech is synthesised from `text` (with `voice`) instead of fetching `audio`;
+    # `reference` is the voice sample to clone (an avatar's), for providers that clone.
+    text: str | None = None
+    voice: str | None = None
+    reference: VoiceReference | None = None
+    # The face as a local file already resolved and checked (an avatar's stored media); when
+    # set, `video` only names it in messages.
+    face: Path | None = None
 
 
 def default_engine(settings: Settings) -> Engine:
@@ -87,7 +98,8 @@ def run_one(
 ) -> Outcome | None:
     """Run one request to its Outcome (succeeded or failed); None when the caller stopped it.
 
-    on_progress gets (done, total, stage) for "fetch", the engine's stages and "publish"; it
+    on_progress gets (done, total, stage) for "fetch", "speech" (a text job), the engine's
+    stages and "publish"; it
     may raise (RunStopped) to end the run. stopped() tells whether the caller has ended the run:
     it is asked once the engine returns and before an error is mapped, since the engine may wrap
     the callback's exception in its own. An error never escapes: it becomes a failed Outcome,
@@ -99,8 +111,11 @@ def run_one(
     output: Path | None = None
     try:
         report(0, 1, FETCH_STAGE)
-        audio = fetch(request.audio, "audio", request, settings)
-        video = fetch(request.video, "video", request, settings)
+        video = request.face or fetch(request.video, "video", request, settings)
+        if request.text is not None:
+            audio = speak(request, settings, report)
+        else:
+            audio = fetch(request.audio, "audio", request, settings)
         options = _options(request.options)
         temp = request.scratch / files.temp_name(RESULT_SUFFIX)
         result = engine.run(audio, video, temp, options, on_progress=report)
@@ -120,7 +135,7 @@ def run_one(
         )
     except EngineDied:
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes the run's outcome
+    except Exception as exc:
         if is_stopped():
             return None
         outcome = _failure(exc, output, request)
@@ -140,6 +155,24 @@ def fetch(ref: str, kind: str, request: RunRequest, settings: Settings) -> Path:
     if not path.is_file():
         raise InputError(f"{kind} file not found: {shown_ref(ref)}")
     return path
+
+
+def speak(request: RunRequest, settings: Settings, report: ProgressCallback) -> Path:
+    """The "speech" stage: synthesise the text job's audio into the scratch folder. SpeechError
+    (the provider failed or timed out: one line) fails the run like any HeygemError."""
+    from heygem.speech import synthesize_text  # the providers load only for text jobs
+
+    assert request.text is not None
+    report(0, 1, SPEECH_STAGE)
+    result = synthesize_text(
+        request.text, request.scratch / SPEECH_FILE, settings, voice=request.voice,
+        reference=request.reference, on_progress=report,
+    )
+    log.info(
+        "%sspeech: %.1f s from %d piece(s) with %s", _prefix(request), result.duration_s,
+        result.pieces, result.provider,
+    )
+    return result.path
 
 
 def _options(options: SyncOptions | Mapping[str, Any]) -> SyncOptions:
@@ -195,13 +228,15 @@ def _never_stopped() -> bool:
 
 
 __all__ = [
-    "EngineDied",
     "FETCH_STAGE",
     "PUBLISH_STAGE",
+    "SPEECH_STAGE",
+    "EngineDied",
     "RunRequest",
     "RunStopped",
     "default_engine",
     "fetch",
     "internal_error",
     "run_one",
+    "speak",
 ]

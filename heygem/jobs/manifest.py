@@ -1,5 +1,8 @@
 """Batch manifests: JSONL, one {"audio": ..., "video": ..., "output_name": ...} per line.
 
+A line may carry "text" (and optionally "voice") instead of "audio": its speech is synthesised.
+"video" may name an avatar as "avatar:<id>"; it passes through for the job layer to resolve.
+
 Relative paths resolve against the manifest's folder and must land inside the allowed roots;
 references written as URLs (s3://, obs://, https://, or a scheme storage refuses) pass through
 unchanged for storage to check. Every error names the line.
@@ -13,11 +16,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from heygem.errors import HeygemError, InputError
+from heygem.jobs.avatars import AVATAR_PREFIX
 from heygem.storage import is_url
 from heygem.storage.paths import UNSAFE_NAME_CHARS, resolve_under, safe_output_name
 
 ITEM_KEYS = ("audio", "video")
-OPTIONAL_KEYS = ("output_name",)
+OPTIONAL_KEYS = ("output_name", "text", "voice")
+TEXT_STEM = "text"  # stands for the audio's name in a text line's default output name
 MAX_MANIFEST_BYTES = 10 * 1024 * 1024  # a manifest is a list of paths; anything bigger is a mistake
 STEM_CHARS = 40  # characters of each input's name kept in a default output name
 
@@ -28,10 +33,15 @@ class ManifestItem:
     audio: str  # resolved absolute path, or a remote reference as written
     video: str
     output_name: str  # validated plain name ending in .mp4 (a default when the line had none)
+    text: str | None = None  # a text line: speech is synthesised from it (audio is then "")
+    voice: str | None = None
 
     def as_item(self) -> dict[str, str]:
         """The shape JobService.submit_batch takes."""
-        return {"audio": self.audio, "video": self.video, "output_name": self.output_name}
+        item = {"video": self.video, "output_name": self.output_name}
+        if self.text is None:
+            return {"audio": self.audio, **item}
+        return {"text": self.text, **({"voice": self.voice} if self.voice else {}), **item}
 
 
 def shown_ref(ref: str) -> str:
@@ -89,19 +99,44 @@ def _parse_line(raw: str, number: int, base: Path, roots: Sequence[Path]) -> Man
         raise InputError('expected an object like {"audio": ..., "video": ...}')
     unknown = sorted(set(data) - set(ITEM_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)}; expected audio, video, output_name")
-    refs = {}
-    for key in ITEM_KEYS:
+        raise InputError(
+            f"unknown key(s) {', '.join(unknown)}; expected audio or text (+ voice), video, "
+            "output_name"
+        )
+    text, voice = _speech(data)
+    refs = {"audio": ""}
+    for key in ITEM_KEYS if text is None else ("video",):
         value = data.get(key)
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{key!r} is missing or not a string")
-        refs[key] = value if is_url(value) else str(resolve_under(value, roots, base=base))
+        refs[key] = value if _passes_through(value) else str(resolve_under(value, roots, base=base))
     name = data.get("output_name")
     if name is None:
-        name = default_output_name(number, refs["audio"], refs["video"])
+        name = default_output_name(number, refs["audio"] or TEXT_STEM, refs["video"])
     elif not isinstance(name, str):
         raise InputError("'output_name' must be a string")
-    return ManifestItem(number, refs["audio"], refs["video"], safe_output_name(name))
+    return ManifestItem(number, refs["audio"], refs["video"], safe_output_name(name), text, voice)
+
+
+def _speech(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(text, voice) of a text line, (None, None) of an audio line; exactly one of the two."""
+    text, voice = data.get("text"), data.get("voice")
+    if text is not None and "audio" in data:
+        raise InputError("give either 'audio' or 'text', not both")
+    if text is None:
+        if voice is not None:
+            raise InputError("'voice' goes with 'text'")
+        return None, None
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("'text' must be a non-empty string")
+    if voice is not None and not isinstance(voice, str):
+        raise InputError("'voice' must be a string")
+    return text, voice or None
+
+
+def _passes_through(ref: str) -> bool:
+    """URLs are storage's to check; an avatar reference is the job layer's."""
+    return is_url(ref) or ref.lower().startswith(AVATAR_PREFIX)
 
 
 def _stem(ref: str) -> str:

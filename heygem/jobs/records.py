@@ -52,6 +52,9 @@ class NewJob:
     # Files or folders under the inputs folder that the submitter staged for this job: the job
     # owns them, and deleting it removes them (nothing else it merely references).
     uploads: tuple[str, ...] = ()
+    # A text job: speech is synthesised from `text` (audio is then "") with `voice`, if named.
+    text: str | None = None
+    voice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,10 @@ class Job:
     kind: JobKind
     batch_id: str | None
     item_index: int | None  # position in the batch, from 0
-    audio: str
-    video: str
+    audio: str  # "" for a text job
+    video: str  # a reference, or "avatar:<id>"
+    text: str | None  # a text job's script: speech is synthesised from it before the engine runs
+    voice: str | None  # the speech voice a text job asked for; None = the provider's default
     options: dict[str, Any]
     output_name: str | None
     output_prefix: str | None
@@ -90,6 +95,10 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None
 
     @property
     def has_result(self) -> bool:

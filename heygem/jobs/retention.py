@@ -1,5 +1,6 @@
 """Retention: delete finished jobs, their files, stale uploads and unused face-track cache
-entries older than retention_days."""
+entries older than retention_days. Avatars (<data_dir>/avatars/) and their face tracks are
+never swept: they stay until deleted."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
         report.batches.append(batch_id)
     store.prune_tombstones(now - TOMBSTONE_DAYS * SECONDS_PER_DAY)
     report.inputs = _sweep_inputs(store, settings, cutoff)
-    report.tracks = _sweep_track_cache(settings, cutoff)
+    report.tracks = _sweep_track_cache(settings, cutoff, store.avatar_track_keys())
     if not report.empty:
         log.info(
             "retention (older than %g days): removed %d job(s) %s, %d batch(es) %s, %d upload(s) %s,"
@@ -85,14 +86,17 @@ def _sweep_inputs(store: JobStore, settings: Settings, cutoff: float) -> list[Pa
     return removed
 
 
-def _sweep_track_cache(settings: Settings, cutoff: float) -> list[Path]:
+def _sweep_track_cache(settings: Settings, cutoff: float, keep: set[str]) -> list[Path]:
     """Face-track entries neither written nor read since the cutoff (a cache hit touches mtime;
-    atime counts too where the file system keeps it)."""
+    atime counts too where the file system keeps it), except the avatars' (`keep`: cache keys),
+    which stay as long as their avatar."""
     folder = settings.track_cache_dir
     if not folder.is_dir():
         return []
     removed = []
     for path in sorted(folder.glob(TRACK_CACHE_PATTERN)):
+        if path.stem in keep:
+            continue
         try:
             stat = path.stat()
         except FileNotFoundError:

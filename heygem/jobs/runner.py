@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from heygem.engine.api import Engine, ProgressCallback, SyncOptions
+from heygem.errors import HeygemError, InputError
 from heygem.jobs import files
+from heygem.jobs.avatars import RunFace, avatar_id_of, face_for_run
 from heygem.jobs.execute import RunRequest, default_engine, run_one
 from heygem.jobs.manifest import ManifestItem, parse_manifest
 from heygem.jobs.options import options_dict, sync_options
-from heygem.jobs.records import JobStatus
+from heygem.jobs.records import DEFAULT_TENANT, JobStatus, Outcome
+from heygem.jobs.store import SQLiteJobStore
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.runner")
@@ -153,12 +156,16 @@ def _run_item(
     scratch = target.parent / files.temp_name()
     scratch.mkdir()
     label = f"manifest line {item.line}"
-    request = RunRequest(
-        audio=item.audio, video=item.video, options=options, target=target, scratch=scratch,
-        local_checked=True, label=label,
-    )
     try:
+        avatar = _avatar_face(item.video, settings)
+        request = RunRequest(
+            audio=item.audio, video=item.video, options=options, target=target, scratch=scratch,
+            local_checked=True, label=label, text=item.text, voice=item.voice,
+            reference=avatar.reference if avatar else None, face=avatar.face if avatar else None,
+        )
         outcome = run_one(pipeline, request, settings, on_progress=on_progress)
+    except HeygemError as exc:
+        outcome = Outcome(JobStatus.FAILED, error=str(exc))
     finally:
         files.remove_tree(scratch)
     seconds = time.monotonic() - started
@@ -169,6 +176,21 @@ def _run_item(
         return ItemResult(item, target, "succeeded", engine=outcome.engine, seconds=seconds)
     log.warning("%s: failed: %s", label, outcome.error)
     return ItemResult(item, target, "failed", error=outcome.error, seconds=seconds)
+
+
+def _avatar_face(ref: str, settings: Settings) -> RunFace | None:
+    """An "avatar:<id>" line reads the service's avatars (the single-user tenant's) from the job
+    database in the data folder; None for any other reference."""
+    if avatar_id_of(ref) is None:
+        return None
+    if not settings.database_path.is_file():
+        raise InputError(f"{ref}: there are no avatars in {settings.data_dir} (no job database)")
+    store = SQLiteJobStore(settings.database_path)
+    store.open()
+    try:
+        return face_for_run(store, settings, ref, DEFAULT_TENANT)
+    finally:
+        store.close()
 
 
 def _sweep_temp(output_dir: Path) -> None:

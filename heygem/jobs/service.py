@@ -16,6 +16,8 @@ import os
 import shutil
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -31,8 +33,15 @@ from heygem.errors import (
     ModelError,
     ShuttingDownError,
 )
-from heygem.jobs import archive, files, retention
+from heygem.jobs import archive, avatars, files, retention
 from heygem.jobs.api import EngineFactory
+from heygem.jobs.avatars import (
+    Avatar,
+    AvatarBook,
+    AvatarPreparer,
+    avatar_id_of,
+    check_usable,
+)
 from heygem.jobs.execute import default_engine
 from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import default_output_name, shown_ref
@@ -55,6 +64,19 @@ IDLE_EXIT_S = 2.0  # how long stop() waits for an idle worker thread to notice a
 DELETE_WAIT_S = 10.0  # how long delete() waits for a cancelled running job to stop
 
 _NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
+BATCH_ITEM_KEYS = ("audio", "text", "voice", "video", "output_name")
+TEXT_STEM = "text"  # a text item's default output name uses this in place of the audio's name
+SPEECH_FOLDER = "speech"  # <data_dir>/speech: "hear it" WAVs, removed after SPEECH_KEEP_S
+SPEECH_KEEP_S = 3600.0
+
+
+@dataclass(frozen=True)
+class SpeechSpec:
+    """A submission's speech: an audio reference, or text (audio "") with an optional voice."""
+
+    audio: str
+    text: str | None = None
+    voice: str | None = None
 
 
 class JobService:
@@ -75,6 +97,7 @@ class JobService:
         self._finished = threading.Condition()
         self._workers: list[Worker] = []
         self._retention: retention.RetentionTask | None = None
+        self._preparer: AvatarPreparer | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +120,10 @@ class JobService:
         if retention.enabled(self.settings):
             self._retention = retention.RetentionTask(self.store, self.settings, self._stopping)
             self._retention.start()
+        self._preparer = AvatarPreparer(self.settings, self.store)
+        for avatar in self.store.list_avatars():
+            if avatar.status == avatars.PREPARING:  # interrupted by the last stop: prepare again
+                self._preparer.submit(avatar)
         log.info(
             "job service started: %d worker(s), queue limit %d, %d job(s) waiting",
             len(self._workers), self.settings.queue_size, self.store.count_queued(),
@@ -117,6 +144,8 @@ class JobService:
         log.info("shutting down: refusing new jobs, draining for up to %g s", window)
         self._stopping.set()
         self._wake.set()
+        if self._preparer is not None:
+            self._preparer.stop()
         self._drain(time.monotonic() + window)
         stragglers: list[threading.Thread] = [w for w in self._workers if w.is_alive()]
         for worker in self._workers:
@@ -169,15 +198,19 @@ class JobService:
 
     # --- submitting ----------------------------------------------------------------------------
     def submit(
-        self, audio: str, video: str, options: Mapping[str, Any] | SyncOptions | None = None, *,
-        principal: Principal, output_name: str | None = None, output_prefix: str | None = None,
+        self, audio: str | None, video: str,
+        options: Mapping[str, Any] | SyncOptions | None = None, *,
+        principal: Principal, text: str | None = None, voice: str | None = None,
+        output_name: str | None = None, output_prefix: str | None = None,
         idempotency_key: str | None = None, watermark: str | None = None,
         uploaded: Sequence[str | os.PathLike[str]] = (), internal: bool = False,
     ) -> Job:
-        """Queue one job for the principal's tenant. watermark, when given, overrides
-        options["watermark"]. uploaded: what the caller staged under the inputs folder for this
-        request (the job may read it and owns it). internal: heygem's own adapters only (reserved
-        key prefixes, no per-tenant output list)."""
+        """Queue one job for the principal's tenant. Exactly one of audio and text: a text job
+        synthesises its speech (with voice) first. video may be "avatar:<id>" (a ready avatar of
+        the tenant). watermark, when given, overrides options["watermark"]. uploaded: what the
+        caller staged under the inputs folder for this request (the job may read it and owns
+        it). internal: heygem's own adapters only (reserved key prefixes, no per-tenant output
+        list)."""
         self._check_accepting()
         key = check_key(idempotency_key, max_chars=MAX_KEY_CHARS, internal=internal)
         owned = self._check_uploaded(uploaded)
@@ -186,9 +219,12 @@ class JobService:
             if existing is not None:
                 self._discard_replayed(owned, existing)
                 return existing
+        speech = self._check_speech(audio, text, voice, owned)
         spec = NewJob(
-            audio=self._check_input(audio, "audio", owned),
-            video=self._check_input(video, "video", owned),
+            audio=speech.audio,
+            video=self._check_face(video, owned, principal),
+            text=speech.text,
+            voice=speech.voice,
             options=options_dict(options, watermark),
             output_name=safe_output_name(output_name) if output_name is not None else None,
             output_prefix=self._check_prefix(output_prefix, principal, internal),
@@ -227,7 +263,7 @@ class JobService:
         names: dict[str, int] = {}
         for number, item in enumerate(items, start=1):
             try:
-                spec = self._batch_item(item, number, shared, prefix, owned)
+                spec = self._batch_item(item, number, shared, prefix, owned, principal)
                 if spec.output_name in names:
                     raise InputError(
                         f"output_name {spec.output_name!r} is already used by item {names[spec.output_name]}"
@@ -261,21 +297,56 @@ class JobService:
 
     def _batch_item(
         self, item: Mapping[str, Any], number: int, options: dict[str, Any], prefix: str | None,
-        owned: tuple[str, ...],
+        owned: tuple[str, ...], principal: Principal,
     ) -> NewJob:
         if not isinstance(item, Mapping):
             raise InputError('expected an object like {"audio": ..., "video": ...}')
-        unknown = sorted(set(item) - {"audio", "video", "output_name"})
+        unknown = sorted(set(item) - set(BATCH_ITEM_KEYS))
         if unknown:
             raise InputError(f"unknown key(s) {', '.join(unknown)}")
-        audio = self._check_input(item.get("audio"), "audio", owned)
-        video = self._check_input(item.get("video"), "video", owned)
+        speech = self._check_speech(item.get("audio"), item.get("text"), item.get("voice"), owned)
+        video = self._check_face(item.get("video"), owned, principal)
         name = item.get("output_name")
-        name = default_output_name(number, audio, video) if name is None else name
+        if name is None:
+            name = default_output_name(number, speech.audio or TEXT_STEM, video)
         return NewJob(
-            audio=audio, video=video, options=options, output_name=safe_output_name(name),
-            output_prefix=prefix, uploads=owned,
+            audio=speech.audio, video=video, text=speech.text, voice=speech.voice,
+            options=options, output_name=safe_output_name(name), output_prefix=prefix,
+            uploads=owned,
         )
+
+    def _check_speech(
+        self, audio: object, text: object, voice: object, owned: tuple[str, ...]
+    ) -> SpeechSpec:
+        """Exactly one of audio and text; text within the speech limits, voice a plain name."""
+        has_audio = audio is not None and audio != ""
+        has_text = text is not None
+        if has_audio and has_text:
+            raise InputError("give either audio or text, not both")
+        if not has_audio and not has_text:
+            raise InputError("audio is required (or text, to synthesise the speech)")
+        if not has_text:
+            if voice is not None and voice != "":
+                raise InputError("voice goes with text: an audio job has its voice already")
+            return SpeechSpec(self._check_input(audio, "audio", owned))
+        if not isinstance(text, str):
+            raise InputError("text must be a string")
+        if voice is not None and not isinstance(voice, str):
+            raise InputError("voice must be a string")
+        from heygem.speech import check_text, check_voice
+
+        cleaned = check_text(text, self.settings.tts_max_chars)
+        chosen = check_voice(voice) if voice and voice.strip() else None
+        return SpeechSpec("", cleaned, chosen)
+
+    def _check_face(self, ref: object, owned: tuple[str, ...], principal: Principal) -> str:
+        """A face reference, or "avatar:<id>" for one of the tenant's ready avatars."""
+        avatar_id = avatar_id_of(ref) if isinstance(ref, str) else None
+        if avatar_id is None:
+            return self._check_input(ref, "video", owned)
+        avatar = self.get_avatar(avatar_id, principal=principal)
+        check_usable(avatar)
+        return avatar.ref
 
     def _check_accepting(self) -> None:
         with self._state_lock:
@@ -465,6 +536,80 @@ class JobService:
                 return worker.engine.status()
         return None
 
+    # --- avatars (the bookkeeping is heygem.jobs.avatars.AvatarBook's) ------------------------
+    def create_avatar(
+        self, name: str, media: str | os.PathLike[str], *, principal: Principal,
+        voice_audio: str | os.PathLike[str] | None = None, voice_text: str | None = None,
+        uploaded: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> Avatar:
+        """Store the media (and voice sample) in a new avatar folder and prepare it in the
+        background: status 'preparing', later 'ready' or 'failed'. media and voice_audio are
+        references like a job's inputs; files inside `uploaded` (the caller's staged folders)
+        are moved, anything else is copied. The staged folders are removed either way."""
+        try:
+            self._check_running()
+            owned = self._check_uploaded(uploaded or ())
+            return self._avatar_book().create(
+                name, media, principal=principal, voice_audio=voice_audio, voice_text=voice_text,
+                owned=owned,
+            )
+        finally:
+            for entry in uploaded or ():
+                _remove_path(Path(entry))
+                files.remove_upload_folder(self.settings, Path(entry).parent)
+
+    def list_avatars(self, *, principal: Principal) -> list[Avatar]:
+        """Newest first; the principal's tenant only (every tenant for admins)."""
+        return self.store.list_avatars(principal.scope)
+
+    def get_avatar(self, avatar_id: str, *, principal: Principal) -> Avatar:
+        """AvatarNotFoundError for an unknown id and for another tenant's avatar alike."""
+        return self._avatar_book().get(avatar_id, principal=principal)
+
+    def rename_avatar(self, avatar_id: str, name: str, *, principal: Principal) -> Avatar:
+        return self._avatar_book().rename(avatar_id, name, principal=principal)
+
+    def delete_avatar(self, avatar_id: str, *, principal: Principal) -> None:
+        """Remove the avatar and its folder. Finished jobs keep their videos; a queued job that
+        names it fails when it runs ("no longer exists")."""
+        self._avatar_book().delete(avatar_id, principal=principal)
+
+    def _avatar_book(self) -> AvatarBook:
+        def prepare(avatar: Avatar) -> None:
+            if self._preparer is None:
+                raise ShuttingDownError("the job service is not running; try again shortly")
+            self._preparer.submit(avatar)
+
+        return AvatarBook(self.settings, self.store, self._check_input, prepare)
+
+    def speak(
+        self, text: str, *, principal: Principal, voice: str | None = None,
+        avatar_id: str | None = None,
+    ) -> Path:
+        """Synthesise `text` only ("hear it"): a WAV under <data_dir>/speech/, kept an hour.
+        With avatar_id, the avatar's voice sample is the cloning reference."""
+        from heygem.speech import synthesize_text
+
+        self._check_running()
+        speech = self._check_speech(None, text, voice, ())
+        reference = None
+        if avatar_id:
+            reference = avatars.voice_reference(self.get_avatar(avatar_id, principal=principal))
+        folder = self.settings.data_dir / SPEECH_FOLDER
+        _prune_old_files(folder, time.time() - SPEECH_KEEP_S)
+        assert speech.text is not None
+        result = synthesize_text(
+            speech.text, folder / f"speech-{uuid.uuid4().hex}.wav", self.settings,
+            voice=speech.voice, reference=reference,
+        )
+        return result.path
+
+    def _check_running(self) -> None:
+        with self._state_lock:
+            state = self._state
+        if state != _RUNNING:
+            raise ShuttingDownError("the job service is not running; try again shortly")
+
     # --- cancelling and deleting ---------------------------------------------------------------
     def cancel(self, job_id: str, *, principal: Principal) -> Job:
         """Queued -> cancelled now; running -> cancel requested (the run stops within ~1 s)."""
@@ -543,6 +688,17 @@ class JobService:
         self._cancels.discard(job.id)
         with self._finished:
             self._finished.notify_all()
+
+
+def _prune_old_files(folder: Path, before: float) -> None:
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink(missing_ok=True)
+        except OSError:
+            continue  # removed meanwhile
 
 
 def _remove_path(path: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from heygem.errors import HeygemError, QueueFullError
+from heygem.jobs.avatars import Avatar
 from heygem.jobs.records import (
     DEFAULT_TENANT,
     RETRYABLE_STATUSES,
@@ -40,7 +41,7 @@ from heygem.jobs.records import (
 
 log = logging.getLogger("heygem.jobs.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another writer before giving up
 
 _SCHEMA_V1 = """
@@ -148,8 +149,40 @@ CREATE TABLE tombstones (
     expired_at REAL NOT NULL
 );
 """
+# Version 4: avatars (a tenant's stored, prepared face videos) and text jobs (speech is
+# synthesised from `text` with `voice`; such a job's audio is "").
+_SCHEMA_V4 = """
+CREATE TABLE avatars (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    media TEXT NOT NULL,
+    thumbnail TEXT,
+    voice_audio TEXT,
+    voice_text TEXT,
+    created_at REAL NOT NULL,
+    duration_s REAL,
+    is_image INTEGER NOT NULL DEFAULT 0,
+    track_key TEXT
+);
+CREATE INDEX avatars_tenant_created ON avatars(tenant, created_at);
+ALTER TABLE jobs ADD COLUMN text TEXT;
+ALTER TABLE jobs ADD COLUMN voice TEXT;
+"""
 # version -> script that brings version-1 to it; released scripts are never edited
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+# Avatar fields the store may change after creation, and how each is written.
+_AVATAR_UPDATES: dict[str, Callable[[Any], Any]] = {
+    "name": str,
+    "status": str,
+    "error": lambda value: value,
+    "duration_s": lambda value: value,
+    "is_image": int,
+    "thumbnail": lambda value: str(value) if value is not None else None,
+    "track_key": lambda value: value,
+}
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _RETRYABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(RETRYABLE_STATUSES))
@@ -183,7 +216,25 @@ TOMBSTONE_JOB = "job"
 TOMBSTONE_BATCH = "batch"
 
 
-class JobStore(Protocol):
+class AvatarStore(Protocol):
+    """Avatars (heygem.jobs.avatars): tenant-owned rows; `tenant=None` lists every tenant's."""
+
+    def add_avatar(self, avatar: Avatar) -> None: ...
+    def get_avatar(self, avatar_id: str) -> Avatar | None: ...
+    def list_avatars(self, tenant: str | None = None) -> list[Avatar]:
+        """Newest first."""
+        ...
+    def count_avatars(self, tenant: str | None = None) -> int: ...
+    def update_avatar(self, avatar_id: str, **changes: Any) -> Avatar | None:
+        """Change the given fields (_AVATAR_UPDATES); None when the avatar is gone."""
+        ...
+    def delete_avatar(self, avatar_id: str) -> Avatar | None: ...
+    def avatar_track_keys(self) -> set[str]:
+        """The face-track cache keys of every avatar (retention keeps those entries)."""
+        ...
+
+
+class JobStore(AvatarStore, Protocol):
     """The store contract (tests/test_jobs_store_contract.py runs it against every store).
 
     `tenant=None` in a read means every tenant (an admin's view); the service decides the scope.
@@ -323,14 +374,15 @@ class SQLiteJobStore:
                 conn.execute(
                     "INSERT INTO jobs (id, tenant, kind, batch_id, item_index, audio, video,"
                     " options, output_name, output_prefix, idempotency_key, status, created_at,"
-                    " queued_at, uploads) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " queued_at, uploads, text, voice)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job_id, tenant,
                         (JobKind.BATCH_ITEM if batch_id else JobKind.SINGLE).value,
                         batch_id, index if batch_id else None, spec.audio, spec.video,
                         json.dumps(spec.options), spec.output_name, spec.output_prefix,
                         spec.idempotency_key, JobStatus.QUEUED.value, now, now,
-                        json.dumps(list(spec.uploads)),
+                        json.dumps(list(spec.uploads)), spec.text, spec.voice,
                     ),
                 )
         added = [self.get(job_id) for job_id in ids]
@@ -575,6 +627,60 @@ class SQLiteJobStore:
         ).fetchall()
         return len(rows)
 
+    # --- avatars -------------------------------------------------------------------------------
+    def add_avatar(self, avatar: Avatar) -> None:
+        self._conn().execute(
+            "INSERT INTO avatars (id, tenant, name, status, error, media, thumbnail, voice_audio,"
+            " voice_text, created_at, duration_s, is_image, track_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                avatar.id, avatar.tenant, avatar.name, avatar.status, avatar.error,
+                str(avatar.media), _path_text(avatar.thumbnail), _path_text(avatar.voice_audio),
+                avatar.voice_text, avatar.created_at, avatar.duration_s, int(avatar.is_image),
+                avatar.track_key,
+            ),
+        )
+
+    def get_avatar(self, avatar_id: str) -> Avatar | None:
+        row = self._conn().execute("SELECT * FROM avatars WHERE id = ?", (avatar_id,)).fetchone()
+        return _avatar(row) if row is not None else None
+
+    def list_avatars(self, tenant: str | None = None) -> list[Avatar]:
+        where, params = _tenant_filter(tenant)
+        rows = self._conn().execute(
+            f"SELECT * FROM avatars{where} ORDER BY created_at DESC, rowid DESC", params
+        ).fetchall()
+        return [_avatar(row) for row in rows]
+
+    def count_avatars(self, tenant: str | None = None) -> int:
+        where, params = _tenant_filter(tenant)
+        return _count(self._conn(), f"SELECT COUNT(*) FROM avatars{where}", params)
+
+    def update_avatar(self, avatar_id: str, **changes: Any) -> Avatar | None:
+        unknown = sorted(set(changes) - set(_AVATAR_UPDATES))
+        if unknown:
+            raise ValueError(f"avatar fields that cannot change: {', '.join(unknown)}")
+        if not changes:
+            return self.get_avatar(avatar_id)
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        values = [_AVATAR_UPDATES[name](value) for name, value in changes.items()]
+        row = self._conn().execute(
+            f"UPDATE avatars SET {columns} WHERE id = ? RETURNING *", (*values, avatar_id)
+        ).fetchone()
+        return _avatar(row) if row is not None else None
+
+    def delete_avatar(self, avatar_id: str) -> Avatar | None:
+        row = self._conn().execute(
+            "DELETE FROM avatars WHERE id = ? RETURNING *", (avatar_id,)
+        ).fetchone()
+        return _avatar(row) if row is not None else None
+
+    def avatar_track_keys(self) -> set[str]:
+        rows = self._conn().execute(
+            "SELECT track_key FROM avatars WHERE track_key IS NOT NULL"
+        ).fetchall()
+        return {row[0] for row in rows}
+
 
 # The next job to claim (see SQLiteJobStore.claim): per tenant, its running jobs and its latest
 # start, then that tenant's oldest queued job.
@@ -641,6 +747,20 @@ def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None
 
 def _optional_path(text: str | None) -> Path | None:
     return Path(text) if text else None
+
+
+def _path_text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+def _avatar(row: sqlite3.Row) -> Avatar:
+    return Avatar(
+        id=row["id"], tenant=row["tenant"], name=row["name"], status=row["status"],
+        error=row["error"], media=Path(row["media"]), thumbnail=_optional_path(row["thumbnail"]),
+        voice_audio=_optional_path(row["voice_audio"]), voice_text=row["voice_text"],
+        created_at=row["created_at"], duration_s=row["duration_s"], is_image=bool(row["is_image"]),
+        track_key=row["track_key"],
+    )
 
 
 def _uploads(text: str | None) -> tuple[str, ...]:

@@ -19,11 +19,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from heygem.engine.api import Engine
+from heygem.errors import HeygemError
 from heygem.jobs import files
 from heygem.jobs.api import EngineFactory
+from heygem.jobs.avatars import face_for_run
 from heygem.jobs.execute import (
     FETCH_STAGE,
     PUBLISH_STAGE,
+    SPEECH_STAGE,
     EngineDied,
     RunRequest,
     RunStopped,
@@ -45,6 +48,7 @@ PROGRESS_INTERVAL_S = 0.5  # at most this often a progress write, except on a st
 # progress only moves forward.
 STAGE_SPANS = {
     FETCH_STAGE: (0.0, 0.0),
+    SPEECH_STAGE: (0.0, 0.05),
     "probe": (0.0, 0.02),
     "audio": (0.02, 0.05),
     "detect": (0.05, 0.35),
@@ -228,11 +232,17 @@ class JobRun:
         return self.store.get(self.job.id)
 
     def _attempt(self) -> Outcome | None:
+        try:
+            avatar = face_for_run(self.store, self.settings, self.job.video, self.job.tenant)
+        except HeygemError as exc:
+            return Outcome(JobStatus.FAILED, error=str(exc))
         request = RunRequest(
             audio=self.job.audio, video=self.job.video, options=self.job.options,
             target=files.output_dir(self.settings, self.job.id) / self.job.result_name,
             scratch=self.scratch, publish_prefix=self.job.output_prefix,
             publish_name=self.job.output_name or f"{self.job.id}.mp4", job_id=self.job.id,
+            text=self.job.text, voice=self.job.voice,
+            reference=avatar.reference if avatar else None, face=avatar.face if avatar else None,
         )
         try:
             outcome = run_one(

@@ -31,6 +31,7 @@ from heygem.errors import (
     ModelError,
     QueueFullError,
     ShuttingDownError,
+    SpeechError,
     StorageError,
 )
 
@@ -81,6 +82,8 @@ ERROR_TABLE: tuple[tuple[type[HeygemError], ErrorClass], ...] = (
     (ModelError, ErrorClass(503, "failed", Fault.SERVER, retry=True)),
     (DiskFullError, ErrorClass(507, "failed", Fault.BUSY, retry=True)),
     (StorageError, ErrorClass(502, "failed", Fault.SERVER)),
+    # The speech server (or espeak-ng) failed: a bad gateway, not the caller's mistake.
+    (SpeechError, ErrorClass(502, "failed", Fault.SERVER)),
 )
 OTHER_HEYGEM_ERROR = ErrorClass(INTERNAL_STATUS, "failed", Fault.SERVER)
 UNEXPECTED_ERROR = ErrorClass(INTERNAL_STATUS, "failed", Fault.INTERNAL)

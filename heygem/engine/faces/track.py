@@ -106,6 +106,11 @@ class CachedVideo:
     video: Path
     params: Mapping[str, object] = field(default_factory=dict)
 
+    def key(self, detector_tag: str, frame_size: tuple[int, int]) -> str:
+        """The cache key of this video's detections (also what keeps an avatar's entry alive)."""
+        params = {"frame_size": list(frame_size), **self.params}
+        return self.cache.key(self.video, detector_tag, **params)
+
 
 @dataclass
 class RawDetections:
@@ -396,8 +401,7 @@ def track_faces(
     key = None
     raw = None
     if cache is not None:
-        params = {"frame_size": list(frame_size), **cache.params}
-        key = cache.cache.key(cache.video, detector.cache_tag, **params)
+        key = cache.key(detector.cache_tag, frame_size)
         raw = cache.cache.get(key)
     if raw is None:
         raw = detect_faces(frames, detector, frame_size, options.batch_size, on_progress, total)
