@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from heygem.errors import LimitExceededError, NoFaceError
 from heygem.jobs import JobService
-from heygem.web import i18n
-from heygem.web.server import LogBuffer, PrefixTolerance, create_app
 from heygem.jobs.tenancy import LOCAL
+from heygem.web import i18n
 from heygem.web.identity import principal_of
+from heygem.web.server import LogBuffer, PrefixTolerance, create_app
 from tests.fakes import FakePipeline
 
 PREFIX = "/v1/infers/0a1b2c"
@@ -279,28 +279,30 @@ def test_avatars_in_the_ui_belong_to_the_tenant(settings, service, face_video):
     handlers = Handlers(settings, service, lambda count: [])
     ann, bob = _as("sales"), _as("support")
     created = handlers.create_avatar(str(face_video), "  Anna  ", None, None, "", "", ann)
-    avatar_id = created[0]
-    assert "**Anna**" in created[1] and created[2] == "Anna"
+    avatar_id, name, ids, _, details = created[:5]
+    assert name == "Anna" and ids == [avatar_id] and "**Anna**" in details
     assert _ready(handlers, ann, avatar_id).status == "ready"
 
-    ids, gallery, single, batch, timer = handlers.avatar_listing("", "", ann)
+    ids, gallery, details, single, _, timer = handlers.avatar_listing(avatar_id, "", "", ann)
     assert ids == [avatar_id] and gallery[0][1] == "Anna · ready"
+    assert "**Status**: ready" in details  # the shown details follow the preparation
     assert _picker_choices(single)[1:] == [("Anna", avatar_id)] and single["value"] == ""
     assert timer.active is False  # nothing preparing: the Avatars tab stops refreshing
     # Another department sees none of it, and cannot rename or delete it.
-    assert handlers.avatar_listing(avatar_id, avatar_id, bob)[0] == []
-    assert handlers.avatar_listing(avatar_id, avatar_id, bob)[2]["value"] == ""
+    theirs = handlers.avatar_listing(avatar_id, avatar_id, avatar_id, bob)
+    assert theirs[0] == [] and theirs[2] == "" and theirs[3]["value"] == ""
     with pytest.raises(gr.Error, match="avatar"):
         handlers.rename_avatar(avatar_id, "Mine now", "", "", bob)
     with pytest.raises(gr.Error, match="avatar"):
         handlers.delete_avatar(avatar_id, "", "", bob)
 
     renamed = handlers.rename_avatar(avatar_id, "Anna B.", avatar_id, "", ann)
-    assert renamed[2] == "Anna B." and renamed[3] == [avatar_id]
+    assert renamed[1] == "Anna B." and renamed[2] == [avatar_id] and "**Anna B.**" in renamed[4]
     assert renamed[5]["value"] == avatar_id  # the Single picker keeps its choice
     deleted = handlers.delete_avatar(avatar_id, avatar_id, avatar_id, ann)
-    assert deleted[:3] == (None, "", "") and deleted[3] == []
+    assert deleted[:5] == (None, "", [], [], "")
     assert deleted[5]["value"] == "" and deleted[6]["value"] == ""  # the choice is gone
+    assert service.list_avatars(principal=principal_of(ann)) == []
 
 
 def test_avatar_form_errors_are_readable_and_translated(settings, service, face_video, speech_wav):
@@ -316,7 +318,7 @@ def test_avatar_form_errors_are_readable_and_translated(settings, service, face_
                                _as("sales", language="zh-CN"))
     with pytest.raises(gr.Error, match="Select an avatar"):
         handlers.delete_avatar(None, "", "", _as("sales"))
-    assert handlers.avatar_listing("", "", _as("sales"))[0] == []  # nothing was created
+    assert handlers.avatar_listing(None, "", "", _as("sales"))[0] == []  # nothing was created
 
 
 def test_single_tab_generates_from_typed_text_on_an_avatar(settings, service, face_video):
@@ -343,6 +345,14 @@ def test_single_tab_generates_from_typed_text_on_an_avatar(settings, service, fa
     with pytest.raises(gr.Error):
         handlers.generate(None, None, {}, _as("support"), lambda *a, **k: None, avatar=avatar_id,
                           text="Hello")
+    # The Batch tab: lines of text on the picked avatar, one job per line.
+    with pytest.raises(gr.Error, match="either a speech audio or text"):
+        handlers.submit_batch(["x.wav"], None, None, {}, ann, avatar=avatar_id, texts="One.")
+    batch_id = handlers.submit_batch(None, None, None, {}, ann, avatar=avatar_id,
+                                     texts="First line.\n\n  Second line.  \n")[0]
+    batch = service.get_batch(batch_id, principal=principal_of(ann))
+    assert [(item.text, item.video) for item in batch.items] == [
+        ("First line.", f"avatar:{avatar_id}"), ("Second line.", f"avatar:{avatar_id}")]
 
 
 def test_hear_it_returns_the_spoken_text_as_samples(settings, service):

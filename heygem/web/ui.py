@@ -37,6 +37,7 @@ from heygem.engine.api import (
 )
 from heygem.errors import HeygemError, InputError, LimitExceededError
 from heygem.jobs.api import JobService
+from heygem.jobs.avatars import AVATAR_PREFIX, PREPARING, READY, Avatar
 from heygem.jobs.records import Batch, Job
 from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
@@ -45,8 +46,6 @@ from heygem.storage.paths import free_name, safe_file_name
 from heygem.web import batching, i18n, media
 from heygem.web.http import Fault, classify, one_line
 from heygem.web.identity import Identity, gradio_user, principal_of
-
-Avatar = Any  # heygem.jobs avatars record: until the backend branch is merged
 
 if TYPE_CHECKING:
     from heygem.web.server import LogBuffer
@@ -73,11 +72,10 @@ AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm"
 FACE_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
 MANIFEST_TYPES = [".jsonl", ".json", ".txt"]
 AVATAR_REFRESH_S = 1.5  # how often the Avatars tab looks again while an avatar is preparing
-AVATAR_PREFIX = "avatar:"  # a job's "video" naming an avatar
-READY, PREPARING = "ready", "preparing"  # avatar statuses the page acts on
-AVATAR_LISTING = 5  # outputs of Handlers.avatar_listing: ids, gallery, two pickers, timer
+AVATAR_LISTING = 6  # outputs of Handlers.avatar_listing: ids, gallery, details, two pickers, timer
 PCM16_BYTES = 2
 SPEECH_LINES = 3
+FACE_UPLOAD_HEIGHT = 150  # px: beside the avatar picker, a compact drop zone
 # The options panel, row by row; the other options (box, fps, ...) keep their defaults in the UI.
 PANEL_ROWS = (("engine", "blend", "duration_policy"), ("pads", "smooth"),
               ("face_choice", "face_point", "watermark"))
@@ -500,25 +498,34 @@ class Handlers:
         return (*self._batch_view(batch, lang), gr.Timer(active=True))
 
     # --- avatars --------------------------------------------------------------------------------
-    def avatar_listing(self, single: str | None, batch: str | None, request: gr.Request) -> tuple[Any, ...]:
-        """ids, gallery, the Single and Batch pickers (ready avatars; a vanished choice falls back
-        to none) and the refresh timer, active while any avatar is still preparing."""
+    def avatar_listing(
+        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
+        """ids, gallery, the selected avatar's details, the Single and Batch pickers (ready
+        avatars; a vanished choice falls back to none) and the refresh timer, active while any
+        avatar is still preparing."""
         lang = language(request)
         avatars = self.service.list_avatars(principal=principal_of(request))
         gallery = [(avatar_picture(avatar), avatar_caption(avatar, lang)) for avatar in avatars]
+        shown = next((avatar for avatar in avatars if avatar.id == selected), None)
+        details = self._avatar_details(shown, lang) if shown is not None else ""
         ready = [(avatar.name, avatar.id) for avatar in avatars if str(avatar.status) == READY]
         preparing = any(str(avatar.status) == PREPARING for avatar in avatars)
-        return ([avatar.id for avatar in avatars], gallery, _picker(ready, single, lang),
+        return ([avatar.id for avatar in avatars], gallery, details, _picker(ready, single, lang),
                 _picker(ready, batch, lang), gr.Timer(active=preparing))
 
     @user_errors
-    def avatars(self, single: str | None, batch: str | None, request: gr.Request) -> tuple[Any, ...]:
-        return self.avatar_listing(single, batch, request)
+    def avatars(
+        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
+        return self.avatar_listing(selected, single, batch, request)
 
-    def avatars_tick(self, single: str | None, batch: str | None, request: gr.Request) -> tuple[Any, ...]:
+    def avatars_tick(
+        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
         """Timer tick: never raises, so one bad moment does not stop the refresh."""
         try:
-            return self.avatar_listing(single, batch, request)
+            return self.avatar_listing(selected, single, batch, request)
         except Exception:
             log.exception("refreshing the avatars failed; trying again")
             return (gr.skip(),) * (AVATAR_LISTING - 1) + (gr.Timer(active=True),)
@@ -545,9 +552,7 @@ class Handlers:
                 voice_text=voice_text or None, uploaded=[folder],
             )
         log.info("avatar %s created from the web UI", avatar.id)
-        gr.Info(i18n.t("avatar_created", lang, name=avatar.name))
-        return (avatar.id, self._avatar_details(avatar, lang), avatar.name,
-                *self.avatar_listing(single, batch, request))
+        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request))
 
     @user_errors
     def avatar_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
@@ -570,8 +575,7 @@ class Handlers:
             raise InputError(i18n.t("err_need_avatar_name", lang))
         avatar = self.service.rename_avatar(avatar_id, name, principal=principal_of(request))
         log.info("avatar %s renamed from the web UI", avatar.id)
-        return (avatar.id, self._avatar_details(avatar, lang), avatar.name,
-                *self.avatar_listing(single, batch, request))
+        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request))
 
     @user_errors
     def delete_avatar(
@@ -585,7 +589,7 @@ class Handlers:
         self.service.delete_avatar(avatar_id, principal=who)
         log.info("avatar %s deleted from the web UI", avatar_id)
         gr.Info(i18n.t("avatar_deleted", lang, name=name))
-        return (None, "", "", *self.avatar_listing(single, batch, request))
+        return (None, "", *self.avatar_listing(None, single, batch, request))
 
     def _avatar_details(self, avatar: Avatar, lang: str) -> str:
         if avatar.is_image:
@@ -758,7 +762,7 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             with gr.Row():
                 avatar = _avatar_picker(t, "single-avatar")
                 face = gr.File(file_types=FACE_TYPES, type="filepath", label=t("face"),
-                               elem_id="single-face")
+                               height=FACE_UPLOAD_HEIGHT, elem_id="single-face")
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label=t("audio"),
                              elem_id="single-audio")
             text = gr.Textbox(label=t("speech_text"), placeholder=t("speech_text_hint"),
@@ -877,20 +881,20 @@ def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Calla
                 rename = gr.Button(t("avatar_rename"), size="sm", elem_id="avatar-rename", scale=1)
                 delete = gr.Button(t("avatar_delete"), variant="stop", size="sm",
                                    elem_id="avatar-delete", scale=1)
-    listing = [ids, gallery, *pickers, timer]
-    chosen = [selected, details, new_name]
-    create.click(h.create_avatar, [upload, name, voice, voice_text, *pickers], [*chosen, *listing],
+    # The listing refreshes the selected avatar's details too: its status changes while shown.
+    listing = [ids, gallery, details, *pickers, timer]
+    current = [selected, *pickers]
+    changed = [selected, new_name, *listing]
+    create.click(h.create_avatar, [upload, name, voice, voice_text, *pickers], changed,
                  api_visibility="private")
-    gallery.select(h.avatar_select, [ids], chosen, api_visibility="private")
-    rename.click(h.rename_avatar, [selected, new_name, *pickers], [*chosen, *listing],
-                 api_visibility="private")
-    delete.click(h.delete_avatar, [selected, *pickers], [*chosen, *listing],
-                 api_visibility="private")
-    refresh.click(h.avatars, pickers, listing, api_visibility="private")
-    timer.tick(h.avatars_tick, pickers, listing, api_visibility="private", show_progress="hidden")
+    gallery.select(h.avatar_select, [ids], [selected, details, new_name], api_visibility="private")
+    rename.click(h.rename_avatar, [selected, new_name, *pickers], changed, api_visibility="private")
+    delete.click(h.delete_avatar, [selected, *pickers], changed, api_visibility="private")
+    refresh.click(h.avatars, current, listing, api_visibility="private")
+    timer.tick(h.avatars_tick, current, listing, api_visibility="private", show_progress="hidden")
 
     def hook(trigger: Any) -> None:
-        trigger(h.avatars, pickers, listing, api_visibility="private", show_progress="hidden")
+        trigger(h.avatars, current, listing, api_visibility="private", show_progress="hidden")
 
     return hook
 
