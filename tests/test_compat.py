@@ -20,6 +20,7 @@ from heygem.web.compat import (
     CHAOFEN_NOTE,
     CODE_BAD_REQUEST,
     CODE_BUSY,
+    CODE_UNKNOWN_TASK,
     CODE_ERROR,
     CODE_OK,
     INTERNAL_ERROR,
@@ -113,7 +114,8 @@ def test_submit_poll_and_read_the_result_from_the_shared_folder(harness, shared)
 
     done, progresses = harness.poll("6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60")
 
-    assert done["data"] == {"status": 2, "msg": "succeeded", "progress": 100,
+    assert done["data"] == {"code": "6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60", "status": 2,
+                            "msg": "任务完成", "progress": 100,
                             "result": "/6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60-r.mp4"}
     assert all(isinstance(p, int) and 0 <= p <= 100 for p in progresses)
     assert progresses == sorted(progresses)
@@ -141,17 +143,36 @@ def test_running_task_reports_its_stage_and_progress(compat_settings):
         h.close()
 
 
-def test_duplicate_submit_returns_the_same_task_and_starts_nothing_new(harness):
-    first = harness.submit("dup-1")
-    again = harness.submit("dup-1")
-    assert first["code"] == again["code"] == CODE_OK
-    assert "already submitted" in again["msg"]
+def test_reusing_a_code_while_its_task_is_waiting_starts_nothing_new(compat_settings):
+    h = Harness(compat_settings, Pipelines(gate=threading.Event()))  # the engine stays loading
+    try:
+        first = h.submit("dup-1")
+        again = h.submit("dup-1", audio="missing.wav")  # the waiting task answers; no checks
+        assert first["code"] == again["code"] == CODE_OK
+        assert again["msg"] == "task dup-1 is already queued; nothing new was started"
+        assert h.service.count_jobs(principal=LOCAL) == 1
+    finally:
+        h.close()
+
+
+def test_reusing_a_finished_code_starts_a_new_run_and_query_reports_it(harness, shared):
+    # The original forgets a task once it has reported it: a script with a fixed code gets a
+    # new video each time, not its first one again for a week.
+    assert harness.submit("dup-1")["code"] == CODE_OK
+    first, _ = harness.poll("dup-1")
+    assert harness.submit("dup-1", audio="missing.wav")["code"] == CODE_BAD_REQUEST  # checked anew
+    second = harness.submit("dup-1")
+    assert second == {"code": CODE_OK, "msg": "task dup-1 accepted", "success": True, "data": {}}
     done, _ = harness.poll("dup-1")
-    after = harness.submit("dup-1", audio="missing.wav")  # same code: the same task, no checks
-    assert after["code"] == CODE_OK and "already submitted" in after["msg"]
-    assert harness.query("dup-1") == done
-    assert len(harness.pipelines.runs) == 1
-    assert harness.service.count_jobs(principal=LOCAL) == 1
+    assert done["data"]["status"] == 2 and done["data"]["code"] == "dup-1"
+    jobs = harness.service.list_jobs(principal=LOCAL)
+    assert len(jobs) == 2 and len(harness.pipelines.runs) == 2
+    assert {job.idempotency_key for job in jobs} == {KEY_PREFIX + "dup-1", KEY_PREFIX + "dup-1:2"}
+    # Each run's video is in the shared folder; the query names the latest.
+    for reply in (first, done):
+        assert (shared / "temp" / reply["data"]["result"].lstrip("/")).is_file()
+    latest = harness.service.get_by_key(KEY_PREFIX + "dup-1:2", principal=LOCAL)
+    assert done["data"]["result"] == "/" + Path(latest.output_url).name
 
 
 def test_concurrent_duplicate_submits_make_one_job(harness):
@@ -170,11 +191,11 @@ def test_concurrent_duplicate_submits_make_one_job(harness):
     assert len(harness.pipelines.runs) == 1
 
 
-def test_unknown_or_missing_code_is_a_failure(harness):
+def test_an_unknown_code_answers_10004_with_success_as_the_original(harness):
+    # Health probes query a dummy code and read success; a missing code is still a bad request.
     reply = harness.query("never-submitted")
-    assert reply["code"] == CODE_BAD_REQUEST
-    assert reply["success"] is False
-    assert reply["msg"] == "no task with code 'never-submitted'"
+    assert reply == {"code": CODE_UNKNOWN_TASK, "msg": "no task with code 'never-submitted'",
+                     "success": True, "data": {"code": "never-submitted"}}
     missing = harness.client.get("/easy/query").json()
     assert missing["code"] == CODE_BAD_REQUEST
     assert missing["msg"].startswith("code is required")
@@ -245,7 +266,8 @@ def test_full_queue_answers_busy_with_a_message(settings, shared):
         assert busy["code"] == CODE_BUSY
         assert busy["success"] is False
         assert busy["msg"].startswith("queue is full")
-        assert h.query("second")["code"] == CODE_BAD_REQUEST  # refused, so never known
+        assert busy["code"] == 10001  # the original's busy code
+        assert h.query("second")["code"] == CODE_UNKNOWN_TASK  # refused, so never known
         h.pipelines.gate.set()
         assert h.poll("first")[0]["data"]["status"] == 2
         assert h.submit("second")["code"] == CODE_OK  # room again
@@ -401,3 +423,33 @@ def test_compat_server_serves_its_own_port_and_stops(harness):
     finally:
         server.stop()
     assert not server.thread.is_alive()
+
+
+@pytest.mark.parametrize(("pn", "policy"), [(1, "pingpong"), (0, "loop"), ("1", "pingpong"), ("0", "loop")])
+def test_pn_selects_the_duration_policy_as_the_original(harness, pn, policy):
+    assert harness.submit(f"pn-{pn}", pn=pn)["code"] == CODE_OK
+    job = harness.service.get_by_key(KEY_PREFIX + f"pn-{pn}", principal=LOCAL)
+    assert job.options["duration_policy"] == policy
+
+
+def test_pn_defaults_to_pingpong_and_refuses_other_values(harness):
+    body = {"audio_url": "speech.wav", "video_url": "face.mp4", "code": "no-pn"}
+    assert harness.client.post("/easy/submit", json=body).json()["code"] == CODE_OK
+    job = harness.service.get_by_key(KEY_PREFIX + "no-pn", principal=LOCAL)
+    assert job.options["duration_policy"] == "pingpong"
+    bad = harness.submit("bad-pn", pn=7)
+    assert bad["code"] == CODE_BAD_REQUEST and "pn must be 0" in bad["msg"]
+
+
+def test_every_query_reply_carries_data_code(compat_settings):
+    # touge/Duix.Heygem.Proxy reads data.code from every reply and fails without it.
+    h = Harness(compat_settings, Pipelines(gate=threading.Event()))
+    try:
+        h.submit("proxy-1")
+        queued = h.query("proxy-1")
+        assert queued["data"]["code"] == "proxy-1" and queued["data"]["status"] == 1
+        h.pipelines.gate.set()
+        done, _ = h.poll("proxy-1")
+        assert done["data"]["code"] == "proxy-1" and done["data"]["msg"] == "任务完成"
+    finally:
+        h.close()

@@ -59,7 +59,8 @@ def test_client_submits_polls_and_reads_the_result_from_the_shared_folder(live):
     code = "0d7e4b8a-3f2c-4e1b-9a6d-5c4b3a2f1e0d"
     with httpx.Client(base_url=compat_url, timeout=30.0) as client:
         unknown = client.get("/easy/query", params={"code": code}).json()
-        assert unknown["code"] == 10002  # a failure code the client recognises
+        # As the original: 10004 for a code it does not know, with success true.
+        assert unknown["code"] == 10004 and unknown["success"] is True
 
         # As the desktop client sends it (bare names in its asset folder) and as scripts do
         # (container paths under /code/data).
@@ -81,6 +82,7 @@ def test_client_submits_polls_and_reads_the_result_from_the_shared_folder(live):
 
     final = replies[-1]
     assert final["status"] == 2, f"{final}\n{server.log()}"
+    assert final["code"] == code and final["msg"] == "任务完成"
     assert final["progress"] == 100
     assert final["result"] == f"/{code}-r.mp4"
     progress = [data["progress"] for data in replies]

@@ -13,10 +13,10 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -24,12 +24,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from heygem import storage
 from heygem.errors import HeygemError, InputError, QueueFullError, ShuttingDownError
 from heygem.jobs.api import JobService
+from heygem.jobs.avatars import AVATAR_PREFIX, Avatar
 from heygem.jobs.records import Batch, Job
 from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
@@ -38,6 +40,7 @@ from heygem.web import batching, media, openapi, uploads
 from heygem.web.http import (
     INTERNAL_ERROR,
     MB,
+    UnsupportedMediaTypeError,
     check_length,
     classify,
     error_response,
@@ -57,6 +60,8 @@ API_PREFIX = "/api/v1"
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as the job store makes them
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around each file part
 JOB_UPLOAD_FILES = 2
+AVATAR_UPLOAD_FILES = 2  # the face video or photo, and a voice sample
+PRIVATE_CACHE = {"Cache-Control": "private, max-age=60"}  # thumbnails are a tenant's own
 BATCH_UPLOAD_FILES = 101  # one audio + 100 videos, or a manifest and its files
 MAX_JSON_BYTES = MB
 MAX_PAGE = 200
@@ -256,11 +261,11 @@ async def _receive_form(state: ApiState, request: Request, max_files: int) -> up
 def _submit_refs(
     state: ApiState, data: dict[str, Any], idempotency_key: str | None, who: Principal
 ) -> Job:
-    audio, video = _text(data, "audio"), _text(data, "video")
-    if audio is None or video is None:
-        raise InputError("give both 'audio' and 'video'")
+    audio, video, text = _text(data, "audio"), _text(data, "video"), _text(data, "text")
+    if video is None or (audio is None and text is None):
+        raise InputError("give 'video' and either 'audio' or 'text'")
     return state.service.submit(
-        audio, video, _options(data.get("options")),
+        audio, video, _options(data.get("options")), text=text, voice=_text(data, "voice"),
         output_name=_text(data, "output_name"), output_prefix=_text(data, "output_prefix"),
         idempotency_key=_text(data, "idempotency_key") or idempotency_key, principal=who,
     )
@@ -274,10 +279,12 @@ async def _probe_uploads(state: ApiState, form: uploads.UploadedForm) -> None:
 def _submit_form(
     state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None, who: Principal
 ) -> Job:
-    audio, video = _form_reference(form, "audio"), _form_reference(form, "video")
     fields = form.fields
+    text = fields.get("text") or None
+    audio = None if text is not None and form.file("audio") is None else _form_reference(form, "audio")
+    video = _form_reference(form, "video")
     return state.service.submit(
-        audio, video, _options(fields.get("options")),
+        audio, video, _options(fields.get("options")), text=text, voice=fields.get("voice") or None,
         output_name=fields.get("output_name") or None,
         output_prefix=fields.get("output_prefix") or None,
         idempotency_key=fields.get("idempotency_key") or idempotency_key, principal=who,
@@ -455,8 +462,117 @@ def job_routes(state: ApiState) -> APIRouter:
     return router
 
 
+def avatar_view(avatar: Avatar, request: Request, settings: Settings) -> dict[str, Any]:
+    data = avatar.to_dict(settings.data_dir)
+    if isinstance(data.get("error"), str):
+        data["error"] = strip_paths(data["error"], settings.data_dir)
+    thumbnail = f"{API_PREFIX}/avatars/{avatar.id}/thumbnail"
+    data["thumbnail_url"] = _url(request, thumbnail) if avatar.thumbnail is not None else None
+    return data
+
+
+async def _create_avatar(state: ApiState, request: Request) -> Avatar:
+    if not _is_multipart(request):
+        raise UnsupportedMediaTypeError(
+            'send multipart/form-data: a "media" file, a "name" field, optionally a "voice" file '
+            'and its "voice_text"'
+        )
+    form = await _receive_form(state, request, AVATAR_UPLOAD_FILES)
+    try:
+        return await run_in_threadpool(_create_avatar_form, state, form, principal_of(request))
+    except BaseException:
+        form.discard()
+        raise
+
+
+def _create_avatar_form(state: ApiState, form: uploads.UploadedForm, who: Principal) -> Avatar:
+    fields = form.fields
+    voice = form.file("voice")
+    voice_ref = str(voice.path) if voice else (fields.get("voice") or None)
+    return state.service.create_avatar(
+        fields.get("name", ""), _form_reference(form, "media"), principal=who,
+        voice_audio=voice_ref, voice_text=fields.get("voice_text") or None, uploaded=[form.folder],
+    )
+
+
+def _avatar_file(settings: Settings, path: Path | None, what: str) -> Path:
+    """A file of an avatar we may serve: it exists inside the avatars folder."""
+    if path is None:
+        raise StarletteHTTPException(404, f"{what} has none yet")
+    resolved = resolve_under(path, [settings.avatars_dir])
+    if not resolved.is_file():
+        raise StarletteHTTPException(404, f"{what} is gone")
+    return resolved
+
+
+def avatar_routes(state: ApiState) -> APIRouter:
+    """/api/v1/avatars (a tenant's stored faces) and /api/v1/speech ("hear it")."""
+    router = APIRouter(
+        prefix=API_PREFIX, tags=["avatars"], dependencies=[Depends(require_principal)]
+    )
+    service, settings = state.service, state.settings
+
+    @router.post("/avatars", status_code=201)
+    async def create_avatar(request: Request) -> JSONResponse:
+        avatar = await _create_avatar(state, request)
+        return JSONResponse(avatar_view(avatar, request, settings), status_code=201)
+
+    @router.get("/avatars")
+    def list_avatars(request: Request) -> dict[str, Any]:
+        found = service.list_avatars(principal=principal_of(request))
+        return {"avatars": [avatar_view(avatar, request, settings) for avatar in found]}
+
+    @router.get("/avatars/{avatar_id}")
+    def get_avatar(avatar_id: str, request: Request) -> dict[str, Any]:
+        avatar = service.get_avatar(check_id(avatar_id, "avatar"), principal=principal_of(request))
+        return avatar_view(avatar, request, settings)
+
+    @router.patch("/avatars/{avatar_id}")
+    async def rename_avatar(avatar_id: str, request: Request) -> dict[str, Any]:
+        data = await read_json_object(request, MAX_JSON_BYTES)
+        name = data.get("name")
+        if not isinstance(name, str):
+            raise InputError('send {"name": "<the new name>"}')
+        avatar = await run_in_threadpool(
+            service.rename_avatar, check_id(avatar_id, "avatar"), name, principal=principal_of(request)
+        )
+        return avatar_view(avatar, request, settings)
+
+    @router.delete("/avatars/{avatar_id}")
+    def delete_avatar(avatar_id: str, request: Request) -> dict[str, Any]:
+        service.delete_avatar(check_id(avatar_id, "avatar"), principal=principal_of(request))
+        return {"deleted": True, "id": avatar_id}
+
+    @router.get("/avatars/{avatar_id}/thumbnail", response_class=FileResponse)
+    def get_thumbnail(avatar_id: str, request: Request) -> FileResponse:
+        avatar = service.get_avatar(check_id(avatar_id, "avatar"), principal=principal_of(request))
+        path = _avatar_file(settings, avatar.thumbnail, f"avatar {avatar.id}'s thumbnail")
+        return FileResponse(path, media_type="image/jpeg", headers=PRIVATE_CACHE)
+
+    @router.post("/speech", response_class=FileResponse)
+    async def speech(request: Request) -> FileResponse:
+        data = await read_json_object(request, MAX_JSON_BYTES)
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise InputError('send {"text": "...", "voice"?: "...", "avatar"?: "<id>"}')
+        avatar = _text(data, "avatar")
+        if avatar is not None:
+            avatar = avatar.removeprefix(AVATAR_PREFIX)
+        path = await run_in_threadpool(
+            service.speak, text, principal=principal_of(request), voice=_text(data, "voice"),
+            avatar_id=check_id(avatar, "avatar") if avatar else None,
+        )
+        return FileResponse(
+            path, media_type="audio/wav", filename="speech.wav",
+            background=BackgroundTask(path.unlink, missing_ok=True),
+        )
+
+    return router
+
+
 def register_api(app: FastAPI, state: ApiState) -> None:
     """Add the error handlers and every API route; call before Gradio is mounted at '/'."""
     install_error_handlers(app, state.settings.data_dir)
     app.include_router(probe_routes(state))
     app.include_router(job_routes(state))
+    app.include_router(avatar_routes(state))

@@ -5,9 +5,10 @@ module speaks that protocol so they can point at heygem unchanged; like the web 
 adapter over JobService and never runs the model itself.
 
     submit  {"audio_url", "video_url", "code", "chaofen", "watermark_switch", "pn"}
-            -> {"code": 10000, "msg": ...}; 10002 bad request, 10003 busy, 9999 unexpected
-    query   ?code=K -> {"code": 10000, "data": {"status", "msg", "progress", "result"}}
-            status 1 queued or running, 2 succeeded, 3 failed or cancelled; progress 0-100
+            -> {"code": 10000, "msg": ...}; 10002 bad request, 10001 busy, 9999 unexpected
+    query   ?code=K -> {"code": 10000, "data": {"code", "status", "msg", "progress", "result"}}
+            status 1 queued or running, 2 succeeded, 3 failed or cancelled; progress 0-100;
+            an unknown code answers 10004 with success true, as the original does
 
 Paths live in one shared folder (Settings.resolved_compat_root, the folder HeyGem's compose file
 mounts at /code/data). As in the original service, its temp/ subfolder is the working folder:
@@ -21,9 +22,13 @@ IdentityGate of heygem.web.identity. With any credential configured, a call need
 "Authorization: Bearer <key>": HEYGEM_COMPAT_TOKEN (tenant compat_tenant) or any API key. The
 compat port listens on Settings.compat_host, 127.0.0.1 unless set (the image sets 0.0.0.0).
 
-The client's `code` is the job's idempotency key (namespaced), so a repeated submit returns the
-same job. The job layer publishes the finished video into temp/ before the job turns succeeded,
-so status 2 always comes with a complete file.
+The client's `code` keys its runs: run 1 is the job with idempotency key "heygem-compat:<code>",
+run n > 1 the one keyed "heygem-compat:<code>:<n>". Submitting a code whose latest run is queued
+or running starts nothing (10000); once that run has finished, the same code starts a new run, as
+the original does (it forgets a task once reported). A query reports the latest run. `pn` picks
+the duration policy when the audio outlasts the video: 1 ping-pong, 0 loop. The job layer
+publishes the finished video into temp/ before the job turns succeeded, so status 2 always comes
+with a complete file.
 """
 
 from __future__ import annotations
@@ -60,10 +65,11 @@ from heygem.web.identity import Identity, IdentityGate, principal_of
 
 log = logging.getLogger("heygem.web.compat")
 
-# Top-level reply codes of the protocol; the client treats 9999, 10002 and 10003 as failures.
+# Top-level reply codes of the protocol; the client treats anything but 10000 as a failure.
 CODE_OK = 10000
-CODE_BAD_REQUEST = 10002  # bad parameters, refused paths, missing files, unknown task codes
-CODE_BUSY = 10003  # queue full or shutting down: try again later
+CODE_BUSY = 10001  # queue full or shutting down: try again later (the original's busy code)
+CODE_BAD_REQUEST = 10002  # bad parameters, refused paths, missing files
+CODE_UNKNOWN_TASK = 10004  # no task with that code (success stays true, as in the original)
 CODE_ERROR = 9999  # anything unexpected (details in the server log only)
 # The shared error classification (heygem.web.http) in the protocol's terms.
 FAULT_CODES = {
@@ -82,6 +88,10 @@ CONTAINER_ROOT = "/code/data"  # where HeyGem's compose file mounts the shared f
 WORK_FOLDER = "temp"  # the original's working folder inside the shared one (see module doc)
 RESULT_SUFFIX = "-r.mp4"  # the original names results <code>-r.mp4
 KEY_PREFIX = "heygem-compat:"  # keeps client codes apart from the main API's idempotency keys
+MAX_RUNS = 10000  # runs one code may have; finding the latest reads one key per run
+DONE_MSG = "任务完成"  # the original's data.msg for a finished task ("task complete")
+# pn: what the original does when the audio outlasts the video (1: back and forth, 0: loop)
+PN_POLICIES = {1: "pingpong", 0: "loop"}
 MAX_CODE_CHARS = 128
 # A code becomes a file name: letters, digits, '_', '-' and single dots (UUIDs, timestamps).
 CODE_PATTERN = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]*")  # used with fullmatch
@@ -187,30 +197,59 @@ def submit_task(service: JobService, root: Path, body: object, who: Principal) -
     code = check_code(body.get("code"))
     chaofen = _flag(body, "chaofen")
     watermark = _flag(body, "watermark_switch")
+    policy = _duration_policy(body)
     note = f"; {CHAOFEN_NOTE}" if chaofen else ""
-    key = KEY_PREFIX + code
-    existing = _find(service, key, who)
-    if existing is not None:
-        return _reply(CODE_OK, f"task {code} was already submitted; nothing new was started{note}")
+    run, latest = _latest_run(service, code, who)
+    if latest is not None and not latest.terminal:
+        return _reply(CODE_OK, f"task {code} is already {latest.status.value}; nothing new was started{note}")
     audio = resolve_shared_path(body.get("audio_url"), root, "audio_url")
     video = resolve_shared_path(body.get("video_url"), root, "video_url")
     job = service.submit(
-        str(audio), str(video),
+        str(audio), str(video), {"duration_policy": policy},
         output_name=code + RESULT_SUFFIX, output_prefix=str(root / WORK_FOLDER),
-        idempotency_key=key, watermark=WATERMARK_LABEL if watermark else None,
+        idempotency_key=run_key(code, run + 1), watermark=WATERMARK_LABEL if watermark else None,
         principal=who, internal=True,
     )
-    log.info("task %s: job %s (watermark %s, chaofen %s)", code, job.id, watermark, chaofen)
+    log.info(
+        "task %s run %d: job %s (watermark %s, chaofen %s, %s)", code, run + 1, job.id, watermark,
+        chaofen, policy,
+    )
     return _reply(CODE_OK, f"task {code} accepted{note}")
 
 
+def run_key(code: str, run: int) -> str:
+    """The idempotency key of a code's run (1-based); run 1's is the code's key of old."""
+    return KEY_PREFIX + code if run == 1 else f"{KEY_PREFIX}{code}:{run}"
+
+
+def _latest_run(service: JobService, code: str, who: Principal) -> tuple[int, Job | None]:
+    """(n, job) of the code's latest run; (0, None) when it has none."""
+    latest: Job | None = None
+    for run in range(1, MAX_RUNS + 1):
+        job = _find(service, run_key(code, run), who)
+        if job is None:
+            return run - 1, latest
+        latest = job
+    raise InputError(f"code {code} has been used for {MAX_RUNS} tasks; choose a new code")
+
+
+def _duration_policy(body: Mapping[str, Any]) -> str:
+    value = body.get("pn", 1)  # the official client always sends 1
+    if isinstance(value, bool) or value in (None, ""):
+        value = int(bool(value)) if isinstance(value, bool) else 1
+    try:
+        return PN_POLICIES[int(value)]
+    except (TypeError, ValueError, KeyError):
+        raise InputError(f"pn must be 0 (loop) or 1 (ping-pong), got {value!r}") from None
+
+
 def query_task(service: JobService, root: Path, raw_code: object, who: Principal) -> dict[str, Any]:
-    """The protocol reply for one task code; JobNotFoundError for an unknown one."""
+    """The protocol reply for one task code: its latest run, or 10004 for an unknown code."""
     code = check_code(raw_code)
-    job = _find(service, KEY_PREFIX + code, who)
+    _, job = _latest_run(service, code, who)
     if job is None:
-        raise JobNotFoundError(f"no task with code {code!r}")
-    return _reply(CODE_OK, "ok", task_view(job, root))
+        return _reply(CODE_UNKNOWN_TASK, f"no task with code {code!r}", {"code": code}, success=True)
+    return _reply(CODE_OK, "ok", {"code": code, **task_view(job, root)})
 
 
 def task_view(job: Job, root: Path) -> dict[str, Any]:
@@ -218,7 +257,7 @@ def task_view(job: Job, root: Path) -> dict[str, Any]:
     if job.status == JobStatus.SUCCEEDED:
         result, problem = _result_path(job, root)
         if problem is None:
-            return _view(STATUS_SUCCEEDED, "succeeded", 100, result)
+            return _view(STATUS_SUCCEEDED, DONE_MSG, 100, result)
         return _view(STATUS_FAILED, problem, 100, "")
     if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         return _view(STATUS_FAILED, job.error or str(job.status), _percent(job.progress), "")
@@ -255,13 +294,16 @@ def _view(status: int, msg: str, progress: int, result: str) -> dict[str, Any]:
     return {"status": status, "msg": one_line(msg), "progress": progress, "result": result}
 
 
-def _reply(code: int, msg: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+def _reply(
+    code: int, msg: str, data: dict[str, Any] | None = None, *, success: bool | None = None
+) -> dict[str, Any]:
     # "success" and "data" as the original sends them; scripts written for it read both.
-    return {"code": code, "msg": one_line(msg), "success": code == CODE_OK, "data": data or {}}
+    ok = code == CODE_OK if success is None else success
+    return {"code": code, "msg": one_line(msg), "success": ok, "data": data or {}}
 
 
 def reply_for_error(exc: BaseException, what: str) -> dict[str, Any]:
-    """Protocol failure reply: 10003 when busy, 10002 for the client's mistakes, else 9999."""
+    """Protocol failure reply: 10001 when busy, 10002 for the client's mistakes, else 9999."""
     fault = classify(exc).fault
     if fault == Fault.INTERNAL:
         log.error("%s failed unexpectedly", what, exc_info=exc)
@@ -405,4 +447,5 @@ __all__ = [
     "CODE_BAD_REQUEST",
     "CODE_BUSY",
     "CODE_ERROR",
+    "CODE_UNKNOWN_TASK",
 ]

@@ -26,6 +26,10 @@ def decode_image(path: Path, limits: MediaLimits | None = None) -> Frame:
 
     limits = limits or MediaLimits()
     width, height = picture_size(path, limits)
+    if width <= 0 or height <= 0:
+        # ffprobe answers 0x0 for a header it finds invalid (e.g. 60000x60000): OpenCV would
+        # then refuse it only by an assertion, or allocate it.
+        raise UnsupportedMediaError(f"{path.name}: the picture's size is invalid or too large to read")
     check_pixels(path.name, width, height, limits)
     raw = np.fromfile(path, dtype=np.uint8)
     frame = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
