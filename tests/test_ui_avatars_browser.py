@@ -89,7 +89,7 @@ def test_avatar_then_typed_text_to_video(browser, server, face_video):
     expect(page.locator("#avatar-details")).to_contain_text("Status: ready")
     avatar_id = AVATAR_ID.search(page.locator("#avatar-details").inner_text()).group(0)
     page.evaluate("window.scrollTo(0, 0)")
-    avatars_shot = screenshot(page, "avatars-tab.png")
+    avatars_shot = screenshot(page, "avatars-tab.png", full_page=True)
 
     page.get_by_role("tab", name="Single").click()
     choose(page, "single-avatar", "Anna")
