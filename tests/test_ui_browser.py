@@ -172,7 +172,7 @@ def test_history_previews_deletes_one_and_deletes_all(page, server, speech_wav, 
 
 def test_bad_input_shows_a_readable_error(page):
     page.locator("#generate").click()
-    expect(page.get_by_text("Please add the speech audio first.")).to_be_visible()
+    expect(page.get_by_text("Please add the speech audio or type the text to speak.")).to_be_visible()
 
 
 def test_page_follows_the_browser_language(browser, server):

@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 
 from heygem.errors import LimitExceededError, NoFaceError
 from heygem.jobs import JobService
-from heygem.web import i18n
-from heygem.web.server import LogBuffer, PrefixTolerance, create_app
 from heygem.jobs.tenancy import LOCAL
+from heygem.web import i18n
+from heygem.web.identity import principal_of
+from heygem.web.server import LogBuffer, PrefixTolerance, create_app
 from tests.fakes import FakePipeline
 
 PREFIX = "/v1/infers/0a1b2c"
@@ -241,3 +242,140 @@ def test_the_identity_gate_sees_through_the_gateway_prefix(settings, service, pa
         assert client.get(f"{path}/ready?deep=1").status_code == 401
         jobs = client.get(f"{path}/api/v1/jobs", headers={"Authorization": "Bearer s3cret"})
         assert jobs.status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# Avatars and typed text in the UI handlers (the page itself is tested in test_ui_avatars_browser)
+
+AVATAR_READY_S = 60.0
+
+
+def _as(tenant: str, role: str = "user", language: str = "en"):
+    import gradio as gr
+
+    # As the identity gate names a principal for Gradio: "tenant:role".
+    return gr.Request(username=f"{tenant}:{role}", headers={"accept-language": language})
+
+
+def _ready(handlers, request, avatar_id: str):
+    deadline = time.monotonic() + AVATAR_READY_S
+    while time.monotonic() < deadline:
+        avatar = handlers.service.get_avatar(avatar_id, principal=principal_of(request))
+        if avatar.status != "preparing":
+            return avatar
+        time.sleep(0.1)
+    raise AssertionError(f"avatar {avatar_id} still preparing after {AVATAR_READY_S} s")
+
+
+def _picker_choices(update) -> list[tuple[str, str]]:
+    return [tuple(choice) for choice in update["choices"]]
+
+
+def test_avatars_in_the_ui_belong_to_the_tenant(settings, service, face_video):
+    import gradio as gr
+
+    from heygem.web.ui import Handlers
+
+    handlers = Handlers(settings, service, lambda count: [])
+    ann, bob = _as("sales"), _as("support")
+    created = handlers.create_avatar(str(face_video), "  Anna  ", None, None, "", "", ann)
+    avatar_id, name, ids, _, details = created[:5]
+    assert name == "Anna" and ids == [avatar_id] and "**Anna**" in details
+    assert _ready(handlers, ann, avatar_id).status == "ready"
+
+    ids, gallery, details, single, _, timer = handlers.avatar_listing(avatar_id, "", "", ann)
+    assert ids == [avatar_id] and gallery[0][1] == "Anna · ready"
+    assert "**Status**: ready" in details  # the shown details follow the preparation
+    assert _picker_choices(single)[1:] == [("Anna", avatar_id)] and single["value"] == ""
+    assert timer.active is False  # nothing preparing: the Avatars tab stops refreshing
+    # Another department sees none of it, and cannot rename or delete it.
+    theirs = handlers.avatar_listing(avatar_id, avatar_id, avatar_id, bob)
+    assert theirs[0] == [] and theirs[2] == "" and theirs[3]["value"] == ""
+    with pytest.raises(gr.Error, match="avatar"):
+        handlers.rename_avatar(avatar_id, "Mine now", "", "", bob)
+    with pytest.raises(gr.Error, match="avatar"):
+        handlers.delete_avatar(avatar_id, "", "", bob)
+
+    renamed = handlers.rename_avatar(avatar_id, "Anna B.", avatar_id, "", ann)
+    assert renamed[1] == "Anna B." and renamed[2] == [avatar_id] and "**Anna B.**" in renamed[4]
+    assert renamed[5]["value"] == avatar_id  # the Single picker keeps its choice
+    deleted = handlers.delete_avatar(avatar_id, avatar_id, avatar_id, ann)
+    assert deleted[:5] == (None, "", [], [], "")
+    assert deleted[5]["value"] == "" and deleted[6]["value"] == ""  # the choice is gone
+    assert service.list_avatars(principal=principal_of(ann)) == []
+
+
+def test_avatar_form_errors_are_readable_and_translated(settings, service, face_video, speech_wav):
+    import gradio as gr
+
+    from heygem.web.ui import Handlers
+
+    handlers = Handlers(settings, service, lambda count: [])
+    with pytest.raises(gr.Error, match="Please give the avatar a name"):
+        handlers.create_avatar(str(face_video), "  ", None, None, "", "", _as("sales"))
+    with pytest.raises(gr.Error, match="请填写声音样本中所说的内容"):
+        handlers.create_avatar(str(face_video), "Anna", str(speech_wav), " ", "", "",
+                               _as("sales", language="zh-CN"))
+    with pytest.raises(gr.Error, match="Select an avatar"):
+        handlers.delete_avatar(None, "", "", _as("sales"))
+    assert handlers.avatar_listing(None, "", "", _as("sales"))[0] == []  # nothing was created
+
+
+def test_single_tab_generates_from_typed_text_on_an_avatar(settings, service, face_video):
+    import gradio as gr
+
+    from heygem.web.ui import Handlers, build_options
+
+    handlers = Handlers(settings, service, lambda count: [])
+    ann = _as("sales")
+    avatar_id = handlers.create_avatar(str(face_video), "Anna", None, None, "", "", ann)[0]
+    _ready(handlers, ann, avatar_id)
+    fields: dict = {}
+    with pytest.raises(gr.Error, match="either a speech audio or text"):
+        handlers.generate("x.wav", None, fields, ann, lambda *a, **k: None, avatar=avatar_id,
+                          text="Hello")
+    with pytest.raises(gr.Error, match="speech audio or type the text"):
+        handlers.generate(None, None, fields, ann, lambda *a, **k: None, avatar=avatar_id, text=" ")
+    video, _, summary = handlers.generate(None, None, build_options({}), ann, lambda *a, **k: None,
+                                          avatar=avatar_id, text="Hello from the avatar.")
+    assert summary.startswith("Done") and video.endswith(".mp4")
+    job = service.list_jobs(principal=principal_of(ann))[0]
+    assert job.text == "Hello from the avatar." and job.video == f"avatar:{avatar_id}"
+    # Another department cannot use the avatar by its id.
+    with pytest.raises(gr.Error):
+        handlers.generate(None, None, {}, _as("support"), lambda *a, **k: None, avatar=avatar_id,
+                          text="Hello")
+    # The Batch tab: lines of text on the picked avatar, one job per line.
+    with pytest.raises(gr.Error, match="either a speech audio or text"):
+        handlers.submit_batch(["x.wav"], None, None, {}, ann, avatar=avatar_id, texts="One.")
+    batch_id = handlers.submit_batch(None, None, None, {}, ann, avatar=avatar_id,
+                                     texts="First line.\n\n  Second line.  \n")[0]
+    batch = service.get_batch(batch_id, principal=principal_of(ann))
+    assert [(item.text, item.video) for item in batch.items] == [
+        ("First line.", f"avatar:{avatar_id}"), ("Second line.", f"avatar:{avatar_id}")]
+
+
+def test_hear_it_returns_the_spoken_text_as_samples(settings, service):
+    import gradio as gr
+
+    from heygem.web.ui import Handlers
+
+    handlers = Handlers(settings, service, lambda count: [])
+    rate, samples = handlers.hear_it("Hello there.", "en", "", _as("sales"))
+    assert rate > 8000 and len(samples) > rate // 4 and abs(samples).max() > 1000
+    with pytest.raises(gr.Error, match="type the text"):
+        handlers.hear_it("   ", None, "", _as("sales"))
+
+
+def test_batch_texts_pair_with_faces():
+    from heygem.errors import InputError
+    from heygem.web.ui import pair_texts
+
+    assert pair_texts(["a", "b"], ["avatar:1"]) == [
+        {"text": "a", "video": "avatar:1"}, {"text": "b", "video": "avatar:1"}]
+    assert [item["video"] for item in pair_texts(["a"], ["x.mp4", "avatar:1"])] == ["x.mp4", "avatar:1"]
+    assert [item["text"] for item in pair_texts(["a", "b"], ["x", "y"])] == ["a", "b"]
+    with pytest.raises(InputError, match="3 lines of text for 2 faces"):
+        pair_texts(["a", "b", "c"], ["x", "y"])
+    with pytest.raises(InputError, match="at least one face"):
+        pair_texts(["a"], [])

@@ -18,7 +18,7 @@ from heygem.jobs.manifest import parse_manifest
 from heygem.settings import Settings
 
 
-def pair_uploads(audios: Sequence[Path], videos: Sequence[Path]) -> list[dict[str, str]]:
+def pair_uploads(audios: Sequence[Path | str], videos: Sequence[Path | str]) -> list[dict[str, str]]:
     """Items for one audio with many videos, or audios and videos paired by order."""
     if not videos:
         raise InputError("a batch needs at least one face video or photo")

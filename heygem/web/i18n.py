@@ -115,6 +115,62 @@ EN: dict[str, str] = {
     "system_log": "Service log (latest lines)",
     "system_log_admins_only": "The service log is shown to admins only.",
     "system_settings": "Settings (secrets hidden)",
+    # avatars
+    "tab_avatars": "Avatars",
+    "avatars_help": (
+        "An **avatar** is a face video or photo you upload once: it is prepared (face found, "
+        "thumbnail made) and then picked on the Single and Batch tabs. Add a short voice sample and "
+        "what is said in it to speak typed text in that voice (with a voice-cloning provider)."
+    ),
+    "avatar_media": "Face video or photo",
+    "avatar_name": "Name",
+    "avatar_name_hint": "e.g. Anna, studio",
+    "avatar_voice": "Voice sample (optional)",
+    "avatar_voice_text": "What is said in the voice sample",
+    "avatar_voice_text_hint": "the exact words of the sample, needed for voice cloning",
+    "avatar_create": "Create avatar",
+    "avatar_gallery": "Avatars (newest first)",
+    "avatar_details": (
+        "**{name}** (`{id}`)  \n**Status**: {status}  \n**Created**: {created}  \n"
+        "**Length**: {length}  \n**Voice sample**: {voice}  \n**Error**: {error}"
+    ),
+    "avatar_photo": "photo",
+    "avatar_voice_none": "none",
+    "avatar_voice_yes": "yes",
+    "avatar_new_name": "New name",
+    "avatar_rename": "Rename",
+    "avatar_delete": "Delete avatar",
+    "avatar_deleted": "Avatar \"{name}\" deleted.",
+    "avatar_status_preparing": "preparing",
+    "avatar_status_ready": "ready",
+    "avatar_status_failed": "failed",
+    "avatar_pick": "Avatar",
+    "avatar_pick_info": "a prepared avatar, instead of uploading a face",
+    "avatar_none": "(none: use the uploaded face)",
+    "avatar_chosen": "Avatar **{name}** ({status}).",
+    "err_need_avatar_name": "Please give the avatar a name.",
+    "err_need_avatar_media": "Please add the avatar's face video or photo.",
+    "err_no_avatar_selected": "Select an avatar in the gallery first.",
+    "err_voice_text": "Please add what is said in the voice sample (its transcript).",
+    # text to speech
+    "speech_text": "…or type the text to speak",
+    "speech_text_hint": "Typed text is spoken by the voice below instead of an audio file.",
+    "speech_voice": "Voice",
+    "speech_voice_info": "voices of the speech provider; empty = its default (or the avatar's voice)",
+    "hear_it": "Hear it",
+    "hear_it_audio": "Speech preview",
+    "speech_robotic": (
+        "ℹ️ The built-in voice (espeak-ng) works offline but sounds **robotic**. For natural or "
+        "cloned voices set `HEYGEM_TTS_PROVIDER` (`openai` or `fish`) and `HEYGEM_TTS_URL`; see "
+        "`docs/speech.md`."
+    ),
+    "speech_provider": "ℹ️ Speech provider: **{provider}** (see `docs/speech.md`).",
+    "err_need_speech": "Please add the speech audio or type the text to speak.",
+    "err_audio_and_text": "Give either a speech audio or text to speak, not both.",
+    "err_need_text": "Please type the text to speak first.",
+    "batch_texts": "…or texts to speak (one per line, instead of audio)",
+    "batch_texts_hint": "One line per video, or many lines for one video or avatar.",
+    "stage_speech": "Speaking the text",
     # statuses and stages
     "status_queued": "queued",
     "status_running": "running",
@@ -135,7 +191,6 @@ EN: dict[str, str] = {
     "title_failed": "The job failed",
     "err_internal": "Something went wrong on the server. The details are in the service log.",
     "err_need_face": "Please add a face video or photo first.",
-    "err_need_audio": "Please add the speech audio first.",
 }
 
 ZH: dict[str, str] = {
@@ -231,6 +286,58 @@ ZH: dict[str, str] = {
     "system_log": "服务日志（最新）",
     "system_log_admins_only": "服务日志仅对管理员显示。",
     "system_settings": "配置（已隐藏密钥）",
+    "tab_avatars": "数字人",
+    "avatars_help": (
+        "**数字人**是只需上传一次的人脸视频或照片：系统会预先处理（检测人脸、生成缩略图），之后可在“单个任务”和“批量任务”中直接选用。"
+        "添加一段简短的声音样本及其文字内容，即可（配合声音克隆服务）用此人的声音朗读输入的文字。"
+    ),
+    "avatar_media": "人脸视频或照片",
+    "avatar_name": "名称",
+    "avatar_name_hint": "例如：小安、演播室",
+    "avatar_voice": "声音样本（可选）",
+    "avatar_voice_text": "声音样本中所说的内容",
+    "avatar_voice_text_hint": "样本中的原话，声音克隆需要",
+    "avatar_create": "创建数字人",
+    "avatar_gallery": "数字人（最新在前）",
+    "avatar_details": (
+        "**{name}**（`{id}`）  \n**状态**：{status}  \n**创建时间**：{created}  \n"
+        "**时长**：{length}  \n**声音样本**：{voice}  \n**错误**：{error}"
+    ),
+    "avatar_photo": "照片",
+    "avatar_voice_none": "无",
+    "avatar_voice_yes": "有",
+    "avatar_new_name": "新名称",
+    "avatar_rename": "重命名",
+    "avatar_delete": "删除数字人",
+    "avatar_deleted": "已删除数字人“{name}”。",
+    "avatar_status_preparing": "准备中",
+    "avatar_status_ready": "就绪",
+    "avatar_status_failed": "失败",
+    "avatar_pick": "数字人",
+    "avatar_pick_info": "选用已准备好的数字人，无需上传人脸",
+    "avatar_none": "（不使用：使用上传的人脸）",
+    "avatar_chosen": "数字人 **{name}**（{status}）。",
+    "err_need_avatar_name": "请为数字人填写名称。",
+    "err_need_avatar_media": "请添加数字人的人脸视频或照片。",
+    "err_no_avatar_selected": "请先在列表中选择一个数字人。",
+    "err_voice_text": "请填写声音样本中所说的内容（文字稿）。",
+    "speech_text": "……或输入要朗读的文字",
+    "speech_text_hint": "输入的文字将由下方选择的声音朗读，代替音频文件。",
+    "speech_voice": "声音",
+    "speech_voice_info": "语音服务提供的声音；留空则使用默认声音（或数字人的声音）",
+    "hear_it": "试听",
+    "hear_it_audio": "语音试听",
+    "speech_robotic": (
+        "ℹ️ 内置声音（espeak-ng）可离线使用，但听起来**比较机械**。如需自然或克隆的声音，请设置 `HEYGEM_TTS_PROVIDER`"
+        "（`openai` 或 `fish`）和 `HEYGEM_TTS_URL`，详见 `docs/speech.md`。"
+    ),
+    "speech_provider": "ℹ️ 语音服务：**{provider}**（详见 `docs/speech.md`）。",
+    "err_need_speech": "请添加语音音频，或输入要朗读的文字。",
+    "err_audio_and_text": "请只提供语音音频或要朗读的文字中的一种。",
+    "err_need_text": "请先输入要朗读的文字。",
+    "batch_texts": "……或要朗读的文字（每行一条，代替音频）",
+    "batch_texts_hint": "每个视频一行；或为一个视频或数字人写多行。",
+    "stage_speech": "朗读文字",
     "status_queued": "排队中",
     "status_running": "运行中",
     "status_succeeded": "成功",
@@ -249,7 +356,6 @@ ZH: dict[str, str] = {
     "title_failed": "任务失败",
     "err_internal": "服务器出现错误，详情请查看服务日志。",
     "err_need_face": "请先添加人脸视频或照片。",
-    "err_need_audio": "请先添加语音音频。",
 }
 
 # Gradio's own translations use keys such as "audio" for nested tables: prefix ours in the browser.

@@ -1,4 +1,4 @@
-"""The Gradio Blocks page: Single, Batch, History and System tabs. The only module importing gradio.
+"""The Gradio Blocks page: Single, Batch, Avatars, History and System tabs. The only module importing gradio.
 
 A thin adapter over JobService: handlers copy uploads into the inputs folder, submit jobs and poll
 them; they never run the model. Static text is translated in the browser (gr.I18n); text made at
@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 import uuid
+import wave
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -24,6 +25,7 @@ import pandas as pd
 from fastapi import FastAPI
 from gradio.components import Component
 from gradio.i18n import I18nData
+from PIL import Image
 
 from heygem.engine.api import (
     PREVIEW,
@@ -35,9 +37,11 @@ from heygem.engine.api import (
 )
 from heygem.errors import HeygemError, InputError, LimitExceededError
 from heygem.jobs.api import JobService
+from heygem.jobs.avatars import AVATAR_PREFIX, PREPARING, READY, Avatar
 from heygem.jobs.records import Batch, Job
 from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
+from heygem.speech import ESPEAK, make_provider
 from heygem.storage.paths import free_name, safe_file_name
 from heygem.web import batching, i18n, media
 from heygem.web.http import Fault, classify, one_line
@@ -67,6 +71,11 @@ GALLERY_HEIGHT = 360
 AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm"]
 FACE_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
 MANIFEST_TYPES = [".jsonl", ".json", ".txt"]
+AVATAR_REFRESH_S = 1.5  # how often the Avatars tab looks again while an avatar is preparing
+AVATAR_LISTING = 6  # outputs of Handlers.avatar_listing: ids, gallery, details, two pickers, timer
+PCM16_BYTES = 2
+SPEECH_LINES = 3
+FACE_UPLOAD_HEIGHT = 150  # px: beside the avatar picker, a compact drop zone
 # The options panel, row by row; the other options (box, fps, ...) keep their defaults in the UI.
 PANEL_ROWS = (("engine", "blend", "duration_policy"), ("pads", "smooth"),
               ("face_choice", "face_point", "watermark"))
@@ -206,6 +215,67 @@ def result_file(job: Job) -> str | None:
     return None
 
 
+def avatar_reference(avatar_id: str) -> str:
+    """How a job names an avatar as its face ("video"): avatar:<id>."""
+    return AVATAR_PREFIX + avatar_id
+
+
+def pair_texts(lines: list[str], faces: list[str]) -> list[dict[str, str]]:
+    """Batch items from lines of text and faces: many lines for one face (one avatar, many
+    clips), one line for many faces, or as many lines as faces, paired in order."""
+    if not faces:
+        raise InputError("a batch needs at least one face video, photo or avatar")
+    if len(faces) == 1:
+        pairs = [(line, faces[0]) for line in lines]
+    elif len(lines) == 1:
+        pairs = [(lines[0], face) for face in faces]
+    elif len(lines) == len(faces):
+        pairs = list(zip(lines, faces))
+    else:
+        raise InputError(
+            f"{len(lines)} lines of text for {len(faces)} faces: give one line, one face, "
+            "or one line per face"
+        )
+    return [{"text": line, "video": face} for line, face in pairs]
+
+
+def wav_samples(path: Path) -> tuple[int, np.ndarray]:
+    """(sample rate, samples) of a 16-bit PCM WAV, as gr.Audio takes them."""
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != PCM16_BYTES:
+            raise InputError(f"{path.name}: expected 16-bit PCM speech")
+        frames = wav.readframes(wav.getnframes())
+        samples = np.frombuffer(frames, dtype="<i2")
+        if wav.getnchannels() > 1:
+            samples = samples.reshape(-1, wav.getnchannels())
+        return wav.getframerate(), samples
+
+
+def avatar_picture(avatar: Avatar) -> Image.Image | np.ndarray:
+    """The avatar's thumbnail, read here and handed over as pixels, so the avatars folder never
+    has to be opened to Gradio's file route (other tenants' avatars live there too)."""
+    thumbnail = avatar.thumbnail
+    if thumbnail is not None and Path(thumbnail).is_file():
+        try:
+            with Image.open(thumbnail) as picture:
+                return picture.convert("RGB")
+        except OSError as exc:
+            log.warning("avatar %s: unreadable thumbnail: %s", avatar.id, exc)
+    return placeholder(str(avatar.status))
+
+
+def _picker(ready: list[tuple[str, str]], current: str | None, lang: str) -> dict[str, Any]:
+    """An avatar picker's choices (none, then the ready avatars by name), keeping the current
+    choice while it is still there."""
+    ids = {avatar_id for _, avatar_id in ready}
+    choices = [(i18n.t("avatar_none", lang), ""), *ready]
+    return gr.update(choices=choices, value=current if current in ids else "")
+
+
+def avatar_caption(avatar: Avatar, lang: str) -> str:
+    return f"{avatar.name} · {i18n.t(f'avatar_status_{avatar.status}', lang)}"
+
+
 # --------------------------------------------------------------------------------------------------
 # handlers
 
@@ -274,23 +344,32 @@ class Handlers:
     @user_errors
     def generate(
         self, audio: str | None, face: str | None, fields: Mapping[str, Any], request: gr.Request,
-        progress: gr.Progress,
+        progress: gr.Progress, *, avatar: str | None = None, text: str | None = None,
+        voice: str | None = None,
     ) -> tuple[str, str, str]:
-        """Submit one job from the Single tab and wait for it; `fields` are the panel's values."""
+        """Submit one job from the Single tab and wait for it; `fields` are the panel's values.
+        The speech is the audio or the typed text (one of them); the face is the upload or the
+        picked avatar."""
         lang = language(request)
+        who = principal_of(request)
         options = build_options(fields)
-        if not audio:
-            raise InputError(i18n.t("err_need_audio", lang))
-        if not face:
+        text = (text or "").strip()
+        if audio and text:
+            raise InputError(i18n.t("err_audio_and_text", lang))
+        if not audio and not text:
+            raise InputError(i18n.t("err_need_speech", lang))
+        if not face and not avatar:
             raise InputError(i18n.t("err_need_face", lang))
         with staging(self.settings) as folder:
-            audio_path = stage_upload(self.settings, folder, audio, require_video=False)
-            face_path = stage_upload(self.settings, folder, face, require_video=True)
+            audio_ref = str(stage_upload(self.settings, folder, audio, require_video=False)) if audio else None
+            video_ref = avatar_reference(avatar) if avatar else str(
+                stage_upload(self.settings, folder, face or "", require_video=True))
             job = self.service.submit(
-                str(audio_path), str(face_path), options, principal=principal_of(request), uploaded=[folder],
+                audio_ref, video_ref, options, text=text or None, voice=(voice or "").strip() or None,
+                principal=who, uploaded=[folder] if folder.exists() else [],
             )
         log.info("job %s submitted from the web UI", job.id)
-        job = self._wait(job, progress, lang, principal_of(request))
+        job = self._wait(job, progress, lang, who)
         if str(job.status) != "succeeded":
             title = i18n.t("title_failed", lang)
             reason = job.error or i18n.t(f"status_{job.status}", lang)
@@ -298,6 +377,32 @@ class Handlers:
         summary = i18n.t("done_summary", lang, id=job.id, engine=job.engine or "-",
                          seconds=f"{job.seconds or 0:.1f}", noface=job.frames_without_face or 0)
         return str(job.output_path), str(job.output_path), summary
+
+    @user_errors
+    def hear_it(self, text: str | None, voice: str | None, avatar: str | None,
+                request: gr.Request) -> tuple[int, np.ndarray]:
+        """Only the speech of the typed text (the avatar's voice when one is picked), to listen to
+        before generating. Returned as samples: Gradio caches its own copy, which it sweeps."""
+        lang = language(request)
+        text = (text or "").strip()
+        if not text:
+            raise InputError(i18n.t("err_need_text", lang))
+        wav = self.service.speak(text, principal=principal_of(request),
+                                 voice=(voice or "").strip() or None, avatar_id=avatar or None)
+        return wav_samples(wav)
+
+    def avatar_chosen(self, avatar: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """The Single tab's picker changed: show the avatar in the face check, drop the upload."""
+        if not avatar:
+            return gr.skip(), None, ""
+        try:
+            chosen = self.service.get_avatar(avatar, principal=principal_of(request))
+        except HeygemError as exc:
+            return None, None, str(exc)
+        lang = language(request)
+        note = i18n.t("avatar_chosen", lang, name=chosen.name,
+                      status=i18n.t(f"avatar_status_{chosen.status}", lang))
+        return None, avatar_picture(chosen), note
 
     def _wait(self, job: Job, progress: gr.Progress, lang: str, who: Principal) -> Job:
         while not job.terminal:
@@ -314,19 +419,29 @@ class Handlers:
     @user_errors
     def submit_batch(
         self, audios: list[str] | None, videos: list[str] | None, manifest: str | None,
-        fields: Mapping[str, Any], request: gr.Request,
+        fields: Mapping[str, Any], request: gr.Request, *, avatar: str | None = None,
+        texts: str | None = None,
     ) -> tuple[Any, ...]:
+        """Submit a batch: a manifest, or audios (or lines of text) paired with the uploaded
+        videos plus the picked avatar."""
         lang = language(request)
         options = build_options(fields)
+        lines = [line.strip() for line in (texts or "").splitlines() if line.strip()]
+        if lines and audios:
+            raise InputError(i18n.t("err_audio_and_text", lang))
         with staging(self.settings) as folder:
             audio_paths = self._stage_many(folder, audios, require_video=False)
-            video_paths = self._stage_many(folder, videos, require_video=True)
+            faces = [str(path) for path in self._stage_many(folder, videos, require_video=True)]
+            faces += [avatar_reference(avatar)] if avatar else []
             if manifest:
                 staged = stage_upload(self.settings, folder, manifest, require_video=None)
                 items = batching.manifest_items(staged, self.settings)
+            elif lines:
+                items = pair_texts(lines, faces)
             else:
-                items = batching.pair_uploads(audio_paths, video_paths)
-            batch = self.service.submit_batch(items, options, principal=principal_of(request), uploaded=[folder])
+                items = batching.pair_uploads(audio_paths, faces)
+            batch = self.service.submit_batch(items, options, principal=principal_of(request),
+                                              uploaded=[folder] if folder.exists() else [])
         log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
         return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
 
@@ -381,6 +496,112 @@ class Handlers:
             raise InputError(i18n.t("err_no_batch", lang))
         batch = self.service.retry_failed(batch_id, principal=principal_of(request))
         return (*self._batch_view(batch, lang), gr.Timer(active=True))
+
+    # --- avatars --------------------------------------------------------------------------------
+    def avatar_listing(
+        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
+        """ids, gallery, the selected avatar's details, the Single and Batch pickers (ready
+        avatars; a vanished choice falls back to none) and the refresh timer, active while any
+        avatar is still preparing."""
+        lang = language(request)
+        avatars = self.service.list_avatars(principal=principal_of(request))
+        gallery = [(avatar_picture(avatar), avatar_caption(avatar, lang)) for avatar in avatars]
+        shown = next((avatar for avatar in avatars if avatar.id == selected), None)
+        details = self._avatar_details(shown, lang) if shown is not None else ""
+        ready = [(avatar.name, avatar.id) for avatar in avatars if str(avatar.status) == READY]
+        preparing = any(str(avatar.status) == PREPARING for avatar in avatars)
+        return ([avatar.id for avatar in avatars], gallery, details, _picker(ready, single, lang),
+                _picker(ready, batch, lang), gr.Timer(active=preparing))
+
+    @user_errors
+    def avatars(
+        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
+        return self.avatar_listing(selected, single, batch, request)
+
+    def avatars_tick(
+        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
+        """Timer tick: never raises, so one bad moment does not stop the refresh."""
+        try:
+            return self.avatar_listing(selected, single, batch, request)
+        except Exception:
+            log.exception("refreshing the avatars failed; trying again")
+            return (gr.skip(),) * (AVATAR_LISTING - 1) + (gr.Timer(active=True),)
+
+    @user_errors
+    def create_avatar(
+        self, upload: str | None, name: str | None, voice: str | None, voice_text: str | None,
+        single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
+        lang = language(request)
+        name = (name or "").strip()
+        voice_text = (voice_text or "").strip()
+        if not upload:
+            raise InputError(i18n.t("err_need_avatar_media", lang))
+        if not name:
+            raise InputError(i18n.t("err_need_avatar_name", lang))
+        if voice and not voice_text:
+            raise InputError(i18n.t("err_voice_text", lang))
+        with staging(self.settings) as folder:
+            media_path = stage_upload(self.settings, folder, upload, require_video=True)
+            voice_path = stage_upload(self.settings, folder, voice, require_video=False) if voice else None
+            avatar = self.service.create_avatar(
+                name, media_path, principal=principal_of(request), voice_audio=voice_path,
+                voice_text=voice_text or None, uploaded=[folder],
+            )
+        log.info("avatar %s created from the web UI", avatar.id)
+        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request))
+
+    @user_errors
+    def avatar_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if not ids or index >= len(ids):
+            return None, "", ""
+        avatar = self.service.get_avatar(ids[index], principal=principal_of(request))
+        return avatar.id, self._avatar_details(avatar, language(request)), avatar.name
+
+    @user_errors
+    def rename_avatar(
+        self, avatar_id: str | None, name: str | None, single: str | None, batch: str | None,
+        request: gr.Request,
+    ) -> tuple[Any, ...]:
+        lang = language(request)
+        if not avatar_id:
+            raise InputError(i18n.t("err_no_avatar_selected", lang))
+        name = (name or "").strip()
+        if not name:
+            raise InputError(i18n.t("err_need_avatar_name", lang))
+        avatar = self.service.rename_avatar(avatar_id, name, principal=principal_of(request))
+        log.info("avatar %s renamed from the web UI", avatar.id)
+        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request))
+
+    @user_errors
+    def delete_avatar(
+        self, avatar_id: str | None, single: str | None, batch: str | None, request: gr.Request,
+    ) -> tuple[Any, ...]:
+        lang = language(request)
+        if not avatar_id:
+            raise InputError(i18n.t("err_no_avatar_selected", lang))
+        who = principal_of(request)
+        name = self.service.get_avatar(avatar_id, principal=who).name
+        self.service.delete_avatar(avatar_id, principal=who)
+        log.info("avatar %s deleted from the web UI", avatar_id)
+        gr.Info(i18n.t("avatar_deleted", lang, name=name))
+        return (None, "", *self.avatar_listing(None, single, batch, request))
+
+    def _avatar_details(self, avatar: Avatar, lang: str) -> str:
+        if avatar.is_image:
+            length = i18n.t("avatar_photo", lang)
+        else:
+            length = f"{avatar.duration_s:.1f} s" if avatar.duration_s else "-"
+        voice = i18n.t("avatar_voice_yes" if avatar.voice_audio else "avatar_voice_none", lang)
+        return i18n.t(
+            "avatar_details", lang, name=avatar.name, id=avatar.id,
+            status=i18n.t(f"avatar_status_{avatar.status}", lang), created=when(avatar.created_at),
+            length=length, voice=voice, error=avatar.error or "-",
+        )
 
     # --- history --------------------------------------------------------------------------------
     @user_errors
@@ -514,13 +735,46 @@ def _number(label: I18nData, value: float | None, spec: OptionSpec, kind: type) 
                      minimum=spec.minimum, maximum=spec.maximum)
 
 
-def _single_tab(t: Translate, h: Handlers) -> None:
+def _avatar_picker(t: Translate, elem_id: str) -> gr.Dropdown:
+    """Filled with the tenant's ready avatars when the page loads and whenever they change."""
+    return gr.Dropdown(choices=[("-", "")], value="", label=t("avatar_pick"),
+                       info=t("avatar_pick_info"), elem_id=elem_id)
+
+
+def _speech_note(t: Translate, settings: Settings) -> gr.Markdown:
+    """The built-in voice is robotic: say so, and where the better ones are configured."""
+    if settings.tts_provider == ESPEAK:
+        return gr.Markdown(t("speech_robotic"), elem_id="speech-note")
+    return gr.Markdown(i18n.t("speech_provider", provider=settings.tts_provider), elem_id="speech-note")
+
+
+def _voice_choices(settings: Settings) -> list[str]:
+    """The provider's known voices (typing another name is allowed: espeak-ng knows many)."""
+    voices = list(make_provider(settings).voices())
+    if settings.tts_voice and settings.tts_voice not in voices:
+        voices.insert(0, settings.tts_voice)
+    return voices
+
+
+def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     with gr.Row():
         with gr.Column():
+            with gr.Row():
+                avatar = _avatar_picker(t, "single-avatar")
+                face = gr.File(file_types=FACE_TYPES, type="filepath", label=t("face"),
+                               height=FACE_UPLOAD_HEIGHT, elem_id="single-face")
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label=t("audio"),
                              elem_id="single-audio")
-            face = gr.File(file_types=FACE_TYPES, type="filepath", label=t("face"),
-                           elem_id="single-face")
+            text = gr.Textbox(label=t("speech_text"), placeholder=t("speech_text_hint"),
+                              lines=SPEECH_LINES, elem_id="single-text")
+            with gr.Row():
+                voice = gr.Dropdown(_voice_choices(h.settings), value=h.settings.tts_voice or None,
+                                    allow_custom_value=True, label=t("speech_voice"),
+                                    info=t("speech_voice_info"), elem_id="single-voice")
+                hear = gr.Button(t("hear_it"), variant="secondary", elem_id="hear-it")
+            heard = gr.Audio(label=t("hear_it_audio"), interactive=False, type="numpy",
+                             elem_id="hear-it-audio")
+            _speech_note(t, h.settings)
             panel = OptionsPanel(t)
             with gr.Row():
                 check = gr.Button(t("check_face"), variant="secondary", elem_id="check-face")
@@ -539,16 +793,23 @@ def _single_tab(t: Translate, h: Handlers) -> None:
         request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any  # noqa: B008
     ) -> tuple[str, str, str]:
         return h.generate(values.pop("audio"), values.pop("face"), panel.fields(values), request,
-                          progress)
+                          progress, avatar=values.pop("avatar"), text=values.pop("text"),
+                          voice=values.pop("voice"))
 
     check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
     preview.select(h.pick_point, None, [panel.component("face_choice"), *panel.parts("face_point")],
                    api_visibility="private")
+    # An avatar and an uploaded face exclude each other: choosing one clears the other.
+    avatar.input(h.avatar_chosen, [avatar], [face, preview, face_note], api_visibility="private")
+    face.upload(lambda: "", None, [avatar], api_visibility="private")
+    hear.click(h.hear_it, [text, voice, avatar], [heard], api_name="hear_it")
     generate.click(run_generate, None, [video, download, summary], api_name="generate",
-                   inputs_kwargs={"audio": audio, "face": face, **panel.kwargs})
+                   inputs_kwargs={"audio": audio, "face": face, "avatar": avatar, "text": text,
+                                  "voice": voice, **panel.kwargs})
+    return avatar
 
 
-def _batch_tab(t: Translate, h: Handlers) -> None:
+def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     batch_id = gr.State(None)
     timer = gr.Timer(BATCH_REFRESH_S, active=False)
     gr.Markdown(t("batch_help"))
@@ -557,8 +818,11 @@ def _batch_tab(t: Translate, h: Handlers) -> None:
                          elem_id="batch-audio")
         videos = gr.File(file_count="multiple", file_types=FACE_TYPES, label=t("batch_videos"),
                          elem_id="batch-videos")
+        avatar = _avatar_picker(t, "batch-avatar")
         manifest = gr.File(file_types=MANIFEST_TYPES, label=t("batch_manifest"),
                            elem_id="batch-manifest")
+    texts = gr.Textbox(label=t("batch_texts"), placeholder=t("batch_texts_hint"),
+                       lines=SPEECH_LINES, elem_id="batch-texts")
     panel = OptionsPanel(t)
     run = gr.Button(t("batch_run"), variant="primary", elem_id="batch-run")
     summary = gr.Markdown(elem_id="batch-summary")
@@ -573,14 +837,66 @@ def _batch_tab(t: Translate, h: Handlers) -> None:
 
     def submit_batch(request: gr.Request, **values: Any) -> tuple[Any, ...]:
         return h.submit_batch(values.pop("audios"), values.pop("videos"), values.pop("manifest"),
-                              panel.fields(values), request)
+                              panel.fields(values), request, avatar=values.pop("avatar"),
+                              texts=values.pop("texts"))
 
     run.click(submit_batch, None, [batch_id, *view, timer], api_name="batch",
-              inputs_kwargs={"audios": audios, "videos": videos, "manifest": manifest, **panel.kwargs})
+              inputs_kwargs={"audios": audios, "videos": videos, "avatar": avatar, "texts": texts,
+                             "manifest": manifest, **panel.kwargs})
     timer.tick(h.refresh_batch, [batch_id], [*view, timer], api_visibility="private",
                show_progress="hidden")
     zip_button.click(h.batch_zip, [batch_id], [zip_file], api_name="batch_zip")
     retry.click(h.retry_batch, [batch_id], [*view, timer], api_name="batch_retry")
+    return avatar
+
+
+def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Callable[[Any], None]:
+    """The Avatars tab; returns a function that hooks its listing to a trigger (page load, tab
+    select), since the pickers it fills live on other tabs."""
+    ids = gr.State([])
+    selected = gr.State(None)
+    timer = gr.Timer(AVATAR_REFRESH_S, active=False)
+    gr.Markdown(t("avatars_help"))
+    with gr.Row():
+        with gr.Column(scale=2):
+            upload = gr.File(file_types=FACE_TYPES, type="filepath", label=t("avatar_media"),
+                             elem_id="avatar-upload")
+            name = gr.Textbox(label=t("avatar_name"), placeholder=t("avatar_name_hint"),
+                              elem_id="avatar-name")
+            voice = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                             label=t("avatar_voice"), elem_id="avatar-voice")
+            voice_text = gr.Textbox(label=t("avatar_voice_text"),
+                                    placeholder=t("avatar_voice_text_hint"), lines=2,
+                                    elem_id="avatar-voice-text")
+            create = gr.Button(t("avatar_create"), variant="primary", elem_id="avatar-create")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label=t("avatar_gallery"), columns=4, fit_columns=False,
+                                 height=GALLERY_HEIGHT, object_fit="contain", allow_preview=False,
+                                 elem_id="avatar-gallery")
+            refresh = gr.Button(t("refresh"), size="sm", elem_id="avatar-refresh")
+            details = gr.Markdown(elem_id="avatar-details")
+            with gr.Row():
+                new_name = gr.Textbox(label=t("avatar_new_name"), elem_id="avatar-new-name",
+                                      scale=3)
+                rename = gr.Button(t("avatar_rename"), size="sm", elem_id="avatar-rename", scale=1)
+                delete = gr.Button(t("avatar_delete"), variant="stop", size="sm",
+                                   elem_id="avatar-delete", scale=1)
+    # The listing refreshes the selected avatar's details too: its status changes while shown.
+    listing = [ids, gallery, details, *pickers, timer]
+    current = [selected, *pickers]
+    changed = [selected, new_name, *listing]
+    create.click(h.create_avatar, [upload, name, voice, voice_text, *pickers], changed,
+                 api_visibility="private")
+    gallery.select(h.avatar_select, [ids], [selected, details, new_name], api_visibility="private")
+    rename.click(h.rename_avatar, [selected, new_name, *pickers], changed, api_visibility="private")
+    delete.click(h.delete_avatar, [selected, *pickers], changed, api_visibility="private")
+    refresh.click(h.avatars, current, listing, api_visibility="private")
+    timer.tick(h.avatars_tick, current, listing, api_visibility="private", show_progress="hidden")
+
+    def hook(trigger: Any) -> None:
+        trigger(h.avatars, current, listing, api_visibility="private", show_progress="hidden")
+
+    return hook
 
 
 def _history_tab(t: Translate, h: Handlers) -> list[Any]:
@@ -661,10 +977,12 @@ def build_blocks(
         banner = gr.Markdown(t("banner_starting"), elem_id="heygem-banner")
         banner_timer = gr.Timer(BANNER_REFRESH_S)
         with gr.Tabs():
-            with gr.Tab(t("tab_single"), id="single"):
-                _single_tab(t, h)
-            with gr.Tab(t("tab_batch"), id="batch"):
-                _batch_tab(t, h)
+            with gr.Tab(t("tab_single"), id="single") as single_tab:
+                single_picker = _single_tab(t, h)
+            with gr.Tab(t("tab_batch"), id="batch") as batch_tab:
+                batch_picker = _batch_tab(t, h)
+            with gr.Tab(t("tab_avatars"), id="avatars", elem_id="avatars-tab") as avatars_tab:
+                show_avatars = _avatars_tab(t, h, [single_picker, batch_picker])
             with gr.Tab(t("tab_history"), id="history") as history_tab:
                 listing = _history_tab(t, h)
             with gr.Tab(t("tab_system"), id="system") as system_tab:
@@ -673,6 +991,8 @@ def build_blocks(
         for trigger in (banner_timer.tick, demo.load):
             trigger(h.banner, None, [banner, banner_timer], api_visibility="private",
                     show_progress="hidden")
+        for trigger in (demo.load, single_tab.select, batch_tab.select, avatars_tab.select):
+            show_avatars(trigger)
         history_tab.select(h.history, [listing[0]], listing, api_visibility="private")
         demo.load(h.history, [listing[0]], listing, api_visibility="private", show_progress="hidden")
         system_tab.select(h.system, None, list(system_view), api_visibility="private")
