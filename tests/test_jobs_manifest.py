@@ -11,8 +11,7 @@ from heygem.errors import ForbiddenPathError, InputError
 from heygem.jobs import JobStatus, parse_manifest, run_manifest
 from heygem.jobs import files as job_files
 from tests import media
-from tests.fakes import FakePipeline
-from tests.jobs_support import WAIT_S, Pipelines, running_service
+from tests.kit import WAIT_S, FakePipeline, Pipelines, running_service
 
 
 def write_manifest(path, *lines):
