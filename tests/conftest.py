@@ -45,6 +45,15 @@ def face_image(fixture_dir) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the full-size random checkpoint (checkpoint_file, settings_with_weights) are
+    marked slow: building, writing and loading ~140 MB of weights is the real engine's path, and
+    the fast loop (-m "not slow") never pays for it."""
+    for item in items:
+        if "checkpoint_file" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def checkpoint_file(fixture_dir) -> Path:
     """Random-initialised Wav2Lip generator in the official format, keys prefixed `module.`."""

@@ -4,7 +4,8 @@
 identities, waits until a write succeeds, and returns an `S3Server`; `stop()` sends SIGTERM, waits
 a little (weed ignores SIGTERM for several seconds while it drains), then kills. The
 fixtures `s3_server` (session-scoped) and `aws_env` come in through
-`pytest_plugins = ["tests.s3server"]`, so every module shares one server.
+`pytest_plugins = ["tests.s3server"]`, so every module shares one server; every test that uses
+them is marked slow.
 
 No assertions live here, so pytest need not rewrite it: PYTEST_DONT_REWRITE.
 """
@@ -207,6 +208,14 @@ def aws_env(monkeypatch, s3_server, tmp_path):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     use_identity(monkeypatch, s3_server.admin)
     return monkeypatch
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the real S3 server (directly or through aws_env, s3_settings...) is
+    marked slow: the fast loop (-m "not slow") never starts SeaweedFS."""
+    for item in items:
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from tests.jobs_server import READY_FILE, RUN_LOG
 from tests.jobs_support import open_store, place_inputs
 from tests.kit import WAIT_S, ServerProcess, wait_until
 
+pytestmark = pytest.mark.slow  # job server subprocesses, killed and restarted
+
 START_TIMEOUT_S = 60.0
 
 
