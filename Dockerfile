@@ -58,6 +58,7 @@ ENV PYTHONUNBUFFERED=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     HOME=/home/ma-user \
     HEYGEM_HOST=0.0.0.0 \
+    HEYGEM_COMPAT_HOST=0.0.0.0 \
     HEYGEM_PORT=8080 \
     HEYGEM_LOG_LEVEL=INFO \
     HEYGEM_DATA_DIR=/home/ma-user/data \

@@ -26,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -231,9 +231,11 @@ def measure_stages(spec: dict) -> dict:
     from heygem.engine.blend import crop_face, paste_feathered
     from heygem.engine.faces.detect import create_detector
     from heygem.engine.faces.track import detect_faces
+    from heygem.engine.media.decode import read_frames
+    from heygem.engine.media.encode import FrameWriter
+    from heygem.engine.media.probe import probe
     from heygem.engine.model import load_checkpoint
     from heygem.engine.model.inference import GeneratorRunner, choose_placement, prepare_model
-    from heygem.engine.media import FrameWriter, probe, read_frames
 
     settings = child_settings(spec, "stages")
     video, audio = (Path(p) for p in spec["input"])
@@ -245,7 +247,7 @@ def measure_stages(spec: dict) -> dict:
     kept: list[np.ndarray] = []
     with Clock() as clock:
         decoded = itertools.islice(read_frames(video, info), STAGE_DECODE_FRAMES)
-        for count, frame in enumerate(decoded, 1):
+        for count, frame in enumerate(decoded, 1):  # noqa: B007 - count is read after the loop
             if len(kept) < STAGE_KEEP_FRAMES:
                 kept.append(frame)
     out["decode"] = clock.rate(count)
@@ -350,9 +352,10 @@ class StageTimers:
 
 def instrument(timers: StageTimers) -> None:
     """Patch the pipeline's collaborators with timing wrappers (this child process only)."""
-    from heygem.engine import renderers as engines, pipeline
+    from heygem.engine import pipeline
+    from heygem.engine import renderers as engines
+    from heygem.engine.media.encode import FrameWriter
     from heygem.engine.model import inference
-    from heygem.engine.media import FrameWriter
 
     pipeline.scheduled_frames = timers.wrap_iterator("decode", pipeline.scheduled_frames)
     pipeline.melspectrogram = timers.wrap("mel", pipeline.melspectrogram)

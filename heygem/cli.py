@@ -1,4 +1,4 @@
-"""`python -m heygem`: generate | batch | models | serve.
+"""`python -m heygem`: generate | batch | models | keys | serve.
 
 Any Settings field can also be given as a flag (`--models-dir`, `--device`, `--batch-size`, ...)
 or as a HEYGEM_* environment variable; flags win.
@@ -10,12 +10,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from heygem.errors import HeygemError
 from heygem.engine.runtime import tune_process
+from heygem.errors import HeygemError
 from heygem.jobs.joblog import JobIdFilter
 from heygem.settings import Settings
+
+if TYPE_CHECKING:  # the engine package is imported only by the commands that run it
+    from heygem.engine.api import FaceChoice, OptionSpec, SyncOptions
 
 log = logging.getLogger("heygem.cli")
 
@@ -24,6 +27,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+FACE_NEAREST_POINT: FaceChoice = "nearest"  # what --face-point without --face-choice asks for
+MIN_PASSWORD_CHARS = 8
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_process()
@@ -79,43 +84,64 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_batch(commands)
     _add_models(commands)
+    _add_keys(commands)
     serve = commands.add_parser("serve", help="run the web app and HTTP API")
     serve.set_defaults(handler=_serve)
     return parser
 
 
 def _add_sync_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--box", type=int, nargs=4, metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                        help="fixed face box in pixels; skips face detection")
-    parser.add_argument("--pads", type=int, nargs=4, default=(0, 10, 0, 0),
-                        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                        help="grow the detected box by these pixels (default: 0 10 0 0)")
-    parser.add_argument("--no-smooth", action="store_true", help="do not smooth boxes over time")
-    parser.add_argument("--blend", choices=("feather", "rect"), default="feather",
-                        help="feather: soft lower-face mask (default); rect: reference-exact box paste")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate for a still image (25)")
-    parser.add_argument("--duration-policy", choices=("loop", "pingpong"), default="loop",
-                        help="how the video is extended when the audio is longer (loop)")
-    parser.add_argument("--face-point", type=int, nargs=2, metavar=("X", "Y"),
-                        help="with several faces, use the one nearest this point (default: largest)")
-    parser.add_argument("--watermark", default="", help="visible label for the corner, e.g. 'AI generated'")
+    """One flag per SyncOptions field that has a per-job flag (--box T B L R, --pads, --smooth /
+    --no-smooth, --blend, --fps, ...), generated from the option schema. Engine, precision and
+    batch size are Settings flags instead."""
+    from heygem.engine.api import option_specs
+
+    for name, spec in option_specs().items():
+        if spec.per_job_flag:
+            _add_option_flag(parser, name, spec)
 
 
-def _sync_options(args: argparse.Namespace, settings: Settings):
-    from heygem.engine.api import SyncOptions
+def _add_option_flag(parser: argparse.ArgumentParser, name: str, spec: OptionSpec) -> None:
+    from heygem.engine.api import option_default, option_type
 
-    return SyncOptions(
-        engine=settings.engine,
-        box=tuple(args.box) if args.box else None,
-        pads=tuple(args.pads),
-        smooth=not args.no_smooth,
-        blend=args.blend,
-        fps=args.fps,
-        duration_policy=args.duration_policy,
-        face_choice="nearest" if args.face_point else "largest",
-        face_point=tuple(args.face_point) if args.face_point else None,
-        watermark=args.watermark,
-    )
+    flag = "--" + name.replace("_", "-")
+    # Unset flags stay None, so SyncOptions (the one place defaults live) fills them in.
+    common: dict[str, Any] = {
+        "dest": name, "default": None, "help": spec.help + _default_note(option_default(name)),
+    }
+    if spec.widget == "check":
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+    elif spec.parts:
+        parser.add_argument(
+            flag, type=option_type(name), nargs=len(spec.parts), metavar=spec.parts, **common
+        )
+    elif spec.choices:
+        parser.add_argument(flag, choices=spec.choices, **common)
+    else:
+        parser.add_argument(flag, type=option_type(name), **common)
+
+
+def _default_note(default: object) -> str:
+    if default is None or default == "":
+        return ""
+    if isinstance(default, bool):
+        return f" (default: {'on' if default else 'off'})"
+    if isinstance(default, tuple):
+        return f" (default: {' '.join(map(str, default))})"
+    return f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+
+
+def _sync_options(args: argparse.Namespace, settings: Settings) -> SyncOptions:
+    from heygem.engine.api import SyncOptions, option_specs
+
+    values: dict[str, Any] = {}
+    for name, spec in option_specs().items():
+        given = getattr(args, name, None) if spec.per_job_flag else None
+        if given is not None:
+            values[name] = tuple(given) if spec.parts else given
+    if "face_point" in values:  # a point alone means "the face nearest it"
+        values.setdefault("face_choice", FACE_NEAREST_POINT)
+    return SyncOptions(engine=settings.engine, **values)
 
 
 def _add_generate(commands) -> None:
@@ -129,10 +155,10 @@ def _add_generate(commands) -> None:
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.engine.pipeline import LipSyncPipeline
+    from heygem.jobs.execute import default_engine
 
     options = _sync_options(args, settings)
-    pipeline = LipSyncPipeline(settings)
+    pipeline = default_engine(settings)
     with _StageBars() as bars:
         result = pipeline.run(args.audio, args.video, args.output, options, on_progress=bars.update)
     print(
@@ -152,7 +178,7 @@ def _add_batch(commands) -> None:
 
 
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
-    from heygem.jobs import run_manifest
+    from heygem.jobs.runner import run_manifest
 
     from tqdm import tqdm
 
@@ -204,6 +230,77 @@ def _verify_models(settings: Settings) -> int:
     return EXIT_OK
 
 
+def _add_keys(commands) -> None:
+    keys = commands.add_parser("keys", help="API keys and UI users: add one")
+    actions = keys.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="make a new API key for a tenant; it is printed once")
+    add.add_argument("tenant", help="tenant (department) the key belongs to")
+    add.add_argument("--role", choices=("user", "admin"), default="user",
+                     help="admin sees every tenant's jobs and the service log (default: user)")
+    add.add_argument("--file", type=Path, default=None,
+                     help="keys file to append to (default: HEYGEM_API_KEYS_FILE)")
+    add.set_defaults(handler=_keys_add)
+    user = actions.add_parser("add-user", help="add a web UI login; the password is read from "
+                              "stdin (or asked for twice on a terminal)")
+    user.add_argument("username")
+    user.add_argument("tenant")
+    user.add_argument("--role", choices=("user", "admin"), default="user")
+    user.add_argument("--file", type=Path, default=None,
+                      help="users file to append to (default: HEYGEM_USERS_FILE)")
+    user.set_defaults(handler=_keys_add_user)
+
+
+def _keys_add(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.web.identity import append_line, key_line, new_key
+
+    path = _credentials_file(args.file, settings.api_keys_file, "--file or HEYGEM_API_KEYS_FILE")
+    key = new_key()
+    try:
+        line = key_line(args.tenant, args.role, key)  # only the key's SHA-256 is stored
+    except ValueError as exc:
+        raise HeygemError(str(exc)) from None
+    append_line(path, line)
+    print(key)
+    print(f"added a {args.role} key for tenant {args.tenant} to {path}; this is the only time the "
+          "key is shown", file=sys.stderr)
+    return EXIT_OK
+
+
+def _keys_add_user(args: argparse.Namespace, settings: Settings) -> int:
+    from heygem.web.identity import append_line, user_line
+
+    path = _credentials_file(args.file, settings.users_file, "--file or HEYGEM_USERS_FILE")
+    password = _read_password()
+    try:
+        line = user_line(args.username, args.tenant, args.role, password)
+    except ValueError as exc:
+        raise HeygemError(str(exc)) from None
+    append_line(path, line)
+    print(f"added user {args.username} (tenant {args.tenant}, {args.role}) to {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _credentials_file(given: Path | None, configured: Path | None, how: str) -> Path:
+    path = given or configured
+    if path is None:
+        raise HeygemError(f"which file? give {how}")
+    return path.expanduser()
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise HeygemError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise HeygemError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    return password
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from heygem.web.server import serve
 
@@ -214,11 +311,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 class _StageBars:
     """One tqdm bar per pipeline stage, fed by the pipeline's (done, total, stage) callback."""
 
-    def __init__(self, factory: Callable | None = None) -> None:
+    def __init__(self, factory: Callable[..., Any] | None = None) -> None:
         if factory is None:
-            from tqdm import tqdm as factory
+            from tqdm import tqdm
+
+            factory = tqdm
         self._factory = factory
-        self._bar = None
+        self._bar: Any = None
         self._stage = ""
 
     def update(self, done: int, total: int, stage: str) -> None:

@@ -59,3 +59,23 @@ class ShuttingDownError(HeygemError):
 
 class JobNotFoundError(HeygemError):
     """No job or batch has that id."""
+
+
+class SpeechError(HeygemError):
+    """Text-to-speech failed: the speech server refused, timed out or sent no audio, or espeak-ng
+    failed. The message names the provider and the reason, never the API key."""
+
+
+class JobExpiredError(JobNotFoundError):
+    """The job or batch existed but retention deleted it; `expired_at` (Unix seconds) says when.
+    The web layer answers 410 with that date instead of 404."""
+
+    def __init__(self, message: str, expired_at: float | None = None) -> None:
+        super().__init__(message)
+        self.expired_at = expired_at
+
+
+class DiskFullError(StorageError):
+    """No space (or quota) left while staging inputs or writing a result (ENOSPC/EDQUOT). The
+    message names no server path; the web layer answers 507, and the work can be retried once
+    space returns."""

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -22,13 +23,23 @@ ENV_PREFIX = "HEYGEM_"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MODELARTS_MODEL_DIR = Path("/home/mind/model")
 DETECTOR_FILE = "s3fd.pth"
-SECRET_FIELDS = frozenset({"api_token", "auth"})
+SECRET_FIELDS = frozenset({"api_token", "auth", "tts_api_key", "compat_token"})
 MASK = "***"
+URL_MARK = "://"  # any setting value holding this is treated as a URL and masked when shown
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "wav2lip", "preview")
+# auto = a supervised engine process for the built-in engine, in-process for an engine factory a
+# caller passes (test fakes that share state with the test through threads, embedding).
+WORKER_ISOLATIONS = ("auto", "process", "thread")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TTS_PROVIDERS = ("espeak", "openai", "fish")
+HTTP_SCHEMES = ("http://", "https://")
+COMPAT_FOLDER = "compat"  # default HeyGem shared folder, under the data folder
+# A tenant's name: what API keys and UI users map to; safe in logs, paths and SQL parameters.
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+OUTPUT_PREFIX_SCHEMES = ("s3://", "obs://")
 
 
 @dataclass(frozen=True)
@@ -63,20 +74,34 @@ class Settings:
     host: str = "127.0.0.1"  # listen address; the container sets 0.0.0.0
     port: int = 7860  # listen port; the container sets 8080 (ModelArts)
     root_path: str = ""  # URL prefix when served behind a gateway
-    api_token: str = ""  # when set, the API needs "Authorization: Bearer <token>"
-    auth: str = ""  # "user:password" to require a login on the web UI
+    api_token: str = ""  # one bearer key (tenant api_token_tenant, admin); any credential locks every door
+    api_token_tenant: str = "default"  # the tenant that api_token stands for
+    api_keys_file: Path | None = None  # "tenant role sha256hex" per line; see `heygem keys add`
+    auth: str = ""  # "user:password": a web UI login for tenant "default", admin
+    users_file: Path | None = None  # "user tenant role pbkdf2_sha256$..." per line; `heygem keys add-user`
+    login_attempts_per_minute: int = 5  # failed logins per client IP or user name before 429; 0 = no limit
     max_upload_mb: int = 500  # largest accepted upload or download, per file
-    max_duration_s: float = 600.0  # longest accepted audio or video
+    max_duration_s: float = 600.0  # longest accepted audio or video, also checked while decoding
+    max_pixels: int = 3840 * 2160  # largest accepted picture (width x height), checked before decoding
     compat_port: int = 0  # also serve the HeyGem-compatible API on this port (8383); 0 = off
-    compat_root: Path | None = None  # shared folder of HeyGem clients; None = data_dir
+    compat_host: str = "127.0.0.1"  # listen address of the compat port; the container sets 0.0.0.0
+    compat_token: str = ""  # bearer key for HeyGem clients (tenant compat_tenant, user role)
+    compat_tenant: str = "default"  # the tenant that compat_token's tasks belong to
+    compat_root: Path | None = None  # shared folder of HeyGem clients; None = <data_dir>/compat
 
     # --- jobs ----------------------------------------------------------------------------------
     queue_size: int = 100  # queued jobs accepted before submissions are refused (HTTP 429)
     workers: int = 1  # worker threads; one per device is right for a GPU
+    worker_isolation: str = "auto"  # auto/process: engine in a restartable child; thread: in-server
+    worker_memory_mb: int = 0  # address-space limit per engine process; 0 = none; torch needs several GB
     max_attempts: int = 3  # a job interrupted this many times fails instead of running again
     drain_seconds: float = 60.0  # on SIGTERM, how long the running job may take to finish
     retention_days: float = 7.0  # delete jobs and their files older than this; 0 keeps everything
     retention_interval_s: float = 3600.0  # how often the retention sweep runs
+    tenant_queue_size: int = 0  # queued jobs one tenant may have; 0 = queue_size (HTTP 429 above it)
+    # Where each tenant may publish results. Once set, a tenant not listed may name no
+    # output_prefix (admins keep the default rules).
+    tenant_output_prefixes: str = ""  # "teamA=s3://a/,obs://x/out/;teamB=/mnt/b/"; empty = no rule
 
     # --- object storage ------------------------------------------------------------------------
     s3_endpoint: str = ""  # S3-compatible endpoint URL (OBS: https://obs.<region>.myhuaweicloud.com)
@@ -87,6 +112,28 @@ class Settings:
     # --- logging -------------------------------------------------------------------------------
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     log_file: Path | None = None  # also write logs to this file (stdout always gets them)
+
+    # --- web hardening -------------------------------------------------------------------------
+    allowed_hosts: tuple[str, ...] = ()  # Host names the server answers (DNS rebinding); empty = any: set it
+    allowed_origins: tuple[str, ...] = ()  # extra origins (scheme://host[:port]) allowed to POST besides our own
+    frame_ancestors: str = "'self'"  # CSP frame-ancestors: who may embed the UI in a frame
+    keep_alive_s: float = 75.0  # idle keep-alive of HTTP connections; longer than any Retry-After
+    ui_upload_mb_per_hour: int = 2048  # web UI uploads per client (login, else IP) per hour, in MB
+    ui_uploads_per_minute: int = 30  # web UI upload requests per client per minute
+    ui_upload_files_per_request: int = 101  # files in one web UI upload request (a batch: 1 audio + 100)
+
+    # --- speech --------------------------------------------------------------------------------
+    tts_provider: str = "espeak"  # espeak (built in, offline), openai, or fish (HeyGem cloning)
+    tts_url: str = ""  # base URL of the openai or fish speech server, e.g. http://127.0.0.1:18180
+    tts_model: str = "tts-1"  # model name sent to an OpenAI-compatible server
+    tts_api_key: str = ""  # sent as "Authorization: Bearer <key>" to the speech server when set
+    tts_voice: str = ""  # voice when a job names none; empty = the provider's default
+    tts_reference_audio: str = ""  # fish: default voice sample: a path or URL the server can read
+    tts_reference_text: str = ""  # fish: transcript of tts_reference_audio
+    tts_timeout_s: float = 60.0  # longest wait for one piece of speech (request or espeak-ng run)
+    tts_max_chars: int = 3000  # longest accepted text, in characters
+    tts_piece_chars: int = 200  # longest piece sent to the provider; longer sentences are split
+    tts_pause_s: float = 0.25  # silence inserted between synthesised pieces
 
     # --- derived paths -------------------------------------------------------------------------
     @property
@@ -128,7 +175,22 @@ class Settings:
 
     @property
     def resolved_compat_root(self) -> Path:
-        return self.compat_root if self.compat_root is not None else self.data_dir
+        """The HeyGem clients' shared folder: never the data folder itself, which holds the job
+        database and every tenant's files."""
+        return self.compat_root if self.compat_root is not None else self.data_dir / COMPAT_FOLDER
+
+    @property
+    def compat_enabled(self) -> bool:
+        """The compat port is on; only then may the compat root become an input root."""
+        return self.compat_port > 0
+
+    @property
+    def resolved_tenant_queue_size(self) -> int:
+        return self.tenant_queue_size or self.queue_size
+
+    def tenant_prefix_map(self) -> dict[str, tuple[str, ...]]:
+        """tenant_output_prefixes parsed: tenant -> allowed output prefixes (ValueError if bad)."""
+        return parse_tenant_prefixes(self.tenant_output_prefixes)
 
     @property
     def allowed_input_roots(self) -> tuple[Path, ...]:
@@ -141,7 +203,7 @@ class Settings:
     ) -> Settings:
         """Build settings from the environment, then flags; raise ValueError naming a bad value."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, typing.Any] = {}  # each value has its own field's type
         for f in dataclasses.fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
@@ -152,7 +214,7 @@ class Settings:
         settings.validate()
         return settings
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: typing.Any) -> Settings:
         updated = dataclasses.replace(self, **changes)
         updated.validate()
         return updated
@@ -162,6 +224,9 @@ class Settings:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("log_level", self.log_level.upper(), LOG_LEVELS)
+        _check_choice("worker_isolation", self.worker_isolation, WORKER_ISOLATIONS)
+        if self.max_pixels < 1 or self.worker_memory_mb < 0:
+            raise ValueError("max_pixels must be at least 1 and worker_memory_mb not negative")
         for name in ("batch_size", "detect_batch_size", "detect_max_side", "queue_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -169,6 +234,13 @@ class Settings:
             raise ValueError("port and compat_port must be between 0 and 65535")
         if self.auth and ":" not in self.auth:
             raise ValueError("auth must look like user:password")
+        _check_web(self)
+        if self.tenant_queue_size < 0:
+            raise ValueError(f"tenant_queue_size must not be negative, got {self.tenant_queue_size}")
+        self.tenant_prefix_map()
+        if self.login_attempts_per_minute < 0:
+            raise ValueError("login_attempts_per_minute must not be negative")
+        _check_speech(self)
 
     def describe(self) -> dict[str, str]:
         """Every setting as text, secrets masked: safe to log or to show in the UI."""
@@ -177,7 +249,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS and value:
                 value = MASK
-            shown[f.name] = _format(value)
+            shown[f.name] = _format(_mask_value(value))
         return shown
 
     def log_summary(self) -> None:
@@ -253,10 +325,101 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_speech(settings: Settings) -> None:
+    _check_choice("tts_provider", settings.tts_provider, TTS_PROVIDERS)
+    if settings.tts_url and not settings.tts_url.lower().startswith(HTTP_SCHEMES):
+        scheme = settings.tts_url.split("://", 1)[0] if "://" in settings.tts_url else "no scheme"
+        # Only the scheme is echoed: a URL may carry user:password.
+        raise ValueError(f"tts_url must start with http:// or https://; got {scheme}")
+    if settings.tts_provider != "espeak" and not settings.tts_url:
+        raise ValueError(f"tts_provider {settings.tts_provider} needs tts_url (HEYGEM_TTS_URL)")
+    for name in ("tts_max_chars", "tts_piece_chars"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if bool(settings.tts_reference_audio) != bool(settings.tts_reference_text):
+        raise ValueError(
+            "tts_reference_audio and tts_reference_text go together: set both or neither"
+        )
+    if settings.tts_timeout_s <= 0 or settings.tts_pause_s < 0:
+        raise ValueError("tts_timeout_s must be positive and tts_pause_s not negative")
+
+
+def _check_web(settings: Settings) -> None:
+    if settings.keep_alive_s <= 0:
+        raise ValueError(f"keep_alive_s must be positive, got {settings.keep_alive_s}")
+    for name in ("ui_upload_mb_per_hour", "ui_uploads_per_minute", "ui_upload_files_per_request"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    for origin in settings.allowed_origins:
+        if not origin.lower().startswith(HTTP_SCHEMES):
+            raise ValueError("allowed_origins entries must start with http:// or https://")
+    if any(c in settings.frame_ancestors for c in ";,\r\n"):
+        raise ValueError("frame_ancestors must be a space-separated source list, without ';'")
+
+
+def mask_url(text: str) -> str:
+    """`text` with a URL's user info and query replaced by ***, so credentials are never shown.
+
+    https://user:pass@host/x?sig=abc -> https://***@host/x?***. Text that is not a URL is returned
+    unchanged; a fragment is masked like a query (it may carry a token too).
+    """
+    scheme, mark, rest = text.partition(URL_MARK)
+    if not mark:
+        return text
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "@" in authority:
+        authority = MASK + "@" + authority.rpartition("@")[2]
+    for sep in ("?", "#"):
+        if sep in tail:
+            tail = tail.split(sep, 1)[0] + sep + MASK
+            break
+    return f"{scheme}{mark}{authority}{tail}"
+
+
+def _mask_value(value: object) -> object:
+    if isinstance(value, str) and URL_MARK in value:
+        return mask_url(value)
+    if isinstance(value, tuple):
+        return tuple(_mask_value(item) for item in value)
+    return value
+
+
+def parse_tenant_prefixes(text: str) -> dict[str, tuple[str, ...]]:
+    """"teamA=s3://a/,obs://x/out/;teamB=/mnt/b/" -> {"teamA": (...), "teamB": (...)}.
+
+    Each prefix is s3://bucket/..., obs://bucket/... or an absolute local folder; a tenant may
+    appear once. Raises ValueError naming the bad entry.
+    """
+    mapping: dict[str, tuple[str, ...]] = {}
+    for entry in (part.strip() for part in text.split(";")):
+        if not entry:
+            continue
+        tenant, sep, prefixes = entry.partition("=")
+        tenant = tenant.strip()
+        if not sep or not TENANT_NAME.match(tenant):
+            raise ValueError(
+                f"tenant_output_prefixes: {entry[:60]!r} must look like tenant=s3://bucket/prefix/"
+            )
+        if tenant in mapping:
+            raise ValueError(f"tenant_output_prefixes: tenant {tenant!r} is listed twice")
+        allowed = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+        for prefix in allowed:
+            if not (prefix.lower().startswith(OUTPUT_PREFIX_SCHEMES) or prefix.startswith("/")):
+                raise ValueError(
+                    f"tenant_output_prefixes: {tenant}: {prefix[:60]!r} is not s3://, obs:// "
+                    "or an absolute folder"
+                )
+        if not allowed:
+            raise ValueError(f"tenant_output_prefixes: tenant {tenant!r} has no prefix")
+        mapping[tenant] = allowed
+    return mapping
+
+
 def _format(value: object) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return "" if value is None else str(value)
 
 
-__all__ = ["Settings", "setting_fields", "env_name", "flag_name"]
+__all__ = ["Settings", "setting_fields", "env_name", "flag_name", "mask_url"]

@@ -6,9 +6,9 @@ Inputs are built with real ffmpeg at test time; comparisons work on decoded fram
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def frame_rate(path: Path) -> Fraction:
 
 def reencode(frames: np.ndarray, target: Path, fps: float) -> np.ndarray:
     """The frames through heygem's own encoder, unchanged: the codec-noise baseline."""
-    from heygem.engine.media import FrameWriter
+    from heygem.engine.media.encode import FrameWriter
 
     height, width = frames.shape[1:3]
     with FrameWriter(target, width, height, fps) as writer:

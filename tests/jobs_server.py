@@ -15,7 +15,7 @@ import sys
 import threading
 
 from heygem.cli import configure_logging
-from heygem.jobs import JobService
+from heygem.jobs.service import JobService
 from heygem.settings import Settings
 from tests.kit import FakePipeline, wait_until
 

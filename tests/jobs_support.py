@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from heygem.jobs import SQLiteJobStore
+from heygem.jobs.store import SQLiteJobStore
 from heygem.settings import Settings
 
 

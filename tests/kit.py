@@ -30,7 +30,7 @@ import pytest
 
 from heygem.engine.api import EngineStatus, ProgressCallback, SyncOptions, SyncResult
 from heygem.errors import UnsupportedMediaError
-from heygem.jobs import JobService
+from heygem.jobs.service import JobService
 from heygem.settings import Settings
 
 T = TypeVar("T")
@@ -301,7 +301,8 @@ class ServerProcess:
     """One server subprocess on a free 127.0.0.1 port, its output in <data_dir>/server-N.log.
 
     `argv` defaults to tests/web_server.py (the real app on FakePipeline); REAL_LAUNCHER runs
-    app.py. Settings go in as HEYGEM_* variables. `started_at` is taken just before the spawn.
+    app.py. Settings go in as HEYGEM_* variables. `log_path` puts the output elsewhere (say, off
+    a volume a test fills up). `started_at` is taken just before the spawn.
     """
 
     def __init__(
@@ -310,11 +311,13 @@ class ServerProcess:
         *,
         argv: Sequence[str] = (str(FAKE_LAUNCHER),),
         env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
+        self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://{LOCALHOST}:{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = data_dir / f"server-{time.monotonic_ns()}.log"
+        self.log_path = log_path or data_dir / f"server-{time.monotonic_ns()}.log"
         environment = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -402,7 +405,8 @@ def servers() -> Iterator[Callable[..., ServerProcess]]:
             *,
             argv: Sequence[str] = (str(FAKE_LAUNCHER),),
             env: Mapping[str, str] | None = None,
+            log_path: Path | None = None,
         ) -> ServerProcess:
-            return stack.enter_context(ServerProcess(data_dir, argv=argv, env=env))
+            return stack.enter_context(ServerProcess(data_dir, argv=argv, env=env, log_path=log_path))
 
         yield start

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from heygem.engine.api import OPTION_NAMES, SyncOptions, option_default, option_specs
 from heygem.web.api import INTERNAL_ERROR
 from heygem.web.metrics import RECENT_SCAN
 from heygem.web.server import create_app
@@ -168,9 +169,9 @@ def test_metrics_count_jobs_with_one_query_not_by_paging(settings, speech_wav, f
         pages = []
         real_list_jobs = service.list_jobs
 
-        def list_jobs(limit=20, offset=0):
+        def list_jobs(limit=20, offset=0, *, principal):
             pages.append((limit, offset))
-            return real_list_jobs(limit=limit, offset=offset)
+            return real_list_jobs(limit=limit, offset=offset, principal=principal)
 
         service.list_jobs = list_jobs
         text = client.get("/metrics").text
@@ -216,8 +217,11 @@ def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, spee
     service, client = start(settings)
     with client:
         job = upload(client, speech_wav, face_video).json()
+        # Another request's upload is not an input any more: the batch names server files.
+        shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
+        shutil.copy(face_video, settings.inputs_dir / "face.mp4")
         batch = client.post("/api/v1/batches", json={"items": [
-            {"audio": job["audio"], "video": job["video"]}]}).json()
+            {"audio": "speech.wav", "video": "face.mp4"}]}).json()
         ids = [job["id"], batch["items"][0]["id"]]
         for job_id in ids:
             assert wait_job(client, job_id)["status"] == "succeeded"
@@ -539,3 +543,42 @@ def test_openapi_docs_list_the_routes(client):
                  "/api/v1/batches/{batch_id}/zip", "/api/v1/batches/{batch_id}/retry"):
         assert path in paths
     assert "multipart/form-data" in paths["/api/v1/jobs"]["post"]["requestBody"]["content"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/batches"])
+def test_openapi_documents_every_option_from_the_schema(client, path):
+    body = client.get("/openapi.json").json()["paths"][path]["post"]["requestBody"]["content"]
+    options = body["application/json"]["schema"]["properties"]["options"]
+    assert list(options["properties"]) == list(OPTION_NAMES)
+    defaults = SyncOptions().to_dict()
+    for name, spec in option_specs().items():
+        documented = options["properties"][name]
+        assert documented["description"].startswith(spec.help), name
+        if option_default(name) is None:  # FastAPI drops null defaults: the description says so
+            assert "default" not in documented and "(default: none)" in documented["description"]
+            value_schema = documented["anyOf"][0]
+        else:
+            assert documented["default"] == defaults[name], name
+            value_schema = documented
+        if spec.choices:
+            assert value_schema["enum"] == list(spec.choices), name
+    assert options["properties"]["pads"]["default"] == [0, 10, 0, 0]
+    assert options["properties"]["pads"]["items"] == {"type": "integer", "minimum": 0}
+    assert options["properties"]["fps"]["type"] == "number"
+    assert options["properties"]["smooth_window"]["type"] == "integer"
+    assert options["properties"]["precision"]["anyOf"][1] == {"type": "null"}
+    assert options["properties"]["watermark"]["maxLength"] > 0
+
+
+def test_an_options_object_built_from_the_documented_defaults_is_accepted(client, settings,
+                                                                            speech_wav, face_video):
+    """The documented defaults are values the API really accepts (and the job runs with them)."""
+    properties = client.get("/openapi.json").json()["paths"]["/api/v1/jobs"]["post"][
+        "requestBody"]["content"]["application/json"]["schema"]["properties"]["options"]["properties"]
+    documented = {name: schema.get("default") for name, schema in properties.items()}
+    shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
+    shutil.copy(face_video, settings.inputs_dir / "face.mp4")
+    response = client.post("/api/v1/jobs", json={
+        "audio": "speech.wav", "video": "face.mp4", "options": documented})
+    assert response.status_code == 202, response.text
+    assert wait_job(client, response.json()["id"])["status"] == "succeeded"

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from heygem.errors import ModelError, WeightsMissingError
+from heygem.engine.hashing import sha256_of
 from heygem.engine.model import Wav2Lip, load_checkpoint
-from heygem.engine.model.checkpoint import DOWNLOAD_COMMAND, sha256_of, verify_file
+from heygem.engine.model.checkpoint import DOWNLOAD_COMMAND, verify_file
+from heygem.errors import ModelError, WeightsMissingError
 from tests import media
 
 

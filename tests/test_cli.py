@@ -227,3 +227,97 @@ def test_bad_setting_is_a_usage_error(folders):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("heygem: error: HEYGEM_BATCH_SIZE")
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# per-job flags, generated from the option schema
+
+
+def parsed_options(*flags: str, settings: Settings | None = None):
+    from heygem.cli import _build_parser, _sync_options
+
+    args, rest = _build_parser().parse_known_args(
+        ["generate", "--audio", "a.wav", "--video", "v.mp4", "--output", "o.mp4", *flags]
+    )
+    assert rest == []
+    return _sync_options(args, settings or Settings.load(environ={}))
+
+
+def test_without_flags_the_options_are_the_schema_defaults():
+    from heygem.engine.api import SyncOptions
+
+    preview = Settings.load(environ={}, argv=["--engine", "preview"])
+    assert parsed_options(settings=preview) == SyncOptions(engine="preview")
+
+
+def test_todays_flag_spellings_still_work():
+    options = parsed_options(
+        "--box", "10", "90", "20", "80", "--pads", "1", "2", "3", "4", "--no-smooth",
+        "--blend", "rect", "--fps", "30", "--duration-policy", "pingpong", "--watermark", "AI",
+    )
+    assert options.box == (10, 90, 20, 80) and options.pads == (1, 2, 3, 4)
+    assert options.smooth is False and options.blend == "rect" and options.fps == 30.0
+    assert options.duration_policy == "pingpong" and options.watermark == "AI"
+
+
+def test_face_point_alone_means_the_nearest_face_and_new_flags_parse():
+    assert parsed_options("--face-point", "120", "80").face_choice == "nearest"
+    assert parsed_options("--face-point", "120", "80").face_point == (120, 80)
+    chosen = parsed_options("--face-point", "1", "2", "--face-choice", "largest", "--smooth-window", "9")
+    assert (chosen.face_choice, chosen.smooth_window) == ("largest", 9)
+
+
+def test_a_bad_option_value_is_one_line(short_speech, face_image, folders, tmp_path):
+    proc = heygem(
+        "generate", "--audio", short_speech, "--video", face_image, "--output", tmp_path / "o.mp4",
+        *folder_flags(folders), "--fps", "0",
+    )
+    assert_one_line_error(proc, "fps must be between 1 and 120")
+
+
+# --------------------------------------------------------------------------------------------------
+# keys: API keys and UI users
+
+
+def test_keys_add_prints_the_key_once_and_stores_only_its_hash(tmp_path):
+    import hashlib
+    import stat
+
+    keys = tmp_path / "conf" / "api-keys"
+    first = heygem("keys", "add", "acme", "--file", keys)
+    second = heygem("keys", "add", "ops", "--role", "admin", env={"HEYGEM_API_KEYS_FILE": str(keys)})
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    key = first.stdout.strip()
+    assert len(first.stdout.splitlines()) == 1 and len(key) >= 40  # stdout: the key alone
+    assert "only time" in first.stderr and key not in first.stderr
+    text = keys.read_text()
+    assert key not in text and second.stdout.strip() not in text
+    assert text.splitlines() == [
+        f"acme user {hashlib.sha256(key.encode()).hexdigest()}",
+        f"ops admin {hashlib.sha256(second.stdout.strip().encode()).hexdigest()}",
+    ]
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+
+
+def test_keys_add_user_reads_the_password_from_stdin(tmp_path):
+    from heygem.web.identity import parse_users, verify_password
+
+    users = tmp_path / "users"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
+    added = subprocess.run(
+        [sys.executable, "-m", "heygem", "keys", "add-user", "ann", "acme", "--file", str(users)],
+        cwd=PROJECT, env=environ, input="correct horse\n", capture_output=True, text=True,
+        timeout=CLI_TIMEOUT_S, check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    (entry,) = parse_users(users.read_text(), "users")
+    assert (entry.username, entry.principal.tenant, entry.principal.role) == ("ann", "acme", "user")
+    assert "correct horse" not in users.read_text()
+    assert verify_password("correct horse", entry.password_hash)
+    assert not verify_password("correct horse!", entry.password_hash)
+
+
+def test_keys_errors_are_one_line(tmp_path):
+    assert_one_line_error(heygem("keys", "add", "acme"), "HEYGEM_API_KEYS_FILE")
+    assert_one_line_error(heygem("keys", "add", "bad/tenant", "--file", tmp_path / "k"), "bad/tenant")
+    assert not (tmp_path / "k").exists()

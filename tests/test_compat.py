@@ -29,6 +29,8 @@ from heygem.web.compat import (
     start_compat_server,
     submit_task,
 )
+from heygem.jobs.tenancy import LOCAL
+from heygem.web.identity import Identity, IdentityGate
 from tests import media
 from tests.kit import Pipelines, free_port, wait_until
 
@@ -144,7 +146,7 @@ def test_duplicate_submit_returns_the_same_task_and_starts_nothing_new(harness):
     assert after["code"] == CODE_OK and "already submitted" in after["msg"]
     assert harness.query("dup-1") == done
     assert len(harness.pipelines.runs) == 1
-    assert harness.service.count_jobs() == 1
+    assert harness.service.count_jobs(principal=LOCAL) == 1
 
 
 def test_concurrent_duplicate_submits_make_one_job(harness):
@@ -159,7 +161,7 @@ def test_concurrent_duplicate_submits_make_one_job(harness):
         thread.join()
     assert [reply["code"] for reply in replies] == [CODE_OK] * 6
     assert harness.poll("race")[0]["data"]["status"] == 2
-    assert harness.service.count_jobs() == 1
+    assert harness.service.count_jobs(principal=LOCAL) == 1
     assert len(harness.pipelines.runs) == 1
 
 
@@ -181,7 +183,7 @@ def test_paths_escaping_the_shared_folder_are_refused(harness, path):
     reply = harness.submit("escape", audio=path)
     assert reply["code"] == CODE_BAD_REQUEST
     assert reply["msg"] == f"audio_url {path!r} is outside the shared folder"
-    assert harness.service.count_jobs() == 0
+    assert harness.service.count_jobs(principal=LOCAL) == 0
 
 
 def test_a_symlink_out_of_the_shared_folder_is_refused(harness, shared, tmp_path):
@@ -205,7 +207,7 @@ def test_container_paths_and_absolute_paths_map_into_the_shared_folder(harness, 
     reply = harness.submit("mapped", audio="/code/data/temp/speech.wav",
                            video=str(shared / "avatars" / "anchor.mp4"))
     assert reply["code"] == CODE_OK, reply
-    job = harness.service.get_by_key(KEY_PREFIX + "mapped")
+    job = harness.service.get_by_key(KEY_PREFIX + "mapped", principal=LOCAL)
     assert Path(job.audio) == (shared / "temp" / "speech.wav").resolve()
     assert Path(job.video) == (shared / "avatars" / "anchor.mp4").resolve()
     assert harness.poll("mapped")[0]["data"]["status"] == 2
@@ -216,7 +218,7 @@ def test_relative_paths_fall_back_from_temp_to_the_shared_folder(harness, shared
     shutil.copy(shared / "temp" / "speech.wav", shared / "voice" / "line.wav")
     reply = harness.submit("fallback", audio="voice/line.wav")
     assert reply["code"] == CODE_OK, reply
-    job = harness.service.get_by_key(KEY_PREFIX + "fallback")
+    job = harness.service.get_by_key(KEY_PREFIX + "fallback", principal=LOCAL)
     assert Path(job.audio) == (shared / "voice" / "line.wav").resolve()
 
 
@@ -263,8 +265,8 @@ def test_chaofen_is_accepted_with_a_clear_message(harness):
 def test_watermark_switch_adds_the_ai_generated_label(harness):
     harness.submit("marked", watermark_switch=1)
     harness.submit("plain", watermark_switch=0)
-    marked = harness.service.get_by_key(KEY_PREFIX + "marked")
-    plain = harness.service.get_by_key(KEY_PREFIX + "plain")
+    marked = harness.service.get_by_key(KEY_PREFIX + "marked", principal=LOCAL)
+    plain = harness.service.get_by_key(KEY_PREFIX + "plain", principal=LOCAL)
     assert marked.options["watermark"] == WATERMARK_LABEL == "AI generated"
     assert plain.options.get("watermark", "") == ""
 
@@ -285,14 +287,17 @@ def test_bad_parameters_are_refused_with_a_message(harness, body, message):
     reply = harness.client.post("/easy/submit", json=body).json()
     assert reply["code"] == CODE_BAD_REQUEST
     assert message in reply["msg"]
-    assert harness.service.count_jobs() == 0
+    assert harness.service.count_jobs(principal=LOCAL) == 0
 
 
 def test_non_json_and_oversized_bodies_are_refused(harness):
-    garbage = harness.client.post("/easy/submit", content=b"audio_url=x&code=1").json()
+    json_type = {"Content-Type": "application/json"}
+    form = harness.client.post("/easy/submit", content=b"audio_url=x&code=1").json()
+    assert form["code"] == CODE_BAD_REQUEST and "Content-Type: application/json" in form["msg"]
+    garbage = harness.client.post("/easy/submit", content=b"audio_url=x&code=1", headers=json_type).json()
     assert garbage == {"code": CODE_BAD_REQUEST, "msg": "the body must be JSON",
                        "success": False, "data": {}}
-    huge = harness.client.post("/easy/submit", content=b" " * (65 * 1024)).json()
+    huge = harness.client.post("/easy/submit", content=b" " * (65 * 1024), headers=json_type).json()
     assert huge["code"] == CODE_BAD_REQUEST and "larger than 64 KB" in huge["msg"]
 
 
@@ -326,23 +331,26 @@ def test_unexpected_errors_answer_9999_without_details(settings, shared):
         assert reply == {"code": CODE_ERROR, "msg": INTERNAL_ERROR, "success": False, "data": {}}
 
 
-def test_router_on_the_main_port_needs_the_api_token_when_one_is_set(compat_settings):
-    guarded = compat_settings.replace(api_token="s3cret")
+def test_both_compat_doors_need_a_key_when_one_is_set(compat_settings):
+    guarded = compat_settings.replace(api_token="s3cret", compat_token="heygem-client")
     pipelines = Pipelines()
     service = JobService(guarded, pipeline_factory=pipelines)
     service.start()
     try:
-        app = FastAPI()
-        app.include_router(create_compat_router(service, guarded))
-        client = TestClient(app)
-        denied = client.get("/easy/query", params={"code": "x"})
-        assert denied.status_code == 401
-        assert denied.json()["code"] == CODE_BAD_REQUEST
-        allowed = client.get("/easy/query", params={"code": "x"},
-                             headers={"Authorization": "Bearer s3cret"})
-        assert allowed.status_code == 200 and allowed.json()["msg"] == "no task with code 'x'"
-        # The compat port has no token: HeyGem clients cannot send one.
-        open_app = TestClient(create_compat_app(service, guarded))
+        main_door = FastAPI()
+        main_door.include_router(create_compat_router(service, guarded))
+        main_door.add_middleware(IdentityGate, identity=Identity(guarded))
+        for app in (main_door, create_compat_app(service, guarded)):
+            client = TestClient(app)
+            denied = client.get("/easy/query", params={"code": "x"})
+            assert denied.status_code == 401
+            assert denied.json()["code"] == CODE_BAD_REQUEST
+            for key in ("s3cret", "heygem-client"):
+                allowed = client.get("/easy/query", params={"code": "x"},
+                                     headers={"Authorization": f"Bearer {key}"})
+                assert allowed.status_code == 200 and allowed.json()["msg"] == "no task with code 'x'"
+        # No credential configured anywhere: the compat port stays open for stock HeyGem clients.
+        open_app = TestClient(create_compat_app(service, compat_settings))
         assert open_app.get("/easy/query", params={"code": "x"}).status_code == 200
     finally:
         service.stop(drain_seconds=1)
@@ -354,8 +362,8 @@ def test_compat_service_settings_adds_the_shared_folder_once(settings, shared):
     assert compat_service_settings(added) is added
     inside = settings.replace(compat_root=shared / "temp", input_roots=(shared,))
     assert compat_service_settings(inside) is inside
-    default = compat_service_settings(settings)  # no compat_root: the data folder
-    assert default.input_roots == (settings.data_dir,)
+    default = compat_service_settings(settings)  # no compat_root: <data_dir>/compat, never data_dir
+    assert default.input_roots == (settings.data_dir / "compat",)
 
 
 def test_compat_server_serves_its_own_port_and_stops(harness):

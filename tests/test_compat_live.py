@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from heygem.engine.media import draw_label
+from heygem.engine.media.label import draw_label
 from heygem.web.compat import WATERMARK_LABEL
 from tests import media
 from tests.kit import REAL_LAUNCHER, ServerProcess, free_port, http_status, wait_until

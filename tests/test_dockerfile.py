@@ -102,6 +102,7 @@ def test_port_8080_is_exposed_and_configured(instructions):
     env = env_of(instructions)
     assert env["HEYGEM_PORT"] == "8080"
     assert env["HEYGEM_HOST"] == "0.0.0.0"
+    assert env["HEYGEM_COMPAT_HOST"] == "0.0.0.0"  # the compat port defaults to 127.0.0.1 elsewhere
 
 
 def test_logs_and_gpu_environment(instructions):

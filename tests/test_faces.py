@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heygem.engine import media as video
-from heygem.errors import InputError, ModelError, NoFaceError, WeightsMissingError
 from heygem.engine.faces import detect, track
 from heygem.engine.faces.detect import Detection, HaarDetector, S3FDDetector, ScaledDetector
-from heygem.engine.faces.track import FaceTrack, RawDetections, TrackCache
+from heygem.engine.faces.track import CachedVideo, FaceTrack, RawDetections, TrackCache, TrackOptions
+from heygem.engine.media.decode import read_frames
+from heygem.engine.media.probe import probe
+from heygem.errors import InputError, ModelError, NoFaceError, WeightsMissingError
 from tests import media
 
 SPEC_DIR = Path(__file__).parent / "spec"
@@ -83,8 +84,8 @@ def random_s3fd(tmp_path_factory) -> Path:
 
 
 def test_haar_finds_the_astronaut_in_every_frame(face_video, haar):
-    info = video.probe(face_video)
-    faces = track.detect_faces(video.read_frames(face_video, info), haar, info.size, batch_size=8)
+    info = probe(face_video)
+    faces = track.detect_faces(read_frames(face_video, info), haar, info.size, batch_size=8)
     assert len(faces) == 50
     for frame_faces in faces.faces:
         best = track.choose_face(frame_faces)
@@ -92,8 +93,8 @@ def test_haar_finds_the_astronaut_in_every_frame(face_video, haar):
 
 
 def test_detection_on_downscaled_frames_gives_full_size_boxes(face_video, haar):
-    info = video.probe(face_video)
-    small = video.read_frames(face_video, info, max_side=128)
+    info = probe(face_video)
+    small = read_frames(face_video, info, max_side=128)
     faces = track.detect_faces(small, haar, info.size, batch_size=16)
     boxes = [track.choose_face(f) for f in faces.faces]
     found = [b for b in boxes if b is not None]
@@ -225,7 +226,7 @@ def test_short_gaps_hold_neighbours_and_long_gaps_stay_empty():
 def test_build_track_keeps_faceless_stretches_as_none():
     face = [(100, 40, 150, 90, 0.9)]
     frames = [face] * 6 + [[]] * 10 + [face] * 3
-    built = track.build_track(RawDetections(256, 256, frames), pads=(0, 10, 0, 0))
+    built = track.build_track(RawDetections(256, 256, frames), TrackOptions(pads=(0, 10, 0, 0)))
     assert built.count_missing() == 10 and track.count_missing(built) == 10
     assert built.boxes[0] == (100, 40, 150, 100)
     assert built.boxes[6:16] == [None] * 10
@@ -236,9 +237,9 @@ def test_build_track_keeps_faceless_stretches_as_none():
 
 def test_no_face_anywhere_raises(tmp_path, haar):
     blank = media.write_video(tmp_path / "wall.mp4", [np.full((256, 256, 3), 128, np.uint8)] * 10)
-    info = video.probe(blank)
+    info = probe(blank)
     with pytest.raises(NoFaceError, match=r"no face found in wall.mp4 \(checked 10 frames\).*--box"):
-        track.track_faces(video.read_frames(blank, info), haar, info.size, name="wall.mp4")
+        track.track_faces(read_frames(blank, info), haar, info.size, name="wall.mp4")
 
 
 def test_fixed_box_is_used_as_given_and_clamped():
@@ -253,7 +254,7 @@ def test_fixed_box_is_used_as_given_and_clamped():
         yield  # pragma: no cover
 
     counting = CountingDetector(FixedDetector())
-    tracked = track.track_faces(never(), counting, (256, 256), box=(31, 84, 88, 140))
+    tracked = track.track_faces(never(), counting, (256, 256), TrackOptions(box=(31, 84, 88, 140)))
     assert counting.frames_seen == 0
     assert tracked.fixed == (88, 31, 140, 84)
 
@@ -262,15 +263,15 @@ def test_fixed_box_is_used_as_given_and_clamped():
 
 
 def test_cache_hit_skips_detection_and_pads_apply_after_it(face_video, haar, tmp_path):
-    info = video.probe(face_video)
+    info = probe(face_video)
     cache = TrackCache(tmp_path / "cache")
     counting = CountingDetector(ScaledDetector(haar, 128))
 
     def run(detector, **options):
-        frames = video.read_frames(face_video, info, max_side=128)
+        frames = read_frames(face_video, info, max_side=128)
         return track.track_faces(
-            frames, detector, info.size, cache=cache, video_path=face_video,
-            cache_params={"fps": info.fps_text}, batch_size=16, **options,
+            frames, detector, info.size, TrackOptions(batch_size=16, **options),
+            cache=CachedVideo(cache, face_video, {"fps": info.fps_text}),
         )
 
     first = run(counting, pads=(0, 10, 0, 0))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from heygem.jobs import JobService, JobStatus
+from heygem.jobs.records import JobStatus
+from heygem.jobs.service import JobService
+from heygem.jobs.tenancy import LOCAL
 from tests import media
 from tests.jobs_support import place_inputs
 from tests.kit import wait_until
@@ -26,8 +28,8 @@ def test_job_service_runs_the_real_engine(settings_with_weights, speech_wav, fac
         wait_until(lambda: service.readiness()[1] != "loading the model", ENGINE_WAIT_S,
                    interval=POLL_S, message="the model to load")
         assert service.readiness() == (True, "ready")  # loaded and warmed up
-        job = service.submit(str(audio), str(inputs.video), output_name="talking")
-        done = service.wait(job.id, ENGINE_WAIT_S)
+        job = service.submit(str(audio), str(inputs.video), output_name="talking", principal=LOCAL)
+        done = service.wait(job.id, ENGINE_WAIT_S, principal=LOCAL)
         status = service.engine_status()
     finally:
         service.stop(drain_seconds=5)

@@ -8,8 +8,11 @@ import shutil
 import pytest
 
 from heygem.errors import ForbiddenPathError, InputError
-from heygem.jobs import JobStatus, parse_manifest, run_manifest
 from heygem.jobs import files as job_files
+from heygem.jobs.manifest import parse_manifest
+from heygem.jobs.records import JobStatus
+from heygem.jobs.runner import run_manifest
+from heygem.jobs.tenancy import LOCAL
 from tests import media
 from tests.kit import WAIT_S, FakePipeline, Pipelines, running_service
 
@@ -47,6 +50,34 @@ def test_relative_paths_resolve_against_the_manifest_folder(project):
     assert items[1].output_name == "0003_face_speech.mp4"
     assert items[0].as_item() == {"audio": items[0].audio, "video": items[0].video,
                                   "output_name": "first.mp4"}
+
+
+def test_only_references_written_as_urls_pass_through_unresolved(project):
+    manifest = write_manifest(
+        project / "m.jsonl",
+        {"audio": "http://example.com/a.wav?sig=1", "video": "jar:file:///media/face.mp4"},
+    )
+    (item,) = parse_manifest(manifest, [project])
+    assert item.audio == "http://example.com/a.wav?sig=1"  # storage refuses it when it is fetched
+    # Not a URL scheme storage knows how to read: a relative path, held to the manifest's folder.
+    assert item.video == str((project / "jar:file:/media/face.mp4").resolve())
+
+
+def test_an_item_with_a_refused_scheme_fails_alone(settings, project, tmp_path):
+    manifest = write_manifest(
+        project / "m.jsonl",
+        {"audio": "http://example.com/a.wav?sig=secret", "video": "media/face.mp4",
+         "output_name": "bad"},
+        {"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "good"},
+    )
+    updates = []
+    summary = run_manifest(settings, manifest, tmp_path / "out", pipeline=FakePipeline(settings),
+                           on_progress=updates.append)
+    assert [r.status for r in summary.results] == ["failed", "succeeded"]
+    assert summary.results[0].error == (
+        "unsupported reference http://example.com/a.wav?...; use s3://, obs://, https:// or a local path"
+    )
+    assert next(u.stage for u in updates if u.index == 2) == "fetch"
 
 
 @pytest.mark.parametrize(
@@ -104,8 +135,8 @@ def test_a_manifest_submitted_to_the_server_uses_the_server_roots(settings, proj
         parse_manifest(outside, settings.allowed_input_roots)
     items = parse_manifest(manifest, settings.allowed_input_roots)
     with running_service(settings, Pipelines()) as service:
-        batch = service.submit_batch([item.as_item() for item in items])
-        results = [service.wait(item.id, WAIT_S) for item in batch.items]
+        batch = service.submit_batch([item.as_item() for item in items], principal=LOCAL, uploaded=[folder])
+        results = [service.wait(item.id, WAIT_S, principal=LOCAL) for item in batch.items]
     assert [job.status for job in results] == [JobStatus.SUCCEEDED, JobStatus.FAILED]
     assert results[0].output_path.name == "a.mp4"
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from heygem.jobs import JobStatus
 from heygem.jobs import files as job_files
-from heygem.jobs.records import NewJob
+from heygem.jobs.records import JobStatus, NewJob
 from tests import media
 from tests.jobs_server import READY_FILE, RUN_LOG
 from tests.jobs_support import open_store, place_inputs

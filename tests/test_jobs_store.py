@@ -8,10 +8,9 @@ import threading
 import pytest
 
 from heygem.errors import HeygemError, QueueFullError
-from heygem.jobs import JobStatus, SQLiteJobStore
-from heygem.jobs.records import NewJob
 from heygem.jobs import store as store_module
-from heygem.jobs.store import SCHEMA_VERSION, Outcome, RunState
+from heygem.jobs.records import JobStatus, NewJob, Outcome
+from heygem.jobs.store import SCHEMA_VERSION, RunState, SQLiteJobStore
 
 
 @pytest.fixture
@@ -224,8 +223,34 @@ def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path):
         migrated.close()
     assert {"frames", "run_seconds"} <= _columns(path)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     again = SQLiteJobStore(path)  # opening a migrated database changes nothing
     again.open()
     assert again.count_jobs() == 2
     again.close()
+
+
+def test_a_version_2_database_gets_tenants_and_per_tenant_keys(tmp_path):
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(store_module._MIGRATIONS[1] + store_module._MIGRATIONS[2])
+        conn.execute("PRAGMA user_version = 2")
+        for number, key in enumerate(("shared", None)):
+            conn.execute(
+                "INSERT INTO jobs (id, kind, audio, video, status, created_at, queued_at,"
+                " idempotency_key) VALUES (?, 'single', 'a.wav', 'v.mp4', 'queued', ?, ?, ?)",
+                (f"old{number}", float(number), float(number), key),
+            )
+    migrated = SQLiteJobStore(path)
+    migrated.open()
+    try:
+        assert [job.id for job in migrated.list_jobs(10, 0)] == ["old1", "old0"]  # order kept
+        assert migrated.get_by_key("shared").id == "old0"  # the default tenant's key
+        assert migrated.get("old0").tenant == "default"
+        _, (theirs,) = migrated.add(
+            [NewJob("b.wav", "w.mp4", idempotency_key="shared")], queue_limit=10, tenant="team-b",
+        )
+        assert theirs.id != "old0" and theirs.tenant == "team-b"
+        assert migrated.claim().job.id == "old0"  # the queue order survived the rebuild
+    finally:
+        migrated.close()

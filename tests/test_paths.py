@@ -5,7 +5,13 @@ import os
 import pytest
 
 from heygem.errors import ForbiddenPathError, InputError
-from heygem.storage.paths import MAX_OUTPUT_NAME, resolve_under, safe_output_name
+from heygem.storage.paths import (
+    MAX_OUTPUT_NAME,
+    free_name,
+    resolve_under,
+    safe_file_name,
+    safe_output_name,
+)
 
 
 @pytest.fixture
@@ -99,3 +105,39 @@ def test_safe_output_name_accepts_plain_names(name, expected):
 def test_safe_output_name_refuses(name, error, message):
     with pytest.raises(error, match=message):
         safe_output_name(name)
+
+
+# --- names made from someone else's (uploads, object keys, URLs) ---------------------------------
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("speech.wav", "speech.wav"),
+        ("my clip (1).mp4", "my_clip_1.mp4"),
+        ("C:\\Users\\ann\\face.png", "face.png"),
+        ("folder/sub/face.png", "face.png"),
+        ("../../etc/passwd", "passwd"),
+        (".hidden.wav", "hidden.wav"),
+        ("说话.wav", "file.wav"),
+        ("__.__", "file"),
+        ("a.b c", "a.b_c"),
+        ("", "file"),
+    ],
+)
+def test_safe_file_name_keeps_a_plain_last_segment(name, expected):
+    assert safe_file_name(name) == expected
+
+
+def test_safe_file_name_uses_the_fallback_and_keeps_the_extension_when_shortening():
+    assert safe_file_name("???", fallback="audio") == "audio"
+    long = safe_file_name("x" * 500 + ".wav")
+    assert (len(long), long[-5:]) == (MAX_OUTPUT_NAME, "x.wav")
+
+
+def test_free_name_numbers_from_two_and_keeps_the_suffix(tmp_path):
+    assert free_name(tmp_path, "face.mp4") == tmp_path / "face.mp4"
+    (tmp_path / "face.mp4").write_bytes(b"1")
+    (tmp_path / "input").write_bytes(b"1")
+    assert free_name(tmp_path, "face.mp4") == tmp_path / "face-2.mp4"
+    assert free_name(tmp_path, "input") == tmp_path / "input-2"
+    (tmp_path / "face-2.mp4").write_bytes(b"2")
+    assert free_name(tmp_path, "face.mp4") == tmp_path / "face-3.mp4"

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heygem.errors import NoFaceError
 from heygem.engine.api import SyncOptions
+from heygem.engine.media.schedule import pingpong_index
 from heygem.engine.pipeline import LipSyncPipeline
+from heygem.errors import NoFaceError
 from heygem.settings import Settings
-from heygem.engine.media import pingpong_index
 from tests import e2e_media as em
 from tests import media
 

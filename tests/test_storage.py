@@ -143,13 +143,30 @@ def https_settings(settings, https_server, monkeypatch):
 # --- reference forms (no network) ----------------------------------------------------------------
 
 
-def test_is_remote_recognises_the_three_remote_forms():
+def test_is_remote_recognises_the_three_remote_forms(settings):
     assert storage.is_remote("s3://b/k")
     assert storage.is_remote("OBS://bucket/key.wav")
     assert storage.is_remote("https://example.com/a.wav")
     assert not storage.is_remote("http://example.com/a.wav")
     assert not storage.is_remote("/obs-mount/a.wav")
     assert not storage.is_remote("inputs/a.wav")
+    # Written as a URL, but not one storage fetches: refused, never taken for a path.
+    assert storage.is_url("http://example.com/a.wav") and storage.is_url("S3://b/k")
+    for url in ("http://example.com/a.wav?sig=secret", "file:///etc/passwd"):
+        assert storage.is_url(url) and not storage.is_remote(url)
+        with pytest.raises(ForbiddenPathError, match=f"unsupported reference {url.split('?')[0]}"):
+            storage.check_reference(url, settings)
+
+
+@pytest.mark.parametrize("ref", [
+    "jar:file:///etc/passwd", "JAR:FILE://host/share/a.wav", "://bucket/a.wav",
+])
+def test_is_remote_leaves_other_schemes_to_the_local_path_checks(ref, settings, tmp_path):
+    assert not storage.is_remote(ref)
+    assert not storage.is_url(ref)
+    # Taken as a relative local path: a file under the inputs folder, which does not exist.
+    with pytest.raises(InputError, match="input file not found"):
+        storage.fetch_input(ref, tmp_path / "job", settings)
 
 
 @pytest.mark.parametrize("ref, message", [
@@ -234,7 +251,9 @@ def test_output_prefix_is_returned_normalised_and_odd_schemes_are_refused(settin
     mount = tmp_path / "obs-mount"
     settings = settings.replace(input_roots=(mount,))
     assert storage.check_output_prefix("S3://bucket/out/", settings) == "S3://bucket/out/"
-    assert storage.check_output_prefix("results", settings) == str(settings.outputs_dir.resolve() / "results")
+    # Relative folders are refused: they used to mean the outputs folder, which is the service's.
+    with pytest.raises(ForbiddenPathError, match="must be an absolute folder"):
+        storage.check_output_prefix("results", settings)
     assert storage.check_output_prefix(str(mount / "a" / ".." / "b"), settings) == str(mount.resolve() / "b")
     # Not a scheme, yet not a folder anyone meant either: "outputs/:/bucket/out" would be accepted.
     for odd in ("://bucket/out/", "my bucket://out/", "s3 ://bucket/"):

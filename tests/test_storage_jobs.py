@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from heygem.errors import ForbiddenPathError
 from heygem.jobs.records import JobStatus
 from heygem.web.server import create_app
+from heygem.jobs.tenancy import LOCAL
 from tests import media
 from tests.kit import free_port, wait_until
 from tests.s3server import BUCKET, OTHER_BUCKET, use_identity
@@ -51,9 +52,9 @@ def test_job_with_object_inputs_publishes_an_mp4_with_audio(
     service = start_service(s3_settings)
     job = service.submit(
         f"s3://{BUCKET}/{objects}/speech.wav", f"obs://{BUCKET}/{objects}/face.mp4",
-        output_name="talk.mp4", output_prefix=f"s3://{BUCKET}/{objects}/out/",
+        output_name="talk.mp4", output_prefix=f"s3://{BUCKET}/{objects}/out/", principal=LOCAL
     )
-    job = service.wait(job.id, JOB_TIMEOUT_S)
+    job = service.wait(job.id, JOB_TIMEOUT_S, principal=LOCAL)
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.output_url == f"s3://{BUCKET}/{objects}/out/talk.mp4"
     assert job.presigned_url and job.presigned_url.startswith(s3_server.endpoint)
@@ -74,9 +75,9 @@ def test_batch_item_with_missing_key_or_bucket_fails_alone(
             {**good, "video": "obs://no-such-bucket/face.mp4", "output_name": "b.mp4"},
             {**good, "output_name": "c.mp4"},
         ],
-        output_prefix=f"s3://{BUCKET}/{objects}/batch-out/",
+        output_prefix=f"s3://{BUCKET}/{objects}/batch-out/", principal=LOCAL
     )
-    missing_key, missing_bucket, ok = (service.wait(item.id, JOB_TIMEOUT_S) for item in batch.items)
+    missing_key, missing_bucket, ok = (service.wait(item.id, JOB_TIMEOUT_S, principal=LOCAL) for item in batch.items)
     assert missing_key.status == JobStatus.FAILED
     assert missing_key.error == f"object not found: s3://{BUCKET}/{objects}/missing.wav"
     assert missing_bucket.status == JobStatus.FAILED
@@ -99,8 +100,8 @@ def test_batch_item_the_credentials_may_not_read_fails_alone(
         {"audio": f"s3://{BUCKET}/{objects}/speech.wav", "video": f"s3://{BUCKET}/{objects}/face.mp4"},
         {"audio": f"s3://{OTHER_BUCKET}/{objects}/speech.wav",
          "video": f"s3://{OTHER_BUCKET}/{objects}/face.mp4"},
-    ])
-    denied, allowed = (service.wait(item.id, JOB_TIMEOUT_S) for item in batch.items)
+    ], principal=LOCAL)
+    denied, allowed = (service.wait(item.id, JOB_TIMEOUT_S, principal=LOCAL) for item in batch.items)
     assert denied.status == JobStatus.FAILED
     assert denied.error == f"access denied to s3://{BUCKET}/{objects}/speech.wav (check the credentials)"
     assert s3_server.restricted.secret_key not in denied.error
@@ -118,8 +119,8 @@ def test_failed_upload_fails_the_job_and_keeps_the_local_result(
     shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
     shutil.copy(face_video, settings.inputs_dir / "face.mp4")
     service = start_service(settings)
-    job = service.submit("speech.wav", "face.mp4", output_prefix=f"s3://{BUCKET}/never/")
-    job = service.wait(job.id, JOB_TIMEOUT_S)
+    job = service.submit("speech.wav", "face.mp4", output_prefix=f"s3://{BUCKET}/never/", principal=LOCAL)
+    job = service.wait(job.id, JOB_TIMEOUT_S, principal=LOCAL)
     assert job.status == JobStatus.FAILED
     assert job.error == f"cannot reach object storage at {dead}"
     assert job.output_url is None
@@ -135,9 +136,9 @@ def test_result_copied_once_into_a_mounted_folder(s3_settings, start_service, ob
     service = start_service(settings)
     job = service.submit(
         f"s3://{BUCKET}/{objects}/speech.wav", f"s3://{BUCKET}/{objects}/face.mp4",
-        output_name="mounted.mp4", output_prefix=str(mount / "results"),
+        output_name="mounted.mp4", output_prefix=str(mount / "results"), principal=LOCAL
     )
-    job = service.wait(job.id, JOB_TIMEOUT_S)
+    job = service.wait(job.id, JOB_TIMEOUT_S, principal=LOCAL)
     assert job.status == JobStatus.SUCCEEDED, job.error
     copied = mount / "results" / "mounted.mp4"
     assert job.output_url == str(copied.resolve())
@@ -149,8 +150,8 @@ def test_result_copied_once_into_a_mounted_folder(s3_settings, start_service, ob
 def test_url_off_the_allow_list_is_refused_at_submit(s3_settings, start_service, objects):
     service = start_service(s3_settings.replace(url_allowlist=("https://media.example.com/",)))
     with pytest.raises(ForbiddenPathError, match="URL not on the allow-list: https://evil.example.net/a.wav"):
-        service.submit("https://evil.example.net/a.wav", f"s3://{BUCKET}/{objects}/face.mp4")
-    assert service.count_jobs() == 0
+        service.submit("https://evil.example.net/a.wav", f"s3://{BUCKET}/{objects}/face.mp4", principal=LOCAL)
+    assert service.count_jobs(principal=LOCAL) == 0
 
 
 def test_api_call_sequence_from_the_docs(s3_server, s3_settings, start_service, objects, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heygem.engine import media as video
+from heygem.engine.media import decode, encode, probe, schedule
 from heygem.errors import MediaProcessError, UnsupportedMediaError
 from tests import media
 
@@ -73,7 +73,7 @@ def vfr_video(tmp_path_factory) -> Path:
 
 
 def test_probe_describes_the_fixture_video(face_video):
-    info = video.probe(face_video)
+    info = probe.probe(face_video)
     assert (info.width, info.height) == (256, 256)
     assert info.fps == pytest.approx(25.0)
     assert info.fps_text == "25/1"
@@ -83,7 +83,7 @@ def test_probe_describes_the_fixture_video(face_video):
 
 
 def test_probe_recognises_images_by_content_not_dots(face_image, tmp_path):
-    info = video.probe(face_image)  # face.PNG: upper-case extension
+    info = probe.probe(face_image)  # face.PNG: upper-case extension
     assert info.is_image and info.size == (256, 256) and info.frame_count == 1
 
     dotted = tmp_path / "v1.2" / "my.face.JPG"
@@ -92,18 +92,18 @@ def test_probe_recognises_images_by_content_not_dots(face_image, tmp_path):
 
     cv2.imwrite(str(tmp_path / "tmp.jpg"), media.astronaut_bgr(64))
     (tmp_path / "tmp.jpg").rename(dotted)
-    assert video.probe(dotted).is_image
+    assert probe.probe(dotted).is_image
 
     disguised = tmp_path / "photo.mp4"  # a PNG under a video name is still a picture
     disguised.write_bytes(face_image.read_bytes())
-    assert video.probe(disguised).is_image
+    assert probe.probe(disguised).is_image
 
 
 def test_probe_and_read_apply_rotation(rotated_video):
-    info = video.probe(rotated_video)
+    info = probe.probe(rotated_video)
     assert info.rotation in (90, 270)
     assert info.size == (32, 64)
-    frames = list(video.read_frames(rotated_video, info))
+    frames = list(decode.read_frames(rotated_video, info))
     assert len(frames) == 5
     frame = frames[0]
     assert frame.shape == (64, 32, 3)
@@ -125,7 +125,7 @@ def test_probe_and_read_apply_rotation(rotated_video):
 def test_probe_refuses_bad_face_files(tmp_path, make):
     path = make(tmp_path)
     with pytest.raises(UnsupportedMediaError) as caught:
-        video.probe(path)
+        probe.probe(path)
     message = str(caught.value)
     assert path.name in message and "\n" not in message
 
@@ -141,11 +141,11 @@ def test_probe_refuses_a_truncated_video(face_video, tmp_path):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 8])  # the header survives, the pictures do not
     with pytest.raises(UnsupportedMediaError, match="cut.mp4"):
-        video.probe(cut)
+        probe.probe(cut)
 
 
 def test_audio_only_is_described_when_video_is_not_required(tmp_path):
-    info = video.probe(media.make_tone(tmp_path / "tone.m4a", 0.5), require_video=False)
+    info = probe.probe(media.make_tone(tmp_path / "tone.m4a", 0.5), require_video=False)
     assert info.has_audio and not info.has_video
 
 
@@ -158,10 +158,10 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def test_vfr_is_read_at_a_constant_rate(vfr_video):
-    info = video.probe(vfr_video)
+    info = probe.probe(vfr_video)
     assert info.duration_s == pytest.approx(1.8, abs=0.05)
     assert info.fps == pytest.approx(21 / 1.8, rel=0.05)  # the average rate, not the 25 fps tick
-    frames = list(video.read_frames(vfr_video, info, fps=25))
+    frames = list(decode.read_frames(vfr_video, info, fps=25))
     assert len(frames) == 45  # 1.8 s at 25 fps
     levels = [round(float(f.mean()) / 10) for f in frames]
     assert levels[:10] == list(range(10))
@@ -170,15 +170,15 @@ def test_vfr_is_read_at_a_constant_rate(vfr_video):
 
 
 def test_read_frames_downscales_to_even_sides(face_video):
-    frames = list(video.read_frames(face_video, video.probe(face_video), max_side=101))
+    frames = list(decode.read_frames(face_video, probe.probe(face_video), max_side=101))
     assert len(frames) == 50 and frames[0].shape == (100, 100, 3)
-    assert video.scaled_size(1920, 1080, 640) == (640, 360)
-    assert video.scaled_size(1080, 1920, 641) == (360, 640)
-    assert video.scaled_size(300, 200, 640) == (300, 200)
+    assert decode.scaled_size(1920, 1080, 640) == (640, 360)
+    assert decode.scaled_size(1080, 1920, 641) == (360, 640)
+    assert decode.scaled_size(300, 200, 640) == (300, 200)
 
 
 def test_still_image_yields_one_writable_frame(face_image):
-    frames = list(video.read_frames(face_image, video.probe(face_image)))
+    frames = list(decode.read_frames(face_image, probe.probe(face_image)))
     assert len(frames) == 1 and frames[0].shape == (256, 256, 3)
     np.testing.assert_array_equal(frames[0], media.astronaut_bgr())
 
@@ -192,9 +192,9 @@ def test_closing_the_reader_early_stops_ffmpeg(face_video, monkeypatch):
         started.append(proc)
         return proc
 
-    info = video.probe(face_video)
-    monkeypatch.setattr(video.subprocess, "Popen", recording_popen)
-    frames = video.read_frames(face_video, info)
+    info = probe.probe(face_video)
+    monkeypatch.setattr(decode.subprocess, "Popen", recording_popen)
+    frames = decode.read_frames(face_video, info)
     first = next(frames)
     assert first.shape == (256, 256, 3) and first.flags.writeable
     assert len(started) == 1 and started[0].poll() is None
@@ -209,7 +209,7 @@ def test_writer_makes_h264_aac_with_even_size(tmp_path, speech_wav):
     output = tmp_path / "out" / "result.mp4"
     frames = list(media.moving_frames(50, side=101))
     odd = [f[:, :101][:75] for f in frames]  # 101 x 75: both sides odd
-    with video.FrameWriter(output, 101, 75, 25.0, speech_wav) as writer:
+    with encode.FrameWriter(output, 101, 75, 25.0, speech_wav) as writer:
         for frame in odd:
             writer.write(frame)
     streams = media.probe(output)["streams"]
@@ -229,7 +229,7 @@ def test_writer_makes_h264_aac_with_even_size(tmp_path, speech_wav):
 def test_writer_ends_with_the_audio_when_it_is_shorter(tmp_path):
     tone = media.make_tone(tmp_path / "tone.wav", 1.0)
     output = tmp_path / "short.mp4"
-    with video.FrameWriter(output, 64, 48, 25, tone) as writer:
+    with encode.FrameWriter(output, 64, 48, 25, tone) as writer:
         for frame in _indexed_frames(75):  # 3 s of frames
             writer.write(frame)
     assert media.duration_of(output) == pytest.approx(1.0, abs=0.15)
@@ -238,7 +238,7 @@ def test_writer_ends_with_the_audio_when_it_is_shorter(tmp_path):
 def test_writer_leaves_nothing_when_the_caller_fails(tmp_path, speech_wav):
     output = tmp_path / "result.mp4"
     with pytest.raises(RuntimeError, match="model exploded"):
-        with video.FrameWriter(output, 64, 48, 25, speech_wav) as writer:
+        with encode.FrameWriter(output, 64, 48, 25, speech_wav) as writer:
             for i, frame in enumerate(_indexed_frames(30)):
                 writer.write(frame)
                 if i == 20:
@@ -250,7 +250,7 @@ def test_writer_reports_ffmpeg_failure_with_its_stderr(tmp_path):
     bogus_audio = _write(tmp_path / "voice.wav", b"this is not audio\n")
     output = tmp_path / "result.mp4"
     with pytest.raises(MediaProcessError) as caught:
-        with video.FrameWriter(output, 64, 48, 25, bogus_audio) as writer:
+        with encode.FrameWriter(output, 64, 48, 25, bogus_audio) as writer:
             for frame in _indexed_frames(10):
                 writer.write(frame)
     assert "result.mp4" in str(caught.value) and "Invalid data" in str(caught.value)
@@ -260,7 +260,7 @@ def test_writer_reports_ffmpeg_failure_with_its_stderr(tmp_path):
 def test_writer_burns_the_label_into_the_bottom_right(tmp_path):
     plain = np.full((120, 160, 3), 90, np.uint8)
     output = tmp_path / "labelled.mp4"
-    with video.FrameWriter(output, 160, 120, 25, label="AI generated") as writer:
+    with encode.FrameWriter(output, 160, 120, 25, label="AI generated") as writer:
         for _ in range(5):
             writer.write(plain)
     assert (plain == 90).all()  # the caller's frame is not drawn on
@@ -273,7 +273,7 @@ def test_writer_burns_the_label_into_the_bottom_right(tmp_path):
 
 def test_writer_rejects_frames_of_the_wrong_size(tmp_path):
     with pytest.raises(ValueError):
-        with video.FrameWriter(tmp_path / "x.mp4", 64, 48, 25) as writer:
+        with encode.FrameWriter(tmp_path / "x.mp4", 64, 48, 25) as writer:
             writer.write(np.zeros((48, 65, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
 
@@ -282,29 +282,29 @@ def test_writer_rejects_frames_of_the_wrong_size(tmp_path):
 
 
 def test_schedules():
-    assert list(video.frame_index_schedule(7, 3, "loop")) == [0, 1, 2, 0, 1, 2, 0]
-    assert list(video.frame_index_schedule(10, 4, "pingpong")) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
-    assert list(video.frame_index_schedule(5, 2, "pingpong")) == [0, 1, 0, 1, 0]
-    assert list(video.frame_index_schedule(3, 1, "pingpong")) == [0, 0, 0]
-    assert list(video.frame_index_schedule(2, 5, "loop")) == [0, 1]
+    assert list(schedule.frame_index_schedule(7, 3, "loop")) == [0, 1, 2, 0, 1, 2, 0]
+    assert list(schedule.frame_index_schedule(10, 4, "pingpong")) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert list(schedule.frame_index_schedule(5, 2, "pingpong")) == [0, 1, 0, 1, 0]
+    assert list(schedule.frame_index_schedule(3, 1, "pingpong")) == [0, 0, 0]
+    assert list(schedule.frame_index_schedule(2, 5, "loop")) == [0, 1]
     with pytest.raises(ValueError):
-        list(video.frame_index_schedule(3, 3, "bounce"))
+        list(schedule.frame_index_schedule(3, 3, "bounce"))
 
 
 @pytest.mark.parametrize("policy", ["loop", "pingpong"])
 def test_scheduled_frames_stream_the_schedule(indexed_video, tmp_path, policy):
-    info = video.probe(indexed_video)
+    info = probe.probe(indexed_video)
     scratch = tmp_path / "scratch"
-    got = list(video.scheduled_frames(indexed_video, info, 13, policy, scratch))
-    expected = list(video.frame_index_schedule(13, 5, policy))
+    got = list(schedule.scheduled_frames(indexed_video, info, 13, policy, scratch))
+    expected = list(schedule.frame_index_schedule(13, 5, policy))
     assert [index for index, _ in got] == expected
     assert [_index_of(frame) for _, frame in got] == expected
     assert not scratch.exists() or list(scratch.iterdir()) == []  # the spool is gone
 
 
 def test_pingpong_spool_is_removed_when_closed_early(indexed_video, tmp_path):
-    info = video.probe(indexed_video)
-    frames = video.scheduled_frames(indexed_video, info, 20, "pingpong", tmp_path)
+    info = probe.probe(indexed_video)
+    frames = schedule.scheduled_frames(indexed_video, info, 20, "pingpong", tmp_path)
     taken = [next(frames) for _ in range(7)]
     assert [i for i, _ in taken] == [0, 1, 2, 3, 4, 3, 2]
     assert len(list(tmp_path.iterdir())) == 1
@@ -313,13 +313,13 @@ def test_pingpong_spool_is_removed_when_closed_early(indexed_video, tmp_path):
 
 
 def test_pingpong_recovers_from_a_wrong_length_hint(indexed_video, tmp_path):
-    info = video.probe(indexed_video)
-    got = list(video.scheduled_frames(indexed_video, info, 9, "pingpong", tmp_path, n_src=50))
+    info = probe.probe(indexed_video)
+    got = list(schedule.scheduled_frames(indexed_video, info, 9, "pingpong", tmp_path, n_src=50))
     assert [_index_of(f) for _, f in got] == [0, 1, 2, 3, 4, 3, 2, 1, 0]
 
 
 def test_scheduled_still_repeats_one_read_only_frame(face_image, tmp_path):
-    info = video.probe(face_image)
-    got = list(video.scheduled_frames(face_image, info, 4, "pingpong", tmp_path))
+    info = probe.probe(face_image)
+    got = list(schedule.scheduled_frames(face_image, info, 4, "pingpong", tmp_path))
     assert [i for i, _ in got] == [0, 0, 0, 0]
     assert all(f is got[0][1] for _, f in got) and not got[0][1].flags.writeable

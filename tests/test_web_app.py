@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from heygem.errors import LimitExceededError, NoFaceError
 from heygem.web import i18n
 from heygem.web.server import LogBuffer, PrefixTolerance, create_app
+from heygem.jobs.tenancy import LOCAL
 from tests.kit import FakePipeline, running_service, wait_until
 
 PREFIX = "/v1/infers/0a1b2c"
@@ -70,7 +71,7 @@ def test_result_urls_carry_the_gateway_prefix(settings, service, speech_wav, fac
     with TestClient(app, root_path=PREFIX) as client, open(speech_wav, "rb") as a, \
             open(face_video, "rb") as v:
         job = client.post(f"{PREFIX}/api/v1/jobs", files={"audio": a, "video": v}).json()
-        service.wait(job["id"], 60)
+        service.wait(job["id"], 60, principal=LOCAL)
         done = client.get(f"{PREFIX}/api/v1/jobs/{job['id']}").json()
         assert done["result_url"] == f"{PREFIX}/api/v1/jobs/{job['id']}/result"
         assert client.get(done["result_url"]).status_code == 200
@@ -81,7 +82,7 @@ def test_jobs_survive_a_restart(settings, speech_wav, face_video):
             TestClient(create_app(settings, first, ui=False)) as client, open(speech_wav, "rb") as a, \
             open(face_video, "rb") as v:
         job_id = client.post("/api/v1/jobs", files={"audio": a, "video": v}).json()["id"]
-        first.wait(job_id, 60)
+        first.wait(job_id, 60, principal=LOCAL)
     with running_service(settings) as second, TestClient(create_app(settings, second, ui=False)) as client:
         listed = client.get("/api/v1/jobs").json()["jobs"]
         assert [job["id"] for job in listed] == [job_id]
@@ -159,14 +160,55 @@ class PreviewPipeline(FakePipeline):
 
 
 def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
+    import gradio as gr
+
     from heygem.web.ui import Handlers
 
     with running_service(settings, PreviewPipeline) as service:
         wait_until(lambda: service.readiness()[0], message="the service to be ready")
         buffer = LogBuffer()
         buffer.emit(logging.LogRecord("heygem.x", logging.INFO, __file__, 1, "hello log", (), None))
-        status, log_tail = Handlers(settings, service, buffer.tail).system(None)
+        admin = gr.Request(username="default:admin", headers={})  # as the identity gate names it
+        status, log_tail = Handlers(settings, service, buffer.tail).system(admin)
     assert "**engine**: preview" in status and "no weights at models/wav2lip_gan.pth" in status
     assert "python -m heygem models download" in status
     assert "Jobs waiting: 0" in status
     assert log_tail.endswith("hello log")
+
+
+def test_the_options_panel_is_built_from_the_schema_and_maps_back_to_fields():
+    import gradio as gr
+
+    from heygem.engine.api import SyncOptions, option_specs
+    from heygem.errors import InputError
+    from heygem.web.ui import OptionsPanel, build_options
+
+    with gr.Blocks():
+        panel = OptionsPanel(lambda key: key)
+    # The inputs' names are the Gradio API's parameter names, in the order clients pass them.
+    assert list(panel.kwargs) == [
+        "engine", "pad_top", "pad_bottom", "pad_left", "pad_right", "smooth", "blend",
+        "duration_policy", "face_choice", "face_x", "face_y", "watermark",
+    ]
+    untouched = {name: component.value for name, component in panel.kwargs.items()}
+    assert SyncOptions.from_dict(build_options(panel.fields(untouched))) == SyncOptions()
+    assert panel.component("blend").choices == [(c, c) for c in option_specs()["blend"].choices]
+
+    picked = dict(untouched, face_choice="nearest", face_x=120.0, face_y=80.0, pad_top=None)
+    options = build_options(panel.fields(picked))
+    assert options["face_point"] == [120, 80] and options["pads"] == [0, 10, 0, 0]
+    with pytest.raises(InputError, match="choose the face"):
+        build_options(panel.fields(dict(untouched, face_choice="nearest", face_x=5.0)))
+    # A point without the "nearest" choice is not sent, as before.
+    assert "face_point" not in build_options(panel.fields(dict(untouched, face_x=5.0, face_y=6.0)))
+
+
+@pytest.mark.parametrize("path", [PREFIX, f"{PREFIX}{PREFIX}"])
+def test_the_identity_gate_sees_through_the_gateway_prefix(settings, service, path):
+    app = PrefixTolerance(create_app(settings.replace(api_token="s3cret"), service, ui=False), PREFIX)
+    with TestClient(app, root_path=PREFIX) as client:
+        assert client.get(f"{path}/health").status_code == 200
+        assert client.get(f"{path}/api/v1/jobs").status_code == 401
+        assert client.get(f"{path}/ready?deep=1").status_code == 401
+        jobs = client.get(f"{path}/api/v1/jobs", headers={"Authorization": "Bearer s3cret"})
+        assert jobs.status_code == 200

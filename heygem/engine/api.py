@@ -7,11 +7,14 @@ generated, so no default or choice is written anywhere else.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
+from types import NoneType, UnionType
+from typing import Any, Literal, Protocol, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
+from numpy.typing import NDArray
 
 from heygem.errors import InputError
 from heygem.settings import ENGINES, PRECISIONS
@@ -31,8 +34,10 @@ BLENDS: tuple[Blend, ...] = ("feather", "rect")
 DURATION_POLICIES: tuple[DurationPolicy, ...] = ("loop", "pingpong")
 FACE_CHOICES: tuple[FaceChoice, ...] = ("largest", "nearest")
 
-Box = tuple[int, int, int, int]  # top, bottom, left, right in pixels (the reference's order)
+Quad = tuple[int, int, int, int]  # top, bottom, left, right in pixels (the reference's order)
+Box = tuple[int, int, int, int]  # a face box as x1, y1, x2, y2 in frame pixels
 Point = tuple[int, int]  # x, y in pixels
+Frame = NDArray[np.uint8]  # one video frame: height x width x 3, BGR
 
 MAX_FPS = 120.0
 MAX_LABEL_CHARS = 40
@@ -70,9 +75,9 @@ class SyncOptions:
     engine: str = _option("auto", OptionSpec(
         "auto = wav2lip when its weights exist, else preview", "choice", ENGINES,
         per_job_flag=False))
-    box: Box | None = _option(None, OptionSpec(
+    box: Quad | None = _option(None, OptionSpec(
         "fixed face box in pixels; skips face detection", "quad", minimum=0, parts=QUAD_NAMES))
-    pads: Box = _option((0, 10, 0, 0), OptionSpec(
+    pads: Quad = _option((0, 10, 0, 0), OptionSpec(
         "grow the detected box by these pixels", "quad", minimum=0, parts=QUAD_NAMES))
     smooth: bool = _option(True, OptionSpec("average face boxes over time", "check"))
     smooth_window: int = _option(5, OptionSpec(
@@ -136,6 +141,20 @@ def option_default(name: str) -> Any:
     if default is MISSING:  # every option has a default; this guards the schema itself
         raise KeyError(name)
     return default
+
+
+def option_type(name: str) -> type:
+    """The scalar type of one SyncOptions field: bool, int, float or str (each part's, for a
+    quad or point); None is left out. Callers parse flags and form values with it."""
+    hint: Any = get_type_hints(SyncOptions)[name]
+    while True:
+        origin = get_origin(hint)
+        if origin is Literal:
+            return type(get_args(hint)[0])
+        if origin in (Union, UnionType, tuple):
+            hint = next(arg for arg in get_args(hint) if arg is not NoneType)
+            continue
+        return hint  # type: ignore[no-any-return]
 
 
 def _check_options(options: SyncOptions) -> None:
@@ -231,7 +250,7 @@ class MouthRenderer(Protocol):
     name: str
 
     def render(
-        self, frames: list[np.ndarray], boxes: list[Box | None], frame_indices: Sequence[int]
-    ) -> list[np.ndarray]:
+        self, frames: list[Frame], boxes: list[Box | None], frame_indices: Sequence[int]
+    ) -> list[Frame]:
         """New frames with the mouth redrawn; frames whose box is None come back unchanged."""
         ...

@@ -13,9 +13,13 @@ import math
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+from numpy.typing import NDArray
 
+from heygem.engine.media.guard import input_args, refusal, too_long
+from heygem.engine.media.process import StderrTail, kill
 from heygem.errors import AudioTooShortError, InputError, MediaProcessError, UnsupportedMediaError
 
 log = logging.getLogger("heygem.engine.audio")
@@ -52,23 +56,32 @@ INPUT_PROBLEM_MARKERS = (
     "failed to read",
 )
 NO_AUDIO_MARKER = "matches no streams"
+SAMPLE_BYTES = 4  # ffmpeg writes float32 samples
+READ_CHUNK_BYTES = SAMPLE_RATE * SAMPLE_BYTES  # one second of decoded audio per read
+
+Samples = NDArray[np.float32]  # mono audio at SAMPLE_RATE
+Mel = NDArray[np.float32]  # (N_MELS, frames) normalised log-mel, or (frames, N_MELS, MEL_STEP) windows
+Float64s = NDArray[np.float64]  # intermediate results, computed in float64 like the reference
 
 
 # --- decoding --------------------------------------------------------------------------------
 
 
-def load_audio(path: str | Path) -> np.ndarray:
+def load_audio(path: str | Path, max_duration_s: float | None = None) -> Samples:
     """Decode the first audio stream of any file ffmpeg reads to float32 mono at SAMPLE_RATE.
 
+    Only that one file is read (no playlists or lists naming other files: guard.input_args).
     Raises UnsupportedMediaError for a missing file, a file that is not media, a file without
-    an audio stream or an empty one; MediaProcessError when ffmpeg fails for another reason.
+    an audio stream or an empty one; MediaProcessError when ffmpeg fails for another reason;
+    LimitExceededError as soon as the decoded audio passes `max_duration_s`, whatever the header
+    says, so a long stream is never held in memory whole.
     """
     path = Path(path)
     if not path.exists():
         raise UnsupportedMediaError(f"audio file not found: {path}")
     if not path.is_file():
         raise UnsupportedMediaError(f"{path} is not a file")
-    raw = _run_ffmpeg_decode(path)
+    raw = _run_ffmpeg_decode(path, max_duration_s)
     wav = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     if wav.size == 0:
         raise UnsupportedMediaError(f"{path.name}: the audio stream has no samples")
@@ -79,25 +92,53 @@ def load_audio(path: str | Path) -> np.ndarray:
 def _decode_command(path: Path) -> list[str]:
     return [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", str(path),
+        *input_args(path),
         "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(SAMPLE_RATE),
         "-",
     ]  # fmt: skip
 
 
-def _run_ffmpeg_decode(path: Path) -> bytes:
+def _run_ffmpeg_decode(path: Path, max_duration_s: float | None) -> bytes:
     try:
-        proc = subprocess.run(_decode_command(path), capture_output=True, check=False)
+        proc = subprocess.Popen(
+            _decode_command(path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
     except FileNotFoundError:
         raise MediaProcessError("ffmpeg is not installed or not on PATH") from None
-    if proc.returncode == 0:
-        return proc.stdout
-    stderr = proc.stderr.decode("utf-8", errors="replace")
-    raise _decode_error(path, stderr)
+    # Both pipes exist: they were requested just above.
+    assert proc.stdout is not None and proc.stderr is not None
+    tail = StderrTail(proc.stderr)
+    try:
+        raw = _read_limited(proc.stdout, path, max_duration_s)
+        code = proc.wait()
+    finally:
+        kill(proc)
+        proc.stdout.close()
+        tail.join()
+    if code == 0:
+        return raw
+    raise _decode_error(path, "\n".join(tail.lines()))
+
+
+def _read_limited(stream: IO[bytes], path: Path, max_duration_s: float | None) -> bytes:
+    """Everything ffmpeg writes, refusing (LimitExceededError) once it passes the duration limit."""
+    limit = None if max_duration_s is None else int(max_duration_s * SAMPLE_RATE) * SAMPLE_BYTES
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := stream.read(READ_CHUNK_BYTES):
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise too_long(path.name, max_duration_s or 0.0)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode_error(path: Path, stderr: str) -> Exception:
+    refused = refusal(stderr, path.name)
+    if refused is not None:
+        return refused
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     lowered = stderr.lower()
     if NO_AUDIO_MARKER in lowered:
@@ -120,7 +161,7 @@ def _useful_tail(lines: list[str], path: Path) -> str:
 # --- mel spectrogram --------------------------------------------------------------------------
 
 
-def melspectrogram(wav: np.ndarray) -> np.ndarray:
+def melspectrogram(wav: NDArray[np.floating]) -> Mel:
     """The reference's normalised log-mel of 16 kHz audio: shape (N_MELS, 1 + len(wav) // HOP).
 
     Computed in float64 (as the reference is under modern librosa) and returned as float32.
@@ -142,7 +183,7 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     return out
 
 
-def preemphasis(wav: np.ndarray) -> np.ndarray:
+def preemphasis(wav: NDArray[np.floating]) -> Float64s:
     """y[n] = x[n] - 0.97 x[n-1] with a zero initial state, in float64."""
     x = wav.astype(np.float64)
     y = x.copy()
@@ -150,31 +191,32 @@ def preemphasis(wav: np.ndarray) -> np.ndarray:
     return y
 
 
-def _mel_block(padded: np.ndarray, start: int, stop: int) -> np.ndarray:
+def _mel_block(padded: Float64s, start: int, stop: int) -> Float64s:
     """Mel amplitudes of STFT frames [start, stop): frame t covers padded[HOP*t : HOP*t + N_FFT]."""
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[start * HOP : stop * HOP : HOP]
     spectrum = np.abs(np.fft.rfft(frames * hann_window(), n=N_FFT, axis=1))
     return mel_basis() @ spectrum.T
 
 
-def _amp_to_db(amp: np.ndarray) -> np.ndarray:
-    return 20.0 * np.log10(np.maximum(AMP_FLOOR, amp))
+def _amp_to_db(amp: Float64s) -> Float64s:
+    db: Float64s = 20.0 * np.log10(np.maximum(AMP_FLOOR, amp))  # numpy's ufunc stubs give Any
+    return db
 
 
-def _normalize(db: np.ndarray) -> np.ndarray:
+def _normalize(db: Float64s) -> Float64s:
     scaled = 2 * MAX_ABS * (db - MIN_LEVEL_DB) / (-MIN_LEVEL_DB) - MAX_ABS
     return np.clip(scaled, -MAX_ABS, MAX_ABS)
 
 
 @lru_cache(maxsize=1)
-def hann_window() -> np.ndarray:
+def hann_window() -> Float64s:
     """Periodic Hann window of WIN samples (the STFT convention, not the symmetric one)."""
     n = np.arange(WIN, dtype=np.float64)
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN)
 
 
 @lru_cache(maxsize=1)
-def mel_basis() -> np.ndarray:
+def mel_basis() -> Float64s:
     """Slaney-scale, Slaney-normalised filterbank, (N_MELS, N_FFT // 2 + 1). Built once."""
     import librosa  # slow to import; only needed once per process
 
@@ -206,7 +248,7 @@ def reference_window_count(num_mel_frames: int, fps: float) -> int:
     return count + 1
 
 
-def window_starts(num_mel_frames: int, fps: float, frames: int | None = None) -> np.ndarray:
+def window_starts(num_mel_frames: int, fps: float, frames: int | None = None) -> NDArray[np.int64]:
     """Start column of the MEL_STEP-wide mel window for each video frame.
 
     The first windows are exactly the reference's: start int(i * (80 / fps)) while the window
@@ -227,7 +269,7 @@ def window_starts(num_mel_frames: int, fps: float, frames: int | None = None) ->
     return starts
 
 
-def mel_chunks(mel: np.ndarray, fps: float, frames: int | None = None) -> np.ndarray:
+def mel_chunks(mel: Mel, fps: float, frames: int | None = None) -> Mel:
     """Cut the mel into one (N_MELS, MEL_STEP) window per video frame: (frames, 80, 16) float32.
 
     frames=None covers the span the mel describes, ceil(T_mel * fps / 80) frames (never fewer than
@@ -246,7 +288,7 @@ def mel_chunks(mel: np.ndarray, fps: float, frames: int | None = None) -> np.nda
     return np.ascontiguousarray(mel[:, columns].transpose(1, 0, 2), dtype=np.float32)
 
 
-def audio_windows(wav: np.ndarray, fps: float) -> np.ndarray:
+def audio_windows(wav: Samples, fps: float) -> Mel:
     """Mel windows for every video frame of the audio's full duration: (ceil(dur*fps), 80, 16)."""
     return mel_chunks(melspectrogram(wav), fps, frames_for_audio(len(wav), fps))
 

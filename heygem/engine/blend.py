@@ -8,12 +8,15 @@ shows. Both return a new frame and leave the input untouched (stills and looped 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import cast
 
 import cv2
 import numpy as np
-from heygem.engine.api import FACE_SIZE
+from numpy.typing import NDArray
 
-Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in frame pixels
+from heygem.engine.api import FACE_SIZE, Box, Frame
+
+Mask = NDArray[np.float32]
 
 MASK_TOP = 0.45  # the blended region starts this far down the box: the generator redraws the lower half
 FEATHER_FRACTION = 0.12  # soft edge width, relative to the box's shorter side
@@ -22,13 +25,14 @@ MASK_FLOOR = 1e-3  # blur tails below this are cut to exactly 0 (invisible: < 0.
 MASK_CACHE_SIZE = 64  # distinct box sizes remembered (smoothed boxes change size by a pixel or two)
 
 
-def crop_face(frame: np.ndarray, box: Box, size: int = FACE_SIZE) -> np.ndarray:
+def crop_face(frame: Frame, box: Box, size: int = FACE_SIZE) -> Frame:
     """The box's pixels stretched (aspect not kept) to size x size with bilinear filtering."""
     x1, y1, x2, y2 = box
-    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+    # cv2's stubs type every image as MatLike; resizing keeps the uint8 dtype.
+    return cast(Frame, cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR))
 
 
-def paste_rect(frame: np.ndarray, patch: np.ndarray, box: Box) -> np.ndarray:
+def paste_rect(frame: Frame, patch: Frame, box: Box) -> Frame:
     """Reference paste: `patch` resized bilinearly to the box overwrites it; a new frame is returned."""
     x1, y1, x2, y2 = box
     out = frame.copy()
@@ -36,7 +40,7 @@ def paste_rect(frame: np.ndarray, patch: np.ndarray, box: Box) -> np.ndarray:
     return out
 
 
-def paste_feathered(frame: np.ndarray, patch: np.ndarray, box: Box) -> np.ndarray:
+def paste_feathered(frame: Frame, patch: Frame, box: Box) -> Frame:
     """Blend `patch` (resized to the box) into the lower face through `lower_face_mask`.
 
     Outside the soft ellipse, including the whole box border and the upper face, the frame is
@@ -54,7 +58,7 @@ def paste_feathered(frame: np.ndarray, patch: np.ndarray, box: Box) -> np.ndarra
 
 
 @lru_cache(maxsize=MASK_CACHE_SIZE)
-def lower_face_mask(width: int, height: int) -> np.ndarray:
+def lower_face_mask(width: int, height: int) -> Mask:
     """A height x width float32 mask in [0, 1]: 1 over mouth and jaw, soft edges, 0 at the border.
 
     An ellipse fills the box's lower part (from MASK_TOP down, full width), shrunk by the feather
@@ -69,7 +73,10 @@ def lower_face_mask(width: int, height: int) -> np.ndarray:
     axes = (max(0.5, width / 2.0 - feather), max(0.5, (height - top) / 2.0 - feather))
     mask = _ellipse(width, height, centre, axes)
     sigma = feather / GAUSS_SIGMAS_IN_FEATHER
-    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
+    # cv2's stubs type every image as MatLike; blurring keeps the float32 dtype.
+    mask = cast(
+        Mask, cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
+    )
     np.clip(mask, 0.0, 1.0, out=mask)  # the blur's float sums overshoot 1 by an ulp or so
     mask[mask < MASK_FLOOR] = 0.0
     mask[: int(top)] = 0.0  # cut the last blur tail so the upper face is guaranteed untouched
@@ -81,7 +88,7 @@ def lower_face_mask(width: int, height: int) -> np.ndarray:
 
 def _ellipse(
     width: int, height: int, centre: tuple[float, float], axes: tuple[float, float]
-) -> np.ndarray:
+) -> Mask:
     """A hard 0/1 ellipse sampled at pixel centres (exact for any size, unlike integer cv2.ellipse)."""
     ys = (np.arange(height, dtype=np.float32) + 0.5 - centre[1]) / axes[1]
     xs = (np.arange(width, dtype=np.float32) + 0.5 - centre[0]) / axes[0]

@@ -12,28 +12,52 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
-from heygem.engine.audio import SAMPLE_RATE, frames_for_audio, load_audio, mel_chunks, melspectrogram
 from heygem.engine.api import (
     PREVIEW,
     WAV2LIP,
+    Box,
+    Engine,
     EngineStatus,
+    Frame,
     MouthRenderer,
     ProgressCallback,
     SyncOptions,
     SyncResult,
 )
+from heygem.engine.audio import SAMPLE_RATE, frames_for_audio, load_audio, mel_chunks, melspectrogram
+from heygem.engine.faces.detect import FaceDetector, create_detector
+from heygem.engine.faces.track import (
+    CachedVideo,
+    FaceTrack,
+    TrackCache,
+    TrackOptions,
+    choose_face,
+    detect_faces,
+    pad_box,
+    track_faces,
+)
+from heygem.engine.media.decode import read_frames
+from heygem.engine.media.encode import FrameWriter
+from heygem.engine.media.guard import MediaLimits
+from heygem.engine.media.probe import MediaInfo, probe
+from heygem.engine.media.schedule import scheduled_frames
+from heygem.engine.model.download import resolve_checkpoint
 from heygem.engine.renderers import Wav2LipRenderer, choose_engine
 from heygem.errors import LimitExceededError, ModelError
-from heygem.engine.faces.detect import create_detector
-from heygem.engine.faces.track import FaceTrack, TrackCache, choose_face, detect_faces, pad_box, track_faces
-from heygem.engine.model.download import resolve_checkpoint
 from heygem.settings import Settings
-from heygem.engine.media import FrameWriter, MediaInfo, probe, read_frames, scheduled_frames
+
+if TYPE_CHECKING:
+    import torch
+
+    from heygem.engine.model.inference import Placement
 
 log = logging.getLogger("heygem.engine.pipeline")
 
@@ -44,6 +68,19 @@ WARMUP_SAMPLES = SAMPLE_RATE  # one second of silence: enough for a full mel win
 BOX_COLOUR_BGR = (0, 200, 0)
 BOX_LINE_DIVISOR = 200  # box outline thickness = frame width / this, at least 2 px
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What `load` settles once: where the generator runs, the detector, what "auto" means."""
+
+    placement: Placement
+    detector: FaceDetector
+    checkpoint: Path
+    engine: str  # the engine "auto" resolves to
+    reason: str  # why that engine
+
 
 class LipSyncPipeline:
     """Loads detector and generator once; each `run` streams one job through two frame passes."""
@@ -51,63 +88,64 @@ class LipSyncPipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.RLock()
-        self._detector = None
-        self._placement = None
-        self._generator = None
-        self._checkpoint: Path | None = None
-        self._auto_engine: tuple[str, str] | None = None
+        self._loaded: _Loaded | None = None
+        self._generator: torch.nn.Module | None = None
         self._track_cache = TrackCache(settings.track_cache_dir)
 
     # -- loading --------------------------------------------------------------------------------
     def load(self) -> None:
         """Pick device, detector and the engine "auto" means; load the generator if that is wav2lip."""
+        self._ready()
+
+    def _ready(self) -> _Loaded:
         with self._lock:
-            if self._auto_engine is not None:
-                return
+            if self._loaded is not None:
+                return self._loaded
             from heygem.engine.model.inference import choose_placement
 
-            self._placement = choose_placement(self.settings.device, self.settings.precision)
-            self._detector = create_detector(self.settings, str(self._placement.device))
-            self._checkpoint = resolve_checkpoint(self.settings)
-            engine, reason = choose_engine(self.settings.engine, self._checkpoint)
+            placement = choose_placement(self.settings.device, self.settings.precision)
+            detector = create_detector(self.settings, str(placement.device))
+            checkpoint = resolve_checkpoint(self.settings)
+            engine, reason = choose_engine(self.settings.engine, checkpoint)
+            loaded = _Loaded(placement, detector, checkpoint, engine, reason)
             if engine == WAV2LIP:
-                self._load_generator()
-            self._auto_engine = (engine, reason)
-            log.info("engine: %s (%s) on %s", engine, reason, self._placement.label)
+                self._load_generator(loaded)
+            self._loaded = loaded
+            log.info("engine: %s (%s) on %s", engine, reason, placement.label)
+            return loaded
 
-    def _load_generator(self):
+    def _load_generator(self, loaded: _Loaded) -> torch.nn.Module:
         with self._lock:
             if self._generator is None:
-                from heygem.engine.model import load_checkpoint
+                from heygem.engine.model.checkpoint import load_checkpoint
                 from heygem.engine.model.inference import prepare_model
 
-                model = load_checkpoint(self._checkpoint, str(self._placement.device))
-                self._generator = prepare_model(model, self._placement)
+                model = load_checkpoint(loaded.checkpoint, str(loaded.placement.device))
+                self._generator = prepare_model(model, loaded.placement)
             return self._generator
 
     def status(self) -> EngineStatus:
-        self.load()
+        loaded = self._ready()
         from heygem.engine.model.inference import device_name
 
-        engine, reason = self._auto_engine
         return EngineStatus(
-            engine=engine,
-            reason=reason,
-            checkpoint=str(self._checkpoint) if self._generator is not None else "",
-            detector=self._detector.name,
-            device=str(self._placement.device),
-            device_name=device_name(self._placement),
+            engine=loaded.engine,
+            reason=loaded.reason,
+            checkpoint=str(loaded.checkpoint) if self._generator is not None else "",
+            detector=loaded.detector.name,
+            device=str(loaded.placement.device),
+            device_name=device_name(loaded.placement),
             loaded=True,
         )
 
     def warmup(self) -> float:
         """Render one built-in frame with the default engine: proves the model runs, not just loads."""
-        self.load()
+        loaded = self._ready()
         started = time.monotonic()
         frame = np.full((WARMUP_SIDE, WARMUP_SIDE, 3), WARMUP_GREY, np.uint8)
         box = (0, 0, WARMUP_SIDE, WARMUP_SIDE)
         wav = np.zeros(WARMUP_SAMPLES, np.float32)
-        renderer = self._renderer(self._auto_engine[0], wav, WARMUP_FPS, 1, SyncOptions())
+        renderer = self._renderer(loaded, loaded.engine, wav, WARMUP_FPS, 1, SyncOptions())
         rendered = renderer.render([frame], [box], [0])
         if len(rendered) != 1 or rendered[0].shape != frame.shape:
             raise ModelError("warm-up inference returned no frame")
@@ -132,35 +170,30 @@ class LipSyncPipeline:
         with job.timed("audio"):
             wav = self._load_speech(job.audio)
             n_out = frames_for_audio(len(wav), fps)
-        self.load()
-        engine = self._engine_for(options)
+        loaded = self._ready()
+        engine = self._engine_for(options, loaded)
         if engine == WAV2LIP:
-            self._load_generator()
+            self._load_generator(loaded)
         with job.timed("detect"):
-            track = self._face_track(job, info, n_out)
-        renderer = self._renderer(engine, wav, fps, n_out, options)
+            track = self._face_track(job, info, loaded.detector)
+        renderer = self._renderer(loaded, engine, wav, fps, n_out, options)
         job.output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".heygem-", dir=job.output.parent) as scratch:
             missing = self._synthesize(job, info, fps, n_out, track, renderer, Path(scratch))
         return job.result(engine, n_out, fps, missing)
 
-    def _engine_for(self, options: SyncOptions) -> str:
+    def _engine_for(self, options: SyncOptions, loaded: _Loaded) -> str:
         if options.engine == "auto":
-            return self._auto_engine[0]
-        engine, reason = choose_engine(options.engine, self._checkpoint)
+            return loaded.engine
+        engine, _reason = choose_engine(options.engine, loaded.checkpoint)
         return engine
 
     def _probe_face(self, face: Path) -> MediaInfo:
-        info = probe(face)
-        if info.duration_s > self.settings.max_duration_s:
-            raise LimitExceededError(
-                f"{face.name} is {info.duration_s:.0f} s long; the limit is "
-                f"{self.settings.max_duration_s:.0f} s"
-            )
-        return info
+        # The limits travel in the MediaInfo: every later read of the face enforces them too.
+        return probe(face, limits=MediaLimits.from_settings(self.settings))
 
-    def _load_speech(self, audio_path: Path) -> np.ndarray:
-        wav = load_audio(audio_path)
+    def _load_speech(self, audio_path: Path) -> NDArray[np.float32]:
+        wav = load_audio(audio_path, max_duration_s=self.settings.max_duration_s)
         seconds = len(wav) / SAMPLE_RATE
         if seconds > self.settings.max_duration_s:
             raise LimitExceededError(
@@ -169,31 +202,32 @@ class LipSyncPipeline:
             )
         return wav
 
-    def _face_track(self, job: _Job, info: MediaInfo, n_out: int) -> FaceTrack:
-        options = job.options
+    def _face_track(self, job: _Job, info: MediaInfo, detector: FaceDetector) -> FaceTrack:
         detect_fps = None if info.is_image else info.fps_text
-        frames = read_frames(job.face, info, fps=detect_fps, max_side=self.settings.detect_max_side)
+        max_side = self.settings.detect_max_side
+        frames = read_frames(job.face, info, fps=detect_fps, max_side=max_side)
+        cache = CachedVideo(
+            self._track_cache, job.face, {"fps": detect_fps or "still", "max_side": max_side}
+        )
         return track_faces(
             frames,
-            self._detector,
+            detector,
             info.size,
-            pads=options.pads,
-            smooth=options.smooth,
-            smooth_window=options.smooth_window,
-            face_choice=options.face_choice,
-            face_point=options.face_point,
-            box=options.box,
-            batch_size=self.settings.detect_batch_size,
+            TrackOptions.from_job(job.options, self.settings),
+            cache=cache,
             on_progress=job.report,
             total=info.frame_count,
-            cache=self._track_cache,
-            video_path=job.face,
-            cache_params={"fps": detect_fps or "still", "max_side": self.settings.detect_max_side},
             name=job.face.name,
         )
 
     def _renderer(
-        self, engine: str, wav: np.ndarray, fps: float, n_out: int, options: SyncOptions
+        self,
+        loaded: _Loaded,
+        engine: str,
+        wav: NDArray[np.float32],
+        fps: float,
+        n_out: int,
+        options: SyncOptions,
     ) -> MouthRenderer:
         if engine == PREVIEW:
             from heygem.engine.preview import PreviewRenderer, mouth_motion
@@ -204,15 +238,24 @@ class LipSyncPipeline:
 
         windows = mel_chunks(melspectrogram(wav), fps, frames=n_out)
         batch_size = options.batch_size or self.settings.batch_size
-        placement = self._placement
+        placement = loaded.placement
         if options.precision not in (None, "auto", placement.precision):
             from heygem.engine.model.inference import choose_placement
 
             placement = choose_placement(str(placement.device), options.precision)
-        runner = GeneratorRunner(self._load_generator(), placement, batch_size)
+        runner = GeneratorRunner(self._load_generator(loaded), placement, batch_size)
         return Wav2LipRenderer(runner, windows, options.blend)
 
-    def _synthesize(self, job, info, fps, n_out, track, renderer, scratch: Path) -> int:
+    def _synthesize(
+        self,
+        job: _Job,
+        info: MediaInfo,
+        fps: float,
+        n_out: int,
+        track: FaceTrack,
+        renderer: MouthRenderer,
+        scratch: Path,
+    ) -> int:
         """Pass 2: frames by the duration policy -> renderer in batches -> encoder, muxing audio.
 
         Returns how many output frames had no face and passed through unchanged.
@@ -221,7 +264,7 @@ class LipSyncPipeline:
         source = scheduled_frames(
             job.face, info, n_out, job.options.duration_policy, scratch,
             fps=None if info.is_image else info.fps_text, n_src=len(track) if track.fixed is None else None,
-        )
+        )  # fmt: skip
         writer = FrameWriter(job.output, info.width, info.height, fps, job.audio, label=job.options.watermark)
         done = missing = 0
         with writer, job.timed("synthesize"):
@@ -242,14 +285,14 @@ class LipSyncPipeline:
         return missing
 
 
-def preview_face(settings: Settings, face: Path) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+def preview_face(settings: Settings, face: Path) -> tuple[Frame, Box | None]:
     """The first frame (RGB) with the face box the engine would use drawn on it, and that box.
 
     For the UI's "check face" button: one frame, no model, no job.
     """
     import cv2
 
-    info = probe(face)
+    info = probe(face, limits=MediaLimits.from_settings(settings))
     frames = read_frames(face, info)
     try:
         frame = next(frames)
@@ -259,20 +302,24 @@ def preview_face(settings: Settings, face: Path) -> tuple[np.ndarray, tuple[int,
     box = choose_face(raw.faces[0]) if raw.faces and raw.faces[0] else None
     if box is not None:
         box = pad_box(box, SyncOptions().pads, info.size)
+    if box is not None:
         thickness = max(2, info.width // BOX_LINE_DIVISOR)
         cv2.rectangle(frame, box[:2], box[2:], BOX_COLOUR_BGR, thickness)
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), box
+    # cv2's stubs type every image as MatLike; a colour conversion keeps the uint8 dtype.
+    return cast(Frame, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)), box
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_detector(settings: Settings):
+def _cached_detector(settings: Settings) -> FaceDetector:
     return create_detector(settings, "cpu")
 
 
 class _Job:
     """One run's inputs, progress reporting and stage timings."""
 
-    def __init__(self, audio, face, output, options, on_progress) -> None:
+    def __init__(
+        self, audio: Path, face: Path, output: Path, options: SyncOptions, on_progress: ProgressCallback
+    ) -> None:
         self.audio, self.face, self.output, self.options = audio, face, output, options
         self._on_progress = on_progress
         self.started = time.monotonic()
@@ -282,7 +329,7 @@ class _Job:
         self._on_progress(done, total, stage)
 
     @contextlib.contextmanager
-    def timed(self, stage: str):
+    def timed(self, stage: str) -> Iterator[None]:
         started = time.monotonic()
         try:
             yield
@@ -294,15 +341,15 @@ class _Job:
         log.info(
             "wrote %s: %d frames at %.3g fps with %s (%d without a face) in %.1f s",
             self.output, frames, fps, engine, missing, seconds,
-        )
+        )  # fmt: skip
         return SyncResult(
             output=self.output, engine=engine, frames=frames, frames_without_face=missing, fps=fps,
             duration_s=frames / fps, seconds=seconds, stage_seconds=dict(self.stage_seconds),
-        )
+        )  # fmt: skip
 
 
-def _batched(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -314,3 +361,8 @@ def _batched(items: Iterator, size: int) -> Iterator[list]:
 
 def _no_progress(done: int, total: int, stage: str) -> None:
     pass
+
+
+if TYPE_CHECKING:
+    # The job layer codes against the Engine protocol; this makes mypy hold the pipeline to it.
+    _IS_AN_ENGINE: type[Engine] = LipSyncPipeline

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
-from heygem.engine.audio import SAMPLE_RATE
+from heygem.engine.api import PREVIEW, Box, Frame, MouthRenderer
+from heygem.engine.audio import SAMPLE_RATE, Samples
 from heygem.errors import InputError
 
 log = logging.getLogger("heygem.engine.preview")
@@ -81,13 +84,17 @@ WATERMARK_HEIGHT = 0.035  # text height as a fraction of the frame height
 WATERMARK_MARGIN = 0.02  # distance from the top-left corner, fraction of the frame height
 WATERMARK_MIN_SCALE = 0.3  # cv2 font scale floor, so small frames still get readable text
 
+Curve = NDArray[np.float64]  # a value per analysis frame (or a grid of box coordinates)
+Track = NDArray[np.float32]  # a value per video frame
+Field = NDArray[np.float32]  # a value per pixel of the warped region, or a row/column of it
+
 
 @dataclass(frozen=True)
 class MouthMotion:
     """Per output frame: how far the mouth is open and how rounded it is, both in [0, 1]."""
 
-    openness: np.ndarray  # float32, shape (n_frames,); exactly 0 in silence
-    roundness: np.ndarray  # float32, shape (n_frames,); 0 = spread (a, e, i), 1 = round (o, u)
+    openness: Track  # shape (n_frames,); exactly 0 in silence
+    roundness: Track  # shape (n_frames,); 0 = spread (a, e, i), 1 = round (o, u)
 
     def __len__(self) -> int:
         return int(self.openness.shape[0])
@@ -96,7 +103,7 @@ class MouthMotion:
 # --- audio -> motion ------------------------------------------------------------------------
 
 
-def mouth_motion(wav: np.ndarray, fps: float, n_frames: int) -> MouthMotion:
+def mouth_motion(wav: NDArray[np.floating], fps: float, n_frames: int) -> MouthMotion:
     """Openness and roundness for n_frames video frames at fps of 16 kHz mono float32 speech.
 
     Frame i shows the audio around its centre time (i + 0.5) / fps; frames past the end of the
@@ -124,7 +131,7 @@ def mouth_motion(wav: np.ndarray, fps: float, n_frames: int) -> MouthMotion:
     return motion
 
 
-def _check_motion_input(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+def _check_motion_input(wav: NDArray[np.floating], fps: float, n_frames: int) -> Samples:
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
         raise InputError(f"audio must be one channel, got an array of shape {wav.shape}")
@@ -137,7 +144,7 @@ def _check_motion_input(wav: np.ndarray, fps: float, n_frames: int) -> np.ndarra
     return wav
 
 
-def band_energies(wav: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def band_energies(wav: Samples) -> tuple[Curve, Curve, Curve]:
     """Mean power per analysis frame (every ANALYSIS_HOP samples) in the speech, low and mid bands."""
     padded = np.pad(wav.astype(np.float32), (ANALYSIS_WIN // 2, ANALYSIS_WIN // 2))
     count = 1 + wav.size // ANALYSIS_HOP
@@ -153,12 +160,12 @@ def band_energies(wav: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out[0], out[1], out[2]
 
 
-def _band_mask(band: tuple[float, float]) -> np.ndarray:
+def _band_mask(band: tuple[float, float]) -> NDArray[np.bool_]:
     freqs = np.fft.rfftfreq(ANALYSIS_WIN, d=1.0 / SAMPLE_RATE)
     return (freqs >= band[0]) & (freqs < band[1])
 
 
-def _level_from_energy(energy: np.ndarray) -> np.ndarray:
+def _level_from_energy(energy: Curve) -> Curve:
     """Band energy to 0..1: dB above max(absolute floor, reference - range), over that range."""
     db = 10.0 * np.log10(energy + DB_EPS)
     voiced = db[db > ABSOLUTE_FLOOR_DBFS]
@@ -174,15 +181,16 @@ def _frames_of(ms: float) -> int:
     return int(round(ms * ANALYSIS_RATE / 1000.0))
 
 
-def _look_ahead(level: np.ndarray, frames: int) -> np.ndarray:
+def _look_ahead(level: Curve, frames: int) -> Curve:
     """Each frame takes the loudest level of the next `frames` frames, so openings lead the sound."""
     if frames <= 0:
         return level
     padded = np.concatenate([level, np.zeros(frames, dtype=level.dtype)])
-    return np.lib.stride_tricks.sliding_window_view(padded, frames + 1).max(axis=1)
+    ahead: Curve = np.lib.stride_tricks.sliding_window_view(padded, frames + 1).max(axis=1)
+    return ahead  # annotated: numpy's stubs give Any for a reduction
 
 
-def _attack_release(level: np.ndarray, attack_ms: float, release_ms: float) -> np.ndarray:
+def _attack_release(level: Curve, attack_ms: float, release_ms: float) -> Curve:
     """One-pole follower: rises with the attack time constant, falls with the release one."""
     up = 1.0 - math.exp(-1000.0 / (attack_ms * ANALYSIS_RATE))
     down = 1.0 - math.exp(-1000.0 / (release_ms * ANALYSIS_RATE))
@@ -194,12 +202,12 @@ def _attack_release(level: np.ndarray, attack_ms: float, release_ms: float) -> n
     return out
 
 
-def _gate(envelope: np.ndarray) -> np.ndarray:
+def _gate(envelope: Curve) -> Curve:
     """Subtract the gate and rescale, so small tails become an exact 0 without a jump."""
     return np.clip((envelope - GATE) / (1.0 - GATE), 0.0, 1.0)
 
 
-def _roundness(low: np.ndarray, mid: np.ndarray, speaking: np.ndarray) -> np.ndarray:
+def _roundness(low: Curve, mid: Curve, speaking: NDArray[np.bool_]) -> Curve:
     ratio_db = 10.0 * np.log10((low + DB_EPS) / (mid + DB_EPS))
     lo, hi = ROUND_RATIO_DB
     raw = np.where(speaking, np.clip((ratio_db - lo) / (hi - lo), 0.0, 1.0), 0.0)
@@ -207,8 +215,9 @@ def _roundness(low: np.ndarray, mid: np.ndarray, speaking: np.ndarray) -> np.nda
     return np.where(speaking, smoothed, 0.0)
 
 
-def _sample(grid: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
-    return np.interp(times, grid, values, left=0.0, right=0.0).astype(np.float32)
+def _sample(grid: NDArray[np.floating], values: Curve, times: NDArray[np.floating]) -> Track:
+    sampled: Track = np.interp(times, grid, values, left=0.0, right=0.0).astype(np.float32)
+    return sampled  # annotated: numpy's stubs give Any for interp
 
 
 # --- motion -> pixels -------------------------------------------------------------------------
@@ -217,7 +226,7 @@ def _sample(grid: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarr
 class PreviewRenderer:
     """Warps the lower face of each frame according to a MouthMotion. Stateless between batches."""
 
-    name = "preview"
+    name = PREVIEW
 
     def __init__(self, motion: MouthMotion, blend: str = "feather", watermark: bool = False) -> None:
         # `blend` is accepted for interface parity with the neural engine; the warp is always
@@ -230,10 +239,10 @@ class PreviewRenderer:
 
     def render(
         self,
-        frames: list[np.ndarray],
-        boxes: list[tuple[int, int, int, int] | None],
+        frames: list[Frame],
+        boxes: list[Box | None],
         frame_indices: Sequence[int],
-    ) -> list[np.ndarray]:
+    ) -> list[Frame]:
         """New frames with the mouth moved; frames whose box is None come back unchanged."""
         if not len(frames) == len(boxes) == len(frame_indices):
             raise ValueError(
@@ -246,8 +255,8 @@ class PreviewRenderer:
         ]
 
     def _render_one(
-        self, frame: np.ndarray, box: tuple[int, int, int, int] | None, index: int
-    ) -> np.ndarray:
+        self, frame: Frame, box: Box | None, index: int
+    ) -> Frame:
         openness, roundness = self._motion_at(index)
         out = frame.copy()
         if box is not None and openness >= MIN_OPENNESS:
@@ -276,7 +285,7 @@ class _Region:
     box_h: float
 
 
-def _region(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> _Region | None:
+def _region(box: Box, shape: tuple[int, ...]) -> _Region | None:
     x1, y1, x2, y2 = (int(v) for v in box)
     w, h = x2 - x1, y2 - y1
     if w < 4 or h < 4:
@@ -291,9 +300,9 @@ def _region(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> _Region |
 
 
 def warp_mouth(
-    src: np.ndarray,
-    dst: np.ndarray,
-    box: tuple[int, int, int, int],
+    src: Frame,
+    dst: Frame,
+    box: Box,
     openness: float,
     roundness: float,
 ) -> None:
@@ -317,26 +326,27 @@ def warp_mouth(
     _darken_gap(patch, u, v, region, opening, openness, roundness)
 
 
-def _box_coords(region: _Region) -> tuple[np.ndarray, np.ndarray]:
+def _box_coords(region: _Region) -> tuple[Field, Field]:
     """Pixel centres of the region as box fractions: u across (0.5 = centre), v down."""
     xs = (np.arange(region.x1, region.x2, dtype=np.float32) - region.box_x) / region.box_w
     ys = (np.arange(region.y1, region.y2, dtype=np.float32) - region.box_y) / region.box_h
     return xs[None, :], ys[:, None]
 
 
-def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+def _smoothstep(edge0: float, edge1: float, x: Field) -> Field:
     t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+    smooth: Field = t * t * (3.0 - 2.0 * t)  # annotated: numpy's stubs give Any for this product
+    return smooth
 
 
-def _truncated_gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+def _truncated_gaussian(x: NDArray[np.floating], sigma: float) -> Field:
     """Gaussian of x (support units) shifted and rescaled to be 1 at 0 and exactly 0 from |x| >= 1."""
     edge = math.exp(-0.5 / sigma**2)
     g = (np.exp(-0.5 * (x / sigma) ** 2) - edge) / (1.0 - edge)
     return np.where(np.abs(x) < 1.0, np.maximum(g, 0.0), 0.0).astype(np.float32)
 
 
-def _jaw_drop(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _jaw_drop(u: Field, v: Field) -> Field:
     """0..1 shape of the downward shift: ramps in at the lips, rigid to the chin, fades by the box edge."""
     ramp = _smoothstep(LIP_LINE - LIP_BAND_ABOVE, LIP_LINE + LIP_BAND_BELOW, v)
     fade = 1.0 - _smoothstep(CHIN_LINE, WARP_BOTTOM, v)
@@ -344,7 +354,7 @@ def _jaw_drop(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (ramp * fade * (v >= WARP_TOP)) * across
 
 
-def _pinch(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _pinch(u: Field, v: Field) -> Field:
     """0..1 weight of the horizontal squeeze that narrows the mouth, centred on the lips."""
     across = _truncated_gaussian((u - 0.5) / (2.0 * MOUTH_HALF_WIDTH), MOUTH_SIGMA)
     down = _truncated_gaussian((v - LIP_LINE) / MOUTH_HALF_HEIGHT, MOUTH_SIGMA)
@@ -352,9 +362,9 @@ def _pinch(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _darken_gap(
-    patch: np.ndarray,
-    u: np.ndarray,
-    v: np.ndarray,
+    patch: Frame,
+    u: Field,
+    v: Field,
     region: _Region,
     opening: float,
     openness: float,
@@ -381,7 +391,7 @@ def _darken_gap(
     np.copyto(area, np.clip(np.rint(shaded), 0, 255).astype(area.dtype), where=alpha > 0)
 
 
-def draw_watermark(frame: np.ndarray) -> None:
+def draw_watermark(frame: Frame) -> None:
     """Burn a small 'preview' label into the top-left corner, in place."""
     height = frame.shape[0]
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -396,3 +406,8 @@ def draw_watermark(frame: np.ndarray) -> None:
 
 
 __all__ = ["MouthMotion", "PreviewRenderer", "mouth_motion", "band_energies", "warp_mouth", "draw_watermark"]
+
+
+if TYPE_CHECKING:
+    # The pipeline streams every frame through a MouthRenderer; mypy holds this class to it.
+    _IS_A_RENDERER: type[MouthRenderer] = PreviewRenderer

@@ -8,7 +8,9 @@ import json
 import logging
 import zipfile
 from pathlib import Path
+from typing import Any
 
+from heygem import storage
 from heygem.jobs import files
 from heygem.jobs.manifest import shown_ref
 from heygem.jobs.records import Batch, JobStatus
@@ -26,7 +28,7 @@ def zip_name(batch_id: str) -> str:
     return f"heygem-batch-{batch_id[:8]}.zip"
 
 
-def summary_rows(batch: Batch) -> list[dict]:
+def summary_rows(batch: Batch) -> list[dict[str, Any]]:
     return [
         {
             "index": item.item_index,
@@ -66,13 +68,17 @@ def build_zip(batch: Batch, settings: Settings) -> Path:
                 compress_type=zipfile.ZIP_DEFLATED,
             )
         files.move_atomic(staging, target)
+    except OSError as exc:
+        if storage.is_disk_full(exc):
+            raise storage.disk_full_error() from None
+        raise
     finally:
         staging.unlink(missing_ok=True)
     log.info("batch %s: ZIP with %d video(s) at %s", batch.id, len(batch.succeeded), target)
     return target
 
 
-def _csv(rows: list[dict]) -> str:
+def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS)
     writer.writeheader()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -24,6 +25,9 @@ log = logging.getLogger("heygem.jobs.files")
 
 TEMP_PREFIX = ".heygem-tmp-"
 SCRATCH_FOLDER = "jobs"
+# How the web layer names one request's upload folder under inputs/ (uuid4().hex): such folders
+# belong to the request that made them; other folders in inputs/ are the operator's.
+UPLOAD_FOLDER_NAME = re.compile(r"^[0-9a-f]{32}$")
 
 
 def scratch_root(settings: Settings) -> Path:
@@ -88,6 +92,17 @@ def remove_scratch(folder: Path) -> None:
 def remove_job_files(settings: Settings, job_id: str) -> None:
     remove_tree(scratch_root(settings) / job_id)
     remove_tree(output_dir(settings, job_id))
+
+
+def upload_folder_of(settings: Settings, path: Path) -> Path | None:
+    """The upload folder (<inputs>/<32 hex>/) a resolved path lies in, or None."""
+    inputs = settings.inputs_dir.expanduser().resolve()
+    if not path.is_relative_to(inputs) or path == inputs:
+        return None
+    top = inputs / path.relative_to(inputs).parts[0]
+    if top == path or not UPLOAD_FOLDER_NAME.match(top.name):
+        return None
+    return top
 
 
 def remove_upload_folder(settings: Settings, folder: Path) -> bool:

@@ -1,25 +1,24 @@
 """Batch manifests: JSONL, one {"audio": ..., "video": ..., "output_name": ...} per line.
 
 Relative paths resolve against the manifest's folder and must land inside the allowed roots;
-object-storage and URL references pass through unchanged (storage checks them). Every error
-names the line.
+references written as URLs (s3://, obs://, https://, or a scheme storage refuses) pass through
+unchanged for storage to check. Every error names the line.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from heygem.errors import HeygemError, InputError
-from heygem.storage.paths import resolve_under, safe_output_name
+from heygem.storage import is_url
+from heygem.storage.paths import UNSAFE_NAME_CHARS, resolve_under, safe_output_name
 
 ITEM_KEYS = ("audio", "video")
 OPTIONAL_KEYS = ("output_name",)
 MAX_MANIFEST_BYTES = 10 * 1024 * 1024  # a manifest is a list of paths; anything bigger is a mistake
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 STEM_CHARS = 40  # characters of each input's name kept in a default output name
 
 
@@ -35,14 +34,9 @@ class ManifestItem:
         return {"audio": self.audio, "video": self.video, "output_name": self.output_name}
 
 
-def is_remote(ref: str) -> bool:
-    """A reference with a scheme is left to storage, which accepts or refuses it."""
-    return "://" in ref
-
-
 def shown_ref(ref: str) -> str:
     """A reference fit for logs and summaries: a URL loses its query, which may hold a signature."""
-    return ref.split("?", 1)[0] if is_remote(ref) else ref
+    return ref.split("?", 1)[0] if is_url(ref) else ref
 
 
 def parse_manifest(path: Path, roots: Sequence[Path]) -> list[ManifestItem]:
@@ -101,7 +95,7 @@ def _parse_line(raw: str, number: int, base: Path, roots: Sequence[Path]) -> Man
         value = data.get(key)
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{key!r} is missing or not a string")
-        refs[key] = value if is_remote(value) else str(resolve_under(value, roots, base=base))
+        refs[key] = value if is_url(value) else str(resolve_under(value, roots, base=base))
     name = data.get("output_name")
     if name is None:
         name = default_output_name(number, refs["audio"], refs["video"])
@@ -113,4 +107,4 @@ def _parse_line(raw: str, number: int, base: Path, roots: Sequence[Path]) -> Man
 def _stem(ref: str) -> str:
     last = ref.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     stem = last.rsplit(".", 1)[0] if "." in last else last
-    return _UNSAFE_CHARS.sub("-", stem).strip("-.")[:STEM_CHARS] or "input"
+    return UNSAFE_NAME_CHARS.sub("-", stem).strip("-.")[:STEM_CHARS] or "input"

@@ -8,7 +8,9 @@ from heygem.errors import InputError
 from heygem.engine.api import SyncOptions
 
 
-def options_dict(options: Mapping[str, Any] | SyncOptions | None, watermark: str | None = None) -> dict:
+def options_dict(
+    options: Mapping[str, Any] | SyncOptions | None, watermark: str | None = None
+) -> dict[str, Any]:
     """Normalise what a caller passed into a plain JSON-ready dict; InputError if it is invalid."""
     if options is None:
         data: dict[str, Any] = {}

@@ -17,6 +17,9 @@ from heygem.settings import Settings
 log = logging.getLogger("heygem.jobs.retention")
 
 SECONDS_PER_DAY = 86400.0
+# How long an expired job's tombstone (id, tenant, date) is kept, so that its id answers
+# "expired" (410) rather than "not found"; then the id is simply unknown.
+TOMBSTONE_DAYS = 90.0
 # Under Settings.cache_dir: where the pipeline's TrackCache keeps one <key>.json per video (named
 # here rather than imported, so retention does not load the engine's modules).
 TRACK_CACHE_PATTERN = "*.json"
@@ -44,12 +47,13 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
     cutoff = now - settings.retention_days * SECONDS_PER_DAY
     report = SweepReport()
     old = store.finished_before(cutoff)
-    for job in store.delete([job.id for job in old]):
+    for job in store.expire([job.id for job in old], now):
         files.remove_job_files(settings, job.id)
         report.jobs.append(job.id)
-    for batch_id in store.delete_empty_batches():
+    for batch_id in store.delete_empty_batches(expired_at=now):
         files.remove_tree(files.output_dir(settings, batch_id))
         report.batches.append(batch_id)
+    store.prune_tombstones(now - TOMBSTONE_DAYS * SECONDS_PER_DAY)
     report.inputs = _sweep_inputs(store, settings, cutoff)
     report.tracks = _sweep_track_cache(settings, cutoff)
     if not report.empty:

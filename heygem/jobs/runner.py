@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-from heygem import storage
-from heygem.errors import HeygemError, InputError
+from heygem.engine.api import Engine, ProgressCallback, SyncOptions
 from heygem.jobs import files
-from heygem.jobs.manifest import ManifestItem, is_remote, parse_manifest, shown_ref
+from heygem.jobs.execute import RunRequest, default_engine, run_one
+from heygem.jobs.manifest import ManifestItem, parse_manifest
 from heygem.jobs.options import options_dict, sync_options
-from heygem.engine.api import SyncOptions
+from heygem.jobs.records import JobStatus
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.runner")
@@ -47,8 +47,10 @@ class ManifestProgress:
     index: int  # 1-based item number
     count: int  # items in the manifest
     item: ManifestItem
-    stage: str  # the pipeline's stage, or "skipped" / "succeeded" / "failed" at the end
-    done: int  # the pipeline's own (done, total) for this stage, e.g. frames
+    # "fetch" while the inputs are read, then the engine's stage, then "skipped" / "succeeded" /
+    # "failed" at the end
+    stage: str
+    done: int  # the engine's own (done, total) for this stage, e.g. frames
     total: int
     result: ItemResult | None = None  # set once the item has finished, been skipped or failed
 
@@ -98,7 +100,7 @@ ProgressHandler = Callable[[ManifestProgress], None]
 
 def run_manifest(
     settings: Settings, manifest: Path, output_dir: Path,
-    options: Mapping[str, Any] | SyncOptions | None = None, *, pipeline: Any = None,
+    options: Mapping[str, Any] | SyncOptions | None = None, *, pipeline: Engine | None = None,
     on_progress: ProgressHandler | None = None,
 ) -> ManifestSummary:
     """Run every item of a JSONL manifest into output_dir; see the module docstring.
@@ -116,7 +118,7 @@ def run_manifest(
     _sweep_temp(output_dir)
     summary = ManifestSummary(manifest, output_dir)
     if pipeline is None and any(not (output_dir / i.output_name).is_file() for i in items):
-        pipeline = _default_pipeline(settings)
+        pipeline = default_engine(settings)
     if pipeline is not None:
         pipeline.load()
     report = on_progress or (lambda update: None)
@@ -125,6 +127,7 @@ def run_manifest(
         if target.is_file():
             result = ItemResult(item, target, "skipped")
         else:
+            assert pipeline is not None  # built above, since this item has no output yet
             callback = _item_progress(report, index, len(items), item)
             result = _run_item(item, target, pipeline, sync, settings, callback)
         summary.results.append(result)
@@ -135,7 +138,7 @@ def run_manifest(
 
 def _item_progress(
     report: ProgressHandler, index: int, count: int, item: ManifestItem
-) -> Callable[[int, int, str], None]:
+) -> ProgressCallback:
     def on_progress(done: int, total: int, stage: str) -> None:
         report(ManifestProgress(index, count, item, stage, done, total))
 
@@ -143,42 +146,29 @@ def _item_progress(
 
 
 def _run_item(
-    item: ManifestItem, target: Path, pipeline: Any, options: SyncOptions, settings: Settings,
-    on_progress: Callable[[int, int, str], None],
+    item: ManifestItem, target: Path, pipeline: Engine, options: SyncOptions,
+    settings: Settings, on_progress: ProgressCallback,
 ) -> ItemResult:
     started = time.monotonic()
     scratch = target.parent / files.temp_name()
     scratch.mkdir()
+    label = f"manifest line {item.line}"
+    request = RunRequest(
+        audio=item.audio, video=item.video, options=options, target=target, scratch=scratch,
+        local_checked=True, label=label,
+    )
     try:
-        audio = _input(item.audio, "audio", scratch, settings)
-        video = _input(item.video, "video", scratch, settings)
-        temp = scratch / files.temp_name(".mp4")
-        result = pipeline.run(audio, video, temp, options, on_progress=on_progress)
-        files.move_atomic(Path(result.output), target)
-        log.info("manifest line %d: wrote %s", item.line, target)
-        return ItemResult(item, target, "succeeded", engine=result.engine,
-                          seconds=time.monotonic() - started)
-    except HeygemError as exc:
-        error = str(exc)
-        log.warning("manifest line %d: failed: %s", item.line, error)
-    except Exception as exc:
-        error = f"internal error: {type(exc).__name__}: {exc}"
-        log.exception("manifest line %d: unexpected error", item.line)
+        outcome = run_one(pipeline, request, settings, on_progress=on_progress)
     finally:
         files.remove_tree(scratch)
-    return ItemResult(item, target, "failed", error=error, seconds=time.monotonic() - started)
-
-
-def _input(ref: str, kind: str, scratch: Path, settings: Settings) -> Path:
-    if is_remote(ref):
-        dest = scratch / kind
-        dest.mkdir()
-        path = Path(storage.fetch_input(ref, dest, settings))
-    else:
-        path = Path(ref)  # already resolved and checked against the roots by parse_manifest
-    if not path.is_file():
-        raise InputError(f"{kind} file not found: {shown_ref(ref)}")
-    return path
+    seconds = time.monotonic() - started
+    # Without a stop callback run_one always ends in an outcome.
+    assert outcome is not None
+    if outcome.status == JobStatus.SUCCEEDED:
+        log.info("%s: wrote %s", label, target)
+        return ItemResult(item, target, "succeeded", engine=outcome.engine, seconds=seconds)
+    log.warning("%s: failed: %s", label, outcome.error)
+    return ItemResult(item, target, "failed", error=outcome.error, seconds=seconds)
 
 
 def _sweep_temp(output_dir: Path) -> None:
@@ -189,9 +179,3 @@ def _sweep_temp(output_dir: Path) -> None:
         else:
             entry.unlink(missing_ok=True)
         log.info("removed %s left by an interrupted run", entry)
-
-
-def _default_pipeline(settings: Settings) -> Any:
-    from heygem.engine.pipeline import LipSyncPipeline
-
-    return LipSyncPipeline(settings)

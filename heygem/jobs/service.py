@@ -12,31 +12,40 @@ left over from a crash. (Other processes may still add jobs to the same database
 
 from __future__ import annotations
 
-import logging
 import os
+import shutil
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from heygem import storage
+from heygem.engine.api import EngineStatus, SyncOptions
 from heygem.errors import (
+    ForbiddenPathError,
     HeygemError,
     InputError,
+    JobExpiredError,
     JobNotFoundError,
     ModelError,
     ShuttingDownError,
 )
 from heygem.jobs import archive, files, retention
-from heygem.jobs.manifest import default_output_name, is_remote, shown_ref
+from heygem.jobs.api import EngineFactory
+from heygem.jobs.execute import default_engine
+from heygem.jobs.joblog import job_context, job_logger
+from heygem.jobs.manifest import default_output_name, shown_ref
 from heygem.jobs.options import options_dict
 from heygem.jobs.records import Batch, Job, JobStatus, NewJob
-from heygem.jobs.store import JobStore, SQLiteJobStore
-from heygem.jobs.worker import PipelineFactory, Worker, job_log
-from heygem.storage.paths import resolve_under, safe_output_name
+from heygem.jobs.store import JobStore, SQLiteJobStore, Tombstone
+from heygem.jobs.tenancy import Principal, check_key, check_tenant_prefix
+from heygem.jobs.worker import Worker
 from heygem.settings import Settings
+from heygem.storage import is_remote
+from heygem.storage.paths import resolve_under, safe_output_name
 
-log = logging.getLogger("heygem.jobs.service")
+log = job_logger("heygem.jobs.service")
 
 MAX_PAGE = 500  # most jobs one list_jobs call returns
 MAX_KEY_CHARS = 200  # longest accepted idempotency key
@@ -49,8 +58,10 @@ _NEW, _RUNNING, _DRAINING, _STOPPED = "new", "running", "draining", "stopped"
 
 
 class JobService:
+    """Implements heygem.jobs.api.JobService: the durable queue, its worker(s) and retention."""
+
     def __init__(
-        self, settings: Settings, pipeline_factory: PipelineFactory | None = None,
+        self, settings: Settings, pipeline_factory: EngineFactory | None = None,
         *, store: JobStore | None = None,
     ) -> None:
         self.settings = settings
@@ -71,7 +82,7 @@ class JobService:
             if self._state != _NEW:
                 raise RuntimeError("JobService.start() may be called once")
             self._state = _RUNNING
-        factory = self._pipeline_factory or _default_pipeline_factory()
+        factory = self._pipeline_factory or default_engine
         files.ensure_folders(self.settings)
         self.store.open()
         self._recover()
@@ -125,11 +136,14 @@ class JobService:
     def _recover(self) -> None:
         requeued, failed = self.store.recover(self.settings.max_attempts)
         for job in requeued:
-            job_log(job.id).warning(
-                "was running when the service stopped (attempt %d); back in the queue", job.attempts
-            )
+            with job_context(job.id):
+                log.warning(
+                    "was running when the service stopped (attempt %d); back in the queue",
+                    job.attempts,
+                )
         for job in failed:
-            job_log(job.id).error("%s", job.error)
+            with job_context(job.id):
+                log.error("%s", job.error)
 
     def _drain(self, deadline: float) -> None:
         while True:
@@ -150,51 +164,70 @@ class JobService:
             return  # it finished (or was deleted) just in time
         released = self.store.get(claim.job.id)
         if released is not None and released.status == JobStatus.QUEUED:
-            job_log(claim.job.id).warning(
-                "not finished within the drain window; back in the queue for the next start"
-            )
+            with job_context(claim.job.id):
+                log.warning("not finished within the drain window; back in the queue for the next start")
 
     # --- submitting ----------------------------------------------------------------------------
     def submit(
-        self, audio: str, video: str, options: Mapping[str, Any] | None = None, *,
-        output_name: str | None = None, output_prefix: str | None = None,
+        self, audio: str, video: str, options: Mapping[str, Any] | SyncOptions | None = None, *,
+        principal: Principal, output_name: str | None = None, output_prefix: str | None = None,
         idempotency_key: str | None = None, watermark: str | None = None,
+        uploaded: Sequence[str | os.PathLike[str]] = (), internal: bool = False,
     ) -> Job:
-        """Queue one job. watermark, when given, overrides options["watermark"]."""
+        """Queue one job for the principal's tenant. watermark, when given, overrides
+        options["watermark"]. uploaded: what the caller staged under the inputs folder for this
+        request (the job may read it and owns it). internal: heygem's own adapters only (reserved
+        key prefixes, no per-tenant output list)."""
         self._check_accepting()
-        key = _check_key(idempotency_key)
+        key = check_key(idempotency_key, max_chars=MAX_KEY_CHARS, internal=internal)
+        owned = self._check_uploaded(uploaded)
         if key is not None:
-            existing = self.store.get_by_key(key)
+            existing = self.store.get_by_key(key, principal.tenant)
             if existing is not None:
+                self._discard_replayed(owned, existing)
                 return existing
         spec = NewJob(
-            audio=self._check_input(audio, "audio"),
-            video=self._check_input(video, "video"),
+            audio=self._check_input(audio, "audio", owned),
+            video=self._check_input(video, "video", owned),
             options=options_dict(options, watermark),
             output_name=safe_output_name(output_name) if output_name is not None else None,
-            output_prefix=self._check_prefix(output_prefix),
+            output_prefix=self._check_prefix(output_prefix, principal, internal),
             idempotency_key=key,
+            uploads=owned,
         )
-        _, (job,) = self.store.add([spec], queue_limit=self.settings.queue_size)
+        _, (job,) = self.store.add(
+            [spec], queue_limit=self.settings.queue_size, tenant=principal.tenant,
+            tenant_limit=self.settings.resolved_tenant_queue_size,
+        )
+        if job.uploads != owned:  # another request with the same key won the race
+            self._discard_replayed(owned, job)
+            return job
         self._wake.set()
-        job_log(job.id).info("queued: audio=%s video=%s", shown_ref(job.audio), shown_ref(job.video))
+        with job_context(job.id):
+            log.info(
+                "queued: audio=%s video=%s tenant=%s",
+                shown_ref(job.audio), shown_ref(job.video), job.tenant,
+            )
         return job
 
     def submit_batch(
-        self, items: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None, *,
-        output_prefix: str | None = None,
+        self, items: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | SyncOptions | None = None, *,
+        principal: Principal, output_prefix: str | None = None,
+        uploaded: Sequence[str | os.PathLike[str]] = (),
     ) -> Batch:
         """Queue N items as one batch, all or nothing; item i's errors start with "item i:"."""
         self._check_accepting()
         if not items:
             raise InputError("a batch needs at least one item")
         shared = options_dict(options)
-        prefix = self._check_prefix(output_prefix)
+        prefix = self._check_prefix(output_prefix, principal, internal=False)
+        owned = self._check_uploaded(uploaded)
         specs: list[NewJob] = []
         names: dict[str, int] = {}
         for number, item in enumerate(items, start=1):
             try:
-                spec = self._batch_item(item, number, shared, prefix)
+                spec = self._batch_item(item, number, shared, prefix, owned)
                 if spec.output_name in names:
                     raise InputError(
                         f"output_name {spec.output_name!r} is already used by item {names[spec.output_name]}"
@@ -204,37 +237,44 @@ class JobService:
             names[spec.output_name or ""] = number
             specs.append(spec)
         batch, _ = self.store.add(
-            specs, queue_limit=self.settings.queue_size, batch_options=shared,
+            specs, queue_limit=self.settings.queue_size, tenant=principal.tenant,
+            tenant_limit=self.settings.resolved_tenant_queue_size, batch_options=shared,
             batch_prefix=prefix, as_batch=True,
         )
         assert batch is not None
         self._wake.set()
-        log.info("batch %s: queued %d item(s)", batch.id, len(batch.items))
+        log.info("batch %s: queued %d item(s) for tenant %s", batch.id, len(batch.items), batch.tenant)
         return batch
 
-    def retry_failed(self, batch_id: str) -> Batch:
+    def retry_failed(self, batch_id: str, *, principal: Principal) -> Batch:
         """Queue the batch's failed and cancelled items again; the others are left alone."""
         self._check_accepting()
-        self.get_batch(batch_id)
-        retried = self.store.retry(batch_id, queue_limit=self.settings.queue_size)
+        self.get_batch(batch_id, principal=principal)
+        retried = self.store.retry(
+            batch_id, queue_limit=self.settings.queue_size,
+            tenant_limit=self.settings.resolved_tenant_queue_size,
+        )
         if retried:
             self._wake.set()
         log.info("batch %s: retrying %d item(s)", batch_id, len(retried))
-        return self.get_batch(batch_id)
+        return self.get_batch(batch_id, principal=principal)
 
-    def _batch_item(self, item: Mapping[str, Any], number: int, options: dict, prefix: str | None) -> NewJob:
+    def _batch_item(
+        self, item: Mapping[str, Any], number: int, options: dict[str, Any], prefix: str | None,
+        owned: tuple[str, ...],
+    ) -> NewJob:
         if not isinstance(item, Mapping):
             raise InputError('expected an object like {"audio": ..., "video": ...}')
         unknown = sorted(set(item) - {"audio", "video", "output_name"})
         if unknown:
             raise InputError(f"unknown key(s) {', '.join(unknown)}")
-        audio = self._check_input(item.get("audio"), "audio")
-        video = self._check_input(item.get("video"), "video")
+        audio = self._check_input(item.get("audio"), "audio", owned)
+        video = self._check_input(item.get("video"), "video", owned)
         name = item.get("output_name")
         name = default_output_name(number, audio, video) if name is None else name
         return NewJob(
             audio=audio, video=video, options=options, output_name=safe_output_name(name),
-            output_prefix=prefix,
+            output_prefix=prefix, uploads=owned,
         )
 
     def _check_accepting(self) -> None:
@@ -253,68 +293,114 @@ class JobService:
         if errors and len(errors) == len(self._workers):
             raise ModelError(errors[0])
 
-    def _check_input(self, ref: Any, kind: str) -> str:
+    def _check_input(self, ref: object, kind: str, owned: tuple[str, ...]) -> str:
         if not isinstance(ref, str) or not ref.strip():
             raise InputError(f"{kind} is required")
+        # Checks the roots and refuses the data folder's own state (database, outputs...).
         storage.check_reference(ref, self.settings)
         if is_remote(ref):
             return ref
         # Relative paths mean files in the inputs folder, as storage.fetch_input reads them.
         path = resolve_under(ref, self.settings.allowed_input_roots, base=self.settings.inputs_dir)
-        if not path.is_file():
-            raise InputError(f"{kind} file not found: {ref}")
+        if not storage.is_file(path, ref):
+            raise InputError(f"{kind} file not found: {storage.shown_path(ref)}")
+        self._check_upload_owner(path, ref, kind, owned)
         return str(path)
 
-    def _check_prefix(self, prefix: str | None) -> str | None:
+    def _check_upload_owner(self, path: Path, ref: str, kind: str, owned: tuple[str, ...]) -> None:
+        """A file in an upload folder (<inputs>/<32 hex>/..., as the web layer names them) is
+        readable only by the request that staged it: another client's upload is not an input.
+        Other files in inputs/ are the operator's and stay shared."""
+        if files.upload_folder_of(self.settings, path) is None:
+            return
+        if any(path.is_relative_to(Path(entry)) for entry in owned):
+            return
+        raise ForbiddenPathError(
+            f"{kind} {storage.shown_path(ref)} belongs to another upload; upload the file with this "
+            "request instead"
+        )
+
+    def _check_uploaded(self, uploaded: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
+        """The caller's staged files or folders, resolved; each must lie in the inputs folder."""
+        inputs = self.settings.inputs_dir.expanduser().resolve()
+        owned: list[str] = []
+        for entry in uploaded:
+            path = Path(entry).expanduser().resolve()
+            if path == inputs or not path.is_relative_to(inputs):
+                raise InputError("uploaded files must lie in an upload folder under the inputs folder")
+            owned.append(str(path))
+        return tuple(dict.fromkeys(owned))
+
+    def _discard_replayed(self, owned: tuple[str, ...], existing: Job) -> None:
+        """A replayed submit returns the existing job: the files this request staged are not
+        used by it, so they go now instead of lingering until retention."""
+        used = {os.path.realpath(ref) for ref in (existing.audio, existing.video) if not is_remote(ref)}
+        for entry in owned:
+            if entry in existing.uploads or any(Path(ref).is_relative_to(entry) for ref in used):
+                continue
+            _remove_path(Path(entry))
+            files.remove_upload_folder(self.settings, Path(entry).parent)
+        if owned:
+            with job_context(existing.id):
+                log.info("replayed idempotency key: removed this request's %d staged upload(s)", len(owned))
+
+    def _check_prefix(self, prefix: str | None, principal: Principal, internal: bool) -> str | None:
         if prefix is None or not prefix.strip():
             return None
         # The check publish_output repeats: a prefix accepted here cannot fail only after rendering.
-        return storage.check_output_prefix(prefix, self.settings)
+        checked = storage.check_output_prefix(prefix, self.settings)
+        if not internal:
+            check_tenant_prefix(checked, principal, self.settings)
+        return checked
 
     # --- reading -------------------------------------------------------------------------------
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, principal: Principal) -> Job:
+        """The job if the principal may see it; JobNotFoundError otherwise (another tenant's job
+        looks exactly like one that never existed), JobExpiredError after retention."""
         job = self.store.get(job_id)
-        if job is None:
-            raise JobNotFoundError(f"no job with id {job_id!r}")
+        if job is None or not principal.can_see(job):
+            raise self._missing("job", job_id, principal, job is None)
         return job
 
-    def get_by_key(self, idempotency_key: str) -> Job:
-        job = self.store.get_by_key(idempotency_key)
+    def get_by_key(self, idempotency_key: str, *, principal: Principal) -> Job:
+        job = self.store.get_by_key(idempotency_key, principal.tenant)
         if job is None:
-            raise JobNotFoundError(f"no job with key {idempotency_key!r}")
+            raise JobNotFoundError("no job with that idempotency key")
         return job
 
-    def list_jobs(self, limit: int = 20, offset: int = 0) -> list[Job]:
-        """Newest first."""
-        return self.store.list_jobs(max(1, min(limit, MAX_PAGE)), max(0, offset))
+    def list_jobs(self, limit: int = 20, offset: int = 0, *, principal: Principal) -> list[Job]:
+        """Newest first; the principal's tenant only (every tenant for admins)."""
+        return self.store.list_jobs(max(1, min(limit, MAX_PAGE)), max(0, offset), principal.scope)
 
-    def count_jobs(self) -> int:
-        return self.store.count_jobs()
+    def count_jobs(self, *, principal: Principal) -> int:
+        return self.store.count_jobs(principal.scope)
 
     def count_by_status(self) -> dict[str, int]:
-        """Jobs per status (every status, zeros included), from one store query."""
+        """Jobs per status over every tenant (every status, zeros included), from one store
+        query: the operator's metrics."""
         counts = dict.fromkeys((status.value for status in JobStatus), 0)
         counts.update(self.store.count_by_status())
         return counts
 
     def queue_depth(self) -> int:
+        """Queued jobs over every tenant (a number, no job details)."""
         return self.store.count_queued()
 
-    def get_batch(self, batch_id: str) -> Batch:
+    def get_batch(self, batch_id: str, *, principal: Principal) -> Batch:
         batch = self.store.get_batch(batch_id)
-        if batch is None:
-            raise JobNotFoundError(f"no batch with id {batch_id!r}")
+        if batch is None or not principal.can_see(batch):
+            raise self._missing("batch", batch_id, principal, batch is None)
         return batch
 
-    def batch_zip(self, batch_id: str) -> Path:
+    def batch_zip(self, batch_id: str, *, principal: Principal) -> Path:
         """Build the batch's ZIP (successful videos, summary.csv, summary.json); return its path."""
-        return archive.build_zip(self.get_batch(batch_id), self.settings)
+        return archive.build_zip(self.get_batch(batch_id, principal=principal), self.settings)
 
-    def wait(self, job_id: str, timeout: float) -> Job:
+    def wait(self, job_id: str, timeout: float, *, principal: Principal) -> Job:
         """Block until the job is finished; raise TimeoutError if it is not within `timeout` s."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.get(job_id)
+            job = self.get(job_id, principal=principal)
             remaining = deadline - time.monotonic()
             if job.terminal:
                 return job
@@ -322,6 +408,17 @@ class JobService:
                 raise TimeoutError(f"job {job_id} is still {job.status.value} after {timeout:g} s")
             with self._finished:
                 self._finished.wait(min(remaining, WAIT_POLL_S))
+
+    def _missing(self, what: str, item_id: str, principal: Principal, absent: bool) -> JobNotFoundError:
+        """Not found, or expired when retention deleted it (and it was the principal's)."""
+        tomb: Tombstone | None = self.store.tombstone(item_id) if absent else None
+        if tomb is not None and (principal.is_admin or tomb.tenant == principal.tenant):
+            when = datetime.fromtimestamp(tomb.expired_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            return JobExpiredError(
+                f"{what} {item_id} expired on {when}: finished {what}s are kept "
+                f"{self.settings.retention_days:g} days", tomb.expired_at,
+            )
+        return JobNotFoundError(f"no {what} with id {item_id!r}")
 
     def readiness(self) -> tuple[bool, str]:
         with self._state_lock:
@@ -351,7 +448,8 @@ class JobService:
             raise HeygemError(f"not ready: {reason}")
         future = worker.request_probe()
         try:
-            return future.result(timeout)
+            seconds: float = future.result(timeout)
+            return seconds
         except TimeoutError:
             future.cancel()
             raise TimeoutError(f"the warm-up inference did not finish within {timeout:g} s") from None
@@ -360,52 +458,59 @@ class JobService:
         except Exception as exc:
             raise ModelError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from None
 
-    def engine_status(self) -> Any:
+    def engine_status(self) -> EngineStatus | None:
         """The first ready worker's EngineStatus, or None while loading."""
         for worker in self._workers:
-            if worker.ready.is_set() and worker.pipeline is not None:
-                return worker.pipeline.status()
+            if worker.ready.is_set():
+                return worker.engine.status()
         return None
 
     # --- cancelling and deleting ---------------------------------------------------------------
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, *, principal: Principal) -> Job:
         """Queued -> cancelled now; running -> cancel requested (the run stops within ~1 s)."""
+        self.get(job_id, principal=principal)
+        return self._cancel(job_id)
+
+    def _cancel(self, job_id: str) -> Job:
         job = self.store.cancel(job_id)
         if job is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        if job.status == JobStatus.RUNNING:
-            self._cancels.add(job_id)
-            job_log(job_id).info("cancel requested")
-        elif job.status == JobStatus.CANCELLED:
-            job_log(job_id).info("cancelled")
-            self._job_finished(job)
+        with job_context(job_id):
+            if job.status == JobStatus.RUNNING:
+                self._cancels.add(job_id)
+                log.info("cancel requested")
+            elif job.status == JobStatus.CANCELLED:
+                log.info("cancelled")
+                self._job_finished(job)
         return job
 
-    def delete(self, job_id: str) -> None:
-        """Remove the job's row, its files and its uploads no other job uses (cancels it first)."""
-        job = self.get(job_id)
+    def delete(self, job_id: str, *, principal: Principal) -> None:
+        """Remove the job's row, its files and the uploads it owns that no other job uses
+        (cancels it first)."""
+        job = self.get(job_id, principal=principal)
         if job.status == JobStatus.RUNNING:
-            self.cancel(job_id)
+            self._cancel(job_id)
             self._wait_not_running([job_id])
         deleted = self.store.delete([job_id])
         if not deleted:
             raise InputError(f"job {job_id} is still stopping; try again in a moment")
         self._remove_files(deleted)
-        job_log(job_id).info("deleted")
+        with job_context(job_id):
+            log.info("deleted")
 
-    def delete_all(self) -> int:
-        """Delete every job (running ones are cancelled first); return how many were deleted."""
-        running = [job.id for job in self._all_jobs() if job.status == JobStatus.RUNNING]
+    def delete_all(self, *, principal: Principal) -> int:
+        """Delete the tenant's jobs (every job for admins; running ones are cancelled first);
+        return how many were deleted."""
+        scope = principal.scope
+        visible = self.store.list_jobs(self.store.count_jobs(scope) + 1, 0, scope)
+        running = [job.id for job in visible if job.status == JobStatus.RUNNING]
         for job_id in running:
-            self.cancel(job_id)
+            self._cancel(job_id)
         self._wait_not_running(running)
-        deleted = self.store.delete(sorted(self.store.all_job_ids()))
+        deleted = self.store.delete(sorted(self.store.all_job_ids(scope)))
         self._remove_files(deleted)
-        log.info("deleted %d job(s)", len(deleted))
+        log.info("deleted %d job(s) of %s", len(deleted), scope or "every tenant")
         return len(deleted)
-
-    def _all_jobs(self) -> list[Job]:
-        return self.store.list_jobs(self.store.count_jobs() + 1, 0)
 
     def _wait_not_running(self, job_ids: Sequence[str]) -> None:
         deadline = time.monotonic() + DELETE_WAIT_S
@@ -418,23 +523,19 @@ class JobService:
                     self._finished.wait(WAIT_POLL_S)
 
     def _remove_files(self, jobs: Sequence[Job]) -> None:
+        """The jobs' scratch and outputs, and what they uploaded unless a remaining job still
+        reads from it. A file a job merely referenced (an operator's) is never touched."""
         for job in jobs:
             files.remove_job_files(self.settings, job.id)
-        still_used = {os.path.realpath(r) for r in self.store.references(active_only=False) if not is_remote(r)}
-        inputs_root = self.settings.inputs_dir.resolve()
-        folders: set[Path] = set()
-        for job in jobs:
-            for ref in (job.audio, job.video):
-                if is_remote(ref):
-                    continue
-                path = Path(ref)
-                folders.add(Path(os.path.realpath(ref)).parent)
-                if os.path.realpath(ref) in still_used:
-                    continue
-                if path.is_file() and path.resolve().is_relative_to(inputs_root):
-                    path.unlink(missing_ok=True)
-        for folder in folders:
-            files.remove_upload_folder(self.settings, folder)
+        still_used = [
+            Path(os.path.realpath(ref)) for ref in self.store.references(active_only=False)
+            if not is_remote(ref)
+        ]
+        for entry in sorted({Path(owned) for job in jobs for owned in job.uploads}):
+            if any(ref == entry or ref.is_relative_to(entry) for ref in still_used):
+                continue
+            _remove_path(entry)
+            files.remove_upload_folder(self.settings, entry.parent)  # an owned file's folder
         for batch_id in self.store.delete_empty_batches():
             files.remove_tree(files.output_dir(self.settings, batch_id))
 
@@ -444,16 +545,16 @@ class JobService:
             self._finished.notify_all()
 
 
-def _check_key(key: str | None) -> str | None:
-    if key is None or key == "":
-        return None
-    if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
-        raise InputError(f"idempotency key must be a string of at most {MAX_KEY_CHARS} characters")
-    return key
+def _remove_path(path: Path) -> None:
+    """Remove an upload (a file or a staged folder); missing is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
-def _default_pipeline_factory() -> Callable[[Settings], Any]:
-    # Imported here so that building a JobService does not load the engine's heavy modules.
-    from heygem.engine.pipeline import LipSyncPipeline
+if TYPE_CHECKING:
+    from heygem.jobs import api
 
-    return LipSyncPipeline
+    def _implements_the_contract(service: JobService) -> api.JobService:
+        return service  # mypy checks that JobService has the protocol's methods and signatures

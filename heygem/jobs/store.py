@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from heygem.errors import HeygemError, QueueFullError
 from heygem.jobs.records import (
+    DEFAULT_TENANT,
     RETRYABLE_STATUSES,
     TERMINAL_STATUSES,
     Batch,
@@ -33,11 +34,13 @@ from heygem.jobs.records import (
     JobKind,
     JobStatus,
     NewJob,
+    Outcome,
+    job_fields,
 )
 
 log = logging.getLogger("heygem.jobs.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 15.0  # how long a writer waits for another writer before giving up
 
 _SCHEMA_V1 = """
@@ -84,8 +87,69 @@ _SCHEMA_V2 = """
 ALTER TABLE jobs ADD COLUMN frames INTEGER;
 ALTER TABLE jobs ADD COLUMN run_seconds REAL;
 """
+# Version 3: tenancy. Jobs and batches get an owner (existing rows: "default"); an idempotency key
+# is unique per tenant, not globally, so the jobs table is rebuilt without the column's UNIQUE.
+# A job owns the uploads it was submitted with. Retention leaves a tombstone per deleted job or
+# batch, so an expired id answers differently from one that never existed.
+_SCHEMA_V3 = """
+CREATE TABLE jobs_v3 (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL DEFAULT 'default',
+    kind TEXT NOT NULL,
+    batch_id TEXT REFERENCES batches(id),
+    item_index INTEGER,
+    audio TEXT NOT NULL,
+    video TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    output_name TEXT,
+    output_prefix TEXT,
+    idempotency_key TEXT,
+    status TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    run_token TEXT,
+    engine TEXT,
+    frames_without_face INTEGER,
+    created_at REAL NOT NULL,
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    output_path TEXT,
+    output_url TEXT,
+    presigned_url TEXT,
+    frames INTEGER,
+    run_seconds REAL,
+    uploads TEXT NOT NULL DEFAULT '[]'
+);
+INSERT INTO jobs_v3 (rowid, id, kind, batch_id, item_index, audio, video, options, output_name,
+    output_prefix, idempotency_key, status, progress, stage, error, attempts, cancel_requested,
+    run_token, engine, frames_without_face, created_at, queued_at, started_at, finished_at,
+    output_path, output_url, presigned_url, frames, run_seconds)
+    SELECT rowid, id, kind, batch_id, item_index, audio, video, options, output_name,
+    output_prefix, idempotency_key, status, progress, stage, error, attempts, cancel_requested,
+    run_token, engine, frames_without_face, created_at, queued_at, started_at, finished_at,
+    output_path, output_url, presigned_url, frames, run_seconds FROM jobs ORDER BY rowid;
+DROP TABLE jobs;
+ALTER TABLE jobs_v3 RENAME TO jobs;
+CREATE INDEX jobs_queue ON jobs(status, queued_at);
+CREATE INDEX jobs_batch ON jobs(batch_id, item_index);
+CREATE INDEX jobs_created ON jobs(created_at);
+CREATE INDEX jobs_tenant_created ON jobs(tenant, created_at);
+CREATE INDEX jobs_tenant_started ON jobs(tenant, started_at);
+CREATE UNIQUE INDEX jobs_tenant_key ON jobs(tenant, idempotency_key);
+ALTER TABLE batches ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+CREATE TABLE tombstones (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    expired_at REAL NOT NULL
+);
+"""
 # version -> script that brings version-1 to it; released scripts are never edited
-_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _RETRYABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(RETRYABLE_STATUSES))
@@ -106,32 +170,37 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """The end of one run."""
+class Tombstone:
+    """What is left of a job or batch that retention deleted."""
 
-    status: JobStatus
-    error: str | None = None
-    engine: str | None = None
-    frames_without_face: int | None = None
-    frames: int | None = None
-    run_seconds: float | None = None
-    output_path: Path | None = None
-    output_url: str | None = None
-    presigned_url: str | None = None
+    id: str
+    kind: str  # TOMBSTONE_JOB or TOMBSTONE_BATCH
+    tenant: str
+    expired_at: float  # unix seconds
+
+
+TOMBSTONE_JOB = "job"
+TOMBSTONE_BATCH = "batch"
 
 
 class JobStore(Protocol):
+    """The store contract (tests/test_jobs_store_contract.py runs it against every store).
+
+    `tenant=None` in a read means every tenant (an admin's view); the service decides the scope.
+    """
+
     def open(self) -> None: ...
     def close(self) -> None: ...
     def add(
-        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict | None = None,
+        self, jobs: Sequence[NewJob], *, queue_limit: int, tenant: str = DEFAULT_TENANT,
+        tenant_limit: int | None = None, batch_options: dict[str, Any] | None = None,
         batch_prefix: str | None = None, as_batch: bool = False,
     ) -> tuple[Batch | None, list[Job]]: ...
     def get(self, job_id: str) -> Job | None: ...
-    def get_by_key(self, idempotency_key: str) -> Job | None: ...
-    def list_jobs(self, limit: int, offset: int) -> list[Job]: ...
-    def count_jobs(self) -> int: ...
-    def count_queued(self) -> int: ...
+    def get_by_key(self, idempotency_key: str, tenant: str = DEFAULT_TENANT) -> Job | None: ...
+    def list_jobs(self, limit: int, offset: int, tenant: str | None = None) -> list[Job]: ...
+    def count_jobs(self, tenant: str | None = None) -> int: ...
+    def count_queued(self, tenant: str | None = None) -> int: ...
     def count_by_status(self) -> dict[str, int]: ...
     def claim(self) -> Claim | None: ...
     def report_progress(self, job_id: str, token: str, progress: float, stage: str) -> RunState: ...
@@ -140,12 +209,17 @@ class JobStore(Protocol):
     def cancel(self, job_id: str) -> Job | None: ...
     def recover(self, max_attempts: int) -> tuple[list[Job], list[Job]]: ...
     def delete(self, job_ids: Sequence[str]) -> list[Job]: ...
+    def expire(self, job_ids: Sequence[str], expired_at: float) -> list[Job]: ...
+    def tombstone(self, item_id: str) -> Tombstone | None: ...
+    def prune_tombstones(self, before: float) -> int: ...
     def get_batch(self, batch_id: str) -> Batch | None: ...
-    def retry(self, batch_id: str, *, queue_limit: int) -> list[Job]: ...
+    def retry(
+        self, batch_id: str, *, queue_limit: int, tenant_limit: int | None = None
+    ) -> list[Job]: ...
     def finished_before(self, cutoff: float) -> list[Job]: ...
     def references(self, *, active_only: bool) -> set[str]: ...
-    def all_job_ids(self) -> set[str]: ...
-    def delete_empty_batches(self) -> list[str]: ...
+    def all_job_ids(self, tenant: str | None = None) -> set[str]: ...
+    def delete_empty_batches(self, expired_at: float | None = None) -> list[str]: ...
 
 
 class SQLiteJobStore:
@@ -214,42 +288,49 @@ class SQLiteJobStore:
 
     # --- submitting ----------------------------------------------------------------------------
     def add(
-        self, jobs: Sequence[NewJob], *, queue_limit: int, batch_options: dict | None = None,
+        self, jobs: Sequence[NewJob], *, queue_limit: int, tenant: str = DEFAULT_TENANT,
+        tenant_limit: int | None = None, batch_options: dict[str, Any] | None = None,
         batch_prefix: str | None = None, as_batch: bool = False,
     ) -> tuple[Batch | None, list[Job]]:
-        """Insert jobs (optionally as one batch) all-or-nothing, within the queue bound.
+        """Insert the tenant's jobs (optionally as one batch) all-or-nothing, within the queue
+        bound and the tenant's own bound.
 
-        A job whose idempotency key already exists is not inserted; the existing job is returned.
+        A job whose idempotency key the tenant already used is not inserted; the existing job is
+        returned.
         """
         now = time.time()
         with self._write() as conn:
             if not as_batch and len(jobs) == 1 and jobs[0].idempotency_key:
                 row = conn.execute(
-                    "SELECT * FROM jobs WHERE idempotency_key = ?", (jobs[0].idempotency_key,)
+                    "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                    (tenant, jobs[0].idempotency_key),
                 ).fetchone()
                 if row is not None:
                     return None, [_job(row)]
             _check_room(conn, len(jobs), queue_limit)
+            _check_tenant_room(conn, len(jobs), tenant, tenant_limit)
             batch_id = uuid.uuid4().hex if as_batch else None
             if batch_id:
                 conn.execute(
-                    "INSERT INTO batches (id, created_at, options, output_prefix) VALUES (?, ?, ?, ?)",
-                    (batch_id, now, json.dumps(batch_options or {}), batch_prefix),
+                    "INSERT INTO batches (id, tenant, created_at, options, output_prefix)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (batch_id, tenant, now, json.dumps(batch_options or {}), batch_prefix),
                 )
             ids = []
             for index, spec in enumerate(jobs):
                 job_id = uuid.uuid4().hex
                 ids.append(job_id)
                 conn.execute(
-                    "INSERT INTO jobs (id, kind, batch_id, item_index, audio, video, options,"
-                    " output_name, output_prefix, idempotency_key, status, created_at, queued_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (id, tenant, kind, batch_id, item_index, audio, video,"
+                    " options, output_name, output_prefix, idempotency_key, status, created_at,"
+                    " queued_at, uploads) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        job_id,
+                        job_id, tenant,
                         (JobKind.BATCH_ITEM if batch_id else JobKind.SINGLE).value,
                         batch_id, index if batch_id else None, spec.audio, spec.video,
                         json.dumps(spec.options), spec.output_name, spec.output_prefix,
                         spec.idempotency_key, JobStatus.QUEUED.value, now, now,
+                        json.dumps(list(spec.uploads)),
                     ),
                 )
         added = [self.get(job_id) for job_id in ids]
@@ -261,21 +342,26 @@ class SQLiteJobStore:
         found = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return found[0] if found else None
 
-    def get_by_key(self, idempotency_key: str) -> Job | None:
-        found = self._rows("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
+    def get_by_key(self, idempotency_key: str, tenant: str = DEFAULT_TENANT) -> Job | None:
+        """Keys are the tenant's own: another tenant's job with the same key is not found."""
+        found = self._rows(
+            "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?", (tenant, idempotency_key)
+        )
         return found[0] if found else None
 
-    def list_jobs(self, limit: int, offset: int) -> list[Job]:
+    def list_jobs(self, limit: int, offset: int, tenant: str | None = None) -> list[Job]:
+        where, params = _tenant_filter(tenant)
         return self._rows(
-            "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-            (limit, offset),
+            f"SELECT * FROM jobs{where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
 
-    def count_jobs(self) -> int:
-        return self._conn().execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    def count_jobs(self, tenant: str | None = None) -> int:
+        where, params = _tenant_filter(tenant)
+        return _count(self._conn(), f"SELECT COUNT(*) FROM jobs{where}", params)
 
-    def count_queued(self) -> int:
-        return _queued(self._conn())
+    def count_queued(self, tenant: str | None = None) -> int:
+        return _queued(self._conn(), tenant)
 
     def count_by_status(self) -> dict[str, int]:
         """Jobs per status in one query; statuses without jobs are absent."""
@@ -289,7 +375,7 @@ class SQLiteJobStore:
         items = self._rows("SELECT * FROM jobs WHERE batch_id = ? ORDER BY item_index", (batch_id,))
         return Batch(
             id=row["id"], created_at=row["created_at"], options=json.loads(row["options"]),
-            output_prefix=row["output_prefix"], items=tuple(items),
+            output_prefix=row["output_prefix"], items=tuple(items), tenant=row["tenant"],
         )
 
     def finished_before(self, cutoff: float) -> list[Job]:
@@ -303,19 +389,31 @@ class SQLiteJobStore:
         rows = self._conn().execute("SELECT audio, video FROM jobs" + where).fetchall()
         return {ref for row in rows for ref in (row["audio"], row["video"])}
 
-    def all_job_ids(self) -> set[str]:
-        return {row[0] for row in self._conn().execute("SELECT id FROM jobs").fetchall()}
+    def all_job_ids(self, tenant: str | None = None) -> set[str]:
+        where, params = _tenant_filter(tenant)
+        rows = self._conn().execute(f"SELECT id FROM jobs{where}", params).fetchall()
+        return {row[0] for row in rows}
+
+    def tombstone(self, item_id: str) -> Tombstone | None:
+        row = self._conn().execute("SELECT * FROM tombstones WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            return None
+        return Tombstone(row["id"], row["kind"], row["tenant"], row["expired_at"])
 
     # --- running -------------------------------------------------------------------------------
     def claim(self) -> Claim | None:
-        """Take the oldest queued job atomically; None when the queue is empty."""
+        """Take the next queued job atomically, fairly between tenants; None when none is queued.
+
+        Fair: the tenant with the fewest running jobs goes first; among equals, the tenant whose
+        last job started longest ago (or never), so one worker alternates between tenants instead
+        of serving a 500-item batch before another tenant's single job; within a tenant, the
+        oldest queued job.
+        """
         token = uuid.uuid4().hex
         rows = self._conn().execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_token = ?,"
             " started_at = ?, finished_at = NULL, progress = 0, stage = 'starting', error = NULL"
-            " WHERE id = (SELECT id FROM jobs WHERE status = 'queued'"
-            "             ORDER BY queued_at, rowid LIMIT 1)"
-            " AND status = 'queued' RETURNING *",
+            " WHERE id = (" + _NEXT_FAIR_SQL + ") AND status = 'queued' RETURNING *",
             (token, time.time()),
         ).fetchall()
         return Claim(_job(rows[0]), token) if rows else None
@@ -404,18 +502,21 @@ class SQLiteJobStore:
         return [_job(row) for row in requeued], [_job(row) for row in failed]
 
     # --- batches -------------------------------------------------------------------------------
-    def retry(self, batch_id: str, *, queue_limit: int) -> list[Job]:
-        """Queue a batch's failed and cancelled items again (fresh attempts), all-or-nothing."""
+    def retry(
+        self, batch_id: str, *, queue_limit: int, tenant_limit: int | None = None
+    ) -> list[Job]:
+        """Queue a batch's failed and cancelled items again (fresh attempts), all-or-nothing,
+        within the queue bound and the batch's tenant's bound."""
         with self._write() as conn:
-            ids = [
-                row[0] for row in conn.execute(
-                    f"SELECT id FROM jobs WHERE batch_id = ? AND status IN ({_RETRYABLE_SQL})",
-                    (batch_id,),
-                ).fetchall()
-            ]
+            rows = conn.execute(
+                f"SELECT id, tenant FROM jobs WHERE batch_id = ? AND status IN ({_RETRYABLE_SQL})",
+                (batch_id,),
+            ).fetchall()
+            ids = [row[0] for row in rows]
             if not ids:
                 return []
             _check_room(conn, len(ids), queue_limit)
+            _check_tenant_room(conn, len(ids), rows[0][1], tenant_limit)
             marks = ", ".join("?" for _ in ids)
             rows = conn.execute(
                 "UPDATE jobs SET status = 'queued', error = NULL, progress = 0, stage = 'queued',"
@@ -441,16 +542,88 @@ class SQLiteJobStore:
                 deleted.extend(_job(row) for row in rows)
         return deleted
 
-    def delete_empty_batches(self) -> list[str]:
-        rows = self._conn().execute(
-            "DELETE FROM batches WHERE NOT EXISTS"
-            " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id) RETURNING id"
-        ).fetchall()
+    def expire(self, job_ids: Sequence[str], expired_at: float) -> list[Job]:
+        """Retention: delete the given rows unless running, leaving a tombstone for each."""
+        if not job_ids:
+            return []
+        deleted: list[Job] = []
+        with self._write() as conn:
+            for job_id in job_ids:
+                rows = conn.execute(
+                    "DELETE FROM jobs WHERE id = ? AND status != 'running' RETURNING *", (job_id,)
+                ).fetchall()
+                for row in rows:
+                    _bury(conn, row["id"], TOMBSTONE_JOB, row["tenant"], expired_at)
+                    deleted.append(_job(row))
+        return deleted
+
+    def delete_empty_batches(self, expired_at: float | None = None) -> list[str]:
+        """Delete batches without items; with expired_at (retention), leave tombstones."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "DELETE FROM batches WHERE NOT EXISTS"
+                " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id) RETURNING id, tenant"
+            ).fetchall()
+            if expired_at is not None:
+                for row in rows:
+                    _bury(conn, row[0], TOMBSTONE_BATCH, row[1], expired_at)
         return [row[0] for row in rows]
 
+    def prune_tombstones(self, before: float) -> int:
+        rows = self._conn().execute(
+            "DELETE FROM tombstones WHERE expired_at < ? RETURNING id", (before,)
+        ).fetchall()
+        return len(rows)
 
-def _queued(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+
+# The next job to claim (see SQLiteJobStore.claim): per tenant, its running jobs and its latest
+# start, then that tenant's oldest queued job.
+_NEXT_FAIR_SQL = (
+    "SELECT q.id FROM jobs AS q JOIN ("
+    "  SELECT tenant, SUM(status = 'running') AS running, COALESCE(MAX(started_at), 0) AS last"
+    "  FROM jobs GROUP BY tenant"
+    ") AS t ON t.tenant = q.tenant"
+    " WHERE q.status = 'queued' ORDER BY t.running, t.last, q.queued_at, q.rowid LIMIT 1"
+)
+
+
+def _bury(conn: sqlite3.Connection, item_id: str, kind: str, tenant: str, when: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO tombstones (id, kind, tenant, expired_at) VALUES (?, ?, ?, ?)",
+        (item_id, kind, tenant, when),
+    )
+
+
+def _tenant_filter(tenant: str | None, prefix: str = " WHERE") -> tuple[str, tuple[str, ...]]:
+    if tenant is None:
+        return "", ()
+    return f"{prefix} tenant = ?", (tenant,)
+
+
+def _queued(conn: sqlite3.Connection, tenant: str | None = None) -> int:
+    where, params = _tenant_filter(tenant, " AND")
+    return _count(conn, f"SELECT COUNT(*) FROM jobs WHERE status = 'queued'{where}", params)
+
+
+def _count(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
+    return int(conn.execute(sql, params).fetchone()[0])
+
+
+def _check_tenant_room(
+    conn: sqlite3.Connection, needed: int, tenant: str, tenant_limit: int | None
+) -> None:
+    """The tenant's own bound: one department cannot fill the queue for the others."""
+    if tenant_limit is None:
+        return
+    waiting = _queued(conn, tenant)
+    free = max(0, tenant_limit - waiting)
+    if needed <= free:
+        return
+    raise QueueFullError(
+        f"tenant {tenant} has {waiting} jobs waiting (limit {tenant_limit}); "
+        + ("" if needed == 1 else f"{needed} jobs need room and {free} places are free; ")
+        + "try again later"
+    )
 
 
 def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None:
@@ -466,33 +639,29 @@ def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None
     )
 
 
+def _optional_path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def _uploads(text: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(text)) if text else ()
+
+
+# Columns stored in another form than the Job field (every job column is named like its field).
+_FROM_COLUMN: dict[str, Callable[[Any], Any]] = {
+    "uploads": _uploads,
+    "kind": JobKind,
+    "options": json.loads,
+    "status": JobStatus,
+    "cancel_requested": bool,
+    "output_path": _optional_path,
+}
+
+
 def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        kind=JobKind(row["kind"]),
-        batch_id=row["batch_id"],
-        item_index=row["item_index"],
-        audio=row["audio"],
-        video=row["video"],
-        options=json.loads(row["options"]),
-        output_name=row["output_name"],
-        output_prefix=row["output_prefix"],
-        idempotency_key=row["idempotency_key"],
-        status=JobStatus(row["status"]),
-        progress=row["progress"],
-        stage=row["stage"],
-        error=row["error"],
-        attempts=row["attempts"],
-        cancel_requested=bool(row["cancel_requested"]),
-        engine=row["engine"],
-        frames_without_face=row["frames_without_face"],
-        frames=row["frames"],
-        run_seconds=row["run_seconds"],
-        created_at=row["created_at"],
-        queued_at=row["queued_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        output_path=Path(row["output_path"]) if row["output_path"] else None,
-        output_url=row["output_url"],
-        presigned_url=row["presigned_url"],
-    )
+    values = {}
+    for spec in job_fields():
+        value = row[spec.name]
+        convert = _FROM_COLUMN.get(spec.name)
+        values[spec.name] = convert(value) if convert is not None else value
+    return Job(**values)

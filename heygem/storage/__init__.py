@@ -13,6 +13,7 @@ into a mounted folder. Error messages name the reference, never the credentials.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import mimetypes
@@ -29,23 +30,20 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, TypeVar
-
-import boto3
-import boto3.exceptions
-import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, TypeVar
 
 from heygem.errors import (
+    DiskFullError,
     ForbiddenPathError,
     HeygemError,
     InputError,
     LimitExceededError,
     StorageError,
 )
-from heygem.storage.paths import resolve_under
+from heygem.storage.paths import free_name, resolve_under, safe_file_name
 
+# boto3 and botocore are imported inside the functions that talk to object storage: reading a
+# job record or checking a path must not cost their import (about a third of a second).
 if TYPE_CHECKING:
     from heygem.settings import Settings
 
@@ -74,6 +72,7 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer t
 # The API signs result links on every read: making a client costs ~0.2 s of CPU, signing ~0.3 ms.
 SIGNING_CLIENT_TTL_S = 300.0  # reuse one signing client this long (refreshed credentials count)
 MAX_NAME_CHARS = 200
+INPUT_FALLBACK_NAME = "input"  # a downloaded input whose key or URL gives no usable name
 
 # Codes S3 and OBS use for refused requests: all mean "check the credentials or the policy".
 DENIED_CODES = frozenset(
@@ -82,6 +81,11 @@ DENIED_CODES = frozenset(
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+# errno values that mean "the disk (or the user's quota) is full": DiskFullError, HTTP 507.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL_MESSAGE = "the server's disk is full; try again later or ask the operator to free space"
+# Folders of the data folder that hold the service's own state: never an input, never an output.
+PRIVATE_DATA_FOLDERS = ("outputs", "jobs", "cache", "models")
 BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$")
 
 T = TypeVar("T")
@@ -108,7 +112,18 @@ class ObjectRef:
 
 
 def is_remote(ref: str) -> bool:
+    """True for the references storage downloads: s3://, obs:// and https:// (any case).
+
+    Anything else, even with a scheme such as jar:file:// or http://, is not remote: it goes
+    through the local path checks (and check_reference refuses a scheme it does not know).
+    """
     return _scheme(ref) in (*S3_SCHEMES, HTTPS_SCHEME)
+
+
+def is_url(ref: str) -> bool:
+    """True when `ref` is written as a URL (a valid scheme, then ://): it is never resolved as a
+    local path; fetch_input downloads it or refuses its scheme."""
+    return _scheme(ref) is not None
 
 
 def check_reference(ref: str, settings: Settings) -> None:
@@ -118,10 +133,12 @@ def check_reference(ref: str, settings: Settings) -> None:
 
 def check_output_prefix(prefix: str, settings: Settings) -> str:
     """Validate an output_prefix (no network); return it as stored: the URL as given, or the
-    resolved local folder under the outputs folder or HEYGEM_INPUT_ROOTS."""
+    resolved local folder under HEYGEM_INPUT_ROOTS (never inside the data folder's own state)."""
     scheme = _scheme(prefix)
     if scheme in S3_SCHEMES:
-        _parse_object_url(prefix, need_key=False)
+        obj = _parse_object_url(prefix, need_key=False)
+        if any(part in (".", "..") for part in obj.key.split("/")):
+            raise ForbiddenPathError(f"output_prefix {_display_url(prefix)} has '.' or '..' segments")
         return prefix
     if scheme is not None:
         raise ForbiddenPathError(
@@ -141,17 +158,17 @@ def fetch_input(ref: str, dest_dir: Path, settings: Settings) -> Path:
     """Return a local file for `ref`: the checked path itself, or a download into dest_dir."""
     kind = _check_reference(ref, settings)
     if isinstance(kind, Path):
-        if not kind.is_file():
-            raise InputError(f"input file not found: {ref}")
+        if not is_file(kind, ref):
+            raise InputError(f"input file not found: {shown_path(ref)}")
         return kind
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     limit = settings.max_upload_mb * MB
     if isinstance(kind, ObjectRef):
-        target = _free_name(dest_dir, _object_file_name(kind.key))
+        target = free_name(dest_dir, _object_file_name(kind.key))
         _download_object(kind, target, limit, settings)
     else:
-        target = _free_name(dest_dir, _url_file_name(kind))
+        target = free_name(dest_dir, _url_file_name(kind))
         _download_url(kind, target, limit, settings)
     return target
 
@@ -171,7 +188,51 @@ def _check_reference(ref: str, settings: Settings) -> Path | ObjectRef | str:
             f"unsupported reference {_display_url(ref)}; "
             "use s3://, obs://, https:// or a local path"
         )
-    return resolve_under(ref, settings.allowed_input_roots, base=settings.inputs_dir)
+    path = resolve_under(ref, settings.allowed_input_roots, base=settings.inputs_dir)
+    check_not_private(path, settings, ref)
+    return path
+
+
+def check_not_private(path: Path, settings: Settings, shown: str, *, output: bool = False) -> None:
+    """Refuse a resolved path in the data folder's own state, whatever the roots say: the data
+    folder itself and the files in it (the job database), outputs/, jobs/, cache/, models/, and
+    for an output also inputs/. Input roots may lie in the data folder (compat/ does)."""
+    data = settings.data_dir.expanduser().resolve()
+    if not path.is_relative_to(data):
+        return
+    private = [data / name for name in PRIVATE_DATA_FOLDERS]
+    if output:
+        private.append(settings.inputs_dir.expanduser().resolve())
+    if path == data or path.parent == data or any(path.is_relative_to(p) for p in private):
+        what = "output_prefix" if output else "input"
+        raise ForbiddenPathError(
+            f"{what} {shown_path(shown)} is in the service's data folder, which jobs may not "
+            + ("write" if output else "read")
+        )
+
+
+def shown_path(text: str, limit: int = 120) -> str:
+    """A user's path for a message: at most `limit` characters (a 5000-character path would
+    bury the message)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_file(path: Path, shown: str) -> bool:
+    """Path.is_file, with OS errors about the path itself (too long, not a folder, loops) turned
+    into a one-line InputError instead of a traceback."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise InputError(f"cannot use the path {shown_path(shown)}: {_reason(exc)}") from None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_error() -> DiskFullError:
+    """The one message for a full disk: it names no server path."""
+    return DiskFullError(DISK_FULL_MESSAGE)
 
 
 def _scheme(ref: str) -> str | None:
@@ -206,18 +267,36 @@ def _check_allowed_url(url: str, allowlist: tuple[str, ...]) -> None:
         raise ForbiddenPathError(f"URL with user info is refused: {_display_url(url)}")
     if parts.scheme.lower() != HTTPS_SCHEME or not parts.hostname:
         raise ForbiddenPathError(f"URL not on the allow-list: {_display_url(url)}")
-    if not any(_matches_entry(parts, entry) for entry in allowlist):
+    path = _decoded_path(parts.path)
+    if path is None:
+        raise ForbiddenPathError(
+            f"URL path with '.' or '..' segments or encoded separators is refused: {_display_url(url)}"
+        )
+    if not any(_matches_entry(parts, path, entry) for entry in allowlist):
         raise ForbiddenPathError(f"URL not on the allow-list: {_display_url(url)}")
 
 
-def _matches_entry(parts: urllib.parse.SplitResult, entry: str) -> bool:
-    """Prefix match on whole host and path segments: https://a.com never admits https://a.com.x."""
+def _decoded_path(raw: str) -> str | None:
+    """The URL path as a server would see it (percent-decoded), or None when it has dot
+    segments or backslashes, raw or encoded: /media/../private and /media/%2e%2e/private must
+    not match an allow-list entry for /media/."""
+    decoded = urllib.parse.unquote(raw or "/")
+    if "\\" in decoded or "\x00" in decoded:
+        return None
+    if any(segment in (".", "..") for segment in decoded.split("/")):
+        return None
+    return decoded
+
+
+def _matches_entry(parts: urllib.parse.SplitResult, path: str, entry: str) -> bool:
+    """Prefix match on whole host and path segments: https://a.com never admits https://a.com.x.
+    `path` is the decoded path (_decoded_path); the entry's path is decoded the same way."""
     allowed = urllib.parse.urlsplit(entry.strip())
     if allowed.scheme.lower() != HTTPS_SCHEME or not allowed.hostname:
         return False
     if (allowed.hostname, allowed.port) != (parts.hostname, parts.port):
         return False
-    prefix, path = allowed.path, parts.path or "/"
+    prefix = urllib.parse.unquote(allowed.path)
     if not prefix or prefix.endswith("/"):
         return path.startswith(prefix or "/")
     return path == prefix or path.startswith(prefix + "/")
@@ -232,36 +311,22 @@ def _display_url(url: str) -> str:
 
 
 def _object_file_name(key: str) -> str:
-    return _safe_file_name(key.rsplit("/", 1)[-1])
+    return safe_file_name(key, fallback=INPUT_FALLBACK_NAME)
 
 
 def _url_file_name(url: str) -> str:
     path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
-    return _safe_file_name(path.rstrip("/").rsplit("/", 1)[-1])
-
-
-def _safe_file_name(name: str) -> str:
-    """Keep the extension (ffmpeg probes by content, but users read names); drop odd characters."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[-MAX_NAME_CHARS:]
-    return cleaned or "input"
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    """audio and video may share a key's base name (a/input, b/input): never overwrite."""
-    candidate = folder / name
-    stem, suffix = os.path.splitext(name)
-    counter = 1
-    while candidate.exists():
-        candidate = folder / f"{stem}-{counter}{suffix}"
-        counter += 1
-    return candidate
+    return safe_file_name(path.rstrip("/"), fallback=INPUT_FALLBACK_NAME)
 
 
 # --- S3 client and error mapping -----------------------------------------------------------------
 
 
-def _client(settings: Settings):
+def _client(settings: Settings) -> Any:
     """A fresh client per operation: credentials are read from the environment each time."""
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
@@ -288,6 +353,8 @@ def _storage_error(
     exc: BaseException, obj: ObjectRef, settings: Settings, action: str
 ) -> StorageError:
     """Turn a boto3/botocore failure into a one-line message; str(exc) is never shown."""
+    import botocore.exceptions
+
     cause = _botocore_cause(exc)
     if isinstance(cause, botocore.exceptions.ClientError):
         error = cause.response.get("Error", {})
@@ -316,6 +383,8 @@ def _storage_error(
 
 def _botocore_cause(exc: BaseException) -> BaseException:
     """boto3 wraps ClientError in S3UploadFailedError (as __context__); find the original."""
+    import boto3.exceptions
+
     seen = exc
     while isinstance(seen, boto3.exceptions.Boto3Error):
         inner = seen.__cause__ or seen.__context__
@@ -327,6 +396,9 @@ def _botocore_cause(exc: BaseException) -> BaseException:
 
 def _is_transient(exc: BaseException) -> bool:
     """Worth another attempt: network trouble, throttling, server-side errors; not 4xx verdicts."""
+    import boto3.exceptions
+    import botocore.exceptions
+
     cause = _botocore_cause(exc)
     if isinstance(cause, botocore.exceptions.ClientError):
         status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -343,6 +415,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _download_object(obj: ObjectRef, target: Path, limit: int, settings: Settings) -> None:
+    import botocore.exceptions
+
     client = _client(settings)
     try:
         response = client.get_object(Bucket=obj.bucket, Key=obj.key)
@@ -357,8 +431,10 @@ def _download_object(obj: ObjectRef, target: Path, limit: int, settings: Setting
     except botocore.exceptions.BotoCoreError as exc:
         raise _storage_error(exc, obj, settings, "read") from None
     except OSError as exc:  # botocore wraps network errors, so this is the local disk
+        if is_disk_full(exc):
+            raise disk_full_error() from None
         raise StorageError(
-            f"cannot write {target} while fetching {obj.url}: {_reason(exc)}"
+            f"cannot write {target.name} while fetching {obj.url}: {_reason(exc)}"
         ) from None
     finally:
         body.close()
@@ -379,7 +455,11 @@ def _download_url(url: str, target: Path, limit: int, settings: Settings) -> Non
         raise _http_error(exc.code, shown) from None
     except urllib.error.URLError as exc:
         raise StorageError(f"cannot reach {shown}: {_reason(exc.reason)}") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error() from None
+        raise StorageError(f"download of {shown} failed: {_reason(exc)}") from None
+    except ValueError as exc:
         raise StorageError(f"download of {shown} failed: {_reason(exc)}") from None
     log.info("fetched %s (%d bytes) to %s", shown, written, target)
 
@@ -393,7 +473,15 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
         super().__init__()
         self.allowlist = allowlist
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         try:
             _check_allowed_url(newurl, self.allowlist)
         except ForbiddenPathError:
@@ -443,6 +531,10 @@ def _stream_to_file(
                     raise _too_large(shown, settings)
                 out.write(chunk)
         os.replace(partial, target)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error() from None
+        raise
     finally:
         partial.unlink(missing_ok=True)
     return written
@@ -457,7 +549,7 @@ def publish_output(
     """Upload or copy a finished result to output_prefix; the local file is always kept."""
     local_file = Path(local_file)
     if not local_file.is_file():
-        raise StorageError(f"result file missing, nothing to publish: {local_file}")
+        raise StorageError(f"result file missing, nothing to publish: {local_file.name}")
     name = _check_object_name(name or local_file.name)
     check_output_prefix(output_prefix, settings)
     if _scheme(output_prefix) in S3_SCHEMES:
@@ -476,8 +568,10 @@ def presign(url: str, settings: Settings) -> str | None:
         obj = _parse_object_url(url, need_key=True)
     except HeygemError:
         return None
+    import botocore.exceptions
+
     try:
-        return _signing_clients.get(settings).generate_presigned_url(
+        link: str = _signing_clients.get(settings).generate_presigned_url(
             "get_object",
             Params={"Bucket": obj.bucket, "Key": obj.key},
             ExpiresIn=min(settings.presign_seconds, MAX_PRESIGN_SECONDS),
@@ -485,6 +579,7 @@ def presign(url: str, settings: Settings) -> str | None:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         log.warning("cannot presign %s: %s", obj.url, type(exc).__name__)
         return None
+    return link
 
 
 class _SigningClients:
@@ -493,9 +588,9 @@ class _SigningClients:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cached: tuple[str, float, object] | None = None
+        self._cached: tuple[str, float, Any] | None = None
 
-    def get(self, settings: Settings):
+    def get(self, settings: Settings) -> Any:
         key = _signing_key(settings)
         now = time.monotonic()
         with self._lock:
@@ -534,6 +629,8 @@ def _object_under_prefix(prefix: str, name: str) -> ObjectRef:
 def _publish_object(
     local_file: Path, prefix: str, name: str, settings: Settings
 ) -> PublishedOutput:
+    from boto3.s3.transfer import TransferConfig
+
     obj = _object_under_prefix(prefix, name)
     transfer = TransferConfig(
         multipart_threshold=MULTIPART_THRESHOLD,
@@ -557,45 +654,86 @@ def _publish_object(
 
 
 def _local_output_dir(prefix: str, settings: Settings) -> Path:
-    roots = (settings.outputs_dir, *settings.input_roots)
+    """A local output_prefix: under HEYGEM_INPUT_ROOTS (mounted storage, the compat folder),
+    never in the data folder's own state (the database, inputs/, outputs/...)."""
+    if not settings.input_roots:
+        raise ForbiddenPathError(
+            f"output_prefix {shown_path(prefix)}: no local output folders are configured "
+            "(HEYGEM_INPUT_ROOTS); use s3:// or obs://"
+        )
+    if not Path(prefix).expanduser().is_absolute():
+        raise ForbiddenPathError(
+            f"output_prefix {shown_path(prefix)} must be an absolute folder under "
+            "HEYGEM_INPUT_ROOTS, or s3://bucket/prefix/ or obs://bucket/prefix/"
+        )
     try:
-        return resolve_under(prefix, roots, base=settings.outputs_dir)
+        folder = resolve_under(prefix, settings.input_roots)
     except ForbiddenPathError:
         raise ForbiddenPathError(
-            f"output_prefix {prefix} is outside the allowed output folders "
-            "(the outputs folder and HEYGEM_INPUT_ROOTS)"
+            f"output_prefix {shown_path(prefix)} is outside the allowed output folders "
+            "(HEYGEM_INPUT_ROOTS)"
         ) from None
+    check_not_private(folder, settings, prefix, output=True)
+    return folder
 
 
 def _publish_local(local_file: Path, prefix: str, name: str, settings: Settings) -> PublishedOutput:
-    """Mounted object storage cannot rename or delete: write the final name once, from the
-    finished local file."""
+    """Copy the finished file into the folder under `name`, or the first free `name-2.mp4`...:
+    an existing file is never replaced (it may be another job's result or someone's upload).
+    Mounted object storage cannot rename: the final name is created once, exclusively."""
     folder = _local_output_dir(prefix, settings)
-    target = folder / name
     expected = local_file.stat().st_size
 
-    def copy() -> None:
+    def copy() -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local_file, target)
-        copied = target.stat().st_size
-        if copied != expected:
-            raise OSError(f"copied {copied} of {expected} bytes")
+        return _copy_exclusive(local_file, folder, name, expected)
 
-    def failure(exc: BaseException) -> StorageError:
+    def failure(exc: BaseException) -> HeygemError:
+        if is_disk_full(exc):
+            return disk_full_error()
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return StorageError(f"cannot copy {local_file.name} to {target}: {reason}")
+        return StorageError(f"cannot copy {local_file.name} to the output folder: {reason}")
 
-    _with_retries(copy, f"copy of {local_file.name} to {target}",
-                  lambda exc: isinstance(exc, OSError), failure)
+    target = _with_retries(copy, f"copy of {local_file.name} to {folder}",
+                           lambda exc: isinstance(exc, OSError) and not is_disk_full(exc), failure)
     log.info("published %s (%d bytes) to %s", local_file.name, expected, target)
     return PublishedOutput(url=str(target), presigned_url=None)
+
+
+def _copy_exclusive(source: Path, folder: Path, name: str, expected: int) -> Path:
+    """Create a new file (O_EXCL) under the first free name and copy into it; two jobs racing
+    for one name get different files. A failed copy removes its own file (best effort: a mount
+    may refuse), never anyone else's."""
+    while True:
+        target = free_name(folder, name)
+        try:
+            out = open(target, "xb")  # noqa: SIM115 - closed by the with below
+        except FileExistsError:
+            continue  # taken between the check and the create
+        try:
+            with out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, DOWNLOAD_CHUNK)
+            copied = target.stat().st_size
+            if copied != expected:
+                raise OSError(errno.EIO, f"copied {copied} of {expected} bytes")
+        except BaseException:
+            _unlink_quietly(target)
+            raise
+        return target
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _with_retries(
     action: Callable[[], T],
     what: str,
     transient: Callable[[BaseException], bool],
-    to_error: Callable[[BaseException], StorageError],
+    to_error: Callable[[BaseException], HeygemError],
 ) -> T:
     """Run action up to PUBLISH_ATTEMPTS times with exponential backoff on transient failures."""
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
@@ -618,8 +756,14 @@ def _with_retries(
 __all__ = [
     "PublishedOutput",
     "is_remote",
+    "is_url",
     "check_reference",
     "check_output_prefix",
+    "check_not_private",
+    "disk_full_error",
+    "is_disk_full",
+    "is_file",
+    "shown_path",
     "fetch_input",
     "publish_output",
     "presign",

@@ -7,15 +7,17 @@ folder, calls the service and maps heygem.errors to HTTP codes. Every error body
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,48 +25,43 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from heygem import storage
-from heygem.errors import (
-    ForbiddenPathError,
-    HeygemError,
-    InputError,
-    JobNotFoundError,
-    LimitExceededError,
-    ModelError,
-    QueueFullError,
-    ShuttingDownError,
-    StorageError,
-)
-from heygem.storage.paths import resolve_under
+from heygem.errors import HeygemError, InputError, QueueFullError, ShuttingDownError
+from heygem.jobs.api import JobService
+from heygem.jobs.records import Batch, Job
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.settings import Settings
-from heygem.web import batching, media, uploads
+from heygem.storage.paths import resolve_under
+from heygem.web import batching, media, openapi, uploads
+from heygem.web.http import (
+    INTERNAL_ERROR,
+    MB,
+    check_length,
+    classify,
+    error_response,
+    is_disk_full,
+    one_line,
+    public_message,
+    read_json_object,
+    retry_headers,
+    strip_paths,
+)
+from heygem.web.identity import require_principal
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.api")
 
 API_PREFIX = "/api/v1"
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as the job store makes them
-MB = 1 << 20
 MULTIPART_SLACK = 64 * 1024  # headers and boundaries around each file part
 JOB_UPLOAD_FILES = 2
 BATCH_UPLOAD_FILES = 101  # one audio + 100 videos, or a manifest and its files
 MAX_JSON_BYTES = MB
 MAX_PAGE = 200
 DEEP_CHECK_TIMEOUT_S = 60.0  # a deep readiness probe waits this long for the running job to yield
-INTERNAL_ERROR = "internal server error; the details are in the server log"
-
-# Most specific first: LimitExceededError and ForbiddenPathError are InputErrors too.
-ERROR_STATUS: tuple[tuple[type[HeygemError], int], ...] = (
-    (LimitExceededError, 413),
-    (ForbiddenPathError, 403),
-    (InputError, 400),
-    (JobNotFoundError, 404),
-    (QueueFullError, 429),
-    (ShuttingDownError, 503),
-    (ModelError, 503),
-    (StorageError, 502),
-)
+PROBE_THREADS = 2  # ffprobe of uploads runs here, not in the pool the other sync routes share
 
 
 @dataclass
@@ -72,48 +69,55 @@ class ApiState:
     """What the routes share: the one Settings, the job service, metrics and the drain flag."""
 
     settings: Settings
-    service: Any  # heygem.jobs.JobService (duck-typed so tests can wrap it)
+    service: JobService
     metrics: Metrics
     draining: threading.Event = field(default_factory=threading.Event)
+    # Blocking media probes of uploads get their own small pool: a burst of submissions then
+    # queues here instead of in the shared thread pool (sync routes, the token check).
+    probe_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="heygem-probe")
+    )
 
 
-def status_for(exc: HeygemError) -> int:
-    for kind, code in ERROR_STATUS:
-        if isinstance(exc, kind):
-            return code
-    return 500
+def install_error_handlers(app: FastAPI, data_dir: Path | None = None) -> None:
+    """Every error leaves as {"detail": one line} without server paths; unexpected ones are
+    logged with a traceback, once."""
 
+    async def heygem_error(request: Request, exc: Exception) -> JSONResponse:
+        error_class = classify(exc)
+        log.info("%s %s -> %d: %s", request.method, request.url.path, error_class.status, one_line(exc))
+        detail = public_message(exc, data_dir)
+        return error_response(error_class.status, detail, retry_headers(error_class))
 
-def one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "error"
+    async def os_error(request: Request, exc: Exception) -> JSONResponse:
+        # Handled here rather than by the catch-all, which Starlette re-raises (a second traceback).
+        if is_disk_full(exc):
+            log.warning("%s %s -> 507: %s", request.method, request.url.path, one_line(exc))
+            return await heygem_error(request, exc)
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(classify(exc).status, INTERNAL_ERROR)
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        log.info("%s %s: the client went away before its body was read", request.method, request.url.path)
+        return Response(status_code=400)  # nobody reads it
 
-def error_response(code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": one_line(detail)}, status_code=code, headers=headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as {"detail": one line}; unexpected ones are logged with a traceback."""
-
-    async def heygem_error(request: Request, exc: HeygemError) -> JSONResponse:
-        code = status_for(exc)
-        headers = {"Retry-After": "5"} if code in (429, 503) else None
-        log.info("%s %s -> %d: %s", request.method, request.url.path, code, one_line(str(exc)))
-        return error_response(code, str(exc), headers)
-
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         return error_response(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, INTERNAL_ERROR)
+        return error_response(classify(exc).status, INTERNAL_ERROR)
 
     app.add_exception_handler(HeygemError, heygem_error)
+    app.add_exception_handler(OSError, os_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
@@ -123,19 +127,18 @@ def install_error_handlers(app: FastAPI) -> None:
 # helpers
 
 
-def token_checker(settings: Settings) -> Callable[[Request], None]:
-    expected = settings.api_token.encode()
+def admission_checker(state: ApiState) -> Callable[[], Any]:
+    """A dependency run before the body is read: a draining server or a full queue refuses a
+    submission at the cost of one count query, not after streaming the upload and probing it."""
 
-    def require_token(request: Request) -> None:
-        if not expected:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise StarletteHTTPException(
-                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+    async def admit() -> None:
+        if state.draining.is_set():
+            raise ShuttingDownError("the service is shutting down and takes no new jobs; try again shortly")
+        waiting = state.service.queue_depth()
+        if waiting >= state.settings.queue_size:
+            raise QueueFullError(f"queue is full ({waiting} jobs waiting); try again later")
 
-    return require_token
+    return admit
 
 
 def check_id(value: str, what: str = "job") -> str:
@@ -155,16 +158,18 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
     return resolved
 
 
-def job_view(job: Any, request: Request, settings: Settings) -> dict:
+def job_view(job: Job, request: Request, settings: Settings) -> dict[str, Any]:
     data = job.to_dict()
     data.pop("output_path", None)  # a server-side path means nothing to a caller
+    if isinstance(data.get("error"), str):
+        data["error"] = strip_paths(data["error"], settings.data_dir)
     # Also after a failed upload: the job says failed, yet its mp4 was made and can be fetched.
     data["result_url"] = _url(request, f"{API_PREFIX}/jobs/{job.id}/result") if job.has_result else None
     data["presigned_url"] = presigned_link(job, settings)
     return data
 
 
-def presigned_link(job: Any, settings: Settings) -> str | None:
+def presigned_link(job: Job, settings: Settings) -> str | None:
     """Signed now, so the link lasts presign_seconds from this read; the one stored when the job
     finished only when signing is off or fails."""
     if not job.output_url:
@@ -172,7 +177,7 @@ def presigned_link(job: Any, settings: Settings) -> str | None:
     return storage.presign(job.output_url, settings) or job.presigned_url
 
 
-def batch_view(batch: Any, request: Request, settings: Settings) -> dict:
+def batch_view(batch: Batch, request: Request, settings: Settings) -> dict[str, Any]:
     data = batch.to_dict()
     data["items"] = [job_view(item, request, settings) for item in batch.items]
     data["zip_url"] = _url(request, f"{API_PREFIX}/batches/{batch.id}/zip")
@@ -180,38 +185,10 @@ def batch_view(batch: Any, request: Request, settings: Settings) -> dict:
 
 
 def _url(request: Request, path: str) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + path
+    return str(request.scope.get("root_path", "")).rstrip("/") + path
 
 
-def _check_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is None:
-        return
-    try:
-        size = int(declared)
-    except ValueError:
-        raise InputError("Content-Length is not a number") from None
-    if size > limit:
-        raise LimitExceededError(f"request body is {size // MB} MB; the limit is {limit // MB} MB")
-
-
-async def _read_json(request: Request) -> dict:
-    _check_length(request, MAX_JSON_BYTES)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise LimitExceededError("JSON body is larger than 1 MB")
-    try:
-        data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError("the JSON body must be an object")
-    return data
-
-
-def _options(raw: Any) -> dict | None:
+def _options(raw: object) -> dict[str, Any] | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, str):
@@ -224,7 +201,7 @@ def _options(raw: Any) -> dict | None:
     return raw
 
 
-def _text(data: dict, key: str) -> str | None:
+def _text(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None or value == "":
         return None
@@ -251,13 +228,14 @@ def _check_upload_durations(settings: Settings, form: uploads.UploadedForm) -> N
 # submissions
 
 
-async def _submit_job(state: ApiState, request: Request) -> Any:
+async def _submit_job(state: ApiState, request: Request) -> Job:
     idempotency_key = request.headers.get("idempotency-key") or None
     if not _is_multipart(request):
-        data = await _read_json(request)
+        data = await read_json_object(request, MAX_JSON_BYTES)
         return await run_in_threadpool(_submit_refs, state, data, idempotency_key)
     form = await _receive_form(state, request, JOB_UPLOAD_FILES)
     try:
+        await _probe_uploads(state, form)
         return await run_in_threadpool(_submit_form, state, form, idempotency_key)
     except BaseException:
         form.discard()
@@ -267,54 +245,64 @@ async def _submit_job(state: ApiState, request: Request) -> Any:
 async def _receive_form(state: ApiState, request: Request, max_files: int) -> uploads.UploadedForm:
     """Stream a multipart body's files to the inputs folder, refusing oversize bodies up front."""
     per_file = state.settings.max_upload_mb * MB
-    _check_length(request, max_files * (per_file + MULTIPART_SLACK))
+    check_length(request, max_files * (per_file + MULTIPART_SLACK))
     return await uploads.receive_multipart(
         request.stream(), request.headers["content-type"], state.settings.inputs_dir,
         per_file, max_files,
     )
 
 
-def _submit_refs(state: ApiState, data: dict, idempotency_key: str | None) -> Any:
+def _submit_refs(state: ApiState, data: dict[str, Any], idempotency_key: str | None) -> Job:
     audio, video = _text(data, "audio"), _text(data, "video")
     if audio is None or video is None:
         raise InputError("give both 'audio' and 'video'")
     return state.service.submit(
         audio, video, _options(data.get("options")),
         output_name=_text(data, "output_name"), output_prefix=_text(data, "output_prefix"),
-        idempotency_key=_text(data, "idempotency_key") or idempotency_key,
+        idempotency_key=_text(data, "idempotency_key") or idempotency_key, principal=LOCAL,
     )
 
 
-def _submit_form(state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None) -> Any:
-    _check_upload_durations(state.settings, form)
-    refs = {}
-    for key in ("audio", "video"):
-        saved = form.file(key)
-        refs[key] = str(saved.path) if saved else form.fields.get(key)
-        if not refs[key]:
-            raise InputError(f"missing the {key!r} file")
+async def _probe_uploads(state: ApiState, form: uploads.UploadedForm) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(state.probe_pool, _check_upload_durations, state.settings, form)
+
+
+def _submit_form(state: ApiState, form: uploads.UploadedForm, idempotency_key: str | None) -> Job:
+    audio, video = _form_reference(form, "audio"), _form_reference(form, "video")
     fields = form.fields
     return state.service.submit(
-        refs["audio"], refs["video"], _options(fields.get("options")),
+        audio, video, _options(fields.get("options")),
         output_name=fields.get("output_name") or None,
         output_prefix=fields.get("output_prefix") or None,
-        idempotency_key=fields.get("idempotency_key") or idempotency_key,
+        idempotency_key=fields.get("idempotency_key") or idempotency_key, principal=LOCAL,
+        uploaded=[form.folder],
     )
 
 
-async def _submit_batch(state: ApiState, request: Request) -> Any:
+def _form_reference(form: uploads.UploadedForm, key: str) -> str:
+    """The uploaded file's path, or a reference sent as a plain field."""
+    saved = form.file(key)
+    reference = str(saved.path) if saved else form.fields.get(key)
+    if not reference:
+        raise InputError(f"missing the {key!r} file")
+    return reference
+
+
+async def _submit_batch(state: ApiState, request: Request) -> Batch:
     if not _is_multipart(request):
-        data = await _read_json(request)
+        data = await read_json_object(request, MAX_JSON_BYTES)
         return await run_in_threadpool(_submit_batch_json, state, data)
     form = await _receive_form(state, request, BATCH_UPLOAD_FILES)
     try:
+        await _probe_uploads(state, form)
         return await run_in_threadpool(_submit_batch_form, state, form)
     except BaseException:
         form.discard()
         raise
 
 
-def _submit_batch_json(state: ApiState, data: dict) -> Any:
+def _submit_batch_json(state: ApiState, data: dict[str, Any]) -> Batch:
     items = data.get("items")
     if not isinstance(items, list) or not items:
         raise InputError("'items' must be a non-empty list of {audio, video, output_name}")
@@ -323,11 +311,11 @@ def _submit_batch_json(state: ApiState, data: dict) -> Any:
             raise InputError(f"items[{index}] must be an object")
     return state.service.submit_batch(
         items, _options(data.get("options")), output_prefix=_text(data, "output_prefix"),
+        principal=LOCAL,
     )
 
 
-def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Any:
-    _check_upload_durations(state.settings, form)
+def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Batch:
     manifest = form.file("manifest")
     if manifest is not None:
         items = batching.manifest_items(manifest.path, state.settings)
@@ -338,77 +326,16 @@ def _submit_batch_form(state: ApiState, form: uploads.UploadedForm) -> Any:
         )
     return state.service.submit_batch(
         items, _options(form.fields.get("options")),
-        output_prefix=form.fields.get("output_prefix") or None,
+        output_prefix=form.fields.get("output_prefix") or None, principal=LOCAL,
+        uploaded=[form.folder],
     )
 
 
 # --------------------------------------------------------------------------------------------------
 # routes
 
-REFERENCE_DOC = "path under an input folder, s3://bucket/key, obs://bucket/key or an allowed https:// URL"
-OPTIONS_DOC = 'SyncOptions fields, e.g. {"blend": "rect", "pads": [0, 10, 0, 0]}'
-JOB_BODY_DOC = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": {
-                "type": "object", "required": ["audio", "video"],
-                "properties": {
-                    "audio": {"type": "string", "description": REFERENCE_DOC},
-                    "video": {"type": "string", "description": "face video or photo, same forms as audio"},
-                    "options": {"type": "object", "description": OPTIONS_DOC},
-                    "output_name": {"type": "string"},
-                    "output_prefix": {"type": "string", "description": "s3://bucket/prefix/ or obs://..."},
-                    "idempotency_key": {"type": "string"},
-                },
-            }},
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["audio", "video"],
-                "properties": {
-                    "audio": {"type": "string", "format": "binary"},
-                    "video": {"type": "string", "format": "binary"},
-                    "options": {"type": "string", "description": "JSON object as text"},
-                    "output_name": {"type": "string"},
-                    "output_prefix": {"type": "string"},
-                },
-            }},
-        },
-        "required": True,
-    }
-}
 
-BATCH_BODY_DOC = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": {
-                "type": "object", "required": ["items"],
-                "properties": {
-                    "items": {"type": "array", "items": {"type": "object", "properties": {
-                        "audio": {"type": "string"}, "video": {"type": "string"},
-                        "output_name": {"type": "string"},
-                    }}},
-                    "options": {"type": "object"},
-                    "output_prefix": {"type": "string"},
-                },
-            }},
-            "multipart/form-data": {"schema": {
-                "type": "object",
-                "properties": {
-                    "audio": {"type": "array", "items": {"type": "string", "format": "binary"},
-                              "description": "one audio for every video, or one per video in order"},
-                    "video": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "manifest": {"type": "string", "format": "binary",
-                                 "description": "JSONL: {audio, video, output_name} per line"},
-                    "options": {"type": "string"},
-                    "output_prefix": {"type": "string"},
-                },
-            }},
-        },
-        "required": True,
-    }
-}
-
-
-def _deep_ready(state: ApiState, body: dict) -> JSONResponse:
+def _deep_ready(state: ApiState, body: dict[str, Any]) -> JSONResponse:
     """One-frame inference on the built-in sample through the service (between jobs)."""
     started = time.monotonic()
     try:
@@ -427,13 +354,15 @@ def probe_routes(state: ApiState) -> APIRouter:
     """/health, /ready and /metrics: open even when the API needs a token."""
     router = APIRouter(tags=["probes"])
 
+    # /health and /ready are async: they answer on the event loop and never wait for a thread
+    # of the pool that uploads and other sync routes use.
     @router.get("/health")
-    def health() -> dict:
+    async def health() -> dict[str, Any]:
         # Answers while the process is up; never touches the queue, the store or the models.
         return {"health": "true"}
 
     @router.get("/ready")
-    def ready(deep: bool = False) -> JSONResponse:
+    async def ready(deep: bool = False) -> JSONResponse:
         if state.draining.is_set():
             return JSONResponse({"ready": False, "reason": "draining"}, status_code=503)
         ok, reason = state.service.readiness()
@@ -441,7 +370,7 @@ def probe_routes(state: ApiState) -> APIRouter:
             return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         body: dict[str, Any] = {"ready": True, "reason": reason}
         if deep:
-            return _deep_ready(state, body)
+            return await run_in_threadpool(_deep_ready, state, body)
         return JSONResponse(body)
 
     @router.get("/metrics")
@@ -453,11 +382,12 @@ def probe_routes(state: ApiState) -> APIRouter:
 
 def job_routes(state: ApiState) -> APIRouter:
     router = APIRouter(
-        prefix=API_PREFIX, tags=["jobs"], dependencies=[Depends(token_checker(state.settings))]
+        prefix=API_PREFIX, tags=["jobs"], dependencies=[Depends(require_principal)]
     )
     service, settings = state.service, state.settings
+    admit = [Depends(admission_checker(state))]
 
-    @router.post("/jobs", status_code=202, openapi_extra=JOB_BODY_DOC)
+    @router.post("/jobs", status_code=202, openapi_extra=openapi.job_body_doc(), dependencies=admit)
     async def submit_job(request: Request) -> JSONResponse:
         job = await _submit_job(state, request)
         log.info("job %s submitted through the API", job.id)
@@ -468,52 +398,52 @@ def job_routes(state: ApiState) -> APIRouter:
         request: Request,
         limit: int = Query(20, ge=1, le=MAX_PAGE),
         offset: int = Query(0, ge=0),
-    ) -> dict:
-        jobs = service.list_jobs(limit=limit, offset=offset)
+    ) -> dict[str, Any]:
+        jobs = service.list_jobs(limit=limit, offset=offset, principal=LOCAL)
         return {
             "jobs": [job_view(job, request, settings) for job in jobs],
-            "total": service.count_jobs(), "limit": limit, "offset": offset,
+            "total": service.count_jobs(principal=LOCAL), "limit": limit, "offset": offset,
         }
 
     @router.get("/jobs/{job_id}")
-    def get_job(job_id: str, request: Request) -> dict:
-        return job_view(service.get(check_id(job_id)), request, settings)
+    def get_job(job_id: str, request: Request) -> dict[str, Any]:
+        return job_view(service.get(check_id(job_id), principal=LOCAL), request, settings)
 
     @router.get("/jobs/{job_id}/result", response_class=FileResponse)
     def get_result(job_id: str) -> FileResponse:
-        job = service.get(check_id(job_id))
+        job = service.get(check_id(job_id), principal=LOCAL)
         if not job.has_result:
             raise StarletteHTTPException(409, f"job {job.id} is {job.status}; it has no video to download")
         path = output_file(settings, job.output_path, f"job {job.id}")
         return FileResponse(path, media_type="video/mp4", filename=job.result_name)
 
     @router.delete("/jobs/{job_id}")
-    def delete_job(job_id: str, request: Request) -> dict:
-        job = service.get(check_id(job_id))
+    def delete_job(job_id: str, request: Request) -> dict[str, Any]:
+        job = service.get(check_id(job_id), principal=LOCAL)
         if not job.terminal:
-            return {"deleted": False, "job": job_view(service.cancel(job.id), request, settings)}
-        service.delete(job.id)
+            return {"deleted": False, "job": job_view(service.cancel(job.id, principal=LOCAL), request, settings)}
+        service.delete(job.id, principal=LOCAL)
         return {"deleted": True, "id": job.id}
 
-    @router.post("/batches", status_code=202, openapi_extra=BATCH_BODY_DOC)
+    @router.post("/batches", status_code=202, openapi_extra=openapi.batch_body_doc(), dependencies=admit)
     async def submit_batch(request: Request) -> JSONResponse:
         batch = await _submit_batch(state, request)
         log.info("batch %s submitted through the API with %d items", batch.id, len(batch.items))
         return JSONResponse(batch_view(batch, request, settings), status_code=202)
 
     @router.get("/batches/{batch_id}")
-    def get_batch(batch_id: str, request: Request) -> dict:
-        return batch_view(service.get_batch(check_id(batch_id, "batch")), request, settings)
+    def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
+        return batch_view(service.get_batch(check_id(batch_id, "batch"), principal=LOCAL), request, settings)
 
     @router.get("/batches/{batch_id}/zip", response_class=FileResponse)
     def get_batch_zip(batch_id: str) -> FileResponse:
-        path = service.batch_zip(check_id(batch_id, "batch"))
+        path = service.batch_zip(check_id(batch_id, "batch"), principal=LOCAL)
         path = output_file(settings, path, f"batch {batch_id}")
         return FileResponse(path, media_type="application/zip", filename=f"batch-{batch_id}.zip")
 
     @router.post("/batches/{batch_id}/retry", status_code=202)
     def retry_batch(batch_id: str, request: Request) -> JSONResponse:
-        batch = service.retry_failed(check_id(batch_id, "batch"))
+        batch = service.retry_failed(check_id(batch_id, "batch"), principal=LOCAL)
         return JSONResponse(batch_view(batch, request, settings), status_code=202)
 
     return router
@@ -521,6 +451,6 @@ def job_routes(state: ApiState) -> APIRouter:
 
 def register_api(app: FastAPI, state: ApiState) -> None:
     """Add the error handlers and every API route; call before Gradio is mounted at '/'."""
-    install_error_handlers(app)
+    install_error_handlers(app, state.settings.data_dir)
     app.include_router(probe_routes(state))
     app.include_router(job_routes(state))

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Sequence
 
 from heygem.errors import InputError
-from heygem.jobs import parse_manifest
+from heygem.jobs.manifest import parse_manifest
 from heygem.settings import Settings
 
 
-def pair_uploads(audios: Sequence[Path], videos: Sequence[Path]) -> list[dict]:
+def pair_uploads(audios: Sequence[Path], videos: Sequence[Path]) -> list[dict[str, str]]:
     """Items for one audio with many videos, or audios and videos paired by order."""
     if not videos:
         raise InputError("a batch needs at least one face video or photo")
@@ -35,6 +35,6 @@ def pair_uploads(audios: Sequence[Path], videos: Sequence[Path]) -> list[dict]:
     return [{"audio": str(a), "video": str(v)} for a, v in zip(chosen, videos)]
 
 
-def manifest_items(manifest: Path, settings: Settings) -> list[dict]:
+def manifest_items(manifest: Path, settings: Settings) -> list[dict[str, str]]:
     """Items from a JSONL manifest; relative names resolve against the manifest's folder."""
     return [item.as_item() for item in parse_manifest(manifest, settings.allowed_input_roots)]

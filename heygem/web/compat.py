@@ -16,6 +16,11 @@ sends bare names), and the result is written there as <code>-r.mp4 and reported 
 "/<code>-r.mp4", which the client joins to that same folder. Container paths
 ("/code/data/...") and absolute paths inside the root work too; anything else is refused.
 
+Who may call: both doors (the main port's /easy routes and the compat port) sit behind the
+IdentityGate of heygem.web.identity. With any credential configured, a call needs
+"Authorization: Bearer <key>": HEYGEM_COMPAT_TOKEN (tenant compat_tenant) or any API key. The
+compat port listens on Settings.compat_host, 127.0.0.1 unless set (the image sets 0.0.0.0).
+
 The client's `code` is the job's idempotency key (namespaced), so a repeated submit returns the
 same job. The job layer publishes the finished video into temp/ before the job turns succeeded,
 so status 2 always comes with a complete file.
@@ -23,9 +28,8 @@ so status 2 always comes with a complete file.
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
+import math
 import re
 import threading
 import time
@@ -37,17 +41,22 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from heygem.errors import (
-    ForbiddenPathError,
-    HeygemError,
-    InputError,
-    JobNotFoundError,
-    QueueFullError,
-    ShuttingDownError,
-)
+from heygem.errors import ForbiddenPathError, InputError, JobNotFoundError
+from heygem.jobs.api import JobService
 from heygem.jobs.records import Job, JobStatus
-from heygem.storage.paths import resolve_under
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 from heygem.settings import Settings
+from heygem.storage.paths import resolve_under
+from heygem.web.guard import WebGuard
+from heygem.web.http import (
+    INTERNAL_ERROR,
+    KB,
+    Fault,
+    classify,
+    one_line,
+    read_json,
+)
+from heygem.web.identity import Identity, IdentityGate
 
 log = logging.getLogger("heygem.web.compat")
 
@@ -56,6 +65,13 @@ CODE_OK = 10000
 CODE_BAD_REQUEST = 10002  # bad parameters, refused paths, missing files, unknown task codes
 CODE_BUSY = 10003  # queue full or shutting down: try again later
 CODE_ERROR = 9999  # anything unexpected (details in the server log only)
+# The shared error classification (heygem.web.http) in the protocol's terms.
+FAULT_CODES = {
+    Fault.CLIENT: CODE_BAD_REQUEST,
+    Fault.BUSY: CODE_BUSY,
+    Fault.SERVER: CODE_ERROR,
+    Fault.INTERNAL: CODE_ERROR,
+}
 
 # data.status of a query
 STATUS_RUNNING = 1  # queued or running
@@ -69,10 +85,9 @@ KEY_PREFIX = "heygem-compat:"  # keeps client codes apart from the main API's id
 MAX_CODE_CHARS = 128
 # A code becomes a file name: letters, digits, '_', '-' and single dots (UUIDs, timestamps).
 CODE_PATTERN = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]*")  # used with fullmatch
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * KB
 WATERMARK_LABEL = "AI generated"  # what watermark_switch=1 burns into the corner
 CHAOFEN_NOTE = "super-resolution (chaofen) is not available yet; the video is made without it"
-INTERNAL_ERROR = "internal error; the details are in the server log"
 SERVER_START_TIMEOUT_S = 10.0
 SERVER_POLL_S = 0.05
 SERVER_STOP_TIMEOUT_S = 5.0
@@ -91,7 +106,7 @@ def compat_service_settings(settings: Settings) -> Settings:
     return settings.replace(input_roots=(*settings.input_roots, root))
 
 
-def resolve_shared_path(raw: Any, root: Path, field: str) -> Path:
+def resolve_shared_path(raw: object, root: Path, field: str) -> Path:
     """The file a client's audio_url / video_url names inside the shared folder `root`.
 
     "/code/data/x" maps to <root>/x; other absolute paths must lie inside root; relative ones
@@ -126,7 +141,7 @@ def _inside_any(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(resolved.is_relative_to(Path(r).expanduser().resolve()) for r in roots)
 
 
-def check_code(raw: Any) -> str:
+def check_code(raw: object) -> str:
     """The client's task code, checked: it names the result file and keys the job."""
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)
@@ -155,7 +170,7 @@ def _flag(body: Mapping[str, Any], name: str) -> bool:
 # the two calls, without HTTP
 
 
-def submit_task(service: Any, root: Path, body: Any) -> dict:
+def submit_task(service: JobService, root: Path, body: object) -> dict[str, Any]:
     """Queue the client's task (or find the one with its code); the protocol reply on success.
 
     Raises HeygemError subclasses; `reply_for_error` turns them into protocol replies.
@@ -179,12 +194,13 @@ def submit_task(service: Any, root: Path, body: Any) -> dict:
         str(audio), str(video),
         output_name=code + RESULT_SUFFIX, output_prefix=str(root / WORK_FOLDER),
         idempotency_key=key, watermark=WATERMARK_LABEL if watermark else None,
+        principal=LOCAL, internal=True,
     )
     log.info("task %s: job %s (watermark %s, chaofen %s)", code, job.id, watermark, chaofen)
     return _reply(CODE_OK, f"task {code} accepted{note}")
 
 
-def query_task(service: Any, root: Path, raw_code: Any) -> dict:
+def query_task(service: JobService, root: Path, raw_code: object) -> dict[str, Any]:
     """The protocol reply for one task code; JobNotFoundError for an unknown one."""
     code = check_code(raw_code)
     job = _find(service, KEY_PREFIX + code)
@@ -193,7 +209,7 @@ def query_task(service: Any, root: Path, raw_code: Any) -> dict:
     return _reply(CODE_OK, "ok", task_view(job, root))
 
 
-def task_view(job: Job, root: Path) -> dict:
+def task_view(job: Job, root: Path) -> dict[str, Any]:
     """data of a query reply: status 1/2/3, msg (stage or error), progress 0-100, result."""
     if job.status == JobStatus.SUCCEEDED:
         result, problem = _result_path(job, root)
@@ -224,82 +240,52 @@ def _percent(fraction: float) -> int:
     return max(0, min(100, int(fraction * 100)))
 
 
-def _find(service: Any, key: str) -> Job | None:
+def _find(service: JobService, key: str) -> Job | None:
     try:
-        return service.get_by_key(key)
+        return service.get_by_key(key, principal=LOCAL)
     except JobNotFoundError:
         return None
 
 
-def _view(status: int, msg: str, progress: int, result: str) -> dict:
-    return {"status": status, "msg": _one_line(msg), "progress": progress, "result": result}
+def _view(status: int, msg: str, progress: int, result: str) -> dict[str, Any]:
+    return {"status": status, "msg": one_line(msg), "progress": progress, "result": result}
 
 
-def _reply(code: int, msg: str, data: dict | None = None) -> dict:
+def _reply(code: int, msg: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     # "success" and "data" as the original sends them; scripts written for it read both.
-    return {"code": code, "msg": _one_line(msg), "success": code == CODE_OK, "data": data or {}}
+    return {"code": code, "msg": one_line(msg), "success": code == CODE_OK, "data": data or {}}
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "error"
-
-
-def reply_for_error(exc: BaseException, what: str) -> dict:
+def reply_for_error(exc: BaseException, what: str) -> dict[str, Any]:
     """Protocol failure reply: 10003 when busy, 10002 for the client's mistakes, else 9999."""
-    if isinstance(exc, (QueueFullError, ShuttingDownError)):
-        log.info("%s refused (busy): %s", what, exc)
-        return _reply(CODE_BUSY, str(exc))
-    if isinstance(exc, (InputError, JobNotFoundError)):
-        log.info("%s refused: %s", what, exc)
-        return _reply(CODE_BAD_REQUEST, str(exc))
-    if isinstance(exc, HeygemError):  # the engine failed to load, storage trouble...
+    fault = classify(exc).fault
+    if fault == Fault.INTERNAL:
+        log.error("%s failed unexpectedly", what, exc_info=exc)
+        return _reply(CODE_ERROR, INTERNAL_ERROR)
+    if fault == Fault.SERVER:  # the engine failed to load, storage trouble...
         log.warning("%s failed: %s", what, exc)
-        return _reply(CODE_ERROR, str(exc))
-    log.error("%s failed unexpectedly", what, exc_info=exc)
-    return _reply(CODE_ERROR, INTERNAL_ERROR)
+    else:
+        log.info("%s refused%s: %s", what, " (busy)" if fault == Fault.BUSY else "", exc)
+    return _reply(FAULT_CODES[fault], str(exc))
 
 
 # --------------------------------------------------------------------------------------------------
 # HTTP
 
 
-async def _read_json(request: Request) -> Any:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise InputError(f"the request body is larger than {MAX_BODY_BYTES // 1024} KB")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("the body must be JSON") from None
-
-
-def create_compat_router(service: Any, settings: Settings, *, authenticate: bool = True) -> APIRouter:
-    """/easy/submit and /easy/query. Every reply is HTTP 200 with a protocol code, except a
-    missing bearer token (HTTP 401) when `authenticate` and Settings.api_token is set: HeyGem
-    clients send no token, so they belong on the compat port (create_compat_app) instead."""
+def create_compat_router(service: JobService, settings: Settings) -> APIRouter:
+    """/easy/submit and /easy/query. Every reply is HTTP 200 with a protocol code. Who may call
+    them is the IdentityGate's business (heygem.web.identity), in front of the app that
+    includes this router: a refusal there is HTTP 401 with protocol code 10002."""
     root = settings.resolved_compat_root.expanduser().resolve()
-    token = settings.api_token.encode() if authenticate else b""
     _check_setup(service, root)
     router = APIRouter(tags=["HeyGem compatible"])
-
-    def refused(request: Request) -> JSONResponse | None:
-        if not token or _bearer_matches(request, token):
-            return None
-        return JSONResponse(
-            _reply(CODE_BAD_REQUEST, "missing or wrong bearer token"), status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
     @router.post("/easy/submit")
     async def submit(request: Request) -> JSONResponse:
         """Queue a lip-sync task: audio_url + video_url in the shared folder, keyed by code."""
-        denied = refused(request)
-        if denied is not None:
-            return denied
         try:
-            body = await _read_json(request)
+            body = await read_json(request, MAX_BODY_BYTES)
             reply = await run_in_threadpool(submit_task, service, root, body)
         except Exception as exc:  # noqa: BLE001 - every failure leaves in the protocol's shape
             reply = reply_for_error(exc, "submit")
@@ -308,9 +294,6 @@ def create_compat_router(service: Any, settings: Settings, *, authenticate: bool
     @router.get("/easy/query")
     def query(request: Request) -> JSONResponse:
         """Status (1 running, 2 done, 3 failed), stage or error, progress 0-100 and result."""
-        denied = refused(request)
-        if denied is not None:
-            return denied
         try:
             reply = query_task(service, root, request.query_params.get("code"))
         except Exception as exc:  # noqa: BLE001 - every failure leaves in the protocol's shape
@@ -320,12 +303,7 @@ def create_compat_router(service: Any, settings: Settings, *, authenticate: bool
     return router
 
 
-def _bearer_matches(request: Request, expected: bytes) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
-
-
-def _check_setup(service: Any, root: Path) -> None:
+def _check_setup(service: JobService, root: Path) -> None:
     # Warn at start-up rather than on every submit: the service must be allowed to read root.
     service_settings = getattr(service, "settings", None)
     if isinstance(service_settings, Settings) and not _inside_any(root, service_settings.input_roots):
@@ -337,8 +315,12 @@ def _check_setup(service: Any, root: Path) -> None:
         log.warning("the HeyGem shared folder %s does not exist yet", root)
 
 
-def create_compat_app(service: Any, settings: Settings) -> FastAPI:
-    """Only the compatible routes, without a token: for the separate HEYGEM_COMPAT_PORT."""
+def create_compat_app(
+    service: JobService, settings: Settings, identity: Identity | None = None
+) -> FastAPI:
+    """Only the compatible routes, for the separate HEYGEM_COMPAT_PORT, behind the same identity
+    gate as the main port: with any credential configured, a bearer key (compat_token or any API
+    key) is needed. `identity` shares the main port's; None builds one from `settings`."""
     app = FastAPI(
         title="heygem (HeyGem-compatible API)", docs_url=None, redoc_url=None, openapi_url=None,
     )
@@ -347,7 +329,9 @@ def create_compat_app(service: Any, settings: Settings) -> FastAPI:
         return JSONResponse(reply_for_error(exc, f"{request.method} {request.url.path}"))
 
     app.add_exception_handler(Exception, unexpected)
-    app.include_router(create_compat_router(service, settings, authenticate=False))
+    app.include_router(create_compat_router(service, settings))
+    app.add_middleware(IdentityGate, identity=identity if identity is not None else Identity(settings))
+    app.add_middleware(WebGuard, settings=settings)  # added last: runs first, before any identity work
     return app
 
 
@@ -358,12 +342,16 @@ class CompatServer:
     the main thread, so SIGTERM stays with the main server, which stops this one after its drain.
     """
 
-    def __init__(self, service: Any, settings: Settings) -> None:
-        self.port = settings.compat_port
+    def __init__(
+        self, service: JobService, settings: Settings, identity: Identity | None = None
+    ) -> None:
+        self.host, self.port = settings.compat_host, settings.compat_port
         config = uvicorn.Config(
-            create_compat_app(service, settings), host=settings.host, port=self.port,
+            create_compat_app(service, settings, identity), host=settings.compat_host,
+            port=self.port,
             log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(SERVER_STOP_TIMEOUT_S),
+            timeout_keep_alive=math.ceil(settings.keep_alive_s),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="heygem-compat", daemon=True)
@@ -383,7 +371,7 @@ class CompatServer:
                 self.stop()
                 raise OSError(f"cannot serve the HeyGem-compatible API on port {self.port}")
             time.sleep(SERVER_POLL_S)
-        log.info("HeyGem-compatible API on port %d", self.port)
+        log.info("HeyGem-compatible API on %s:%d", self.host, self.port)
 
     def stop(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> None:
         self.server.should_exit = True
@@ -391,11 +379,13 @@ class CompatServer:
             self.thread.join(timeout)
 
 
-def start_compat_server(service: Any, settings: Settings) -> CompatServer | None:
+def start_compat_server(
+    service: JobService, settings: Settings, identity: Identity | None = None
+) -> CompatServer | None:
     """Start the compat port when Settings.compat_port is set; None when it is 0."""
     if not settings.compat_port:
         return None
-    server = CompatServer(service, settings)
+    server = CompatServer(service, settings, identity)
     server.start()
     return server
 

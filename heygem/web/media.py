@@ -7,7 +7,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from heygem.engine import media as video
+from heygem.engine.media import probe as video
+from heygem.engine.media.guard import input_args
 from heygem.errors import LimitExceededError, MediaProcessError
 
 log = logging.getLogger("heygem.web.media")
@@ -41,7 +42,7 @@ def make_thumbnail(clip: Path) -> Path:
     # A unique scratch name: two browser tabs may ask for the same thumbnail at once.
     partial = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:8]}.partial.jpg")
     argv = [
-        "ffmpeg", "-y", "-loglevel", "error", "-ss", str(THUMB_AT_S), "-i", str(clip),
+        "ffmpeg", "-y", "-loglevel", "error", "-ss", str(THUMB_AT_S), *input_args(clip),
         "-frames:v", "1", "-vf", f"scale={THUMB_WIDTH}:-2", str(partial),
     ]
     result = _ffmpeg(argv, clip)
@@ -55,7 +56,7 @@ def make_thumbnail(clip: Path) -> Path:
     return target
 
 
-def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess:
+def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
     except subprocess.TimeoutExpired:

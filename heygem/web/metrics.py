@@ -12,11 +12,15 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from heygem.jobs.api import JobService
+from heygem.jobs.records import Job
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -27,7 +31,7 @@ SEEN_MEMORY = 2000  # finished job ids remembered so none is observed twice
 class _StoreCollector(Collector):
     """Gauges computed from the store on every scrape."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: JobService) -> None:
         self.service = service
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -45,7 +49,7 @@ class _StoreCollector(Collector):
         yield from _gpu_memory()
 
 
-def status_counts(service: Any) -> dict[str, int]:
+def status_counts(service: JobService) -> dict[str, int]:
     """Jobs per status, every status present: one GROUP BY in the store."""
     counts = dict.fromkeys(JOB_STATUSES, 0)
     counts.update({str(k): int(v) for k, v in service.count_by_status().items()})
@@ -70,7 +74,7 @@ def _gpu_memory() -> Iterable[GaugeMetricFamily]:
 class Metrics:
     """The registry behind /metrics for one app."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: JobService) -> None:
         self.service = service
         self.registry = CollectorRegistry()
         self.started_at = time.time()
@@ -94,18 +98,18 @@ class Metrics:
     def observe_finished(self) -> None:
         """Fold jobs that finished since the last scrape into the histogram and the fps gauge."""
         with self._lock:
-            fresh = [job for job in self.service.list_jobs(limit=RECENT_SCAN, offset=0)
+            fresh = [job for job in self.service.list_jobs(limit=RECENT_SCAN, offset=0, principal=LOCAL)
                      if self._is_new_finish(job)]
-            for job in sorted(fresh, key=lambda j: j.finished_at):
+            for job in sorted(fresh, key=lambda j: j.finished_at or 0.0):
                 self._observe(job)
 
-    def _is_new_finish(self, job: Any) -> bool:
+    def _is_new_finish(self, job: Job) -> bool:
         return (
             job.terminal and job.id not in self._seen
             and job.finished_at is not None and job.finished_at >= self.started_at
         )
 
-    def _observe(self, job: Any) -> None:
+    def _observe(self, job: Job) -> None:
         self._seen[job.id] = None
         while len(self._seen) > SEEN_MEMORY:
             self._seen.popitem(last=False)

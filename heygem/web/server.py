@@ -15,19 +15,32 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
 from types import FrameType
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from heygem.jobs.api import EngineFactory, JobService
 from heygem.settings import Settings
 from heygem.web.api import ApiState, register_api
-from heygem.web.compat import compat_service_settings, create_compat_router, start_compat_server
+from heygem.web.compat import (
+    compat_service_settings,
+    create_compat_router,
+    start_compat_server,
+)
+from heygem.web.guard import WebGuard
+from heygem.web.identity import (
+    MAIN_PUBLIC_PATHS,
+    MAIN_PUBLIC_PREFIXES,
+    Identity,
+    IdentityGate,
+)
 from heygem.web.metrics import Metrics
 
 log = logging.getLogger("heygem.web.server")
@@ -87,7 +100,7 @@ class DeferredUI:
     ) -> None:
         """Build (in a thread), enter Gradio's lifespan, serve, and leave it when `stop` is set."""
         try:
-            host = self.host or await asyncio.to_thread(build)
+            host = self.host if self.host is not None else await asyncio.to_thread(build)
             # Entered and left in this one task: Gradio's lifespan may hold task groups.
             async with host.router.lifespan_context(host):
                 self.host, self.app = host, host
@@ -131,19 +144,24 @@ class PrefixTolerance:
 
 def create_app(
     settings: Settings,
-    service: Any,
+    service: JobService,
     *,
     log_buffer: LogBuffer | None = None,
     ui: bool = True,
     ui_in_background: bool = False,
+    identity: Identity | None = None,
 ) -> FastAPI:
-    """The API routes, then Gradio at "/" (built now, or in a thread at start-up)."""
+    """The API routes, then Gradio at "/" (built now, or in a thread at start-up), all behind one
+    IdentityGate. `identity` None builds it from `settings` (ValueError for a bad keys file)."""
     ui_slot = DeferredUI()
+    gate = identity if identity is not None else Identity(settings)
 
     def build_ui() -> FastAPI:
-        from heygem.web.ui import mount_ui  # gradio is slow to import: only when the UI is wanted
+        from heygem.web.ui import (
+            mount_ui,  # gradio is slow to import: only when the UI is wanted
+        )
 
-        return mount_ui(settings, service, log_buffer)
+        return mount_ui(settings, service, log_buffer, gate)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -164,8 +182,12 @@ def create_app(
     )
     state = ApiState(settings=settings, service=service, metrics=Metrics(service))
     app.state.heygem = state
+    app.add_middleware(WebGuard, settings=settings)  # hosts, origins, body caps, UI upload quota, headers
     register_api(app, state)
     app.include_router(create_compat_router(service, settings))
+    app.add_middleware(IdentityGate, identity=gate, public_paths=MAIN_PUBLIC_PATHS,
+                       public_prefixes=MAIN_PUBLIC_PREFIXES)
+    app.state.identity = gate
     if ui and not ui_in_background:
         ui_slot.host = build_ui()
     if ui:
@@ -179,12 +201,6 @@ def _version() -> str:
     return __version__
 
 
-def _default_pipeline_factory() -> Callable[[Settings], Any]:
-    from heygem.engine.pipeline import LipSyncPipeline
-
-    return LipSyncPipeline
-
-
 def _prepare_gradio_environment(settings: Settings) -> None:
     # Gradio reads these when it is imported: no phoning home (no internet here, nor in most
     # deployments), and its upload cache on the data volume that uid 1000 can write.
@@ -192,9 +208,8 @@ def _prepare_gradio_environment(settings: Settings) -> None:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.cache_dir / "gradio"))
 
 
-def _log_auth(settings: Settings) -> None:
-    log.info("API bearer token: %s", "on" if settings.api_token else "off")
-    log.info("web UI login: %s", "on" if settings.auth else "off")
+def _log_auth(identity: Identity) -> None:
+    log.info("credentials: %s", identity.describe())
 
 
 class _DrainingServer(uvicorn.Server):
@@ -224,23 +239,30 @@ class _DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None = None) -> int:
+def serve(settings: Settings, pipeline_factory: EngineFactory | None = None) -> int:
     """Run the web app and API until SIGTERM/SIGINT; return the process exit code."""
-    from heygem.jobs import JobService
+    from heygem.jobs.service import JobService
 
     _prepare_gradio_environment(settings)
     log_buffer = install_log_buffer()
-    _log_auth(settings)
+    try:
+        identity = Identity(settings)
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    _log_auth(identity)
     # The HeyGem-compatible API reads clients' files from, and writes results into, its shared folder.
     service = JobService(
         compat_service_settings(settings),
-        pipeline_factory=pipeline_factory or _default_pipeline_factory(),
+        pipeline_factory=pipeline_factory,  # None: heygem.jobs.execute.default_engine
     )
     service.start()
-    app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True)
+    app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True,
+                     identity=identity)
     state: ApiState = app.state.heygem
     try:
-        compat = start_compat_server(service, settings)  # None unless HEYGEM_COMPAT_PORT is set
+        # None unless HEYGEM_COMPAT_PORT is set; the same identity: one session, one key list.
+        compat = start_compat_server(service, settings, identity)
     except OSError as exc:
         log.error("cannot serve the HeyGem-compatible API: %s", exc)
         service.stop(0)
@@ -254,6 +276,7 @@ def serve(settings: Settings, pipeline_factory: Callable[[Settings], Any] | None
     config = uvicorn.Config(
         PrefixTolerance(app, settings.root_path), host=settings.host, port=settings.port,
         root_path=settings.root_path, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),
         log_config=None, access_log=False, lifespan="on",
     )
     server = _DrainingServer(config, drain)

@@ -14,19 +14,38 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import gradio as gr
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI
+from gradio.components import Component
+from gradio.i18n import I18nData
 
-from heygem.errors import HeygemError, InputError, LimitExceededError, QueueFullError, ShuttingDownError
-from heygem.engine.api import BLENDS, DURATION_POLICIES, FACE_CHOICES, SyncOptions
-from heygem.settings import ENGINES, Settings
+from heygem.engine.api import (
+    PREVIEW,
+    FaceChoice,
+    OptionSpec,
+    option_default,
+    option_specs,
+    option_type,
+)
+from heygem.errors import HeygemError, InputError, LimitExceededError
+from heygem.jobs.api import JobService
+from heygem.jobs.records import Batch, Job
+from heygem.jobs.tenancy import Principal
+from heygem.settings import Settings
+from heygem.jobs.tenancy import LOCAL  # until identities are wired: the single-user principal
+from heygem.storage.paths import free_name, safe_file_name
 from heygem.web import batching, i18n, media
-from heygem.web.uploads import free_path, safe_name
+from heygem.web.http import Fault, classify, one_line
+from heygem.web.identity import Identity, gradio_user, principal_of
+
+if TYPE_CHECKING:
+    from heygem.web.server import LogBuffer
 
 log = logging.getLogger("heygem.web.ui")
 
@@ -37,9 +56,10 @@ SYSTEM_REFRESH_S = 5.0
 UI_CONCURRENCY = 8  # handlers mostly wait on JobService; its own queue does the real limiting
 HISTORY_PAGE = 12
 LOG_LINES = 60
-# Gradio copies every file it shows into its cache: sweep copies older than a day, hourly.
-CACHE_SWEEP_S = 3600
-CACHE_MAX_AGE_S = 86400
+# Gradio copies every upload and every file it shows into its cache: sweep copies older than an
+# hour, every quarter hour, so unauthenticated uploads cannot pile up for a day (issue 12).
+CACHE_SWEEP_S = 900
+CACHE_MAX_AGE_S = 3600
 PLACEHOLDER_SIDE = 160
 PLACEHOLDER_GREY = 90
 PREVIEW_HEIGHT = 320  # px of the face check, result and history players
@@ -48,7 +68,17 @@ GALLERY_HEIGHT = 360
 AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm"]
 FACE_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
 MANIFEST_TYPES = [".jsonl", ".json", ".txt"]
-DEFAULTS = SyncOptions()  # the options panel starts from the engine's own defaults
+# The options panel, row by row; the other options (box, fps, ...) keep their defaults in the UI.
+PANEL_ROWS = (("engine", "blend", "duration_policy"), ("pads", "smooth"),
+              ("face_choice", "face_point", "watermark"))
+# Parts of a quad/point option are named <prefix>_<part>: these names are both the i18n keys of
+# their labels and the Gradio API's parameter names (pad_top ... pad_right, face_x, face_y).
+PART_PREFIX = {"pads": "pad", "face_point": "face"}
+USER_ROUTE = "/gradio_api/user"  # Gradio's current-user lookup, a dependency of its routes
+NEAREST_FACE: FaceChoice = "nearest"  # the face choice a picked point stands for
+P = ParamSpec("P")
+R = TypeVar("R")
+Translate = Callable[[str], I18nData]
 CSS = """
 #heygem-banner {border-radius: 8px; padding: 0 12px; background: var(--color-accent-soft);}
 """
@@ -63,46 +93,33 @@ def language(request: gr.Request | None) -> str:
     return i18n.pick_language(header)
 
 
-def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
+def _request_in(args: tuple[object, ...], kwargs: dict[str, object]) -> gr.Request | None:
     for value in (*args, *kwargs.values()):
         if isinstance(value, gr.Request):
             return value
     return None
 
 
-def user_errors(fn: Callable) -> Callable:
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """heygem errors become a readable gr.Error; anything else is logged and shown generically."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except HeygemError as exc:
+        except Exception as exc:
             lang = language(_request_in(args, kwargs))
-            title = i18n.t(_error_title(exc), lang)
+            error_class = classify(exc)
+            if error_class.fault == Fault.INTERNAL:
+                log.exception("web UI handler %s failed", getattr(fn, "__name__", fn))
+                raise gr.Error(i18n.t("err_internal", lang), print_exception=False) from None
+            title = i18n.t(f"title_{error_class.title}", lang)
             # Gradio 6 shows only the message in its toast: lead with the (translated) title.
-            message = f"{title}: {' '.join(str(exc).split())}"
-            raise gr.Error(message, title=title, print_exception=False) from None
-        except Exception:
-            log.exception("web UI handler %s failed", fn.__name__)
-            lang = language(_request_in(args, kwargs))
-            raise gr.Error(i18n.t("err_internal", lang), print_exception=False) from None
+            raise gr.Error(f"{title}: {one_line(exc)}", title=title, print_exception=False) from None
 
     return wrapper
-
-
-def _error_title(exc: HeygemError) -> str:
-    if isinstance(exc, LimitExceededError):
-        return "title_too_large"
-    if isinstance(exc, InputError):
-        return "title_bad_input"
-    if isinstance(exc, QueueFullError):
-        return "title_busy"
-    if isinstance(exc, ShuttingDownError):
-        return "title_stopping"
-    return "title_failed"
 
 
 def stage_upload(settings: Settings, folder: Path, path: str, *, require_video: bool | None) -> Path:
@@ -114,7 +131,7 @@ def stage_upload(settings: Settings, folder: Path, path: str, *, require_video: 
     if require_video is not None:
         media.check_duration(source, settings.max_duration_s, source.name, require_video=require_video)
     folder.mkdir(parents=True, exist_ok=True)
-    target = free_path(folder, safe_name(source.name, fallback="upload"))
+    target = free_name(folder, safe_file_name(source.name, fallback="upload"))
     try:
         os.link(source, target)  # same volume: no copy of a large video
     except OSError:
@@ -133,23 +150,36 @@ def staging(settings: Settings) -> Iterator[Path]:
         raise
 
 
-def build_options(
-    engine: str, pad_top: float, pad_bottom: float, pad_left: float, pad_right: float,
-    smooth: bool, blend: str, duration_policy: str, face_choice: str,
-    face_x: float | None, face_y: float | None, watermark: str,
-) -> dict:
-    """SyncOptions fields from the options panel; the job layer validates them."""
-    options: dict[str, Any] = {
-        "engine": engine, "smooth": bool(smooth), "blend": blend,
-        "duration_policy": duration_policy, "face_choice": face_choice,
-        "pads": [int(pad_top or 0), int(pad_bottom or 0), int(pad_left or 0), int(pad_right or 0)],
-        "watermark": (watermark or "").strip(),
-    }
-    if face_choice == "nearest":
-        if face_x is None or face_y is None:
-            raise InputError("choose the face: click on it in the face check picture, or enter x and y")
-        options["face_point"] = [int(face_x), int(face_y)]
+def build_options(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """SyncOptions fields from the options panel's values (a list per quad/point option); the
+    job layer validates them. A picked point counts only with the "nearest" face choice."""
+    specs = option_specs()
+    options: dict[str, Any] = {}
+    for name, value in fields.items():
+        converted = _panel_value(name, specs[name], value)
+        if converted is not None:
+            options[name] = converted
+    if options.get("face_choice") != NEAREST_FACE:
+        options.pop("face_point", None)
+    elif "face_point" not in options:
+        raise InputError("choose the face: click on it in the face check picture, or enter x and y")
     return options
+
+
+def _panel_value(name: str, spec: OptionSpec, value: Any) -> Any:
+    """One option's panel value as the job layer takes it; None leaves the option unset."""
+    kind = option_type(name)
+    if spec.parts:
+        if any(part is None for part in value) and option_default(name) is None:
+            return None
+        return [kind(part or 0) for part in value]
+    if spec.widget == "check":
+        return bool(value)
+    if spec.widget == "text":
+        return (value or "").strip()
+    if spec.widget == "number":
+        return None if value is None else kind(value)
+    return value
 
 
 def placeholder(status: str) -> np.ndarray:
@@ -158,7 +188,7 @@ def placeholder(status: str) -> np.ndarray:
     return np.full((PLACEHOLDER_SIDE, PLACEHOLDER_SIDE, 3), shade, dtype=np.uint8)
 
 
-def thumbnail_for(job: Any) -> Any:
+def thumbnail_for(job: Job) -> str | np.ndarray:
     if str(job.status) == "succeeded" and job.output_path is not None and job.output_path.exists():
         try:
             return str(media.make_thumbnail(job.output_path))
@@ -171,7 +201,7 @@ def when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else ""
 
 
-def result_file(job: Any) -> str | None:
+def result_file(job: Job) -> str | None:
     if str(job.status) == "succeeded" and job.output_path is not None and job.output_path.exists():
         return str(job.output_path)
     return None
@@ -184,13 +214,13 @@ def result_file(job: Any) -> str | None:
 class Handlers:
     """Everything the page does, as plain methods over the settings and the job service."""
 
-    def __init__(self, settings: Settings, service: Any, log_lines: Callable[[int], list[str]]) -> None:
+    def __init__(self, settings: Settings, service: JobService, log_lines: Callable[[int], list[str]]) -> None:
         self.settings = settings
         self.service = service
         self.log_lines = log_lines
 
     # --- banner and system ----------------------------------------------------------------------
-    def banner(self, request: gr.Request) -> tuple:
+    def banner(self, request: gr.Request) -> tuple[Any, ...]:
         """The "model is loading" notice; its timer stops once the engine is ready."""
         ready, reason = self.service.readiness()
         if ready:
@@ -208,14 +238,20 @@ class Handlers:
         else:
             for key in ("engine", "reason", "checkpoint", "detector", "device", "device_name"):
                 lines.append(f"- **{key}**: {getattr(status, key) or '-'}")
-            if status.engine == "preview":
+            if status.engine == PREVIEW:
                 lines.append("\n> " + i18n.t("system_preview_notice", lang))
         lines.append(f"\n### {i18n.t('system_queue', lang)}")
         state = i18n.t("system_ready" if ready else "system_not_ready", lang, reason=reason)
         lines.append(f"- {state}")
         lines.append(f"- {i18n.t('system_queue_depth', lang, count=self.service.queue_depth())}")
         lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs())}")
-        return "\n".join(lines), "\n".join(self.log_lines(LOG_LINES))
+        return "\n".join(lines), self.log_tail(principal_of(request), lang)
+
+    def log_tail(self, who: Principal, lang: str) -> str:
+        """The service log names every tenant's files and jobs: admins only."""
+        if not who.is_admin:
+            return i18n.t("system_log_admins_only", lang)
+        return "\n".join(self.log_lines(LOG_LINES))
 
     # --- single ---------------------------------------------------------------------------------
     @user_errors
@@ -234,13 +270,16 @@ class Handlers:
 
     def pick_point(self, evt: gr.SelectData) -> tuple[str, int, int]:
         x, y = evt.index[0], evt.index[1]
-        return "nearest", int(x), int(y)
+        return NEAREST_FACE, int(x), int(y)
 
     @user_errors
-    def generate(self, audio: str | None, face: str | None, *values: Any) -> tuple:
-        *option_values, request, progress = values
+    def generate(
+        self, audio: str | None, face: str | None, fields: Mapping[str, Any], request: gr.Request,
+        progress: gr.Progress,
+    ) -> tuple[str, str, str]:
+        """Submit one job from the Single tab and wait for it; `fields` are the panel's values."""
         lang = language(request)
-        options = build_options(*option_values)
+        options = build_options(fields)
         if not audio:
             raise InputError(i18n.t("err_need_audio", lang))
         if not face:
@@ -248,7 +287,9 @@ class Handlers:
         with staging(self.settings) as folder:
             audio_path = stage_upload(self.settings, folder, audio, require_video=False)
             face_path = stage_upload(self.settings, folder, face, require_video=True)
-            job = self.service.submit(str(audio_path), str(face_path), options)
+            job = self.service.submit(
+                str(audio_path), str(face_path), options, principal=LOCAL, uploaded=[folder],
+            )
         log.info("job %s submitted from the web UI", job.id)
         job = self._wait(job, progress, lang)
         if str(job.status) != "succeeded":
@@ -259,7 +300,7 @@ class Handlers:
                          seconds=f"{job.seconds or 0:.1f}", noface=job.frames_without_face or 0)
         return str(job.output_path), str(job.output_path), summary
 
-    def _wait(self, job: Any, progress: gr.Progress, lang: str) -> Any:
+    def _wait(self, job: Job, progress: gr.Progress, lang: str) -> Job:
         while not job.terminal:
             if str(job.status) == "queued":
                 progress(0.0, desc=i18n.t("progress_queued", lang, ahead=self.service.queue_depth()))
@@ -267,17 +308,17 @@ class Handlers:
                 stage = i18n.t(f"stage_{job.stage}", lang, default=job.stage or "")
                 progress(float(job.progress), desc=stage)
             time.sleep(POLL_S)
-            job = self.service.get(job.id)
+            job = self.service.get(job.id, principal=LOCAL)
         return job
 
     # --- batch ----------------------------------------------------------------------------------
     @user_errors
     def submit_batch(
-        self, audios: list[str] | None, videos: list[str] | None, manifest: str | None, *values: Any
-    ) -> tuple:
-        *option_values, request = values
+        self, audios: list[str] | None, videos: list[str] | None, manifest: str | None,
+        fields: Mapping[str, Any], request: gr.Request,
+    ) -> tuple[Any, ...]:
         lang = language(request)
-        options = build_options(*option_values)
+        options = build_options(fields)
         with staging(self.settings) as folder:
             audio_paths = self._stage_many(folder, audios, require_video=False)
             video_paths = self._stage_many(folder, videos, require_video=True)
@@ -286,7 +327,7 @@ class Handlers:
                 items = batching.manifest_items(staged, self.settings)
             else:
                 items = batching.pair_uploads(audio_paths, video_paths)
-            batch = self.service.submit_batch(items, options)
+            batch = self.service.submit_batch(items, options, principal=LOCAL, uploaded=[folder])
         log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
         return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
 
@@ -294,13 +335,13 @@ class Handlers:
         return [stage_upload(self.settings, folder, path, require_video=require_video)
                 for path in paths or []]
 
-    def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
+    def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Timer tick: never raises, so one bad moment (a busy disk) does not stop the live table."""
         lang = language(request)
         if not batch_id:
             return (*self._empty_batch(lang), gr.Timer(active=False))
         try:
-            batch = self.service.get_batch(batch_id)
+            batch = self.service.get_batch(batch_id, principal=LOCAL)
             return (*self._batch_view(batch, lang), gr.Timer(active=not batch.finished))
         except HeygemError as exc:  # e.g. the batch was deleted from the History tab
             log.info("batch %s: live view stopped: %s", batch_id, exc)
@@ -309,14 +350,14 @@ class Handlers:
             log.exception("batch %s: refreshing the live view failed; trying again", batch_id)
             return (gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=True))
 
-    def _empty_batch(self, lang: str) -> tuple:
+    def _empty_batch(self, lang: str) -> tuple[Any, ...]:
         return pd.DataFrame(columns=self._batch_columns(lang)), [], ""
 
     def _batch_columns(self, lang: str) -> list[str]:
         return [i18n.t(key, lang) for key in
                 ("col_item", "col_video", "col_status", "col_progress", "col_stage", "col_error")]
 
-    def _batch_view(self, batch: Any, lang: str) -> tuple[pd.DataFrame, list, str]:
+    def _batch_view(self, batch: Batch, lang: str) -> tuple[pd.DataFrame, list[Any], str]:
         rows = [
             [(item.item_index or 0) + 1, Path(item.video).name, i18n.t(f"status_{item.status}", lang),
              f"{item.progress * 100:.0f}%", i18n.t(f"stage_{item.stage}", lang, default=item.stage),
@@ -332,24 +373,25 @@ class Handlers:
     def batch_zip(self, batch_id: str | None, request: gr.Request) -> str:
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", language(request)))
-        return str(self.service.batch_zip(batch_id))
+        return str(self.service.batch_zip(batch_id, principal=LOCAL))
 
     @user_errors
-    def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple:
+    def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", lang))
-        batch = self.service.retry_failed(batch_id)
+        batch = self.service.retry_failed(batch_id, principal=LOCAL)
         return (*self._batch_view(batch, lang), gr.Timer(active=True))
 
     # --- history --------------------------------------------------------------------------------
     @user_errors
-    def history(self, page: int, request: gr.Request) -> tuple:
+    def history(self, page: int, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
-        total = self.service.count_jobs()
+        who = principal_of(request)
+        total = self.visible_count(who)
         pages = max(1, -(-total // HISTORY_PAGE))
         page = min(max(0, int(page or 0)), pages - 1)
-        jobs = self.service.list_jobs(limit=HISTORY_PAGE, offset=page * HISTORY_PAGE)
+        jobs = self.visible_jobs(who, HISTORY_PAGE, page * HISTORY_PAGE)
         gallery = [
             (thumbnail_for(job), f"{i18n.t(f'status_{job.status}', lang)} · {when(job.created_at)}")
             for job in jobs
@@ -357,16 +399,24 @@ class Handlers:
         label = i18n.t("history_page", lang, page=page + 1, pages=pages, total=total)
         return page, [job.id for job in jobs], gallery, label
 
-    def history_step(self, page: int, step: int, request: gr.Request) -> tuple:
+    # The one place the History tab asks which jobs `who` may see. Until the job service takes
+    # principal= (the tenancy work), these list every job; connecting them filters the tab.
+    def visible_jobs(self, who: Principal, limit: int, offset: int) -> list[Job]:
+        return self.service.list_jobs(limit=limit, offset=offset)
+
+    def visible_count(self, who: Principal) -> int:
+        return self.service.count_jobs()
+
+    def history_step(self, page: int, step: int, request: gr.Request) -> tuple[Any, ...]:
         return self.history(int(page or 0) + step, request)
 
     @user_errors
-    def history_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple:
+    def history_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not ids or index >= len(ids):
             return None, None, None, ""
-        job = self.service.get(ids[index])
+        job = self.service.get(ids[index], principal=LOCAL)
         details = i18n.t(
             "history_details", lang, id=job.id, status=i18n.t(f"status_{job.status}", lang),
             created=when(job.created_at), engine=job.engine or "-", error=job.error or "-",
@@ -375,20 +425,20 @@ class Handlers:
         return job.id, path, path, details
 
     @user_errors
-    def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple:
+    def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple[Any, ...]:
         if not job_id:
             raise InputError(i18n.t("err_no_selection", language(request)))
-        job = self.service.get(job_id)
+        job = self.service.get(job_id, principal=LOCAL)
         if not job.terminal:
-            self.service.cancel(job_id)
+            self.service.cancel(job_id, principal=LOCAL)
         else:
-            self.service.delete(job_id)
+            self.service.delete(job_id, principal=LOCAL)
         log.info("job %s deleted from the web UI", job_id)
         return (None, None, None, "", *self.history(page, request))
 
     @user_errors
-    def delete_all(self, request: gr.Request) -> tuple:
-        removed = self.service.delete_all()
+    def delete_all(self, request: gr.Request) -> tuple[Any, ...]:
+        removed = self.service.delete_all(principal=LOCAL)
         log.info("%d jobs deleted from the web UI", removed)
         gr.Info(i18n.t("history_deleted_all", language(request), count=removed))
         return (None, None, None, "", gr.update(visible=False), *self.history(0, request))
@@ -398,41 +448,81 @@ class Handlers:
 # layout
 
 
-def _options_panel(t: Callable[[str], Any]) -> list[gr.components.Component]:
-    """The options accordion; returns its inputs in build_options order."""
-    with gr.Accordion(t("options"), open=False):
-        with gr.Row():
-            engine = gr.Radio(list(ENGINES), value=DEFAULTS.engine, label=t("engine"),
-                              info=t("engine_info"))
-            blend = gr.Radio(list(BLENDS), value=DEFAULTS.blend, label=t("blend"),
-                             info=t("blend_info"))
-            duration = gr.Radio(list(DURATION_POLICIES), value=DEFAULTS.duration_policy,
-                                label=t("duration_policy"), info=t("duration_info"))
-        with gr.Row():
-            top, bottom, left, right = DEFAULTS.pads
-            pad_top = gr.Number(top, label=t("pad_top"), precision=0, minimum=0)
-            pad_bottom = gr.Number(bottom, label=t("pad_bottom"), precision=0, minimum=0)
-            pad_left = gr.Number(left, label=t("pad_left"), precision=0, minimum=0)
-            pad_right = gr.Number(right, label=t("pad_right"), precision=0, minimum=0)
-            smooth = gr.Checkbox(DEFAULTS.smooth, label=t("smooth"), info=t("smooth_info"))
-        with gr.Row():
-            face_choice = gr.Radio(list(FACE_CHOICES), value=DEFAULTS.face_choice, label=t("face_choice"),
-                                   info=t("face_choice_info"))
-            face_x = gr.Number(None, label=t("face_x"), precision=0, minimum=0)
-            face_y = gr.Number(None, label=t("face_y"), precision=0, minimum=0)
-            watermark = gr.Textbox("", label=t("watermark"), placeholder=t("watermark_hint"))
-    return [engine, pad_top, pad_bottom, pad_left, pad_right, smooth, blend, duration,
-            face_choice, face_x, face_y, watermark]
+class OptionsPanel:
+    """The options accordion, built from the option schema.
+
+    Every input has a name: the option's field name, or <prefix>_<part> for each part of a quad or
+    point option. Events pass the inputs by these names (`kwargs`), so they are also the Gradio
+    API's parameter names, and `fields` maps a handler's values back to SyncOptions fields.
+    """
+
+    def __init__(self, t: Translate) -> None:
+        specs = option_specs()
+        self.names: dict[str, tuple[str, ...]] = {}  # field -> its input names
+        self.inputs: dict[str, Component] = {}  # input name -> component
+        with gr.Accordion(t("options"), open=False):
+            for row in PANEL_ROWS:
+                with gr.Row():
+                    for name in row:
+                        self._add(t, name, specs[name])
+
+    @property
+    def kwargs(self) -> dict[str, Component]:
+        """Inputs for an event's `inputs_kwargs`, in the schema's field order."""
+        return {key: self.inputs[key] for name in option_specs() for key in self.names.get(name, ())}
+
+    def component(self, name: str) -> Component:
+        return self.inputs[name]
+
+    def parts(self, name: str) -> list[Component]:
+        return [self.inputs[key] for key in self.names[name]]
+
+    def fields(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """{field: value, or a list of part values} from an event's {input name: value}."""
+        return {
+            name: [values[key] for key in keys] if option_specs()[name].parts else values[keys[0]]
+            for name, keys in self.names.items()
+        }
+
+    def _add(self, t: Translate, name: str, spec: OptionSpec) -> None:
+        if spec.parts:
+            prefix = PART_PREFIX.get(name, name)
+            keys = tuple(f"{prefix}_{part.lower()}" for part in spec.parts)
+            default = option_default(name) or (None,) * len(keys)
+            for key, value in zip(keys, default):
+                self.inputs[key] = _number(t(key), value, spec, option_type(name))
+        else:
+            keys = (name,)
+            self.inputs[name] = _widget(t, name, spec)
+        self.names[name] = keys
 
 
-def _single_tab(t: Callable[[str], Any], h: Handlers) -> None:
+def _widget(t: Translate, name: str, spec: OptionSpec) -> Component:
+    """One input for a single-valued option; its label and info are the i18n keys <name>, <name>_info."""
+    default = option_default(name)
+    info = t(f"{name}_info") if f"{name}_info" in i18n.EN else None
+    if spec.widget == "choice":
+        return gr.Radio(list(spec.choices), value=default, label=t(name), info=info)
+    if spec.widget == "check":
+        return gr.Checkbox(default, label=t(name), info=info)
+    if spec.widget == "number":
+        return _number(t(name), default, spec, option_type(name))
+    return gr.Textbox(default, label=t(name), info=info, placeholder=t(f"{name}_hint"))
+
+
+def _number(label: I18nData, value: float | None, spec: OptionSpec, kind: type) -> gr.Number:
+    return gr.Number(value, label=label, precision=0 if kind is int else None,
+                     minimum=spec.minimum, maximum=spec.maximum)
+
+
+def _single_tab(t: Translate, h: Handlers) -> None:
     with gr.Row():
         with gr.Column():
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label=t("audio"),
                              elem_id="single-audio")
             face = gr.File(file_types=FACE_TYPES, type="filepath", label=t("face"),
                            elem_id="single-face")
-            options = _options_panel(t)
+            panel = OptionsPanel(t)
             with gr.Row():
                 check = gr.Button(t("check_face"), variant="secondary", elem_id="check-face")
                 generate = gr.Button(t("generate"), variant="primary", elem_id="generate")
@@ -444,25 +534,22 @@ def _single_tab(t: Callable[[str], Any], h: Handlers) -> None:
                              elem_id="result-video")
             download = gr.File(label=t("download"), interactive=False, elem_id="result-file")
             summary = gr.Markdown(elem_id="result-summary")
+
+    # Gradio injects gr.Request and gr.Progress by signature, and the inputs by name.
+    def run_generate(
+        request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any  # noqa: B008
+    ) -> tuple[str, str, str]:
+        return h.generate(values.pop("audio"), values.pop("face"), panel.fields(values), request,
+                          progress)
+
     check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
-    preview.select(h.pick_point, None, [options[8], options[9], options[10]], api_visibility="private")
-    generate.click(_with_progress(h.generate), [audio, face, *options], [video, download, summary],
-                   api_name="generate")
+    preview.select(h.pick_point, None, [panel.component("face_choice"), *panel.parts("face_point")],
+                   api_visibility="private")
+    generate.click(run_generate, None, [video, download, summary], api_name="generate",
+                   inputs_kwargs={"audio": audio, "face": face, **panel.kwargs})
 
 
-def _with_progress(method: Callable) -> Callable:
-    """Gradio injects gr.Request and gr.Progress by signature; the handler takes them positionally."""
-
-    def generate(audio, face, engine, pad_top, pad_bottom, pad_left, pad_right, smooth, blend,
-                 duration_policy, face_choice, face_x, face_y, watermark,
-                 request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        return method(audio, face, engine, pad_top, pad_bottom, pad_left, pad_right, smooth, blend,
-                      duration_policy, face_choice, face_x, face_y, watermark, request, progress)
-
-    return generate
-
-
-def _batch_tab(t: Callable[[str], Any], h: Handlers) -> None:
+def _batch_tab(t: Translate, h: Handlers) -> None:
     batch_id = gr.State(None)
     timer = gr.Timer(BATCH_REFRESH_S, active=False)
     gr.Markdown(t("batch_help"))
@@ -473,7 +560,7 @@ def _batch_tab(t: Callable[[str], Any], h: Handlers) -> None:
                          elem_id="batch-videos")
         manifest = gr.File(file_types=MANIFEST_TYPES, label=t("batch_manifest"),
                            elem_id="batch-manifest")
-    options = _options_panel(t)
+    panel = OptionsPanel(t)
     run = gr.Button(t("batch_run"), variant="primary", elem_id="batch-run")
     summary = gr.Markdown(elem_id="batch-summary")
     table = gr.Dataframe(label=t("batch_table"), interactive=False, elem_id="batch-table")
@@ -484,26 +571,20 @@ def _batch_tab(t: Callable[[str], Any], h: Handlers) -> None:
         retry = gr.Button(t("batch_retry"), elem_id="batch-retry")
     zip_file = gr.File(label=t("batch_zip_file"), interactive=False, elem_id="batch-zip-file")
     view = [table, gallery, summary]
-    run.click(_batch_submitter(h), [audios, videos, manifest, *options], [batch_id, *view, timer],
-              api_name="batch")
+
+    def submit_batch(request: gr.Request, **values: Any) -> tuple[Any, ...]:
+        return h.submit_batch(values.pop("audios"), values.pop("videos"), values.pop("manifest"),
+                              panel.fields(values), request)
+
+    run.click(submit_batch, None, [batch_id, *view, timer], api_name="batch",
+              inputs_kwargs={"audios": audios, "videos": videos, "manifest": manifest, **panel.kwargs})
     timer.tick(h.refresh_batch, [batch_id], [*view, timer], api_visibility="private",
                show_progress="hidden")
     zip_button.click(h.batch_zip, [batch_id], [zip_file], api_name="batch_zip")
     retry.click(h.retry_batch, [batch_id], [*view, timer], api_name="batch_retry")
 
 
-def _batch_submitter(h: Handlers) -> Callable:
-    def submit_batch(audios, videos, manifest, engine, pad_top, pad_bottom, pad_left, pad_right,
-                     smooth, blend, duration_policy, face_choice, face_x, face_y, watermark,
-                     request: gr.Request):
-        return h.submit_batch(audios, videos, manifest, engine, pad_top, pad_bottom, pad_left,
-                              pad_right, smooth, blend, duration_policy, face_choice, face_x,
-                              face_y, watermark, request)
-
-    return submit_batch
-
-
-def _history_tab(t: Callable[[str], Any], h: Handlers) -> list:
+def _history_tab(t: Translate, h: Handlers) -> list[Any]:
     page = gr.State(0)
     ids = gr.State([])
     selected = gr.State(None)
@@ -547,14 +628,14 @@ def _history_tab(t: Callable[[str], Any], h: Handlers) -> list:
     return listing
 
 
-def _stepper(h: Handlers, step: int) -> Callable:
-    def step_page(page: int, request: gr.Request):
+def _stepper(h: Handlers, step: int) -> Callable[[int, gr.Request], tuple[Any, ...]]:
+    def step_page(page: int, request: gr.Request) -> tuple[Any, ...]:
         return h.history_step(page, step, request)
 
     return step_page
 
 
-def _system_tab(t: Callable[[str], Any], h: Handlers) -> tuple:
+def _system_tab(t: Translate, h: Handlers) -> tuple[gr.Markdown, gr.Textbox]:
     status = gr.Markdown(elem_id="system-status")
     refresh = gr.Button(t("refresh"), size="sm")
     logs = gr.Textbox(label=t("system_log"), lines=16, max_lines=16, interactive=False,
@@ -565,15 +646,18 @@ def _system_tab(t: Callable[[str], Any], h: Handlers) -> tuple:
     return status, logs
 
 
-def build_blocks(settings: Settings, service: Any, log_lines: Callable[[int], list[str]]) -> gr.Blocks:
+def build_blocks(
+    settings: Settings, service: JobService, log_lines: Callable[[int], list[str]]
+) -> gr.Blocks:
     translator = make_i18n()
 
-    def t(key: str) -> Any:
+    def t(key: str) -> I18nData:
         return translator(i18n.BROWSER_PREFIX + key)
 
     h = Handlers(settings, service, log_lines)
-    with gr.Blocks(title="heygem", analytics_enabled=False,
-                   delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S)) as demo:
+    demo = gr.Blocks(title="heygem", analytics_enabled=False,
+                     delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S))
+    with demo:
         gr.Markdown(t("title"))
         banner = gr.Markdown(t("banner_starting"), elem_id="heygem-banner")
         banner_timer = gr.Timer(BANNER_REFRESH_S)
@@ -602,8 +686,17 @@ def make_i18n() -> gr.I18n:
     return gr.I18n(**i18n.TRANSLATIONS)
 
 
-def mount_ui(settings: Settings, service: Any, log_buffer: Any | None) -> FastAPI:
-    """Build the page and mount it at "/" of a FastAPI of its own (server.py puts that at "/")."""
+def mount_ui(
+    settings: Settings, service: JobService, log_buffer: LogBuffer | None,
+    identity: Identity | None = None,
+) -> FastAPI:
+    """Build the page and mount it at "/" of a FastAPI of its own (server.py puts that at "/").
+
+    Who the caller is comes from the IdentityGate in front of the app (bearer key or login
+    session): Gradio's "current user" lookup is replaced by the gate's principal, so
+    gr.Request.username is "tenant:role" and a bearer key works for gradio_client too. The
+    auth callable only makes Gradio show its login form; the gate answers POST /login."""
+    identity = identity if identity is not None else Identity(settings)
     log_lines = log_buffer.tail if log_buffer is not None else (lambda count: [])
     demo = build_blocks(settings, service, log_lines)
     demo.queue(default_concurrency_limit=UI_CONCURRENCY, max_size=settings.queue_size)
@@ -611,11 +704,41 @@ def mount_ui(settings: Settings, service: Any, log_buffer: Any | None) -> FastAP
     host = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     gr.mount_gradio_app(
         host, demo, path="/",
-        auth=tuple(settings.auth.split(":", 1)) if settings.auth else None,
+        auth=identity.check_login if identity.required else None,
         root_path=settings.root_path or None,
         allowed_paths=[str(settings.outputs_dir.resolve())],
         max_file_size=f"{settings.max_upload_mb}mb",
         show_error=False, i18n=make_i18n(), footer_links=["api"], run_history=False,
         ssr_mode=False, mcp_server=False, css=CSS,
     )
+    _use_gate_identity(host)
     return host
+
+
+def _use_gate_identity(host: FastAPI) -> None:
+    """Point Gradio's current-user dependency at the gate's principal (fail loudly if this
+    Gradio no longer has one: the UI would otherwise ignore bearer keys)."""
+    from gradio.routes import App
+
+    for route in host.routes:
+        app = getattr(route, "app", None)
+        if not isinstance(app, App):
+            continue
+        endpoint = _find_endpoint(app.routes, USER_ROUTE)
+        if endpoint is not None:
+            app.dependency_overrides[endpoint] = gradio_user
+            return
+    raise RuntimeError(f"this Gradio has no {USER_ROUTE} route; heygem cannot attach its identity")
+
+
+def _find_endpoint(routes: Iterable[Any], path: str) -> Callable[..., Any] | None:
+    """The endpoint serving `path`, looking inside included routers (FastAPI keeps them apart)."""
+    for route in routes:
+        if getattr(route, "path", None) == path and callable(getattr(route, "endpoint", None)):
+            return route.endpoint  # type: ignore[no-any-return]
+        included = getattr(route, "original_router", None)
+        children = getattr(route, "routes", None) or getattr(included, "routes", None)
+        found = _find_endpoint(children, path) if children else None
+        if found is not None:
+            return found
+    return None

@@ -3,28 +3,34 @@
 Starlette's own form parser spools every file to the system temp folder before a handler sees it;
 streaming here keeps memory bounded, puts the files where jobs may read them
 (Settings.inputs_dir/<uuid>/) and refuses an oversized upload after at most one chunk too many.
+Text fields are held in memory, so their number and size are capped too, as they arrive: a
+chunked body (no Content-Length) cannot grow them past MAX_TEXT_BYTES in total.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, AsyncIterator
+from typing import IO, TYPE_CHECKING, AsyncIterator
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from heygem.errors import InputError, LimitExceededError
+from heygem.storage.paths import free_name, safe_file_name
+
+if TYPE_CHECKING:  # a typing-only name in python_multipart
+    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger("heygem.web.uploads")
 
-MAX_FIELD_BYTES = 1 << 20  # a text field (options JSON, a manifest line) is small
-UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_NAME_LENGTH = 80
+KB = 1 << 10
+MAX_FIELD_BYTES = 64 * KB  # one text field (options JSON, a reference, a name) is small
+MAX_TEXT_BYTES = 1 << 20  # every text field of one body together
+MAX_TEXT_FIELDS = 32  # text parts of one body (a job form has about six)
 
 
 @dataclass
@@ -47,25 +53,6 @@ class UploadedForm:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def safe_name(name: str, fallback: str = "file") -> str:
-    """A client-supplied file name reduced to letters, digits, dot, dash, underscore."""
-    base = Path(name.replace("\\", "/")).name
-    cleaned = UNSAFE_NAME_CHARS.sub("_", base).strip("._")[:MAX_NAME_LENGTH]
-    return cleaned or fallback
-
-
-def free_path(folder: Path, name: str) -> Path:
-    """`folder/name`, or `folder/stem-2.ext`... when taken: uploads keep their own names, so a
-    manifest sent with them can refer to them."""
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-    number = 1
-    while candidate.exists():
-        number += 1
-        candidate = folder / f"{stem}-{number}{suffix}"
-    return candidate
 
 
 def new_upload_folder(inputs_dir: Path) -> Path:
@@ -98,8 +85,10 @@ class _PartWriter:
         self._size = 0
         self._text = bytearray()
         self._file_count = 0
+        self._field_count = 0
+        self._text_total = 0
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._on_part_begin,
             "on_header_field": self._on_header_field,
@@ -132,19 +121,25 @@ class _PartWriter:
         if not self._name:
             raise InputError("a multipart part has no field name")
         if b"filename" not in params:
+            self._field_count += 1
+            if self._field_count > MAX_TEXT_FIELDS:
+                raise LimitExceededError(f"too many form fields in one request (at most {MAX_TEXT_FIELDS})")
             return
         self._file_count += 1
         if self._file_count > self.max_files:
             raise LimitExceededError(f"too many files in one request (at most {self.max_files})")
-        self._filename = safe_name(params[b"filename"].decode("utf-8", "replace"), self._name)
-        self._path = free_path(self.form.folder, self._filename)
+        self._filename = safe_file_name(params[b"filename"].decode("utf-8", "replace"), self._name)
+        self._path = free_name(self.form.folder, self._filename)
         self._sink = open(self._path, "xb")
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start
         if self._sink is None:
+            self._text_total += end - start
             if self._size > MAX_FIELD_BYTES:
-                raise LimitExceededError(f"form field {self._name!r} is larger than 1 MB")
+                raise LimitExceededError(f"form field {self._name!r} is larger than {MAX_FIELD_BYTES // KB} KB")
+            if self._text_total > MAX_TEXT_BYTES:
+                raise LimitExceededError(f"the form fields together are larger than {MAX_TEXT_BYTES // KB} KB")
             self._text += data[start:end]
             return
         if self._size > self.max_file_bytes:
@@ -154,7 +149,7 @@ class _PartWriter:
         self._sink.write(data[start:end])
 
     def _on_part_end(self) -> None:
-        if self._sink is None:
+        if self._sink is None or self._path is None:
             self.form.fields[self._name] = self._text.decode("utf-8", "replace")
             return
         self._sink.close()

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import numpy as np
+from numpy.typing import NDArray
 
+from heygem.engine.api import Frame
 from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 from heygem.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("heygem.engine.faces.detect")
 
@@ -61,7 +67,7 @@ class FaceDetector(Protocol):
     name: str
     cache_tag: str
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, frames: list[Frame]) -> list[list[Detection]]:
         """All faces in each frame (same-size HxWx3 uint8 BGR frames), best first."""
         ...
 
@@ -85,14 +91,14 @@ class S3FDDetector:
         self._net = _load_s3fd(self.weights_path, device)
         self._lock = threading.Lock()
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, frames: list[Frame]) -> list[list[Detection]]:
         if not frames:
             return []
         _check_same_size(frames)
         with self._lock:
             return self._detect_splitting_on_oom(frames)
 
-    def _detect_splitting_on_oom(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+    def _detect_splitting_on_oom(self, frames: list[Frame]) -> list[list[Detection]]:
         import torch
 
         try:
@@ -108,7 +114,7 @@ class S3FDDetector:
             first = self._detect_splitting_on_oom(frames[:half])
             return first + self._detect_splitting_on_oom(frames[half:])
 
-    def _detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+    def _detect_batch(self, frames: list[Frame]) -> list[list[Detection]]:
         import torch
         from face_alignment.detection.sfd.detect import batch_detect
 
@@ -117,16 +123,17 @@ class S3FDDetector:
             candidates = batch_detect(self._net, batch, device=self.device)
         return [self._keep(candidates[i]) for i in range(len(frames))]
 
-    def _keep(self, boxes: np.ndarray) -> list[Detection]:
+    def _keep(self, candidates: NDArray[np.float32]) -> list[Detection]:
+        """(N, 5) rows of x1, y1, x2, y2, score -> the boxes kept after NMS and the threshold."""
         from face_alignment.detection.sfd.bbox import nms
 
-        if len(boxes) == 0:
+        if len(candidates) == 0:
             return []
-        boxes = boxes[nms(boxes, S3FD_NMS_IOU)]
+        boxes = candidates[nms(candidates, S3FD_NMS_IOU)]
         return [Detection(*map(float, box[:5])) for box in boxes if box[4] > self.threshold]
 
 
-def _load_s3fd(path: Path, device: str):
+def _load_s3fd(path: Path, device: str) -> torch.nn.Module:
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd
 
@@ -144,7 +151,7 @@ def _load_s3fd(path: Path, device: str):
     if not isinstance(state, dict):
         raise ModelError(f"{path} is not an S3FD state dict")
     state = {key.removeprefix(DATA_PARALLEL_PREFIX): value for key, value in state.items()}
-    net = s3fd()
+    net: torch.nn.Module = s3fd()  # face_alignment ships no type information
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
@@ -179,11 +186,11 @@ class HaarDetector:
             raise ModelError(f"cannot load the Haar cascade {HAAR_CASCADE} from {folder}")
         self._lock = threading.Lock()  # a CascadeClassifier is not safe to share between threads
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, frames: list[Frame]) -> list[list[Detection]]:
         with self._lock:
             return [self._detect_one(frame) for frame in frames]
 
-    def _detect_one(self, frame: np.ndarray) -> list[Detection]:
+    def _detect_one(self, frame: Frame) -> list[Detection]:
         import cv2
 
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
@@ -193,11 +200,11 @@ class HaarDetector:
         )
         if len(found) == 0:
             return []
-        support = np.asarray(support, dtype=np.float64).ravel()
-        keep = support >= HAAR_RELATIVE_SUPPORT * support.max()
+        votes = np.asarray(support, dtype=np.float64).ravel()
+        keep = votes >= HAAR_RELATIVE_SUPPORT * votes.max()
         faces = [
             Detection(float(x), float(y), float(x + w), float(y + h), min(1.0, n / HAAR_FULL_SUPPORT))
-            for (x, y, w, h), n, kept in zip(found, support, keep)
+            for (x, y, w, h), n, kept in zip(found, votes, keep)
             if kept
         ]
         return sorted(faces, key=lambda d: d.score, reverse=True)
@@ -219,7 +226,7 @@ class ScaledDetector:
         self.name = inner.name
         self.cache_tag = f"{inner.cache_tag}:max_side={max_side}"
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, frames: list[Frame]) -> list[list[Detection]]:
         import cv2
 
         if not frames:
@@ -229,7 +236,10 @@ class ScaledDetector:
             return self.inner.detect(frames)
         scale = self.max_side / max(width, height)
         small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
-        small = [cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA) for f in frames]
+        # cv2's stubs type every image as MatLike; resizing keeps the uint8 dtype.
+        small = [
+            cast(Frame, cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA)) for f in frames
+        ]
         sx, sy = width / small_w, height / small_h
         return [[d.scaled(sx, sy) for d in faces] for faces in self.inner.detect(small)]
 
@@ -263,7 +273,7 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_same_size(frames: Sequence[np.ndarray]) -> None:
+def _check_same_size(frames: Sequence[Frame]) -> None:
     shape = frames[0].shape
     if any(f.shape != shape for f in frames):
         raise ValueError("all frames in one detection batch must have the same size")

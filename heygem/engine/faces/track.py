@@ -2,11 +2,12 @@
 
 No torch here. The flow is
 
-    raw = detect_faces(frames, detector, frame_size)          # every face in every frame (cacheable)
-    track = build_track(raw, pads=..., smooth=..., ...)        # one padded, smoothed box per frame
+    raw = detect_faces(frames, detector, frame_size)    # every face in every frame (cacheable)
+    track = build_track(raw, TrackOptions(...))          # one padded, smoothed box per frame
 
 `track_faces` does both, with the cache in between: raw detections are cached by video content
 and detector settings, so changing pads, smoothing or the face choice never re-detects.
+`TrackOptions` carries the per-job choices; its defaults are the option schema's (SyncOptions).
 Boxes are (x1, y1, x2, y2) ints in full-frame pixels; None means "no face: pass the frame through".
 """
 
@@ -18,34 +19,92 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, SupportsInt
 
 import numpy as np
+from numpy.typing import NDArray
 
-from heygem.errors import InputError, NoFaceError
+from heygem.engine.api import (
+    Box,
+    FaceChoice,
+    Frame,
+    Point,
+    ProgressCallback,
+    Quad,
+    SyncOptions,
+    option_default,
+)
 from heygem.engine.faces.detect import Detection, FaceDetector
+from heygem.engine.hashing import sha256_of
+from heygem.errors import InputError, NoFaceError
+from heygem.settings import Settings
 
 log = logging.getLogger("heygem.engine.faces.track")
 
-Box = tuple[int, int, int, int]  # x1, y1, x2, y2
 RawFace = tuple[int, int, int, int, float]  # x1, y1, x2, y2, score
-FaceChoice = Literal["largest", "nearest"]
-ProgressCallback = Callable[[int, int, str], None]
+JsonDict = dict[str, Any]  # what json.loads gives for the stored tracks
 
-DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: the reference's extra 10 px of chin
-SMOOTH_WINDOW = 5  # the reference's temporal window
+# The schema's defaults (the reference's extra 10 px of chin, its 5-frame window), read not copied.
+DEFAULT_PADS: Quad = option_default("pads")
+SMOOTH_WINDOW: int = option_default("smooth_window")
+# A plain dataclass default, so the class attribute is the server's default detection batch.
+DETECT_BATCH: int = Settings.detect_batch_size
 MAX_GAP_FRAMES = 5  # gaps up to this long (0.2 s at 25 fps) hold the neighbouring box
-DETECT_BATCH = 8
 PROGRESS_STAGE = "detect"
-HASH_CHUNK = 1 << 20
 CACHE_FORMAT = 1  # bump when the stored layout changes; old entries then simply miss
 SCORE_DIGITS = 4
 
 
 # --------------------------------------------------------------------------------------------------
 # data
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """How one job turns detections into boxes: face choice, pads, gaps, smoothing, fixed box.
+
+    Defaults are the option schema's; `from_job` takes a job's SyncOptions and the server's
+    detection batch size.
+    """
+
+    pads: Quad = DEFAULT_PADS  # top, bottom, left, right
+    smooth: bool = option_default("smooth")
+    smooth_window: int = SMOOTH_WINDOW
+    face_choice: FaceChoice = option_default("face_choice")
+    face_point: Point | None = option_default("face_point")
+    box: Quad | None = option_default("box")  # fixed box, top bottom left right: no detection
+    batch_size: int = DETECT_BATCH  # frames per detector pass
+    max_gap: int = MAX_GAP_FRAMES
+
+    @classmethod
+    def from_job(cls, options: SyncOptions, settings: Settings) -> TrackOptions:
+        return cls(
+            pads=options.pads,
+            smooth=options.smooth,
+            smooth_window=options.smooth_window,
+            face_choice=options.face_choice,
+            face_point=options.face_point,
+            box=options.box,
+            batch_size=settings.detect_batch_size,
+        )
+
+
+DEFAULT_TRACK = TrackOptions()
+
+
+@dataclass(frozen=True)
+class CachedVideo:
+    """Where `track_faces` may find or keep raw detections: a cache and the video they belong to.
+
+    `params` names whatever else changes the frames (e.g. the fps they were read at).
+    """
+
+    cache: TrackCache
+    video: Path
+    params: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,17 +118,17 @@ class RawDetections:
     def __len__(self) -> int:
         return len(self.faces)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonDict:
         faces = [[list(face) for face in frame] for frame in self.faces]
         return {"width": self.width, "height": self.height, "faces": faces}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> RawDetections:
+    def from_dict(cls, data: Mapping[str, Any]) -> RawDetections:
         faces = [[_raw_face(f) for f in frame] for frame in data["faces"]]
         return cls(width=int(data["width"]), height=int(data["height"]), faces=faces)
 
 
-def _raw_face(values: Sequence) -> RawFace:
+def _raw_face(values: Sequence[Any]) -> RawFace:
     x1, y1, x2, y2, score = values
     return int(x1), int(y1), int(x2), int(y2), float(score)
 
@@ -98,7 +157,7 @@ class FaceTrack:
         """Frames without a face (they pass through unchanged)."""
         return 0 if self.fixed is not None else sum(box is None for box in self.boxes)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonDict:
         return {
             "width": self.width,
             "height": self.height,
@@ -107,13 +166,13 @@ class FaceTrack:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> FaceTrack:
+    def from_dict(cls, data: Mapping[str, Any]) -> FaceTrack:
         boxes = [_box(b) if b is not None else None for b in data.get("boxes", [])]
         fixed = _box(data["fixed"]) if data.get("fixed") is not None else None
         return cls(width=int(data["width"]), height=int(data["height"]), boxes=boxes, fixed=fixed)
 
 
-def _box(values: Sequence) -> Box:
+def _box(values: Iterable[SupportsInt]) -> Box:
     x1, y1, x2, y2 = (int(v) for v in values)
     return x1, y1, x2, y2
 
@@ -127,7 +186,7 @@ def count_missing(track: FaceTrack) -> int:
 
 
 def detect_faces(
-    frames: Iterable[np.ndarray],
+    frames: Iterable[Frame],
     detector: FaceDetector,
     frame_size: tuple[int, int],
     batch_size: int = DETECT_BATCH,
@@ -141,7 +200,7 @@ def detect_faces(
     """
     width, height = frame_size
     raw = RawDetections(width=width, height=height)
-    batch: list[np.ndarray] = []
+    batch: list[Frame] = []
     for frame in frames:
         batch.append(frame)
         if len(batch) == batch_size:
@@ -153,7 +212,7 @@ def detect_faces(
 
 
 def _detect_batch(
-    batch: list[np.ndarray],
+    batch: list[Frame],
     detector: FaceDetector,
     raw: RawDetections,
     on_progress: ProgressCallback | None,
@@ -179,31 +238,23 @@ def _to_raw(d: Detection) -> RawFace:
 
 
 def build_track(
-    raw: RawDetections,
-    *,
-    pads: Sequence[int] = DEFAULT_PADS,
-    smooth: bool = True,
-    smooth_window: int = SMOOTH_WINDOW,
-    face_choice: FaceChoice = "largest",
-    face_point: tuple[int, int] | None = None,
-    max_gap: int = MAX_GAP_FRAMES,
-    name: str = "the video",
+    raw: RawDetections, options: TrackOptions = DEFAULT_TRACK, name: str = "the video"
 ) -> FaceTrack:
     """Choose a face per frame, pad and clamp it, hold boxes over short gaps, smooth each run.
 
     Raises NoFaceError only when no frame has a face. Frames in longer gaps stay None.
     """
-    chosen = [choose_face(faces, face_choice, face_point) for faces in raw.faces]
+    chosen = [choose_face(faces, options.face_choice, options.face_point) for faces in raw.faces]
     if not any(box is not None for box in chosen):
         raise NoFaceError(
             f"no face found in {name} (checked {len(chosen)} frames); "
             "try a clearer frontal video or give --box"
         )
     size = (raw.width, raw.height)
-    boxes = [pad_box(box, pads, size) if box is not None else None for box in chosen]
-    boxes = fill_gaps(boxes, max_gap)
-    if smooth:
-        boxes = smooth_runs(boxes, smooth_window)
+    boxes = [pad_box(box, options.pads, size) if box is not None else None for box in chosen]
+    boxes = fill_gaps(boxes, options.max_gap)
+    if options.smooth:
+        boxes = smooth_runs(boxes, options.smooth_window)
     missing = sum(box is None for box in boxes)
     if missing:
         log.info(
@@ -214,8 +265,8 @@ def build_track(
 
 def choose_face(
     faces: Sequence[RawFace],
-    face_choice: FaceChoice = "largest",
-    face_point: tuple[int, int] | None = None,
+    face_choice: FaceChoice = DEFAULT_TRACK.face_choice,
+    face_point: Point | None = None,
 ) -> Box | None:
     """The largest face, or the one whose centre is nearest `face_point` (x, y) for "nearest"."""
     usable = [f for f in faces if f[2] > f[0] and f[3] > f[1]]
@@ -268,7 +319,7 @@ def fill_gaps(boxes: Sequence[Box | None], max_gap: int = MAX_GAP_FRAMES) -> lis
     return filled
 
 
-def smooth_boxes(boxes: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
+def smooth_boxes(boxes: NDArray[np.int64], window: int = SMOOTH_WINDOW) -> NDArray[np.int64]:
     """The reference's smoothing, exactly: in place over an int (N, 4) array, row by row.
 
     Row i becomes the truncated mean of rows i..i+window-1 (not yet smoothed) when they exist,
@@ -323,55 +374,43 @@ def fixed_track(box_tblr: Sequence[int], frame_size: tuple[int, int]) -> FaceTra
 
 
 def track_faces(
-    frames: Iterable[np.ndarray],
+    frames: Iterable[Frame],
     detector: FaceDetector,
     frame_size: tuple[int, int],
+    options: TrackOptions = DEFAULT_TRACK,
     *,
-    pads: Sequence[int] = DEFAULT_PADS,
-    smooth: bool = True,
-    smooth_window: int = SMOOTH_WINDOW,
-    face_choice: FaceChoice = "largest",
-    face_point: tuple[int, int] | None = None,
-    box: Sequence[int] | None = None,
-    batch_size: int = DETECT_BATCH,
+    cache: CachedVideo | None = None,
     on_progress: ProgressCallback | None = None,
     total: int = 0,
-    cache: TrackCache | None = None,
-    video_path: Path | None = None,
-    cache_params: Mapping[str, object] | None = None,
     name: str = "the video",
 ) -> FaceTrack:
-    """Boxes for every frame of a video: fixed `box`, else cached or fresh detections -> build_track.
+    """Boxes for every frame of a video: fixed `options.box`, else cached or fresh detections.
 
     `frames` is consumed only when detection actually runs (no fixed box, no cache hit), so pass a
-    lazy iterator such as `video.read_frames(path, info, max_side=settings.detect_max_side)`.
-    The cache is used when both `cache` and `video_path` are given; `cache_params` should name
-    whatever else changes the frames (e.g. the fps they were read at).
+    lazy iterator such as `read_frames(path, info, max_side=settings.detect_max_side)`. `total` is
+    the expected frame count, for progress only; `name` names the video in messages.
     """
-    if box is not None:
+    if options.box is not None:
         _close(frames)
-        return fixed_track(box, frame_size)
-    raw = None
+        return fixed_track(options.box, frame_size)
     key = None
-    if cache is not None and video_path is not None:
-        params = {"frame_size": list(frame_size), **(cache_params or {})}
-        key = cache.key(video_path, detector.cache_tag, **params)
-        raw = cache.get(key)
+    raw = None
+    if cache is not None:
+        params = {"frame_size": list(frame_size), **cache.params}
+        key = cache.cache.key(cache.video, detector.cache_tag, **params)
+        raw = cache.cache.get(key)
     if raw is None:
-        raw = detect_faces(frames, detector, frame_size, batch_size, on_progress, total)
-        if key is not None:
-            cache.put(key, raw)
+        raw = detect_faces(frames, detector, frame_size, options.batch_size, on_progress, total)
+        if cache is not None and key is not None:
+            cache.cache.put(key, raw)
     else:
         _close(frames)
         if on_progress is not None:
             on_progress(len(raw), len(raw), PROGRESS_STAGE)
-    return build_track(
-        raw, pads=pads, smooth=smooth, smooth_window=smooth_window, face_choice=face_choice,
-        face_point=face_point, name=name,
-    )
+    return build_track(raw, options, name)
 
 
-def _close(frames: Iterable[np.ndarray]) -> None:
+def _close(frames: Iterable[Frame]) -> None:
     close = getattr(frames, "close", None)
     if callable(close):
         close()
@@ -409,13 +448,10 @@ class TrackCache:
         with self._lock:
             if memo in self._hashes:
                 return self._hashes[memo]
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
-                digest.update(chunk)
+        digest = sha256_of(path)
         with self._lock:
-            self._hashes[memo] = digest.hexdigest()
-        return digest.hexdigest()
+            self._hashes[memo] = digest
+        return digest
 
     def path_for(self, key: str) -> Path:
         return self.cache_dir / f"{key}.json"
@@ -451,9 +487,10 @@ class TrackCache:
 
 
 __all__ = [
-    "Box",
     "RawDetections",
     "FaceTrack",
+    "TrackOptions",
+    "CachedVideo",
     "detect_faces",
     "build_track",
     "choose_face",

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from heygem.engine.model.wav2lip import Wav2Lip
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name == "Wav2Lip":
         from heygem.engine.model.wav2lip import Wav2Lip
 

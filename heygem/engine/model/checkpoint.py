@@ -7,13 +7,13 @@ always `weights_only`, so a checkpoint can never run code.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from heygem.engine.hashing import sha256_of
 from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ log = logging.getLogger("heygem.engine.model.checkpoint")
 DATA_PARALLEL_PREFIX = "module."
 # Checkpoints from torch < 0.4.1 lack these BatchNorm counters; zeros are what torch would use.
 OPTIONAL_SUFFIX = "num_batches_tracked"
-HASH_CHUNK_BYTES = 1 << 20
 NAMES_SHOWN = 3  # how many offending keys an error message lists
 REASON_MAX_CHARS = 200
 ZIP_MAGIC = b"PK\x03\x04"  # torch >= 1.6 files are zip archives
@@ -61,7 +60,7 @@ def read_checkpoint(path: Path) -> object:
     use_mmap = zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
-    except Exception as exc:  # torch raises many types for bad files; all mean "unreadable"
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; all mean "unreadable"
         raise ModelError(f"cannot read weights file {path}: {_load_failure(exc, path)}") from None
 
 
@@ -101,19 +100,10 @@ def _complete_state(
     return {name: state.get(name, default) for name, default in expected.items()}
 
 
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (weights files are hundreds of MB)."""
-    path = Path(path)
-    _require_file(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_file(path: str | Path, expected_sha256: str) -> None:
     """Raise ModelError unless the file's SHA-256 equals expected_sha256 (hex, any case)."""
+    path = Path(path)
+    _require_file(path)
     actual = sha256_of(path)
     if actual != expected_sha256.strip().lower():
         raise ModelError(
@@ -162,5 +152,4 @@ def _shape(tensor: torch.Tensor) -> str:
     return "x".join(str(d) for d in tensor.shape) or "scalar"
 
 
-__all__ = ["load_checkpoint", "read_checkpoint", "extract_state_dict", "sha256_of", "verify_file",
-           "DOWNLOAD_COMMAND"]  # fmt: skip
+__all__ = ["load_checkpoint", "read_checkpoint", "extract_state_dict", "verify_file", "DOWNLOAD_COMMAND"]

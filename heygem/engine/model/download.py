@@ -16,12 +16,14 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO
 
+from heygem.engine.hashing import sha256_of
+from heygem.engine.model.checkpoint import verify_file
 from heygem.errors import ModelError
-from heygem.engine.model.checkpoint import sha256_of, verify_file
 from heygem.settings import DETECTOR_FILE, Settings
 
 log = logging.getLogger("heygem.engine.model.download")
@@ -193,7 +195,9 @@ def _stream_to(source: _Source, partial: Path, on_progress: DownloadProgress | N
         )
 
 
-def _copy(response, out, name: str, expected: int, on_progress: DownloadProgress | None) -> int:
+def _copy(
+    response: IO[bytes], out: IO[bytes], name: str, expected: int, on_progress: DownloadProgress | None
+) -> int:
     done = 0
     while chunk := response.read(CHUNK_BYTES):
         out.write(chunk)
@@ -214,7 +218,7 @@ def _fetch_hf(repo: str, source: _Source, on_progress: DownloadProgress | None) 
         try:
             fetched = Path(hf_hub_download(repo_id=repo, filename=source.hf_file, local_dir=staging,
                                            endpoint=endpoint))  # fmt: skip
-        except Exception as exc:  # huggingface_hub and httpx raise many types; all mean "failed"
+        except Exception as exc:  # noqa: BLE001 - huggingface_hub and httpx raise many types; all mean "failed"
             raise ModelError(
                 f"downloading {source.hf_file} from Hugging Face repo {repo} failed: {_first_line(exc)}"
             ) from None

@@ -12,15 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
-from heygem.errors import ModelError
 from heygem.engine.api import FACE_SIZE
+from heygem.errors import ModelError
 
 log = logging.getLogger("heygem.engine.model.inference")
 
 MASKED_ROWS = slice(FACE_SIZE // 2, FACE_SIZE)  # the lower half the network must fill in
 PIXEL_SCALE = 255.0
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+MelWindows = NDArray[np.float32]  # (N, 80, 16)
+Faces = NDArray[np.uint8]  # (N, 96, 96, 3) BGR
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,9 @@ class GeneratorRunner:
         self.placement = placement
         self.batch_size = batch_size
 
-    def infer(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    def infer(self, mels: MelWindows, faces: Faces) -> Faces:
         """mels (N, 80, 16) float32, faces (N, 96, 96, 3) uint8 BGR -> (N, 96, 96, 3) uint8 BGR."""
-        outputs = []
+        outputs: list[Faces] = []
         start = 0
         while start < len(faces):
             stop = start + self.batch_size
@@ -92,7 +96,7 @@ class GeneratorRunner:
         self.batch_size = max(1, self.batch_size // 2)
         log.warning("GPU out of memory; retrying with batch size %d", self.batch_size)
 
-    def _forward(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    def _forward(self, mels: MelWindows, faces: Faces) -> Faces:
         device = self.placement.device
         face_tensor = torch.from_numpy(_network_input(faces)).to(device)
         mel_tensor = torch.from_numpy(np.ascontiguousarray(mels, np.float32)).unsqueeze(1).to(device)
@@ -101,16 +105,17 @@ class GeneratorRunner:
                 generated = self.model(mel_tensor, face_tensor)
             pixels = generated.float().clamp_(0, 1).mul_(PIXEL_SCALE)
             # The reference truncates rather than rounds when going back to uint8; keep that.
-            return pixels.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+            mouths: Faces = pixels.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+            return mouths  # annotated: torch types .numpy() as an array of any dtype
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
         dtype = AUTOCAST_DTYPES.get(self.placement.precision)
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.placement.device.type, dtype=dtype)
 
 
-def _network_input(faces: np.ndarray) -> np.ndarray:
+def _network_input(faces: Faces) -> NDArray[np.float32]:
     """(N, 96, 96, 3) uint8 -> (N, 6, 96, 96) float32: lower-half-masked copy, then the full face."""
     scaled = faces.astype(np.float32) / PIXEL_SCALE
     masked = scaled.copy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from heygem.engine.api import FACE_SIZE
 
 FACE_CHANNELS = 6  # masked BGR face + reference BGR face, stacked on channels
@@ -17,11 +18,15 @@ MEL_BINS = 80  # audio input height
 MEL_STEPS = 16  # audio input width (0.2 s of mel frames)
 EMBEDDING = 512  # width of the audio embedding and the deepest face feature
 
+Size2 = int | tuple[int, int]  # a conv kernel, stride or padding: square, or (height, width)
+
 
 class ConvBlock(nn.Module):
     """Conv2d -> BatchNorm2d -> (+ input when residual) -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel_size, stride, padding, residual: bool = False):
+    def __init__(
+        self, cin: int, cout: int, kernel_size: Size2, stride: Size2, padding: Size2, residual: bool = False
+    ) -> None:
         super().__init__()
         self.conv_block = nn.Sequential(
             nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout)
@@ -30,16 +35,25 @@ class ConvBlock(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_block(x)
+        out: torch.Tensor = self.conv_block(x)  # annotated: Module calls are typed as Any
         if self.residual:
             out = out + x
-        return self.act(out)
+        activated: torch.Tensor = self.act(out)
+        return activated
 
 
 class DeconvBlock(nn.Module):
     """ConvTranspose2d -> BatchNorm2d -> ReLU (never residual)."""
 
-    def __init__(self, cin: int, cout: int, kernel_size, stride, padding, output_padding=0):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: Size2,
+        stride: Size2,
+        padding: Size2,
+        output_padding: Size2 = 0,
+    ) -> None:
         super().__init__()
         self.conv_block = nn.Sequential(
             nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding),
@@ -48,14 +62,15 @@ class DeconvBlock(nn.Module):
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv_block(x))
+        activated: torch.Tensor = self.act(self.conv_block(x))  # annotated: Module calls are typed as Any
+        return activated
 
 
 def _res(channels: int) -> ConvBlock:
     return ConvBlock(channels, channels, 3, 1, 1, residual=True)
 
 
-def _down(cin: int, cout: int, stride=2) -> ConvBlock:
+def _down(cin: int, cout: int, stride: Size2 = 2) -> ConvBlock:
     return ConvBlock(cin, cout, 3, stride, 1)
 
 
@@ -137,7 +152,8 @@ class Wav2Lip(nn.Module):
             skips.append(feature)
         for block in self.face_decoder_blocks:
             x = torch.cat((block(x), skips.pop()), dim=1)
-        return self.output_block(x)
+        face_out: torch.Tensor = self.output_block(x)  # annotated: Module calls are typed as Any
+        return face_out
 
     def _forward_clips(self, audio: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
         """Fold time into the batch axis time-major (all of t=0, then t=1...), then unfold."""

@@ -1,0 +1,226 @@
+"""Encode BGR frames to an H.264 + AAC mp4 through one ffmpeg process, muxing the job's audio.
+
+with FrameWriter(out, width, height, fps, audio_path, label="AI generated") as writer:
+    for frame in frames:
+        writer.write(frame)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import IO, cast
+
+import numpy as np
+
+from heygem.engine.api import Frame
+from heygem.engine.media.guard import input_args
+from heygem.engine.media.label import ascii_label, draw_label
+from heygem.engine.media.probe import audio_duration, rate_text
+from heygem.engine.media.process import BGR_CHANNELS, FFMPEG, StderrTail, kill
+from heygem.errors import MediaProcessError
+
+log = logging.getLogger("heygem.engine.media.encode")
+
+WRITER_QUEUE_FRAMES = 8  # frames buffered between compute and the encoder thread
+DEFAULT_CRF = 20
+X264_PRESET = "medium"
+AUDIO_CODEC = "aac"
+AUDIO_BITRATE = "128k"
+
+
+class FrameWriter:
+    """Encode BGR frames to an H.264 (yuv420p) + AAC mp4 through one ffmpeg process.
+
+    Frames go through a bounded queue to a writer thread, so encoding overlaps the caller's work.
+    Odd sizes are made even by repeating the last row/column. The output ends with the shorter of
+    audio and frames. ffmpeg writes to a hidden temporary name next to `output_path`, renamed into
+    place only when the block exits without an exception; otherwise the partial file is deleted.
+    The caller must not modify a frame after passing it to `write`.
+    """
+
+    def __init__(
+        self,
+        output_path: Path | str,
+        width: int,
+        height: int,
+        fps: float | str,
+        audio_path: Path | str | None = None,
+        crf: int = DEFAULT_CRF,
+        label: str = "",
+        preset: str = X264_PRESET,
+    ) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"bad frame size {width}x{height}")
+        self.output_path = Path(output_path)
+        self.width, self.height = width, height
+        self.out_width, self.out_height = width + width % 2, height + height % 2
+        self.rate = rate_text(fps)
+        self.audio_path = Path(audio_path) if audio_path is not None else None
+        self.crf, self.preset, self.label = crf, preset, ascii_label(label)
+        unique = uuid.uuid4().hex[:12]
+        self.temp_path = self.output_path.with_name(f".{self.output_path.name}.{unique}.part")
+        self.frames_written = 0
+        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=WRITER_QUEUE_FRAMES)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tail: StderrTail | None = None
+        self._thread: threading.Thread | None = None
+        self._pipe_error: OSError | None = None
+        self._finished = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def __enter__(self) -> FrameWriter:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def start(self) -> None:
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = subprocess.Popen(
+                self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        except FileNotFoundError:
+            raise MediaProcessError(f"{FFMPEG} is not installed or not on PATH") from None
+        self._proc = proc
+        # Both pipes exist: they were requested just above.
+        assert proc.stdin is not None and proc.stderr is not None
+        self._tail = StderrTail(proc.stderr)
+        self._thread = threading.Thread(
+            target=self._feed, args=(proc.stdin,), name="heygem-frame-writer", daemon=True
+        )
+        self._thread.start()
+
+    def write(self, frame: Frame) -> None:
+        """Queue one HxWx3 uint8 BGR frame (blocks while the queue is full)."""
+        if self._proc is None or self._finished:
+            raise RuntimeError("FrameWriter is not open")
+        if frame.shape != (self.height, self.width, BGR_CHANNELS) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"frame must be {self.height}x{self.width}x3 uint8, got {frame.shape} {frame.dtype}"
+            )
+        if self._pipe_error is not None and self._proc.poll() not in (None, 0):
+            raise self._failure("ffmpeg stopped while encoding")
+        self._queue.put(frame)
+
+    def close(self) -> Path:
+        """Finish encoding and move the file into place; raise MediaProcessError if ffmpeg failed."""
+        if self._finished:
+            return self.output_path
+        if self._proc is None or self._tail is None:
+            raise RuntimeError("FrameWriter is not open")
+        self._finished = True
+        try:
+            self._stop_thread()
+            code = self._proc.wait()
+            self._tail.join()
+            if code != 0:
+                raise self._failure(f"ffmpeg exit {code}")
+            if self.frames_written == 0:
+                raise MediaProcessError(f"no frames were written to {self.output_path.name}")
+            os.replace(self.temp_path, self.output_path)
+        except BaseException:
+            self._discard()
+            raise
+        log.info("wrote %s (%d frames)", self.output_path.name, self.frames_written)
+        return self.output_path
+
+    def abort(self) -> None:
+        """Stop ffmpeg and delete the partial file (used when the caller fails mid-way)."""
+        if self._finished:
+            return
+        self._finished = True
+        self._discard()
+
+    # -- internals --------------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        cmd = [
+            FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.out_width}x{self.out_height}",
+            "-framerate", self.rate, "-protocol_whitelist", "pipe", "-i", "pipe:0",
+        ]  # fmt: skip
+        if self.audio_path is not None:
+            # The user's audio file: read under the same rules as every other user file.
+            cmd += [*input_args(self.audio_path), "-map", "0:v:0", "-map", "1:a:0"]
+        cmd += ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
+        if self.audio_path is not None:
+            cmd += ["-c:a", AUDIO_CODEC, "-b:a", AUDIO_BITRATE, "-shortest"]
+            # -shortest alone overshoots by the encoder's look-ahead (~1.7 s with x264) when the
+            # audio is the shorter stream; capping at the audio's length makes the end exact.
+            audio_s = audio_duration(self.audio_path)
+            if audio_s > 0:
+                cmd += ["-t", f"{audio_s:.6f}"]
+        return cmd + ["-movflags", "+faststart", "-f", "mp4", str(self.temp_path)]
+
+    def _feed(self, stdin: IO[bytes]) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                break
+            if self._pipe_error is not None:
+                continue  # keep draining so the producer never blocks on a dead encoder
+            try:
+                stdin.write(self._prepare(frame).data)
+                self.frames_written += 1
+            except OSError as exc:
+                # With -shortest ffmpeg may stop reading once the audio ends: not an error by itself;
+                # the exit code decides.
+                self._pipe_error = exc
+        try:
+            stdin.close()
+        except OSError as exc:
+            self._pipe_error = self._pipe_error or exc
+
+    def _prepare(self, frame: Frame) -> Frame:
+        import cv2
+
+        if (self.out_width, self.out_height) != (self.width, self.height):
+            extra_h, extra_w = self.out_height - self.height, self.out_width - self.width
+            # cv2's stubs type every image as MatLike; padding keeps the uint8 dtype.
+            frame = cast(Frame, cv2.copyMakeBorder(frame, 0, extra_h, 0, extra_w, cv2.BORDER_REPLICATE))
+        elif self.label:
+            frame = frame.copy()  # never draw on the caller's array
+        if self.label:
+            draw_label(frame, self.label)
+        return np.ascontiguousarray(frame)
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+
+    def _discard(self) -> None:
+        if self._proc is not None:
+            kill(self._proc)
+        self._drain_queue()
+        self._stop_thread()
+        if self._tail is not None:
+            self._tail.join()
+        self.temp_path.unlink(missing_ok=True)
+
+    def _drain_queue(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _failure(self, what: str) -> MediaProcessError:
+        tail = self._tail.text() if self._tail is not None else ""
+        return MediaProcessError(f"encoding {self.output_path.name} failed ({what}): {tail}")
