@@ -169,13 +169,14 @@ class FakePipeline:
         audio, face, output = Path(audio), Path(face), Path(output)
         with self._lock:
             self.runs.append((audio, face))
-        _require_stream(face, "video")
-        _require_stream(audio, "audio")
+        # Muxing first doubles as the input check: ffprobe runs only when ffmpeg has failed.
+        partial = output.with_name(output.stem + ".partial.mp4")
+        _mux(face, audio, partial)
         for step in range(FAKE_STEPS):
             if on_progress:
                 on_progress(step, FAKE_STEPS, "synthesize")
             time.sleep(self.delay_s / FAKE_STEPS)
-        _mux(face, audio, output)
+        shutil.move(partial, output)
         if on_progress:
             on_progress(FAKE_STEPS, FAKE_STEPS, "done")
         if self.run_log is not None:
@@ -192,52 +193,34 @@ class FakePipeline:
         )
 
 
-def _mux(face: Path, audio: Path, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.stem + ".partial.mp4")
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-y",
-            "-loglevel",
-            "error",
-            "-i",
-            str(face),
-            "-i",
-            str(audio),
-            "-map",
-            "0:v:0",
-            "-map",
-            "1:a:0",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            "-shortest",
-            str(partial),
-        ],
-        check=True,
-    )
-    shutil.move(partial, output)
+def _mux(face: Path, audio: Path, partial: Path) -> None:
+    """The face video's frames with the audio, into `partial`; UnsupportedMediaError naming the
+    input that lacks its stream, like the real engine's probe."""
+    folder = partial.parent
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "ffmpeg", "-y", "-loglevel", "error", "-i", str(face), "-i", str(audio),
+        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(partial),
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode == 0:
+        return
+    partial.unlink(missing_ok=True)
+    if created and not any(folder.iterdir()):
+        folder.rmdir()
+    _require_stream(face, "video")
+    _require_stream(audio, "audio")
+    raise subprocess.CalledProcessError(result.returncode, argv, result.stdout, result.stderr)
 
 
 def _require_stream(path: Path, kind: str) -> None:
     result = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            kind[0],
-            "-show_entries",
-            "stream=codec_type",
-            "-of",
-            "csv=p=0",
-            str(path),
-        ],
+        ["ffprobe", "-v", "error", "-select_streams", kind[0], "-show_entries",
+         "stream=codec_type", "-of", "csv=p=0", str(path)],
         capture_output=True,
         text=True,
-    )
+    )  # fmt: skip
     if result.returncode != 0 or kind not in result.stdout:
         raise UnsupportedMediaError(f"{path.name}: no {kind} stream that ffmpeg can read")
 
