@@ -11,6 +11,9 @@ import pytest
 from heygem.settings import Settings
 from tests import media
 
+# The kit's fixtures (start_service, servers) for every test module.
+pytest_plugins = ["tests.kit"]
+
 # Torch and OpenCV each want every core; two test processes on 2 cores must not oversubscribe.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -40,6 +43,15 @@ def face_image(fixture_dir) -> Path:
     cv2.imwrite(str(path.with_suffix(".png")), media.astronaut_bgr())
     path.with_suffix(".png").rename(path)
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the full-size random checkpoint (checkpoint_file, settings_with_weights) are
+    marked slow: building, writing and loading ~140 MB of weights is the real engine's path, and
+    the fast loop (-m "not slow") never pays for it."""
+    for item in items:
+        if "checkpoint_file" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

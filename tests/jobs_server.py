@@ -13,27 +13,19 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
-from pathlib import Path
 
 from heygem.cli import configure_logging
 from heygem.jobs.service import JobService
 from heygem.settings import Settings
-from tests.fakes import FakePipeline
+from tests.kit import FakePipeline, wait_until
 
 READY_FILE = "ready"
 RUN_LOG = "runs.log"
-READY_POLL_S = 0.05
+START_TIMEOUT_S = 60.0
 
 
-class RecordingPipeline(FakePipeline):
-    def run(self, audio, face, output, options=None, on_progress=None):
-        result = super().run(audio, face, output, options, on_progress)
-        # The output lives in <data_dir>/jobs/<job id>/<run>/: the grandparent names the job.
-        job_id = Path(output).parent.parent.name
-        with open(self.settings.data_dir / RUN_LOG, "a", encoding="utf-8") as log:
-            log.write(job_id + "\n")
-        return result
+def recording_pipeline(settings: Settings) -> FakePipeline:
+    return FakePipeline(settings, run_log=settings.data_dir / RUN_LOG)
 
 
 def main() -> int:
@@ -41,13 +33,14 @@ def main() -> int:
     configure_logging(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    service = JobService(settings, pipeline_factory=RecordingPipeline)
+    service = JobService(settings, pipeline_factory=recording_pipeline)
     service.start()
-    while not service.readiness()[0] and not stop.is_set():
-        time.sleep(READY_POLL_S)
-    (settings.data_dir / READY_FILE).write_text("ready")
-    stop.wait()
-    service.stop()
+    try:
+        wait_until(lambda: service.readiness()[0] or stop.is_set(), START_TIMEOUT_S, message="the worker")
+        (settings.data_dir / READY_FILE).write_text("ready")
+        stop.wait()
+    finally:
+        service.stop()
     return 0
 
 

@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.fakes import FakePipeline
+from tests.kit import FakePipeline
 
 KILLED_ONCE = "killed-once"  # exists once KillOnceEngine has killed its process
 PIDS = "engine-pids"  # one line per run: the pid of the process that ran it

@@ -4,7 +4,8 @@
 identities, waits until a write succeeds, and returns an `S3Server`; `stop()` sends SIGTERM, waits
 a little (weed ignores SIGTERM for several seconds while it drains), then kills. The
 fixtures `s3_server` (session-scoped) and `aws_env` come in through
-`pytest_plugins = ["tests.s3server"]`, so every module shares one server.
+`pytest_plugins = ["tests.s3server"]`, so every module shares one server; every test that uses
+them is marked slow.
 
 No assertions live here, so pytest need not rewrite it: PYTEST_DONT_REWRITE.
 """
@@ -15,10 +16,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+
+from tests.kit import free_ports, wait_until
 
 BUCKET = "heygem-test"  # created at start; tests use their own key prefixes inside it
 OTHER_BUCKET = "heygem-other"  # the restricted identity may read only this one
@@ -112,19 +113,6 @@ def weed_binary() -> str:
     return found
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def start_s3_server(workdir: Path) -> S3Server:
     workdir.mkdir(parents=True, exist_ok=True)
     last_error: Exception | None = None
@@ -177,10 +165,10 @@ def _launch(workdir: Path) -> S3Server:
 
 def _wait_ready(server: S3Server) -> None:
     """Ready means a bucket can be created and written, not merely that the port answers."""
-    deadline = time.monotonic() + START_TIMEOUT_S
     client = server.client()
-    last = "no answer"
-    while time.monotonic() < deadline:
+    last = ["no answer"]
+
+    def writable() -> bool:
         if not server.running:
             raise RuntimeError(f"weed exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
@@ -190,11 +178,16 @@ def _wait_ready(server: S3Server) -> None:
                 except client.exceptions.BucketAlreadyOwnedByYou:
                     pass
                 client.put_object(Bucket=bucket, Key="ready-probe", Body=b"ok")
-            return
+            return True
         except Exception as exc:  # noqa: BLE001 - any failure here just means "not yet"
-            last = f"{type(exc).__name__}: {exc}"
-            time.sleep(POLL_S)
-    raise RuntimeError(f"not ready after {START_TIMEOUT_S:.0f} s ({last}):\n{server.log_tail()}")
+            last[0] = f"{type(exc).__name__}: {exc}"
+            return False
+
+    try:
+        wait_until(writable, START_TIMEOUT_S, interval=POLL_S, message="a writable bucket")
+    except AssertionError:  # start_s3_server retries on RuntimeError
+        tail = server.log_tail()
+        raise RuntimeError(f"not ready after {START_TIMEOUT_S:.0f} s ({last[0]}):\n{tail}") from None
 
 
 def use_identity(monkeypatch, identity: Identity) -> None:
@@ -215,6 +208,14 @@ def aws_env(monkeypatch, s3_server, tmp_path):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     use_identity(monkeypatch, s3_server.admin)
     return monkeypatch
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the real S3 server (directly or through aws_env, s3_settings...) is
+    marked slow: the fast loop (-m "not slow") never starts SeaweedFS."""
+    for item in items:
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

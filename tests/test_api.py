@@ -8,7 +8,6 @@ import json
 import shutil
 import sqlite3
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -16,68 +15,66 @@ import pytest
 from fastapi.testclient import TestClient
 
 from heygem.engine.api import OPTION_NAMES, SyncOptions, option_default, option_specs
-from heygem.jobs import JobService
 from heygem.web.api import INTERNAL_ERROR
 from heygem.web.metrics import RECENT_SCAN
 from heygem.web.server import create_app
 from tests import media
-from tests.fakes import FakePipeline
+from tests.kit import FakePipeline, Pipelines, wait_until
 
-POLL_S = 0.05
 JOB_TIMEOUT_S = 60.0
 MB = 1 << 20
 
 
-class GatedPipeline(FakePipeline):
-    """FakePipeline whose load() waits for the test to open the gate: a model that is 'loading'."""
-
-    gate = threading.Event()
-
-    def load(self) -> None:
-        self.gate.wait()
-        super().load()
-
-
 @pytest.fixture
 def gate():
-    GatedPipeline.gate = threading.Event()
-    yield GatedPipeline.gate
-    GatedPipeline.gate.set()  # never leave a worker thread blocked
-
-
-def start(settings, factory=FakePipeline, **client_kwargs):
-    service = JobService(settings, pipeline_factory=factory)
-    service.start()
-    app = create_app(settings, service, ui=False)
-    return service, TestClient(app, **client_kwargs)
+    gate = threading.Event()
+    yield gate
+    gate.set()  # never leave a worker thread blocked
 
 
 @pytest.fixture
-def client(settings):
-    service, client = start(settings)
+def gated(gate):
+    """A pipeline factory whose load() waits for the test to open the gate: a model that is 'loading'."""
+    return Pipelines(gate=gate)
+
+
+@pytest.fixture
+def start(start_service):
+    """start(settings, factory=FakePipeline, **client_kwargs) -> (service, TestClient); the
+    service is stopped at teardown."""
+
+    def start(settings, factory=FakePipeline, **client_kwargs):
+        service = start_service(settings, factory)
+        return service, TestClient(create_app(settings, service, ui=False), **client_kwargs)
+
+    return start
+
+
+@pytest.fixture
+def client(settings, start):
+    _, client = start(settings)
     with client:
         yield client
-    service.stop(5)
 
 
 def wait_job(client: TestClient, job_id: str, headers: dict | None = None) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        time.sleep(POLL_S)
-    raise AssertionError(f"job {job_id} did not finish: {body}")
+    last: list[dict] = []
+
+    def finished():
+        last[:] = [client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()]
+        return last[0] if last[0]["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_until(finished, JOB_TIMEOUT_S, message=lambda: f"job {job_id} to finish: {last}")
 
 
 def wait_batch(client: TestClient, batch_id: str) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/batches/{batch_id}").json()
-        if body["status"] == "finished":
-            return body
-        time.sleep(POLL_S)
-    raise AssertionError(f"batch {batch_id} did not finish: {body}")
+    last: list[dict] = []
+
+    def finished():
+        last[:] = [client.get(f"/api/v1/batches/{batch_id}").json()]
+        return last[0] if last[0]["status"] == "finished" else None
+
+    return wait_until(finished, JOB_TIMEOUT_S, message=lambda: f"batch {batch_id} to finish: {last}")
 
 
 def upload(client: TestClient, audio: Path, video: Path, headers=None, **fields):
@@ -99,29 +96,25 @@ def assert_one_line_error(response, code: int) -> str:
 # --- probes ----------------------------------------------------------------------------------------
 
 
-def test_health_answers_while_the_model_is_still_loading(settings, gate):
-    service, client = start(settings, factory=GatedPipeline)
+def test_health_answers_while_the_model_is_still_loading(settings, gate, start, gated):
+    service, client = start(settings, factory=gated)
     with client:
         assert client.get("/health").json() == {"health": "true"}
         ready = client.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["ready"] is False and ready.json()["reason"]
         gate.set()
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+        wait_until(lambda: client.get("/ready").status_code == 200, JOB_TIMEOUT_S, message="/ready")
         assert client.get("/ready").json() == {"ready": True, "reason": "ready"}
-    service.stop(5)
 
 
-def test_ready_is_503_while_draining(settings):
+def test_ready_is_503_while_draining(settings, start):
     service, client = start(settings)
     with client:
         client.app.state.heygem.draining.set()
         response = client.get("/ready")
         assert response.status_code == 503 and response.json()["reason"] == "draining"
         assert client.get("/health").status_code == 200
-    service.stop(5)
 
 
 def test_deep_ready_runs_one_inference_and_reports_its_latency(client):
@@ -131,12 +124,11 @@ def test_deep_ready_runs_one_inference_and_reports_its_latency(client):
     assert body["ready"] is True and body["latency_ms"] >= 0 and body["inference_ms"] >= 0
 
 
-def test_deep_ready_refuses_while_loading(settings, gate):
-    service, client = start(settings, factory=GatedPipeline)
+def test_deep_ready_refuses_while_loading(settings, start, gated):
+    service, client = start(settings, factory=gated)
     with client:
         response = client.get("/ready", params={"deep": 1})
         assert response.status_code == 503 and response.json()["ready"] is False
-    service.stop(5)
 
 
 class CountingPipeline(FakePipeline):
@@ -148,7 +140,7 @@ class CountingPipeline(FakePipeline):
         return dataclasses.replace(super().run(*args, **kwargs), frames=self.FRAMES)
 
 
-def test_metrics_expose_jobs_queue_duration_and_fps(settings, speech_wav, face_video):
+def test_metrics_expose_jobs_queue_duration_and_fps(settings, speech_wav, face_video, start):
     service, client = start(settings, factory=CountingPipeline)
     with client:
         job = upload(client, speech_wav, face_video).json()
@@ -166,11 +158,10 @@ def test_metrics_expose_jobs_queue_duration_and_fps(settings, speech_wav, face_v
         assert float(fps[0].split()[1]) == pytest.approx(CountingPipeline.FRAMES / done["run_seconds"])
         # A second scrape does not count the same job twice.
         again = client.get("/metrics").text
-    service.stop(5)
     assert 'heygem_job_duration_seconds_count{status="succeeded"} 1.0' in again
 
 
-def test_metrics_count_jobs_with_one_query_not_by_paging(settings, speech_wav, face_video):
+def test_metrics_count_jobs_with_one_query_not_by_paging(settings, speech_wav, face_video, start):
     service, client = start(settings)
     with client:
         for _ in range(2):
@@ -184,7 +175,6 @@ def test_metrics_count_jobs_with_one_query_not_by_paging(settings, speech_wav, f
 
         service.list_jobs = list_jobs
         text = client.get("/metrics").text
-    service.stop(5)
     assert 'heygem_jobs{status="succeeded"} 2.0' in text and 'heygem_jobs{status="failed"} 0.0' in text
     assert pages == [(RECENT_SCAN, 0)]  # only the look for newly finished jobs
 
@@ -214,7 +204,7 @@ def test_multipart_submit_poll_and_download(client, speech_wav, face_video, tmp_
     assert media.stream_types(saved) == ["video", "audio"]
 
 
-def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, speech_wav, face_video):
+def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, speech_wav, face_video, start):
     """A link signed once at the end of the job would expire; each read signs a fresh one."""
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
@@ -252,10 +242,9 @@ def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, spee
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
         assert client.get(f"/api/v1/jobs/{job['id']}").json()["presigned_url"] == stale
-    service.stop(5)
 
 
-def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech_wav, face_video):
+def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech_wav, face_video, start):
     """The mp4 was made and kept; the job says failed (the upload error) and still links it."""
     mount = tmp_path / "obs-mount"
     mount.mkdir()
@@ -291,7 +280,6 @@ def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech
             db.execute("UPDATE jobs SET output_path = ? WHERE id = ?",
                        (str(settings.database_path), done["id"]))
         assert_one_line_error(client.get(done["result_url"]), 403)
-    service.stop(5)
 
 
 def test_json_submit_with_server_paths_and_output_name(client, settings, speech_wav, face_video):
@@ -320,8 +308,9 @@ def test_list_jobs_newest_first_with_paging(client, settings, speech_wav, face_v
     assert_one_line_error(client.get("/api/v1/jobs", params={"limit": 0}), 400)
 
 
-def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, speech_wav, face_video):
-    service, client = start(settings, factory=GatedPipeline)
+def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, speech_wav, face_video,
+                                                                start, gated):
+    service, client = start(settings, factory=gated)
     with client:
         queued = upload(client, speech_wav, face_video).json()
         cancelled = client.delete(f"/api/v1/jobs/{queued['id']}").json()
@@ -338,7 +327,6 @@ def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, 
         }
         assert_one_line_error(client.get(f"/api/v1/jobs/{finished['id']}"), 404)
         assert not upload_folder.exists()  # no empty inputs/<uuid>/ left behind
-    service.stop(5)
 
 
 # --- batches ---------------------------------------------------------------------------------------
@@ -417,18 +405,17 @@ def test_multipart_batch_refuses_mismatched_counts(client, speech_wav, face_vide
 # --- limits and errors -----------------------------------------------------------------------------
 
 
-def test_queue_full_is_429(settings, gate, speech_wav, face_video):
-    service, client = start(settings.replace(queue_size=2), factory=GatedPipeline)
+def test_queue_full_is_429(settings, speech_wav, face_video, start, gated):
+    service, client = start(settings.replace(queue_size=2), factory=gated)
     with client:
         for _ in range(2):
             assert upload(client, speech_wav, face_video).status_code == 202
         response = upload(client, speech_wav, face_video)
         assert "queue" in assert_one_line_error(response, 429).lower()
         assert response.headers["retry-after"]
-    service.stop(5)
 
 
-def test_upload_over_the_size_limit_is_413_and_leaves_nothing(settings, speech_wav):
+def test_upload_over_the_size_limit_is_413_and_leaves_nothing(settings, speech_wav, start):
     service, client = start(settings.replace(max_upload_mb=1))
     big = bytes(3 * MB)
     with client:
@@ -441,16 +428,14 @@ def test_upload_over_the_size_limit_is_413_and_leaves_nothing(settings, speech_w
             "audio": ("a.wav", speech_wav.read_bytes(), "audio/wav"),
             "video": ("v.mp4", bytes(int(1.5 * MB)), "video/mp4")})
         assert "v.mp4" in assert_one_line_error(response, 413)
-    service.stop(5)
     assert not any(p.is_file() for p in settings.inputs_dir.rglob("*"))
 
 
-def test_audio_over_the_duration_limit_is_413(settings, speech_wav, face_video):
+def test_audio_over_the_duration_limit_is_413(settings, speech_wav, face_video, start):
     service, client = start(settings.replace(max_duration_s=1.0))
     with client:
         detail = assert_one_line_error(upload(client, speech_wav, face_video), 413)
         assert "speech.wav" in detail and "the limit is 1 s" in detail
-    service.stop(5)
 
 
 def test_bad_requests_are_400_with_the_problem_named(client, speech_wav, face_video):
@@ -467,7 +452,7 @@ def test_bad_requests_are_400_with_the_problem_named(client, speech_wav, face_vi
     assert assert_one_line_error(client.post("/api/v1/batches", json={"items": []}), 400)
 
 
-def test_bearer_token_guards_the_api_but_not_the_probes(settings, speech_wav, face_video):
+def test_bearer_token_guards_the_api_but_not_the_probes(settings, speech_wav, face_video, start):
     service, client = start(settings.replace(api_token="s3cret"))
     with client:
         for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
@@ -482,7 +467,6 @@ def test_bearer_token_guards_the_api_but_not_the_probes(settings, speech_wav, fa
         for path in ("/health", "/ready", "/metrics"):
             assert client.get(path).status_code in (200, 503)
             assert client.get(path).status_code != 401
-    service.stop(5)
 
 
 def test_unknown_ids_are_404(client):
@@ -539,7 +523,7 @@ def test_result_outside_the_outputs_folder_is_never_served(client, settings, spe
     assert b"SQLite format" not in response.content
 
 
-def test_unexpected_errors_are_a_generic_500_without_traceback(settings, caplog):
+def test_unexpected_errors_are_a_generic_500_without_traceback(settings, caplog, start):
     service, client = start(settings, raise_server_exceptions=False)
 
     def broken(*args, **kwargs):
@@ -548,7 +532,6 @@ def test_unexpected_errors_are_a_generic_500_without_traceback(settings, caplog)
     service.list_jobs = broken
     with client:
         response = client.get("/api/v1/jobs")
-    service.stop(5)
     assert assert_one_line_error(response, 500) == INTERNAL_ERROR
     assert "secret" not in response.text
     assert "secret internal state" in caplog.text  # the details stay in the server log

@@ -21,7 +21,7 @@ from heygem.jobs.records import JobStatus
 from heygem.jobs.service import JobService
 from heygem.jobs.tenancy import LOCAL
 from heygem.web.server import create_app
-from tests.fakes import FakePipeline
+from tests.kit import FakePipeline
 
 WAIT_S = 60.0
 POLL_S = 0.05
@@ -126,7 +126,7 @@ def test_rename_and_delete_remove_the_folder_but_keep_finished_videos(service, s
 def test_a_queued_job_on_a_deleted_avatar_fails_with_one_line(settings, staged):
     import threading
 
-    from tests.jobs_support import Pipelines, running_service
+    from tests.kit import Pipelines, running_service
 
     gate = threading.Event()
     with running_service(settings, Pipelines(gate=gate)) as service:

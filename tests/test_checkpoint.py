@@ -232,6 +232,7 @@ def test_verify_file(tmp_path):
     assert digest in error_text(info)
 
 
+@pytest.mark.slow  # builds and writes a full-size random checkpoint
 def test_fixture_helper_writes_unprefixed_files(scratch):
     path = media.save_random_checkpoint(scratch / "plain.pth", seed=1, prefix="")
     raw = torch.load(path, weights_only=True)["state_dict"]

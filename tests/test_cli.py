@@ -20,6 +20,8 @@ from heygem.settings import Settings
 from tests import e2e_media as em
 from tests import media
 
+pytestmark = pytest.mark.slow  # `python -m heygem` subprocesses, most of them on the real engine
+
 PROJECT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 300
 

@@ -11,7 +11,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from tests import media
-from tests.live_server import REAL_LAUNCHER, LiveServer
+from tests.kit import REAL_LAUNCHER, ServerProcess
 
 pytestmark = pytest.mark.slow  # a live server subprocess
 
@@ -30,7 +30,7 @@ def real_server(tmp_path_factory, checkpoint_file):
     models = data / "models"
     models.mkdir(parents=True)
     (models / "wav2lip_gan.pth").write_bytes(checkpoint_file.read_bytes())
-    live = LiveServer(data, launcher=REAL_LAUNCHER, env={"HEYGEM_MODELS_DIR": str(models)})
+    live = ServerProcess(data, argv=(str(REAL_LAUNCHER),), env={"HEYGEM_MODELS_DIR": str(models)})
     try:
         live.wait_for("/ready", 200, READY_TIMEOUT_S)
         live.wait_for("/", 200, READY_TIMEOUT_S)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -37,9 +35,8 @@ from heygem.storage.paths import resolve_under
 from heygem.jobs.tenancy import LOCAL
 from heygem.web.identity import Identity, IdentityGate
 from tests import media
-from tests.jobs_support import Pipelines
+from tests.kit import Pipelines, free_port, wait_until
 
-POLL_S = 0.05
 JOB_TIMEOUT_S = 60.0
 
 
@@ -83,20 +80,23 @@ class Harness:
     def poll(self, code: str) -> tuple[dict, list[int]]:
         """Query until status 2 or 3, as the desktop client does; the last reply and progresses."""
         seen: list[int] = []
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while time.monotonic() < deadline:
+        replies: list[dict] = []
+
+        def finished() -> dict | None:
             reply = self.query(code)
             assert reply["code"] == CODE_OK, reply
+            replies.append(reply)
             seen.append(reply["data"]["progress"])
             if reply["data"]["status"] in (2, 3):
-                return reply, seen
+                return reply
             assert reply["data"]["status"] == 1
-            time.sleep(POLL_S)
-        raise AssertionError(f"task {code} did not finish: {reply}")
+            return None
+
+        reply = wait_until(finished, JOB_TIMEOUT_S, message=lambda: f"task {code} to finish: {replies[-1:]}")
+        return reply, seen
 
     def close(self) -> None:
-        if self.pipelines.gate is not None:
-            self.pipelines.gate.set()
+        self.pipelines.open_gate()
         self.service.stop(drain_seconds=5)
 
 
@@ -130,11 +130,8 @@ def test_running_task_reports_its_stage_and_progress(compat_settings):
     h = Harness(compat_settings, Pipelines(delay_s=1.5))
     try:
         h.submit("slow")
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        data = h.query("slow")["data"]
-        while data["msg"] != "running: synthesize" and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-            data = h.query("slow")["data"]
+        data = wait_until(lambda: (d := h.query("slow")["data"])["msg"] == "running: synthesize" and d,
+                          JOB_TIMEOUT_S, message="the task to run")
         assert data["status"] == 1
         assert data["msg"] == "running: synthesize"
         assert 0 < data["progress"] < 100
@@ -402,14 +399,8 @@ def test_with_the_compat_api_off_its_default_folder_is_no_input_root(settings):
         resolve_under(hidden, service_settings.allowed_input_roots)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_compat_server_serves_its_own_port_and_stops(harness):
-    port = _free_port()
+    port = free_port()
     settings = harness.settings.replace(compat_port=port)
     assert start_compat_server(harness.service, settings.replace(compat_port=0)) is None
     server = start_compat_server(harness.service, settings)

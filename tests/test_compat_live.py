@@ -8,7 +8,6 @@ a HeyGem desktop client pointed at port 8383 would.
 from __future__ import annotations
 
 import shutil
-import time
 
 import httpx
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from heygem.engine.media.label import draw_label
 from heygem.web.compat import WATERMARK_LABEL
 from tests import media
-from tests.live_server import REAL_LAUNCHER, LiveServer, free_port, http_status
+from tests.kit import REAL_LAUNCHER, ServerProcess, free_port, http_status, wait_until
 
 pytestmark = pytest.mark.slow  # a live server subprocess on the real engine
 
@@ -38,17 +37,15 @@ def live(tmp_path_factory, checkpoint_file, face_video):
     media.make_speech(shared / "temp" / "hello.wav", SHORT_SPEECH)
     shutil.copy(face_video, shared / "temp" / "anchor.mp4")
     compat_port = free_port()
-    server = LiveServer(base / "data", launcher=REAL_LAUNCHER, env={
+    server = ServerProcess(base / "data", argv=(str(REAL_LAUNCHER),), env={
         "HEYGEM_MODELS_DIR": str(models), "HEYGEM_COMPAT_ROOT": str(shared),
         "HEYGEM_COMPAT_PORT": str(compat_port), "HEYGEM_WARMUP": "false", "HEYGEM_BATCH_SIZE": "16",
     })
     compat_url = f"http://127.0.0.1:{compat_port}"
     try:
         server.wait_for("/health", 200, READY_TIMEOUT_S)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while http_status(compat_url + "/easy/query?code=probe") != 200:
-            assert time.monotonic() < deadline, f"compat port never answered\n{server.log()}"
-            time.sleep(POLL_S)
+        wait_until(lambda: http_status(compat_url + "/easy/query?code=probe") == 200, READY_TIMEOUT_S,
+                   interval=POLL_S, message=lambda: f"the compat port\n{server.log_tail()}")
         yield server, compat_url, shared
     finally:
         server.stop_cleanly()
@@ -71,14 +68,15 @@ def test_client_submits_polls_and_reads_the_result_from_the_shared_folder(live):
         assert submitted["code"] == 10000, submitted
 
         replies = []
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while time.monotonic() < deadline:
+
+        def finished() -> bool:
             reply = client.get("/easy/query", params={"code": code}).json()
             assert reply["code"] == 10000, reply
             replies.append(reply["data"])
-            if reply["data"]["status"] != 1:
-                break
-            time.sleep(POLL_S)
+            return reply["data"]["status"] != 1
+
+        wait_until(finished, JOB_TIMEOUT_S, interval=POLL_S,
+                   message=lambda: f"the task to end: {replies[-1:]}\n{server.log_tail()}")
 
     final = replies[-1]
     assert final["status"] == 2, f"{final}\n{server.log()}"

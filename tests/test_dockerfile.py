@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit import free_port
+
 PROJECT = Path(__file__).resolve().parent.parent
 DOCKERFILE = PROJECT / "Dockerfile"
 DOCKERIGNORE = PROJECT / ".dockerignore"
@@ -224,10 +226,7 @@ def test_healthcheck_command_against_a_server(instructions, status, healthy):
 
 
 def test_healthcheck_command_fails_when_nothing_listens(instructions):
-    with __import__("socket").socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    assert _probe(instructions, port).returncode != 0
+    assert _probe(instructions, free_port()).returncode != 0
 
 
 # --- lint and build context ----------------------------------------------------------------------

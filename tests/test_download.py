@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
-import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from heygem.errors import ModelError
 from heygem.engine.model import download
 from heygem.settings import Settings
+from tests.kit import free_port
 
 PAYLOAD = os.urandom(2_500_000)  # a few 1 MiB chunks, so progress is reported more than once
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -98,12 +98,6 @@ def server(weights_server) -> WeightsServer:
 def files_in(folder: Path) -> list[str]:
     """Everything in the folder, hidden temporaries included."""
     return sorted(p.name for p in folder.iterdir())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- resolution and status --------------------------------------------------------------------

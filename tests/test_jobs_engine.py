@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from heygem.jobs.records import JobStatus
@@ -11,6 +9,7 @@ from heygem.jobs.service import JobService
 from heygem.jobs.tenancy import LOCAL
 from tests import media
 from tests.jobs_support import place_inputs
+from tests.kit import wait_until
 
 ENGINE_WAIT_S = 300.0  # model load, warm-up and a 1 s clip on 2 busy CPU cores
 POLL_S = 0.1
@@ -26,9 +25,8 @@ def test_job_service_runs_the_real_engine(settings_with_weights, speech_wav, fac
     service = JobService(settings)  # the default factory: the real LipSyncPipeline
     service.start()
     try:
-        deadline = time.monotonic() + ENGINE_WAIT_S
-        while service.readiness()[1] == "loading the model" and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+        wait_until(lambda: service.readiness()[1] != "loading the model", ENGINE_WAIT_S,
+                   interval=POLL_S, message="the model to load")
         assert service.readiness() == (True, "ready")  # loaded and warmed up
         job = service.submit(str(audio), str(inputs.video), output_name="talking", principal=LOCAL)
         done = service.wait(job.id, ENGINE_WAIT_S, principal=LOCAL)

@@ -14,8 +14,7 @@ from heygem.jobs.records import JobStatus
 from heygem.jobs.runner import run_manifest
 from heygem.jobs.tenancy import LOCAL
 from tests import media
-from tests.fakes import FakePipeline
-from tests.jobs_support import WAIT_S, Pipelines, running_service
+from tests.kit import WAIT_S, FakePipeline, Pipelines, running_service
 
 
 def write_manifest(path, *lines):

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,47 +11,26 @@ from heygem.jobs import files as job_files
 from heygem.jobs.records import JobStatus, NewJob
 from tests import media
 from tests.jobs_server import READY_FILE, RUN_LOG
-from tests.jobs_support import WAIT_S, open_store, place_inputs, wait_until
+from tests.jobs_support import open_store, place_inputs
+from tests.kit import WAIT_S, ServerProcess, wait_until
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # job server subprocesses, killed and restarted
+
 START_TIMEOUT_S = 60.0
-EXIT_TIMEOUT_S = 30.0
 
 
-class Server:
-    """One run of tests/jobs_server.py on a data folder."""
-
-    def __init__(self, data_dir: Path, *, delay_s: float, drain_s: float = 60.0) -> None:
-        self.data_dir = data_dir
-        (data_dir / READY_FILE).unlink(missing_ok=True)
-        env = {
-            **os.environ,
-            "HEYGEM_DATA_DIR": str(data_dir),
-            "HEYGEM_MODELS_DIR": str(data_dir / "models"),
-            "HEYGEM_WARMUP": "false",
-            "HEYGEM_DRAIN_SECONDS": str(drain_s),
-            "HEYGEM_FAKE_DELAY_S": str(delay_s),
-        }
-        self.log_path = data_dir / f"server-{time.monotonic_ns()}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.jobs_server"], cwd=PROJECT_DIR, env=env,
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        wait_until(lambda: (data_dir / READY_FILE).exists() or self.proc.poll() is not None,
-               START_TIMEOUT_S, "server ready")
-        assert self.proc.poll() is None, self.log()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(EXIT_TIMEOUT_S)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(EXIT_TIMEOUT_S)
+def start_server(servers, data_dir: Path, *, delay_s: float, drain_s: float = 60.0) -> ServerProcess:
+    """One run of tests/jobs_server.py on a data folder, ready to claim jobs; stopped at teardown."""
+    (data_dir / READY_FILE).unlink(missing_ok=True)
+    server = servers(data_dir, argv=("-m", "tests.jobs_server"), env={
+        "HEYGEM_MODELS_DIR": str(data_dir / "models"),
+        "HEYGEM_WARMUP": "false",
+        "HEYGEM_DRAIN_SECONDS": str(drain_s),
+        "HEYGEM_FAKE_DELAY_S": str(delay_s),
+    })
+    wait_until(lambda: server.alive() and (data_dir / READY_FILE).exists(), START_TIMEOUT_S,
+               message="server ready")
+    return server
 
 
 @pytest.fixture
@@ -86,16 +60,17 @@ def runs(settings) -> Counter:
     return Counter(path.read_text().split()) if path.exists() else Counter()
 
 
-def test_sigkill_mid_job_then_restart_completes_every_job_exactly_once(settings, inputs, store):
-    server = Server(settings.data_dir, delay_s=3.0)
+def test_sigkill_mid_job_then_restart_completes_every_job_exactly_once(settings, inputs, store, servers):
+    server = start_server(servers, settings.data_dir, delay_s=3.0)
     ids = submit(store, inputs, 4)
-    wait_until(lambda: store.get(ids[0]).progress > 0, WAIT_S, "first job under way")
+    wait_until(lambda: store.get(ids[0]).progress > 0, WAIT_S, message="first job under way")
     server.kill()
     assert status_of(store, ids[0]) == JobStatus.RUNNING  # what a crash leaves behind
     assert runs(settings) == Counter()
 
-    server = Server(settings.data_dir, delay_s=0.1)
-    wait_until(lambda: all(status_of(store, i) == JobStatus.SUCCEEDED for i in ids), WAIT_S, "all jobs")
+    server = start_server(servers, settings.data_dir, delay_s=0.1)
+    wait_until(lambda: all(status_of(store, i) == JobStatus.SUCCEEDED for i in ids), WAIT_S,
+               message="all jobs")
     assert server.terminate() == 0, server.log()
 
     assert runs(settings) == Counter({job_id: 1 for job_id in ids})
@@ -106,27 +81,27 @@ def test_sigkill_mid_job_then_restart_completes_every_job_exactly_once(settings,
     assert list(job_files.scratch_root(settings).iterdir()) == []  # the killed run's scratch too
 
 
-def test_sigterm_lets_a_short_job_finish_and_exits_zero(settings, inputs, store):
-    server = Server(settings.data_dir, delay_s=1.0, drain_s=WAIT_S)
+def test_sigterm_lets_a_short_job_finish_and_exits_zero(settings, inputs, store, servers):
+    server = start_server(servers, settings.data_dir, delay_s=1.0, drain_s=WAIT_S)
     (job_id,) = submit(store, inputs, 1)
-    wait_until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, "job running")
+    wait_until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, message="job running")
     assert server.terminate() == 0, server.log()
     job = store.get(job_id)
     assert job.status == JobStatus.SUCCEEDED and job.output_path.is_file()
     assert runs(settings) == Counter({job_id: 1})
 
 
-def test_sigterm_requeues_a_long_job_which_completes_after_restart(settings, inputs, store):
-    server = Server(settings.data_dir, delay_s=60.0, drain_s=0.5)
+def test_sigterm_requeues_a_long_job_which_completes_after_restart(settings, inputs, store, servers):
+    server = start_server(servers, settings.data_dir, delay_s=60.0, drain_s=0.5)
     (job_id,) = submit(store, inputs, 1)
-    wait_until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, "job running")
+    wait_until(lambda: status_of(store, job_id) == JobStatus.RUNNING, WAIT_S, message="job running")
     assert server.terminate() == 0, server.log()
     job = store.get(job_id)
     assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
     assert "back in the queue" in server.log()
 
-    server = Server(settings.data_dir, delay_s=0.1)
-    wait_until(lambda: status_of(store, job_id) == JobStatus.SUCCEEDED, WAIT_S, "job done")
+    server = start_server(servers, settings.data_dir, delay_s=0.1)
+    wait_until(lambda: status_of(store, job_id) == JobStatus.SUCCEEDED, WAIT_S, message="job done")
     assert server.terminate() == 0, server.log()
     assert runs(settings) == Counter({job_id: 1})
     assert store.get(job_id).attempts == 1

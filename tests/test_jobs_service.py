@@ -31,8 +31,8 @@ from heygem.jobs.service import JobService
 from heygem.jobs.store import SQLiteJobStore
 from heygem.jobs.tenancy import LOCAL
 from tests import media
-from tests.fakes import FakePipeline
-from tests.jobs_support import WAIT_S, Pipelines, place_inputs, running_service, wait_until
+from tests.jobs_support import place_inputs
+from tests.kit import WAIT_S, FakePipeline, Pipelines, running_service, wait_until
 
 
 
@@ -565,12 +565,8 @@ class _CountingWarmup(FakePipeline):
     gate = threading.Event()
 
     def __init__(self, settings):
-        super().__init__(settings, delay_s=1.0)
+        super().__init__(settings, delay_s=1.0, gate=_CountingWarmup.gate)
         self.warmups: list[str] = []
-
-    def load(self):
-        self.gate.wait()
-        super().load()
 
     def warmup(self):
         self.warmups.append(threading.current_thread().name)

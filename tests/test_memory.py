@@ -18,6 +18,8 @@ import pytest
 
 from tests import e2e_media as em
 
+pytestmark = pytest.mark.slow  # a subprocess running the real engine twice
+
 PROBE = Path(__file__).resolve().parent / "memory_probe.py"
 SHORT_S, LONG_S = 5.0, 60.0
 GROWTH = 1.25  # allowed ratio of the long job's peak to the short one's ...

@@ -62,6 +62,7 @@ def test_forward_shape_and_range(model):
     assert out.std() > 0  # not a constant image
 
 
+@pytest.mark.slow  # several passes of the full generator on the CPU
 def test_batch_items_are_independent_in_eval_mode(model):
     torch.manual_seed(2)
     mel = torch.randn(3, 1, MEL_BINS, MEL_STEPS)
@@ -72,6 +73,7 @@ def test_batch_items_are_independent_in_eval_mode(model):
     torch.testing.assert_close(batch[2:3], single, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # several passes of the full generator on the CPU
 def test_output_depends_on_audio_and_both_face_halves(model):
     """Gradients reach every input: the audio path and the skip connections are all wired."""
     torch.manual_seed(4)
@@ -83,6 +85,7 @@ def test_output_depends_on_audio_and_both_face_halves(model):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow  # several passes of the full generator on the CPU
 def test_time_folded_mode_is_time_major(model):
     torch.manual_seed(3)
     batch, steps = 2, 3

@@ -23,6 +23,8 @@ from heygem.settings import Settings
 from tests import e2e_media as em
 from tests import media
 
+pytestmark = pytest.mark.slow  # the real engine end to end, on random weights
+
 FPS = media.FIXTURE_FPS
 SIDE = media.FIXTURE_SIDE
 BOX = em.FACE_BOX_256  # top, bottom, left, right

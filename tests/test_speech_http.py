@@ -4,7 +4,6 @@ answer with real speech (espeak-ng + ffmpeg), and their failure modes."""
 from __future__ import annotations
 
 import itertools
-import socket
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from heygem.settings import Settings
 from heygem.speech import VoiceReference, synthesize_text
 from heygem.speech.fish import FishSpeechProvider
 from heygem.speech.openai import OpenAISpeechProvider
+from tests.kit import free_port
 from tests.speech_support import (
     Received,
     Reply,
@@ -281,9 +281,7 @@ def test_a_body_that_is_not_audio_is_an_error(tmp_path):
 
 
 def test_a_server_that_is_not_running_is_named(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(SpeechError) as caught:
         speak_with(tmp_path, f"http://127.0.0.1:{port}")
     message = str(caught.value)

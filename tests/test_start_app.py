@@ -23,6 +23,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.kit import free_port, wait_until
+
 PROJECT = Path(__file__).resolve().parent.parent
 START_APP = PROJECT / "start_app.sh"
 STARTUP_TIMEOUT_S = 180  # generous: imports on a busy 2-core machine
@@ -36,12 +38,6 @@ pytestmark = pytest.mark.slow
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_in_use(port: int) -> bool:
@@ -98,8 +94,7 @@ class App:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def wait_healthy(self) -> httpx.Response:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
+        def healthy() -> httpx.Response | None:
             if self.proc.poll() is not None:
                 self._reader.join(5)
                 pytest.fail(f"start_app.sh exited with {self.proc.returncode}:\n{self.output[-4000:]}")
@@ -107,8 +102,10 @@ class App:
                 response = httpx.get(self.url("/health"), timeout=5)
                 if response.status_code == 200:
                     return response
-            time.sleep(0.5)
-        pytest.fail(f"/health did not answer within {STARTUP_TIMEOUT_S}s:\n{self.output[-4000:]}")
+            return None
+
+        return wait_until(healthy, STARTUP_TIMEOUT_S, interval=0.5,
+                          message=lambda: f"/health to answer:\n{self.output[-4000:]}")
 
     def session_processes(self) -> list[psutil.Process]:
         found = []
@@ -224,12 +221,10 @@ def job_status(app: App, job_id: str, headers: dict | None = None) -> dict:
 
 
 def wait_finished(app: App, job_id: str, headers: dict | None = None) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    job = job_status(app, job_id, headers)
-    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(1)
-        job = job_status(app, job_id, headers)
-    return job
+    return wait_until(
+        lambda: (job := job_status(app, job_id, headers))["status"] not in ("queued", "running") and job,
+        JOB_TIMEOUT_S, interval=1, message=f"job {job_id} to finish",
+    )
 
 
 def settings_lines(app: App) -> dict[str, str]:
@@ -364,9 +359,8 @@ def test_sigterm_reaches_the_python_server_which_drains_and_exits_0(cpu_app, spe
     assert "app.py" in server.cmdline()
     # A job in flight, so that the drain has something to wait for.
     job_id = submit_job(app, speech_wav, face_video)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while job_status(app, job_id)["status"] == "queued" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: job_status(app, job_id)["status"] != "queued", JOB_TIMEOUT_S, interval=0.2,
+               message="the job to start")
 
     # The grace period is the wait's timeout: overrunning it raises TimeoutExpired.
     assert app.terminate(GRACE_S) == 0

@@ -14,11 +14,11 @@ import pytest
 
 from heygem import storage
 from heygem.errors import ForbiddenPathError, InputError, LimitExceededError, StorageError
+from tests.kit import free_port
 from tests.s3server import (
     BUCKET,
     OTHER_BUCKET,
     Identity,
-    free_ports,
     start_s3_server,
     use_identity,
 )
@@ -52,7 +52,7 @@ def _object_bytes(s3_server, bucket: str, key: str) -> bytes:
 
 def _dead_endpoint() -> str:
     """A port nothing listens on: connection refused at once."""
-    return f"http://127.0.0.1:{free_ports(1)[0]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # --- local HTTPS server --------------------------------------------------------------------------

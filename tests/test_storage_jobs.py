@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 import urllib.request
 import uuid
 
@@ -12,17 +11,15 @@ from fastapi.testclient import TestClient
 
 from heygem.errors import ForbiddenPathError
 from heygem.jobs.records import JobStatus
-from heygem.jobs.service import JobService
 from heygem.web.server import create_app
 from heygem.jobs.tenancy import LOCAL
 from tests import media
-from tests.fakes import FakePipeline
-from tests.s3server import BUCKET, OTHER_BUCKET, free_ports, use_identity
+from tests.kit import free_port, wait_until
+from tests.s3server import BUCKET, OTHER_BUCKET, use_identity
 
 pytest_plugins = ["tests.s3server"]  # the s3_server and aws_env fixtures
 
 JOB_TIMEOUT_S = 120.0
-DRAIN_S = 5.0
 POLL_S = 0.1
 
 
@@ -31,22 +28,6 @@ def s3_settings(settings, s3_server, aws_env):
     return settings.replace(
         s3_endpoint=s3_server.endpoint, s3_region="us-east-1", retention_days=0.0
     )
-
-
-@pytest.fixture
-def run_service():
-    """Start a JobService with the fake engine for given settings; always stopped afterwards."""
-    started: list[JobService] = []
-
-    def start(settings) -> JobService:
-        service = JobService(settings, pipeline_factory=FakePipeline)
-        service.start()
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.stop(drain_seconds=DRAIN_S)
 
 
 @pytest.fixture
@@ -66,9 +47,9 @@ def _download(s3_server, url: str, dest):
 
 
 def test_job_with_object_inputs_publishes_an_mp4_with_audio(
-    s3_server, s3_settings, run_service, objects, tmp_path
+    s3_server, s3_settings, start_service, objects, tmp_path
 ):
-    service = run_service(s3_settings)
+    service = start_service(s3_settings)
     job = service.submit(
         f"s3://{BUCKET}/{objects}/speech.wav", f"obs://{BUCKET}/{objects}/face.mp4",
         output_name="talk.mp4", output_prefix=f"s3://{BUCKET}/{objects}/out/", principal=LOCAL
@@ -84,9 +65,9 @@ def test_job_with_object_inputs_publishes_an_mp4_with_audio(
 
 
 def test_batch_item_with_missing_key_or_bucket_fails_alone(
-    s3_server, s3_settings, run_service, objects
+    s3_server, s3_settings, start_service, objects
 ):
-    service = run_service(s3_settings)
+    service = start_service(s3_settings)
     good = {"audio": f"s3://{BUCKET}/{objects}/speech.wav", "video": f"s3://{BUCKET}/{objects}/face.mp4"}
     batch = service.submit_batch(
         [
@@ -108,13 +89,13 @@ def test_batch_item_with_missing_key_or_bucket_fails_alone(
 
 
 def test_batch_item_the_credentials_may_not_read_fails_alone(
-    s3_server, s3_settings, aws_env, run_service, objects, speech_wav, face_video
+    s3_server, s3_settings, aws_env, start_service, objects, speech_wav, face_video
 ):
     client = s3_server.client()
     client.upload_file(str(speech_wav), OTHER_BUCKET, f"{objects}/speech.wav")
     client.upload_file(str(face_video), OTHER_BUCKET, f"{objects}/face.mp4")
     use_identity(aws_env, s3_server.restricted)  # may read OTHER_BUCKET only
-    service = run_service(s3_settings)
+    service = start_service(s3_settings)
     batch = service.submit_batch([
         {"audio": f"s3://{BUCKET}/{objects}/speech.wav", "video": f"s3://{BUCKET}/{objects}/face.mp4"},
         {"audio": f"s3://{OTHER_BUCKET}/{objects}/speech.wav",
@@ -129,15 +110,15 @@ def test_batch_item_the_credentials_may_not_read_fails_alone(
 
 
 def test_failed_upload_fails_the_job_and_keeps_the_local_result(
-    s3_settings, run_service, speech_wav, face_video
+    s3_settings, start_service, speech_wav, face_video
 ):
     """Storage unreachable at publish time (nothing listens): retried, then the job fails."""
-    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     settings = s3_settings.replace(s3_endpoint=dead)
     settings.inputs_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
     shutil.copy(face_video, settings.inputs_dir / "face.mp4")
-    service = run_service(settings)
+    service = start_service(settings)
     job = service.submit("speech.wav", "face.mp4", output_prefix=f"s3://{BUCKET}/never/", principal=LOCAL)
     job = service.wait(job.id, JOB_TIMEOUT_S, principal=LOCAL)
     assert job.status == JobStatus.FAILED
@@ -148,11 +129,11 @@ def test_failed_upload_fails_the_job_and_keeps_the_local_result(
     assert sorted(media.stream_types(job.output_path)) == ["audio", "video"]
 
 
-def test_result_copied_once_into_a_mounted_folder(s3_settings, run_service, objects, tmp_path):
+def test_result_copied_once_into_a_mounted_folder(s3_settings, start_service, objects, tmp_path):
     mount = tmp_path / "obs-mount"
     mount.mkdir()
     settings = s3_settings.replace(input_roots=(mount,))
-    service = run_service(settings)
+    service = start_service(settings)
     job = service.submit(
         f"s3://{BUCKET}/{objects}/speech.wav", f"s3://{BUCKET}/{objects}/face.mp4",
         output_name="mounted.mp4", output_prefix=str(mount / "results"), principal=LOCAL
@@ -166,17 +147,17 @@ def test_result_copied_once_into_a_mounted_folder(s3_settings, run_service, obje
     assert [p.name for p in (mount / "results").iterdir()] == ["mounted.mp4"]
 
 
-def test_url_off_the_allow_list_is_refused_at_submit(s3_settings, run_service, objects):
-    service = run_service(s3_settings.replace(url_allowlist=("https://media.example.com/",)))
+def test_url_off_the_allow_list_is_refused_at_submit(s3_settings, start_service, objects):
+    service = start_service(s3_settings.replace(url_allowlist=("https://media.example.com/",)))
     with pytest.raises(ForbiddenPathError, match="URL not on the allow-list: https://evil.example.net/a.wav"):
         service.submit("https://evil.example.net/a.wav", f"s3://{BUCKET}/{objects}/face.mp4", principal=LOCAL)
     assert service.count_jobs(principal=LOCAL) == 0
 
 
-def test_api_call_sequence_from_the_docs(s3_server, s3_settings, run_service, objects, tmp_path):
+def test_api_call_sequence_from_the_docs(s3_server, s3_settings, start_service, objects, tmp_path):
     """docs/storage.md section 5: submit with object paths, poll, read the result location."""
     settings = s3_settings.replace(api_token="docs-token")
-    client = TestClient(create_app(settings, run_service(settings), ui=False))
+    client = TestClient(create_app(settings, start_service(settings), ui=False))
     auth = {"Authorization": "Bearer docs-token"}
     submitted = client.post("/api/v1/jobs", headers=auth, json={
         "audio": f"obs://{BUCKET}/{objects}/speech.wav",
@@ -186,13 +167,11 @@ def test_api_call_sequence_from_the_docs(s3_server, s3_settings, run_service, ob
     })
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        body = client.get(f"/api/v1/jobs/{job_id}", headers=auth).json()
-        if body["status"] not in ("queued", "running"):
-            break
-        assert time.monotonic() < deadline, body
-        time.sleep(POLL_S)
+    body = wait_until(
+        lambda: (b := client.get(f"/api/v1/jobs/{job_id}", headers=auth).json())["status"]
+        not in ("queued", "running") and b,
+        JOB_TIMEOUT_S, interval=POLL_S, message=f"job {job_id} to finish",
+    )
     assert body["status"] == "succeeded", body
     assert body["output_url"] == f"obs://{BUCKET}/{objects}/api-out/a-v.mp4"
     downloaded = tmp_path / "a-v.mp4"

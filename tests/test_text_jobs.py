@@ -19,8 +19,7 @@ from heygem.jobs.runner import run_manifest
 from heygem.jobs.service import JobService
 from heygem.jobs.tenancy import LOCAL
 from tests import media
-from tests.fakes import FakePipeline
-from tests.jobs_support import Pipelines, running_service
+from tests.kit import FakePipeline, Pipelines, running_service
 
 WAIT_S = 60.0
 

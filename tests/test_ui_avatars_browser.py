@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.live_server import PROJECT, LiveServer
+from tests.kit import PROJECT, ServerProcess
 
 pytestmark = pytest.mark.slow  # a live server subprocess and a browser
 
@@ -46,7 +46,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    live = LiveServer(tmp_path_factory.mktemp("avatars") / "data", env={"HEYGEM_WARMUP": "false"})
+    live = ServerProcess(tmp_path_factory.mktemp("avatars") / "data", env={"HEYGEM_WARMUP": "false"})
     try:
         live.wait_for("/", 200, UI_TIMEOUT_S)
         yield live

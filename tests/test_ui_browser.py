@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import zipfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests import media
-from tests.live_server import PROJECT, LiveServer
+from tests.kit import PROJECT, ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow  # a live server subprocess
 
@@ -48,7 +47,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    live = LiveServer(tmp_path_factory.mktemp("web") / "data", env={"HEYGEM_WARMUP": "false"})
+    live = ServerProcess(tmp_path_factory.mktemp("web") / "data", env={"HEYGEM_WARMUP": "false"})
     try:
         live.wait_for("/", 200, UI_TIMEOUT_S)
         yield live
@@ -138,10 +137,8 @@ def submit_through_api(server, audio: Path, video: Path) -> str:
                               files={"audio": (audio.name, a), "video": (video.name, v)})
     response.raise_for_status()
     job_id = response.json()["id"]
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while httpx.get(f"{server.url}/api/v1/jobs/{job_id}").json()["status"] != "succeeded":
-        assert time.monotonic() < deadline, "the API job did not finish"
-        time.sleep(0.2)
+    wait_until(lambda: httpx.get(f"{server.url}/api/v1/jobs/{job_id}").json()["status"] == "succeeded",
+               WAIT_MS / 1000, interval=0.2, message="the API job to finish")
     return job_id
 
 
@@ -190,7 +187,7 @@ def cold(tmp_path_factory):
     behind a gateway prefix (the page is reached under it, the probes straight)."""
     folder = tmp_path_factory.mktemp("cold")
     gate = folder / "model-loaded"
-    live = LiveServer(folder / "data", env={
+    live = ServerProcess(folder / "data", env={
         "HEYGEM_FAKE_LOAD_GATE": str(gate), "HEYGEM_MAX_UPLOAD_MB": "1",
         "HEYGEM_MAX_DURATION_S": "3", "HEYGEM_ROOT_PATH": GATEWAY_PREFIX,
     })

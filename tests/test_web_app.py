@@ -4,28 +4,23 @@ language choice, the log tail and the UI's error mapping. In-process, on the fak
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from heygem.errors import LimitExceededError, NoFaceError
-from heygem.jobs import JobService
 from heygem.jobs.tenancy import LOCAL
 from heygem.web import i18n
 from heygem.web.identity import principal_of
 from heygem.web.server import LogBuffer, PrefixTolerance, create_app
-from tests.fakes import FakePipeline
+from tests.kit import FakePipeline, running_service, wait_until
 
 PREFIX = "/v1/infers/0a1b2c"
 
 
 @pytest.fixture
-def service(settings):
-    service = JobService(settings, pipeline_factory=FakePipeline)
-    service.start()
-    yield service
-    service.stop(5)
+def service(settings, start_service):
+    return start_service(settings, FakePipeline)
 
 
 def test_api_routes_answer_before_the_ui_mounted_at_root(settings, service):
@@ -55,9 +50,7 @@ def test_the_starting_page_shows_until_the_ui_is_built(settings, service):
     with TestClient(app) as client:
         first = client.get("/")
         assert client.get("/health").status_code == 200
-        deadline = time.monotonic() + 120
-        while client.get("/").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: client.get("/").status_code == 200, 120, interval=0.2, message="the UI")
         assert client.get("/").status_code == 200
     # Gradio's import may already be cached in this process, so the first answer can be either.
     assert first.status_code in (200, 503)
@@ -86,20 +79,15 @@ def test_result_urls_carry_the_gateway_prefix(settings, service, speech_wav, fac
 
 
 def test_jobs_survive_a_restart(settings, speech_wav, face_video):
-    first = JobService(settings, pipeline_factory=FakePipeline)
-    first.start()
-    with TestClient(create_app(settings, first, ui=False)) as client, open(speech_wav, "rb") as a, \
+    with running_service(settings) as first, \
+            TestClient(create_app(settings, first, ui=False)) as client, open(speech_wav, "rb") as a, \
             open(face_video, "rb") as v:
         job_id = client.post("/api/v1/jobs", files={"audio": a, "video": v}).json()["id"]
         first.wait(job_id, 60, principal=LOCAL)
-    first.stop(5)
-    second = JobService(settings, pipeline_factory=FakePipeline)
-    second.start()
-    with TestClient(create_app(settings, second, ui=False)) as client:
+    with running_service(settings) as second, TestClient(create_app(settings, second, ui=False)) as client:
         listed = client.get("/api/v1/jobs").json()["jobs"]
         assert [job["id"] for job in listed] == [job_id]
         assert client.get(listed[0]["result_url"]).status_code == 200
-    second.stop(5)
 
 
 @pytest.mark.parametrize("header,expected", [
@@ -177,33 +165,16 @@ def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
 
     from heygem.web.ui import Handlers
 
-    service = JobService(settings, pipeline_factory=PreviewPipeline)
-    service.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not service.readiness()[0] and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with running_service(settings, PreviewPipeline) as service:
+        wait_until(lambda: service.readiness()[0], message="the service to be ready")
         buffer = LogBuffer()
         buffer.emit(logging.LogRecord("heygem.x", logging.INFO, __file__, 1, "hello log", (), None))
         admin = gr.Request(username="default:admin", headers={})  # as the identity gate names it
         status, log_tail = Handlers(settings, service, buffer.tail).system(admin)
-    finally:
-        service.stop(5)
     assert "**engine**: preview" in status and "no weights at models/wav2lip_gan.pth" in status
     assert "python -m heygem models download" in status
     assert "Jobs waiting: 0" in status
     assert log_tail.endswith("hello log")
-
-
-def test_the_server_and_api_modules_do_not_import_gradio():
-    # /health must answer before gradio (seconds to import) is loaded: only ui.py may import it.
-    import subprocess
-    import sys
-
-    code = ("import sys, heygem.web.server, heygem.web.api, heygem.web.metrics; "
-            "print('gradio' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_the_options_panel_is_built_from_the_schema_and_maps_back_to_fields():

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from heygem.jobs.service import JobService
 from heygem.settings import Settings
 from heygem.web.server import create_app
-from tests.fakes import FakePipeline
+from tests.kit import FakePipeline
 
 KEYS = {"sales": "sales-key-0123456789", "legal": "legal-key-0123456789"}
 WAIT_S = 60.0

@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
 
 from heygem.web.identity import key_line
-from tests.live_server import LiveServer, free_port
+from tests.kit import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow  # live server subprocesses
 
@@ -65,18 +65,17 @@ GRADIO_DOORS = [
 ]
 
 
-def _start(tmp_path_factory, name: str, env: dict[str, str]) -> LiveServer:
+def _start(tmp_path_factory, name: str, env: dict[str, str]) -> ServerProcess:
     data = tmp_path_factory.mktemp(name) / "data"
     (data / "outputs").mkdir(parents=True)
     (data / "outputs" / SECRET_FILE).write_text("another tenant's result")
-    live = LiveServer(data, env=env)
+    live = ServerProcess(data, env=env)
     try:
         live.wait_for("/health", 200, START_TIMEOUT_S)
         live.wait_for("/", 200, START_TIMEOUT_S)  # the UI is mounted (login page or app)
     except BaseException:
         live.stop()
         raise
-    live.data_dir = data  # type: ignore[attr-defined]
     return live
 
 
@@ -116,7 +115,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def door_request(live: LiveServer, method: str, path: str, options: dict, headers=None):
+def door_request(live: ServerProcess, method: str, path: str, options: dict, headers=None):
     path = path.replace("OUTPUTS", str((live.data_dir / "outputs").resolve()))  # type: ignore[attr-defined]
     return httpx.request(method, live.url + path, headers=headers, timeout=10, **options)
 

@@ -31,7 +31,7 @@ from heygem.errors import LimitExceededError, UnsupportedMediaError
 from heygem.jobs.records import JobStatus
 from heygem.jobs.service import JobService
 from tests import media
-from tests.jobs_support import wait_until
+from tests.kit import wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 BIG_SIDE = 12000
@@ -134,7 +134,7 @@ def test_a_queued_job_with_a_playlist_fails_once_with_one_line(settings, attacks
     service = JobService(settings.replace(engine="preview"))  # the built-in engine, in its process
     service.start()
     try:
-        wait_until(lambda: service.readiness()[0], 60.0, "the engine to load")
+        wait_until(lambda: service.readiness()[0], 60.0, message="the engine to load")
         job = service.submit(str(audio), str(attacks["absolute"]))
         done = service.wait(job.id, 60.0)
     finally:

@@ -19,7 +19,8 @@ from heygem.jobs import retention
 from heygem.jobs.records import JobStatus
 from heygem.jobs.tenancy import LOCAL, Principal
 from heygem.settings import Settings
-from tests.jobs_support import WAIT_S, Pipelines, place_inputs, running_service
+from tests.jobs_support import place_inputs
+from tests.kit import WAIT_S, Pipelines, running_service
 
 ALICE = Principal("team-a")  # role "user"
 BOB = Principal("team-b")

@@ -12,7 +12,7 @@ from heygem.jobs.service import JobService
 from heygem.jobs.tenancy import Principal, Role
 from heygem.settings import Settings
 from heygem.web.server import create_app
-from tests.fakes import FakePipeline
+from tests.kit import FakePipeline
 
 KEYS = {"sales": "sales-key-0123456789", "legal": "legal-key-0123456789", "ops": "ops-key-0123456789"}
 ROLES: dict[str, Role] = {"sales": "user", "legal": "user", "ops": "admin"}

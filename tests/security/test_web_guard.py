@@ -34,8 +34,7 @@ from heygem.web.guard import (
 )
 from heygem.web.http import strip_paths
 from heygem.web.server import create_app
-from tests.fakes import FakePipeline
-from tests.live_server import FAKE_LAUNCHER, REAL_LAUNCHER, LiveServer
+from tests.kit import REAL_LAUNCHER, FakePipeline, ServerProcess, wait_until
 from tests.security import rawhttp
 
 READY_TIMEOUT_S = 120.0
@@ -76,7 +75,7 @@ def guarded(tmp_path_factory):
         "HEYGEM_UI_UPLOAD_FILES_PER_REQUEST": "4",
         "HEYGEM_ENGINE": "preview",
     }
-    live = LiveServer(data, launcher=REAL_LAUNCHER, env=env)
+    live = ServerProcess(data, argv=(str(REAL_LAUNCHER),), env=env)
     try:
         live.wait_for("/ready", 200, READY_TIMEOUT_S)
         live.wait_for("/", 200, READY_TIMEOUT_S)
@@ -90,7 +89,7 @@ def full_queue(tmp_path_factory, speech_wav, face_video):
     """A fake-engine server whose one-place queue is full: one job running, one waiting."""
     data = tmp_path_factory.mktemp("full") / "data"
     env = {"HEYGEM_QUEUE_SIZE": "1", "HEYGEM_FAKE_DELAY_S": "20", "HEYGEM_DRAIN_SECONDS": "1"}
-    live = LiveServer(data, launcher=FAKE_LAUNCHER, env=env)
+    live = ServerProcess(data, env=env)
     try:
         live.wait_for("/ready", 200, READY_TIMEOUT_S)
         inputs = data / "inputs"
@@ -106,27 +105,26 @@ def full_queue(tmp_path_factory, speech_wav, face_video):
         live.stop()
 
 
-def _wait_until_running(live: LiveServer, job_id: str, timeout: float = 30.0) -> None:
+def _wait_until_running(live: ServerProcess, job_id: str, timeout: float = 30.0) -> None:
     """Returns once the job runs, or at once when it stays queued behind a running one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def started() -> bool:
         status = json.loads(_get(live, f"/api/v1/jobs/{job_id}").body)["status"]
-        if status == "running" or (status == "queued" and _running_count(live)):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not start")
+        return status == "running" or (status == "queued" and _running_count(live) > 0)
+
+    wait_until(started, timeout, interval=0.1, message=f"job {job_id} to start")
 
 
-def _running_count(live: LiveServer) -> int:
+def _running_count(live: ServerProcess) -> int:
     jobs = json.loads(_get(live, "/api/v1/jobs").body)["jobs"]
     return sum(job["status"] == "running" for job in jobs)
 
 
-def _get(live: LiveServer, path: str, headers: dict[str, str] | None = None) -> rawhttp.Answer:
+def _get(live: ServerProcess, path: str, headers: dict[str, str] | None = None) -> rawhttp.Answer:
     return rawhttp.request(live.port, "GET", path, headers or {})
 
 
-def _post(live: LiveServer, path: str, body: bytes, headers: dict[str, str],
+def _post(live: ServerProcess, path: str, body: bytes, headers: dict[str, str],
           source_ip: str = "127.0.0.1") -> rawhttp.Answer:
     headers = dict(headers, **{"Content-Length": str(len(body))})
     return rawhttp.request(live.port, "POST", path, headers, [body], source_ip=source_ip)
@@ -242,7 +240,7 @@ def test_security_headers_on_every_response(guarded, path):
 # finding 9: web UI uploads
 
 
-def _upload(live: LiveServer, files: int, size: int, source_ip: str) -> rawhttp.Answer:
+def _upload(live: ServerProcess, files: int, size: int, source_ip: str) -> rawhttp.Answer:
     boundary = _boundary()
     parts = [("files", f"f{i}.wav", b"\0" * size) for i in range(files)]
     body = b"".join(rawhttp.multipart(boundary, parts))
@@ -451,9 +449,8 @@ def tiny_volume(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_a_full_volume_answers_507_and_recovers(tiny_volume, speech_wav, face_video):
-    live = LiveServer(tiny_volume / "data", launcher=FAKE_LAUNCHER,
-                      env={"HEYGEM_LOG_LEVEL": "WARNING"}, args=())
-    live.log_path = tiny_volume.parent / "server.log"  # keep the log off the full volume
+    live = ServerProcess(tiny_volume / "data", env={"HEYGEM_LOG_LEVEL": "WARNING"},
+                         log_path=tiny_volume.parent / "server.log")  # keep the log off the full volume
     try:
         live.wait_for("/ready", 200, READY_TIMEOUT_S)
         boundary = _boundary()

@@ -19,7 +19,8 @@ from heygem.jobs.isolation import use_process
 from heygem.jobs.records import JobStatus
 from heygem.jobs.service import JobService
 from tests import media, process_fakes
-from tests.jobs_support import place_inputs, wait_until
+from tests.jobs_support import place_inputs
+from tests.kit import wait_until
 
 START_S = 60.0  # spawning the engine process imports numpy, OpenCV and the engine on 2 busy cores
 JOB_S = 120.0
@@ -30,7 +31,7 @@ MEMORY_LIMIT_MB = 2048  # above what the fake engine's process needs to start, f
 def _start(settings, factory=None) -> JobService:
     service = JobService(settings, pipeline_factory=factory)
     service.start()
-    wait_until(lambda: service.readiness()[0], START_S, "the engine process to load")
+    wait_until(lambda: service.readiness()[0], START_S, message="the engine process to load")
     return service
 
 
@@ -108,7 +109,7 @@ def test_cancel_ends_an_engine_that_reports_no_progress_within_seconds(settings,
     service = _start(settings, process_fakes.StuckEngine)
     try:
         job = service.submit(str(inputs.audio), str(inputs.video))
-        wait_until(lambda: service.get(job.id).stage == "detect", JOB_S, "the run to start")
+        wait_until(lambda: service.get(job.id).stage == "detect", JOB_S, message="the run to start")
         (pid,) = process_fakes.engine_pids(settings)
         started = time.monotonic()
         service.cancel(job.id)
@@ -141,7 +142,7 @@ def test_the_real_engine_process_killed_mid_run_is_restarted_and_the_job_retried
         assert service.deep_check(JOB_S) >= 0.0  # a warm-up inference in the child
         job = service.submit(str(audio), str(face))
         wait_until(
-            lambda: service.get(job.id).stage in ("detect", "synthesize"), JOB_S, "the run to start"
+            lambda: service.get(job.id).stage in ("detect", "synthesize"), JOB_S, message="the run to start"
         )
         os.kill(first_pid, signal.SIGKILL)
         done = service.wait(job.id, JOB_S)
@@ -162,7 +163,7 @@ def test_cancel_during_detection_of_the_real_engine_stops_within_seconds(setting
     service = _start(settings)
     try:
         job = service.submit(str(audio), str(face))
-        wait_until(lambda: service.get(job.id).stage == "detect", JOB_S, "detection to start")
+        wait_until(lambda: service.get(job.id).stage == "detect", JOB_S, message="detection to start")
         started = time.monotonic()
         service.cancel(job.id)
         done = service.wait(job.id, CANCEL_WITHIN_S)
