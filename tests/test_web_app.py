@@ -229,13 +229,11 @@ def _as(tenant: str, role: str = "user", language: str = "en"):
 
 
 def _ready(handlers, request, avatar_id: str):
-    deadline = time.monotonic() + AVATAR_READY_S
-    while time.monotonic() < deadline:
+    def settled():
         avatar = handlers.service.get_avatar(avatar_id, principal=principal_of(request))
-        if avatar.status != "preparing":
-            return avatar
-        time.sleep(0.1)
-    raise AssertionError(f"avatar {avatar_id} still preparing after {AVATAR_READY_S} s")
+        return avatar if avatar.status != "preparing" else None
+
+    return wait_until(settled, AVATAR_READY_S, interval=0.1, message=f"avatar {avatar_id} to be prepared")
 
 
 def _picker_choices(update) -> list[tuple[str, str]]:
