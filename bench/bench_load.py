@@ -69,8 +69,10 @@ class Latencies:
             return "no samples"
         ordered = sorted(self.samples)
         p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
-        return (f"n={len(ordered)} p50={statistics.median(ordered) * 1000:.0f} ms "
-                f"p95={p95 * 1000:.0f} ms max={ordered[-1] * 1000:.0f} ms")
+        return (
+            f"n={len(ordered)} p50={statistics.median(ordered) * 1000:.0f} ms "
+            f"p95={p95 * 1000:.0f} ms max={ordered[-1] * 1000:.0f} ms"
+        )
 
 
 @dataclass
@@ -104,12 +106,21 @@ def free_port() -> int:
 
 
 def start_server(data_dir: Path, port: int, queue_size: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HEYGEM_DATA_DIR=str(data_dir), HEYGEM_HOST=HOST,
-               HEYGEM_PORT=str(port), HEYGEM_ENGINE="preview", HEYGEM_QUEUE_SIZE=str(queue_size),
-               HEYGEM_LOG_LEVEL="WARNING", HEYGEM_DRAIN_SECONDS="5")
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        HEYGEM_DATA_DIR=str(data_dir),
+        HEYGEM_HOST=HOST,
+        HEYGEM_PORT=str(port),
+        HEYGEM_ENGINE="preview",
+        HEYGEM_QUEUE_SIZE=str(queue_size),
+        HEYGEM_LOG_LEVEL="WARNING",
+        HEYGEM_DRAIN_SECONDS="5",
+    )
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    return subprocess.Popen([sys.executable, str(PROJECT / "app.py")], cwd=PROJECT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT / "app.py")], cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def wait_for(port: int, path: str, timeout: float) -> None:
@@ -136,8 +147,10 @@ def form_body(audio: bytes, video: bytes) -> tuple[str, bytes]:
     boundary = "bench" + uuid.uuid4().hex
     parts = []
     for name, filename, content in (("audio", "speech.wav", audio), ("video", "face.mp4", video)):
-        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n')
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
         parts.append(head.encode() + content + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return f"multipart/form-data; boundary={boundary}", b"".join(parts)
@@ -147,8 +160,14 @@ def form_body(audio: bytes, video: bytes) -> tuple[str, bytes]:
 # HTTP
 
 
-def call(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-         conn: http.client.HTTPConnection | None = None) -> tuple[int, dict[str, str], bytes]:
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """One request (on `conn` when given: keep-alive); status 0 on a connection error."""
     own = conn is None
     connection = conn or http.client.HTTPConnection(HOST, port, timeout=IO_TIMEOUT_S)
@@ -165,14 +184,16 @@ def call(port: int, method: str, path: str, body: bytes = b"", headers: dict[str
             connection.close()
 
 
-def submit(port: int, form: tuple[str, bytes],
-           conn: http.client.HTTPConnection | None = None) -> tuple[int, dict[str, str], bytes]:
+def submit(
+    port: int, form: tuple[str, bytes], conn: http.client.HTTPConnection | None = None
+) -> tuple[int, dict[str, str], bytes]:
     content_type, body = form
     return call(port, "POST", "/api/v1/jobs", body, {"Content-Type": content_type}, conn)
 
 
-def wait_job(port: int, job_id: str, polls: Latencies | None = None,
-             conn: http.client.HTTPConnection | None = None) -> dict[str, object]:
+def wait_job(
+    port: int, job_id: str, polls: Latencies | None = None, conn: http.client.HTTPConnection | None = None
+) -> dict[str, object]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
         started = time.monotonic()
@@ -275,8 +296,7 @@ def storm(port: int, form: tuple[str, bytes], clients: int, storm_s: float) -> d
         thread.join(storm_s + JOB_TIMEOUT_S)
     stop.set()
     probe.join(IO_TIMEOUT_S)
-    return {"submit": submits, "poll": polls, "health": health, "counters": counters,
-            "renders": renders}
+    return {"submit": submits, "poll": polls, "health": health, "counters": counters, "renders": renders}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,15 +316,18 @@ def run(args: argparse.Namespace, work: Path) -> int:
         wait_for(port, "/", START_TIMEOUT_S)  # the web UI is built: its start-up CPU is over
         print(f"server on http://{HOST}:{port} (preview engine), queue_size={args.queue_size}")
         quiet = quiet_renders(port, form)
-        print(f"quiet render: {', '.join(f'{t:.2f}' for t in quiet)} s "
-              f"(median {statistics.median(quiet):.2f} s)")
+        print(
+            f"quiet render: {', '.join(f'{t:.2f}' for t in quiet)} s "
+            f"(median {statistics.median(quiet):.2f} s)"
+        )
 
         fill_queue(port, form, args.queue_size)
-        refusal_cpu, refusal_statuses = cpu_per_request(
-            server.pid, REFUSALS, lambda: submit(port, form)[0])
+        refusal_cpu, refusal_statuses = cpu_per_request(server.pid, REFUSALS, lambda: submit(port, form)[0])
         health_cpu, _ = cpu_per_request(server.pid, REFUSALS, lambda: call(port, "GET", "/health")[0])
-        print(f"refused submission ({len(form[1]) // 1024} KB body): {refusal_cpu * 1000:.2f} ms CPU "
-              f"of the event loop each (statuses {refusal_statuses}); /health: {health_cpu * 1000:.2f} ms")
+        print(
+            f"refused submission ({len(form[1]) // 1024} KB body): {refusal_cpu * 1000:.2f} ms CPU "
+            f"of the event loop each (statuses {refusal_statuses}); /health: {health_cpu * 1000:.2f} ms"
+        )
 
         result = storm(port, form, args.clients, args.storm_s)
         counters = result["counters"]
@@ -314,16 +337,20 @@ def run(args: argparse.Namespace, work: Path) -> int:
             latencies = result[name]
             assert isinstance(latencies, Latencies)
             print(f"  {name:7s} {latencies.summary()}")
-        print(f"  submits: {counters.accepted} accepted, {counters.refused} refused, "
-              f"{counters.errors} connection errors, other {counters.other}")
+        print(
+            f"  submits: {counters.accepted} accepted, {counters.refused} refused, "
+            f"{counters.errors} connection errors, other {counters.other}"
+        )
         renders = result["renders"]
         assert isinstance(renders, list)
         if renders:
             ratio = statistics.median(renders) / statistics.median(quiet)
             verdict = "ok" if ratio < TARGET_RATIO else "OVER TARGET"
-            print(f"  render under storm: median {statistics.median(renders):.2f} s, "
-                  f"max {max(renders):.2f} s over {len(renders)} jobs; "
-                  f"{ratio:.2f}x quiet (target < {TARGET_RATIO}x: {verdict})")
+            print(
+                f"  render under storm: median {statistics.median(renders):.2f} s, "
+                f"max {max(renders):.2f} s over {len(renders)} jobs; "
+                f"{ratio:.2f}x quiet (target < {TARGET_RATIO}x: {verdict})"
+            )
         else:
             print("  no job rendered during the storm")
         return 0

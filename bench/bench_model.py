@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     model = Wav2Lip().eval()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
     print(f"{'batch':>5} {'precision':>9} {'frames/s':>9} {'frames/CPU-s':>13} {'ms/frame':>9}")
     for batch in args.batches:
         for precision in PRECISIONS:

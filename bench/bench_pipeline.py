@@ -100,7 +100,7 @@ def motion_frames(side: int, canvas: tuple[int, int]) -> Iterator[np.ndarray]:
         matrix = np.float32([[1, 0, 3 * np.sin(phase)], [0, 1, 2 * np.cos(phase)]])
         frame = np.full((height, width, 3), 96, np.uint8)
         moved = cv2.warpAffine(face, matrix, (side, side), borderMode=cv2.BORDER_REFLECT)
-        frame[y0:y0 + side, x0:x0 + side] = moved
+        frame[y0 : y0 + side, x0 : x0 + side] = moved
         yield frame
 
 
@@ -110,17 +110,40 @@ def face_box(side: int, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
     x0, y0 = (canvas[0] - side) // 2, (canvas[1] - side) // 2
     top, bottom, left, right = FACE_BOX_256
     return (
-        y0 + round(top * scale), y0 + round(bottom * scale),
-        x0 + round(left * scale), x0 + round(right * scale),
+        y0 + round(top * scale),
+        y0 + round(bottom * scale),
+        x0 + round(left * scale),
+        x0 + round(right * scale),
     )
 
 
 def write_motion(path: Path, side: int, canvas: tuple[int, int]) -> Path:
     width, height = canvas
     cmd = [
-        "ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-        "-s", f"{width}x{height}", "-r", str(FPS), "-i", "-",
-        "-c:v", "libx264", "-preset", ENCODE_PRESET, "-crf", "18", "-pix_fmt", "yuv420p", str(path),
+        "ffmpeg",
+        "-y",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(FPS),
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-preset",
+        ENCODE_PRESET,
+        "-crf",
+        "18",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     for frame in motion_frames(side, canvas):
@@ -133,15 +156,32 @@ def write_motion(path: Path, side: int, canvas: tuple[int, int]) -> Path:
 
 def looped_video(cycle: Path, path: Path, seconds: float) -> Path:
     if not path.exists():
-        ffmpeg("-stream_loop", "-1", "-i", str(cycle), "-t", f"{seconds:.3f}", "-an", "-c:v", "libx264",
-               "-preset", ENCODE_PRESET, "-crf", "18", "-pix_fmt", "yuv420p", str(path))
+        ffmpeg(
+            "-stream_loop",
+            "-1",
+            "-i",
+            str(cycle),
+            "-t",
+            f"{seconds:.3f}",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            ENCODE_PRESET,
+            "-crf",
+            "18",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        )
     return path
 
 
 def looped_audio(speech: Path, path: Path, seconds: float) -> Path:
     if not path.exists():
-        ffmpeg("-stream_loop", "-1", "-i", str(speech), "-t", f"{seconds:.3f}",
-               "-c:a", "pcm_s16le", str(path))
+        ffmpeg(
+            "-stream_loop", "-1", "-i", str(speech), "-t", f"{seconds:.3f}", "-c:a", "pcm_s16le", str(path)
+        )
     return path
 
 
@@ -175,14 +215,22 @@ def build_inputs(work: Path, long_s: float, short_s: float) -> dict[str, object]
         "models": str(random_checkpoint(work / "models" / "wav2lip_gan.pth").parent),
         "hd_box": face_box(HD[1], HD),
         "ref_box": face_box(REFERENCE_SIDE, (REFERENCE_SIDE, REFERENCE_SIDE)),
-        "hd_short": (str(looped_video(hd_cycle, work / f"hd-{short_s:g}s.mp4", short_s)),
-                     str(looped_audio(speech, work / f"speech-{short_s:g}s.wav", short_s))),
-        "hd_long": (str(looped_video(hd_cycle, work / f"hd-{long_s:g}s.mp4", long_s)),
-                    str(looped_audio(speech, work / f"speech-{long_s:g}s.wav", long_s))),
-        "ref_short": (str(looped_video(ref_cycle, work / f"ref-{ref_speech_s:g}s.mp4", ref_speech_s)),
-                      str(looped_audio(speech, work / f"speech-{ref_speech_s:g}s.wav", ref_speech_s))),
-        "ref_long": (str(looped_video(ref_cycle, work / f"ref-{long_s:g}s.mp4", long_s)),
-                     str(looped_audio(speech, work / f"speech-{long_s:g}s.wav", long_s))),
+        "hd_short": (
+            str(looped_video(hd_cycle, work / f"hd-{short_s:g}s.mp4", short_s)),
+            str(looped_audio(speech, work / f"speech-{short_s:g}s.wav", short_s)),
+        ),
+        "hd_long": (
+            str(looped_video(hd_cycle, work / f"hd-{long_s:g}s.mp4", long_s)),
+            str(looped_audio(speech, work / f"speech-{long_s:g}s.wav", long_s)),
+        ),
+        "ref_short": (
+            str(looped_video(ref_cycle, work / f"ref-{ref_speech_s:g}s.mp4", ref_speech_s)),
+            str(looped_audio(speech, work / f"speech-{ref_speech_s:g}s.wav", ref_speech_s)),
+        ),
+        "ref_long": (
+            str(looped_video(ref_cycle, work / f"ref-{long_s:g}s.mp4", long_s)),
+            str(looped_audio(speech, work / f"speech-{long_s:g}s.wav", long_s)),
+        ),
     }
 
 
@@ -213,16 +261,25 @@ class Clock:
         self.cpu = cpu_seconds() - self.cpu
 
     def rate(self, frames: int) -> dict[str, float]:
-        return {"frames": frames, "seconds": round(self.wall, 2), "fps": round(frames / self.wall, 2),
-                "cpu_s_per_frame": round(self.cpu / max(frames, 1), 4)}
+        return {
+            "frames": frames,
+            "seconds": round(self.wall, 2),
+            "fps": round(frames / self.wall, 2),
+            "cpu_s_per_frame": round(self.cpu / max(frames, 1), 4),
+        }
 
 
 def child_settings(spec: dict, tag: str):
     from heygem.settings import Settings
 
     data = Path(spec["work"]) / f"data-{tag}-{os.getpid()}"
-    return Settings(data_dir=data, models_dir=Path(spec["models"]), warmup=False,
-                    batch_size=spec["batch_size"], precision=spec.get("precision", "auto"))
+    return Settings(
+        data_dir=data,
+        models_dir=Path(spec["models"]),
+        warmup=False,
+        batch_size=spec["batch_size"],
+        precision=spec.get("precision", "auto"),
+    )
 
 
 def measure_stages(spec: dict) -> dict:
@@ -431,9 +488,26 @@ def measure_cli(spec: dict) -> dict:
     top, bottom, left, right = spec["box"]
     data = Path(spec["work"]) / f"data-cli-{os.getpid()}"
     argv = [
-        "generate", "--audio", audio, "--video", video, "--output", str(data / "out.mp4"),
-        "--box", str(top), str(bottom), str(left), str(right), "--engine", "wav2lip",
-        "--data-dir", str(data), "--models-dir", spec["models"], "--log-level", "WARNING",
+        "generate",
+        "--audio",
+        audio,
+        "--video",
+        video,
+        "--output",
+        str(data / "out.mp4"),
+        "--box",
+        str(top),
+        str(bottom),
+        str(left),
+        str(right),
+        "--engine",
+        "wav2lip",
+        "--data-dir",
+        str(data),
+        "--models-dir",
+        spec["models"],
+        "--log-level",
+        "WARNING",
         *spec["flags"],
     ]
     code = cli_main(argv)
@@ -498,8 +572,7 @@ def stage_table(stages: dict) -> list[str]:
         "decode": "ffmpeg pipe, full 1280x720 BGR frames",
         "detect": f"{stages['detect']['detector']} at detect_max_side 640 (default): "
         f"{stages['detect']['found']}",
-        "detect small": f"what-if: the same at {SMALL_DETECT_SIDE} px: "
-        f"{stages['detect small']['found']}",
+        "detect small": f"what-if: the same at {SMALL_DETECT_SIDE} px: {stages['detect small']['found']}",
         "mel": "ffmpeg decode to 16 kHz + mel + windows",
         "model": "generator only, batch of 96x96 faces, fp32",
         "model bf16": "the same with bf16 autocast (opt-in `--precision bf16`)",
@@ -548,9 +621,11 @@ def breakdown_table(runs: dict[str, dict]) -> list[str]:
 def reference_rows(
     cli: dict[str, dict], flat: dict[str, tuple[dict, dict]], ref_s: float, long_s: float
 ) -> list[str]:
-    rows = ["| `python -m heygem generate --box ... --engine wav2lip` | whole command | speed-up "
-            "(target >= 3x) | whole command CPU-s | peak RSS | of the reference's (target <= 25%) |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| `python -m heygem generate --box ... --engine wav2lip` | whole command | speed-up "
+        "(target >= 3x) | whole command CPU-s | peak RSS | of the reference's (target <= 25%) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for label, r in cli.items():
         speedup = REFERENCE_SECONDS / r["command_s"]
         memory = r["peak_mib"] / REFERENCE_PEAK_MIB
@@ -559,13 +634,20 @@ def reference_rows(
             f"{r['command_cpu_s']:.1f} | {r['peak_mib']:.0f} MiB | "
             f"{memory:.0%} {mark(memory <= MEMORY_TARGET)} |"
         )
-    rows += ["", f"Flat memory (target: the same job on a {long_s:g} s input peaks within "
-             f"{FLAT_LIMIT - 1:.0%} of the {ref_s:g} s one):", "",
-             f"| | {ref_s:g} s input | {long_s:g} s input | ratio |", "|---|---:|---:|---:|"]
+    rows += [
+        "",
+        f"Flat memory (target: the same job on a {long_s:g} s input peaks within "
+        f"{FLAT_LIMIT - 1:.0%} of the {ref_s:g} s one):",
+        "",
+        f"| | {ref_s:g} s input | {long_s:g} s input | ratio |",
+        "|---|---:|---:|---:|",
+    ]
     for label, (short, long) in flat.items():
         growth = long["peak_mib"] / short["peak_mib"]
-        rows.append(f"| {label} | {short['peak_mib']:.0f} MiB | {long['peak_mib']:.0f} MiB | "
-                    f"{growth:.2f}x {mark(growth <= FLAT_LIMIT)} |")
+        rows.append(
+            f"| {label} | {short['peak_mib']:.0f} MiB | {long['peak_mib']:.0f} MiB | "
+            f"{growth:.2f}x {mark(growth <= FLAT_LIMIT)} |"
+        )
     return rows
 
 
@@ -574,7 +656,11 @@ def mark(ok: bool) -> str:
 
 
 def render(
-    info: dict, stages: dict, runs: dict, cli: dict[str, dict], flat: dict[str, tuple[dict, dict]],
+    info: dict,
+    stages: dict,
+    runs: dict,
+    cli: dict[str, dict],
+    flat: dict[str, tuple[dict, dict]],
     lengths: tuple[float, float],
 ) -> str:
     lines = [
@@ -630,13 +716,15 @@ def render(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=PROJECT / "docs" / "benchmarks.md",
-                        help="markdown file to (re)write; '-' prints only")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=PROJECT / "docs" / "benchmarks.md",
+        help="markdown file to (re)write; '-' prints only",
+    )
     parser.add_argument("--work-dir", type=Path, help="where inputs are built (default: a temp dir)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="generator batch (Settings default 32)")
-    parser.add_argument("--quick", action="store_true",
-                        help="4 s and 2 s inputs: checks the script runs")
+    parser.add_argument("--batch-size", type=int, default=32, help="generator batch (Settings default 32)")
+    parser.add_argument("--quick", action="store_true", help="4 s and 2 s inputs: checks the script runs")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -664,9 +752,7 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
         f"720p, {short_s:g} s, fixed box": {"input": inputs["hd_short"]} | hd_box,
         f"720p, {short_s:g} s, fixed box, CLI tuning": {"input": inputs["hd_short"]} | hd_box | tuned,
         f"480x480, {ref_s:g} s, fixed box": {"input": inputs["ref_short"]} | ref_box,
-        f"480x480, {ref_s:g} s, fixed box, CLI tuning": (
-            {"input": inputs["ref_short"]} | ref_box | tuned
-        ),
+        f"480x480, {ref_s:g} s, fixed box, CLI tuning": ({"input": inputs["ref_short"]} | ref_box | tuned),
         f"480x480, {long_s:g} s, fixed box": {"input": inputs["ref_long"]} | ref_box,
     }
     runs = {}
@@ -683,7 +769,8 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
     flat = {
         "`python -m heygem generate` (defaults)": (cli["fp32, batch 32 (defaults)"], cli_long),
         "library call without heygem.engine.runtime.tune_process()": (
-            runs[f"480x480, {ref_s:g} s, fixed box"], runs[f"480x480, {long_s:g} s, fixed box"]
+            runs[f"480x480, {ref_s:g} s, fixed box"],
+            runs[f"480x480, {long_s:g} s, fixed box"],
         ),
     }
     text = render(info, stages, runs, cli, flat, (ref_s, long_s))

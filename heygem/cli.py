@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from heygem.engine.runtime import tune_process
 from heygem.errors import HeygemError
@@ -29,6 +30,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 FACE_NEAREST_POINT: FaceChoice = "nearest"  # what --face-point without --face-choice asks for
 MIN_PASSWORD_CHARS = 8
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_process()
@@ -108,14 +110,14 @@ def _add_option_flag(parser: argparse.ArgumentParser, name: str, spec: OptionSpe
     flag = "--" + name.replace("_", "-")
     # Unset flags stay None, so SyncOptions (the one place defaults live) fills them in.
     common: dict[str, Any] = {
-        "dest": name, "default": None, "help": spec.help + _default_note(option_default(name)),
+        "dest": name,
+        "default": None,
+        "help": spec.help + _default_note(option_default(name)),
     }
     if spec.widget == "check":
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
     elif spec.parts:
-        parser.add_argument(
-            flag, type=option_type(name), nargs=len(spec.parts), metavar=spec.parts, **common
-        )
+        parser.add_argument(flag, type=option_type(name), nargs=len(spec.parts), metavar=spec.parts, **common)
     elif spec.choices:
         parser.add_argument(flag, choices=spec.choices, **common)
     else:
@@ -151,8 +153,13 @@ def _add_generate(commands) -> None:
     speech.add_argument("--audio", type=Path, help="speech: any format ffmpeg reads")
     speech.add_argument("--text", help="text to speak instead of --audio (HEYGEM_TTS_* settings)")
     generate.add_argument("--voice", default=None, help="speech voice for --text (default: the provider's)")
-    generate.add_argument("--video", "--face", dest="video", required=True,
-                          help="face video, a photo (jpg/png/webp), or avatar:<id>")
+    generate.add_argument(
+        "--video",
+        "--face",
+        dest="video",
+        required=True,
+        help="face video, a photo (jpg/png/webp), or avatar:<id>",
+    )
     generate.add_argument("--output", type=Path, required=True, help="the mp4 to write")
     _add_sync_options(generate)
     generate.set_defaults(handler=_generate)
@@ -174,8 +181,12 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
             from heygem.speech import synthesize_text
 
             audio = synthesize_text(
-                args.text, Path(scratch) / "speech.wav", settings, voice=args.voice,
-                reference=reference, on_progress=bars.update,
+                args.text,
+                Path(scratch) / "speech.wav",
+                settings,
+                voice=args.voice,
+                reference=reference,
+                on_progress=bars.update,
             ).path
         result = pipeline.run(audio, face, args.output, options, on_progress=bars.update)
     print(
@@ -221,7 +232,7 @@ def _face_of(video: str, settings: Settings) -> tuple[Path, Any]:
     from heygem.jobs.avatars import face_for_run
     from heygem.jobs.records import DEFAULT_TENANT
 
-    with _avatar_store(settings) as store:
+    with _AvatarStore(settings) as store:
         found = face_for_run(store, settings, video, DEFAULT_TENANT)
     assert found is not None  # an avatar reference, checked above
     return found.face, found.reference
@@ -243,7 +254,7 @@ def _add_avatars(commands) -> None:
     remove.set_defaults(handler=_avatars_rm)
 
 
-class _avatar_store:
+class _AvatarStore:
     """The service's job database in the data folder, opened for one command."""
 
     def __init__(self, settings: Settings) -> None:
@@ -271,14 +282,18 @@ def _avatars_add(args: argparse.Namespace, settings: Settings) -> int:
     from heygem.jobs.avatars import READY, AvatarBook, AvatarPreparer
     from heygem.jobs.tenancy import LOCAL
 
-    with _avatar_store(settings) as store:
+    with _AvatarStore(settings) as store:
         book = AvatarBook(settings, store, _local_file, lambda avatar: None)
         avatar = book.create(
-            args.name, args.file, principal=LOCAL, voice_audio=args.voice,
+            args.name,
+            args.file,
+            principal=LOCAL,
+            voice_audio=args.voice,
             voice_text=args.voice_text,
         )
-        print(f"preparing avatar {avatar.id} ({avatar.name}): probing and finding the face...",
-              file=sys.stderr)
+        print(
+            f"preparing avatar {avatar.id} ({avatar.name}): probing and finding the face...", file=sys.stderr
+        )
         preparer = AvatarPreparer(settings, store)
         try:
             prepared = preparer.prepare(avatar)
@@ -294,11 +309,13 @@ def _avatars_add(args: argparse.Namespace, settings: Settings) -> int:
 def _avatars_list(args: argparse.Namespace, settings: Settings) -> int:
     from heygem.jobs.tenancy import LOCAL
 
-    with _avatar_store(settings) as store:
+    with _AvatarStore(settings) as store:
         found = store.list_avatars(LOCAL.scope)
     for avatar in found:
-        length = "photo" if avatar.is_image else (
-            f"{avatar.duration_s:.1f} s" if avatar.duration_s is not None else "-"
+        length = (
+            "photo"
+            if avatar.is_image
+            else (f"{avatar.duration_s:.1f} s" if avatar.duration_s is not None else "-")
         )
         voice = "voice" if avatar.voice_audio is not None else "-"
         detail = f"  {avatar.error}" if avatar.error else ""
@@ -312,7 +329,7 @@ def _avatars_rm(args: argparse.Namespace, settings: Settings) -> int:
     from heygem.jobs.avatars import AvatarBook
     from heygem.jobs.tenancy import LOCAL
 
-    with _avatar_store(settings) as store:
+    with _AvatarStore(settings) as store:
         AvatarBook(settings, store, _local_file, lambda avatar: None).delete(args.id, principal=LOCAL)
     print(f"deleted avatar {args.id}")
     return EXIT_OK
@@ -358,18 +375,26 @@ def _add_keys(commands) -> None:
     actions = keys.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="make a new API key for a tenant; it is printed once")
     add.add_argument("tenant", help="tenant (department) the key belongs to")
-    add.add_argument("--role", choices=("user", "admin"), default="user",
-                     help="admin sees every tenant's jobs and the service log (default: user)")
-    add.add_argument("--file", type=Path, default=None,
-                     help="keys file to append to (default: HEYGEM_API_KEYS_FILE)")
+    add.add_argument(
+        "--role",
+        choices=("user", "admin"),
+        default="user",
+        help="admin sees every tenant's jobs and the service log (default: user)",
+    )
+    add.add_argument(
+        "--file", type=Path, default=None, help="keys file to append to (default: HEYGEM_API_KEYS_FILE)"
+    )
     add.set_defaults(handler=_keys_add)
-    user = actions.add_parser("add-user", help="add a web UI login; the password is read from "
-                              "stdin (or asked for twice on a terminal)")
+    user = actions.add_parser(
+        "add-user",
+        help="add a web UI login; the password is read from stdin (or asked for twice on a terminal)",
+    )
     user.add_argument("username")
     user.add_argument("tenant")
     user.add_argument("--role", choices=("user", "admin"), default="user")
-    user.add_argument("--file", type=Path, default=None,
-                      help="users file to append to (default: HEYGEM_USERS_FILE)")
+    user.add_argument(
+        "--file", type=Path, default=None, help="users file to append to (default: HEYGEM_USERS_FILE)"
+    )
     user.set_defaults(handler=_keys_add_user)
 
 
@@ -384,8 +409,10 @@ def _keys_add(args: argparse.Namespace, settings: Settings) -> int:
         raise HeygemError(str(exc)) from None
     append_line(path, line)
     print(key)
-    print(f"added a {args.role} key for tenant {args.tenant} to {path}; this is the only time the "
-          "key is shown", file=sys.stderr)
+    print(
+        f"added a {args.role} key for tenant {args.tenant} to {path}; this is the only time the key is shown",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

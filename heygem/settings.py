@@ -13,9 +13,9 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 log = logging.getLogger("heygem.settings")
 
@@ -116,7 +116,9 @@ class Settings:
 
     # --- web hardening -------------------------------------------------------------------------
     allowed_hosts: tuple[str, ...] = ()  # Host names the server answers (DNS rebinding); empty = any: set it
-    allowed_origins: tuple[str, ...] = ()  # extra origins (scheme://host[:port]) allowed to POST besides our own
+    allowed_origins: tuple[
+        str, ...
+    ] = ()  # extra origins (scheme://host[:port]) allowed to POST besides our own
     frame_ancestors: str = "'self'"  # CSP frame-ancestors: who may embed the UI in a frame
     keep_alive_s: float = 75.0  # idle keep-alive of HTTP connections; longer than any Retry-After
     ui_upload_mb_per_hour: int = 2048  # web UI uploads per client (login, else IP) per hour, in MB
@@ -205,9 +207,7 @@ class Settings:
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
-    def load(
-        cls, environ: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
-    ) -> Settings:
+    def load(cls, environ: Mapping[str, str] | None = None, argv: Sequence[str] | None = None) -> Settings:
         """Build settings from the environment, then flags; raise ValueError naming a bad value."""
         environ = os.environ if environ is None else environ
         values: dict[str, typing.Any] = {}  # each value has its own field's type
@@ -345,9 +345,7 @@ def _check_speech(settings: Settings) -> None:
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
     if bool(settings.tts_reference_audio) != bool(settings.tts_reference_text):
-        raise ValueError(
-            "tts_reference_audio and tts_reference_text go together: set both or neither"
-        )
+        raise ValueError("tts_reference_audio and tts_reference_text go together: set both or neither")
     if settings.tts_timeout_s <= 0 or settings.tts_pause_s < 0:
         raise ValueError("tts_timeout_s must be positive and tts_pause_s not negative")
 
@@ -394,7 +392,7 @@ def _mask_value(value: object) -> object:
 
 
 def parse_tenant_prefixes(text: str) -> dict[str, tuple[str, ...]]:
-    """"teamA=s3://a/,obs://x/out/;teamB=/mnt/b/" -> {"teamA": (...), "teamB": (...)}.
+    """ "teamA=s3://a/,obs://x/out/;teamB=/mnt/b/" -> {"teamA": (...), "teamB": (...)}.
 
     Each prefix is s3://bucket/..., obs://bucket/... or an absolute local folder; a tenant may
     appear once. Raises ValueError naming the bad entry.

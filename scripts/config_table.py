@@ -81,7 +81,7 @@ def update(text: str, block: str, path: Path) -> str:
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise ValueError(f"{path}: markers {BEGIN!r} ... {END!r} not found")
-    return text[:start] + block + text[end + len(END):]
+    return text[:start] + block + text[end + len(END) :]
 
 
 def main(argv: list[str] | None = None, targets: tuple[Path, ...] = TARGETS) -> int:
@@ -126,7 +126,8 @@ def _comments_by_line(source: str) -> tuple[dict[int, str], list[tuple[int, str]
 def _field_lines(source: str) -> dict[str, int]:
     tree = ast.parse(source)
     cls = next(
-        node for node in tree.body
+        node
+        for node in tree.body
         if isinstance(node, ast.ClassDef) and node.name == settings_module.Settings.__name__
     )
     return {

@@ -46,7 +46,11 @@ def loop_video(source: Path, target: Path, seconds: float, extra_filters: str = 
 
 
 def write_frames(
-    path: Path, frames: Iterable[np.ndarray], width: int, height: int, fps: float | str,
+    path: Path,
+    frames: Iterable[np.ndarray],
+    width: int,
+    height: int,
+    fps: float | str,
     pix_fmt: str = "yuv420p",
 ) -> Path:
     """Encode BGR frames of any size to H.264 (yuv444p allows odd sizes)."""
@@ -72,13 +76,11 @@ def reencode(frames: np.ndarray, target: Path, fps: float) -> np.ndarray:
     return media.read_frames(target)
 
 
-def box_mask(
-    height: int, width: int, box_tblr: tuple[int, int, int, int], margin: int = 0
-) -> np.ndarray:
+def box_mask(height: int, width: int, box_tblr: tuple[int, int, int, int], margin: int = 0) -> np.ndarray:
     """True inside the box (grown by `margin` px on every side)."""
     top, bottom, left, right = box_tblr
     mask = np.zeros((height, width), bool)
-    mask[max(0, top - margin): bottom + margin, max(0, left - margin): right + margin] = True
+    mask[max(0, top - margin) : bottom + margin, max(0, left - margin) : right + margin] = True
     return mask
 
 

@@ -5,10 +5,10 @@ Started services, the fake engine and polling are in tests/kit.py."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from heygem.jobs.store import SQLiteJobStore
 from heygem.settings import Settings

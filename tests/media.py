@@ -40,15 +40,40 @@ def moving_frames(count: int, side: int = FIXTURE_SIDE):
 
 
 def write_video(
-    path: Path, frames, fps: float | str = FIXTURE_FPS, side: int = FIXTURE_SIDE, *,
-    size: tuple[int, int] | None = None, pix_fmt: str = "yuv420p", crf: int = 18,
+    path: Path,
+    frames,
+    fps: float | str = FIXTURE_FPS,
+    side: int = FIXTURE_SIDE,
+    *,
+    size: tuple[int, int] | None = None,
+    pix_fmt: str = "yuv420p",
+    crf: int = 18,
 ) -> Path:
     """Encode BGR frames (side x side, or size=(width, height)) to H.264 mp4 with real ffmpeg."""
     width, height = size or (side, side)
     cmd = [
-        "ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-        "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-        "-c:v", "libx264", "-pix_fmt", pix_fmt, "-crf", str(crf), str(path),
+        "ffmpeg",
+        "-y",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        pix_fmt,
+        "-crf",
+        str(crf),
+        str(path),
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     for frame in frames:
@@ -72,9 +97,19 @@ def make_speech(path: Path, ssml: str = SPEECH_SSML) -> Path:
 def make_tone(path: Path, seconds: float, rate: int = 44100, channels: int = 2) -> Path:
     """A sine tone through ffmpeg: handy for exact durations and odd formats."""
     subprocess.run(
-        ["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi",
-         "-i", f"sine=frequency=440:sample_rate={rate}:duration={seconds}",
-         "-ac", str(channels), str(path)],
+        [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:sample_rate={rate}:duration={seconds}",
+            "-ac",
+            str(channels),
+            str(path),
+        ],
         check=True,
     )
     return path
@@ -83,7 +118,9 @@ def make_tone(path: Path, seconds: float, rate: int = 44100, channels: int = 2) 
 def probe(path: Path) -> dict:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(path)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(out)
 
@@ -102,7 +139,8 @@ def read_frames(path: Path) -> np.ndarray:
     w, h = int(info["width"]), int(info["height"])
     raw = subprocess.run(
         ["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
 

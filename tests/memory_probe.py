@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings(
-        data_dir=args.data_dir, models_dir=args.models_dir or args.data_dir / "models",
-        batch_size=args.batch_size, warmup=False,
+        data_dir=args.data_dir,
+        models_dir=args.models_dir or args.data_dir / "models",
+        batch_size=args.batch_size,
+        warmup=False,
     )
     pipeline = LipSyncPipeline(settings)
     pipeline.load()

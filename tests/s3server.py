@@ -35,8 +35,14 @@ STOP_TIMEOUT_S = 3.0
 KILL_TIMEOUT_S = 10.0
 POLL_S = 0.25
 PORT_NAMES = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-    "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
 )
 SOCKET_DIR = "/tmp"  # weed hard-codes it for its gRPC unix sockets
 START_RETRIES = 3  # a free port can be taken by another process between choosing and binding
@@ -62,17 +68,23 @@ class S3Server:
     def client(self, identity: Identity | None = None):
         identity = identity or self.admin
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id=identity.access_key, aws_secret_access_key=identity.secret_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                          connect_timeout=2, read_timeout=30),
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=identity.access_key,
+            aws_secret_access_key=identity.secret_key,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=30,
+            ),
         )
 
     def env(self, identity: Identity | None = None) -> dict[str, str]:
         """The standard AWS variables heygem's storage layer reads."""
         identity = identity or self.admin
-        return {"AWS_ACCESS_KEY_ID": identity.access_key,
-                "AWS_SECRET_ACCESS_KEY": identity.secret_key}
+        return {"AWS_ACCESS_KEY_ID": identity.access_key, "AWS_SECRET_ACCESS_KEY": identity.secret_key}
 
     @property
     def running(self) -> bool:
@@ -134,32 +146,66 @@ def _launch(workdir: Path) -> S3Server:
     admin = Identity("HEYGEMADMIN" + uuid.uuid4().hex[:8].upper(), "admin-" + uuid.uuid4().hex)
     restricted = Identity("HEYGEMLIMIT" + uuid.uuid4().hex[:8].upper(), "limit-" + uuid.uuid4().hex)
     config = run_dir / "s3.json"
-    config.write_text(json.dumps({"identities": [
-        {"name": "admin", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-         "credentials": [{"accessKey": admin.access_key, "secretKey": admin.secret_key}]},
-        {"name": "restricted", "actions": [f"Read:{OTHER_BUCKET}", f"List:{OTHER_BUCKET}"],
-         "credentials": [{"accessKey": restricted.access_key, "secretKey": restricted.secret_key}]},
-    ]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "admin",
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        "credentials": [{"accessKey": admin.access_key, "secretKey": admin.secret_key}],
+                    },
+                    {
+                        "name": "restricted",
+                        "actions": [f"Read:{OTHER_BUCKET}", f"List:{OTHER_BUCKET}"],
+                        "credentials": [
+                            {"accessKey": restricted.access_key, "secretKey": restricted.secret_key}
+                        ],
+                    },
+                ]
+            }
+        )
+    )
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
     argv = [
-        weed_binary(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        weed_binary(),
+        "server",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-filer",
+        "-s3",
+        f"-s3.config={config}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         # Like OBS and AWS: writing to a missing bucket is an error, not an implicit create.
         "-s3.autoCreateBucket=false",
-        f"-s3.localSocket={run_dir / 's3.sock'}", f"-filer.localSocket={run_dir / 'filer.sock'}",
-        "-master.telemetry=false", "-volume.preStopSeconds=0", "-master.volumeSizeLimitMB=64",
+        f"-s3.localSocket={run_dir / 's3.sock'}",
+        f"-filer.localSocket={run_dir / 'filer.sock'}",
+        "-master.telemetry=false",
+        "-volume.preStopSeconds=0",
+        "-master.volumeSizeLimitMB=64",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
     log_path = run_dir / "weed.log"
     with open(log_path, "wb") as log_file:
         # TMPDIR keeps weed's log files in run_dir instead of the shared /tmp.
         process = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "TMPDIR": str(run_dir)}, start_new_session=True,
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(run_dir)},
+            start_new_session=True,
         )
     return S3Server(
-        endpoint=f"http://127.0.0.1:{ports['s3.port']}", admin=admin, restricted=restricted,
-        workdir=run_dir, process=process, log_path=log_path, ports=ports,
+        endpoint=f"http://127.0.0.1:{ports['s3.port']}",
+        admin=admin,
+        restricted=restricted,
+        workdir=run_dir,
+        process=process,
+        log_path=log_path,
+        ports=ports,
     )
 
 

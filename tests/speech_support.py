@@ -135,9 +135,7 @@ class SpeechServer:
                     body = json.loads(raw)
                 except ValueError:
                     body = {"<not json>": raw.decode(errors="replace")}
-                got = Received(
-                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                )
+                got = Received("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 server.received.append(got)
                 server._answer(self, server.respond(got))
 

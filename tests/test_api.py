@@ -80,7 +80,9 @@ def wait_batch(client: TestClient, batch_id: str) -> dict:
 def upload(client: TestClient, audio: Path, video: Path, headers=None, **fields):
     with open(audio, "rb") as a, open(video, "rb") as v:
         return client.post(
-            "/api/v1/jobs", headers=headers, data=fields,
+            "/api/v1/jobs",
+            headers=headers,
+            data=fields,
             files={"audio": (audio.name, a, "audio/wav"), "video": (video.name, v, "video/mp4")},
         )
 
@@ -165,7 +167,9 @@ def test_metrics_count_jobs_with_one_query_not_by_paging(settings, speech_wav, f
     service, client = start(settings)
     with client:
         for _ in range(2):
-            assert wait_job(client, upload(client, speech_wav, face_video).json()["id"])["status"] == "succeeded"
+            assert (
+                wait_job(client, upload(client, speech_wav, face_video).json()["id"])["status"] == "succeeded"
+            )
         pages = []
         real_list_jobs = service.list_jobs
 
@@ -192,8 +196,16 @@ def test_multipart_submit_poll_and_download(client, speech_wav, face_video, tmp_
     assert done["status"] == "succeeded" and done["error"] is None
     assert done["options"]["blend"] == "rect" and done["engine"] == "fake"
     assert done["result_url"] == f"/api/v1/jobs/{job['id']}/result"
-    for key in ("progress", "stage", "attempts", "created_at", "finished_at",
-                "frames_without_face", "output_url", "presigned_url"):
+    for key in (
+        "progress",
+        "stage",
+        "attempts",
+        "created_at",
+        "finished_at",
+        "frames_without_face",
+        "output_url",
+        "presigned_url",
+    ):
         assert key in done
     assert "output_path" not in done
     result = client.get(done["result_url"])
@@ -211,8 +223,7 @@ def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, spee
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPRESIGNTEST")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    settings = settings.replace(s3_endpoint="http://127.0.0.1:9", s3_region="us-east-1",
-                                presign_seconds=120)
+    settings = settings.replace(s3_endpoint="http://127.0.0.1:9", s3_region="us-east-1", presign_seconds=120)
     stale = "http://127.0.0.1:9/media/out/a.mp4?X-Amz-Expires=1&X-Amz-Signature=old"
     service, client = start(settings)
     with client:
@@ -220,8 +231,9 @@ def test_presigned_url_is_signed_again_on_every_read(settings, monkeypatch, spee
         # Another request's upload is not an input any more: the batch names server files.
         shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
         shutil.copy(face_video, settings.inputs_dir / "face.mp4")
-        batch = client.post("/api/v1/batches", json={"items": [
-            {"audio": "speech.wav", "video": "face.mp4"}]}).json()
+        batch = client.post(
+            "/api/v1/batches", json={"items": [{"audio": "speech.wav", "video": "face.mp4"}]}
+        ).json()
         ids = [job["id"], batch["items"][0]["id"]]
         for job_id in ids:
             assert wait_job(client, job_id)["status"] == "succeeded"
@@ -256,9 +268,15 @@ def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech
     (settings.inputs_dir / "broken.mp4").write_bytes(b"not a video" * 100)
     service, client = start(settings, factory=CountingPipeline)
     with client:
-        unpublished = client.post("/api/v1/jobs", json={
-            "audio": "speech.wav", "video": "face.mp4", "output_name": "kept.mp4",
-            "output_prefix": str(mount / "blocked" / "out")}).json()
+        unpublished = client.post(
+            "/api/v1/jobs",
+            json={
+                "audio": "speech.wav",
+                "video": "face.mp4",
+                "output_name": "kept.mp4",
+                "output_prefix": str(mount / "blocked" / "out"),
+            },
+        ).json()
         broken = client.post("/api/v1/jobs", json={"audio": "speech.wav", "video": "broken.mp4"}).json()
         done = wait_job(client, unpublished["id"])
         assert done["status"] == "failed"
@@ -277,8 +295,9 @@ def test_result_is_served_when_only_publishing_failed(settings, tmp_path, speech
         assert "is failed" in assert_one_line_error(client.get(f"/api/v1/jobs/{broken['id']}/result"), 409)
         # Tampered paths are still refused: only files inside the outputs folder are served.
         with sqlite3.connect(settings.database_path) as db:
-            db.execute("UPDATE jobs SET output_path = ? WHERE id = ?",
-                       (str(settings.database_path), done["id"]))
+            db.execute(
+                "UPDATE jobs SET output_path = ? WHERE id = ?", (str(settings.database_path), done["id"])
+            )
         assert_one_line_error(client.get(done["result_url"]), 403)
 
 
@@ -287,10 +306,15 @@ def test_json_submit_with_server_paths_and_output_name(client, settings, speech_
     folder.mkdir(parents=True)
     shutil.copy(speech_wav, folder / "speech.wav")
     shutil.copy(face_video, folder / "face.mp4")
-    response = client.post("/api/v1/jobs", json={
-        "audio": str(folder / "speech.wav"), "video": "clips/face.mp4",
-        "options": {"duration_policy": "pingpong"}, "output_name": "hello",
-    })
+    response = client.post(
+        "/api/v1/jobs",
+        json={
+            "audio": str(folder / "speech.wav"),
+            "video": "clips/face.mp4",
+            "options": {"duration_policy": "pingpong"},
+            "output_name": "hello",
+        },
+    )
     assert response.status_code == 202, response.text
     done = wait_job(client, response.json()["id"])
     assert done["status"] == "succeeded" and done["output_name"] == "hello.mp4"
@@ -308,8 +332,9 @@ def test_list_jobs_newest_first_with_paging(client, settings, speech_wav, face_v
     assert_one_line_error(client.get("/api/v1/jobs", params={"limit": 0}), 400)
 
 
-def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, speech_wav, face_video,
-                                                                start, gated):
+def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(
+    settings, gate, speech_wav, face_video, start, gated
+):
     service, client = start(settings, factory=gated)
     with client:
         queued = upload(client, speech_wav, face_video).json()
@@ -323,7 +348,8 @@ def test_delete_cancels_a_queued_job_and_deletes_a_finished_one(settings, gate, 
         upload_folder = settings.data_dir / shown.parent
         assert upload_folder.parent == settings.inputs_dir
         assert client.delete(f"/api/v1/jobs/{finished['id']}").json() == {
-            "deleted": True, "id": finished["id"]
+            "deleted": True,
+            "id": finished["id"],
         }
         assert_one_line_error(client.get(f"/api/v1/jobs/{finished['id']}"), 404)
         assert not upload_folder.exists()  # no empty inputs/<uuid>/ left behind
@@ -362,11 +388,14 @@ def test_json_batch_status_zip_and_retry(client, settings, speech_wav, face_vide
 
 def test_multipart_batch_one_audio_many_videos(client, speech_wav, face_video, face_image):
     with open(speech_wav, "rb") as a, open(face_video, "rb") as v, open(face_image, "rb") as p:
-        response = client.post("/api/v1/batches", files=[
-            ("audio", ("speech.wav", a, "audio/wav")),
-            ("video", ("face.mp4", v, "video/mp4")),
-            ("video", ("photo.png", p, "image/png")),
-        ])
+        response = client.post(
+            "/api/v1/batches",
+            files=[
+                ("audio", ("speech.wav", a, "audio/wav")),
+                ("video", ("face.mp4", v, "video/mp4")),
+                ("video", ("photo.png", p, "image/png")),
+            ],
+        )
     assert response.status_code == 202, response.text
     batch = response.json()
     assert len(batch["items"]) == 2
@@ -375,16 +404,22 @@ def test_multipart_batch_one_audio_many_videos(client, speech_wav, face_video, f
 
 
 def test_multipart_batch_manifest_names_its_uploads(client, speech_wav, face_video):
-    manifest = "\n".join(json.dumps(line) for line in [
-        {"audio": "speech.wav", "video": "face.mp4", "output_name": "first"},
-        {"audio": "speech.wav", "video": "face.mp4", "output_name": "second"},
-    ]).encode()
+    manifest = "\n".join(
+        json.dumps(line)
+        for line in [
+            {"audio": "speech.wav", "video": "face.mp4", "output_name": "first"},
+            {"audio": "speech.wav", "video": "face.mp4", "output_name": "second"},
+        ]
+    ).encode()
     with open(speech_wav, "rb") as a, open(face_video, "rb") as v:
-        response = client.post("/api/v1/batches", files=[
-            ("manifest", ("batch.jsonl", io.BytesIO(manifest), "application/jsonl")),
-            ("audio", ("speech.wav", a, "audio/wav")),
-            ("video", ("face.mp4", v, "video/mp4")),
-        ])
+        response = client.post(
+            "/api/v1/batches",
+            files=[
+                ("manifest", ("batch.jsonl", io.BytesIO(manifest), "application/jsonl")),
+                ("audio", ("speech.wav", a, "audio/wav")),
+                ("video", ("face.mp4", v, "video/mp4")),
+            ],
+        )
     assert response.status_code == 202, response.text
     batch = wait_batch(client, response.json()["id"])
     assert [i["output_name"] for i in batch["items"]] == ["first.mp4", "second.mp4"]
@@ -394,11 +429,16 @@ def test_multipart_batch_manifest_names_its_uploads(client, speech_wav, face_vid
 def test_multipart_batch_refuses_mismatched_counts(client, speech_wav, face_video):
     with open(speech_wav, "rb") as a, open(face_video, "rb") as v:
         data = a.read(), v.read()
-    response = client.post("/api/v1/batches", files=[
-        ("audio", ("a1.wav", data[0], "audio/wav")), ("audio", ("a2.wav", data[0], "audio/wav")),
-        ("video", ("v1.mp4", data[1], "video/mp4")), ("video", ("v2.mp4", data[1], "video/mp4")),
-        ("video", ("v3.mp4", data[1], "video/mp4")),
-    ])
+    response = client.post(
+        "/api/v1/batches",
+        files=[
+            ("audio", ("a1.wav", data[0], "audio/wav")),
+            ("audio", ("a2.wav", data[0], "audio/wav")),
+            ("video", ("v1.mp4", data[1], "video/mp4")),
+            ("video", ("v2.mp4", data[1], "video/mp4")),
+            ("video", ("v3.mp4", data[1], "video/mp4")),
+        ],
+    )
     assert "2 audio files for 3 videos" in assert_one_line_error(response, 400)
 
 
@@ -420,13 +460,18 @@ def test_upload_over_the_size_limit_is_413_and_leaves_nothing(settings, speech_w
     big = bytes(3 * MB)
     with client:
         # Declared length over the bound: refused before reading the body.
-        response = client.post("/api/v1/jobs", files={
-            "audio": ("a.wav", big, "audio/wav"), "video": ("v.mp4", big, "video/mp4")})
+        response = client.post(
+            "/api/v1/jobs", files={"audio": ("a.wav", big, "audio/wav"), "video": ("v.mp4", big, "video/mp4")}
+        )
         assert "limit" in assert_one_line_error(response, 413)
         # Within the declared bound but one file over the per-file limit: refused while streaming.
-        response = client.post("/api/v1/jobs", files={
-            "audio": ("a.wav", speech_wav.read_bytes(), "audio/wav"),
-            "video": ("v.mp4", bytes(int(1.5 * MB)), "video/mp4")})
+        response = client.post(
+            "/api/v1/jobs",
+            files={
+                "audio": ("a.wav", speech_wav.read_bytes(), "audio/wav"),
+                "video": ("v.mp4", bytes(int(1.5 * MB)), "video/mp4"),
+            },
+        )
         assert "v.mp4" in assert_one_line_error(response, 413)
     assert not any(p.is_file() for p in settings.inputs_dir.rglob("*"))
 
@@ -440,11 +485,14 @@ def test_audio_over_the_duration_limit_is_413(settings, speech_wav, face_video, 
 
 def test_bad_requests_are_400_with_the_problem_named(client, speech_wav, face_video):
     assert "options" in assert_one_line_error(
-        upload(client, speech_wav, face_video, options="{not json"), 400)
+        upload(client, speech_wav, face_video, options="{not json"), 400
+    )
     assert "unknown option" in assert_one_line_error(
-        upload(client, speech_wav, face_video, options='{"colour": "red"}'), 400)
+        upload(client, speech_wav, face_video, options='{"colour": "red"}'), 400
+    )
     assert "JSON" in assert_one_line_error(
-        client.post("/api/v1/jobs", content=b"{", headers={"content-type": "application/json"}), 400)
+        client.post("/api/v1/jobs", content=b"{", headers={"content-type": "application/json"}), 400
+    )
     assert "audio" in assert_one_line_error(client.post("/api/v1/jobs", json={"video": "x.mp4"}), 400)
     with open(face_video, "rb") as v:
         missing = client.post("/api/v1/jobs", files={"video": ("v.mp4", v, "video/mp4")})
@@ -471,8 +519,12 @@ def test_bearer_token_guards_the_api_but_not_the_probes(settings, speech_wav, fa
 
 def test_unknown_ids_are_404(client):
     unknown = "0123456789abcdef0123456789abcdef"
-    for path in (f"/api/v1/jobs/{unknown}", f"/api/v1/jobs/{unknown}/result",
-                 f"/api/v1/batches/{unknown}", f"/api/v1/batches/{unknown}/zip"):
+    for path in (
+        f"/api/v1/jobs/{unknown}",
+        f"/api/v1/jobs/{unknown}/result",
+        f"/api/v1/batches/{unknown}",
+        f"/api/v1/batches/{unknown}/zip",
+    ):
         assert unknown in assert_one_line_error(client.get(path), 404)
     assert_one_line_error(client.delete(f"/api/v1/jobs/{unknown}"), 404)
 
@@ -496,15 +548,19 @@ def test_path_traversal_in_urls_is_refused(client, path):
     assert b"SQLite format" not in response.content and b"root:" not in response.content
 
 
-@pytest.mark.parametrize("field,value,code", [
-    ("audio", "../../heygem.db", 403),
-    ("audio", "/etc/passwd", 403),
-    ("video", "%2e%2e/%2e%2e/etc/passwd", 400),
-    ("output_name", "../escape.mp4", 403),
-    ("output_name", "/tmp/escape.mp4", 403),
-])
-def test_path_traversal_in_json_bodies_is_refused(client, settings, speech_wav, face_video,
-                                                  field, value, code):
+@pytest.mark.parametrize(
+    "field,value,code",
+    [
+        ("audio", "../../heygem.db", 403),
+        ("audio", "/etc/passwd", 403),
+        ("video", "%2e%2e/%2e%2e/etc/passwd", 400),
+        ("output_name", "../escape.mp4", 403),
+        ("output_name", "/tmp/escape.mp4", 403),
+    ],
+)
+def test_path_traversal_in_json_bodies_is_refused(
+    client, settings, speech_wav, face_video, field, value, code
+):
     shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
     shutil.copy(face_video, settings.inputs_dir / "face.mp4")
     body = {"audio": "speech.wav", "video": "face.mp4", field: value}
@@ -516,8 +572,7 @@ def test_result_outside_the_outputs_folder_is_never_served(client, settings, spe
     assert wait_job(client, job["id"])["status"] == "succeeded"
     # Tamper with the store as an attacker with database access would.
     with sqlite3.connect(settings.database_path) as db:
-        db.execute("UPDATE jobs SET output_path = ? WHERE id = ?",
-                   (str(settings.database_path), job["id"]))
+        db.execute("UPDATE jobs SET output_path = ? WHERE id = ?", (str(settings.database_path), job["id"]))
     response = client.get(f"/api/v1/jobs/{job['id']}/result")
     assert_one_line_error(response, 403)
     assert b"SQLite format" not in response.content
@@ -540,9 +595,18 @@ def test_unexpected_errors_are_a_generic_500_without_traceback(settings, caplog,
 def test_openapi_docs_list_the_routes(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/health", "/ready", "/metrics", "/api/v1/jobs", "/api/v1/jobs/{job_id}",
-                 "/api/v1/jobs/{job_id}/result", "/api/v1/batches", "/api/v1/batches/{batch_id}",
-                 "/api/v1/batches/{batch_id}/zip", "/api/v1/batches/{batch_id}/retry"):
+    for path in (
+        "/health",
+        "/ready",
+        "/metrics",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/jobs/{job_id}/result",
+        "/api/v1/batches",
+        "/api/v1/batches/{batch_id}",
+        "/api/v1/batches/{batch_id}/zip",
+        "/api/v1/batches/{batch_id}/retry",
+    ):
         assert path in paths
     assert "multipart/form-data" in paths["/api/v1/jobs"]["post"]["requestBody"]["content"]
 
@@ -572,15 +636,18 @@ def test_openapi_documents_every_option_from_the_schema(client, path):
     assert options["properties"]["watermark"]["maxLength"] > 0
 
 
-def test_an_options_object_built_from_the_documented_defaults_is_accepted(client, settings,
-                                                                            speech_wav, face_video):
+def test_an_options_object_built_from_the_documented_defaults_is_accepted(
+    client, settings, speech_wav, face_video
+):
     """The documented defaults are values the API really accepts (and the job runs with them)."""
-    properties = client.get("/openapi.json").json()["paths"]["/api/v1/jobs"]["post"][
-        "requestBody"]["content"]["application/json"]["schema"]["properties"]["options"]["properties"]
+    properties = client.get("/openapi.json").json()["paths"]["/api/v1/jobs"]["post"]["requestBody"][
+        "content"
+    ]["application/json"]["schema"]["properties"]["options"]["properties"]
     documented = {name: schema.get("default") for name, schema in properties.items()}
     shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
     shutil.copy(face_video, settings.inputs_dir / "face.mp4")
-    response = client.post("/api/v1/jobs", json={
-        "audio": "speech.wav", "video": "face.mp4", "options": documented})
+    response = client.post(
+        "/api/v1/jobs", json={"audio": "speech.wav", "video": "face.mp4", "options": documented}
+    )
     assert response.status_code == 202, response.text
     assert wait_job(client, response.json()["id"])["status"] == "succeeded"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -39,15 +38,23 @@ def independent_mel(wav: np.ndarray, pad_mode: str = "reflect") -> np.ndarray:
     x = wav.astype(np.float64)
     emphasized = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
     spec = np.abs(
-        librosa.stft(emphasized, n_fft=800, hop_length=200, win_length=800, window="hann",
-                     center=True, pad_mode=pad_mode)
+        librosa.stft(
+            emphasized,
+            n_fft=800,
+            hop_length=200,
+            win_length=800,
+            window="hann",
+            center=True,
+            pad_mode=pad_mode,
+        )
     )
     db = 20 * np.log10(np.maximum(1e-5, slaney_filterbank() @ spec)) - 20
     return np.clip(8 * (db + 100) / 100 - 4, -4, 4)
 
 
-def slaney_filterbank(sr: int = 16000, n_fft: int = 800, n_mels: int = 80,
-                      fmin: float = 55.0, fmax: float = 7600.0) -> np.ndarray:
+def slaney_filterbank(
+    sr: int = 16000, n_fft: int = 800, n_mels: int = 80, fmin: float = 55.0, fmax: float = 7600.0
+) -> np.ndarray:
     """Slaney (Auditory Toolbox) mel scale and area normalisation, from the formulas."""
     f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
     min_log_mel = min_log_hz / f_sp
@@ -76,9 +83,9 @@ def reference_windows(mel: np.ndarray, fps: float) -> list[np.ndarray]:
     while True:
         start = int(i * multiplier)
         if start + 16 > mel.shape[1]:
-            chunks.append(mel[:, mel.shape[1] - 16:])
+            chunks.append(mel[:, mel.shape[1] - 16 :])
             return chunks
-        chunks.append(mel[:, start:start + 16])
+        chunks.append(mel[:, start : start + 16])
         i += 1
 
 
@@ -129,8 +136,23 @@ def test_stereo_44k_tone_is_mixed_down_and_resampled(tmp_path):
 
 def test_audio_track_of_a_video_is_decoded(speech_wav, speech, tmp_path):
     video = tmp_path / "talk.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=7", "-i", str(speech_wav),
-           "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-c:a", "aac", str(video))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x64:rate=25:duration=7",
+        "-i",
+        str(speech_wav),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "aac",
+        str(video),
+    )
 
     wav = audio.load_audio(video)
 

@@ -114,7 +114,9 @@ def test_a_job_on_a_preparing_avatar_is_refused_in_one_line(service, staged, set
 def test_rename_and_delete_remove_the_folder_but_keep_finished_videos(service, staged, settings):
     avatar = wait_prepared(service, service.create_avatar("Anna", str(staged["video"]), principal=LOCAL).id)
     assert service.rename_avatar(avatar.id, " Anna  B ", principal=LOCAL).name == "Anna B"
-    job = service.wait(service.submit(str(staged["audio"]), avatar.ref, principal=LOCAL).id, WAIT_S, principal=LOCAL)
+    job = service.wait(
+        service.submit(str(staged["audio"]), avatar.ref, principal=LOCAL).id, WAIT_S, principal=LOCAL
+    )
     assert job.status == JobStatus.SUCCEEDED
     service.delete_avatar(avatar.id, principal=LOCAL)
     assert not (settings.avatars_dir / avatar.id).exists()
@@ -130,7 +132,9 @@ def test_a_queued_job_on_a_deleted_avatar_fails_with_one_line(settings, staged):
 
     gate = threading.Event()
     with running_service(settings, Pipelines(gate=gate)) as service:
-        avatar = wait_prepared(service, service.create_avatar("Gone", str(staged["video"]), principal=LOCAL).id)
+        avatar = wait_prepared(
+            service, service.create_avatar("Gone", str(staged["video"]), principal=LOCAL).id
+        )
         job = service.submit(str(staged["audio"]), avatar.ref, principal=LOCAL)
         service.delete_avatar(avatar.id, principal=LOCAL)
         gate.set()
@@ -145,7 +149,10 @@ def test_a_voice_sample_needs_its_transcript(service, staged):
     with pytest.raises(InputError, match="voice sample"):
         service.create_avatar("A", str(staged["video"]), principal=LOCAL, voice_text="hello")
     avatar = service.create_avatar(
-        "A", str(staged["video"]), principal=LOCAL, voice_audio=str(staged["audio"]),
+        "A",
+        str(staged["video"]),
+        principal=LOCAL,
+        voice_audio=str(staged["audio"]),
         voice_text="hello there",
     )
     assert avatar.voice_audio is not None and avatar.voice_audio.name == "voice.wav"
@@ -306,8 +313,21 @@ def test_cli_avatars_add_list_generate_with_text_and_rm(tmp_path, face_video, ca
     assert cli.main(["avatars", "list", *flags]) == 0
     assert f"{avatar_id}  ready" in capsys.readouterr().out
     output = tmp_path / "out.mp4"
-    assert cli.main(["generate", "--text", "Hello from the CLI.", "--video", f"avatar:{avatar_id}",
-                     "--output", str(output), *flags]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--text",
+                "Hello from the CLI.",
+                "--video",
+                f"avatar:{avatar_id}",
+                "--output",
+                str(output),
+                *flags,
+            ]
+        )
+        == 0
+    )
     assert sorted(media.stream_types(output)) == ["audio", "video"]
     assert cli.main(["avatars", "rm", avatar_id, *flags]) == 0
     assert cli.main(["avatars", "rm", avatar_id, *flags]) == 1

@@ -38,7 +38,9 @@ class DetectorCalls:
 
 
 @pytest.mark.slow
-def test_one_avatar_three_text_jobs_and_two_audio_jobs_detect_once(settings, face_video, speech_wav, monkeypatch):
+def test_one_avatar_three_text_jobs_and_two_audio_jobs_detect_once(
+    settings, face_video, speech_wav, monkeypatch
+):
     calls = DetectorCalls(monkeypatch)
     settings = settings.replace(engine="preview")
     settings.inputs_dir.mkdir(parents=True, exist_ok=True)

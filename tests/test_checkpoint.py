@@ -107,8 +107,10 @@ def test_checkpoint_with_adam_state_loads(scratch, saved_state):
         parameter.grad = torch.full_like(parameter, 1e-3)  # gives Adam its exp_avg/exp_avg_sq state
     optimizer.step()
     path = scratch / "with_adam.pth"
-    torch.save({"state_dict": saved_state, "optimizer": optimizer.state_dict(),
-                "global_step": 1, "global_epoch": 0}, path)
+    torch.save(
+        {"state_dict": saved_state, "optimizer": optimizer.state_dict(), "global_step": 1, "global_epoch": 0},
+        path,
+    )
 
     assert_weights_equal(load_checkpoint(path), saved_state)
 

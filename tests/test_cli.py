@@ -31,7 +31,11 @@ def heygem(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     environ.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "heygem", *map(str, args)],
-        cwd=PROJECT, env=environ, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        cwd=PROJECT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
     )
 
 
@@ -76,7 +80,15 @@ def test_without_weights_generate_uses_preview_and_says_so(short_speech, face_im
     output = tmp_path / "still.mp4"
     env = {"HEYGEM_DATA_DIR": str(folders["data"]), "HEYGEM_MODELS_DIR": str(folders["models"])}
     proc = heygem(
-        "generate", "--audio", short_speech, "--video", face_image, "--output", output, "--fps", "30",
+        "generate",
+        "--audio",
+        short_speech,
+        "--video",
+        face_image,
+        "--output",
+        output,
+        "--fps",
+        "30",
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
@@ -96,8 +108,19 @@ def test_flags_win_over_environment_bf16_wav2lip(
     output = tmp_path / "bf16.mp4"
     env = {"HEYGEM_ENGINE": "preview", "HEYGEM_PRECISION": "fp32"}
     proc = heygem(
-        "generate", "--audio", short_speech, "--video", face_video, "--output", output,
-        *folder_flags(folders), "--engine", "wav2lip", "--precision", "bf16", env=env,
+        "generate",
+        "--audio",
+        short_speech,
+        "--video",
+        face_video,
+        "--output",
+        output,
+        *folder_flags(folders),
+        "--engine",
+        "wav2lip",
+        "--precision",
+        "bf16",
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert "engine wav2lip" in proc.stdout
@@ -111,8 +134,16 @@ def test_requested_wav2lip_without_weights_names_path_and_command(
     short_speech, face_video, folders, tmp_path
 ):
     proc = heygem(
-        "generate", "--audio", short_speech, "--video", face_video, "--output", tmp_path / "o.mp4",
-        *folder_flags(folders), "--engine", "wav2lip",
+        "generate",
+        "--audio",
+        short_speech,
+        "--video",
+        face_video,
+        "--output",
+        tmp_path / "o.mp4",
+        *folder_flags(folders),
+        "--engine",
+        "wav2lip",
     )
     assert_one_line_error(proc, str(folders["models"] / "wav2lip_gan.pth"), DOWNLOAD_COMMAND)
     assert not (tmp_path / "o.mp4").exists()
@@ -145,9 +176,7 @@ def bad_files(work, face_video) -> dict[str, Path]:
         ("video without a face", ["noface.mp4", "no face"]),
     ],
 )
-def test_bad_input_fails_with_one_line(
-    case, names, bad_files, short_speech, face_video, folders, tmp_path
-):
+def test_bad_input_fails_with_one_line(case, names, bad_files, short_speech, face_video, folders, tmp_path):
     audio, video = short_speech, face_video
     if case == "corrupt video":
         video = bad_files["corrupt"]
@@ -162,9 +191,7 @@ def test_bad_input_fails_with_one_line(
     else:
         video = bad_files["noface"]
     output = tmp_path / "out.mp4"
-    proc = heygem(
-        "generate", "--audio", audio, "--video", video, "--output", output, *folder_flags(folders)
-    )
+    proc = heygem("generate", "--audio", audio, "--video", video, "--output", output, *folder_flags(folders))
     assert_one_line_error(proc, *names)
     assert not output.exists()
     assert not list(tmp_path.glob(".out.mp4*")), "a partial output was left behind"
@@ -252,8 +279,25 @@ def test_without_flags_the_options_are_the_schema_defaults():
 
 def test_todays_flag_spellings_still_work():
     options = parsed_options(
-        "--box", "10", "90", "20", "80", "--pads", "1", "2", "3", "4", "--no-smooth",
-        "--blend", "rect", "--fps", "30", "--duration-policy", "pingpong", "--watermark", "AI",
+        "--box",
+        "10",
+        "90",
+        "20",
+        "80",
+        "--pads",
+        "1",
+        "2",
+        "3",
+        "4",
+        "--no-smooth",
+        "--blend",
+        "rect",
+        "--fps",
+        "30",
+        "--duration-policy",
+        "pingpong",
+        "--watermark",
+        "AI",
     )
     assert options.box == (10, 90, 20, 80) and options.pads == (1, 2, 3, 4)
     assert options.smooth is False and options.blend == "rect" and options.fps == 30.0
@@ -269,8 +313,16 @@ def test_face_point_alone_means_the_nearest_face_and_new_flags_parse():
 
 def test_a_bad_option_value_is_one_line(short_speech, face_image, folders, tmp_path):
     proc = heygem(
-        "generate", "--audio", short_speech, "--video", face_image, "--output", tmp_path / "o.mp4",
-        *folder_flags(folders), "--fps", "0",
+        "generate",
+        "--audio",
+        short_speech,
+        "--video",
+        face_image,
+        "--output",
+        tmp_path / "o.mp4",
+        *folder_flags(folders),
+        "--fps",
+        "0",
     )
     assert_one_line_error(proc, "fps must be between 1 and 120")
 
@@ -306,8 +358,13 @@ def test_keys_add_user_reads_the_password_from_stdin(tmp_path):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
     added = subprocess.run(
         [sys.executable, "-m", "heygem", "keys", "add-user", "ann", "acme", "--file", str(users)],
-        cwd=PROJECT, env=environ, input="correct horse\n", capture_output=True, text=True,
-        timeout=CLI_TIMEOUT_S, check=False,
+        cwd=PROJECT,
+        env=environ,
+        input="correct horse\n",
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
     )
     assert added.returncode == 0, added.stderr
     (entry,) = parse_users(users.read_text(), "users")

@@ -18,9 +18,18 @@ pytestmark = pytest.mark.slow  # a live server subprocess
 READY_TIMEOUT_S = 240.0  # import torch + gradio, load the generator, warm up: a busy 2-core machine
 JOB_TIMEOUT_S = 300.0
 DEFAULT_OPTIONS = {
-    "engine": "wav2lip", "pad_top": 0, "pad_bottom": 10, "pad_left": 0, "pad_right": 0,
-    "smooth": True, "blend": "feather", "duration_policy": "loop", "face_choice": "largest",
-    "face_x": None, "face_y": None, "watermark": "",
+    "engine": "wav2lip",
+    "pad_top": 0,
+    "pad_bottom": 10,
+    "pad_left": 0,
+    "pad_right": 0,
+    "smooth": True,
+    "blend": "feather",
+    "duration_policy": "loop",
+    "face_choice": "largest",
+    "face_x": None,
+    "face_y": None,
+    "watermark": "",
 }
 
 
@@ -41,8 +50,12 @@ def real_server(tmp_path_factory, checkpoint_file):
 
 def test_gradio_client_runs_one_job_on_the_real_engine(real_server, speech_wav, face_video, tmp_path):
     client = Client(real_server.url + "/", download_files=str(tmp_path), verbose=False)
-    job = client.submit(handle_file(str(speech_wav)), handle_file(str(face_video)),
-                        *DEFAULT_OPTIONS.values(), api_name="/generate")
+    job = client.submit(
+        handle_file(str(speech_wav)),
+        handle_file(str(face_video)),
+        *DEFAULT_OPTIONS.values(),
+        api_name="/generate",
+    )
     video, download, summary = job.result(timeout=JOB_TIMEOUT_S)
     result = video["video"] if isinstance(video, dict) else video
     assert media.stream_types(result) == ["video", "audio"]
@@ -71,13 +84,16 @@ def test_the_api_names_the_generate_endpoint(real_server):
     assert "/check_face" in info["named_endpoints"]
 
 
-@pytest.mark.parametrize("raw_path", [
-    "/api/v1/jobs/../../heygem.db",
-    "/api/v1/jobs/%2e%2e/%2e%2e/heygem.db",
-    "/../heygem.db",
-    "/gradio_api/file=../heygem.db",
-    "/gradio_api/file=%2e%2e/heygem.db",
-])
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/api/v1/jobs/../../heygem.db",
+        "/api/v1/jobs/%2e%2e/%2e%2e/heygem.db",
+        "/../heygem.db",
+        "/gradio_api/file=../heygem.db",
+        "/gradio_api/file=%2e%2e/heygem.db",
+    ],
+)
 def test_raw_traversal_requests_never_serve_the_database(real_server, raw_path):
     # http.client sends the path as written (no client-side dot-segment clean-up).
     connection = http.client.HTTPConnection("127.0.0.1", real_server.port, timeout=30)

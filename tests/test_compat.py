@@ -13,14 +13,17 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from heygem.errors import ForbiddenPathError
 from heygem.jobs import JobService
+from heygem.jobs.tenancy import LOCAL
+from heygem.storage.paths import resolve_under
 from heygem.web.compat import (
     CHAOFEN_NOTE,
     CODE_BAD_REQUEST,
     CODE_BUSY,
-    CODE_UNKNOWN_TASK,
     CODE_ERROR,
     CODE_OK,
+    CODE_UNKNOWN_TASK,
     INTERNAL_ERROR,
     KEY_PREFIX,
     WATERMARK_LABEL,
@@ -30,9 +33,6 @@ from heygem.web.compat import (
     start_compat_server,
     submit_task,
 )
-from heygem.errors import ForbiddenPathError
-from heygem.storage.paths import resolve_under
-from heygem.jobs.tenancy import LOCAL
 from heygem.web.identity import Identity, IdentityGate
 from tests import media
 from tests.kit import Pipelines, free_port, wait_until
@@ -66,8 +66,15 @@ class Harness:
         self.client = TestClient(create_compat_app(self.service, settings))
 
     def submit(self, code: str, audio: str = "speech.wav", video: str = "face.mp4", **flags) -> dict:
-        body = {"audio_url": audio, "video_url": video, "code": code,
-                "chaofen": 0, "watermark_switch": 0, "pn": 1, **flags}
+        body = {
+            "audio_url": audio,
+            "video_url": video,
+            "code": code,
+            "chaofen": 0,
+            "watermark_switch": 0,
+            "pn": 1,
+            **flags,
+        }
         response = self.client.post("/easy/submit", json=body)
         assert response.status_code == 200
         return response.json()
@@ -109,14 +116,22 @@ def harness(compat_settings):
 
 def test_submit_poll_and_read_the_result_from_the_shared_folder(harness, shared):
     reply = harness.submit("6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60")
-    assert reply == {"code": CODE_OK, "msg": "task 6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60 accepted",
-                     "success": True, "data": {}}
+    assert reply == {
+        "code": CODE_OK,
+        "msg": "task 6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60 accepted",
+        "success": True,
+        "data": {},
+    }
 
     done, progresses = harness.poll("6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60")
 
-    assert done["data"] == {"code": "6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60", "status": 2,
-                            "msg": "任务完成", "progress": 100,
-                            "result": "/6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60-r.mp4"}
+    assert done["data"] == {
+        "code": "6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60",
+        "status": 2,
+        "msg": "任务完成",
+        "progress": 100,
+        "result": "/6f1c2d1e-0b4a-4c55-9f0e-1b2c3d4e5f60-r.mp4",
+    }
     assert all(isinstance(p, int) and 0 <= p <= 100 for p in progresses)
     assert progresses == sorted(progresses)
     # The desktop client joins result to its asset folder, <shared>/temp.
@@ -130,8 +145,11 @@ def test_running_task_reports_its_stage_and_progress(compat_settings):
     h = Harness(compat_settings, Pipelines(delay_s=1.5))
     try:
         h.submit("slow")
-        data = wait_until(lambda: (d := h.query("slow")["data"])["msg"] == "running: synthesize" and d,
-                          JOB_TIMEOUT_S, message="the task to run")
+        data = wait_until(
+            lambda: (d := h.query("slow")["data"])["msg"] == "running: synthesize" and d,
+            JOB_TIMEOUT_S,
+            message="the task to run",
+        )
         assert data["status"] == 1
         assert data["msg"] == "running: synthesize"
         assert 0 < data["progress"] < 100
@@ -176,8 +194,10 @@ def test_concurrent_duplicate_submits_make_one_job(harness):
     root = harness.settings.resolved_compat_root
     body = {"audio_url": "speech.wav", "video_url": "face.mp4", "code": "race"}
     replies: list[dict] = []
-    threads = [threading.Thread(target=lambda: replies.append(submit_task(harness.service, root, body, LOCAL)))
-               for _ in range(6)]
+    threads = [
+        threading.Thread(target=lambda: replies.append(submit_task(harness.service, root, body, LOCAL)))
+        for _ in range(6)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -191,17 +211,27 @@ def test_concurrent_duplicate_submits_make_one_job(harness):
 def test_an_unknown_code_answers_10004_with_success_as_the_original(harness):
     # Health probes query a dummy code and read success; a missing code is still a bad request.
     reply = harness.query("never-submitted")
-    assert reply == {"code": CODE_UNKNOWN_TASK, "msg": "no task with code 'never-submitted'",
-                     "success": True, "data": {"code": "never-submitted"}}
+    assert reply == {
+        "code": CODE_UNKNOWN_TASK,
+        "msg": "no task with code 'never-submitted'",
+        "success": True,
+        "data": {"code": "never-submitted"},
+    }
     missing = harness.client.get("/easy/query").json()
     assert missing["code"] == CODE_BAD_REQUEST
     assert missing["msg"].startswith("code is required")
 
 
-@pytest.mark.parametrize("path", [
-    "../../etc/passwd", "/etc/passwd", "/code/data/../../etc/passwd", "..\\..\\etc\\passwd",
-    "/code/data/../x.wav",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "/code/data/../../etc/passwd",
+        "..\\..\\etc\\passwd",
+        "/code/data/../x.wav",
+    ],
+)
 def test_paths_escaping_the_shared_folder_are_refused(harness, path):
     reply = harness.submit("escape", audio=path)
     assert reply["code"] == CODE_BAD_REQUEST
@@ -227,8 +257,9 @@ def test_missing_file_is_named(harness):
 def test_container_paths_and_absolute_paths_map_into_the_shared_folder(harness, shared):
     (shared / "avatars").mkdir()
     shutil.copy(shared / "temp" / "face.mp4", shared / "avatars" / "anchor.mp4")
-    reply = harness.submit("mapped", audio="/code/data/temp/speech.wav",
-                           video=str(shared / "avatars" / "anchor.mp4"))
+    reply = harness.submit(
+        "mapped", audio="/code/data/temp/speech.wav", video=str(shared / "avatars" / "anchor.mp4")
+    )
     assert reply["code"] == CODE_OK, reply
     job = harness.service.get_by_key(KEY_PREFIX + "mapped", principal=LOCAL)
     assert Path(job.audio) == (shared / "temp" / "speech.wav").resolve()
@@ -295,18 +326,23 @@ def test_watermark_switch_adds_the_ai_generated_label(harness):
     assert plain.options.get("watermark", "") == ""
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"audio_url": "speech.wav", "video_url": "face.mp4"}, "code is required"),
-    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "../x"}, "code '../x' must be"),
-    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "a..b"}, "code 'a..b' must be"),
-    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "x" * 129}, "must be 1-128"),
-    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "ok\n"}, "code 'ok\\n' must be"),
-    ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "c", "chaofen": 2},
-     "chaofen must be 0 or 1, got 2"),
-    ({"video_url": "face.mp4", "code": "c"}, "audio_url is required"),
-    ({"audio_url": "speech.wav", "video_url": 7, "code": "c"}, "video_url is required"),
-    (["not", "an", "object"], "the body must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"audio_url": "speech.wav", "video_url": "face.mp4"}, "code is required"),
+        ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "../x"}, "code '../x' must be"),
+        ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "a..b"}, "code 'a..b' must be"),
+        ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "x" * 129}, "must be 1-128"),
+        ({"audio_url": "speech.wav", "video_url": "face.mp4", "code": "ok\n"}, "code 'ok\\n' must be"),
+        (
+            {"audio_url": "speech.wav", "video_url": "face.mp4", "code": "c", "chaofen": 2},
+            "chaofen must be 0 or 1, got 2",
+        ),
+        ({"video_url": "face.mp4", "code": "c"}, "audio_url is required"),
+        ({"audio_url": "speech.wav", "video_url": 7, "code": "c"}, "video_url is required"),
+        (["not", "an", "object"], "the body must be a JSON object"),
+    ],
+)
 def test_bad_parameters_are_refused_with_a_message(harness, body, message):
     reply = harness.client.post("/easy/submit", json=body).json()
     assert reply["code"] == CODE_BAD_REQUEST
@@ -319,8 +355,7 @@ def test_non_json_and_oversized_bodies_are_refused(harness):
     form = harness.client.post("/easy/submit", content=b"audio_url=x&code=1").json()
     assert form["code"] == CODE_BAD_REQUEST and "Content-Type: application/json" in form["msg"]
     garbage = harness.client.post("/easy/submit", content=b"audio_url=x&code=1", headers=json_type).json()
-    assert garbage == {"code": CODE_BAD_REQUEST, "msg": "the body must be JSON",
-                       "success": False, "data": {}}
+    assert garbage == {"code": CODE_BAD_REQUEST, "msg": "the body must be JSON", "success": False, "data": {}}
     huge = harness.client.post("/easy/submit", content=b" " * (65 * 1024), headers=json_type).json()
     assert huge["code"] == CODE_BAD_REQUEST and "larger than 64 KB" in huge["msg"]
 
@@ -349,9 +384,12 @@ class _Broken:
 
 def test_unexpected_errors_answer_9999_without_details(settings, shared):
     client = TestClient(create_compat_app(_Broken(), settings.replace(compat_root=shared)))
-    for reply in (client.get("/easy/query", params={"code": "x"}).json(),
-                  client.post("/easy/submit", json={"code": "x", "audio_url": "speech.wav",
-                                                    "video_url": "face.mp4"}).json()):
+    for reply in (
+        client.get("/easy/query", params={"code": "x"}).json(),
+        client.post(
+            "/easy/submit", json={"code": "x", "audio_url": "speech.wav", "video_url": "face.mp4"}
+        ).json(),
+    ):
         assert reply == {"code": CODE_ERROR, "msg": INTERNAL_ERROR, "success": False, "data": {}}
 
 
@@ -370,8 +408,9 @@ def test_both_compat_doors_need_a_key_when_one_is_set(compat_settings):
             assert denied.status_code == 401
             assert denied.json()["code"] == CODE_BAD_REQUEST
             for key in ("s3cret", "heygem-client"):
-                allowed = client.get("/easy/query", params={"code": "x"},
-                                     headers={"Authorization": f"Bearer {key}"})
+                allowed = client.get(
+                    "/easy/query", params={"code": "x"}, headers={"Authorization": f"Bearer {key}"}
+                )
                 assert allowed.status_code == 200 and allowed.json()["msg"] == "no task with code 'x'"
         # No credential configured anywhere: the compat port stays open for stock HeyGem clients.
         open_app = TestClient(create_compat_app(service, compat_settings))

@@ -37,15 +37,26 @@ def live(tmp_path_factory, checkpoint_file, face_video):
     media.make_speech(shared / "temp" / "hello.wav", SHORT_SPEECH)
     shutil.copy(face_video, shared / "temp" / "anchor.mp4")
     compat_port = free_port()
-    server = ServerProcess(base / "data", argv=(str(REAL_LAUNCHER),), env={
-        "HEYGEM_MODELS_DIR": str(models), "HEYGEM_COMPAT_ROOT": str(shared),
-        "HEYGEM_COMPAT_PORT": str(compat_port), "HEYGEM_WARMUP": "false", "HEYGEM_BATCH_SIZE": "16",
-    })
+    server = ServerProcess(
+        base / "data",
+        argv=(str(REAL_LAUNCHER),),
+        env={
+            "HEYGEM_MODELS_DIR": str(models),
+            "HEYGEM_COMPAT_ROOT": str(shared),
+            "HEYGEM_COMPAT_PORT": str(compat_port),
+            "HEYGEM_WARMUP": "false",
+            "HEYGEM_BATCH_SIZE": "16",
+        },
+    )
     compat_url = f"http://127.0.0.1:{compat_port}"
     try:
         server.wait_for("/health", 200, READY_TIMEOUT_S)
-        wait_until(lambda: http_status(compat_url + "/easy/query?code=probe") == 200, READY_TIMEOUT_S,
-                   interval=POLL_S, message=lambda: f"the compat port\n{server.log_tail()}")
+        wait_until(
+            lambda: http_status(compat_url + "/easy/query?code=probe") == 200,
+            READY_TIMEOUT_S,
+            interval=POLL_S,
+            message=lambda: f"the compat port\n{server.log_tail()}",
+        )
         yield server, compat_url, shared
     finally:
         server.stop_cleanly()
@@ -61,10 +72,17 @@ def test_client_submits_polls_and_reads_the_result_from_the_shared_folder(live):
 
         # As the desktop client sends it (bare names in its asset folder) and as scripts do
         # (container paths under /code/data).
-        submitted = client.post("/easy/submit", json={
-            "audio_url": "/code/data/temp/hello.wav", "video_url": "anchor.mp4", "code": code,
-            "chaofen": 0, "watermark_switch": 1, "pn": 1,
-        }).json()
+        submitted = client.post(
+            "/easy/submit",
+            json={
+                "audio_url": "/code/data/temp/hello.wav",
+                "video_url": "anchor.mp4",
+                "code": code,
+                "chaofen": 0,
+                "watermark_switch": 1,
+                "pn": 1,
+            },
+        ).json()
         assert submitted["code"] == 10000, submitted
 
         replies = []
@@ -75,8 +93,12 @@ def test_client_submits_polls_and_reads_the_result_from_the_shared_folder(live):
             replies.append(reply["data"])
             return reply["data"]["status"] != 1
 
-        wait_until(finished, JOB_TIMEOUT_S, interval=POLL_S,
-                   message=lambda: f"the task to end: {replies[-1:]}\n{server.log_tail()}")
+        wait_until(
+            finished,
+            JOB_TIMEOUT_S,
+            interval=POLL_S,
+            message=lambda: f"the task to end: {replies[-1:]}\n{server.log_tail()}",
+        )
 
     final = replies[-1]
     assert final["status"] == 2, f"{final}\n{server.log()}"

@@ -93,8 +93,10 @@ def test_torch_wheel_matches_base_cuda_and_requirements(instructions):
     assert args["TORCH_INDEX_URL"] == f"https://download.pytorch.org/whl/cu{major}{minor}"
     pinned = re.search(r"^torch==(\S+)$", (PROJECT / "requirements.txt").read_text(), re.M)
     assert pinned and args["TORCH_VERSION"] == pinned.group(1)
-    assert any('--index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"' in run
-               for run in run_commands(instructions))
+    assert any(
+        '--index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"' in run
+        for run in run_commands(instructions)
+    )
 
 
 def test_port_8080_is_exposed_and_configured(instructions):
@@ -246,7 +248,7 @@ def test_hadolint_ignores_carry_a_reason():
     for number, line in enumerate(lines):
         if "hadolint ignore=" in line:
             codes = line.split("=", 1)[1].split(",")
-            context = "\n".join(lines[max(0, number - 3):number])
+            context = "\n".join(lines[max(0, number - 3) : number])
             assert all(code.strip() in context for code in codes), f"no reason above line {number + 1}"
 
 
@@ -264,13 +266,28 @@ def _ignored(patterns: list[str], path: str) -> bool:
 
 def test_dockerignore_keeps_weights_data_and_history_out():
     patterns = [
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for excluded in (".git/config", "models/wav2lip_gan.pth", "extra/s3fd.pth", "outputs/a.mp4",
-                     "inputs/a.wav", "heygem/__pycache__/x.pyc", ".pytest_cache/v",
-                     "test-artifacts/shot.png", "heygem.db"):
+    for excluded in (
+        ".git/config",
+        "models/wav2lip_gan.pth",
+        "extra/s3fd.pth",
+        "outputs/a.mp4",
+        "inputs/a.wav",
+        "heygem/__pycache__/x.pyc",
+        ".pytest_cache/v",
+        "test-artifacts/shot.png",
+        "heygem.db",
+    ):
         assert _ignored(patterns, excluded), f"{excluded} would be sent to the build"
-    for needed in ("app.py", "start_app.sh", "requirements.txt", "heygem/settings.py",
-                   "heygem/web/server.py", "scripts/setup.sh"):
+    for needed in (
+        "app.py",
+        "start_app.sh",
+        "requirements.txt",
+        "heygem/settings.py",
+        "heygem/web/server.py",
+        "scripts/setup.sh",
+    ):
         assert not _ignored(patterns, needed), f"{needed} is excluded but the image needs it"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from heygem.errors import ModelError
 from heygem.engine.model import download
+from heygem.errors import ModelError
 from heygem.settings import Settings
 from tests.kit import free_port
 
@@ -61,8 +61,9 @@ def _handler(server: WeightsServer):
             else:
                 self._send(404, b"", body)
 
-        def _send(self, status: int, data: bytes, body: bool, length: int | None = None,
-                  etag: str | None = None) -> None:
+        def _send(
+            self, status: int, data: bytes, body: bool, length: int | None = None, etag: str | None = None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Length", str(len(data) if length is None else length))
             if etag:
@@ -136,8 +137,7 @@ def test_url_download_without_checksum(settings, server):
     progress = []
     config = settings.replace(checkpoint_url=server.url("/files/wav2lip_gan.pth"))
 
-    paths = download.download_weights(config, which=("generator",),
-                                      on_progress=lambda *a: progress.append(a))
+    paths = download.download_weights(config, which=("generator",), on_progress=lambda *a: progress.append(a))
 
     target = settings.models_dir / "wav2lip_gan.pth"
     assert paths == [target]
@@ -147,8 +147,9 @@ def test_url_download_without_checksum(settings, server):
 
 
 def test_url_download_with_checksum(settings, server):
-    config = settings.replace(detector_url=server.url("/files/s3fd-619a316812.pth"),
-                              detector_sha256=PAYLOAD_SHA.upper())
+    config = settings.replace(
+        detector_url=server.url("/files/s3fd-619a316812.pth"), detector_sha256=PAYLOAD_SHA.upper()
+    )
 
     paths = download.download_weights(config, which=("detector",))
 
@@ -157,8 +158,9 @@ def test_url_download_with_checksum(settings, server):
 
 
 def test_checksum_mismatch_leaves_no_file(settings, server):
-    config = settings.replace(checkpoint_url=server.url("/files/wav2lip_gan.pth"),
-                              checkpoint_sha256="ab" * 32)
+    config = settings.replace(
+        checkpoint_url=server.url("/files/wav2lip_gan.pth"), checkpoint_sha256="ab" * 32
+    )
 
     with pytest.raises(ModelError, match="SHA-256 .* expected abab.*discarded") as info:
         download.download_weights(config, which=("generator",))
@@ -216,8 +218,9 @@ def test_present_file_is_kept_unless_forced(settings, server):
 def test_present_file_with_wrong_checksum_is_replaced(settings, server):
     target = settings.models_dir / "wav2lip_gan.pth"
     target.write_bytes(b"damaged")
-    config = settings.replace(checkpoint_url=server.url("/files/wav2lip_gan.pth"),
-                              checkpoint_sha256=PAYLOAD_SHA)
+    config = settings.replace(
+        checkpoint_url=server.url("/files/wav2lip_gan.pth"), checkpoint_sha256=PAYLOAD_SHA
+    )
 
     download.download_weights(config, which=("generator",))
 
@@ -231,8 +234,9 @@ def test_plain_generator_keeps_its_name(settings, server):
 
 
 def test_explicit_checkpoint_path_is_the_target(settings, server, tmp_path):
-    config = settings.replace(checkpoint_url=server.url("/files/anything.bin"),
-                              checkpoint=tmp_path / "deep" / "gen.pth")
+    config = settings.replace(
+        checkpoint_url=server.url("/files/anything.bin"), checkpoint=tmp_path / "deep" / "gen.pth"
+    )
     assert download.download_weights(config, which=("generator",)) == [tmp_path / "deep" / "gen.pth"]
     assert (tmp_path / "deep" / "gen.pth").read_bytes() == PAYLOAD
 
@@ -258,8 +262,9 @@ def hf_settings(settings, server, monkeypatch) -> Settings:
     monkeypatch.setenv("HF_ENDPOINT", server.base)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HOME", str(settings.data_dir / "hf-home"))
-    return settings.replace(hf_repo=HF_REPO, checkpoint_url="", detector_url="",
-                            checkpoint_sha256=PAYLOAD_SHA)
+    return settings.replace(
+        hf_repo=HF_REPO, checkpoint_url="", detector_url="", checkpoint_sha256=PAYLOAD_SHA
+    )
 
 
 def test_hugging_face_download(hf_settings, server):

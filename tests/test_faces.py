@@ -172,8 +172,15 @@ def test_create_detector_prefers_s3fd_weights_and_falls_back_to_haar(settings, r
 
 def test_smoothing_matches_the_reference_by_hand():
     boxes = np.array(
-        [[0, 1, 100, 200], [10, 2, 110, 200], [20, 2, 120, 200], [30, 2, 130, 200],
-         [40, 2, 140, 200], [50, 0, 150, 200], [60, 0, 160, 200]],
+        [
+            [0, 1, 100, 200],
+            [10, 2, 110, 200],
+            [20, 2, 120, 200],
+            [30, 2, 130, 200],
+            [40, 2, 140, 200],
+            [50, 0, 150, 200],
+            [60, 0, 160, 200],
+        ],
         dtype=np.int64,
     )
     out = track.smooth_boxes(boxes.copy())
@@ -270,7 +277,10 @@ def test_cache_hit_skips_detection_and_pads_apply_after_it(face_video, haar, tmp
     def run(detector, **options):
         frames = read_frames(face_video, info, max_side=128)
         return track.track_faces(
-            frames, detector, info.size, TrackOptions(batch_size=16, **options),
+            frames,
+            detector,
+            info.size,
+            TrackOptions(batch_size=16, **options),
             cache=CachedVideo(cache, face_video, {"fps": info.fps_text}),
         )
 

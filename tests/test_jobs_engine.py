@@ -25,8 +25,12 @@ def test_job_service_runs_the_real_engine(settings_with_weights, speech_wav, fac
     service = JobService(settings)  # the default factory: the real LipSyncPipeline
     service.start()
     try:
-        wait_until(lambda: service.readiness()[1] != "loading the model", ENGINE_WAIT_S,
-                   interval=POLL_S, message="the model to load")
+        wait_until(
+            lambda: service.readiness()[1] != "loading the model",
+            ENGINE_WAIT_S,
+            interval=POLL_S,
+            message="the model to load",
+        )
         assert service.readiness() == (True, "ready")  # loaded and warmed up
         job = service.submit(str(audio), str(inputs.video), output_name="talking", principal=LOCAL)
         done = service.wait(job.id, ENGINE_WAIT_S, principal=LOCAL)

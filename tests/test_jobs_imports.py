@@ -15,8 +15,7 @@ HEAVY = ("boto3", "botocore", "cv2", "torch")
 def _loaded_after_import(module: str) -> list[str]:
     # A fresh interpreter: this test process has long imported everything.
     code = (
-        f"import json, sys, {module}; "
-        f"print(json.dumps([name for name in {HEAVY!r} if name in sys.modules]))"
+        f"import json, sys, {module}; print(json.dumps([name for name in {HEAVY!r} if name in sys.modules]))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

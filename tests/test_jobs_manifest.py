@@ -48,8 +48,11 @@ def test_relative_paths_resolve_against_the_manifest_folder(project):
     assert items[0].output_name == "first.mp4"
     assert items[1].video == "s3://bucket/avatars/face.mp4"  # storage checks remote references
     assert items[1].output_name == "0003_face_speech.mp4"
-    assert items[0].as_item() == {"audio": items[0].audio, "video": items[0].video,
-                                  "output_name": "first.mp4"}
+    assert items[0].as_item() == {
+        "audio": items[0].audio,
+        "video": items[0].video,
+        "output_name": "first.mp4",
+    }
 
 
 def test_only_references_written_as_urls_pass_through_unresolved(project):
@@ -66,13 +69,13 @@ def test_only_references_written_as_urls_pass_through_unresolved(project):
 def test_an_item_with_a_refused_scheme_fails_alone(settings, project, tmp_path):
     manifest = write_manifest(
         project / "m.jsonl",
-        {"audio": "http://example.com/a.wav?sig=secret", "video": "media/face.mp4",
-         "output_name": "bad"},
+        {"audio": "http://example.com/a.wav?sig=secret", "video": "media/face.mp4", "output_name": "bad"},
         {"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "good"},
     )
     updates = []
-    summary = run_manifest(settings, manifest, tmp_path / "out", pipeline=FakePipeline(settings),
-                           on_progress=updates.append)
+    summary = run_manifest(
+        settings, manifest, tmp_path / "out", pipeline=FakePipeline(settings), on_progress=updates.append
+    )
     assert [r.status for r in summary.results] == ["failed", "succeeded"]
     assert summary.results[0].error == (
         "unsupported reference http://example.com/a.wav?...; use s3://, obs://, https:// or a local path"
@@ -83,21 +86,39 @@ def test_an_item_with_a_refused_scheme_fails_alone(settings, project, tmp_path):
 @pytest.mark.parametrize(
     ("line", "error", "message"),
     [
-        ({"audio": "../../etc/passwd", "video": "media/face.mp4"}, ForbiddenPathError,
-         r"^manifest line 2: \.\./\.\./etc/passwd is outside the allowed input folders$"),
-        ({"audio": "/etc/passwd", "video": "media/face.mp4"}, ForbiddenPathError,
-         r"^manifest line 2: /etc/passwd is outside the allowed input folders$"),
-        ({"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "x/y.mp4"},
-         ForbiddenPathError, r"^manifest line 2: output_name 'x/y.mp4' must be a plain file name"),
-        ({"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "..\\evil"},
-         ForbiddenPathError, "^manifest line 2: output_name"),
+        (
+            {"audio": "../../etc/passwd", "video": "media/face.mp4"},
+            ForbiddenPathError,
+            r"^manifest line 2: \.\./\.\./etc/passwd is outside the allowed input folders$",
+        ),
+        (
+            {"audio": "/etc/passwd", "video": "media/face.mp4"},
+            ForbiddenPathError,
+            r"^manifest line 2: /etc/passwd is outside the allowed input folders$",
+        ),
+        (
+            {"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "x/y.mp4"},
+            ForbiddenPathError,
+            r"^manifest line 2: output_name 'x/y.mp4' must be a plain file name",
+        ),
+        (
+            {"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "..\\evil"},
+            ForbiddenPathError,
+            "^manifest line 2: output_name",
+        ),
         ({"audio": "media/speech.wav"}, InputError, "^manifest line 2: 'video' is missing"),
-        ({"audio": "media/speech.wav", "video": "media/face.mp4", "vidoe": "x"}, InputError,
-         "^manifest line 2: unknown key"),
+        (
+            {"audio": "media/speech.wav", "video": "media/face.mp4", "vidoe": "x"},
+            InputError,
+            "^manifest line 2: unknown key",
+        ),
         ("{not json", InputError, r"^manifest line 2: not valid JSON"),
         ('["a", "b"]', InputError, "^manifest line 2: expected an object"),
-        ({"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "ok"}, InputError,
-         "^manifest line 2: output_name 'ok.mp4' is already used on line 1"),
+        (
+            {"audio": "media/speech.wav", "video": "media/face.mp4", "output_name": "ok"},
+            InputError,
+            "^manifest line 2: output_name 'ok.mp4' is already used on line 1",
+        ),
     ],
 )
 def test_bad_lines_are_rejected_naming_the_line(project, line, error, message):
@@ -157,19 +178,24 @@ def test_run_manifest_isolates_failures_and_resumes(settings, project, tmp_path)
     assert [r.status for r in summary.results] == ["succeeded", "failed", "succeeded"]
     assert not summary.ok
     assert [r.describe() for r in summary.failed] == [
-        "line 2 (two.mp4): failed: corrupt.mp4: no video stream that ffmpeg can read"]
+        "line 2 (two.mp4): failed: corrupt.mp4: no video stream that ffmpeg can read"
+    ]
     assert sorted(p.name for p in out.iterdir()) == ["0003_face_speech.mp4", "one.mp4"]
     assert sorted(media.stream_types(out / "one.mp4")) == ["audio", "video"]
     finals = [u for u in updates if u.result is not None]
     assert [(u.index, u.count, u.stage) for u in finals] == [
-        (1, 3, "succeeded"), (2, 3, "failed"), (3, 3, "succeeded")]
+        (1, 3, "succeeded"),
+        (2, 3, "failed"),
+        (3, 3, "succeeded"),
+    ]
     assert any(u.stage == "synthesize" and 0 < u.fraction < 1 for u in updates)
 
     again = run_manifest(settings, manifest, out, pipeline=pipeline)
     assert [r.status for r in again.results] == ["skipped", "failed", "skipped"]
     assert again.describe().splitlines() == [
         "3 item(s): 0 succeeded, 2 skipped (output exists), 1 failed",
-        "  line 2 (two.mp4): failed: corrupt.mp4: no video stream that ffmpeg can read"]
+        "  line 2 (two.mp4): failed: corrupt.mp4: no video stream that ffmpeg can read",
+    ]
     assert len(pipeline.runs) == 4  # three in the first run, only the failed item in the second
 
     shutil.copy(project / "media" / "face.mp4", project / "media" / "corrupt.mp4")
@@ -209,12 +235,15 @@ def test_run_manifest_rejects_paths_outside_before_any_work(settings, project, t
 def test_run_manifest_rejects_bad_options(settings, project, tmp_path):
     manifest = write_manifest(project / "m.jsonl", {"audio": "media/speech.wav", "video": "media/face.mp4"})
     with pytest.raises(InputError, match="unknown option"):
-        run_manifest(settings, manifest, tmp_path / "out", options={"bogus": 1},
-                     pipeline=FakePipeline(settings))
+        run_manifest(
+            settings, manifest, tmp_path / "out", options={"bogus": 1}, pipeline=FakePipeline(settings)
+        )
 
 
 def test_shown_references_drop_url_queries():
     from heygem.jobs.manifest import shown_ref
 
-    assert shown_ref("https://cdn.example.com/a.wav?X-Amz-Signature=secret") == "https://cdn.example.com/a.wav"
+    assert (
+        shown_ref("https://cdn.example.com/a.wav?X-Amz-Signature=secret") == "https://cdn.example.com/a.wav"
+    )
     assert shown_ref("/data/inputs/what?.wav") == "/data/inputs/what?.wav"

@@ -22,14 +22,19 @@ START_TIMEOUT_S = 60.0
 def start_server(servers, data_dir: Path, *, delay_s: float, drain_s: float = 60.0) -> ServerProcess:
     """One run of tests/jobs_server.py on a data folder, ready to claim jobs; stopped at teardown."""
     (data_dir / READY_FILE).unlink(missing_ok=True)
-    server = servers(data_dir, argv=("-m", "tests.jobs_server"), env={
-        "HEYGEM_MODELS_DIR": str(data_dir / "models"),
-        "HEYGEM_WARMUP": "false",
-        "HEYGEM_DRAIN_SECONDS": str(drain_s),
-        "HEYGEM_FAKE_DELAY_S": str(delay_s),
-    })
-    wait_until(lambda: server.alive() and (data_dir / READY_FILE).exists(), START_TIMEOUT_S,
-               message="server ready")
+    server = servers(
+        data_dir,
+        argv=("-m", "tests.jobs_server"),
+        env={
+            "HEYGEM_MODELS_DIR": str(data_dir / "models"),
+            "HEYGEM_WARMUP": "false",
+            "HEYGEM_DRAIN_SECONDS": str(drain_s),
+            "HEYGEM_FAKE_DELAY_S": str(delay_s),
+        },
+    )
+    wait_until(
+        lambda: server.alive() and (data_dir / READY_FILE).exists(), START_TIMEOUT_S, message="server ready"
+    )
     return server
 
 
@@ -69,8 +74,9 @@ def test_sigkill_mid_job_then_restart_completes_every_job_exactly_once(settings,
     assert runs(settings) == Counter()
 
     server = start_server(servers, settings.data_dir, delay_s=0.1)
-    wait_until(lambda: all(status_of(store, i) == JobStatus.SUCCEEDED for i in ids), WAIT_S,
-               message="all jobs")
+    wait_until(
+        lambda: all(status_of(store, i) == JobStatus.SUCCEEDED for i in ids), WAIT_S, message="all jobs"
+    )
     assert server.terminate() == 0, server.log()
 
     assert runs(settings) == Counter({job_id: 1 for job_id in ids})

@@ -35,7 +35,6 @@ from tests.jobs_support import place_inputs
 from tests.kit import WAIT_S, FakePipeline, Pipelines, running_service, wait_until
 
 
-
 @pytest.fixture
 def inputs(settings, speech_wav, face_video):
     return place_inputs(settings, speech_wav, face_video)
@@ -66,8 +65,14 @@ def test_single_job_produces_a_real_mp4_atomically(settings, inputs):
 
 def test_output_name_and_watermark_are_recorded(settings, inputs):
     with running_service(settings, Pipelines()) as service:
-        job = service.submit(str(inputs.audio), str(inputs.video), {"blend": "rect"},
-                             output_name="hello", watermark="AI generated", principal=LOCAL)
+        job = service.submit(
+            str(inputs.audio),
+            str(inputs.video),
+            {"blend": "rect"},
+            output_name="hello",
+            watermark="AI generated",
+            principal=LOCAL,
+        )
         done = service.wait(job.id, WAIT_S, principal=LOCAL)
     assert done.output_path.name == "hello.mp4"
     assert done.options == {"blend": "rect", "watermark": "AI generated"}
@@ -97,8 +102,9 @@ def test_job_log_lines_carry_the_job_id(settings, inputs, caplog):
     with running_service(settings, Pipelines()) as service:
         job = service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL)
         service.wait(job.id, WAIT_S, principal=LOCAL)
-    worker_lines = [r.getMessage() for r in caplog.records if r.name == "heygem.jobs.worker"
-                    and job.id in r.getMessage()]
+    worker_lines = [
+        r.getMessage() for r in caplog.records if r.name == "heygem.jobs.worker" and job.id in r.getMessage()
+    ]
     assert any("started (attempt 1)" in line for line in worker_lines)
     assert any("succeeded" in line for line in worker_lines)
     assert all(line.startswith(f"job {job.id}: ") for line in worker_lines)
@@ -141,15 +147,20 @@ def test_submissions_outside_the_roots_or_malformed_are_refused(settings, inputs
         with pytest.raises(ForbiddenPathError, match="output_prefix"):
             service.submit(str(inputs.audio), str(inputs.video), output_prefix="/etc", principal=LOCAL)
         with pytest.raises(ForbiddenPathError, match="unsupported output prefix ftp://host/x/"):
-            service.submit(str(inputs.audio), str(inputs.video), output_prefix="ftp://host/x/", principal=LOCAL)
+            service.submit(
+                str(inputs.audio), str(inputs.video), output_prefix="ftp://host/x/", principal=LOCAL
+            )
         assert service.count_jobs(principal=LOCAL) == 0
 
 
-@pytest.mark.parametrize("prefix,message", [
-    ("s3://bad bucket/out/", "invalid bucket name 'bad bucket'"),
-    ("obs://", "no bucket in obs://"),
-    ("://bucket/out/", "must look like s3://bucket/prefix/"),
-])
+@pytest.mark.parametrize(
+    "prefix,message",
+    [
+        ("s3://bad bucket/out/", "invalid bucket name 'bad bucket'"),
+        ("obs://", "no bucket in obs://"),
+        ("://bucket/out/", "must look like s3://bucket/prefix/"),
+    ],
+)
 def test_output_prefixes_storage_cannot_publish_to_are_refused_at_submit(settings, inputs, prefix, message):
     # The same check runs again at publish time: a prefix accepted here must not fail only after rendering.
     item = {"audio": str(inputs.audio), "video": str(inputs.video)}
@@ -165,8 +176,12 @@ def test_output_prefix_is_stored_normalised(settings, inputs, tmp_path):
     mount = tmp_path / "mount"
     settings = settings.replace(input_roots=(mount,))
     with running_service(settings, Pipelines(gate=threading.Event())) as service:
-        local = service.submit(str(inputs.audio), str(inputs.video), output_prefix=f"{mount}/a/../published/", principal=LOCAL)
-        remote = service.submit(str(inputs.audio), str(inputs.video), output_prefix="s3://media/out/", principal=LOCAL)
+        local = service.submit(
+            str(inputs.audio), str(inputs.video), output_prefix=f"{mount}/a/../published/", principal=LOCAL
+        )
+        remote = service.submit(
+            str(inputs.audio), str(inputs.video), output_prefix="s3://media/out/", principal=LOCAL
+        )
         blank = service.submit(str(inputs.audio), str(inputs.video), output_prefix="  ", principal=LOCAL)
     assert local.output_prefix == str(mount.resolve() / "published")
     assert (remote.output_prefix, blank.output_prefix) == ("s3://media/out/", None)
@@ -176,11 +191,15 @@ def test_batch_errors_name_the_item_and_add_nothing(settings, inputs):
     good = {"audio": str(inputs.audio), "video": str(inputs.video)}
     with running_service(settings, Pipelines()) as service:
         with pytest.raises(ForbiddenPathError, match="^item 2: .*outside"):
-            service.submit_batch([good, {"audio": "../../etc/passwd", "video": str(inputs.video)}], principal=LOCAL)
+            service.submit_batch(
+                [good, {"audio": "../../etc/passwd", "video": str(inputs.video)}], principal=LOCAL
+            )
         with pytest.raises(ForbiddenPathError, match="^item 1: output_name"):
             service.submit_batch([{**good, "output_name": "x/y.mp4"}], principal=LOCAL)
         with pytest.raises(InputError, match="^item 2: output_name 'same.mp4' is already used by item 1"):
-            service.submit_batch([{**good, "output_name": "same"}, {**good, "output_name": "same.mp4"}], principal=LOCAL)
+            service.submit_batch(
+                [{**good, "output_name": "same"}, {**good, "output_name": "same.mp4"}], principal=LOCAL
+            )
         with pytest.raises(InputError, match="at least one item"):
             service.submit_batch([], principal=LOCAL)
         assert service.count_jobs(principal=LOCAL) == 0
@@ -196,7 +215,9 @@ def test_overload_is_refused_and_nothing_accepted_is_lost(settings, inputs):
         with pytest.raises(QueueFullError, match=r"^queue is full \(3 jobs waiting\); try again later$"):
             service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL)
         with pytest.raises(QueueFullError, match="2 jobs need room and 0 places are free"):
-            service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}] * 2, principal=LOCAL)
+            service.submit_batch(
+                [{"audio": str(inputs.audio), "video": str(inputs.video)}] * 2, principal=LOCAL
+            )
         assert service.queue_depth() == 3 and service.count_jobs(principal=LOCAL) == 3
         gate.set()
         finished = [service.wait(job.id, WAIT_S, principal=LOCAL) for job in accepted]
@@ -230,7 +251,7 @@ def test_concurrent_submissions_are_accepted_or_cleanly_refused(settings, inputs
                 outcome = accepted
             except QueueFullError as exc:
                 job, outcome = exc, refused
-            except Exception as exc:  # any other error is a failure of the test
+            except Exception as exc:  # noqa: BLE001 - any other error is a failure of the test
                 job, outcome = exc, other
             with lock:
                 outcome.append(job)
@@ -256,11 +277,17 @@ def test_concurrent_submissions_are_accepted_or_cleanly_refused(settings, inputs
 # --- idempotency, cancel, delete -----------------------------------------------------------------
 def test_same_idempotency_key_returns_the_same_job(settings, inputs):
     with running_service(settings, Pipelines()) as service:
-        first = service.submit(str(inputs.audio), str(inputs.video), idempotency_key="client-42", principal=LOCAL)
-        again = service.submit(str(inputs.audio), str(inputs.video), idempotency_key="client-42", principal=LOCAL)
+        first = service.submit(
+            str(inputs.audio), str(inputs.video), idempotency_key="client-42", principal=LOCAL
+        )
+        again = service.submit(
+            str(inputs.audio), str(inputs.video), idempotency_key="client-42", principal=LOCAL
+        )
         assert again.id == first.id
         assert service.get_by_key("client-42", principal=LOCAL).id == first.id
-        other = service.submit(str(inputs.audio), str(inputs.video), idempotency_key="client-43", principal=LOCAL)
+        other = service.submit(
+            str(inputs.audio), str(inputs.video), idempotency_key="client-43", principal=LOCAL
+        )
         assert other.id != first.id
         assert service.count_jobs(principal=LOCAL) == 2
         with pytest.raises(JobNotFoundError):
@@ -298,8 +325,14 @@ def test_cancel_a_running_job(settings, inputs):
 
 def test_unknown_ids_raise_not_found(settings):
     with running_service(settings, Pipelines()) as service:
-        for call in (service.get, service.cancel, service.delete, service.get_batch,
-                     service.retry_failed, service.batch_zip):
+        for call in (
+            service.get,
+            service.cancel,
+            service.delete,
+            service.get_batch,
+            service.retry_failed,
+            service.batch_zip,
+        ):
             with pytest.raises(JobNotFoundError):
                 call("0" * 32, principal=LOCAL)
 
@@ -329,9 +362,12 @@ def test_delete_removes_the_upload_folder_once_no_job_uses_it(settings, speech_w
         shutil.copy(face_video, folder / "face.mp4")
     settings = settings.replace(input_roots=(library,))
     with running_service(settings, Pipelines()) as service:
-        first, second = (service.submit(str(upload / "speech.wav"), str(upload / "face.mp4"),
-                                        principal=LOCAL, uploaded=[upload])
-                         for _ in range(2))
+        first, second = (
+            service.submit(
+                str(upload / "speech.wav"), str(upload / "face.mp4"), principal=LOCAL, uploaded=[upload]
+            )
+            for _ in range(2)
+        )
         mounted = service.submit(str(library / "speech.wav"), str(library / "face.mp4"), principal=LOCAL)
         for job in (first, second, mounted):
             service.wait(job.id, WAIT_S, principal=LOCAL)
@@ -360,7 +396,12 @@ def test_list_count_and_delete_all(settings, inputs):
         assert [job.id for job in service.list_jobs(limit=2, principal=LOCAL)] == ids[::-1][:2]
         assert [job.id for job in service.list_jobs(limit=2, offset=4, principal=LOCAL)] == ids[:1]
         assert service.count_by_status() == {
-            "queued": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+            "queued": 5,
+            "running": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "cancelled": 0,
+        }
         assert service.delete_all(principal=LOCAL) == 5
         assert service.count_jobs(principal=LOCAL) == 0 and service.queue_depth() == 0
         assert set(service.count_by_status().values()) == {0}
@@ -369,8 +410,9 @@ def test_list_count_and_delete_all(settings, inputs):
 # --- batches -------------------------------------------------------------------------------------
 def test_batch_isolates_a_failure_zips_and_retries_only_that_item(settings, inputs):
     pipelines = Pipelines()
-    items = [{"audio": str(inputs.audio), "video": str(inputs.video), "output_name": f"clip{i}"}
-             for i in range(5)]
+    items = [
+        {"audio": str(inputs.audio), "video": str(inputs.video), "output_name": f"clip{i}"} for i in range(5)
+    ]
     items[2]["video"] = str(inputs.corrupt)
     with running_service(settings, pipelines) as service:
         batch = service.submit_batch(items, {"blend": "rect"}, principal=LOCAL)
@@ -380,18 +422,26 @@ def test_batch_isolates_a_failure_zips_and_retries_only_that_item(settings, inpu
         batch = service.get_batch(batch.id, principal=LOCAL)
         assert batch.status == "finished"
         assert [item.status for item in batch.items] == [
-            JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED,
-            JobStatus.SUCCEEDED]
+            JobStatus.SUCCEEDED,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.SUCCEEDED,
+            JobStatus.SUCCEEDED,
+        ]
         assert "corrupt.mp4: no video stream" in batch.items[2].error
 
         with zipfile.ZipFile(service.batch_zip(batch.id, principal=LOCAL)) as archive:
             names = sorted(archive.namelist())
             summary = json.loads(archive.read("summary.json"))
             table = list(csv.DictReader(io.StringIO(archive.read("summary.csv").decode())))
-        assert names == ["clip0.mp4", "clip1.mp4", "clip3.mp4", "clip4.mp4", "summary.csv",
-                         "summary.json"]
+        assert names == ["clip0.mp4", "clip1.mp4", "clip3.mp4", "clip4.mp4", "summary.csv", "summary.json"]
         assert [row["status"] for row in summary["items"]] == [
-            "succeeded", "succeeded", "failed", "succeeded", "succeeded"]
+            "succeeded",
+            "succeeded",
+            "failed",
+            "succeeded",
+            "succeeded",
+        ]
         assert "no video stream" in table[2]["error"] and table[0]["error"] == ""
 
         before = {item.id: item for item in batch.items}
@@ -414,7 +464,9 @@ def test_batch_isolates_a_failure_zips_and_retries_only_that_item(settings, inpu
 
 def test_batch_items_get_distinct_default_names(settings, inputs):
     with running_service(settings, Pipelines(gate=threading.Event())) as service:
-        batch = service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}] * 3, principal=LOCAL)
+        batch = service.submit_batch(
+            [{"audio": str(inputs.audio), "video": str(inputs.video)}] * 3, principal=LOCAL
+        )
     names = [item.output_name for item in batch.items]
     assert names == ["0001_face_speech.mp4", "0002_face_speech.mp4", "0003_face_speech.mp4"]
 
@@ -430,7 +482,9 @@ def test_readiness_follows_loading_and_shutdown(settings, inputs):
     try:
         assert service.readiness() == (False, "loading the model")
         assert service.engine_status() is None
-        queued = service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL)  # accepted while loading
+        queued = service.submit(
+            str(inputs.audio), str(inputs.video), principal=LOCAL
+        )  # accepted while loading
         gate.set()
         wait_until(lambda: service.readiness()[0])
         assert service.readiness() == (True, "ready")
@@ -491,8 +545,7 @@ def test_drain_lets_a_short_job_finish(settings, inputs):
 def test_start_recovers_interrupted_jobs_and_gives_up_after_max_attempts(settings, inputs):
     store = SQLiteJobStore(settings.database_path)
     store.open()
-    _, (retried, exhausted) = store.add(
-        [NewJob(str(inputs.audio), str(inputs.video))] * 2, queue_limit=10)
+    _, (retried, exhausted) = store.add([NewJob(str(inputs.audio), str(inputs.video))] * 2, queue_limit=10)
     assert store.claim().job.id == retried.id  # claimed by a service that then "crashed"
     assert store.claim().job.id == exhausted.id
     with sqlite3.connect(settings.database_path) as conn:
@@ -524,7 +577,9 @@ def test_start_sweeps_stale_temporary_files(settings):
 def test_retention_sweep_removes_old_jobs_files_and_uploads(settings, inputs):
     settings = settings.replace(retention_days=2.0)
     with running_service(settings, Pipelines()) as service:
-        batch = service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}], principal=LOCAL)
+        batch = service.submit_batch(
+            [{"audio": str(inputs.audio), "video": str(inputs.video)}], principal=LOCAL
+        )
         job = service.wait(batch.items[0].id, WAIT_S, principal=LOCAL)
         zip_path = service.batch_zip(batch.id, principal=LOCAL)
         assert retention.sweep(service.store, settings).empty  # nothing is old yet
@@ -551,7 +606,9 @@ def test_retention_keeps_uploads_of_waiting_jobs(settings, inputs):
 def test_retention_task_runs_on_its_interval(settings, inputs):
     settings = settings.replace(retention_days=1.0, retention_interval_s=0.1)
     with running_service(settings, Pipelines()) as service:
-        job = service.wait(service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL).id, WAIT_S, principal=LOCAL)
+        job = service.wait(
+            service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL).id, WAIT_S, principal=LOCAL
+        )
         with sqlite3.connect(settings.database_path) as conn:
             conn.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time() - 2 * 86400, job.id))
         wait_until(lambda: service.count_jobs(principal=LOCAL) == 0)

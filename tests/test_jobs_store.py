@@ -132,18 +132,24 @@ def test_recover_requeues_running_jobs_and_fails_exhausted_ones(store):
 
 
 def test_retry_resets_only_failed_and_cancelled_items(store):
-    batch, items = store.add([NewJob("a", "v", output_name=f"{i}.mp4") for i in range(3)],
-                             queue_limit=10, as_batch=True)
+    batch, items = store.add(
+        [NewJob("a", "v", output_name=f"{i}.mp4") for i in range(3)], queue_limit=10, as_batch=True
+    )
     outcomes = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED]
     for status in outcomes:
         claim = store.claim()
-        store.finish(claim.job.id, claim.token, Outcome(status, error="bad" if status == JobStatus.FAILED else None))
+        store.finish(
+            claim.job.id, claim.token, Outcome(status, error="bad" if status == JobStatus.FAILED else None)
+        )
     store.cancel(items[2].id)  # finished: stays succeeded
     retried = store.retry(batch.id, queue_limit=10)
     assert [job.id for job in retried] == [items[1].id]
     assert (retried[0].status, retried[0].attempts, retried[0].error) == (JobStatus.QUEUED, 0, None)
     assert [item.status for item in store.get_batch(batch.id).items] == [
-        JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.SUCCEEDED]
+        JobStatus.SUCCEEDED,
+        JobStatus.QUEUED,
+        JobStatus.SUCCEEDED,
+    ]
 
 
 def test_delete_skips_running_jobs_and_empty_batches_go(store):
@@ -154,7 +160,6 @@ def test_delete_skips_running_jobs_and_empty_batches_go(store):
     store.finish(one.id, claim.token, Outcome(JobStatus.FAILED, error="x"))
     store.delete([one.id])
     assert store.delete_empty_batches() == [batch.id]
-
 
 
 def test_a_cancel_asked_before_a_crash_or_drain_still_counts(store):
@@ -184,8 +189,9 @@ def test_count_by_status_groups_every_row(store):
 def test_a_run_records_its_frames_and_engine_seconds_until_retried(store):
     batch, (job,) = store.add([NewJob("a", "v")], queue_limit=10, as_batch=True)
     claim = store.claim()
-    assert store.finish(job.id, claim.token, Outcome(
-        JobStatus.FAILED, error="upload failed", frames=120, run_seconds=4.5))
+    assert store.finish(
+        job.id, claim.token, Outcome(JobStatus.FAILED, error="upload failed", frames=120, run_seconds=4.5)
+    )
     done = store.get(job.id)
     assert (done.frames, done.run_seconds) == (120, 4.5)
     assert done.to_dict()["frames"] == 120 and done.to_dict()["run_seconds"] == 4.5
@@ -248,7 +254,9 @@ def test_a_version_2_database_gets_tenants_and_per_tenant_keys(tmp_path):
         assert migrated.get_by_key("shared").id == "old0"  # the default tenant's key
         assert migrated.get("old0").tenant == "default"
         _, (theirs,) = migrated.add(
-            [NewJob("b.wav", "w.mp4", idempotency_key="shared")], queue_limit=10, tenant="team-b",
+            [NewJob("b.wav", "w.mp4", idempotency_key="shared")],
+            queue_limit=10,
+            tenant="team-b",
         )
         assert theirs.id != "old0" and theirs.tenant == "team-b"
         assert migrated.claim().job.id == "old0"  # the queue order survived the rebuild

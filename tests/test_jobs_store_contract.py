@@ -33,7 +33,11 @@ def store(request, tmp_path):
 def add(store, tenant, count=1, *, key=None, limit=LIMIT, tenant_limit=None, batch=False):
     specs = [NewJob(f"{tenant}.wav", f"{tenant}.mp4", idempotency_key=key)] * count
     made_batch, jobs = store.add(
-        specs, queue_limit=limit, tenant=tenant, tenant_limit=tenant_limit, as_batch=batch,
+        specs,
+        queue_limit=limit,
+        tenant=tenant,
+        tenant_limit=tenant_limit,
+        as_batch=batch,
     )
     return made_batch if batch else jobs
 
@@ -130,7 +134,8 @@ def test_within_a_tenant_the_oldest_job_goes_first(store):
 
 def test_uploads_are_stored_with_the_job(store):
     _, (job,) = store.add(
-        [NewJob("/in/u1/a.wav", "/in/u1/v.mp4", uploads=("/in/u1",))], queue_limit=LIMIT,
+        [NewJob("/in/u1/a.wav", "/in/u1/v.mp4", uploads=("/in/u1",))],
+        queue_limit=LIMIT,
         tenant="alpha",
     )
     assert store.get(job.id).uploads == ("/in/u1",)
@@ -142,7 +147,8 @@ def test_expiry_leaves_tombstones_and_plain_deletes_do_not(store):
     for job in (expired, deleted, *batch.items):
         store.cancel(job.id)
     assert [job.id for job in store.expire([expired.id, batch.items[0].id], 1000.0)] == [
-        expired.id, batch.items[0].id,
+        expired.id,
+        batch.items[0].id,
     ]
     store.delete([deleted.id])
     assert store.delete_empty_batches(expired_at=1000.0) == [batch.id]

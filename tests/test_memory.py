@@ -43,9 +43,22 @@ def inputs(tmp_path_factory, face_video, speech_wav) -> dict[float, tuple[Path, 
 def probe_peak(video: Path, audio: Path, folder: Path) -> dict:
     folder.mkdir()
     cmd = [
-        sys.executable, str(PROBE), "--audio", str(audio), "--video", str(video),
-        "--output", str(folder / "out.mp4"), "--data-dir", str(folder), "--engine", "preview",
-        "--batch-size", str(BATCH), "--box", *map(str, em.FACE_BOX_256),
+        sys.executable,
+        str(PROBE),
+        "--audio",
+        str(audio),
+        "--video",
+        str(video),
+        "--output",
+        str(folder / "out.mp4"),
+        "--data-dir",
+        str(folder),
+        "--engine",
+        "preview",
+        "--batch-size",
+        str(BATCH),
+        "--box",
+        *map(str, em.FACE_BOX_256),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-2000:]

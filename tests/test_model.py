@@ -58,7 +58,7 @@ def test_forward_shape_and_range(model):
         out = model(mel, face)
     assert out.shape == (3, 3, FACE_SIZE, FACE_SIZE)
     assert out.dtype == torch.float32
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     assert out.std() > 0  # not a constant image
 
 

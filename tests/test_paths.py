@@ -81,8 +81,13 @@ def test_nul_byte_is_refused(roots):
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("clip", "clip.mp4"), ("clip.mp4", "clip.mp4"), ("Clip.MP4", "Clip.MP4"), ("a.mov", "a.mov.mp4"),
-     ("说话 1", "说话 1.mp4")],
+    [
+        ("clip", "clip.mp4"),
+        ("clip.mp4", "clip.mp4"),
+        ("Clip.MP4", "Clip.MP4"),
+        ("a.mov", "a.mov.mp4"),
+        ("说话 1", "说话 1.mp4"),
+    ],
 )
 def test_safe_output_name_accepts_plain_names(name, expected):
     assert safe_output_name(name) == expected

@@ -94,13 +94,13 @@ def marked_video(work) -> Path:
     frames = []
     for i, frame in enumerate(media.moving_frames(2 * FPS)):
         frame[:MARKER_ROWS] = 0
-        frame[:MARKER_ROWS, MARKER_STEP * i: MARKER_STEP * (i + 1)] = 255
+        frame[:MARKER_ROWS, MARKER_STEP * i : MARKER_STEP * (i + 1)] = 255
         frames.append(frame)
     return em.write_frames(work / "marked.mp4", frames, SIDE, SIDE, FPS)
 
 
 def _source_indices(path: Path) -> list[int]:
-    band = media.read_frames(path)[:, 2: MARKER_ROWS - 2].astype(np.float32).mean(axis=(1, 3))
+    band = media.read_frames(path)[:, 2 : MARKER_ROWS - 2].astype(np.float32).mean(axis=(1, 3))
     return [int(np.argmax(row)) // MARKER_STEP for row in band]
 
 
@@ -158,7 +158,9 @@ def test_audio_shorter_than_the_video_ends_with_the_audio(preview, clip, marked_
 @pytest.mark.parametrize("policy", ["loop", "pingpong"])
 def test_audio_longer_than_the_video_extends_it(preview, clip, marked_video, work, policy):
     result = preview.run(
-        clip(3.0), marked_video, work / f"long-{policy}.mp4",
+        clip(3.0),
+        marked_video,
+        work / f"long-{policy}.mp4",
         SyncOptions(box=BOX, duration_policy=policy),
     )
     _assert_lasts(result.output, clip(3.0), FPS)
@@ -224,10 +226,10 @@ def test_feather_blend_shows_no_rectangle(feather_run, source_frames, reencoded)
     height, width = bottom - top, right - left
     mouth = np.zeros((SIDE, SIDE), bool)
     rows = slice(top + int(0.65 * height), top + int(0.9 * height))
-    mouth[rows, left + int(0.3 * width): left + int(0.7 * width)] = True
+    mouth[rows, left + int(0.3 * width) : left + int(0.7 * width)] = True
     assert em.mean_abs_diff(out, src, mouth) > CHANGED
     upper = np.zeros((SIDE, SIDE), bool)
-    upper[top + 2: top + int(0.4 * height), left + 2: right - 2] = True
+    upper[top + 2 : top + int(0.4 * height), left + 2 : right - 2] = True
     assert em.mean_abs_diff(out, src, upper) <= em.mean_abs_diff(base, src, upper) + 2 * NOISE_MARGIN
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from heygem.engine import preview
 from heygem.engine.audio import SAMPLE_RATE, load_audio
-from heygem.errors import InputError
 from heygem.engine.preview import MouthMotion, PreviewRenderer, mouth_motion
+from heygem.errors import InputError
 from tests import media
 
 FPS = 25.0

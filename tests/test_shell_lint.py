@@ -27,7 +27,9 @@ def _shellcheck() -> str:
 def test_shellcheck_is_clean(script):
     result = subprocess.run(
         [_shellcheck(), "--shell=bash", "--external-sources", str(script)],
-        capture_output=True, text=True, cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -42,7 +44,8 @@ def test_scripts_use_strict_mode(script):
 def test_start_app_ends_by_exec_ing_the_app():
     """The server must replace bash, so that SIGTERM reaches it (and no `tee` eats the logs)."""
     code = [
-        line.strip() for line in START_APP.read_text().splitlines()
+        line.strip()
+        for line in START_APP.read_text().splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
     exec_lines = [line for line in code if line.startswith("exec ")]
@@ -53,9 +56,7 @@ def test_start_app_ends_by_exec_ing_the_app():
 def test_shellcheck_catches_a_real_mistake(tmp_path):
     """Guards the guard: the same invocation fails on an unquoted variable."""
     bad = tmp_path / "bad.sh"
-    bad.write_text('#!/usr/bin/env bash\nset -euo pipefail\nrm -rf $1/tmp\n')
-    result = subprocess.run(
-        [_shellcheck(), "--shell=bash", str(bad)], capture_output=True, text=True
-    )
+    bad.write_text("#!/usr/bin/env bash\nset -euo pipefail\nrm -rf $1/tmp\n")
+    result = subprocess.run([_shellcheck(), "--shell=bash", str(bad)], capture_output=True, text=True)
     assert result.returncode != 0
     assert "SC2086" in result.stdout

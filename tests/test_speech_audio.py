@@ -40,9 +40,7 @@ def settings(tmp_path) -> Settings:
 # --- reading audio --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "codec", ["pcm_u8", "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_f64le"]
-)
+@pytest.mark.parametrize("codec", ["pcm_u8", "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_f64le"])
 def test_every_plain_wav_sample_format_decodes_to_the_same_speech(hello_wav, tmp_path, codec):
     reference, rate, _, _ = read_wav(hello_wav)
     converted = convert(hello_wav, tmp_path / f"{codec}.wav", "-c:a", codec)
@@ -99,8 +97,7 @@ def test_a_playlist_from_the_speech_server_opens_no_other_file(hello_wav, tmp_pa
     # whitelist refuses the playlist itself (ffmpeg 5.1's HLS defaults also refuse file segments
     # read through a pipe; this keeps it refused if those defaults change).
     playlist = (
-        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
-        f"file://{hello_wav}\n#EXT-X-ENDLIST\n"
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile://{hello_wav}\n#EXT-X-ENDLIST\n"
     ).encode()
     with pytest.raises(SpeechError) as info:
         decode_audio(playlist, "hostile server")
@@ -183,9 +180,7 @@ def test_pieces_are_joined_with_the_configured_pause(settings, tmp_path):
 
 def test_progress_is_reported_once_per_piece(settings, tmp_path):
     calls = []
-    synthesize_text(
-        "One. Two. Three.", tmp_path / "p.wav", settings, on_progress=lambda *a: calls.append(a)
-    )
+    synthesize_text("One. Two. Three.", tmp_path / "p.wav", settings, on_progress=lambda *a: calls.append(a))
     assert calls == [(1, 3, "speech"), (2, 3, "speech"), (3, 3, "speech")]
 
 

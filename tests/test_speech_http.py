@@ -99,9 +99,7 @@ def settings_for(tmp_path: Path, provider: str, url: str, **more: object) -> Set
 
 def test_openai_protocol_request_and_joined_audio(tmp_path, speaker):
     with openai_server(speaker) as server:
-        settings = settings_for(
-            tmp_path, "openai", server.url, tts_api_key=API_KEY, tts_model="tts-1-hd"
-        )
+        settings = settings_for(tmp_path, "openai", server.url, tts_api_key=API_KEY, tts_model="tts-1-hd")
         result = synthesize_text(
             "Hello there. How are you today?", tmp_path / "out.wav", settings, voice="nova"
         )
@@ -148,9 +146,7 @@ def reference(tmp_path) -> VoiceReference:
     return VoiceReference(str(sample), "This is my voice.")
 
 
-def test_fish_invoke_protocol_sends_the_reference_and_gets_cloned_speech(
-    tmp_path, speaker, reference
-):
+def test_fish_invoke_protocol_sends_the_reference_and_gets_cloned_speech(tmp_path, speaker, reference):
     with fish_server(speaker) as server:
         settings = settings_for(tmp_path, "fish", server.url, tts_api_key=API_KEY)
         result = synthesize_text(
@@ -214,8 +210,7 @@ def test_fish_server_refusing_the_reference_is_reported(tmp_path, speaker):
         with pytest.raises(SpeechError) as caught:
             synthesize_text("Hello.", tmp_path / "out.wav", settings, reference=missing)
     assert str(caught.value) == (
-        f"fish speech server: {server.url}/v1/invoke answered HTTP 400: "
-        "reference_audio is not valid"
+        f"fish speech server: {server.url}/v1/invoke answered HTTP 400: reference_audio is not valid"
     )
 
 
@@ -245,8 +240,7 @@ def test_a_server_error_is_one_line_with_the_status_and_the_server_message(tmp_p
     body = b'{"error": {"message": "model overloaded,\\n try later", "type": "server"}}'
     message, server = failure(tmp_path, Reply(500, body, "application/json"))
     assert message == (
-        f"openai speech server: {server.url}/v1/audio/speech answered HTTP 500: "
-        "model overloaded, try later"
+        f"openai speech server: {server.url}/v1/audio/speech answered HTTP 500: model overloaded, try later"
     )
     assert len(server.received) == 1  # stopped at the first failed piece
 
@@ -275,9 +269,7 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_deadline(tmp_path):
 
 def test_a_body_that_is_not_audio_is_an_error(tmp_path):
     message, _ = failure(tmp_path, Reply(200, b'{"status": "queued"}', "application/json"))
-    assert message == (
-        'openai speech returned no audio (20 bytes starting \'{"status": "queued"}\')'
-    )
+    assert message == ('openai speech returned no audio (20 bytes starting \'{"status": "queued"}\')')
 
 
 def test_a_server_that_is_not_running_is_named(tmp_path):
@@ -285,9 +277,7 @@ def test_a_server_that_is_not_running_is_named(tmp_path):
     with pytest.raises(SpeechError) as caught:
         speak_with(tmp_path, f"http://127.0.0.1:{port}")
     message = str(caught.value)
-    assert message.startswith(
-        f"openai speech server: cannot reach http://127.0.0.1:{port}/v1/audio/speech: "
-    )
+    assert message.startswith(f"openai speech server: cannot reach http://127.0.0.1:{port}/v1/audio/speech: ")
     assert "refused" in message.lower() and "\n" not in message
 
 

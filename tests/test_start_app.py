@@ -16,8 +16,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import psutil
@@ -59,7 +59,10 @@ def fake_nvidia_smi(bin_dir: Path, *, fails: bool) -> Path:
     bin_dir.mkdir(parents=True, exist_ok=True)
     marker = bin_dir / "called"
     if fails:
-        body = 'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver." >&2\nexit 9'
+        body = (
+            'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver." >&2\n'
+            "exit 9"
+        )
     else:
         body = "\n".join(f'echo "{line}"' for line in FAKE_GPUS)
     script = bin_dir / "nvidia-smi"
@@ -76,8 +79,13 @@ class App:
         self.env_port: int | None = None  # a HEYGEM_PORT that a --port flag overrode, if any
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            ["bash", str(START_APP), *args], env=env, cwd=cwd, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            ["bash", str(START_APP), *args],
+            env=env,
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -104,8 +112,12 @@ class App:
                     return response
             return None
 
-        return wait_until(healthy, STARTUP_TIMEOUT_S, interval=0.5,
-                          message=lambda: f"/health to answer:\n{self.output[-4000:]}")
+        return wait_until(
+            healthy,
+            STARTUP_TIMEOUT_S,
+            interval=0.5,
+            message=lambda: f"/health to answer:\n{self.output[-4000:]}",
+        )
 
     def session_processes(self) -> list[psutil.Process]:
         found = []
@@ -142,22 +154,29 @@ class Launcher:
         self.scratch = scratch
         self.started: list[App] = []
 
-    def __call__(self, path_dirs: list[str], env: dict[str, str] | None = None,
-                 args: list[str] | None = None, port: int | None = None) -> App:
+    def __call__(
+        self,
+        path_dirs: list[str],
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        port: int | None = None,
+    ) -> App:
         port = port or free_port()
         data = self.scratch / f"data-{len(self.started)}"
         data.mkdir()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
-        full_env.update({
-            "PATH": os.pathsep.join(path_dirs),
-            "HEYGEM_DATA_DIR": str(data),
-            "HEYGEM_PORT": str(port),
-            "HEYGEM_WARMUP": "false",
-            "HEYGEM_DRAIN_SECONDS": str(DRAIN_S),
-            "GRADIO_TEMP_DIR": str(self.scratch / "gradio"),
-            "OMP_NUM_THREADS": "2",
-            **(env or {}),
-        })
+        full_env.update(
+            {
+                "PATH": os.pathsep.join(path_dirs),
+                "HEYGEM_DATA_DIR": str(data),
+                "HEYGEM_PORT": str(port),
+                "HEYGEM_WARMUP": "false",
+                "HEYGEM_DRAIN_SECONDS": str(DRAIN_S),
+                "GRADIO_TEMP_DIR": str(self.scratch / "gradio"),
+                "OMP_NUM_THREADS": "2",
+                **(env or {}),
+            }
+        )
         # A foreign working directory proves the script finds app.py on its own.
         app = App(args or [], full_env, cwd=self.scratch, port=port)
         self.started.append(app)
@@ -187,8 +206,12 @@ def cpu_app_factory(tmp_path_factory) -> Iterator:
     def get() -> App:
         if not current or current[-1].proc.poll() is not None:
             env_port, flag_port = free_port(), free_port()
-            app = launcher(path_without_nvidia_smi(), args=["--port", str(flag_port)],
-                           port=flag_port, env={"HEYGEM_PORT": str(env_port)})
+            app = launcher(
+                path_without_nvidia_smi(),
+                args=["--port", str(flag_port)],
+                port=flag_port,
+                env={"HEYGEM_PORT": str(env_port)},
+            )
             app.env_port = env_port
             app.wait_healthy()
             current.append(app)
@@ -208,9 +231,13 @@ def cpu_app(cpu_app_factory) -> App:
 def submit_job(app: App, audio: Path, video: Path, headers: dict | None = None) -> str:
     with audio.open("rb") as audio_file, video.open("rb") as video_file:
         response = httpx.post(
-            app.url("/api/v1/jobs"), timeout=120, headers=headers,
-            files={"audio": (audio.name, audio_file, "audio/wav"),
-                   "video": (video.name, video_file, "video/mp4")},
+            app.url("/api/v1/jobs"),
+            timeout=120,
+            headers=headers,
+            files={
+                "audio": (audio.name, audio_file, "audio/wav"),
+                "video": (video.name, video_file, "video/mp4"),
+            },
         )
     assert response.status_code == 202, response.text
     return response.json()["id"]
@@ -223,14 +250,16 @@ def job_status(app: App, job_id: str, headers: dict | None = None) -> dict:
 def wait_finished(app: App, job_id: str, headers: dict | None = None) -> dict:
     return wait_until(
         lambda: (job := job_status(app, job_id, headers))["status"] not in ("queued", "running") and job,
-        JOB_TIMEOUT_S, interval=1, message=f"job {job_id} to finish",
+        JOB_TIMEOUT_S,
+        interval=1,
+        message=f"job {job_id} to finish",
     )
 
 
 def settings_lines(app: App) -> dict[str, str]:
     """The `name=value` lines start_app.sh printed as effective settings."""
     prefix = "start_app:   "
-    return dict(line[len(prefix):].split("=", 1) for line in app.lines if line.startswith(prefix))
+    return dict(line[len(prefix) :].split("=", 1) for line in app.lines if line.startswith(prefix))
 
 
 # --- GPU detection -------------------------------------------------------------------------------
@@ -238,12 +267,12 @@ def settings_lines(app: App) -> dict[str, str]:
 
 def test_gpu_found_exports_cuda_and_the_server_still_works(launch, tmp_path, speech_wav, face_video):
     marker = fake_nvidia_smi(tmp_path / "gpu-bin", fails=False)
-    app = launch([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()],
-                 env={"HEYGEM_API_TOKEN": SECRET})
+    app = launch([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()], env={"HEYGEM_API_TOKEN": SECRET})
     assert app.wait_healthy().json() == {"health": "true"}
 
     assert marker.read_text().split() == [
-        "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"
+        "--query-gpu=name,driver_version,memory.total",
+        "--format=csv,noheader",
     ]
     gpu_lines = [line for line in app.lines if line.startswith("start_app: GPU found: ")]
     assert len(gpu_lines) == 2 and FAKE_GPUS[0] in gpu_lines[0]
@@ -289,11 +318,16 @@ def test_a_device_already_set_is_kept_and_bad_settings_stop_early(tmp_path):
     """No server here: a bad flag must stop the script before exec, with one line and code 2."""
     fake_nvidia_smi(tmp_path / "gpu-bin", fails=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
-    env.update(PATH=os.pathsep.join([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()]),
-               HEYGEM_DEVICE="cpu")
+    env.update(
+        PATH=os.pathsep.join([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()]), HEYGEM_DEVICE="cpu"
+    )
     result = subprocess.run(
-        ["bash", str(START_APP), "--no-such-flag"], env=env, cwd=tmp_path,
-        capture_output=True, text=True, timeout=120,
+        ["bash", str(START_APP), "--no-such-flag"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "start_app: GPU found: " in result.stdout
@@ -304,8 +338,9 @@ def test_a_device_already_set_is_kept_and_bad_settings_stop_early(tmp_path):
 
 
 def test_help_describes_the_script_and_starts_nothing(tmp_path):
-    result = subprocess.run(["bash", str(START_APP), "--help"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(START_APP), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0
     assert "bash start_app.sh [--host H] [--port P] [--root-path /prefix]" in result.stdout
     assert "HEYGEM_HOST" in result.stdout
@@ -359,16 +394,23 @@ def test_sigterm_reaches_the_python_server_which_drains_and_exits_0(cpu_app, spe
     assert "app.py" in server.cmdline()
     # A job in flight, so that the drain has something to wait for.
     job_id = submit_job(app, speech_wav, face_video)
-    wait_until(lambda: job_status(app, job_id)["status"] != "queued", JOB_TIMEOUT_S, interval=0.2,
-               message="the job to start")
+    wait_until(
+        lambda: job_status(app, job_id)["status"] != "queued",
+        JOB_TIMEOUT_S,
+        interval=0.2,
+        message="the job to start",
+    )
 
     # The grace period is the wait's timeout: overrunning it raises TimeoutExpired.
     assert app.terminate(GRACE_S) == 0
     assert any("SIGTERM received: draining" in line for line in app.lines), app.output[-3000:]
     stopped = next(i for i, line in enumerate(app.lines) if "job service stopped" in line)
     # The running job was let finish, or handed back to the queue: never cut off as failed.
-    outcome = [line for line in app.lines[:stopped] if f"job {job_id}: " in line
-               and ("succeeded" in line or "back in the queue" in line)]
+    outcome = [
+        line
+        for line in app.lines[:stopped]
+        if f"job {job_id}: " in line and ("succeeded" in line or "back in the queue" in line)
+    ]
     assert outcome, "\n".join(line for line in app.lines if job_id in line)
     assert not any(f"job {job_id}: failed" in line for line in app.lines)
     assert app.session_processes() == [], "processes of the app outlived it"

@@ -42,8 +42,10 @@ def uploaded(s3_server, speech_wav, face_video):
     client = s3_server.client()
     client.upload_file(str(speech_wav), BUCKET, "inputs/speech.wav")
     client.upload_file(str(face_video), BUCKET, "inputs/deep/folder/face.mp4")
-    return {"audio": f"s3://{BUCKET}/inputs/speech.wav",
-            "video": f"obs://{BUCKET}/inputs/deep/folder/face.mp4"}
+    return {
+        "audio": f"s3://{BUCKET}/inputs/speech.wav",
+        "video": f"obs://{BUCKET}/inputs/deep/folder/face.mp4",
+    }
 
 
 def _object_bytes(s3_server, bucket: str, key: str) -> bytes:
@@ -113,13 +115,28 @@ def https_server(tmp_path_factory, speech_wav):
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
-    _Handler.files = {"/files/speech.wav": speech_wav.read_bytes(),
-                      "/private/secret.wav": b"not for you"}
+    _Handler.files = {"/files/speech.wav": speech_wav.read_bytes(), "/private/secret.wav": b"not for you"}
     server = _QuietServer(("127.0.0.1", 0), _Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -158,9 +175,14 @@ def test_is_remote_recognises_the_three_remote_forms(settings):
             storage.check_reference(url, settings)
 
 
-@pytest.mark.parametrize("ref", [
-    "jar:file:///etc/passwd", "JAR:FILE://host/share/a.wav", "://bucket/a.wav",
-])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "jar:file:///etc/passwd",
+        "JAR:FILE://host/share/a.wav",
+        "://bucket/a.wav",
+    ],
+)
 def test_is_remote_leaves_other_schemes_to_the_local_path_checks(ref, settings, tmp_path):
     assert not storage.is_remote(ref)
     assert not storage.is_url(ref)
@@ -169,22 +191,31 @@ def test_is_remote_leaves_other_schemes_to_the_local_path_checks(ref, settings, 
         storage.fetch_input(ref, tmp_path / "job", settings)
 
 
-@pytest.mark.parametrize("ref, message", [
-    ("s3://", "no bucket"),
-    ("s3:///key.wav", "no bucket"),
-    ("s3://bucket", "no object key"),
-    ("obs://bucket/folder/", "names a folder"),
-    ("s3://bucket/..", "names a folder"),
-    ("s3://bad bucket/key", "invalid bucket name"),
-])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("s3://", "no bucket"),
+        ("s3:///key.wav", "no bucket"),
+        ("s3://bucket", "no object key"),
+        ("obs://bucket/folder/", "names a folder"),
+        ("s3://bucket/..", "names a folder"),
+        ("s3://bad bucket/key", "invalid bucket name"),
+    ],
+)
 def test_check_reference_refuses_incomplete_object_urls(settings, ref, message):
     with pytest.raises(InputError, match=message):
         storage.check_reference(ref, settings)
 
 
-@pytest.mark.parametrize("ref", [
-    "file:///etc/passwd", "http://127.0.0.1/a.wav", "ftp://host/a.wav", "gs://bucket/a.wav",
-])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "file:///etc/passwd",
+        "http://127.0.0.1/a.wav",
+        "ftp://host/a.wav",
+        "gs://bucket/a.wav",
+    ],
+)
 def test_check_reference_refuses_other_schemes(settings, ref):
     with pytest.raises(ForbiddenPathError, match="unsupported reference"):
         storage.check_reference(ref, settings)
@@ -225,8 +256,12 @@ def test_local_reference_must_be_under_an_allowed_root(settings, tmp_path):
     settings = settings.replace(input_roots=(mount,))
     settings.inputs_dir.mkdir()
     (settings.inputs_dir / "b.wav").write_bytes(b"RIFF")
-    assert storage.fetch_input(str(mount / "a.wav"), tmp_path / "job", settings) == (mount / "a.wav").resolve()
-    assert storage.fetch_input("b.wav", tmp_path / "job", settings) == (settings.inputs_dir / "b.wav").resolve()
+    assert (
+        storage.fetch_input(str(mount / "a.wav"), tmp_path / "job", settings) == (mount / "a.wav").resolve()
+    )
+    assert (
+        storage.fetch_input("b.wav", tmp_path / "job", settings) == (settings.inputs_dir / "b.wav").resolve()
+    )
     with pytest.raises(ForbiddenPathError):
         storage.check_reference(str(tmp_path / "elsewhere.wav"), settings)
     with pytest.raises(ForbiddenPathError):
@@ -387,15 +422,20 @@ def test_https_limit_is_enforced_while_streaming(https_settings, tmp_path):
 
 def test_https_missing_file(https_settings, tmp_path):
     settings, base = https_settings
-    with pytest.raises(StorageError, match=r"not found: https://127\.0\.0\.1:\d+/files/none\.wav \(HTTP 404\)"):
+    with pytest.raises(
+        StorageError, match=r"not found: https://127\.0\.0\.1:\d+/files/none\.wav \(HTTP 404\)"
+    ):
         storage.fetch_input(f"{base}/files/none.wav", tmp_path, settings)
 
 
 def test_https_untrusted_certificate_is_refused(https_settings, monkeypatch, tmp_path):
     settings, base = https_settings
     monkeypatch.delenv("SSL_CERT_FILE")
-    with pytest.raises(StorageError, match=r"cannot reach https://127\.0\.0\.1:\d+/files/speech\.wav: "
-                       r"TLS certificate not trusted \(self-signed certificate\)$"):
+    with pytest.raises(
+        StorageError,
+        match=r"cannot reach https://127\.0\.0\.1:\d+/files/speech\.wav: "
+        r"TLS certificate not trusted \(self-signed certificate\)$",
+    ):
         storage.fetch_input(f"{base}/files/speech.wav", tmp_path, settings)
 
 
@@ -427,9 +467,7 @@ def test_presign_off_and_for_non_objects(s3_settings, face_video):
     assert storage.presign(f"s3://{BUCKET}/results/r1.mp4", s3_settings).startswith("http")
 
 
-def test_presign_reuses_one_client_until_the_credentials_change(
-    s3_server, s3_settings, aws_env, monkeypatch
-):
+def test_presign_reuses_one_client_until_the_credentials_change(s3_server, s3_settings, aws_env, monkeypatch):
     """Making a client costs ~0.2 s and signing ~0.3 ms: the API re-signs on every read."""
     monkeypatch.setattr(storage, "_signing_clients", storage._SigningClients())
     made = []
@@ -486,7 +524,9 @@ def test_publish_when_the_server_stops_fails_after_retries_and_keeps_the_file(
         own = settings.replace(s3_endpoint=server.endpoint, s3_region="us-east-1")
         result = tmp_path / "result.mp4"
         result.write_bytes(face_video.read_bytes())
-        assert storage.publish_output(result, f"s3://{BUCKET}/out/", own).url == f"s3://{BUCKET}/out/result.mp4"
+        assert (
+            storage.publish_output(result, f"s3://{BUCKET}/out/", own).url == f"s3://{BUCKET}/out/result.mp4"
+        )
         server.stop()
         caplog.set_level(logging.WARNING, logger="heygem.storage")
         with pytest.raises(StorageError) as caught:

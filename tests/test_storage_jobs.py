@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from heygem.errors import ForbiddenPathError
 from heygem.jobs.records import JobStatus
-from heygem.web.server import create_app
 from heygem.jobs.tenancy import LOCAL
+from heygem.web.server import create_app
 from tests import media
 from tests.kit import free_port, wait_until
 from tests.s3server import BUCKET, OTHER_BUCKET, use_identity
@@ -25,9 +25,7 @@ POLL_S = 0.1
 
 @pytest.fixture
 def s3_settings(settings, s3_server, aws_env):
-    return settings.replace(
-        s3_endpoint=s3_server.endpoint, s3_region="us-east-1", retention_days=0.0
-    )
+    return settings.replace(s3_endpoint=s3_server.endpoint, s3_region="us-east-1", retention_days=0.0)
 
 
 @pytest.fixture
@@ -51,8 +49,11 @@ def test_job_with_object_inputs_publishes_an_mp4_with_audio(
 ):
     service = start_service(s3_settings)
     job = service.submit(
-        f"s3://{BUCKET}/{objects}/speech.wav", f"obs://{BUCKET}/{objects}/face.mp4",
-        output_name="talk.mp4", output_prefix=f"s3://{BUCKET}/{objects}/out/", principal=LOCAL
+        f"s3://{BUCKET}/{objects}/speech.wav",
+        f"obs://{BUCKET}/{objects}/face.mp4",
+        output_name="talk.mp4",
+        output_prefix=f"s3://{BUCKET}/{objects}/out/",
+        principal=LOCAL,
     )
     job = service.wait(job.id, JOB_TIMEOUT_S, principal=LOCAL)
     assert job.status == JobStatus.SUCCEEDED, job.error
@@ -64,9 +65,7 @@ def test_job_with_object_inputs_publishes_an_mp4_with_audio(
     assert result.read_bytes() == job.output_path.read_bytes()  # the local copy stays too
 
 
-def test_batch_item_with_missing_key_or_bucket_fails_alone(
-    s3_server, s3_settings, start_service, objects
-):
+def test_batch_item_with_missing_key_or_bucket_fails_alone(s3_server, s3_settings, start_service, objects):
     service = start_service(s3_settings)
     good = {"audio": f"s3://{BUCKET}/{objects}/speech.wav", "video": f"s3://{BUCKET}/{objects}/face.mp4"}
     batch = service.submit_batch(
@@ -75,9 +74,12 @@ def test_batch_item_with_missing_key_or_bucket_fails_alone(
             {**good, "video": "obs://no-such-bucket/face.mp4", "output_name": "b.mp4"},
             {**good, "output_name": "c.mp4"},
         ],
-        output_prefix=f"s3://{BUCKET}/{objects}/batch-out/", principal=LOCAL
+        output_prefix=f"s3://{BUCKET}/{objects}/batch-out/",
+        principal=LOCAL,
     )
-    missing_key, missing_bucket, ok = (service.wait(item.id, JOB_TIMEOUT_S, principal=LOCAL) for item in batch.items)
+    missing_key, missing_bucket, ok = (
+        service.wait(item.id, JOB_TIMEOUT_S, principal=LOCAL) for item in batch.items
+    )
     assert missing_key.status == JobStatus.FAILED
     assert missing_key.error == f"object not found: s3://{BUCKET}/{objects}/missing.wav"
     assert missing_bucket.status == JobStatus.FAILED
@@ -96,11 +98,16 @@ def test_batch_item_the_credentials_may_not_read_fails_alone(
     client.upload_file(str(face_video), OTHER_BUCKET, f"{objects}/face.mp4")
     use_identity(aws_env, s3_server.restricted)  # may read OTHER_BUCKET only
     service = start_service(s3_settings)
-    batch = service.submit_batch([
-        {"audio": f"s3://{BUCKET}/{objects}/speech.wav", "video": f"s3://{BUCKET}/{objects}/face.mp4"},
-        {"audio": f"s3://{OTHER_BUCKET}/{objects}/speech.wav",
-         "video": f"s3://{OTHER_BUCKET}/{objects}/face.mp4"},
-    ], principal=LOCAL)
+    batch = service.submit_batch(
+        [
+            {"audio": f"s3://{BUCKET}/{objects}/speech.wav", "video": f"s3://{BUCKET}/{objects}/face.mp4"},
+            {
+                "audio": f"s3://{OTHER_BUCKET}/{objects}/speech.wav",
+                "video": f"s3://{OTHER_BUCKET}/{objects}/face.mp4",
+            },
+        ],
+        principal=LOCAL,
+    )
     denied, allowed = (service.wait(item.id, JOB_TIMEOUT_S, principal=LOCAL) for item in batch.items)
     assert denied.status == JobStatus.FAILED
     assert denied.error == f"access denied to s3://{BUCKET}/{objects}/speech.wav (check the credentials)"
@@ -135,8 +142,11 @@ def test_result_copied_once_into_a_mounted_folder(s3_settings, start_service, ob
     settings = s3_settings.replace(input_roots=(mount,))
     service = start_service(settings)
     job = service.submit(
-        f"s3://{BUCKET}/{objects}/speech.wav", f"s3://{BUCKET}/{objects}/face.mp4",
-        output_name="mounted.mp4", output_prefix=str(mount / "results"), principal=LOCAL
+        f"s3://{BUCKET}/{objects}/speech.wav",
+        f"s3://{BUCKET}/{objects}/face.mp4",
+        output_name="mounted.mp4",
+        output_prefix=str(mount / "results"),
+        principal=LOCAL,
     )
     job = service.wait(job.id, JOB_TIMEOUT_S, principal=LOCAL)
     assert job.status == JobStatus.SUCCEEDED, job.error
@@ -159,18 +169,27 @@ def test_api_call_sequence_from_the_docs(s3_server, s3_settings, start_service, 
     settings = s3_settings.replace(api_token="docs-token")
     client = TestClient(create_app(settings, start_service(settings), ui=False))
     auth = {"Authorization": "Bearer docs-token"}
-    submitted = client.post("/api/v1/jobs", headers=auth, json={
-        "audio": f"obs://{BUCKET}/{objects}/speech.wav",
-        "video": f"obs://{BUCKET}/{objects}/face.mp4",
-        "output_prefix": f"obs://{BUCKET}/{objects}/api-out/",
-        "output_name": "a-v.mp4",
-    })
+    submitted = client.post(
+        "/api/v1/jobs",
+        headers=auth,
+        json={
+            "audio": f"obs://{BUCKET}/{objects}/speech.wav",
+            "video": f"obs://{BUCKET}/{objects}/face.mp4",
+            "output_prefix": f"obs://{BUCKET}/{objects}/api-out/",
+            "output_name": "a-v.mp4",
+        },
+    )
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
     body = wait_until(
-        lambda: (b := client.get(f"/api/v1/jobs/{job_id}", headers=auth).json())["status"]
-        not in ("queued", "running") and b,
-        JOB_TIMEOUT_S, interval=POLL_S, message=f"job {job_id} to finish",
+        lambda: (
+            (b := client.get(f"/api/v1/jobs/{job_id}", headers=auth).json())["status"]
+            not in ("queued", "running")
+            and b
+        ),
+        JOB_TIMEOUT_S,
+        interval=POLL_S,
+        message=f"job {job_id} to finish",
     )
     assert body["status"] == "succeeded", body
     assert body["output_url"] == f"obs://{BUCKET}/{objects}/api-out/a-v.mp4"

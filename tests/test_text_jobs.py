@@ -46,7 +46,7 @@ def test_a_text_job_speaks_before_the_engine_and_reports_the_speech_stage(settin
         done = service.wait(job.id, WAIT_S, principal=LOCAL)
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert "speech" in stages and stages.index("speech") < stages.index("synthesize")
-    (audio, face), = pipelines.runs
+    ((audio, face),) = pipelines.runs
     assert face == video and audio.name == "speech.wav"
     assert 0.8 < media.duration_of(done.output_path) < 4.0  # the spoken text, not a fixture
     assert done.to_dict()["text"] == "Hello there. How are you?"
@@ -96,8 +96,11 @@ def test_batch_items_mix_text_and_audio(settings, video, speech_wav):
     audio = shutil.copy(speech_wav, settings.inputs_dir / "speech.wav")
     with running_service(settings, Pipelines()) as service:
         batch = service.submit_batch(
-            [{"text": "One.", "video": str(video)}, {"audio": str(audio), "video": str(video)},
-             {"text": "Two.", "voice": "en", "video": str(video)}],
+            [
+                {"text": "One.", "video": str(video)},
+                {"audio": str(audio), "video": str(video)},
+                {"text": "Two.", "voice": "en", "video": str(video)},
+            ],
             principal=LOCAL,
         )
         assert [item.text for item in batch.items] == ["One.", None, "Two."]
@@ -117,13 +120,21 @@ def test_batch_items_mix_text_and_audio(settings, video, speech_wav):
 def test_manifest_lines_may_carry_text(tmp_path, settings, face_video):
     shutil.copy(face_video, tmp_path / "face.mp4")
     manifest = tmp_path / "lines.jsonl"
-    manifest.write_text("\n".join(json.dumps(line) for line in (
-        {"text": "First line.", "video": "face.mp4"},
-        {"text": "Second line.", "voice": "en", "video": "face.mp4", "output_name": "two.mp4"},
-    )))
+    manifest.write_text(
+        "\n".join(
+            json.dumps(line)
+            for line in (
+                {"text": "First line.", "video": "face.mp4"},
+                {"text": "Second line.", "voice": "en", "video": "face.mp4", "output_name": "two.mp4"},
+            )
+        )
+    )
     items = parse_manifest(manifest, [tmp_path])
-    assert items[0].as_item() == {"text": "First line.", "video": str(tmp_path / "face.mp4"),
-                                  "output_name": items[0].output_name}
+    assert items[0].as_item() == {
+        "text": "First line.",
+        "video": str(tmp_path / "face.mp4"),
+        "output_name": items[0].output_name,
+    }
     assert items[1].voice == "en"
     summary = run_manifest(settings, manifest, tmp_path / "out", pipeline=FakePipeline(settings))
     assert summary.ok and len(summary.succeeded) == 2

@@ -22,8 +22,12 @@ pytestmark = pytest.mark.slow  # a live server subprocess and a browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ARTIFACTS = PROJECT / "test-artifacts"
 DOCS_SCREENSHOT = PROJECT / "docs" / "avatars.png"
@@ -107,7 +111,8 @@ def test_avatar_then_typed_text_to_video(browser, server, face_video):
 
     jobs = httpx.get(server.url + "/api/v1/jobs").json()["jobs"]
     assert [(job["status"], job["video"], job["text"]) for job in jobs] == [
-        ("succeeded", f"avatar:{avatar_id}", SCRIPT)]
+        ("succeeded", f"avatar:{avatar_id}", SCRIPT)
+    ]
     _update_docs_screenshot(avatars_shot, single_shot)
     page.context.close()
 
@@ -118,8 +123,7 @@ def _update_docs_screenshot(*shots: Path) -> None:
     from PIL import Image
 
     pictures = [Image.open(shot).convert("RGB") for shot in shots]
-    sheet = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)),
-                      "white")
+    sheet = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
     top = 0
     for picture in pictures:
         sheet.paste(picture, (0, top))

@@ -23,8 +23,12 @@ pytestmark = pytest.mark.slow  # a live server subprocess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ARTIFACTS = PROJECT / "test-artifacts"
 DOCS_SCREENSHOT = PROJECT / "docs" / "screenshot.png"
@@ -114,8 +118,7 @@ def _update_docs_screenshot(shot: Path) -> None:
     assert DOCS_SCREENSHOT.stat().st_size < SCREENSHOT_LIMIT
 
 
-def test_batch_tab_runs_two_items_and_downloads_the_zip(page, speech_wav, face_video, face_image,
-                                                         tmp_path):
+def test_batch_tab_runs_two_items_and_downloads_the_zip(page, speech_wav, face_video, face_image, tmp_path):
     page.get_by_role("tab", name="Batch").click()
     page.locator("#batch-audio input[type=file]").set_input_files(speech_wav)
     page.locator("#batch-videos input[type=file]").set_input_files([face_video, face_image])
@@ -133,12 +136,19 @@ def test_batch_tab_runs_two_items_and_downloads_the_zip(page, speech_wav, face_v
 
 def submit_through_api(server, audio: Path, video: Path) -> str:
     with open(audio, "rb") as a, open(video, "rb") as v:
-        response = httpx.post(server.url + "/api/v1/jobs", timeout=WAIT_MS / 1000,
-                              files={"audio": (audio.name, a), "video": (video.name, v)})
+        response = httpx.post(
+            server.url + "/api/v1/jobs",
+            timeout=WAIT_MS / 1000,
+            files={"audio": (audio.name, a), "video": (video.name, v)},
+        )
     response.raise_for_status()
     job_id = response.json()["id"]
-    wait_until(lambda: httpx.get(f"{server.url}/api/v1/jobs/{job_id}").json()["status"] == "succeeded",
-               WAIT_MS / 1000, interval=0.2, message="the API job to finish")
+    wait_until(
+        lambda: httpx.get(f"{server.url}/api/v1/jobs/{job_id}").json()["status"] == "succeeded",
+        WAIT_MS / 1000,
+        interval=0.2,
+        message="the API job to finish",
+    )
     return job_id
 
 
@@ -187,10 +197,15 @@ def cold(tmp_path_factory):
     behind a gateway prefix (the page is reached under it, the probes straight)."""
     folder = tmp_path_factory.mktemp("cold")
     gate = folder / "model-loaded"
-    live = ServerProcess(folder / "data", env={
-        "HEYGEM_FAKE_LOAD_GATE": str(gate), "HEYGEM_MAX_UPLOAD_MB": "1",
-        "HEYGEM_MAX_DURATION_S": "3", "HEYGEM_ROOT_PATH": GATEWAY_PREFIX,
-    })
+    live = ServerProcess(
+        folder / "data",
+        env={
+            "HEYGEM_FAKE_LOAD_GATE": str(gate),
+            "HEYGEM_MAX_UPLOAD_MB": "1",
+            "HEYGEM_MAX_DURATION_S": "3",
+            "HEYGEM_ROOT_PATH": GATEWAY_PREFIX,
+        },
+    )
     try:
         live.health_at = live.wait_for("/health", 200, HEALTH_DEADLINE_S)
         live.gate = gate

@@ -17,9 +17,28 @@ GRAY_STEP = 20  # frame i of an "indexed" video is flat gray 20*i: survives H.26
 
 def _encode(path: Path, frames, width: int, height: int, fps: float = 25, extra: list[str] = ()) -> Path:
     cmd = [
-        "ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-        "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", *extra,
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "10", str(path),
+        "ffmpeg",
+        "-y",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        *extra,
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-crf",
+        "10",
+        str(path),
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     for frame in frames:
@@ -53,8 +72,19 @@ def rotated_video(tmp_path_factory) -> Path:
     plain = _encode(folder / "plain.mp4", [frame] * 5, 64, 32)
     rotated = folder / "rotated.mp4"
     subprocess.run(
-        ["ffmpeg", "-y", "-loglevel", "error", "-i", str(plain), "-c", "copy",
-         "-metadata:s:v", "rotate=90", str(rotated)],
+        [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-i",
+            str(plain),
+            "-c",
+            "copy",
+            "-metadata:s:v",
+            "rotate=90",
+            str(rotated),
+        ],
         check=True,
     )
     return rotated
@@ -133,8 +163,19 @@ def test_probe_refuses_bad_face_files(tmp_path, make):
 def test_probe_refuses_a_truncated_video(face_video, tmp_path):
     moov_first = tmp_path / "faststart.mp4"
     subprocess.run(
-        ["ffmpeg", "-y", "-loglevel", "error", "-i", str(face_video), "-c", "copy",
-         "-movflags", "+faststart", str(moov_first)],
+        [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-i",
+            str(face_video),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            str(moov_first),
+        ],
         check=True,
     )
     data = moov_first.read_bytes()

@@ -69,8 +69,11 @@ def test_gateway_prefix_works_whether_or_not_the_gateway_strips_it(settings, ser
 
 def test_result_urls_carry_the_gateway_prefix(settings, service, speech_wav, face_video):
     app = PrefixTolerance(create_app(settings, service, ui=False), PREFIX)
-    with TestClient(app, root_path=PREFIX) as client, open(speech_wav, "rb") as a, \
-            open(face_video, "rb") as v:
+    with (
+        TestClient(app, root_path=PREFIX) as client,
+        open(speech_wav, "rb") as a,
+        open(face_video, "rb") as v,
+    ):
         job = client.post(f"{PREFIX}/api/v1/jobs", files={"audio": a, "video": v}).json()
         service.wait(job["id"], 60, principal=LOCAL)
         done = client.get(f"{PREFIX}/api/v1/jobs/{job['id']}").json()
@@ -79,9 +82,12 @@ def test_result_urls_carry_the_gateway_prefix(settings, service, speech_wav, fac
 
 
 def test_jobs_survive_a_restart(settings, speech_wav, face_video):
-    with running_service(settings) as first, \
-            TestClient(create_app(settings, first, ui=False)) as client, open(speech_wav, "rb") as a, \
-            open(face_video, "rb") as v:
+    with (
+        running_service(settings) as first,
+        TestClient(create_app(settings, first, ui=False)) as client,
+        open(speech_wav, "rb") as a,
+        open(face_video, "rb") as v,
+    ):
         job_id = client.post("/api/v1/jobs", files={"audio": a, "video": v}).json()["id"]
         first.wait(job_id, 60, principal=LOCAL)
     with running_service(settings) as second, TestClient(create_app(settings, second, ui=False)) as client:
@@ -90,14 +96,17 @@ def test_jobs_survive_a_restart(settings, speech_wav, face_video):
         assert client.get(listed[0]["result_url"]).status_code == 200
 
 
-@pytest.mark.parametrize("header,expected", [
-    ("zh-CN,zh;q=0.9,en;q=0.8", "zh-CN"),
-    ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
-    ("fr-FR,zh-TW;q=0.5", "zh-CN"),
-    ("de-DE", "en"),
-    ("", "en"),
-    ("en;q=0.1,zh;q=0.9", "zh-CN"),
-])
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh-CN"),
+        ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
+        ("fr-FR,zh-TW;q=0.5", "zh-CN"),
+        ("de-DE", "en"),
+        ("", "en"),
+        ("en;q=0.1,zh;q=0.9", "zh-CN"),
+    ],
+)
 def test_language_follows_accept_language(header, expected):
     assert i18n.pick_language(header) == expected
 
@@ -188,8 +197,18 @@ def test_the_options_panel_is_built_from_the_schema_and_maps_back_to_fields():
         panel = OptionsPanel(lambda key: key)
     # The inputs' names are the Gradio API's parameter names, in the order clients pass them.
     assert list(panel.kwargs) == [
-        "engine", "pad_top", "pad_bottom", "pad_left", "pad_right", "smooth", "blend",
-        "duration_policy", "face_choice", "face_x", "face_y", "watermark",
+        "engine",
+        "pad_top",
+        "pad_bottom",
+        "pad_left",
+        "pad_right",
+        "smooth",
+        "blend",
+        "duration_policy",
+        "face_choice",
+        "face_x",
+        "face_y",
+        "watermark",
     ]
     untouched = {name: component.value for name, component in panel.kwargs.items()}
     assert SyncOptions.from_dict(build_options(panel.fields(untouched))) == SyncOptions()
@@ -283,8 +302,9 @@ def test_avatar_form_errors_are_readable_and_translated(settings, service, face_
     with pytest.raises(gr.Error, match="Please give the avatar a name"):
         handlers.create_avatar(str(face_video), "  ", None, None, "", "", _as("sales"))
     with pytest.raises(gr.Error, match="请填写声音样本中所说的内容"):
-        handlers.create_avatar(str(face_video), "Anna", str(speech_wav), " ", "", "",
-                               _as("sales", language="zh-CN"))
+        handlers.create_avatar(
+            str(face_video), "Anna", str(speech_wav), " ", "", "", _as("sales", language="zh-CN")
+        )
     with pytest.raises(gr.Error, match="Select an avatar"):
         handlers.delete_avatar(None, "", "", _as("sales"))
     assert handlers.avatar_listing(None, "", "", _as("sales"))[0] == []  # nothing was created
@@ -301,27 +321,37 @@ def test_single_tab_generates_from_typed_text_on_an_avatar(settings, service, fa
     _ready(handlers, ann, avatar_id)
     fields: dict = {}
     with pytest.raises(gr.Error, match="either a speech audio or text"):
-        handlers.generate("x.wav", None, fields, ann, lambda *a, **k: None, avatar=avatar_id,
-                          text="Hello")
+        handlers.generate("x.wav", None, fields, ann, lambda *a, **k: None, avatar=avatar_id, text="Hello")
     with pytest.raises(gr.Error, match="speech audio or type the text"):
         handlers.generate(None, None, fields, ann, lambda *a, **k: None, avatar=avatar_id, text=" ")
-    video, _, summary = handlers.generate(None, None, build_options({}), ann, lambda *a, **k: None,
-                                          avatar=avatar_id, text="Hello from the avatar.")
+    video, _, summary = handlers.generate(
+        None,
+        None,
+        build_options({}),
+        ann,
+        lambda *a, **k: None,
+        avatar=avatar_id,
+        text="Hello from the avatar.",
+    )
     assert summary.startswith("Done") and video.endswith(".mp4")
     job = service.list_jobs(principal=principal_of(ann))[0]
     assert job.text == "Hello from the avatar." and job.video == f"avatar:{avatar_id}"
     # Another department cannot use the avatar by its id.
     with pytest.raises(gr.Error):
-        handlers.generate(None, None, {}, _as("support"), lambda *a, **k: None, avatar=avatar_id,
-                          text="Hello")
+        handlers.generate(
+            None, None, {}, _as("support"), lambda *a, **k: None, avatar=avatar_id, text="Hello"
+        )
     # The Batch tab: lines of text on the picked avatar, one job per line.
     with pytest.raises(gr.Error, match="either a speech audio or text"):
         handlers.submit_batch(["x.wav"], None, None, {}, ann, avatar=avatar_id, texts="One.")
-    batch_id = handlers.submit_batch(None, None, None, {}, ann, avatar=avatar_id,
-                                     texts="First line.\n\n  Second line.  \n")[0]
+    batch_id = handlers.submit_batch(
+        None, None, None, {}, ann, avatar=avatar_id, texts="First line.\n\n  Second line.  \n"
+    )[0]
     batch = service.get_batch(batch_id, principal=principal_of(ann))
     assert [(item.text, item.video) for item in batch.items] == [
-        ("First line.", f"avatar:{avatar_id}"), ("Second line.", f"avatar:{avatar_id}")]
+        ("First line.", f"avatar:{avatar_id}"),
+        ("Second line.", f"avatar:{avatar_id}"),
+    ]
 
 
 def test_hear_it_returns_the_spoken_text_as_samples(settings, service):
@@ -341,7 +371,9 @@ def test_batch_texts_pair_with_faces():
     from heygem.web.ui import pair_texts
 
     assert pair_texts(["a", "b"], ["avatar:1"]) == [
-        {"text": "a", "video": "avatar:1"}, {"text": "b", "video": "avatar:1"}]
+        {"text": "a", "video": "avatar:1"},
+        {"text": "b", "video": "avatar:1"},
+    ]
     assert [item["video"] for item in pair_texts(["a"], ["x.mp4", "avatar:1"])] == ["x.mp4", "avatar:1"]
     assert [item["text"] for item in pair_texts(["a", "b"], ["x", "y"])] == ["a", "b"]
     with pytest.raises(InputError, match="3 lines of text for 2 faces"):

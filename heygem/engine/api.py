@@ -72,35 +72,72 @@ def _option(default: Any, spec: OptionSpec) -> Any:
 class SyncOptions:
     """Per-job knobs. Frozen: built per job, never mutated, never shared state."""
 
-    engine: str = _option("auto", OptionSpec(
-        "auto = wav2lip when its weights exist, else preview", "choice", ENGINES,
-        per_job_flag=False))
-    box: Quad | None = _option(None, OptionSpec(
-        "fixed face box in pixels; skips face detection", "quad", minimum=0, parts=QUAD_NAMES))
-    pads: Quad = _option((0, 10, 0, 0), OptionSpec(
-        "grow the detected box by these pixels", "quad", minimum=0, parts=QUAD_NAMES))
+    engine: str = _option(
+        "auto",
+        OptionSpec(
+            "auto = wav2lip when its weights exist, else preview", "choice", ENGINES, per_job_flag=False
+        ),
+    )
+    box: Quad | None = _option(
+        None,
+        OptionSpec("fixed face box in pixels; skips face detection", "quad", minimum=0, parts=QUAD_NAMES),
+    )
+    pads: Quad = _option(
+        (0, 10, 0, 0),
+        OptionSpec("grow the detected box by these pixels", "quad", minimum=0, parts=QUAD_NAMES),
+    )
     smooth: bool = _option(True, OptionSpec("average face boxes over time", "check"))
-    smooth_window: int = _option(5, OptionSpec(
-        "frames in the smoothing window (the reference's 5)", "number", minimum=1,
-        maximum=MAX_SMOOTH_WINDOW))
-    blend: Blend = _option("feather", OptionSpec(
-        "feather: soft lower-face mask; rect: reference-exact box paste", "choice", BLENDS))
-    duration_policy: DurationPolicy = _option("loop", OptionSpec(
-        "how the video is extended when the audio is longer", "choice", DURATION_POLICIES))
-    face_choice: FaceChoice = _option("largest", OptionSpec(
-        "which face when several are found (nearest needs face_point)", "choice", FACE_CHOICES))
-    face_point: Point | None = _option(None, OptionSpec(
-        "with several faces, use the one nearest this point", "point", minimum=0, parts=POINT_NAMES))
-    fps: float = _option(25.0, OptionSpec(
-        "frame rate given to a still image", "number", minimum=1, maximum=MAX_FPS))
-    batch_size: int | None = _option(None, OptionSpec(
-        "faces per generator pass; unset = the server's setting", "number", minimum=1,
-        maximum=MAX_BATCH_SIZE, per_job_flag=False))
-    precision: str | None = _option(None, OptionSpec(
-        "generator precision; unset = the server's setting", "choice", PRECISIONS,
-        per_job_flag=False))
-    watermark: str = _option("", OptionSpec(
-        "visible label burnt into the corner, e.g. 'AI generated'", "text", maximum=MAX_LABEL_CHARS))
+    smooth_window: int = _option(
+        5,
+        OptionSpec(
+            "frames in the smoothing window (the reference's 5)",
+            "number",
+            minimum=1,
+            maximum=MAX_SMOOTH_WINDOW,
+        ),
+    )
+    blend: Blend = _option(
+        "feather",
+        OptionSpec("feather: soft lower-face mask; rect: reference-exact box paste", "choice", BLENDS),
+    )
+    duration_policy: DurationPolicy = _option(
+        "loop", OptionSpec("how the video is extended when the audio is longer", "choice", DURATION_POLICIES)
+    )
+    face_choice: FaceChoice = _option(
+        "largest",
+        OptionSpec("which face when several are found (nearest needs face_point)", "choice", FACE_CHOICES),
+    )
+    face_point: Point | None = _option(
+        None,
+        OptionSpec(
+            "with several faces, use the one nearest this point", "point", minimum=0, parts=POINT_NAMES
+        ),
+    )
+    fps: float = _option(
+        25.0, OptionSpec("frame rate given to a still image", "number", minimum=1, maximum=MAX_FPS)
+    )
+    batch_size: int | None = _option(
+        None,
+        OptionSpec(
+            "faces per generator pass; unset = the server's setting",
+            "number",
+            minimum=1,
+            maximum=MAX_BATCH_SIZE,
+            per_job_flag=False,
+        ),
+    )
+    precision: str | None = _option(
+        None,
+        OptionSpec(
+            "generator precision; unset = the server's setting", "choice", PRECISIONS, per_job_flag=False
+        ),
+    )
+    watermark: str = _option(
+        "",
+        OptionSpec(
+            "visible label burnt into the corner, e.g. 'AI generated'", "text", maximum=MAX_LABEL_CHARS
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_options(self)

@@ -155,7 +155,7 @@ def _useful_tail(lines: list[str], path: Path) -> str:
         return "no error output"
     last = lines[-1]
     prefix = f"{path}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last
 
 
 # --- mel spectrogram --------------------------------------------------------------------------
@@ -221,7 +221,13 @@ def mel_basis() -> Float64s:
     import librosa  # slow to import; only needed once per process
 
     basis = librosa.filters.mel(
-        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=False, norm="slaney",
+        sr=SAMPLE_RATE,
+        n_fft=N_FFT,
+        n_mels=N_MELS,
+        fmin=FMIN,
+        fmax=FMAX,
+        htk=False,
+        norm="slaney",
         dtype=np.float64,
     )
     basis.setflags(write=False)

@@ -86,9 +86,7 @@ def lower_face_mask(width: int, height: int) -> Mask:
     return mask
 
 
-def _ellipse(
-    width: int, height: int, centre: tuple[float, float], axes: tuple[float, float]
-) -> Mask:
+def _ellipse(width: int, height: int, centre: tuple[float, float], axes: tuple[float, float]) -> Mask:
     """A hard 0/1 ellipse sampled at pixel centres (exact for any size, unlike integer cv2.ellipse)."""
     ys = (np.arange(height, dtype=np.float32) + 0.5 - centre[1]) / axes[1]
     xs = (np.arange(width, dtype=np.float32) + 0.5 - centre[0]) / axes[0]

@@ -204,8 +204,12 @@ class LipSyncPipeline:
 
     def _face_track(self, job: _Job, info: MediaInfo, detector: FaceDetector) -> FaceTrack:
         return face_track(
-            self.settings, self._track_cache, info, detector,
-            TrackOptions.from_job(job.options, self.settings), on_progress=job.report,
+            self.settings,
+            self._track_cache,
+            info,
+            detector,
+            TrackOptions.from_job(job.options, self.settings),
+            on_progress=job.report,
         )
 
     def _renderer(
@@ -293,8 +297,14 @@ def face_track(
     detect_fps = None if info.is_image else info.fps_text
     frames = read_frames(info.path, info, fps=detect_fps, max_side=settings.detect_max_side)
     return track_faces(
-        frames, detector, info.size, options, cache=cached_face(settings, cache, info),
-        on_progress=on_progress, total=info.frame_count, name=info.path.name,
+        frames,
+        detector,
+        info.size,
+        options,
+        cache=cached_face(settings, cache, info),
+        on_progress=on_progress,
+        total=info.frame_count,
+        name=info.path.name,
     )
 
 

@@ -126,7 +126,9 @@ def mouth_motion(wav: NDArray[np.floating], fps: float, n_frames: int) -> MouthM
     )
     log.debug(
         "mouth motion: %d frames, %.0f%% with the mouth open, mean openness %.2f",
-        n_frames, 100.0 * np.mean(motion.openness > 0), float(np.mean(motion.openness)),
+        n_frames,
+        100.0 * np.mean(motion.openness > 0),
+        float(np.mean(motion.openness)),
     )
     return motion
 
@@ -250,13 +252,10 @@ class PreviewRenderer:
                 f"{len(frames)}, {len(boxes)}, {len(frame_indices)}"
             )
         return [
-            self._render_one(frame, box, index)
-            for frame, box, index in zip(frames, boxes, frame_indices)
+            self._render_one(frame, box, index) for frame, box, index in zip(frames, boxes, frame_indices)
         ]
 
-    def _render_one(
-        self, frame: Frame, box: Box | None, index: int
-    ) -> Frame:
+    def _render_one(self, frame: Frame, box: Box | None, index: int) -> Frame:
         openness, roundness = self._motion_at(index)
         out = frame.copy()
         if box is not None and openness >= MIN_OPENNESS:

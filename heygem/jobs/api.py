@@ -10,8 +10,8 @@ that submitted them.
 
 Records (heygem.jobs.records): Job and Batch are frozen, with .to_dict() for JSON; JobStatus is a
 StrEnum (queued, running, succeeded, failed, cancelled). Job.to_dict(data_dir) is the view for
-callers: paths relative to the data folder, URLs without their query. Job.output_path is the finished mp4 under
-Settings.outputs_dir (<outputs_dir>/<job id>/<output_name or result.mp4>).
+callers: paths relative to the data folder, URLs without their query. Job.output_path is the
+finished mp4 under Settings.outputs_dir (<outputs_dir>/<job id>/<output_name or result.mp4>).
 
 Without a server, the CLI's batch command runs a JSONL manifest in-process:
 heygem.jobs.manifest.parse_manifest(path, roots) -> list[ManifestItem] (ManifestItem.as_item() is
@@ -23,8 +23,9 @@ each item through heygem.jobs.execute.run_one.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from heygem.engine.api import Engine, EngineStatus, SyncOptions
 from heygem.jobs.avatars import Avatar
@@ -140,7 +141,11 @@ class JobQueue(Protocol):
         ...
 
     def speak(
-        self, text: str, *, principal: Principal, voice: str | None = None,
+        self,
+        text: str,
+        *,
+        principal: Principal,
+        voice: str | None = None,
         avatar_id: str | None = None,
     ) -> Path:
         """Only the speech for `text` ("hear it"): a WAV file (kept about an hour). SpeechError

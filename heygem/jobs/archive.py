@@ -19,8 +19,18 @@ from heygem.settings import Settings
 log = logging.getLogger("heygem.jobs.archive")
 
 SUMMARY_FIELDS = (
-    "index", "id", "status", "output_name", "audio", "video", "error", "engine", "attempts",
-    "seconds", "frames_without_face", "output_url",
+    "index",
+    "id",
+    "status",
+    "output_name",
+    "audio",
+    "video",
+    "error",
+    "engine",
+    "attempts",
+    "seconds",
+    "frames_without_face",
+    "output_url",
 )
 
 

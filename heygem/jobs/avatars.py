@@ -98,11 +98,20 @@ class Avatar:
             return shown_path(str(path), data_dir) if data_dir is not None else str(path)
 
         return {
-            "id": self.id, "tenant": self.tenant, "name": self.name, "status": self.status,
-            "error": self.error, "media": shown(self.media), "thumbnail": shown(self.thumbnail),
-            "voice_audio": shown(self.voice_audio), "voice_text": self.voice_text,
-            "has_voice": self.voice_audio is not None, "created_at": self.created_at,
-            "duration_s": self.duration_s, "is_image": self.is_image, "ref": self.ref,
+            "id": self.id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "status": self.status,
+            "error": self.error,
+            "media": shown(self.media),
+            "thumbnail": shown(self.thumbnail),
+            "voice_audio": shown(self.voice_audio),
+            "voice_text": self.voice_text,
+            "has_voice": self.voice_audio is not None,
+            "created_at": self.created_at,
+            "duration_s": self.duration_s,
+            "is_image": self.is_image,
+            "ref": self.ref,
         }
 
 
@@ -111,7 +120,7 @@ def avatar_id_of(ref: str) -> str | None:
     reference starts like an avatar but the id is malformed."""
     if not isinstance(ref, str) or not ref.lower().startswith(AVATAR_PREFIX):
         return None
-    avatar_id = ref[len(AVATAR_PREFIX):].strip()
+    avatar_id = ref[len(AVATAR_PREFIX) :].strip()
     check_id(avatar_id)
     return avatar_id
 
@@ -161,7 +170,10 @@ class AvatarBook:
     the CLI) and `check_input` vets a local media reference like a job input."""
 
     def __init__(
-        self, settings: Settings, store: AvatarStore, check_input: InputCheck,
+        self,
+        settings: Settings,
+        store: AvatarStore,
+        check_input: InputCheck,
         prepare: Callable[[Avatar], object],
     ) -> None:
         self.settings = settings
@@ -170,8 +182,13 @@ class AvatarBook:
         self._prepare = prepare
 
     def create(
-        self, name: str, media: str | os.PathLike[str], *, principal: Principal,
-        voice_audio: str | os.PathLike[str] | None = None, voice_text: str | None = None,
+        self,
+        name: str,
+        media: str | os.PathLike[str],
+        *,
+        principal: Principal,
+        voice_audio: str | os.PathLike[str] | None = None,
+        voice_text: str | None = None,
         owned: tuple[str, ...] = (),
     ) -> Avatar:
         shown = check_name(name)
@@ -188,9 +205,18 @@ class AvatarBook:
             if voice_audio is not None:
                 voice = self._store_file(os.fspath(voice_audio), "voice", VOICE_STEM, folder, owned)
             avatar = Avatar(
-                id=avatar_id, tenant=principal.tenant, name=shown, status=PREPARING, error=None,
-                media=stored, thumbnail=None, voice_audio=voice, voice_text=transcript,
-                created_at=time.time(), duration_s=None, is_image=False,
+                id=avatar_id,
+                tenant=principal.tenant,
+                name=shown,
+                status=PREPARING,
+                error=None,
+                media=stored,
+                thumbnail=None,
+                voice_audio=voice,
+                voice_text=transcript,
+                created_at=time.time(),
+                duration_s=None,
+                is_image=False,
             )
             self.store.add_avatar(avatar)
         except BaseException:
@@ -334,8 +360,13 @@ class AvatarPreparer:
             log.exception("avatar %s: preparation failed unexpectedly", avatar.id)
             return self._record_failure(avatar, f"internal error ({type(exc).__name__}); see the service log")
         updated = self.store.update_avatar(
-            avatar.id, status=READY, error=None, duration_s=prepared.duration_s,
-            is_image=prepared.is_image, thumbnail=prepared.thumbnail, track_key=prepared.track_key,
+            avatar.id,
+            status=READY,
+            error=None,
+            duration_s=prepared.duration_s,
+            is_image=prepared.is_image,
+            thumbnail=prepared.thumbnail,
+            track_key=prepared.track_key,
         )
         if updated is None:  # deleted while it was prepared: leave nothing behind
             remove_folder(self.settings, avatar.id)
@@ -427,4 +458,3 @@ __all__ = [
     "avatar_id_of",
     "check_name",
 ]
-

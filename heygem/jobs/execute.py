@@ -135,7 +135,7 @@ def run_one(
         )
     except EngineDied:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the engine raised becomes the job's outcome
         if is_stopped():
             return None
         outcome = _failure(exc, output, request)
@@ -165,12 +165,19 @@ def speak(request: RunRequest, settings: Settings, report: ProgressCallback) -> 
     assert request.text is not None
     report(0, 1, SPEECH_STAGE)
     result = synthesize_text(
-        request.text, request.scratch / SPEECH_FILE, settings, voice=request.voice,
-        reference=request.reference, on_progress=report,
+        request.text,
+        request.scratch / SPEECH_FILE,
+        settings,
+        voice=request.voice,
+        reference=request.reference,
+        on_progress=report,
     )
     log.info(
-        "%sspeech: %.1f s from %d piece(s) with %s", _prefix(request), result.duration_s,
-        result.pieces, result.provider,
+        "%sspeech: %.1f s from %d piece(s) with %s",
+        _prefix(request),
+        result.duration_s,
+        result.pieces,
+        result.provider,
     )
     return result.path
 
@@ -185,9 +192,7 @@ def _publish(
     if not request.publish_prefix:
         return None, None
     report(0, 1, PUBLISH_STAGE)
-    published = storage.publish_output(
-        output, request.publish_prefix, settings, name=request.publish_name
-    )
+    published = storage.publish_output(output, request.publish_prefix, settings, name=request.publish_name)
     log.info("%spublished to %s", _prefix(request), published.url)
     return published.url, published.presigned_url
 
@@ -202,9 +207,7 @@ def _failure(exc: Exception, output: Path | None, request: RunRequest) -> Outcom
         log.error("%sthe disk is full: %s", _prefix(request), exc)
         return Outcome(JobStatus.FAILED, error=str(storage.disk_full_error()), output_path=output)
     log.exception("%sunexpected error", _prefix(request))
-    return Outcome(
-        JobStatus.FAILED, error=internal_error(exc, request.job_id), output_path=output
-    )
+    return Outcome(JobStatus.FAILED, error=internal_error(exc, request.job_id), output_path=output)
 
 
 def internal_error(exc: BaseException, job_id: str | None) -> str:

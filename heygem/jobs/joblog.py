@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Iterator
 
 # The job a thread is working on, so engine lines (which know nothing of jobs) carry its id too.
 _current_job: ContextVar[str | None] = ContextVar("heygem_current_job", default=None)

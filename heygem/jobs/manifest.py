@@ -11,9 +11,10 @@ unchanged for storage to check. Every error names the line.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from heygem.errors import HeygemError, InputError
 from heygem.jobs.avatars import AVATAR_PREFIX
@@ -100,8 +101,7 @@ def _parse_line(raw: str, number: int, base: Path, roots: Sequence[Path]) -> Man
     unknown = sorted(set(data) - set(ITEM_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
         raise InputError(
-            f"unknown key(s) {', '.join(unknown)}; expected audio or text (+ voice), video, "
-            "output_name"
+            f"unknown key(s) {', '.join(unknown)}; expected audio or text (+ voice), video, output_name"
         )
     text, voice = _speech(data)
     refs = {"audio": ""}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from heygem.errors import InputError
 from heygem.engine.api import SyncOptions
+from heygem.errors import InputError
 
 
 def options_dict(

@@ -7,10 +7,11 @@ are derived from them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 DEFAULT_OUTPUT_NAME = "result.mp4"
 DEFAULT_TENANT = "default"  # owner of jobs written before tenancy, and of the single-user service
@@ -154,7 +155,7 @@ def shown_path(text: str | None, data_dir: Path) -> str | None:
         if text == root:
             return "."
         if text.startswith(root + "/"):
-            return text[len(root) + 1:]
+            return text[len(root) + 1 :]
     return text
 
 
@@ -236,7 +237,8 @@ class Batch:
             "created_at": self.created_at,
             "options": self.options,
             "output_prefix": shown_path(without_query(self.output_prefix), data_dir)
-            if data_dir is not None else self.output_prefix,
+            if data_dir is not None
+            else self.output_prefix,
             "status": self.status,
             "progress": round(self.progress, 4),
             "counts": {status.value: self.count(status) for status in JobStatus},
@@ -273,4 +275,3 @@ class Batch:
         if all(item.status == JobStatus.QUEUED for item in self.items):
             return "queued"
         return "running"
-

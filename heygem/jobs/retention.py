@@ -61,9 +61,15 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
         log.info(
             "retention (older than %g days): removed %d job(s) %s, %d batch(es) %s, %d upload(s) %s,"
             " %d unused face-track cache file(s) %s",
-            settings.retention_days, len(report.jobs), report.jobs, len(report.batches),
-            report.batches, len(report.inputs), [str(p) for p in report.inputs],
-            len(report.tracks), [p.name for p in report.tracks],
+            settings.retention_days,
+            len(report.jobs),
+            report.jobs,
+            len(report.batches),
+            report.batches,
+            len(report.inputs),
+            [str(p) for p in report.inputs],
+            len(report.tracks),
+            [p.name for p in report.tracks],
         )
     return report
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from heygem.engine.api import Engine, ProgressCallback, SyncOptions
 from heygem.errors import HeygemError, InputError
@@ -102,8 +103,12 @@ ProgressHandler = Callable[[ManifestProgress], None]
 
 
 def run_manifest(
-    settings: Settings, manifest: Path, output_dir: Path,
-    options: Mapping[str, Any] | SyncOptions | None = None, *, pipeline: Engine | None = None,
+    settings: Settings,
+    manifest: Path,
+    output_dir: Path,
+    options: Mapping[str, Any] | SyncOptions | None = None,
+    *,
+    pipeline: Engine | None = None,
     on_progress: ProgressHandler | None = None,
 ) -> ManifestSummary:
     """Run every item of a JSONL manifest into output_dir; see the module docstring.
@@ -139,9 +144,7 @@ def run_manifest(
     return summary
 
 
-def _item_progress(
-    report: ProgressHandler, index: int, count: int, item: ManifestItem
-) -> ProgressCallback:
+def _item_progress(report: ProgressHandler, index: int, count: int, item: ManifestItem) -> ProgressCallback:
     def on_progress(done: int, total: int, stage: str) -> None:
         report(ManifestProgress(index, count, item, stage, done, total))
 
@@ -149,8 +152,12 @@ def _item_progress(
 
 
 def _run_item(
-    item: ManifestItem, target: Path, pipeline: Engine, options: SyncOptions,
-    settings: Settings, on_progress: ProgressCallback,
+    item: ManifestItem,
+    target: Path,
+    pipeline: Engine,
+    options: SyncOptions,
+    settings: Settings,
+    on_progress: ProgressCallback,
 ) -> ItemResult:
     started = time.monotonic()
     scratch = target.parent / files.temp_name()
@@ -159,9 +166,17 @@ def _run_item(
     try:
         avatar = _avatar_face(item.video, settings)
         request = RunRequest(
-            audio=item.audio, video=item.video, options=options, target=target, scratch=scratch,
-            local_checked=True, label=label, text=item.text, voice=item.voice,
-            reference=avatar.reference if avatar else None, face=avatar.face if avatar else None,
+            audio=item.audio,
+            video=item.video,
+            options=options,
+            target=target,
+            scratch=scratch,
+            local_checked=True,
+            label=label,
+            text=item.text,
+            voice=item.voice,
+            reference=avatar.reference if avatar else None,
+            face=avatar.face if avatar else None,
         )
         outcome = run_one(pipeline, request, settings, on_progress=on_progress)
     except HeygemError as exc:

@@ -17,10 +17,11 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from heygem import storage
 from heygem.engine.api import EngineStatus, SyncOptions
@@ -83,8 +84,11 @@ class JobService:
     """Implements heygem.jobs.api.JobService: the durable queue, its worker(s) and retention."""
 
     def __init__(
-        self, settings: Settings, pipeline_factory: EngineFactory | None = None,
-        *, store: JobStore | None = None,
+        self,
+        settings: Settings,
+        pipeline_factory: EngineFactory | None = None,
+        *,
+        store: JobStore | None = None,
     ) -> None:
         self.settings = settings
         self.store: JobStore = store if store is not None else SQLiteJobStore(settings.database_path)
@@ -112,8 +116,14 @@ class JobService:
         files.sweep_stale(self.settings)
         for index in range(self.settings.workers):
             worker = Worker(
-                index, self.settings, self.store, factory, wake=self._wake,
-                stopping=self._stopping, cancels=self._cancels, on_finish=self._job_finished,
+                index,
+                self.settings,
+                self.store,
+                factory,
+                wake=self._wake,
+                stopping=self._stopping,
+                cancels=self._cancels,
+                on_finish=self._job_finished,
             )
             worker.start()
             self._workers.append(worker)
@@ -126,7 +136,9 @@ class JobService:
                 self._preparer.submit(avatar)
         log.info(
             "job service started: %d worker(s), queue limit %d, %d job(s) waiting",
-            len(self._workers), self.settings.queue_size, self.store.count_queued(),
+            len(self._workers),
+            self.settings.queue_size,
+            self.store.count_queued(),
         )
 
     def stop(self, drain_seconds: float | None = None) -> None:
@@ -198,12 +210,20 @@ class JobService:
 
     # --- submitting ----------------------------------------------------------------------------
     def submit(
-        self, audio: str | None, video: str,
-        options: Mapping[str, Any] | SyncOptions | None = None, *,
-        principal: Principal, text: str | None = None, voice: str | None = None,
-        output_name: str | None = None, output_prefix: str | None = None,
-        idempotency_key: str | None = None, watermark: str | None = None,
-        uploaded: Sequence[str | os.PathLike[str]] = (), internal: bool = False,
+        self,
+        audio: str | None,
+        video: str,
+        options: Mapping[str, Any] | SyncOptions | None = None,
+        *,
+        principal: Principal,
+        text: str | None = None,
+        voice: str | None = None,
+        output_name: str | None = None,
+        output_prefix: str | None = None,
+        idempotency_key: str | None = None,
+        watermark: str | None = None,
+        uploaded: Sequence[str | os.PathLike[str]] = (),
+        internal: bool = False,
     ) -> Job:
         """Queue one job for the principal's tenant. Exactly one of audio and text: a text job
         synthesises its speech (with voice) first. video may be "avatar:<id>" (a ready avatar of
@@ -232,7 +252,9 @@ class JobService:
             uploads=owned,
         )
         _, (job,) = self.store.add(
-            [spec], queue_limit=self.settings.queue_size, tenant=principal.tenant,
+            [spec],
+            queue_limit=self.settings.queue_size,
+            tenant=principal.tenant,
             tenant_limit=self.settings.resolved_tenant_queue_size,
         )
         if job.uploads != owned:  # another request with the same key won the race
@@ -242,14 +264,19 @@ class JobService:
         with job_context(job.id):
             log.info(
                 "queued: audio=%s video=%s tenant=%s",
-                shown_ref(job.audio), shown_ref(job.video), job.tenant,
+                shown_ref(job.audio),
+                shown_ref(job.video),
+                job.tenant,
             )
         return job
 
     def submit_batch(
-        self, items: Sequence[Mapping[str, Any]],
-        options: Mapping[str, Any] | SyncOptions | None = None, *,
-        principal: Principal, output_prefix: str | None = None,
+        self,
+        items: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | SyncOptions | None = None,
+        *,
+        principal: Principal,
+        output_prefix: str | None = None,
         uploaded: Sequence[str | os.PathLike[str]] = (),
     ) -> Batch:
         """Queue N items as one batch, all or nothing; item i's errors start with "item i:"."""
@@ -273,9 +300,13 @@ class JobService:
             names[spec.output_name or ""] = number
             specs.append(spec)
         batch, _ = self.store.add(
-            specs, queue_limit=self.settings.queue_size, tenant=principal.tenant,
-            tenant_limit=self.settings.resolved_tenant_queue_size, batch_options=shared,
-            batch_prefix=prefix, as_batch=True,
+            specs,
+            queue_limit=self.settings.queue_size,
+            tenant=principal.tenant,
+            tenant_limit=self.settings.resolved_tenant_queue_size,
+            batch_options=shared,
+            batch_prefix=prefix,
+            as_batch=True,
         )
         assert batch is not None
         self._wake.set()
@@ -287,7 +318,8 @@ class JobService:
         self._check_accepting()
         self.get_batch(batch_id, principal=principal)
         retried = self.store.retry(
-            batch_id, queue_limit=self.settings.queue_size,
+            batch_id,
+            queue_limit=self.settings.queue_size,
             tenant_limit=self.settings.resolved_tenant_queue_size,
         )
         if retried:
@@ -296,8 +328,13 @@ class JobService:
         return self.get_batch(batch_id, principal=principal)
 
     def _batch_item(
-        self, item: Mapping[str, Any], number: int, options: dict[str, Any], prefix: str | None,
-        owned: tuple[str, ...], principal: Principal,
+        self,
+        item: Mapping[str, Any],
+        number: int,
+        options: dict[str, Any],
+        prefix: str | None,
+        owned: tuple[str, ...],
+        principal: Principal,
     ) -> NewJob:
         if not isinstance(item, Mapping):
             raise InputError('expected an object like {"audio": ..., "video": ...}')
@@ -310,14 +347,17 @@ class JobService:
         if name is None:
             name = default_output_name(number, speech.audio or TEXT_STEM, video)
         return NewJob(
-            audio=speech.audio, video=video, text=speech.text, voice=speech.voice,
-            options=options, output_name=safe_output_name(name), output_prefix=prefix,
+            audio=speech.audio,
+            video=video,
+            text=speech.text,
+            voice=speech.voice,
+            options=options,
+            output_name=safe_output_name(name),
+            output_prefix=prefix,
             uploads=owned,
         )
 
-    def _check_speech(
-        self, audio: object, text: object, voice: object, owned: tuple[str, ...]
-    ) -> SpeechSpec:
+    def _check_speech(self, audio: object, text: object, voice: object, owned: tuple[str, ...]) -> SpeechSpec:
         """Exactly one of audio and text; text within the speech limits, voice a plain name."""
         has_audio = audio is not None and audio != ""
         has_text = text is not None
@@ -487,7 +527,8 @@ class JobService:
             when = datetime.fromtimestamp(tomb.expired_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
             return JobExpiredError(
                 f"{what} {item_id} expired on {when}: finished {what}s are kept "
-                f"{self.settings.retention_days:g} days", tomb.expired_at,
+                f"{self.settings.retention_days:g} days",
+                tomb.expired_at,
             )
         return JobNotFoundError(f"no {what} with id {item_id!r}")
 
@@ -526,7 +567,7 @@ class JobService:
             raise TimeoutError(f"the warm-up inference did not finish within {timeout:g} s") from None
         except HeygemError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any engine failure means "not ready"
             raise ModelError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from None
 
     def engine_status(self) -> EngineStatus | None:
@@ -538,8 +579,13 @@ class JobService:
 
     # --- avatars (the bookkeeping is heygem.jobs.avatars.AvatarBook's) ------------------------
     def create_avatar(
-        self, name: str, media: str | os.PathLike[str], *, principal: Principal,
-        voice_audio: str | os.PathLike[str] | None = None, voice_text: str | None = None,
+        self,
+        name: str,
+        media: str | os.PathLike[str],
+        *,
+        principal: Principal,
+        voice_audio: str | os.PathLike[str] | None = None,
+        voice_text: str | None = None,
         uploaded: Sequence[str | os.PathLike[str]] | None = None,
     ) -> Avatar:
         """Store the media (and voice sample) in a new avatar folder and prepare it in the
@@ -550,7 +596,11 @@ class JobService:
             self._check_running()
             owned = self._check_uploaded(uploaded or ())
             return self._avatar_book().create(
-                name, media, principal=principal, voice_audio=voice_audio, voice_text=voice_text,
+                name,
+                media,
+                principal=principal,
+                voice_audio=voice_audio,
+                voice_text=voice_text,
                 owned=owned,
             )
         finally:
@@ -583,7 +633,11 @@ class JobService:
         return AvatarBook(self.settings, self.store, self._check_input, prepare)
 
     def speak(
-        self, text: str, *, principal: Principal, voice: str | None = None,
+        self,
+        text: str,
+        *,
+        principal: Principal,
+        voice: str | None = None,
         avatar_id: str | None = None,
     ) -> Path:
         """Synthesise `text` only ("hear it"): a WAV under <data_dir>/speech/, kept an hour.
@@ -599,8 +653,11 @@ class JobService:
         _prune_old_files(folder, time.time() - SPEECH_KEEP_S)
         assert speech.text is not None
         result = synthesize_text(
-            speech.text, folder / f"speech-{uuid.uuid4().hex}.wav", self.settings,
-            voice=speech.voice, reference=reference,
+            speech.text,
+            folder / f"speech-{uuid.uuid4().hex}.wav",
+            self.settings,
+            voice=speech.voice,
+            reference=reference,
         )
         return result.path
 
@@ -673,7 +730,8 @@ class JobService:
         for job in jobs:
             files.remove_job_files(self.settings, job.id)
         still_used = [
-            Path(os.path.realpath(ref)) for ref in self.store.references(active_only=False)
+            Path(os.path.realpath(ref))
+            for ref in self.store.references(active_only=False)
             if not is_remote(ref)
         ]
         for entry in sorted({Path(owned) for job in jobs for owned in job.uploads}):

@@ -18,11 +18,12 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from heygem.errors import HeygemError, QueueFullError
 from heygem.jobs.avatars import Avatar
@@ -224,10 +225,12 @@ class AvatarStore(Protocol):
     def list_avatars(self, tenant: str | None = None) -> list[Avatar]:
         """Newest first."""
         ...
+
     def count_avatars(self, tenant: str | None = None) -> int: ...
     def update_avatar(self, avatar_id: str, **changes: Any) -> Avatar | None:
         """Change the given fields (_AVATAR_UPDATES); None when the avatar is gone."""
         ...
+
     def delete_avatar(self, avatar_id: str) -> Avatar | None: ...
     def avatar_track_keys(self) -> set[str]:
         """The face-track cache keys of every avatar (retention keeps those entries)."""
@@ -243,9 +246,15 @@ class JobStore(AvatarStore, Protocol):
     def open(self) -> None: ...
     def close(self) -> None: ...
     def add(
-        self, jobs: Sequence[NewJob], *, queue_limit: int, tenant: str = DEFAULT_TENANT,
-        tenant_limit: int | None = None, batch_options: dict[str, Any] | None = None,
-        batch_prefix: str | None = None, as_batch: bool = False,
+        self,
+        jobs: Sequence[NewJob],
+        *,
+        queue_limit: int,
+        tenant: str = DEFAULT_TENANT,
+        tenant_limit: int | None = None,
+        batch_options: dict[str, Any] | None = None,
+        batch_prefix: str | None = None,
+        as_batch: bool = False,
     ) -> tuple[Batch | None, list[Job]]: ...
     def get(self, job_id: str) -> Job | None: ...
     def get_by_key(self, idempotency_key: str, tenant: str = DEFAULT_TENANT) -> Job | None: ...
@@ -264,9 +273,7 @@ class JobStore(AvatarStore, Protocol):
     def tombstone(self, item_id: str) -> Tombstone | None: ...
     def prune_tombstones(self, before: float) -> int: ...
     def get_batch(self, batch_id: str) -> Batch | None: ...
-    def retry(
-        self, batch_id: str, *, queue_limit: int, tenant_limit: int | None = None
-    ) -> list[Job]: ...
+    def retry(self, batch_id: str, *, queue_limit: int, tenant_limit: int | None = None) -> list[Job]: ...
     def finished_before(self, cutoff: float) -> list[Job]: ...
     def references(self, *, active_only: bool) -> set[str]: ...
     def all_job_ids(self, tenant: str | None = None) -> set[str]: ...
@@ -339,9 +346,15 @@ class SQLiteJobStore:
 
     # --- submitting ----------------------------------------------------------------------------
     def add(
-        self, jobs: Sequence[NewJob], *, queue_limit: int, tenant: str = DEFAULT_TENANT,
-        tenant_limit: int | None = None, batch_options: dict[str, Any] | None = None,
-        batch_prefix: str | None = None, as_batch: bool = False,
+        self,
+        jobs: Sequence[NewJob],
+        *,
+        queue_limit: int,
+        tenant: str = DEFAULT_TENANT,
+        tenant_limit: int | None = None,
+        batch_options: dict[str, Any] | None = None,
+        batch_prefix: str | None = None,
+        as_batch: bool = False,
     ) -> tuple[Batch | None, list[Job]]:
         """Insert the tenant's jobs (optionally as one batch) all-or-nothing, within the queue
         bound and the tenant's own bound.
@@ -377,12 +390,23 @@ class SQLiteJobStore:
                     " queued_at, uploads, text, voice)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        job_id, tenant,
+                        job_id,
+                        tenant,
                         (JobKind.BATCH_ITEM if batch_id else JobKind.SINGLE).value,
-                        batch_id, index if batch_id else None, spec.audio, spec.video,
-                        json.dumps(spec.options), spec.output_name, spec.output_prefix,
-                        spec.idempotency_key, JobStatus.QUEUED.value, now, now,
-                        json.dumps(list(spec.uploads)), spec.text, spec.voice,
+                        batch_id,
+                        index if batch_id else None,
+                        spec.audio,
+                        spec.video,
+                        json.dumps(spec.options),
+                        spec.output_name,
+                        spec.output_prefix,
+                        spec.idempotency_key,
+                        JobStatus.QUEUED.value,
+                        now,
+                        now,
+                        json.dumps(list(spec.uploads)),
+                        spec.text,
+                        spec.voice,
                     ),
                 )
         added = [self.get(job_id) for job_id in ids]
@@ -426,8 +450,12 @@ class SQLiteJobStore:
             return None
         items = self._rows("SELECT * FROM jobs WHERE batch_id = ? ORDER BY item_index", (batch_id,))
         return Batch(
-            id=row["id"], created_at=row["created_at"], options=json.loads(row["options"]),
-            output_prefix=row["output_prefix"], items=tuple(items), tenant=row["tenant"],
+            id=row["id"],
+            created_at=row["created_at"],
+            options=json.loads(row["options"]),
+            output_prefix=row["output_prefix"],
+            items=tuple(items),
+            tenant=row["tenant"],
         )
 
     def finished_before(self, cutoff: float) -> list[Job]:
@@ -462,20 +490,28 @@ class SQLiteJobStore:
         oldest queued job.
         """
         token = uuid.uuid4().hex
-        rows = self._conn().execute(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_token = ?,"
-            " started_at = ?, finished_at = NULL, progress = 0, stage = 'starting', error = NULL"
-            " WHERE id = (" + _NEXT_FAIR_SQL + ") AND status = 'queued' RETURNING *",
-            (token, time.time()),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, run_token = ?,"
+                " started_at = ?, finished_at = NULL, progress = 0, stage = 'starting', error = NULL"
+                " WHERE id = (" + _NEXT_FAIR_SQL + ") AND status = 'queued' RETURNING *",
+                (token, time.time()),
+            )
+            .fetchall()
+        )
         return Claim(_job(rows[0]), token) if rows else None
 
     def report_progress(self, job_id: str, token: str, progress: float, stage: str) -> RunState:
-        rows = self._conn().execute(
-            "UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND run_token = ?"
-            " AND status = 'running' RETURNING cancel_requested",
-            (progress, stage, job_id, token),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND run_token = ?"
+                " AND status = 'running' RETURNING cancel_requested",
+                (progress, stage, job_id, token),
+            )
+            .fetchall()
+        )
         if not rows:
             return RunState.GONE
         return RunState.CANCEL if rows[0][0] else RunState.ACTIVE
@@ -483,34 +519,52 @@ class SQLiteJobStore:
     def finish(self, job_id: str, token: str, outcome: Outcome) -> bool:
         """Record the end of a run; False when the run was no longer this worker's."""
         done = outcome.status == JobStatus.SUCCEEDED
-        rows = self._conn().execute(
-            "UPDATE jobs SET status = ?, error = ?, engine = COALESCE(?, engine),"
-            " frames_without_face = ?, frames = ?, run_seconds = ?,"
-            " output_path = ?, output_url = ?, presigned_url = ?,"
-            " finished_at = ?, progress = CASE WHEN ? THEN 1.0 ELSE progress END,"
-            " stage = CASE WHEN ? THEN 'done' ELSE stage END, run_token = NULL"
-            " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
-            (
-                outcome.status.value, outcome.error, outcome.engine, outcome.frames_without_face,
-                outcome.frames, outcome.run_seconds,
-                str(outcome.output_path) if outcome.output_path else None, outcome.output_url,
-                outcome.presigned_url, time.time(), done, done, job_id, token,
-            ),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "UPDATE jobs SET status = ?, error = ?, engine = COALESCE(?, engine),"
+                " frames_without_face = ?, frames = ?, run_seconds = ?,"
+                " output_path = ?, output_url = ?, presigned_url = ?,"
+                " finished_at = ?, progress = CASE WHEN ? THEN 1.0 ELSE progress END,"
+                " stage = CASE WHEN ? THEN 'done' ELSE stage END, run_token = NULL"
+                " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
+                (
+                    outcome.status.value,
+                    outcome.error,
+                    outcome.engine,
+                    outcome.frames_without_face,
+                    outcome.frames,
+                    outcome.run_seconds,
+                    str(outcome.output_path) if outcome.output_path else None,
+                    outcome.output_url,
+                    outcome.presigned_url,
+                    time.time(),
+                    done,
+                    done,
+                    job_id,
+                    token,
+                ),
+            )
+            .fetchall()
+        )
         return bool(rows)
 
     def release(self, job_id: str, token: str, *, count_attempt: bool) -> bool:
         """Put a running job back in the queue at its old place (drain); cancel it if asked to."""
-        rows = self._conn().execute(
-            "UPDATE jobs SET run_token = NULL, progress = 0, started_at = NULL,"
-            " attempts = attempts - ?,"
-            " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
-            " stage = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
-            " error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE NULL END,"
-            " finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END"
-            " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
-            (0 if count_attempt else 1, time.time(), job_id, token),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "UPDATE jobs SET run_token = NULL, progress = 0, started_at = NULL,"
+                " attempts = attempts - ?,"
+                " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+                " stage = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+                " error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE NULL END,"
+                " finished_at = CASE WHEN cancel_requested THEN ? ELSE NULL END"
+                " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
+                (0 if count_attempt else 1, time.time(), job_id, token),
+            )
+            .fetchall()
+        )
         return bool(rows)
 
     def cancel(self, job_id: str) -> Job | None:
@@ -554,9 +608,7 @@ class SQLiteJobStore:
         return [_job(row) for row in requeued], [_job(row) for row in failed]
 
     # --- batches -------------------------------------------------------------------------------
-    def retry(
-        self, batch_id: str, *, queue_limit: int, tenant_limit: int | None = None
-    ) -> list[Job]:
+    def retry(self, batch_id: str, *, queue_limit: int, tenant_limit: int | None = None) -> list[Job]:
         """Queue a batch's failed and cancelled items again (fresh attempts), all-or-nothing,
         within the queue bound and the batch's tenant's bound."""
         with self._write() as conn:
@@ -622,9 +674,11 @@ class SQLiteJobStore:
         return [row[0] for row in rows]
 
     def prune_tombstones(self, before: float) -> int:
-        rows = self._conn().execute(
-            "DELETE FROM tombstones WHERE expired_at < ? RETURNING id", (before,)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("DELETE FROM tombstones WHERE expired_at < ? RETURNING id", (before,))
+            .fetchall()
+        )
         return len(rows)
 
     # --- avatars -------------------------------------------------------------------------------
@@ -634,9 +688,18 @@ class SQLiteJobStore:
             " voice_text, created_at, duration_s, is_image, track_key)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                avatar.id, avatar.tenant, avatar.name, avatar.status, avatar.error,
-                str(avatar.media), _path_text(avatar.thumbnail), _path_text(avatar.voice_audio),
-                avatar.voice_text, avatar.created_at, avatar.duration_s, int(avatar.is_image),
+                avatar.id,
+                avatar.tenant,
+                avatar.name,
+                avatar.status,
+                avatar.error,
+                str(avatar.media),
+                _path_text(avatar.thumbnail),
+                _path_text(avatar.voice_audio),
+                avatar.voice_text,
+                avatar.created_at,
+                avatar.duration_s,
+                int(avatar.is_image),
                 avatar.track_key,
             ),
         )
@@ -647,9 +710,11 @@ class SQLiteJobStore:
 
     def list_avatars(self, tenant: str | None = None) -> list[Avatar]:
         where, params = _tenant_filter(tenant)
-        rows = self._conn().execute(
-            f"SELECT * FROM avatars{where} ORDER BY created_at DESC, rowid DESC", params
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(f"SELECT * FROM avatars{where} ORDER BY created_at DESC, rowid DESC", params)
+            .fetchall()
+        )
         return [_avatar(row) for row in rows]
 
     def count_avatars(self, tenant: str | None = None) -> int:
@@ -664,21 +729,19 @@ class SQLiteJobStore:
             return self.get_avatar(avatar_id)
         columns = ", ".join(f"{name} = ?" for name in changes)
         values = [_AVATAR_UPDATES[name](value) for name, value in changes.items()]
-        row = self._conn().execute(
-            f"UPDATE avatars SET {columns} WHERE id = ? RETURNING *", (*values, avatar_id)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(f"UPDATE avatars SET {columns} WHERE id = ? RETURNING *", (*values, avatar_id))
+            .fetchone()
+        )
         return _avatar(row) if row is not None else None
 
     def delete_avatar(self, avatar_id: str) -> Avatar | None:
-        row = self._conn().execute(
-            "DELETE FROM avatars WHERE id = ? RETURNING *", (avatar_id,)
-        ).fetchone()
+        row = self._conn().execute("DELETE FROM avatars WHERE id = ? RETURNING *", (avatar_id,)).fetchone()
         return _avatar(row) if row is not None else None
 
     def avatar_track_keys(self) -> set[str]:
-        rows = self._conn().execute(
-            "SELECT track_key FROM avatars WHERE track_key IS NOT NULL"
-        ).fetchall()
+        rows = self._conn().execute("SELECT track_key FROM avatars WHERE track_key IS NOT NULL").fetchall()
         return {row[0] for row in rows}
 
 
@@ -715,9 +778,7 @@ def _count(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> in
     return int(conn.execute(sql, params).fetchone()[0])
 
 
-def _check_tenant_room(
-    conn: sqlite3.Connection, needed: int, tenant: str, tenant_limit: int | None
-) -> None:
+def _check_tenant_room(conn: sqlite3.Connection, needed: int, tenant: str, tenant_limit: int | None) -> None:
     """The tenant's own bound: one department cannot fill the queue for the others."""
     if tenant_limit is None:
         return
@@ -755,10 +816,18 @@ def _path_text(path: Path | None) -> str | None:
 
 def _avatar(row: sqlite3.Row) -> Avatar:
     return Avatar(
-        id=row["id"], tenant=row["tenant"], name=row["name"], status=row["status"],
-        error=row["error"], media=Path(row["media"]), thumbnail=_optional_path(row["thumbnail"]),
-        voice_audio=_optional_path(row["voice_audio"]), voice_text=row["voice_text"],
-        created_at=row["created_at"], duration_s=row["duration_s"], is_image=bool(row["is_image"]),
+        id=row["id"],
+        tenant=row["tenant"],
+        name=row["name"],
+        status=row["status"],
+        error=row["error"],
+        media=Path(row["media"]),
+        thumbnail=_optional_path(row["thumbnail"]),
+        voice_audio=_optional_path(row["voice_audio"]),
+        voice_text=row["voice_text"],
+        created_at=row["created_at"],
+        duration_s=row["duration_s"],
+        is_image=bool(row["is_image"]),
         track_key=row["track_key"],
     )
 

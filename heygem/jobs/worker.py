@@ -62,8 +62,15 @@ CANCELLED_MESSAGE = "cancelled by request"
 
 class Worker(threading.Thread):
     def __init__(
-        self, index: int, settings: Settings, store: JobStore, pipeline_factory: EngineFactory,
-        *, wake: threading.Event, stopping: threading.Event, cancels: set[str],
+        self,
+        index: int,
+        settings: Settings,
+        store: JobStore,
+        pipeline_factory: EngineFactory,
+        *,
+        wake: threading.Event,
+        stopping: threading.Event,
+        cancels: set[str],
         on_finish: Callable[[Job], None],
     ) -> None:
         # Daemon: a run still going after the drain window must not keep the process alive.
@@ -218,7 +225,9 @@ class JobRun:
         """Run and record the outcome; the finished Job, or None if the run was handed back."""
         log.info(
             "started (attempt %d): audio=%s video=%s",
-            self.job.attempts, shown_ref(self.job.audio), shown_ref(self.job.video),
+            self.job.attempts,
+            shown_ref(self.job.audio),
+            shown_ref(self.job.video),
         )
         self.scratch.mkdir(parents=True, exist_ok=True)
         try:
@@ -237,16 +246,25 @@ class JobRun:
         except HeygemError as exc:
             return Outcome(JobStatus.FAILED, error=str(exc))
         request = RunRequest(
-            audio=self.job.audio, video=self.job.video, options=self.job.options,
+            audio=self.job.audio,
+            video=self.job.video,
+            options=self.job.options,
             target=files.output_dir(self.settings, self.job.id) / self.job.result_name,
-            scratch=self.scratch, publish_prefix=self.job.output_prefix,
-            publish_name=self.job.output_name or f"{self.job.id}.mp4", job_id=self.job.id,
-            text=self.job.text, voice=self.job.voice,
-            reference=avatar.reference if avatar else None, face=avatar.face if avatar else None,
+            scratch=self.scratch,
+            publish_prefix=self.job.output_prefix,
+            publish_name=self.job.output_name or f"{self.job.id}.mp4",
+            job_id=self.job.id,
+            text=self.job.text,
+            voice=self.job.voice,
+            reference=avatar.reference if avatar else None,
+            face=avatar.face if avatar else None,
         )
         try:
             outcome = run_one(
-                self.worker.engine, request, self.settings, on_progress=self.report,
+                self.worker.engine,
+                request,
+                self.settings,
+                on_progress=self.report,
                 stopped=self._stopped,
             )
         except EngineDied as exc:

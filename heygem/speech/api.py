@@ -41,8 +41,7 @@ class VoiceReference:
             raise InputError("the reference voice sample needs the transcript of its audio")
         if len(self.text) > MAX_REFERENCE_TEXT:
             raise InputError(
-                f"the reference transcript is {len(self.text)} characters; "
-                f"the limit is {MAX_REFERENCE_TEXT}"
+                f"the reference transcript is {len(self.text)} characters; the limit is {MAX_REFERENCE_TEXT}"
             )
 
 
@@ -66,9 +65,7 @@ class SpeechProvider(Protocol):
         """Voices this provider is known to offer; the first is its default."""
         ...
 
-    def synthesize(
-        self, text: str, voice: str, reference: VoiceReference | None, out_path: Path
-    ) -> Path:
+    def synthesize(self, text: str, voice: str, reference: VoiceReference | None, out_path: Path) -> Path:
         """Write speech for `text` to out_path (WAV, or other audio ffmpeg decodes); return it.
 
         Raises heygem.errors.SpeechError (one line) when the provider fails or times out.
@@ -81,7 +78,6 @@ def check_voice(voice: str) -> str:
     name = voice.strip()
     if not VOICE_NAME.match(name):
         raise InputError(
-            f"voice {voice[:40]!r} is not a valid voice name "
-            "(letters, digits, space, _ . : + -, at most 64)"
+            f"voice {voice[:40]!r} is not a valid voice name (letters, digits, space, _ . : + -, at most 64)"
         )
     return name

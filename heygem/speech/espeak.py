@@ -41,17 +41,13 @@ class EspeakProvider:
     def voices(self) -> tuple[str, ...]:
         return VOICES
 
-    def synthesize(
-        self, text: str, voice: str, reference: VoiceReference | None, out_path: Path
-    ) -> Path:
+    def synthesize(self, text: str, voice: str, reference: VoiceReference | None, out_path: Path) -> Path:
         if reference is not None:
             log.info("espeak-ng cannot clone a voice; the reference sample is ignored")
         chosen = resolve_voice(text, voice)
         executable = shutil.which(self.program)
         if executable is None:
-            raise SpeechError(
-                f"{self.program} is not installed (Debian: apt-get install espeak-ng)"
-            )
+            raise SpeechError(f"{self.program} is not installed (Debian: apt-get install espeak-ng)")
         argv = [
             executable,
             "-v",
@@ -90,7 +86,6 @@ def _failure(program: str, voice: str, stderr: bytes) -> Exception:
     message = " ".join(stderr.decode("utf-8", errors="replace").split())[-STDERR_TAIL:]
     if NO_SUCH_VOICE in message:
         return InputError(
-            f"{program} has no voice {voice!r}; try one of {', '.join(VOICES)} "
-            "(espeak-ng --voices lists all)"
+            f"{program} has no voice {voice!r}; try one of {', '.join(VOICES)} (espeak-ng --voices lists all)"
         )
     return SpeechError(f"{program} failed for voice {voice!r}: {message or 'no output'}")

@@ -52,9 +52,7 @@ class FishSpeechProvider:
     def voices(self) -> tuple[str, ...]:
         return ()  # the voice is the reference sample, not a name
 
-    def synthesize(
-        self, text: str, voice: str, reference: VoiceReference | None, out_path: Path
-    ) -> Path:
+    def synthesize(self, text: str, voice: str, reference: VoiceReference | None, out_path: Path) -> Path:
         if voice:
             log.info(
                 "the fish provider clones the reference sample; voice %r is ignored",

@@ -100,9 +100,7 @@ def _exchange(
 ) -> AudioResponse:
     shown = display_url(request.full_url)
     try:
-        with _opener().open(
-            request, timeout=_remaining(deadline, timeout_s, shown, source)
-        ) as resp:
+        with _opener().open(request, timeout=_remaining(deadline, timeout_s, shown, source)) as resp:
             data = _read_body(resp, deadline, timeout_s, shown, source)
             return AudioResponse(data, resp.headers.get("Content-Type", ""), request.full_url)
     except urllib.error.HTTPError:

@@ -50,9 +50,7 @@ class OpenAISpeechProvider:
     def voices(self) -> tuple[str, ...]:
         return VOICES
 
-    def synthesize(
-        self, text: str, voice: str, reference: VoiceReference | None, out_path: Path
-    ) -> Path:
+    def synthesize(self, text: str, voice: str, reference: VoiceReference | None, out_path: Path) -> Path:
         if reference is not None:
             log.info("the OpenAI speech protocol cannot clone a voice; the reference is ignored")
         payload: dict[str, object] = {

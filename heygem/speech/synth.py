@@ -111,9 +111,7 @@ def _speak_pieces(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".speech-", dir=out_path.parent) as scratch:
         for index, piece in enumerate(pieces):
-            written = provider.synthesize(
-                piece, voice, reference, Path(scratch) / PIECE_NAME.format(index)
-            )
+            written = provider.synthesize(piece, voice, reference, Path(scratch) / PIECE_NAME.format(index))
             audios.append(read_audio(written, source))
             if on_progress is not None:
                 on_progress(index + 1, len(pieces), SPEECH_STAGE)

@@ -32,8 +32,7 @@ def check_text(text: str, max_chars: int) -> str:
         raise InputError("the text to speak is empty")
     if len(cleaned) > max_chars:
         raise LimitExceededError(
-            f"the text to speak is {len(cleaned)} characters; the limit is {max_chars} "
-            f"({SETTING_MAX_CHARS})"
+            f"the text to speak is {len(cleaned)} characters; the limit is {max_chars} ({SETTING_MAX_CHARS})"
         )
     return cleaned
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from heygem.errors import SpeechError
 from heygem.engine.media.guard import SINGLE_FILE_DEMUXERS
+from heygem.errors import SpeechError
 
 log = logging.getLogger("heygem.speech.wav")
 
@@ -150,9 +150,7 @@ def _decode_with_ffmpeg(data: bytes, source: str) -> Audio:
         "pipe:1",
     ]
     try:
-        done = subprocess.run(
-            argv, check=False, input=data, capture_output=True, timeout=FFMPEG_TIMEOUT_S
-        )
+        done = subprocess.run(argv, check=False, input=data, capture_output=True, timeout=FFMPEG_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise SpeechError(f"{source} returned audio ffmpeg could not decode in time") from None
     except FileNotFoundError:

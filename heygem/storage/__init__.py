@@ -28,9 +28,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from heygem.errors import (
     DiskFullError,
@@ -76,8 +77,16 @@ INPUT_FALLBACK_NAME = "input"  # a downloaded input whose key or URL gives no us
 
 # Codes S3 and OBS use for refused requests: all mean "check the credentials or the policy".
 DENIED_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-     "ExpiredToken", "AllAccessDisabled", "AccountProblem", "403"}
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "403",
+    }
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
@@ -142,8 +151,7 @@ def check_output_prefix(prefix: str, settings: Settings) -> str:
         return prefix
     if scheme is not None:
         raise ForbiddenPathError(
-            f"unsupported output prefix {_display_url(prefix)}; "
-            "use s3://, obs:// or a local folder"
+            f"unsupported output prefix {_display_url(prefix)}; use s3://, obs:// or a local folder"
         )
     if "://" in prefix:
         # A mistyped URL ("s3 ://b/", "://b/") would otherwise become a folder under outputs.
@@ -185,8 +193,7 @@ def _check_reference(ref: str, settings: Settings) -> Path | ObjectRef | str:
         return ref
     if scheme is not None:
         raise ForbiddenPathError(
-            f"unsupported reference {_display_url(ref)}; "
-            "use s3://, obs://, https:// or a local path"
+            f"unsupported reference {_display_url(ref)}; use s3://, obs://, https:// or a local path"
         )
     path = resolve_under(ref, settings.allowed_input_roots, base=settings.inputs_dir)
     check_not_private(path, settings, ref)
@@ -260,7 +267,7 @@ def _parse_object_url(url: str, *, need_key: bool) -> ObjectRef:
 def _check_allowed_url(url: str, allowlist: tuple[str, ...]) -> None:
     parts = urllib.parse.urlsplit(url)
     try:
-        parts.port
+        _ = parts.port  # reading it validates it
     except ValueError:
         raise InputError(f"invalid port in URL {_display_url(url)}") from None
     if parts.username is not None or parts.password is not None:
@@ -349,9 +356,7 @@ def _endpoint_name(settings: Settings) -> str:
     return _display_url(settings.s3_endpoint)
 
 
-def _storage_error(
-    exc: BaseException, obj: ObjectRef, settings: Settings, action: str
-) -> StorageError:
+def _storage_error(exc: BaseException, obj: ObjectRef, settings: Settings, action: str) -> StorageError:
     """Turn a boto3/botocore failure into a one-line message; str(exc) is never shown."""
     import botocore.exceptions
 
@@ -367,11 +372,11 @@ def _storage_error(
         if code in DENIED_CODES or status == 403:
             return StorageError(f"access denied to {obj.url} (check the credentials)")
         return StorageError(f"object storage refused to {action} {obj.url}: {code or status}")
-    if isinstance(cause, (botocore.exceptions.NoCredentialsError,
-                          botocore.exceptions.PartialCredentialsError)):
+    if isinstance(
+        cause, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)
+    ):
         return StorageError(
-            f"no object storage credentials for {obj.url}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY"
+            f"no object storage credentials for {obj.url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
     if isinstance(cause, botocore.exceptions.ConnectionError):
         return StorageError(f"cannot reach object storage at {_endpoint_name(settings)}")
@@ -404,8 +409,9 @@ def _is_transient(exc: BaseException) -> bool:
         status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         code = str(cause.response.get("Error", {}).get("Code", ""))
         return status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
-    if isinstance(cause, (botocore.exceptions.NoCredentialsError,
-                          botocore.exceptions.PartialCredentialsError)):
+    if isinstance(
+        cause, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)
+    ):
         return False
     retryable = (botocore.exceptions.BotoCoreError, boto3.exceptions.Boto3Error, OSError)
     return isinstance(cause, retryable)
@@ -433,9 +439,7 @@ def _download_object(obj: ObjectRef, target: Path, limit: int, settings: Setting
     except OSError as exc:  # botocore wraps network errors, so this is the local disk
         if is_disk_full(exc):
             raise disk_full_error() from None
-        raise StorageError(
-            f"cannot write {target.name} while fetching {obj.url}: {_reason(exc)}"
-        ) from None
+        raise StorageError(f"cannot write {target.name} while fetching {obj.url}: {_reason(exc)}") from None
     finally:
         body.close()
     log.info("fetched %s (%d bytes) to %s", obj.url, written, target)
@@ -514,13 +518,9 @@ def _too_large(shown: str, settings: Settings) -> LimitExceededError:
     return LimitExceededError(f"{shown} is larger than the {settings.max_upload_mb} MB limit")
 
 
-def _stream_to_file(
-    source: BinaryIO, target: Path, limit: int, shown: str, settings: Settings
-) -> int:
+def _stream_to_file(source: BinaryIO, target: Path, limit: int, shown: str, settings: Settings) -> int:
     """Copy in chunks to a temporary name beside target; rename only when complete and in limit."""
-    fd, partial_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-    )
+    fd, partial_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     partial = Path(partial_name)
     written = 0
     try:
@@ -626,9 +626,7 @@ def _object_under_prefix(prefix: str, name: str) -> ObjectRef:
     return ObjectRef(base.scheme, base.bucket, folder + name)
 
 
-def _publish_object(
-    local_file: Path, prefix: str, name: str, settings: Settings
-) -> PublishedOutput:
+def _publish_object(local_file: Path, prefix: str, name: str, settings: Settings) -> PublishedOutput:
     from boto3.s3.transfer import TransferConfig
 
     obj = _object_under_prefix(prefix, name)
@@ -641,12 +639,17 @@ def _publish_object(
 
     def upload() -> None:
         _client(settings).upload_file(
-            str(local_file), obj.bucket, obj.key,
-            ExtraArgs={"ContentType": content_type}, Config=transfer,
+            str(local_file),
+            obj.bucket,
+            obj.key,
+            ExtraArgs={"ContentType": content_type},
+            Config=transfer,
         )
 
     _with_retries(
-        upload, f"upload of {local_file.name} to {obj.url}", _is_transient,
+        upload,
+        f"upload of {local_file.name} to {obj.url}",
+        _is_transient,
         lambda exc: _storage_error(exc, obj, settings, "write"),
     )
     log.info("published %s (%d bytes) to %s", local_file.name, local_file.stat().st_size, obj.url)
@@ -670,8 +673,7 @@ def _local_output_dir(prefix: str, settings: Settings) -> Path:
         folder = resolve_under(prefix, settings.input_roots)
     except ForbiddenPathError:
         raise ForbiddenPathError(
-            f"output_prefix {shown_path(prefix)} is outside the allowed output folders "
-            "(HEYGEM_INPUT_ROOTS)"
+            f"output_prefix {shown_path(prefix)} is outside the allowed output folders (HEYGEM_INPUT_ROOTS)"
         ) from None
     check_not_private(folder, settings, prefix, output=True)
     return folder
@@ -694,8 +696,12 @@ def _publish_local(local_file: Path, prefix: str, name: str, settings: Settings)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return StorageError(f"cannot copy {local_file.name} to the output folder: {reason}")
 
-    target = _with_retries(copy, f"copy of {local_file.name} to {folder}",
-                           lambda exc: isinstance(exc, OSError) and not is_disk_full(exc), failure)
+    target = _with_retries(
+        copy,
+        f"copy of {local_file.name} to {folder}",
+        lambda exc: isinstance(exc, OSError) and not is_disk_full(exc),
+        failure,
+    )
     log.info("published %s (%d bytes) to %s", local_file.name, expected, target)
     return PublishedOutput(url=str(target), presigned_url=None)
 
@@ -747,8 +753,14 @@ def _with_retries(
                 log.error("%s failed after %d attempt(s): %s", what, attempt, error)
                 raise error from None
             delay = PUBLISH_BACKOFF_S * 2 ** (attempt - 1)
-            log.warning("%s failed (attempt %d of %d): %s; retrying in %.1f s",
-                        what, attempt, PUBLISH_ATTEMPTS, error, delay)
+            log.warning(
+                "%s failed (attempt %d of %d): %s; retrying in %.1f s",
+                what,
+                attempt,
+                PUBLISH_ATTEMPTS,
+                error,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 

@@ -7,8 +7,8 @@ link pointing out of an allowed folder is caught like a `..` path.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from heygem.errors import ForbiddenPathError, InputError
 
@@ -63,9 +63,7 @@ def safe_output_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise InputError("output_name is empty")
     if "/" in name or "\\" in name:
-        raise ForbiddenPathError(
-            f"output_name {name!r} must be a plain file name without '/' or '\\'"
-        )
+        raise ForbiddenPathError(f"output_name {name!r} must be a plain file name without '/' or '\\'")
     if ".." in name:
         raise ForbiddenPathError(f"output_name {name!r} must not contain '..'")
     if name.startswith("."):

@@ -224,7 +224,9 @@ def _check_upload_durations(settings: Settings, form: uploads.UploadedForm) -> N
         for saved in saved_files:
             if name in ("audio", "video"):
                 media.check_duration(
-                    saved.path, settings.max_duration_s, saved.original_name,
+                    saved.path,
+                    settings.max_duration_s,
+                    saved.original_name,
                     require_video=name == "video",
                 )
 
@@ -253,21 +255,28 @@ async def _receive_form(state: ApiState, request: Request, max_files: int) -> up
     per_file = state.settings.max_upload_mb * MB
     check_length(request, max_files * (per_file + MULTIPART_SLACK))
     return await uploads.receive_multipart(
-        request.stream(), request.headers["content-type"], state.settings.inputs_dir,
-        per_file, max_files,
+        request.stream(),
+        request.headers["content-type"],
+        state.settings.inputs_dir,
+        per_file,
+        max_files,
     )
 
 
-def _submit_refs(
-    state: ApiState, data: dict[str, Any], idempotency_key: str | None, who: Principal
-) -> Job:
+def _submit_refs(state: ApiState, data: dict[str, Any], idempotency_key: str | None, who: Principal) -> Job:
     audio, video, text = _text(data, "audio"), _text(data, "video"), _text(data, "text")
     if video is None or (audio is None and text is None):
         raise InputError("give 'video' and either 'audio' or 'text'")
     return state.service.submit(
-        audio, video, _options(data.get("options")), text=text, voice=_text(data, "voice"),
-        output_name=_text(data, "output_name"), output_prefix=_text(data, "output_prefix"),
-        idempotency_key=_text(data, "idempotency_key") or idempotency_key, principal=who,
+        audio,
+        video,
+        _options(data.get("options")),
+        text=text,
+        voice=_text(data, "voice"),
+        output_name=_text(data, "output_name"),
+        output_prefix=_text(data, "output_prefix"),
+        idempotency_key=_text(data, "idempotency_key") or idempotency_key,
+        principal=who,
     )
 
 
@@ -284,10 +293,15 @@ def _submit_form(
     audio = None if text is not None and form.file("audio") is None else _form_reference(form, "audio")
     video = _form_reference(form, "video")
     return state.service.submit(
-        audio, video, _options(fields.get("options")), text=text, voice=fields.get("voice") or None,
+        audio,
+        video,
+        _options(fields.get("options")),
+        text=text,
+        voice=fields.get("voice") or None,
         output_name=fields.get("output_name") or None,
         output_prefix=fields.get("output_prefix") or None,
-        idempotency_key=fields.get("idempotency_key") or idempotency_key, principal=who,
+        idempotency_key=fields.get("idempotency_key") or idempotency_key,
+        principal=who,
         uploaded=[form.folder],
     )
 
@@ -323,7 +337,9 @@ def _submit_batch_json(state: ApiState, data: dict[str, Any], who: Principal) ->
         if not isinstance(item, dict):
             raise InputError(f"items[{index}] must be an object")
     return state.service.submit_batch(
-        items, _options(data.get("options")), output_prefix=_text(data, "output_prefix"),
+        items,
+        _options(data.get("options")),
+        output_prefix=_text(data, "output_prefix"),
         principal=who,
     )
 
@@ -338,8 +354,10 @@ def _submit_batch_form(state: ApiState, form: uploads.UploadedForm, who: Princip
             [f.path for f in form.files.get("video", [])],
         )
     return state.service.submit_batch(
-        items, _options(form.fields.get("options")),
-        output_prefix=form.fields.get("output_prefix") or None, principal=who,
+        items,
+        _options(form.fields.get("options")),
+        output_prefix=form.fields.get("output_prefix") or None,
+        principal=who,
         uploaded=[form.folder],
     )
 
@@ -394,9 +412,7 @@ def probe_routes(state: ApiState) -> APIRouter:
 
 
 def job_routes(state: ApiState) -> APIRouter:
-    router = APIRouter(
-        prefix=API_PREFIX, tags=["jobs"], dependencies=[Depends(require_principal)]
-    )
+    router = APIRouter(prefix=API_PREFIX, tags=["jobs"], dependencies=[Depends(require_principal)])
     service, settings = state.service, state.settings
     admit = [Depends(admission_checker(state))]
 
@@ -415,7 +431,9 @@ def job_routes(state: ApiState) -> APIRouter:
         jobs = service.list_jobs(limit=limit, offset=offset, principal=principal_of(request))
         return {
             "jobs": [job_view(job, request, settings) for job in jobs],
-            "total": service.count_jobs(principal=principal_of(request)), "limit": limit, "offset": offset,
+            "total": service.count_jobs(principal=principal_of(request)),
+            "limit": limit,
+            "offset": offset,
         }
 
     @router.get("/jobs/{job_id}")
@@ -434,7 +452,10 @@ def job_routes(state: ApiState) -> APIRouter:
     def delete_job(job_id: str, request: Request) -> dict[str, Any]:
         job = service.get(check_id(job_id), principal=principal_of(request))
         if not job.terminal:
-            return {"deleted": False, "job": job_view(service.cancel(job.id, principal=principal_of(request)), request, settings)}
+            return {
+                "deleted": False,
+                "job": job_view(service.cancel(job.id, principal=principal_of(request)), request, settings),
+            }
         service.delete(job.id, principal=principal_of(request))
         return {"deleted": True, "id": job.id}
 
@@ -446,7 +467,9 @@ def job_routes(state: ApiState) -> APIRouter:
 
     @router.get("/batches/{batch_id}")
     def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
-        return batch_view(service.get_batch(check_id(batch_id, "batch"), principal=principal_of(request)), request, settings)
+        return batch_view(
+            service.get_batch(check_id(batch_id, "batch"), principal=principal_of(request)), request, settings
+        )
 
     @router.get("/batches/{batch_id}/zip", response_class=FileResponse)
     def get_batch_zip(batch_id: str, request: Request) -> FileResponse:
@@ -490,8 +513,12 @@ def _create_avatar_form(state: ApiState, form: uploads.UploadedForm, who: Princi
     voice = form.file("voice")
     voice_ref = str(voice.path) if voice else (fields.get("voice") or None)
     return state.service.create_avatar(
-        fields.get("name", ""), _form_reference(form, "media"), principal=who,
-        voice_audio=voice_ref, voice_text=fields.get("voice_text") or None, uploaded=[form.folder],
+        fields.get("name", ""),
+        _form_reference(form, "media"),
+        principal=who,
+        voice_audio=voice_ref,
+        voice_text=fields.get("voice_text") or None,
+        uploaded=[form.folder],
     )
 
 
@@ -507,9 +534,7 @@ def _avatar_file(settings: Settings, path: Path | None, what: str) -> Path:
 
 def avatar_routes(state: ApiState) -> APIRouter:
     """/api/v1/avatars (a tenant's stored faces) and /api/v1/speech ("hear it")."""
-    router = APIRouter(
-        prefix=API_PREFIX, tags=["avatars"], dependencies=[Depends(require_principal)]
-    )
+    router = APIRouter(prefix=API_PREFIX, tags=["avatars"], dependencies=[Depends(require_principal)])
     service, settings = state.service, state.settings
 
     @router.post("/avatars", status_code=201)
@@ -559,11 +584,16 @@ def avatar_routes(state: ApiState) -> APIRouter:
         if avatar is not None:
             avatar = avatar.removeprefix(AVATAR_PREFIX)
         path = await run_in_threadpool(
-            service.speak, text, principal=principal_of(request), voice=_text(data, "voice"),
+            service.speak,
+            text,
+            principal=principal_of(request),
+            voice=_text(data, "voice"),
             avatar_id=check_id(avatar, "avatar") if avatar else None,
         )
         return FileResponse(
-            path, media_type="audio/wav", filename="speech.wav",
+            path,
+            media_type="audio/wav",
+            filename="speech.wav",
             background=BackgroundTask(path.unlink, missing_ok=True),
         )
 

@@ -10,8 +10,8 @@ Three shapes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from heygem.errors import InputError
 from heygem.jobs.manifest import parse_manifest

@@ -38,8 +38,9 @@ import math
 import re
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
@@ -141,7 +142,7 @@ def resolve_shared_path(raw: object, root: Path, field: str) -> Path:
 
 def _resolve(text: str, root: Path) -> Path:
     if text == CONTAINER_ROOT or text.startswith(CONTAINER_ROOT + "/"):
-        return resolve_under(root / text[len(CONTAINER_ROOT):].lstrip("/"), [root])
+        return resolve_under(root / text[len(CONTAINER_ROOT) :].lstrip("/"), [root])
     if Path(text).is_absolute():
         return resolve_under(text, [root])
     in_work_folder = resolve_under(text, [root], base=root / WORK_FOLDER)
@@ -205,14 +206,24 @@ def submit_task(service: JobService, root: Path, body: object, who: Principal) -
     audio = resolve_shared_path(body.get("audio_url"), root, "audio_url")
     video = resolve_shared_path(body.get("video_url"), root, "video_url")
     job = service.submit(
-        str(audio), str(video), {"duration_policy": policy},
-        output_name=code + RESULT_SUFFIX, output_prefix=str(root / WORK_FOLDER),
-        idempotency_key=run_key(code, run + 1), watermark=WATERMARK_LABEL if watermark else None,
-        principal=who, internal=True,
+        str(audio),
+        str(video),
+        {"duration_policy": policy},
+        output_name=code + RESULT_SUFFIX,
+        output_prefix=str(root / WORK_FOLDER),
+        idempotency_key=run_key(code, run + 1),
+        watermark=WATERMARK_LABEL if watermark else None,
+        principal=who,
+        internal=True,
     )
     log.info(
-        "task %s run %d: job %s (watermark %s, chaofen %s, %s)", code, run + 1, job.id, watermark,
-        chaofen, policy,
+        "task %s run %d: job %s (watermark %s, chaofen %s, %s)",
+        code,
+        run + 1,
+        job.id,
+        watermark,
+        chaofen,
+        policy,
     )
     return _reply(CODE_OK, f"task {code} accepted{note}")
 
@@ -355,20 +366,22 @@ def _check_setup(service: JobService, root: Path) -> None:
     if isinstance(service_settings, Settings) and not _inside_any(root, service_settings.input_roots):
         log.warning(
             "the HeyGem-compatible API cannot work: the job service may not read the shared folder "
-            "%s (build it with heygem.web.compat.compat_service_settings(settings))", root,
+            "%s (build it with heygem.web.compat.compat_service_settings(settings))",
+            root,
         )
     if not root.is_dir():
         log.warning("the HeyGem shared folder %s does not exist yet", root)
 
 
-def create_compat_app(
-    service: JobService, settings: Settings, identity: Identity | None = None
-) -> FastAPI:
+def create_compat_app(service: JobService, settings: Settings, identity: Identity | None = None) -> FastAPI:
     """Only the compatible routes, for the separate HEYGEM_COMPAT_PORT, behind the same identity
     gate as the main port: with any credential configured, a bearer key (compat_token or any API
     key) is needed. `identity` shares the main port's; None builds one from `settings`."""
     app = FastAPI(
-        title="heygem (HeyGem-compatible API)", docs_url=None, redoc_url=None, openapi_url=None,
+        title="heygem (HeyGem-compatible API)",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -388,14 +401,15 @@ class CompatServer:
     the main thread, so SIGTERM stays with the main server, which stops this one after its drain.
     """
 
-    def __init__(
-        self, service: JobService, settings: Settings, identity: Identity | None = None
-    ) -> None:
+    def __init__(self, service: JobService, settings: Settings, identity: Identity | None = None) -> None:
         self.host, self.port = settings.compat_host, settings.compat_port
         config = uvicorn.Config(
-            create_compat_app(service, settings, identity), host=settings.compat_host,
+            create_compat_app(service, settings, identity),
+            host=settings.compat_host,
             port=self.port,
-            log_config=None, access_log=False, lifespan="off",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
             timeout_graceful_shutdown=int(SERVER_STOP_TIMEOUT_S),
             timeout_keep_alive=math.ceil(settings.keep_alive_s),
         )

@@ -150,14 +150,17 @@ class MultipartInspector:
         self._value = b""
         self._disposition = b""
         self._broken = False
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._on_part_begin,
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-            "on_part_data": self._on_part_data,
-        })
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+            },
+        )
 
     def feed(self, chunk: bytes) -> None:
         if self._broken or not chunk:
@@ -202,7 +205,9 @@ class MultipartInspector:
         if self._field_bytes > self.limits.max_field_bytes:
             raise Refusal(413, f"a form field is larger than {self.limits.max_field_bytes // KB} KB")
         if self.text_bytes > self.limits.max_text_bytes:
-            raise Refusal(413, f"the form fields together are larger than {self.limits.max_text_bytes // KB} KB")
+            raise Refusal(
+                413, f"the form fields together are larger than {self.limits.max_text_bytes // KB} KB"
+            )
 
 
 def multipart_boundary(content_type: str) -> bytes | None:
@@ -236,8 +241,7 @@ class UploadQuota:
     the compat server runs its own event loop in another thread.
     """
 
-    def __init__(self, uploads_per_minute: int, mb_per_hour: int,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(self, uploads_per_minute: int, mb_per_hour: int, clock: Any = time.monotonic) -> None:
         self.uploads_per_minute = uploads_per_minute
         self.bytes_per_hour = mb_per_hour * MB
         self._clock = clock
@@ -251,7 +255,9 @@ class UploadQuota:
             usage = self._usage(client, now)
             if len(usage.requests) >= self.uploads_per_minute:
                 wait = usage.requests[0] + MINUTE_S - now
-                raise Refusal(429, f"too many uploads (at most {self.uploads_per_minute} a minute)", _ceil(wait))
+                raise Refusal(
+                    429, f"too many uploads (at most {self.uploads_per_minute} a minute)", _ceil(wait)
+                )
             if usage.byte_total + (declared or 0) > self.bytes_per_hour:
                 raise self._over_bytes(usage, now)
             usage.requests.append(now)
@@ -394,8 +400,12 @@ class _GuardedRequest:
         if not host_allowed(host, settings.allowed_hosts):
             raise Refusal(400, "invalid Host header")
         origin = _header(self.scope, b"origin")
-        if method in UNSAFE_METHODS and origin and not origin_allowed(
-            origin, host, str(self.scope.get("scheme", "http")), settings.allowed_origins
+        if (
+            method in UNSAFE_METHODS
+            and origin
+            and not origin_allowed(
+                origin, host, str(self.scope.get("scheme", "http")), settings.allowed_origins
+            )
         ):
             raise Refusal(403, "cross-origin request refused (the Origin header names another site)")
         boundary = multipart_boundary(_header(self.scope, b"content-type"))
@@ -426,8 +436,12 @@ class _GuardedRequest:
             self.inspector.feed(chunk)
 
     async def _refuse(self, refusal: Refusal) -> None:
-        log.info("%s %s refused while reading: %s", self.scope.get("method"), self.scope.get("path"),
-                 refusal.detail)
+        log.info(
+            "%s %s refused while reading: %s",
+            self.scope.get("method"),
+            self.scope.get("path"),
+            refusal.detail,
+        )
         self.refusal = refusal
         if not self.response_started:
             await self._reply(refusal)
@@ -456,8 +470,9 @@ class _GuardedRequest:
         ]
         if refusal.retry_after is not None:
             headers.append((b"retry-after", str(refusal.retry_after).encode()))
-        await self._send({"type": "http.response.start", "status": refusal.status,
-                          "headers": self._with_headers(headers)})
+        await self._send(
+            {"type": "http.response.start", "status": refusal.status, "headers": self._with_headers(headers)}
+        )
         await self._send({"type": "http.response.body", "body": body})
 
 

@@ -2,8 +2,8 @@
 
 One place decides how a heygem error is reported (HTTP status, a short title, and whose fault it
 is), how a JSON body is read within a size limit, and what an unexpected failure says (who may
-call is heygem.web.identity's business). The callers differ only in the shape of their replies: {"detail": ...}
-for the job API, protocol codes for the compatible API, a toast for the UI.
+call is heygem.web.identity's business). The callers differ only in the shape of their replies:
+{"detail": ...} for the job API, protocol codes for the compatible API, a toast for the UI.
 """
 
 from __future__ import annotations

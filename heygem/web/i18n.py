@@ -19,8 +19,7 @@ EN: dict[str, str] = {
     "title": "# heygem\nSpeech audio + a face video or photo in, a lip-synced video out.",
     "banner_starting": "⏳ Starting up…",
     "banner_loading": (
-        "⏳ **The model is loading** ({reason}). You can submit jobs now; they start as soon as "
-        "it is ready."
+        "⏳ **The model is loading** ({reason}). You can submit jobs now; they start as soon as it is ready."
     ),
     "tab_single": "Single",
     "tab_batch": "Batch",
@@ -62,7 +61,7 @@ EN: dict[str, str] = {
     # batch
     "batch_help": (
         "Give **one audio and many videos**, **as many audios as videos** (paired in order), or "
-        "a **JSONL manifest** (one `{\"audio\": ..., \"video\": ..., \"output_name\": ...}` per line; "
+        'a **JSONL manifest** (one `{"audio": ..., "video": ..., "output_name": ...}` per line; '
         "names of files uploaded here may be used)."
     ),
     "batch_audio": "Audio file(s)",
@@ -140,7 +139,7 @@ EN: dict[str, str] = {
     "avatar_new_name": "New name",
     "avatar_rename": "Rename",
     "avatar_delete": "Delete avatar",
-    "avatar_deleted": "Avatar \"{name}\" deleted.",
+    "avatar_deleted": 'Avatar "{name}" deleted.',
     "avatar_status_preparing": "preparing",
     "avatar_status_ready": "ready",
     "avatar_status_failed": "failed",
@@ -196,9 +195,7 @@ EN: dict[str, str] = {
 ZH: dict[str, str] = {
     "title": "# heygem\n输入语音和一段人脸视频或照片，生成口型同步的视频。",
     "banner_starting": "⏳ 正在启动……",
-    "banner_loading": (
-        "⏳ **模型正在加载**（{reason}）。现在即可提交任务，模型就绪后会自动开始。"
-    ),
+    "banner_loading": ("⏳ **模型正在加载**（{reason}）。现在即可提交任务，模型就绪后会自动开始。"),
     "tab_single": "单个任务",
     "tab_batch": "批量任务",
     "tab_history": "历史记录",
@@ -232,13 +229,11 @@ ZH: dict[str, str] = {
     "face_found": "已找到人脸：{w}×{h} 像素，位置 x={x}，y={y}。",
     "face_none": "第一帧中没有找到人脸。请换一个视频，或指定人脸位置。",
     "result": "结果",
-    "done_summary": (
-        "完成：任务 `{id}`，引擎 **{engine}**，用时 {seconds} 秒，无人脸帧数：{noface}。"
-    ),
+    "done_summary": ("完成：任务 `{id}`，引擎 **{engine}**，用时 {seconds} 秒，无人脸帧数：{noface}。"),
     "progress_queued": "排队中（队列中有 {ahead} 个任务）",
     "batch_help": (
-        "可以提供**一个音频和多个视频**、**数量相同的音频和视频**（按顺序配对），或一个 **JSONL 清单**（每行一个 `{\"audio\": ..., \"video\": "
-        "..., \"output_name\": ...}`，可直接使用在此上传的文件名）。"
+        '可以提供**一个音频和多个视频**、**数量相同的音频和视频**（按顺序配对），或一个 **JSONL 清单**（每行一个 `{"audio": ..., "video": '
+        '..., "output_name": ...}`，可直接使用在此上传的文件名）。'
     ),
     "batch_audio": "音频文件",
     "batch_videos": "人脸视频或照片",

@@ -73,12 +73,20 @@ BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 WEBSOCKET_POLICY_VIOLATION = 1008
 # Paths a browser needs before it has logged in: the probes, and Gradio's page and login form
 # assets. Everything else, every /gradio_api route included, needs a principal.
-MAIN_PUBLIC_PATHS = frozenset({
-    "/health", "/ready", "/metrics", "/", "/favicon.ico", "/theme.css", "/robots.txt",
-    "/manifest.json", "/gradio_api/theme.css",
-})
-MAIN_PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/assets/",
-                        "/gradio_api/static/")
+MAIN_PUBLIC_PATHS = frozenset(
+    {
+        "/health",
+        "/ready",
+        "/metrics",
+        "/",
+        "/favicon.ico",
+        "/theme.css",
+        "/robots.txt",
+        "/manifest.json",
+        "/gradio_api/theme.css",
+    }
+)
+MAIN_PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/assets/", "/gradio_api/static/")
 PAGE_METHODS = frozenset({"GET", "HEAD"})
 DEEP_READY_PATH = "/ready"
 DEEP_PARAM = "deep"
@@ -153,8 +161,9 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(derived, expected)
 
 
-def user_line(username: str, tenant: str, role: str, password: str,
-              iterations: int = PBKDF2_ITERATIONS) -> str:
+def user_line(
+    username: str, tenant: str, role: str, password: str, iterations: int = PBKDF2_ITERATIONS
+) -> str:
     principal(username, "user", "user name")  # same rules as a tenant name: no spaces
     principal(tenant, role, "user")
     return f"{username} {tenant} {role} {hash_password(password, iterations)}"
@@ -343,10 +352,17 @@ class Identity:
         if settings.compat_token:
             who = principal(settings.compat_tenant, "user", "compat_tenant")
             self._fixed_keys.append(KeyEntry(who, key_digest(settings.compat_token)))
-        self._kinds = [kind for kind, on in (("API token", settings.api_token),
-                       ("compat token", settings.compat_token), ("UI login", settings.auth),
-                       ("keys file", settings.api_keys_file), ("users file", settings.users_file))
-                       if on]
+        self._kinds = [
+            kind
+            for kind, on in (
+                ("API token", settings.api_token),
+                ("compat token", settings.compat_token),
+                ("UI login", settings.auth),
+                ("keys file", settings.api_keys_file),
+                ("users file", settings.users_file),
+            )
+            if on
+        ]
         self._fixed_users: list[tuple[str, str]] = []
         if settings.auth:
             username, _, password = settings.auth.partition(":")
@@ -460,8 +476,13 @@ class IdentityGate:
     (rate limit, same-origin check, session cookie); every other request gets
     request.state.principal, and is refused unless it is public or carries a principal."""
 
-    def __init__(self, app: ASGIApp, identity: Identity, public_paths: frozenset[str] = frozenset(),
-                 public_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        identity: Identity,
+        public_paths: frozenset[str] = frozenset(),
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.identity = identity
         self.public_paths = public_paths
@@ -525,8 +546,9 @@ class IdentityGate:
             return JSONResponse({"detail": FOREIGN_LOGIN}, status_code=403)
         form = await _login_form(scope, receive)
         if form is None:
-            return JSONResponse({"detail": "a login needs the form fields username and password"},
-                                status_code=400)
+            return JSONResponse(
+                {"detail": "a login needs the form fields username and password"}, status_code=400
+            )
         username, password = form
         client = scope.get("client")
         limit_keys = [f"ip:{client[0] if client else '-'}", f"user:{username[:MAX_NAME_CHARS]}"]
@@ -534,8 +556,11 @@ class IdentityGate:
         if wait > 0:
             seconds = str(max(1, int(wait + 0.999)))
             log.warning("login for %r refused: too many failures", username[:MAX_NAME_CHARS])
-            return JSONResponse({"detail": f"too many failed logins; try again in {seconds} s"},
-                                status_code=429, headers={"Retry-After": seconds})
+            return JSONResponse(
+                {"detail": f"too many failed logins; try again in {seconds} s"},
+                status_code=429,
+                headers={"Retry-After": seconds},
+            )
         who = await run_in_threadpool(self.identity.from_login, username, password)
         if who is None:
             self.identity.limiter.failed(limit_keys)
@@ -543,8 +568,15 @@ class IdentityGate:
             return JSONResponse({"detail": BAD_LOGIN}, status_code=400)
         log.info("login: %r as tenant %s (%s)", username[:MAX_NAME_CHARS], who.tenant, who.role)
         response = JSONResponse({"success": True})
-        response.set_cookie(SESSION_COOKIE, self.identity.sessions.open(who), max_age=SESSION_TTL_S,
-                            path="/", httponly=True, samesite="lax", secure=_is_https(scope))
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.identity.sessions.open(who),
+            max_age=SESSION_TTL_S,
+            path="/",
+            httponly=True,
+            samesite="lax",
+            secure=_is_https(scope),
+        )
         return response
 
     async def _logout(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -567,7 +599,7 @@ def route_path(scope: Scope) -> str:
     path = str(scope.get("path", ""))
     root = str(scope.get("root_path", "")).rstrip("/")
     if root and (path == root or path.startswith(root + "/")):
-        path = path[len(root):] or "/"
+        path = path[len(root) :] or "/"
     return path
 
 

@@ -23,9 +23,7 @@ def check_duration(path: Path, max_duration_s: float, label: str, *, require_vid
     """Refuse a file longer than the configured limit before any job is created."""
     seconds = video.probe(path, require_video=require_video, verify=False).duration_s
     if seconds > max_duration_s:
-        raise LimitExceededError(
-            f"{label} is {seconds:.1f} s long; the limit is {max_duration_s:g} s"
-        )
+        raise LimitExceededError(f"{label} is {seconds:.1f} s long; the limit is {max_duration_s:g} s")
     return seconds
 
 
@@ -42,8 +40,18 @@ def make_thumbnail(clip: Path) -> Path:
     # A unique scratch name: two browser tabs may ask for the same thumbnail at once.
     partial = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:8]}.partial.jpg")
     argv = [
-        "ffmpeg", "-y", "-loglevel", "error", "-ss", str(THUMB_AT_S), *input_args(clip),
-        "-frames:v", "1", "-vf", f"scale={THUMB_WIDTH}:-2", str(partial),
+        "ffmpeg",
+        "-y",
+        "-loglevel",
+        "error",
+        "-ss",
+        str(THUMB_AT_S),
+        *input_args(clip),
+        "-frames:v",
+        "1",
+        "-vf",
+        f"scale={THUMB_WIDTH}:-2",
+        str(partial),
     ]
     result = _ffmpeg(argv, clip)
     if result.returncode != 0 or not partial.exists():

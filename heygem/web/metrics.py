@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -81,8 +81,11 @@ class Metrics:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.duration = Histogram(
-            "heygem_job_duration_seconds", "Wall time of finished job runs",
-            labelnames=["status"], buckets=DURATION_BUCKETS, registry=self.registry,
+            "heygem_job_duration_seconds",
+            "Wall time of finished job runs",
+            labelnames=["status"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
         )
         self.fps = Gauge(
             "heygem_frames_per_second",
@@ -98,15 +101,20 @@ class Metrics:
     def observe_finished(self) -> None:
         """Fold jobs that finished since the last scrape into the histogram and the fps gauge."""
         with self._lock:
-            fresh = [job for job in self.service.list_jobs(limit=RECENT_SCAN, offset=0, principal=LOCAL)
-                     if self._is_new_finish(job)]
+            fresh = [
+                job
+                for job in self.service.list_jobs(limit=RECENT_SCAN, offset=0, principal=LOCAL)
+                if self._is_new_finish(job)
+            ]
             for job in sorted(fresh, key=lambda j: j.finished_at or 0.0):
                 self._observe(job)
 
     def _is_new_finish(self, job: Job) -> bool:
         return (
-            job.terminal and job.id not in self._seen
-            and job.finished_at is not None and job.finished_at >= self.started_at
+            job.terminal
+            and job.id not in self._seen
+            and job.finished_at is not None
+            and job.finished_at >= self.started_at
         )
 
     def _observe(self, job: Job) -> None:
@@ -120,4 +128,3 @@ class Metrics:
         # Recorded by the worker from the engine's own report: no ffprobe of the output per scrape.
         if job.frames and job.run_seconds:
             self.fps.set(job.frames / job.run_seconds)
-

@@ -76,7 +76,8 @@ def _body(json_schema: dict[str, Any], form_schema: dict[str, Any]) -> dict[str,
 def job_body_doc() -> dict[str, Any]:
     """POST /api/v1/jobs: references as JSON, or the two files as multipart."""
     json_schema = {
-        "type": "object", "required": ["audio", "video"],
+        "type": "object",
+        "required": ["audio", "video"],
         "properties": {
             "audio": {"type": "string", "description": REFERENCE_DOC},
             "video": {"type": "string", "description": "face video or photo, same forms as audio"},
@@ -87,7 +88,8 @@ def job_body_doc() -> dict[str, Any]:
         },
     }
     form_schema = {
-        "type": "object", "required": ["audio", "video"],
+        "type": "object",
+        "required": ["audio", "video"],
         "properties": {
             "audio": {"type": "string", "format": "binary"},
             "video": {"type": "string", "format": "binary"},
@@ -102,12 +104,20 @@ def job_body_doc() -> dict[str, Any]:
 def batch_body_doc() -> dict[str, Any]:
     """POST /api/v1/batches: items as JSON, or uploads (pairs or a manifest) as multipart."""
     json_schema = {
-        "type": "object", "required": ["items"],
+        "type": "object",
+        "required": ["items"],
         "properties": {
-            "items": {"type": "array", "items": {"type": "object", "properties": {
-                "audio": {"type": "string"}, "video": {"type": "string"},
-                "output_name": {"type": "string"},
-            }}},
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "audio": {"type": "string"},
+                        "video": {"type": "string"},
+                        "output_name": {"type": "string"},
+                    },
+                },
+            },
             "options": options_schema(),
             "output_prefix": {"type": "string"},
         },
@@ -115,11 +125,17 @@ def batch_body_doc() -> dict[str, Any]:
     form_schema = {
         "type": "object",
         "properties": {
-            "audio": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "one audio for every video, or one per video in order"},
+            "audio": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": "one audio for every video, or one per video in order",
+            },
             "video": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "manifest": {"type": "string", "format": "binary",
-                         "description": "JSONL: {audio, video, output_name} per line"},
+            "manifest": {
+                "type": "string",
+                "format": "binary",
+                "description": "JSONL: {audio, video, output_name} per line",
+            },
             "options": {"type": "string", "description": OPTIONS_TEXT_DOC},
             "output_prefix": {"type": "string"},
         },

@@ -19,8 +19,8 @@ import math
 import os
 import signal
 import threading
+from collections.abc import AsyncIterator, Callable
 from types import FrameType
-from typing import AsyncIterator, Callable
 
 import uvicorn
 from fastapi import FastAPI
@@ -67,7 +67,7 @@ class LogBuffer(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.lines.append(self.format(record))
-        except Exception:  # a logging handler must never raise into the caller
+        except Exception:  # noqa: BLE001 - a logging handler must never raise into the caller
             self.handleError(record)
 
     def tail(self, count: int) -> list[str]:
@@ -95,9 +95,7 @@ class DeferredUI:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013})
 
-    async def run(
-        self, build: Callable[[], FastAPI], started: asyncio.Event, stop: asyncio.Event
-    ) -> None:
+    async def run(self, build: Callable[[], FastAPI], started: asyncio.Event, stop: asyncio.Event) -> None:
         """Build (in a thread), enter Gradio's lifespan, serve, and leave it when `stop` is set."""
         try:
             host = self.host if self.host is not None else await asyncio.to_thread(build)
@@ -138,7 +136,7 @@ class PrefixTolerance:
             doubled = self.prefix + self.prefix
             path = scope["path"]
             if path == doubled or path.startswith(doubled + "/"):
-                scope = dict(scope, path=path[len(self.prefix):])
+                scope = dict(scope, path=path[len(self.prefix) :])
         await self.app(scope, receive, send)
 
 
@@ -177,7 +175,9 @@ def create_app(
                 await task
 
     app = FastAPI(
-        title="heygem", version=_version(), lifespan=lifespan,
+        title="heygem",
+        version=_version(),
+        lifespan=lifespan,
         description="Lip-sync jobs: submit audio + a face video or photo, poll, download the mp4.",
     )
     state = ApiState(settings=settings, service=service, metrics=Metrics(service))
@@ -185,8 +185,9 @@ def create_app(
     app.add_middleware(WebGuard, settings=settings)  # hosts, origins, body caps, UI upload quota, headers
     register_api(app, state)
     app.include_router(create_compat_router(service, settings))
-    app.add_middleware(IdentityGate, identity=gate, public_paths=MAIN_PUBLIC_PATHS,
-                       public_prefixes=MAIN_PUBLIC_PREFIXES)
+    app.add_middleware(
+        IdentityGate, identity=gate, public_paths=MAIN_PUBLIC_PATHS, public_prefixes=MAIN_PUBLIC_PREFIXES
+    )
     app.state.identity = gate
     if ui and not ui_in_background:
         ui_slot.host = build_ui()
@@ -257,8 +258,7 @@ def serve(settings: Settings, pipeline_factory: EngineFactory | None = None) -> 
         pipeline_factory=pipeline_factory,  # None: heygem.jobs.execute.default_engine
     )
     service.start()
-    app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True,
-                     identity=identity)
+    app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True, identity=identity)
     state: ApiState = app.state.heygem
     try:
         # None unless HEYGEM_COMPAT_PORT is set; the same identity: one session, one key list.
@@ -274,10 +274,15 @@ def serve(settings: Settings, pipeline_factory: EngineFactory | None = None) -> 
         log.info("job service stopped; shutting the server down")
 
     config = uvicorn.Config(
-        PrefixTolerance(app, settings.root_path), host=settings.host, port=settings.port,
-        root_path=settings.root_path, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        PrefixTolerance(app, settings.root_path),
+        host=settings.host,
+        port=settings.port,
+        root_path=settings.root_path,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=math.ceil(settings.keep_alive_s),
-        log_config=None, access_log=False, lifespan="on",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
     )
     server = _DrainingServer(config, drain)
     log.info("serving on http://%s:%d%s", settings.host, settings.port, settings.root_path or "/")

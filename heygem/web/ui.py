@@ -77,8 +77,11 @@ PCM16_BYTES = 2
 SPEECH_LINES = 3
 FACE_UPLOAD_HEIGHT = 150  # px: beside the avatar picker, a compact drop zone
 # The options panel, row by row; the other options (box, fps, ...) keep their defaults in the UI.
-PANEL_ROWS = (("engine", "blend", "duration_policy"), ("pads", "smooth"),
-              ("face_choice", "face_point", "watermark"))
+PANEL_ROWS = (
+    ("engine", "blend", "duration_policy"),
+    ("pads", "smooth"),
+    ("face_choice", "face_point", "watermark"),
+)
 # Parts of a quad/point option are named <prefix>_<part>: these names are both the i18n keys of
 # their labels and the Gradio API's parameter names (pad_top ... pad_right, face_x, face_y).
 PART_PREFIX = {"pads": "pad", "face_point": "face"}
@@ -283,7 +286,9 @@ def avatar_caption(avatar: Avatar, lang: str) -> str:
 class Handlers:
     """Everything the page does, as plain methods over the settings and the job service."""
 
-    def __init__(self, settings: Settings, service: JobService, log_lines: Callable[[int], list[str]]) -> None:
+    def __init__(
+        self, settings: Settings, service: JobService, log_lines: Callable[[int], list[str]]
+    ) -> None:
         self.settings = settings
         self.service = service
         self.log_lines = log_lines
@@ -313,7 +318,8 @@ class Handlers:
         state = i18n.t("system_ready" if ready else "system_not_ready", lang, reason=reason)
         lines.append(f"- {state}")
         lines.append(f"- {i18n.t('system_queue_depth', lang, count=self.service.queue_depth())}")
-        lines.append(f"- {i18n.t('system_jobs_total', lang, count=self.service.count_jobs(principal=principal_of(request)))}")
+        total = self.service.count_jobs(principal=principal_of(request))
+        lines.append(f"- {i18n.t('system_jobs_total', lang, count=total)}")
         return "\n".join(lines), self.log_tail(principal_of(request), lang)
 
     def log_tail(self, who: Principal, lang: str) -> str:
@@ -343,8 +349,15 @@ class Handlers:
 
     @user_errors
     def generate(
-        self, audio: str | None, face: str | None, fields: Mapping[str, Any], request: gr.Request,
-        progress: gr.Progress, *, avatar: str | None = None, text: str | None = None,
+        self,
+        audio: str | None,
+        face: str | None,
+        fields: Mapping[str, Any],
+        request: gr.Request,
+        progress: gr.Progress,
+        *,
+        avatar: str | None = None,
+        text: str | None = None,
         voice: str | None = None,
     ) -> tuple[str, str, str]:
         """Submit one job from the Single tab and wait for it; `fields` are the panel's values.
@@ -361,12 +374,22 @@ class Handlers:
         if not face and not avatar:
             raise InputError(i18n.t("err_need_face", lang))
         with staging(self.settings) as folder:
-            audio_ref = str(stage_upload(self.settings, folder, audio, require_video=False)) if audio else None
-            video_ref = avatar_reference(avatar) if avatar else str(
-                stage_upload(self.settings, folder, face or "", require_video=True))
+            audio_ref = (
+                str(stage_upload(self.settings, folder, audio, require_video=False)) if audio else None
+            )
+            video_ref = (
+                avatar_reference(avatar)
+                if avatar
+                else str(stage_upload(self.settings, folder, face or "", require_video=True))
+            )
             job = self.service.submit(
-                audio_ref, video_ref, options, text=text or None, voice=(voice or "").strip() or None,
-                principal=who, uploaded=[folder] if folder.exists() else [],
+                audio_ref,
+                video_ref,
+                options,
+                text=text or None,
+                voice=(voice or "").strip() or None,
+                principal=who,
+                uploaded=[folder] if folder.exists() else [],
             )
         log.info("job %s submitted from the web UI", job.id)
         job = self._wait(job, progress, lang, who)
@@ -374,21 +397,32 @@ class Handlers:
             title = i18n.t("title_failed", lang)
             reason = job.error or i18n.t(f"status_{job.status}", lang)
             raise gr.Error(f"{title}: {reason}", title=title, print_exception=False)
-        summary = i18n.t("done_summary", lang, id=job.id, engine=job.engine or "-",
-                         seconds=f"{job.seconds or 0:.1f}", noface=job.frames_without_face or 0)
+        summary = i18n.t(
+            "done_summary",
+            lang,
+            id=job.id,
+            engine=job.engine or "-",
+            seconds=f"{job.seconds or 0:.1f}",
+            noface=job.frames_without_face or 0,
+        )
         return str(job.output_path), str(job.output_path), summary
 
     @user_errors
-    def hear_it(self, text: str | None, voice: str | None, avatar: str | None,
-                request: gr.Request) -> tuple[int, np.ndarray]:
+    def hear_it(
+        self, text: str | None, voice: str | None, avatar: str | None, request: gr.Request
+    ) -> tuple[int, np.ndarray]:
         """Only the speech of the typed text (the avatar's voice when one is picked), to listen to
         before generating. Returned as samples: Gradio caches its own copy, which it sweeps."""
         lang = language(request)
         text = (text or "").strip()
         if not text:
             raise InputError(i18n.t("err_need_text", lang))
-        wav = self.service.speak(text, principal=principal_of(request),
-                                 voice=(voice or "").strip() or None, avatar_id=avatar or None)
+        wav = self.service.speak(
+            text,
+            principal=principal_of(request),
+            voice=(voice or "").strip() or None,
+            avatar_id=avatar or None,
+        )
         return wav_samples(wav)
 
     def avatar_chosen(self, avatar: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -400,8 +434,9 @@ class Handlers:
         except HeygemError as exc:
             return None, None, str(exc)
         lang = language(request)
-        note = i18n.t("avatar_chosen", lang, name=chosen.name,
-                      status=i18n.t(f"avatar_status_{chosen.status}", lang))
+        note = i18n.t(
+            "avatar_chosen", lang, name=chosen.name, status=i18n.t(f"avatar_status_{chosen.status}", lang)
+        )
         return None, avatar_picture(chosen), note
 
     def _wait(self, job: Job, progress: gr.Progress, lang: str, who: Principal) -> Job:
@@ -418,8 +453,14 @@ class Handlers:
     # --- batch ----------------------------------------------------------------------------------
     @user_errors
     def submit_batch(
-        self, audios: list[str] | None, videos: list[str] | None, manifest: str | None,
-        fields: Mapping[str, Any], request: gr.Request, *, avatar: str | None = None,
+        self,
+        audios: list[str] | None,
+        videos: list[str] | None,
+        manifest: str | None,
+        fields: Mapping[str, Any],
+        request: gr.Request,
+        *,
+        avatar: str | None = None,
         texts: str | None = None,
     ) -> tuple[Any, ...]:
         """Submit a batch: a manifest, or audios (or lines of text) paired with the uploaded
@@ -440,14 +481,16 @@ class Handlers:
                 items = pair_texts(lines, faces)
             else:
                 items = batching.pair_uploads(audio_paths, faces)
-            batch = self.service.submit_batch(items, options, principal=principal_of(request),
-                                              uploaded=[folder] if folder.exists() else [])
+            batch = self.service.submit_batch(
+                items, options, principal=principal_of(request), uploaded=[folder] if folder.exists() else []
+            )
         log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
         return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
 
     def _stage_many(self, folder: Path, paths: list[str] | None, *, require_video: bool) -> list[Path]:
-        return [stage_upload(self.settings, folder, path, require_video=require_video)
-                for path in paths or []]
+        return [
+            stage_upload(self.settings, folder, path, require_video=require_video) for path in paths or []
+        ]
 
     def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Timer tick: never raises, so one bad moment (a busy disk) does not stop the live table."""
@@ -468,19 +511,32 @@ class Handlers:
         return pd.DataFrame(columns=self._batch_columns(lang)), [], ""
 
     def _batch_columns(self, lang: str) -> list[str]:
-        return [i18n.t(key, lang) for key in
-                ("col_item", "col_video", "col_status", "col_progress", "col_stage", "col_error")]
+        return [
+            i18n.t(key, lang)
+            for key in ("col_item", "col_video", "col_status", "col_progress", "col_stage", "col_error")
+        ]
 
     def _batch_view(self, batch: Batch, lang: str) -> tuple[pd.DataFrame, list[Any], str]:
         rows = [
-            [(item.item_index or 0) + 1, Path(item.video).name, i18n.t(f"status_{item.status}", lang),
-             f"{item.progress * 100:.0f}%", i18n.t(f"stage_{item.stage}", lang, default=item.stage),
-             item.error or ""]
+            [
+                (item.item_index or 0) + 1,
+                Path(item.video).name,
+                i18n.t(f"status_{item.status}", lang),
+                f"{item.progress * 100:.0f}%",
+                i18n.t(f"stage_{item.stage}", lang, default=item.stage),
+                item.error or "",
+            ]
             for item in batch.items
         ]
         gallery = [(thumbnail_for(item), item.result_name) for item in batch.succeeded]
-        summary = i18n.t("batch_summary", lang, id=batch.id, done=len(batch.succeeded),
-                         failed=len(batch.failed), total=len(batch.items))
+        summary = i18n.t(
+            "batch_summary",
+            lang,
+            id=batch.id,
+            done=len(batch.succeeded),
+            failed=len(batch.failed),
+            total=len(batch.items),
+        )
         return pd.DataFrame(rows, columns=self._batch_columns(lang)), gallery, summary
 
     @user_errors
@@ -499,7 +555,11 @@ class Handlers:
 
     # --- avatars --------------------------------------------------------------------------------
     def avatar_listing(
-        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+        self,
+        selected: str | None,
+        single: str | None,
+        batch: str | None,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         """ids, gallery, the selected avatar's details, the Single and Batch pickers (ready
         avatars; a vanished choice falls back to none) and the refresh timer, active while any
@@ -511,17 +571,31 @@ class Handlers:
         details = self._avatar_details(shown, lang) if shown is not None else ""
         ready = [(avatar.name, avatar.id) for avatar in avatars if str(avatar.status) == READY]
         preparing = any(str(avatar.status) == PREPARING for avatar in avatars)
-        return ([avatar.id for avatar in avatars], gallery, details, _picker(ready, single, lang),
-                _picker(ready, batch, lang), gr.Timer(active=preparing))
+        return (
+            [avatar.id for avatar in avatars],
+            gallery,
+            details,
+            _picker(ready, single, lang),
+            _picker(ready, batch, lang),
+            gr.Timer(active=preparing),
+        )
 
     @user_errors
     def avatars(
-        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+        self,
+        selected: str | None,
+        single: str | None,
+        batch: str | None,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         return self.avatar_listing(selected, single, batch, request)
 
     def avatars_tick(
-        self, selected: str | None, single: str | None, batch: str | None, request: gr.Request,
+        self,
+        selected: str | None,
+        single: str | None,
+        batch: str | None,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         """Timer tick: never raises, so one bad moment does not stop the refresh."""
         try:
@@ -532,8 +606,14 @@ class Handlers:
 
     @user_errors
     def create_avatar(
-        self, upload: str | None, name: str | None, voice: str | None, voice_text: str | None,
-        single: str | None, batch: str | None, request: gr.Request,
+        self,
+        upload: str | None,
+        name: str | None,
+        voice: str | None,
+        voice_text: str | None,
+        single: str | None,
+        batch: str | None,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         lang = language(request)
         name = (name or "").strip()
@@ -548,8 +628,12 @@ class Handlers:
             media_path = stage_upload(self.settings, folder, upload, require_video=True)
             voice_path = stage_upload(self.settings, folder, voice, require_video=False) if voice else None
             avatar = self.service.create_avatar(
-                name, media_path, principal=principal_of(request), voice_audio=voice_path,
-                voice_text=voice_text or None, uploaded=[folder],
+                name,
+                media_path,
+                principal=principal_of(request),
+                voice_audio=voice_path,
+                voice_text=voice_text or None,
+                uploaded=[folder],
             )
         log.info("avatar %s created from the web UI", avatar.id)
         return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request))
@@ -564,7 +648,11 @@ class Handlers:
 
     @user_errors
     def rename_avatar(
-        self, avatar_id: str | None, name: str | None, single: str | None, batch: str | None,
+        self,
+        avatar_id: str | None,
+        name: str | None,
+        single: str | None,
+        batch: str | None,
         request: gr.Request,
     ) -> tuple[Any, ...]:
         lang = language(request)
@@ -579,7 +667,11 @@ class Handlers:
 
     @user_errors
     def delete_avatar(
-        self, avatar_id: str | None, single: str | None, batch: str | None, request: gr.Request,
+        self,
+        avatar_id: str | None,
+        single: str | None,
+        batch: str | None,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         lang = language(request)
         if not avatar_id:
@@ -598,9 +690,15 @@ class Handlers:
             length = f"{avatar.duration_s:.1f} s" if avatar.duration_s else "-"
         voice = i18n.t("avatar_voice_yes" if avatar.voice_audio else "avatar_voice_none", lang)
         return i18n.t(
-            "avatar_details", lang, name=avatar.name, id=avatar.id,
-            status=i18n.t(f"avatar_status_{avatar.status}", lang), created=when(avatar.created_at),
-            length=length, voice=voice, error=avatar.error or "-",
+            "avatar_details",
+            lang,
+            name=avatar.name,
+            id=avatar.id,
+            status=i18n.t(f"avatar_status_{avatar.status}", lang),
+            created=when(avatar.created_at),
+            length=length,
+            voice=voice,
+            error=avatar.error or "-",
         )
 
     # --- history --------------------------------------------------------------------------------
@@ -638,8 +736,13 @@ class Handlers:
             return None, None, None, ""
         job = self.service.get(ids[index], principal=principal_of(request))
         details = i18n.t(
-            "history_details", lang, id=job.id, status=i18n.t(f"status_{job.status}", lang),
-            created=when(job.created_at), engine=job.engine or "-", error=job.error or "-",
+            "history_details",
+            lang,
+            id=job.id,
+            status=i18n.t(f"status_{job.status}", lang),
+            created=when(job.created_at),
+            engine=job.engine or "-",
+            error=job.error or "-",
         )
         path = result_file(job)
         return job.id, path, path, details
@@ -731,14 +834,16 @@ def _widget(t: Translate, name: str, spec: OptionSpec) -> Component:
 
 
 def _number(label: I18nData, value: float | None, spec: OptionSpec, kind: type) -> gr.Number:
-    return gr.Number(value, label=label, precision=0 if kind is int else None,
-                     minimum=spec.minimum, maximum=spec.maximum)
+    return gr.Number(
+        value, label=label, precision=0 if kind is int else None, minimum=spec.minimum, maximum=spec.maximum
+    )
 
 
 def _avatar_picker(t: Translate, elem_id: str) -> gr.Dropdown:
     """Filled with the tenant's ready avatars when the page loads and whenever they change."""
-    return gr.Dropdown(choices=[("-", "")], value="", label=t("avatar_pick"),
-                       info=t("avatar_pick_info"), elem_id=elem_id)
+    return gr.Dropdown(
+        choices=[("-", "")], value="", label=t("avatar_pick"), info=t("avatar_pick_info"), elem_id=elem_id
+    )
 
 
 def _speech_note(t: Translate, settings: Settings) -> gr.Markdown:
@@ -761,51 +866,93 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
         with gr.Column():
             with gr.Row():
                 avatar = _avatar_picker(t, "single-avatar")
-                face = gr.File(file_types=FACE_TYPES, type="filepath", label=t("face"),
-                               height=FACE_UPLOAD_HEIGHT, elem_id="single-face")
-            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label=t("audio"),
-                             elem_id="single-audio")
-            text = gr.Textbox(label=t("speech_text"), placeholder=t("speech_text_hint"),
-                              lines=SPEECH_LINES, elem_id="single-text")
+                face = gr.File(
+                    file_types=FACE_TYPES,
+                    type="filepath",
+                    label=t("face"),
+                    height=FACE_UPLOAD_HEIGHT,
+                    elem_id="single-face",
+                )
+            audio = gr.Audio(
+                sources=["upload", "microphone"], type="filepath", label=t("audio"), elem_id="single-audio"
+            )
+            text = gr.Textbox(
+                label=t("speech_text"),
+                placeholder=t("speech_text_hint"),
+                lines=SPEECH_LINES,
+                elem_id="single-text",
+            )
             with gr.Row():
-                voice = gr.Dropdown(_voice_choices(h.settings), value=h.settings.tts_voice or None,
-                                    allow_custom_value=True, label=t("speech_voice"),
-                                    info=t("speech_voice_info"), elem_id="single-voice")
+                voice = gr.Dropdown(
+                    _voice_choices(h.settings),
+                    value=h.settings.tts_voice or None,
+                    allow_custom_value=True,
+                    label=t("speech_voice"),
+                    info=t("speech_voice_info"),
+                    elem_id="single-voice",
+                )
                 hear = gr.Button(t("hear_it"), variant="secondary", elem_id="hear-it")
-            heard = gr.Audio(label=t("hear_it_audio"), interactive=False, type="numpy",
-                             elem_id="hear-it-audio")
+            heard = gr.Audio(
+                label=t("hear_it_audio"), interactive=False, type="numpy", elem_id="hear-it-audio"
+            )
             _speech_note(t, h.settings)
             panel = OptionsPanel(t)
             with gr.Row():
                 check = gr.Button(t("check_face"), variant="secondary", elem_id="check-face")
                 generate = gr.Button(t("generate"), variant="primary", elem_id="generate")
         with gr.Column():
-            preview = gr.Image(label=t("face_preview"), interactive=False, height=PREVIEW_HEIGHT,
-                               elem_id="face-preview")
+            preview = gr.Image(
+                label=t("face_preview"), interactive=False, height=PREVIEW_HEIGHT, elem_id="face-preview"
+            )
             face_note = gr.Markdown(elem_id="face-note")
-            video = gr.Video(label=t("result"), interactive=False, height=PREVIEW_HEIGHT,
-                             elem_id="result-video")
+            video = gr.Video(
+                label=t("result"), interactive=False, height=PREVIEW_HEIGHT, elem_id="result-video"
+            )
             download = gr.File(label=t("download"), interactive=False, elem_id="result-file")
             summary = gr.Markdown(elem_id="result-summary")
 
     # Gradio injects gr.Request and gr.Progress by signature, and the inputs by name.
     def run_generate(
-        request: gr.Request, progress: gr.Progress = gr.Progress(), **values: Any  # noqa: B008
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+        **values: Any,  # noqa: B008
     ) -> tuple[str, str, str]:
-        return h.generate(values.pop("audio"), values.pop("face"), panel.fields(values), request,
-                          progress, avatar=values.pop("avatar"), text=values.pop("text"),
-                          voice=values.pop("voice"))
+        return h.generate(
+            values.pop("audio"),
+            values.pop("face"),
+            panel.fields(values),
+            request,
+            progress,
+            avatar=values.pop("avatar"),
+            text=values.pop("text"),
+            voice=values.pop("voice"),
+        )
 
     check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
-    preview.select(h.pick_point, None, [panel.component("face_choice"), *panel.parts("face_point")],
-                   api_visibility="private")
+    preview.select(
+        h.pick_point,
+        None,
+        [panel.component("face_choice"), *panel.parts("face_point")],
+        api_visibility="private",
+    )
     # An avatar and an uploaded face exclude each other: choosing one clears the other.
     avatar.input(h.avatar_chosen, [avatar], [face, preview, face_note], api_visibility="private")
     face.upload(lambda: "", None, [avatar], api_visibility="private")
     hear.click(h.hear_it, [text, voice, avatar], [heard], api_name="hear_it")
-    generate.click(run_generate, None, [video, download, summary], api_name="generate",
-                   inputs_kwargs={"audio": audio, "face": face, "avatar": avatar, "text": text,
-                                  "voice": voice, **panel.kwargs})
+    generate.click(
+        run_generate,
+        None,
+        [video, download, summary],
+        api_name="generate",
+        inputs_kwargs={
+            "audio": audio,
+            "face": face,
+            "avatar": avatar,
+            "text": text,
+            "voice": voice,
+            **panel.kwargs,
+        },
+    )
     return avatar
 
 
@@ -814,21 +961,29 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     timer = gr.Timer(BATCH_REFRESH_S, active=False)
     gr.Markdown(t("batch_help"))
     with gr.Row():
-        audios = gr.File(file_count="multiple", file_types=AUDIO_TYPES, label=t("batch_audio"),
-                         elem_id="batch-audio")
-        videos = gr.File(file_count="multiple", file_types=FACE_TYPES, label=t("batch_videos"),
-                         elem_id="batch-videos")
+        audios = gr.File(
+            file_count="multiple", file_types=AUDIO_TYPES, label=t("batch_audio"), elem_id="batch-audio"
+        )
+        videos = gr.File(
+            file_count="multiple", file_types=FACE_TYPES, label=t("batch_videos"), elem_id="batch-videos"
+        )
         avatar = _avatar_picker(t, "batch-avatar")
-        manifest = gr.File(file_types=MANIFEST_TYPES, label=t("batch_manifest"),
-                           elem_id="batch-manifest")
-    texts = gr.Textbox(label=t("batch_texts"), placeholder=t("batch_texts_hint"),
-                       lines=SPEECH_LINES, elem_id="batch-texts")
+        manifest = gr.File(file_types=MANIFEST_TYPES, label=t("batch_manifest"), elem_id="batch-manifest")
+    texts = gr.Textbox(
+        label=t("batch_texts"), placeholder=t("batch_texts_hint"), lines=SPEECH_LINES, elem_id="batch-texts"
+    )
     panel = OptionsPanel(t)
     run = gr.Button(t("batch_run"), variant="primary", elem_id="batch-run")
     summary = gr.Markdown(elem_id="batch-summary")
     table = gr.Dataframe(label=t("batch_table"), interactive=False, elem_id="batch-table")
-    gallery = gr.Gallery(label=t("batch_gallery"), columns=GALLERY_COLUMNS, fit_columns=False,
-                         height=GALLERY_HEIGHT, object_fit="contain", elem_id="batch-gallery")
+    gallery = gr.Gallery(
+        label=t("batch_gallery"),
+        columns=GALLERY_COLUMNS,
+        fit_columns=False,
+        height=GALLERY_HEIGHT,
+        object_fit="contain",
+        elem_id="batch-gallery",
+    )
     with gr.Row():
         zip_button = gr.Button(t("batch_zip"), elem_id="batch-zip")
         retry = gr.Button(t("batch_retry"), elem_id="batch-retry")
@@ -836,15 +991,31 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     view = [table, gallery, summary]
 
     def submit_batch(request: gr.Request, **values: Any) -> tuple[Any, ...]:
-        return h.submit_batch(values.pop("audios"), values.pop("videos"), values.pop("manifest"),
-                              panel.fields(values), request, avatar=values.pop("avatar"),
-                              texts=values.pop("texts"))
+        return h.submit_batch(
+            values.pop("audios"),
+            values.pop("videos"),
+            values.pop("manifest"),
+            panel.fields(values),
+            request,
+            avatar=values.pop("avatar"),
+            texts=values.pop("texts"),
+        )
 
-    run.click(submit_batch, None, [batch_id, *view, timer], api_name="batch",
-              inputs_kwargs={"audios": audios, "videos": videos, "avatar": avatar, "texts": texts,
-                             "manifest": manifest, **panel.kwargs})
-    timer.tick(h.refresh_batch, [batch_id], [*view, timer], api_visibility="private",
-               show_progress="hidden")
+    run.click(
+        submit_batch,
+        None,
+        [batch_id, *view, timer],
+        api_name="batch",
+        inputs_kwargs={
+            "audios": audios,
+            "videos": videos,
+            "avatar": avatar,
+            "texts": texts,
+            "manifest": manifest,
+            **panel.kwargs,
+        },
+    )
+    timer.tick(h.refresh_batch, [batch_id], [*view, timer], api_visibility="private", show_progress="hidden")
     zip_button.click(h.batch_zip, [batch_id], [zip_file], api_name="batch_zip")
     retry.click(h.retry_batch, [batch_id], [*view, timer], api_name="batch_retry")
     return avatar
@@ -859,34 +1030,50 @@ def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Calla
     gr.Markdown(t("avatars_help"))
     with gr.Row():
         with gr.Column(scale=2):
-            upload = gr.File(file_types=FACE_TYPES, type="filepath", label=t("avatar_media"),
-                             elem_id="avatar-upload")
-            name = gr.Textbox(label=t("avatar_name"), placeholder=t("avatar_name_hint"),
-                              elem_id="avatar-name")
-            voice = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                             label=t("avatar_voice"), elem_id="avatar-voice")
-            voice_text = gr.Textbox(label=t("avatar_voice_text"),
-                                    placeholder=t("avatar_voice_text_hint"), lines=2,
-                                    elem_id="avatar-voice-text")
+            upload = gr.File(
+                file_types=FACE_TYPES, type="filepath", label=t("avatar_media"), elem_id="avatar-upload"
+            )
+            name = gr.Textbox(
+                label=t("avatar_name"), placeholder=t("avatar_name_hint"), elem_id="avatar-name"
+            )
+            voice = gr.Audio(
+                sources=["upload", "microphone"],
+                type="filepath",
+                label=t("avatar_voice"),
+                elem_id="avatar-voice",
+            )
+            voice_text = gr.Textbox(
+                label=t("avatar_voice_text"),
+                placeholder=t("avatar_voice_text_hint"),
+                lines=2,
+                elem_id="avatar-voice-text",
+            )
             create = gr.Button(t("avatar_create"), variant="primary", elem_id="avatar-create")
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label=t("avatar_gallery"), columns=4, fit_columns=False,
-                                 height=GALLERY_HEIGHT, object_fit="contain", allow_preview=False,
-                                 elem_id="avatar-gallery")
+            gallery = gr.Gallery(
+                label=t("avatar_gallery"),
+                columns=4,
+                fit_columns=False,
+                height=GALLERY_HEIGHT,
+                object_fit="contain",
+                allow_preview=False,
+                elem_id="avatar-gallery",
+            )
             refresh = gr.Button(t("refresh"), size="sm", elem_id="avatar-refresh")
             details = gr.Markdown(elem_id="avatar-details")
             with gr.Row():
-                new_name = gr.Textbox(label=t("avatar_new_name"), elem_id="avatar-new-name",
-                                      scale=3)
+                new_name = gr.Textbox(label=t("avatar_new_name"), elem_id="avatar-new-name", scale=3)
                 rename = gr.Button(t("avatar_rename"), size="sm", elem_id="avatar-rename", scale=1)
-                delete = gr.Button(t("avatar_delete"), variant="stop", size="sm",
-                                   elem_id="avatar-delete", scale=1)
+                delete = gr.Button(
+                    t("avatar_delete"), variant="stop", size="sm", elem_id="avatar-delete", scale=1
+                )
     # The listing refreshes the selected avatar's details too: its status changes while shown.
     listing = [ids, gallery, details, *pickers, timer]
     current = [selected, *pickers]
     changed = [selected, new_name, *listing]
-    create.click(h.create_avatar, [upload, name, voice, voice_text, *pickers], changed,
-                 api_visibility="private")
+    create.click(
+        h.create_avatar, [upload, name, voice, voice_text, *pickers], changed, api_visibility="private"
+    )
     gallery.select(h.avatar_select, [ids], [selected, details, new_name], api_visibility="private")
     rename.click(h.rename_avatar, [selected, new_name, *pickers], changed, api_visibility="private")
     delete.click(h.delete_avatar, [selected, *pickers], changed, api_visibility="private")
@@ -908,38 +1095,53 @@ def _history_tab(t: Translate, h: Handlers) -> list[Any]:
         page_label = gr.Markdown(elem_id="history-page")
         next_page = gr.Button(t("history_next"), size="sm")
         refresh = gr.Button(t("refresh"), size="sm", elem_id="history-refresh")
-    gallery = gr.Gallery(label=t("history_gallery"), columns=GALLERY_COLUMNS, fit_columns=False,
-                         height=GALLERY_HEIGHT, object_fit="contain", allow_preview=False,
-                         elem_id="history-gallery")
+    gallery = gr.Gallery(
+        label=t("history_gallery"),
+        columns=GALLERY_COLUMNS,
+        fit_columns=False,
+        height=GALLERY_HEIGHT,
+        object_fit="contain",
+        allow_preview=False,
+        elem_id="history-gallery",
+    )
     with gr.Row():
         with gr.Column():
             details = gr.Markdown(elem_id="history-details")
             with gr.Row():
-                delete = gr.Button(t("history_delete"), variant="stop", size="sm",
-                                   elem_id="history-delete")
-                delete_all = gr.Button(t("history_delete_all"), variant="stop", size="sm",
-                                       elem_id="history-delete-all")
+                delete = gr.Button(t("history_delete"), variant="stop", size="sm", elem_id="history-delete")
+                delete_all = gr.Button(
+                    t("history_delete_all"), variant="stop", size="sm", elem_id="history-delete-all"
+                )
             with gr.Row(visible=False) as confirm_row:
                 gr.Markdown(t("history_confirm"))
-                confirm = gr.Button(t("history_confirm_yes"), variant="stop", size="sm",
-                                    elem_id="history-confirm-yes")
+                confirm = gr.Button(
+                    t("history_confirm_yes"), variant="stop", size="sm", elem_id="history-confirm-yes"
+                )
                 cancel = gr.Button(t("history_confirm_no"), size="sm", elem_id="history-confirm-no")
         with gr.Column():
-            video = gr.Video(label=t("history_preview"), interactive=False, height=PREVIEW_HEIGHT,
-                             elem_id="history-video")
+            video = gr.Video(
+                label=t("history_preview"), interactive=False, height=PREVIEW_HEIGHT, elem_id="history-video"
+            )
             download = gr.File(label=t("download"), interactive=False, elem_id="history-file")
     listing = [page, ids, gallery, page_label]
     refresh.click(h.history, [page], listing, api_visibility="private")
     prev_page.click(_stepper(h, -1), [page], listing, api_visibility="private")
     next_page.click(_stepper(h, 1), [page], listing, api_visibility="private")
-    gallery.select(h.history_select, [ids], [selected, video, download, details],
-                   api_visibility="private")
-    delete.click(h.delete_selected, [selected, page], [selected, video, download, details, *listing],
-                 api_visibility="private")
+    gallery.select(h.history_select, [ids], [selected, video, download, details], api_visibility="private")
+    delete.click(
+        h.delete_selected,
+        [selected, page],
+        [selected, video, download, details, *listing],
+        api_visibility="private",
+    )
     delete_all.click(lambda: gr.update(visible=True), None, [confirm_row], api_visibility="private")
     cancel.click(lambda: gr.update(visible=False), None, [confirm_row], api_visibility="private")
-    confirm.click(h.delete_all, None, [selected, video, download, details, confirm_row, *listing],
-                  api_visibility="private")
+    confirm.click(
+        h.delete_all,
+        None,
+        [selected, video, download, details, confirm_row, *listing],
+        api_visibility="private",
+    )
     return listing
 
 
@@ -953,25 +1155,28 @@ def _stepper(h: Handlers, step: int) -> Callable[[int, gr.Request], tuple[Any, .
 def _system_tab(t: Translate, h: Handlers) -> tuple[gr.Markdown, gr.Textbox]:
     status = gr.Markdown(elem_id="system-status")
     refresh = gr.Button(t("refresh"), size="sm")
-    logs = gr.Textbox(label=t("system_log"), lines=16, max_lines=16, interactive=False,
-                      autoscroll=True, elem_id="system-log")
+    logs = gr.Textbox(
+        label=t("system_log"),
+        lines=16,
+        max_lines=16,
+        interactive=False,
+        autoscroll=True,
+        elem_id="system-log",
+    )
     with gr.Accordion(t("system_settings"), open=False):
         gr.JSON(h.settings.describe())
     refresh.click(h.system, None, [status, logs], api_visibility="private")
     return status, logs
 
 
-def build_blocks(
-    settings: Settings, service: JobService, log_lines: Callable[[int], list[str]]
-) -> gr.Blocks:
+def build_blocks(settings: Settings, service: JobService, log_lines: Callable[[int], list[str]]) -> gr.Blocks:
     translator = make_i18n()
 
     def t(key: str) -> I18nData:
         return translator(i18n.BROWSER_PREFIX + key)
 
     h = Handlers(settings, service, log_lines)
-    demo = gr.Blocks(title="heygem", analytics_enabled=False,
-                     delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S))
+    demo = gr.Blocks(title="heygem", analytics_enabled=False, delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S))
     with demo:
         gr.Markdown(t("title"))
         banner = gr.Markdown(t("banner_starting"), elem_id="heygem-banner")
@@ -989,15 +1194,13 @@ def build_blocks(
                 system_view = _system_tab(t, h)
         system_timer = gr.Timer(SYSTEM_REFRESH_S)
         for trigger in (banner_timer.tick, demo.load):
-            trigger(h.banner, None, [banner, banner_timer], api_visibility="private",
-                    show_progress="hidden")
+            trigger(h.banner, None, [banner, banner_timer], api_visibility="private", show_progress="hidden")
         for trigger in (demo.load, single_tab.select, batch_tab.select, avatars_tab.select):
             show_avatars(trigger)
         history_tab.select(h.history, [listing[0]], listing, api_visibility="private")
         demo.load(h.history, [listing[0]], listing, api_visibility="private", show_progress="hidden")
         system_tab.select(h.system, None, list(system_view), api_visibility="private")
-        system_timer.tick(h.system, None, list(system_view), api_visibility="private",
-                          show_progress="hidden")
+        system_timer.tick(h.system, None, list(system_view), api_visibility="private", show_progress="hidden")
     return demo
 
 
@@ -1006,7 +1209,9 @@ def make_i18n() -> gr.I18n:
 
 
 def mount_ui(
-    settings: Settings, service: JobService, log_buffer: LogBuffer | None,
+    settings: Settings,
+    service: JobService,
+    log_buffer: LogBuffer | None,
     identity: Identity | None = None,
 ) -> FastAPI:
     """Build the page and mount it at "/" of a FastAPI of its own (server.py puts that at "/").
@@ -1022,13 +1227,20 @@ def mount_ui(
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     host = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     gr.mount_gradio_app(
-        host, demo, path="/",
+        host,
+        demo,
+        path="/",
         auth=identity.check_login if identity.required else None,
         root_path=settings.root_path or None,
         allowed_paths=[str(settings.outputs_dir.resolve())],
         max_file_size=f"{settings.max_upload_mb}mb",
-        show_error=False, i18n=make_i18n(), footer_links=["api"], run_history=False,
-        ssr_mode=False, mcp_server=False, css=CSS,
+        show_error=False,
+        i18n=make_i18n(),
+        footer_links=["api"],
+        run_history=False,
+        ssr_mode=False,
+        mcp_server=False,
+        css=CSS,
     )
     _use_gate_identity(host)
     return host

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, AsyncIterator
+from typing import IO, TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -130,16 +131,20 @@ class _PartWriter:
             raise LimitExceededError(f"too many files in one request (at most {self.max_files})")
         self._filename = safe_file_name(params[b"filename"].decode("utf-8", "replace"), self._name)
         self._path = free_name(self.form.folder, self._filename)
-        self._sink = open(self._path, "xb")
+        self._sink = open(self._path, "xb")  # noqa: SIM115 - closed by _on_part_end / discard
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start
         if self._sink is None:
             self._text_total += end - start
             if self._size > MAX_FIELD_BYTES:
-                raise LimitExceededError(f"form field {self._name!r} is larger than {MAX_FIELD_BYTES // KB} KB")
+                raise LimitExceededError(
+                    f"form field {self._name!r} is larger than {MAX_FIELD_BYTES // KB} KB"
+                )
             if self._text_total > MAX_TEXT_BYTES:
-                raise LimitExceededError(f"the form fields together are larger than {MAX_TEXT_BYTES // KB} KB")
+                raise LimitExceededError(
+                    f"the form fields together are larger than {MAX_TEXT_BYTES // KB} KB"
+                )
             self._text += data[start:end]
             return
         if self._size > self.max_file_bytes:

@@ -33,12 +33,18 @@ def multipart(boundary: str, parts: Iterable[tuple[str, str | None, bytes]]) -> 
     yield f"--{boundary}--\r\n".encode()
 
 
-def request(port: int, method: str, path: str, headers: dict[str, str],
-            body: Iterable[bytes] = (), *, chunked: bool = False,
-            source_ip: str = "127.0.0.1") -> Answer:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: Iterable[bytes] = (),
+    *,
+    chunked: bool = False,
+    source_ip: str = "127.0.0.1",
+) -> Answer:
     """Send the request (chunked when asked), piece by piece; read the answer when it comes."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S,
-                                    source_address=(source_ip, 0))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S, source_address=(source_ip, 0))
     try:
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
         if chunked:

@@ -33,9 +33,9 @@ def bearer(tenant: str) -> dict[str, str]:
 @pytest.fixture
 def doors(tmp_path):
     keys = tmp_path / "keys.txt"
-    keys.write_text("".join(
-        f"{tenant} user {hashlib.sha256(key.encode()).hexdigest()}\n" for tenant, key in KEYS.items()
-    ))
+    keys.write_text(
+        "".join(f"{tenant} user {hashlib.sha256(key.encode()).hexdigest()}\n" for tenant, key in KEYS.items())
+    )
     settings = Settings(data_dir=tmp_path / "data", api_keys_file=keys, warmup=False)
     service = JobService(settings, pipeline_factory=FakePipeline)
     service.start()
@@ -81,8 +81,10 @@ def test_another_departments_avatar_is_404_everywhere(doors, face_video, speech_
     assert client.get("/api/v1/avatars", headers=bearer("legal")).json()["avatars"] == []
     with open(speech_wav, "rb") as audio:
         job = client.post(
-            "/api/v1/jobs", data={"video": f"avatar:{avatar_id}"},
-            files={"audio": ("s.wav", audio, "audio/wav")}, headers=bearer("legal"),
+            "/api/v1/jobs",
+            data={"video": f"avatar:{avatar_id}"},
+            files={"audio": ("s.wav", audio, "audio/wav")},
+            headers=bearer("legal"),
         )
     assert job.status_code == 404, job.text
     text_job = client.post(
@@ -90,14 +92,17 @@ def test_another_departments_avatar_is_404_everywhere(doors, face_video, speech_
     )
     assert text_job.status_code == 404
     batch = client.post(
-        "/api/v1/batches", json={"items": [{"video": f"avatar:{avatar_id}", "text": "hi"}]},
+        "/api/v1/batches",
+        json={"items": [{"video": f"avatar:{avatar_id}", "text": "hi"}]},
         headers=bearer("legal"),
     )
     assert batch.status_code == 404 and batch.json()["detail"].startswith("item 1:")
     # Still the owner's, unchanged and usable.
     mine = client.get(f"/api/v1/avatars/{avatar_id}", headers=bearer("sales")).json()
     assert mine["name"] == "Anna" and (settings.avatars_dir / avatar_id).is_dir()
-    ok = client.post("/api/v1/jobs", json={"video": f"avatar:{avatar_id}", "text": "hi"}, headers=bearer("sales"))
+    ok = client.post(
+        "/api/v1/jobs", json={"video": f"avatar:{avatar_id}", "text": "hi"}, headers=bearer("sales")
+    )
     assert ok.status_code == 202, ok.text
 
 
@@ -115,12 +120,15 @@ def test_a_playlist_naming_a_secret_file_makes_a_failed_avatar(doors, tmp_path):
 
 def _huge_png(path: Path, width: int, height: int) -> Path:
     """A tiny file whose header claims a huge picture (a decompression bomb's first step)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     body = zlib.compress(b"\x00" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
     return path
 
 

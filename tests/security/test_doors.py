@@ -34,15 +34,27 @@ ACME_KEY, OPS_KEY, COMPAT_TOKEN = "acme-key-0123456789", "ops-key-0123456789", "
 SECRET_FILE = "secret-result.txt"
 # The generate endpoint's inputs after audio and face, as the UI's option panel names them.
 GENERATE_OPTIONS = {
-    "engine": "auto", "pad_top": 0, "pad_bottom": 10, "pad_left": 0, "pad_right": 0,
-    "smooth": True, "blend": "feather", "duration_policy": "loop", "face_choice": "largest",
-    "face_x": None, "face_y": None, "watermark": "",
+    "engine": "auto",
+    "pad_top": 0,
+    "pad_bottom": 10,
+    "pad_left": 0,
+    "pad_right": 0,
+    "smooth": True,
+    "blend": "feather",
+    "duration_policy": "loop",
+    "face_choice": "largest",
+    "face_x": None,
+    "face_y": None,
+    "watermark": "",
 }
 # Every kind of /gradio_api route (and Gradio's own routes at the root) that ran, listed or
 # served files without credentials when only HEYGEM_API_TOKEN was set.
 GRADIO_DOORS = [
-    ("POST", "/gradio_api/queue/join",
-     {"json": {"data": [None], "fn_index": 0, "session_hash": "attacker", "event_data": None}}),
+    (
+        "POST",
+        "/gradio_api/queue/join",
+        {"json": {"data": [None], "fn_index": 0, "session_hash": "attacker", "event_data": None}},
+    ),
     ("GET", "/gradio_api/queue/data?session_hash=attacker", {}),
     ("POST", "/gradio_api/call/check_face", {"json": {"data": [None]}}),
     ("GET", "/gradio_api/call/check_face/0123abcd", {}),
@@ -88,8 +100,11 @@ def token_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def login_server(tmp_path_factory):
-    live = _start(tmp_path_factory, "login", {"HEYGEM_AUTH": f"{UI_USER}:{UI_PASSWORD}",
-                                              "HEYGEM_LOGIN_ATTEMPTS_PER_MINUTE": "3"})
+    live = _start(
+        tmp_path_factory,
+        "login",
+        {"HEYGEM_AUTH": f"{UI_USER}:{UI_PASSWORD}", "HEYGEM_LOGIN_ATTEMPTS_PER_MINUTE": "3"},
+    )
     yield live
     live.stop_cleanly()
 
@@ -97,15 +112,20 @@ def login_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def keys_server(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
-    keys.write_text(f"# tenants\n{key_line('acme', 'user', ACME_KEY)}\n"
-                    f"{key_line('ops', 'admin', OPS_KEY)}\n")
+    keys.write_text(f"# tenants\n{key_line('acme', 'user', ACME_KEY)}\n{key_line('ops', 'admin', OPS_KEY)}\n")
     compat_root = tmp_path_factory.mktemp("shared")
     (compat_root / "temp").mkdir()
     port = free_port()
-    live = _start(tmp_path_factory, "keys", {
-        "HEYGEM_API_KEYS_FILE": str(keys), "HEYGEM_COMPAT_PORT": str(port),
-        "HEYGEM_COMPAT_TOKEN": COMPAT_TOKEN, "HEYGEM_COMPAT_ROOT": str(compat_root),
-    })
+    live = _start(
+        tmp_path_factory,
+        "keys",
+        {
+            "HEYGEM_API_KEYS_FILE": str(keys),
+            "HEYGEM_COMPAT_PORT": str(port),
+            "HEYGEM_COMPAT_TOKEN": COMPAT_TOKEN,
+            "HEYGEM_COMPAT_ROOT": str(compat_root),
+        },
+    )
     live.compat_port, live.keys_file = port, keys  # type: ignore[attr-defined]
     yield live
     live.stop_cleanly()
@@ -133,8 +153,9 @@ def test_every_gradio_route_refuses_a_caller_without_credentials(token_server, m
 def test_gradio_routes_open_with_the_api_token(token_server):
     info = httpx.get(token_server.url + "/gradio_api/info", headers=bearer(TOKEN), timeout=10)
     assert info.status_code == 200 and "/generate" in info.json()["named_endpoints"]
-    served = door_request(token_server, "GET", f"/gradio_api/file=OUTPUTS/{SECRET_FILE}", {},
-                          headers=bearer(TOKEN))
+    served = door_request(
+        token_server, "GET", f"/gradio_api/file=OUTPUTS/{SECRET_FILE}", {}, headers=bearer(TOKEN)
+    )
     assert served.status_code == 200 and served.text == "another tenant's result"
 
 
@@ -146,11 +167,15 @@ def test_gradio_client_without_credentials_is_refused(token_server):
 
 
 def test_gradio_client_with_the_token_runs_a_job(token_server, speech_wav, face_video, tmp_path):
-    client = Client(token_server.url + "/", headers=bearer(TOKEN), download_files=str(tmp_path),
-                    verbose=False)
+    client = Client(
+        token_server.url + "/", headers=bearer(TOKEN), download_files=str(tmp_path), verbose=False
+    )
     video, _download, summary = client.predict(
-        handle_file(str(speech_wav)), handle_file(str(face_video)), *GENERATE_OPTIONS.values(),
-        api_name="/generate")
+        handle_file(str(speech_wav)),
+        handle_file(str(face_video)),
+        *GENERATE_OPTIONS.values(),
+        api_name="/generate",
+    )
     assert "fake" in summary
     assert Path(video["video"] if isinstance(video, dict) else video).stat().st_size > 0
 
@@ -198,11 +223,13 @@ def test_gradio_client_logs_in_with_a_session(login_server):
 def test_cross_origin_login_is_refused(login_server):
     form = {"username": UI_USER, "password": UI_PASSWORD}
     host = login_server.url.removeprefix("http://")
-    foreign = httpx.post(login_server.url + "/login", data=form, timeout=10,
-                         headers={"Origin": "http://evil.example"})
+    foreign = httpx.post(
+        login_server.url + "/login", data=form, timeout=10, headers={"Origin": "http://evil.example"}
+    )
     assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
-    same = httpx.post(login_server.url + "/login", data=form, timeout=10,
-                      headers={"Origin": f"http://{host}"})
+    same = httpx.post(
+        login_server.url + "/login", data=form, timeout=10, headers={"Origin": f"http://{host}"}
+    )
     assert same.status_code == 200 and "heygem-session=" in same.headers["set-cookie"]
 
 
@@ -229,11 +256,13 @@ def test_login_attempts_are_rate_limited(login_server):
     # HEYGEM_LOGIN_ATTEMPTS_PER_MINUTE=3 on this server: three failures, then 429 for everyone
     # from this address, even with the right password (the cooldown is the point).
     for _ in range(3):
-        wrong = httpx.post(login_server.url + "/login", timeout=30,
-                           data={"username": "mallory", "password": "guess"})
+        wrong = httpx.post(
+            login_server.url + "/login", timeout=30, data={"username": "mallory", "password": "guess"}
+        )
         assert wrong.status_code == 400
-    limited = httpx.post(login_server.url + "/login", timeout=10,
-                         data={"username": UI_USER, "password": UI_PASSWORD})
+    limited = httpx.post(
+        login_server.url + "/login", timeout=10, data={"username": UI_USER, "password": UI_PASSWORD}
+    )
     assert limited.status_code == 429
     assert 1 <= int(limited.headers["retry-after"]) <= 60
 
@@ -243,8 +272,12 @@ def test_login_attempts_are_rate_limited(login_server):
 
 def test_a_key_from_the_keys_file_opens_the_api_ui_and_compat(keys_server):
     compat = f"http://127.0.0.1:{keys_server.compat_port}"
-    for url in (keys_server.url + "/api/v1/jobs", keys_server.url + "/gradio_api/info",
-                keys_server.url + "/easy/query?code=x", compat + "/easy/query?code=x"):
+    for url in (
+        keys_server.url + "/api/v1/jobs",
+        keys_server.url + "/gradio_api/info",
+        keys_server.url + "/easy/query?code=x",
+        compat + "/easy/query?code=x",
+    ):
         assert httpx.get(url, timeout=10).status_code == 401, url
         assert httpx.get(url, headers=bearer(ACME_KEY), timeout=10).status_code == 200, url
         assert httpx.get(url, headers=bearer("acme-key-wrong"), timeout=10).status_code == 401, url
@@ -258,8 +291,11 @@ def test_the_compat_port_needs_its_token(keys_server):
     assert refused.status_code == 401 and refused.json()["code"] == 10002
     accepted = httpx.get(url, headers=bearer(COMPAT_TOKEN), timeout=10)
     assert accepted.status_code == 200 and accepted.json()["msg"] == "no task with code 'x'"
-    submitted = httpx.post(url.split("/easy")[0] + "/easy/submit", timeout=10,
-                           json={"code": "c1", "audio_url": "a.wav", "video_url": "v.mp4"})
+    submitted = httpx.post(
+        url.split("/easy")[0] + "/easy/submit",
+        timeout=10,
+        json={"code": "c1", "audio_url": "a.wav", "video_url": "v.mp4"},
+    )
     assert submitted.status_code == 401
 
 
@@ -291,7 +327,10 @@ def test_keys_added_while_running_work_at_once_and_the_file_holds_only_hashes(ke
     keys_file = keys_server.keys_file
     added = subprocess.run(
         [sys.executable, "-m", "heygem", "keys", "add", "globex", "--file", str(keys_file)],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
     )
     key = added.stdout.strip()
     assert len(key) >= 40 and key not in keys_file.read_text()

@@ -47,22 +47,29 @@ def keys_text(*lines: str) -> str:
 
 
 def test_a_keys_file_holds_hashes_comments_and_blank_lines():
-    text = keys_text("# department keys", "", key_line("acme", "user", ACME_KEY) + "  # the web team",
-                     key_line("ops", "admin", "ops-key"))
+    text = keys_text(
+        "# department keys",
+        "",
+        key_line("acme", "user", ACME_KEY) + "  # the web team",
+        key_line("ops", "admin", "ops-key"),
+    )
     assert ACME_KEY not in text
     entries = parse_keys(text, "keys")
     assert [(e.principal.tenant, e.principal.role) for e in entries] == [("acme", "user"), ("ops", "admin")]
     assert entries[0].digest == hashlib.sha256(ACME_KEY.encode()).hexdigest()
 
 
-@pytest.mark.parametrize("line,problem", [
-    ("acme user", "expected 'tenant role sha256hex'"),
-    ("acme owner " + "a" * 64, "role must be user or admin"),
-    ("acme user " + "a" * 63, "64 hex characters"),
-    ("acme user " + "g" * 64, "64 hex characters"),
-    ("-acme user " + "a" * 64, "tenant name '-acme'"),
-    ("acme user " + "a" * 64 + " extra", "expected"),
-])
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ("acme user", "expected 'tenant role sha256hex'"),
+        ("acme owner " + "a" * 64, "role must be user or admin"),
+        ("acme user " + "a" * 63, "64 hex characters"),
+        ("acme user " + "g" * 64, "64 hex characters"),
+        ("-acme user " + "a" * 64, "tenant name '-acme'"),
+        ("acme user " + "a" * 64 + " extra", "expected"),
+    ],
+)
 def test_a_bad_keys_line_is_named_by_its_number(line, problem):
     with pytest.raises(ValueError, match="keys line 2") as error:
         parse_keys(keys_text("# header", line), "keys")
@@ -124,10 +131,17 @@ def test_every_kind_of_credential_maps_to_its_tenant(tmp_path):
     keys, users = tmp_path / "keys", tmp_path / "users"
     keys.write_text(key_line("acme", "user", ACME_KEY) + "\n" + key_line("ops", "admin", "ops-key") + "\n")
     users.write_text(user_line("bob", "globex", "user", "bob-password", FAST_ITERATIONS) + "\n")
-    identity = Identity(Settings(
-        api_token="legacy", api_token_tenant="legacy-team", compat_token="heygem-client",
-        compat_tenant="studio", auth="ann:ann-password", api_keys_file=keys, users_file=users,
-    ))
+    identity = Identity(
+        Settings(
+            api_token="legacy",
+            api_token_tenant="legacy-team",
+            compat_token="heygem-client",
+            compat_tenant="studio",
+            auth="ann:ann-password",
+            api_keys_file=keys,
+            users_file=users,
+        )
+    )
     assert identity.required
     assert identity.from_key(ACME_KEY) == Principal("acme", "user")
     assert identity.from_key("ops-key") == Principal("ops", "admin")
@@ -195,15 +209,23 @@ def _gated_echo(identity: Identity) -> IdentityGate:
 
 @pytest.fixture
 def locked() -> Identity:
-    return Identity(Settings(api_token="legacy", compat_token="heygem-client",
-                             auth="ann:ann-password", login_attempts_per_minute=2))
+    return Identity(
+        Settings(
+            api_token="legacy",
+            compat_token="heygem-client",
+            auth="ann:ann-password",
+            login_attempts_per_minute=2,
+        )
+    )
 
 
 def test_the_gate_puts_the_principal_on_request_state(locked):
     client = TestClient(_gated_echo(locked))
     assert client.get("/who").status_code == 401
     assert client.get("/who", headers={"Authorization": "Bearer heygem-client"}).json() == {
-        "tenant": "default", "role": "user"}
+        "tenant": "default",
+        "role": "user",
+    }
     assert client.get("/who", headers={"Authorization": "Basic legacy"}).status_code == 401
     assert client.post("/login", data={"username": "ann", "password": "ann-password"}).status_code == 200
     assert client.get("/who").json() == {"tenant": "default", "role": "admin"}  # the session cookie
@@ -240,8 +262,12 @@ def test_odd_login_bodies_are_400(locked):
     assert client.post("/login", data={"username": "ann"}).status_code == 400
     huge = client.post("/login", data={"username": "ann", "password": "x" * (MAX_LOGIN_BODY + 1)})
     assert huge.status_code == 400
-    assert client.post("/login", content=b"\x00\xff", headers={"content-type": "multipart/form-data"}
-                       ).status_code == 400
+    assert (
+        client.post(
+            "/login", content=b"\x00\xff", headers={"content-type": "multipart/form-data"}
+        ).status_code
+        == 400
+    )
 
 
 def test_the_limiter_forgets_after_the_window():
@@ -265,14 +291,17 @@ def test_sessions_expire_and_stay_bounded():
     assert sessions.get(second) is None
 
 
-@pytest.mark.parametrize("headers,ok", [
-    ({"host": "svc:8080"}, True),  # no Origin: curl, gradio_client
-    ({"host": "svc:8080", "origin": "http://svc:8080"}, True),
-    ({"host": "svc:8080", "origin": "https://evil.example"}, False),
-    ({"host": "svc:8080", "origin": "http://svc:8081"}, False),
-    ({"host": "svc:8080", "origin": "null"}, False),
-    ({"host": "10.0.0.5:8080", "origin": "https://gw.example", "x-forwarded-host": "gw.example"}, True),
-])
+@pytest.mark.parametrize(
+    "headers,ok",
+    [
+        ({"host": "svc:8080"}, True),  # no Origin: curl, gradio_client
+        ({"host": "svc:8080", "origin": "http://svc:8080"}, True),
+        ({"host": "svc:8080", "origin": "https://evil.example"}, False),
+        ({"host": "svc:8080", "origin": "http://svc:8081"}, False),
+        ({"host": "svc:8080", "origin": "null"}, False),
+        ({"host": "10.0.0.5:8080", "origin": "https://gw.example", "x-forwarded-host": "gw.example"}, True),
+    ],
+)
 def test_same_origin(headers, ok):
     assert same_origin(headers) is ok
 

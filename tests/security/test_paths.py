@@ -46,8 +46,17 @@ def test_the_compat_root_is_not_the_data_folder(settings):
     assert settings.replace(compat_port=8383).compat_enabled
 
 
-@pytest.mark.parametrize("ref", ["../heygem.db", "../heygem.db-wal", "../outputs/x/result.mp4",
-                                 "../cache/tracks/k.json", "../models/wav2lip.pth", "../jobs/j/r/a.wav"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "../heygem.db",
+        "../heygem.db-wal",
+        "../outputs/x/result.mp4",
+        "../cache/tracks/k.json",
+        "../models/wav2lip.pth",
+        "../jobs/j/r/a.wav",
+    ],
+)
 def test_the_data_folders_own_files_are_never_inputs(settings, inputs, ref):
     target = (settings.inputs_dir / ref).resolve()
     if "heygem.db" not in ref:  # the service makes the real database (and its -wal) itself
@@ -68,12 +77,20 @@ def test_the_data_folders_own_files_are_never_inputs(settings, inputs, ref):
 def test_outputs_can_never_be_written_into_the_data_folder(settings, inputs):
     widened = settings.replace(input_roots=(settings.data_dir,))
     with running_service(widened, gated()) as service:
-        for prefix in (settings.data_dir, settings.outputs_dir, settings.inputs_dir,
-                       settings.inputs_dir / "someone", settings.outputs_dir / "x",
-                       settings.data_dir / "cache", "outputs", "../"):
+        for prefix in (
+            settings.data_dir,
+            settings.outputs_dir,
+            settings.inputs_dir,
+            settings.inputs_dir / "someone",
+            settings.outputs_dir / "x",
+            settings.data_dir / "cache",
+            "outputs",
+            "../",
+        ):
             with pytest.raises(ForbiddenPathError):
-                service.submit(str(inputs.audio), str(inputs.video), output_prefix=str(prefix),
-                               principal=LOCAL)
+                service.submit(
+                    str(inputs.audio), str(inputs.video), output_prefix=str(prefix), principal=LOCAL
+                )
     with pytest.raises(ForbiddenPathError):
         storage.publish_output(inputs.video, str(settings.data_dir), widened, name="heygem.db")
     assert inputs.video.exists()
@@ -85,8 +102,12 @@ def test_the_compat_folder_inside_the_data_folder_stays_usable(settings, inputs)
     shutil.copy(inputs.audio, compat / "temp" / "a.wav")
     widened = settings.replace(input_roots=(compat,))
     with running_service(widened, gated()) as service:
-        job = service.submit(str(compat / "temp" / "a.wav"), str(inputs.video),
-                             output_prefix=str(compat / "temp"), principal=LOCAL)
+        job = service.submit(
+            str(compat / "temp" / "a.wav"),
+            str(inputs.video),
+            output_prefix=str(compat / "temp"),
+            principal=LOCAL,
+        )
     assert job.output_prefix == str((compat / "temp").resolve())
 
 
@@ -100,8 +121,9 @@ def test_another_requests_upload_is_not_an_input(settings, speech_wav, face_vide
         with pytest.raises(ForbiddenPathError, match="belongs to another upload"):
             service.submit(f"{'a' * 32}/speech.wav", str(my_video), principal=ALICE)
         with pytest.raises(ForbiddenPathError, match="item 1: .*belongs to another upload"):
-            service.submit_batch([{"audio": str(my_audio), "video": str(their_video)}],
-                                 principal=ALICE, uploaded=[mine])
+            service.submit_batch(
+                [{"audio": str(my_audio), "video": str(their_video)}], principal=ALICE, uploaded=[mine]
+            )
         job = service.submit(str(my_audio), str(my_video), principal=ALICE, uploaded=[mine])
         assert job.uploads == (str(mine.resolve()),)
     with pytest.raises(InputError, match="inputs folder"):
@@ -125,10 +147,10 @@ def test_a_replayed_submit_removes_its_newly_staged_upload(settings, speech_wav,
     first, (audio1, video1) = staged(settings, "d" * 32, speech_wav, face_video)
     second, (audio2, video2) = staged(settings, "e" * 32, speech_wav, face_video)
     with running_service(settings, gated()) as service:
-        job = service.submit(str(audio1), str(video1), principal=ALICE, idempotency_key="k",
-                             uploaded=[first])
-        again = service.submit(str(audio2), str(video2), principal=ALICE, idempotency_key="k",
-                               uploaded=[second])
+        job = service.submit(str(audio1), str(video1), principal=ALICE, idempotency_key="k", uploaded=[first])
+        again = service.submit(
+            str(audio2), str(video2), principal=ALICE, idempotency_key="k", uploaded=[second]
+        )
     assert again.id == job.id
     assert not second.exists()
     assert audio1.exists() and video1.exists()
@@ -142,8 +164,16 @@ def test_a_local_output_prefix_never_replaces_an_existing_file(settings, inputs,
     victim.write_bytes(b"someone else's video")
     settings = settings.replace(input_roots=(mount,))
     with running_service(settings, Pipelines()) as service:
-        jobs = [service.submit(str(inputs.audio), str(inputs.video), output_prefix=str(mount),
-                               output_name="clip", principal=LOCAL) for _ in range(2)]
+        jobs = [
+            service.submit(
+                str(inputs.audio),
+                str(inputs.video),
+                output_prefix=str(mount),
+                output_name="clip",
+                principal=LOCAL,
+            )
+            for _ in range(2)
+        ]
         done = [service.wait(job.id, WAIT_S, principal=LOCAL) for job in jobs]
     assert victim.read_bytes() == b"someone else's video"
     assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 2
@@ -174,14 +204,17 @@ def test_error_text_in_job_json_names_no_server_path(settings, inputs):
 
 
 # --- 14: the URL allow-list sees decoded paths without dot segments -----------------------------
-@pytest.mark.parametrize("url", [
-    "https://allowed.example/media/../private/x.wav",
-    "https://allowed.example/media/%2e%2e/private/x.wav",
-    "https://allowed.example/media/%2E%2E%2Fprivate/x.wav",
-    "https://allowed.example/media/./../private/x.wav",
-    "https://allowed.example/media/..%5Cprivate/x.wav",
-    "https://allowed.example/media%2F..%2Fprivate/x.wav",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://allowed.example/media/../private/x.wav",
+        "https://allowed.example/media/%2e%2e/private/x.wav",
+        "https://allowed.example/media/%2E%2E%2Fprivate/x.wav",
+        "https://allowed.example/media/./../private/x.wav",
+        "https://allowed.example/media/..%5Cprivate/x.wav",
+        "https://allowed.example/media%2F..%2Fprivate/x.wav",
+    ],
+)
 def test_dot_segments_do_not_pass_the_url_allow_list(settings, url):
     settings = settings.replace(url_allowlist=("https://allowed.example/media/",))
     with pytest.raises(ForbiddenPathError):
@@ -240,9 +273,13 @@ def test_a_full_disk_in_a_run_fails_the_job_with_the_disk_full_message(settings,
             full.flush()
     except OSError as exc:
         assert exc.errno == errno.ENOSPC
-        outcome = execute._failure(exc, None, execute.RunRequest(
-            audio="a", video="v", options={}, target=tmp_path / "t.mp4", scratch=tmp_path,
-            job_id="j"))
+        outcome = execute._failure(
+            exc,
+            None,
+            execute.RunRequest(
+                audio="a", video="v", options={}, target=tmp_path / "t.mp4", scratch=tmp_path, job_id="j"
+            ),
+        )
     assert outcome.status == JobStatus.FAILED
     assert outcome.error == storage.DISK_FULL_MESSAGE
 

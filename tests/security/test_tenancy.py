@@ -46,7 +46,8 @@ def test_another_tenants_job_is_answered_like_an_unknown_id(settings, inputs):
         job = submit(service, inputs, ALICE)
         service.wait(job.id, WAIT_S, principal=ALICE)
         batch = service.submit_batch(
-            [{"audio": str(inputs.audio), "video": str(inputs.corrupt)}], principal=ALICE,
+            [{"audio": str(inputs.audio), "video": str(inputs.corrupt)}],
+            principal=ALICE,
         )
         service.wait(batch.items[0].id, WAIT_S, principal=ALICE)
         job_calls = (
@@ -60,8 +61,10 @@ def test_another_tenants_job_is_answered_like_an_unknown_id(settings, inputs):
             lambda: service.batch_zip(batch.id, principal=BOB),
             lambda: service.retry_failed(batch.id, principal=BOB),
         )
-        for calls, wanted in ((job_calls, f"no job with id {job.id!r}"),
-                              (batch_calls, f"no batch with id {batch.id!r}")):
+        for calls, wanted in (
+            (job_calls, f"no job with id {job.id!r}"),
+            (batch_calls, f"no batch with id {batch.id!r}"),
+        ):
             for call in calls:
                 with pytest.raises(JobNotFoundError) as refused:
                     call()
@@ -102,7 +105,10 @@ def test_an_idempotency_key_reused_by_another_tenant_never_returns_the_first_job
         first = submit(service, inputs, ALICE, idempotency_key="order-42", output_name="alice")
         replay = submit(service, inputs, ALICE, idempotency_key="order-42")
         other = service.submit(
-            str(inputs.video), str(inputs.video), principal=BOB, idempotency_key="order-42",
+            str(inputs.video),
+            str(inputs.video),
+            principal=BOB,
+            idempotency_key="order-42",
         )
         assert replay.id == first.id
         assert other.id != first.id and other.tenant == "team-b"
@@ -151,32 +157,39 @@ def test_the_tenant_quota_defaults_to_the_queue_size(settings):
 def test_a_500_item_batch_does_not_starve_another_tenants_job(settings, inputs):
     settings = settings.replace(queue_size=600, tenant_queue_size=600)
     pipelines = gated()
-    items = [{"audio": str(inputs.audio), "video": str(inputs.video), "output_name": f"n{i}"}
-             for i in range(500)]
+    items = [
+        {"audio": str(inputs.audio), "video": str(inputs.video), "output_name": f"n{i}"} for i in range(500)
+    ]
     with running_service(settings, pipelines) as service:
         batch = service.submit_batch(items, principal=ALICE)
         single = submit(service, inputs, BOB)
         pipelines.gate.set()  # the worker loads and starts claiming
         done = service.wait(single.id, 4 * WAIT_S, principal=BOB)
         assert done.status == JobStatus.SUCCEEDED
-        started_before = [item for item in service.get_batch(batch.id, principal=ALICE).items
-                          if item.started_at is not None and item.started_at < done.started_at]
+        started_before = [
+            item
+            for item in service.get_batch(batch.id, principal=ALICE).items
+            if item.started_at is not None and item.started_at < done.started_at
+        ]
         # One worker: Bob's job runs right after the batch's first item.
         assert len(started_before) == 1
         service.delete_all(principal=ADMIN)
 
 
-@pytest.mark.parametrize("prefix,allowed", [
-    ("s3://bucket-a/", True),
-    ("s3://bucket-a/deep/er/", True),
-    ("obs://shared/team-a/out/", True),
-    ("obs://shared/team-a", True),
-    ("s3://bucket-b/", False),
-    ("s3://bucket-a-evil/", False),  # a longer bucket name is another bucket
-    ("obs://shared/team-ab/", False),  # whole key segments only
-    ("obs://shared/team-a/../team-b/", False),
-    ("obs://shared/", False),
-])
+@pytest.mark.parametrize(
+    "prefix,allowed",
+    [
+        ("s3://bucket-a/", True),
+        ("s3://bucket-a/deep/er/", True),
+        ("obs://shared/team-a/out/", True),
+        ("obs://shared/team-a", True),
+        ("s3://bucket-b/", False),
+        ("s3://bucket-a-evil/", False),  # a longer bucket name is another bucket
+        ("obs://shared/team-ab/", False),  # whole key segments only
+        ("obs://shared/team-a/../team-b/", False),
+        ("obs://shared/", False),
+    ],
+)
 def test_tenant_output_prefixes_are_enforced(settings, inputs, prefix, allowed):
     settings = settings.replace(
         tenant_output_prefixes="team-a=s3://bucket-a/,obs://shared/team-a/; team-b=s3://bucket-b/",
@@ -188,8 +201,11 @@ def test_tenant_output_prefixes_are_enforced(settings, inputs, prefix, allowed):
             with pytest.raises(ForbiddenPathError):
                 submit(service, inputs, ALICE, output_prefix=prefix)
             with pytest.raises(ForbiddenPathError):
-                service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}],
-                                     principal=ALICE, output_prefix=prefix)
+                service.submit_batch(
+                    [{"audio": str(inputs.audio), "video": str(inputs.video)}],
+                    principal=ALICE,
+                    output_prefix=prefix,
+                )
 
 
 def test_unlisted_tenants_get_no_output_prefix_and_admins_keep_the_defaults(settings, inputs):
@@ -206,14 +222,17 @@ def test_without_a_prefix_list_every_tenant_keeps_the_default_rules(settings, in
         assert submit(service, inputs, BOB, output_prefix="s3://any/x/").output_prefix == "s3://any/x/"
 
 
-@pytest.mark.parametrize("text,message", [
-    ("team-a", "must look like tenant="),
-    ("bad name=s3://b/", "must look like tenant="),
-    ("a=s3://b/;a=s3://c/", "listed twice"),
-    ("a=https://example.com/", "not s3://, obs://"),
-    ("a=relative/folder", "not s3://, obs://"),
-    ("a=", "has no prefix"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("team-a", "must look like tenant="),
+        ("bad name=s3://b/", "must look like tenant="),
+        ("a=s3://b/;a=s3://c/", "listed twice"),
+        ("a=https://example.com/", "not s3://, obs://"),
+        ("a=relative/folder", "not s3://, obs://"),
+        ("a=", "has no prefix"),
+    ],
+)
 def test_bad_tenant_output_prefixes_are_refused_at_start(text, message):
     with pytest.raises(ValueError, match=message):
         Settings.load({"HEYGEM_TENANT_OUTPUT_PREFIXES": text})
@@ -232,8 +251,9 @@ def test_an_expired_job_says_when_and_only_to_its_tenant(settings, inputs):
     settings = settings.replace(retention_days=1.0, retention_interval_s=0)
     with running_service(settings, Pipelines()) as service:
         job = service.wait(submit(service, inputs, ALICE).id, WAIT_S, principal=ALICE)
-        batch = service.submit_batch([{"audio": str(inputs.audio), "video": str(inputs.video)}],
-                                     principal=ALICE)
+        batch = service.submit_batch(
+            [{"audio": str(inputs.audio), "video": str(inputs.video)}], principal=ALICE
+        )
         service.wait(batch.items[0].id, WAIT_S, principal=ALICE)
         later = time.time() + 2 * 86400
         report = retention.sweep(service.store, settings, now=later)
@@ -252,4 +272,3 @@ def test_an_expired_job_says_when_and_only_to_its_tenant(settings, inputs):
         with pytest.raises(JobNotFoundError) as unknown:
             service.get("f" * 32, principal=ALICE)
         assert not isinstance(unknown.value, JobExpiredError)
-

@@ -26,9 +26,12 @@ def bearer(tenant: str) -> dict[str, str]:
 @pytest.fixture
 def doors(tmp_path, speech_wav, face_video):
     keys = tmp_path / "keys.txt"
-    keys.write_text("".join(
-        f"{tenant} {ROLES[tenant]} {hashlib.sha256(key.encode()).hexdigest()}\n" for tenant, key in KEYS.items()
-    ))
+    keys.write_text(
+        "".join(
+            f"{tenant} {ROLES[tenant]} {hashlib.sha256(key.encode()).hexdigest()}\n"
+            for tenant, key in KEYS.items()
+        )
+    )
     settings = Settings(data_dir=tmp_path / "data", api_keys_file=keys, warmup=False)
     clips = settings.inputs_dir / "clips"  # operator media every tenant may name
     clips.mkdir(parents=True)

@@ -124,8 +124,9 @@ def _get(live: ServerProcess, path: str, headers: dict[str, str] | None = None) 
     return rawhttp.request(live.port, "GET", path, headers or {})
 
 
-def _post(live: ServerProcess, path: str, body: bytes, headers: dict[str, str],
-          source_ip: str = "127.0.0.1") -> rawhttp.Answer:
+def _post(
+    live: ServerProcess, path: str, body: bytes, headers: dict[str, str], source_ip: str = "127.0.0.1"
+) -> rawhttp.Answer:
     headers = dict(headers, **{"Content-Length": str(len(body))})
     return rawhttp.request(live.port, "POST", path, headers, [body], source_ip=source_ip)
 
@@ -140,9 +141,12 @@ def test_chunked_multipart_with_huge_text_fields_is_refused_early(guarded):
     fields = (("note", None, b"x" * (960 * KB)) for _ in range(400))
     before = _rss_kb(guarded.process.pid)
     answer = rawhttp.request(
-        guarded.port, "POST", "/api/v1/jobs",
+        guarded.port,
+        "POST",
+        "/api/v1/jobs",
         {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        rawhttp.multipart(boundary, fields), chunked=True,
+        rawhttp.multipart(boundary, fields),
+        chunked=True,
     )
     assert answer.status == 413, answer
     assert "larger than 64 KB" in json.loads(answer.body)["detail"]
@@ -151,17 +155,23 @@ def test_chunked_multipart_with_huge_text_fields_is_refused_early(guarded):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("count,size,message", [
-    (40, 10, "too many form fields"),  # many small fields
-    (20, 60 * KB, "together are larger than 1024 KB"),  # each under the cap, too much in total
-])
+@pytest.mark.parametrize(
+    "count,size,message",
+    [
+        (40, 10, "too many form fields"),  # many small fields
+        (20, 60 * KB, "together are larger than 1024 KB"),  # each under the cap, too much in total
+    ],
+)
 def test_chunked_multipart_field_count_and_total_are_capped(guarded, count, size, message):
     boundary = _boundary()
     fields = ((f"f{i}", None, b"y" * size) for i in range(count))
     answer = rawhttp.request(
-        guarded.port, "POST", "/api/v1/jobs",
+        guarded.port,
+        "POST",
+        "/api/v1/jobs",
         {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        rawhttp.multipart(boundary, fields), chunked=True,
+        rawhttp.multipart(boundary, fields),
+        chunked=True,
     )
     assert answer.status == 413 and message in json.loads(answer.body)["detail"], answer
 
@@ -171,9 +181,12 @@ def test_gradio_routes_get_the_same_text_field_caps(guarded):
     boundary = _boundary()
     fields = (("data", None, b"z" * (960 * KB)) for _ in range(50))
     answer = rawhttp.request(
-        guarded.port, "POST", "/gradio_api/component_server",
+        guarded.port,
+        "POST",
+        "/gradio_api/component_server",
         {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        rawhttp.multipart(boundary, fields), chunked=True,
+        rawhttp.multipart(boundary, fields),
+        chunked=True,
     )
     assert answer.status == 413, answer
     assert answer.sent < 8 * MB
@@ -191,8 +204,9 @@ def test_text_plain_json_submission_is_refused(guarded):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["/api/v1/jobs", "/easy/submit", "/gradio_api/queue/join",
-                                  "/gradio_api/upload", "/login"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/jobs", "/easy/submit", "/gradio_api/queue/join", "/gradio_api/upload", "/login"]
+)
 def test_foreign_origin_is_refused_on_every_door(guarded, path):
     answer = _post(guarded, path, b"{}", dict(JSON, Origin=FOREIGN))
     assert answer.status == 403, answer
@@ -244,8 +258,13 @@ def _upload(live: ServerProcess, files: int, size: int, source_ip: str) -> rawht
     boundary = _boundary()
     parts = [("files", f"f{i}.wav", b"\0" * size) for i in range(files)]
     body = b"".join(rawhttp.multipart(boundary, parts))
-    return _post(live, "/gradio_api/upload", body,
-                 {"Content-Type": f"multipart/form-data; boundary={boundary}"}, source_ip)
+    return _post(
+        live,
+        "/gradio_api/upload",
+        body,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        source_ip,
+    )
 
 
 @pytest.mark.slow
@@ -263,11 +282,17 @@ def test_upload_bytes_per_hour_are_capped_while_streaming(guarded):
     boundary = _boundary()
     parts = [("files", "big.wav", b"\0" * (64 * MB))]
     answer = rawhttp.request(  # chunked: no Content-Length to refuse up front
-        guarded.port, "POST", "/gradio_api/upload",
+        guarded.port,
+        "POST",
+        "/gradio_api/upload",
         {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        (piece[i:i + 64 * KB] for piece in rawhttp.multipart(boundary, parts)
-         for i in range(0, len(piece), 64 * KB)),
-        chunked=True, source_ip="127.0.0.4",
+        (
+            piece[i : i + 64 * KB]
+            for piece in rawhttp.multipart(boundary, parts)
+            for i in range(0, len(piece), 64 * KB)
+        ),
+        chunked=True,
+        source_ip="127.0.0.4",
     )
     assert answer.status == 429, answer
     assert answer.sent < 24 * MB  # 1 MB of allowance left, plus what socket buffers hold
@@ -303,11 +328,16 @@ def test_mask_url_hides_user_info_and_queries():
 
 
 def test_describe_masks_every_url_setting(caplog):
-    settings = Settings.load({
-        "HEYGEM_CHECKPOINT_URL": SECRET_URL, "HEYGEM_DETECTOR_URL": "https://u:p@d.example/s3fd",
-        "HEYGEM_S3_ENDPOINT": S3_SECRET, "HEYGEM_URL_ALLOWLIST": "https://a.example/?k=1,https://b.example/",
-        "HEYGEM_TTS_URL": "http://x:y@tts.example:18180/v1?key=2", "HEYGEM_TTS_PROVIDER": "openai",
-    })
+    settings = Settings.load(
+        {
+            "HEYGEM_CHECKPOINT_URL": SECRET_URL,
+            "HEYGEM_DETECTOR_URL": "https://u:p@d.example/s3fd",
+            "HEYGEM_S3_ENDPOINT": S3_SECRET,
+            "HEYGEM_URL_ALLOWLIST": "https://a.example/?k=1,https://b.example/",
+            "HEYGEM_TTS_URL": "http://x:y@tts.example:18180/v1?key=2",
+            "HEYGEM_TTS_PROVIDER": "openai",
+        }
+    )
     shown = settings.describe()
     assert shown["checkpoint_url"] == "https://***@weights.example/x.pth?***"
     assert shown["detector_url"] == "https://***@d.example/s3fd"
@@ -425,7 +455,9 @@ def test_strip_paths_keeps_urls_and_relative_names():
     data = Path("/srv/heygem")
     assert strip_paths("cannot read /srv/heygem/inputs/ab/x.wav", data) == "cannot read inputs/ab/x.wav"
     assert strip_paths("open '/etc/other/secret.ts' failed") == "open 'secret.ts' failed"
-    assert strip_paths("see https://h.example/a/b and s3://b/k/z") == "see https://h.example/a/b and s3://b/k/z"
+    assert (
+        strip_paths("see https://h.example/a/b and s3://b/k/z") == "see https://h.example/a/b and s3://b/k/z"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,8 +468,12 @@ def test_strip_paths_keeps_urls_and_relative_names():
 def tiny_volume(tmp_path):
     mount = tmp_path / "volume"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
@@ -449,16 +485,25 @@ def tiny_volume(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_a_full_volume_answers_507_and_recovers(tiny_volume, speech_wav, face_video):
-    live = ServerProcess(tiny_volume / "data", env={"HEYGEM_LOG_LEVEL": "WARNING"},
-                         log_path=tiny_volume.parent / "server.log")  # keep the log off the full volume
+    live = ServerProcess(
+        tiny_volume / "data", env={"HEYGEM_LOG_LEVEL": "WARNING"}, log_path=tiny_volume.parent / "server.log"
+    )  # keep the log off the full volume
     try:
         live.wait_for("/ready", 200, READY_TIMEOUT_S)
         boundary = _boundary()
         parts = [("audio", "a.wav", b"\0" * (20 * MB)), ("video", "v.mp4", b"\0" * 10)]
-        answer = rawhttp.request(live.port, "POST", "/api/v1/jobs",
-                                 {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-                                 (p[i:i + 256 * KB] for p in rawhttp.multipart(boundary, parts)
-                                  for i in range(0, len(p), 256 * KB)), chunked=True)
+        answer = rawhttp.request(
+            live.port,
+            "POST",
+            "/api/v1/jobs",
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            (
+                p[i : i + 256 * KB]
+                for p in rawhttp.multipart(boundary, parts)
+                for i in range(0, len(p), 256 * KB)
+            ),
+            chunked=True,
+        )
         assert answer.status == 507, answer
         detail = json.loads(answer.body)["detail"]
         assert detail == "the server's disk is full; try again later"
@@ -494,11 +539,12 @@ def test_host_rules():
 def test_inspector_counts_files_and_text():
     boundary = "xyz"
     inspector = MultipartInspector(boundary.encode(), PartLimits(max_files=2))
-    body = b"".join(rawhttp.multipart(boundary, [("a", "1.wav", b"1"), ("b", "2.wav", b"2"),
-                                                  ("c", "3.wav", b"3")]))
+    body = b"".join(
+        rawhttp.multipart(boundary, [("a", "1.wav", b"1"), ("b", "2.wav", b"2"), ("c", "3.wav", b"3")])
+    )
     with pytest.raises(Refusal, match="too many files"):
         for i in range(0, len(body), 7):  # split anywhere, headers included
-            inspector.feed(body[i:i + 7])
+            inspector.feed(body[i : i + 7])
 
 
 def test_upload_quota_windows():

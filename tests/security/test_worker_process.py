@@ -88,9 +88,7 @@ def test_a_job_that_kills_its_engine_every_time_fails_after_max_attempts(setting
 
 @pytest.mark.slow
 def test_the_memory_limit_ends_the_engine_process_not_the_server(settings, inputs):
-    settings = settings.replace(
-        worker_isolation="process", worker_memory_mb=MEMORY_LIMIT_MB, max_attempts=1
-    )
+    settings = settings.replace(worker_isolation="process", worker_memory_mb=MEMORY_LIMIT_MB, max_attempts=1)
     service = _start(settings, process_fakes.MemoryHogEngine)
     try:
         job = service.submit(str(inputs.audio), str(inputs.video))
@@ -98,9 +96,7 @@ def test_the_memory_limit_ends_the_engine_process_not_the_server(settings, input
     finally:
         service.stop(drain_seconds=5)
     assert done.status == JobStatus.FAILED
-    assert done.error == (
-        "the engine process died once on this job (last time: out of memory); giving up"
-    )
+    assert done.error == ("the engine process died once on this job (last time: out of memory); giving up")
 
 
 @pytest.mark.slow

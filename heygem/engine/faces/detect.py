@@ -138,9 +138,7 @@ def _load_s3fd(path: Path, device: str) -> torch.nn.Module:
     from face_alignment.detection.sfd.net_s3fd import s3fd
 
     if not path.is_file():
-        raise WeightsMissingError(
-            f"S3FD weights not found: {path}; fetch them with `{DOWNLOAD_COMMAND}`"
-        )
+        raise WeightsMissingError(f"S3FD weights not found: {path}; fetch them with `{DOWNLOAD_COMMAND}`")
     try:
         # map_location: a file saved from a GPU must still load on a CPU-only host.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -237,9 +235,7 @@ class ScaledDetector:
         scale = self.max_side / max(width, height)
         small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
         # cv2's stubs type every image as MatLike; resizing keeps the uint8 dtype.
-        small = [
-            cast(Frame, cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA)) for f in frames
-        ]
+        small = [cast(Frame, cv2.resize(f, (small_w, small_h), interpolation=cv2.INTER_AREA)) for f in frames]
         sx, sy = width / small_w, height / small_h
         return [[d.scaled(sx, sy) for d in faces] for faces in self.inner.detect(small)]
 
@@ -259,9 +255,7 @@ def create_detector(settings: Settings, device: str | None = None) -> ScaledDete
         reason = f"no S3FD weights at {weights}"
         if settings.detector_weights is not None:
             log.warning("detector_weights is set but %s does not exist", weights)
-    log.info(
-        "face detector: %s (%s); detection at most %d px", inner.name, reason, settings.detect_max_side
-    )
+    log.info("face detector: %s (%s); detection at most %d px", inner.name, reason, settings.detect_max_side)
     return ScaledDetector(inner, settings.detect_max_side)
 
 

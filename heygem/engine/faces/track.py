@@ -262,9 +262,7 @@ def build_track(
         boxes = smooth_runs(boxes, options.smooth_window)
     missing = sum(box is None for box in boxes)
     if missing:
-        log.info(
-            "%d of %d frames of %s have no face and pass through unchanged", missing, len(boxes), name
-        )
+        log.info("%d of %d frames of %s have no face and pass through unchanged", missing, len(boxes), name)
     return FaceTrack(width=raw.width, height=raw.height, boxes=boxes)
 
 
@@ -333,7 +331,7 @@ def smooth_boxes(boxes: NDArray[np.int64], window: int = SMOOTH_WINDOW) -> NDArr
     """
     n = len(boxes)
     for i in range(n):
-        rows = boxes[n - window:] if i + window > n else boxes[i : i + window]
+        rows = boxes[n - window :] if i + window > n else boxes[i : i + window]
         boxes[i] = np.mean(rows, axis=0)
     return boxes
 
@@ -438,9 +436,14 @@ class TrackCache:
 
     def key(self, video_path: Path | str, detector_tag: str, **params: object) -> str:
         payload = json.dumps(
-            {"format": CACHE_FORMAT, "video": self.content_hash(video_path), "detector": detector_tag,
-             "params": params},
-            sort_keys=True, default=str,
+            {
+                "format": CACHE_FORMAT,
+                "video": self.content_hash(video_path),
+                "detector": detector_tag,
+                "params": params,
+            },
+            sort_keys=True,
+            default=str,
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -58,7 +58,9 @@ class MediaInfo:
 
 
 def probe(
-    path: Path | str, require_video: bool = True, verify: bool = True,
+    path: Path | str,
+    require_video: bool = True,
+    verify: bool = True,
     limits: MediaLimits | None = None,
 ) -> MediaInfo:
     """Describe a face video or photo; raise UnsupportedMediaError with a one-line reason.
@@ -208,8 +210,7 @@ def _check_declared_duration(info: MediaInfo, limits: MediaLimits) -> None:
     # decoding (decode.read_frames).
     if limits.max_duration_s is not None and info.duration_s > limits.max_duration_s:
         raise LimitExceededError(
-            f"{info.path.name} is {info.duration_s:.0f} s long; the limit is "
-            f"{limits.max_duration_s:.0f} s"
+            f"{info.path.name} is {info.duration_s:.0f} s long; the limit is {limits.max_duration_s:.0f} s"
         )
 
 

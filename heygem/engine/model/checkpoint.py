@@ -31,7 +31,11 @@ REASON_MAX_CHARS = 200
 ZIP_MAGIC = b"PK\x03\x04"  # torch >= 1.6 files are zip archives
 PICKLE_MAGIC = b"\x80"  # legacy files start with a pickle protocol opcode
 TRUNCATION_MARKERS = (
-    "central directory", "failed reading zip", "unexpected eof", "corrupt", "ran out of input",
+    "central directory",
+    "failed reading zip",
+    "unexpected eof",
+    "corrupt",
+    "ran out of input",
 )
 
 

@@ -118,9 +118,7 @@ def _face_decoder() -> nn.ModuleList:
 
 
 def _output_block() -> nn.Sequential:
-    return nn.Sequential(
-        ConvBlock(80, 32, 3, 1, 1), nn.Conv2d(32, OUT_CHANNELS, 1, 1, 0), nn.Sigmoid()
-    )
+    return nn.Sequential(ConvBlock(80, 32, 3, 1, 1), nn.Conv2d(32, OUT_CHANNELS, 1, 1, 0), nn.Sigmoid())
 
 
 class Wav2Lip(nn.Module):
