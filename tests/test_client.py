@@ -82,6 +82,10 @@ def test_the_api_names_the_generate_endpoint(real_server):
     info = Client(real_server.url + "/", verbose=False).view_api(print_info=False, return_format="dict")
     assert "/generate" in info["named_endpoints"]
     assert "/check_face" in info["named_endpoints"]
+    # Callers written before avatars and typed text existed must not have to pass them.
+    parameters = info["named_endpoints"]["/generate"]["parameters"]
+    added = {p["parameter_name"]: p["parameter_has_default"] for p in parameters[-3:]}
+    assert added == {"avatar": True, "text": True, "voice": True}
 
 
 @pytest.mark.parametrize(

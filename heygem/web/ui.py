@@ -912,10 +912,16 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             summary = gr.Markdown(elem_id="result-summary")
 
     # Gradio injects gr.Request and gr.Progress by signature, and the inputs by name.
+    # The inputs added with avatars and text have defaults, so API callers written before them
+    # (positional or by name) keep working without passing them.
     def run_generate(
         request: gr.Request,
-        progress: gr.Progress = gr.Progress(),
-        **values: Any,  # noqa: B008
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        *,
+        avatar: str | None = None,
+        text: str | None = None,
+        voice: str | None = None,
+        **values: Any,
     ) -> tuple[str, str, str]:
         return h.generate(
             values.pop("audio"),
@@ -923,9 +929,9 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             panel.fields(values),
             request,
             progress,
-            avatar=values.pop("avatar"),
-            text=values.pop("text"),
-            voice=values.pop("voice"),
+            avatar=avatar,
+            text=text or "",
+            voice=voice,
         )
 
     check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
@@ -944,13 +950,15 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
         None,
         [video, download, summary],
         api_name="generate",
+        # The options keep their places right after audio and face, as before avatars and text
+        # existed, so positional gradio_client callers are not broken; the new inputs come last.
         inputs_kwargs={
             "audio": audio,
             "face": face,
+            **panel.kwargs,
             "avatar": avatar,
             "text": text,
             "voice": voice,
-            **panel.kwargs,
         },
     )
     return avatar
@@ -990,15 +998,17 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     zip_file = gr.File(label=t("batch_zip_file"), interactive=False, elem_id="batch-zip-file")
     view = [table, gallery, summary]
 
-    def submit_batch(request: gr.Request, **values: Any) -> tuple[Any, ...]:
+    def submit_batch(
+        request: gr.Request, *, avatar: str | None = None, texts: str | None = None, **values: Any
+    ) -> tuple[Any, ...]:
         return h.submit_batch(
             values.pop("audios"),
             values.pop("videos"),
             values.pop("manifest"),
             panel.fields(values),
             request,
-            avatar=values.pop("avatar"),
-            texts=values.pop("texts"),
+            avatar=avatar,
+            texts=texts or "",
         )
 
     run.click(
@@ -1006,13 +1016,13 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
         None,
         [batch_id, *view, timer],
         api_name="batch",
-        inputs_kwargs={
+        inputs_kwargs={  # new inputs last, as for /generate
             "audios": audios,
             "videos": videos,
-            "avatar": avatar,
-            "texts": texts,
             "manifest": manifest,
             **panel.kwargs,
+            "avatar": avatar,
+            "texts": texts,
         },
     )
     timer.tick(h.refresh_batch, [batch_id], [*view, timer], api_visibility="private", show_progress="hidden")
