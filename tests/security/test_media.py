@@ -30,6 +30,7 @@ from heygem.engine.pipeline import LipSyncPipeline
 from heygem.errors import LimitExceededError, UnsupportedMediaError
 from heygem.jobs.records import JobStatus
 from heygem.jobs.service import JobService
+from heygem.jobs.tenancy import LOCAL
 from tests import media
 from tests.kit import wait_until
 
@@ -135,8 +136,8 @@ def test_a_queued_job_with_a_playlist_fails_once_with_one_line(settings, attacks
     service.start()
     try:
         wait_until(lambda: service.readiness()[0], 60.0, message="the engine to load")
-        job = service.submit(str(audio), str(attacks["absolute"]))
-        done = service.wait(job.id, 60.0)
+        job = service.submit(str(audio), str(attacks["absolute"]), principal=LOCAL)
+        done = service.wait(job.id, 60.0, principal=LOCAL)
     finally:
         service.stop(drain_seconds=5)
     assert done.status == JobStatus.FAILED and done.attempts == 1  # bad input: no retry

@@ -18,6 +18,7 @@ from heygem.jobs.execute import default_engine
 from heygem.jobs.isolation import use_process
 from heygem.jobs.records import JobStatus
 from heygem.jobs.service import JobService
+from heygem.jobs.tenancy import LOCAL
 from tests import media, process_fakes
 from tests.jobs_support import place_inputs
 from tests.kit import wait_until
@@ -53,8 +54,8 @@ def test_a_job_whose_engine_process_is_killed_goes_back_to_the_queue_and_succeed
     settings = settings.replace(worker_isolation="process")
     service = _start(settings, process_fakes.KillOnceEngine)
     try:
-        job = service.submit(str(inputs.audio), str(inputs.video))
-        done = service.wait(job.id, JOB_S)
+        job = service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL)
+        done = service.wait(job.id, JOB_S, principal=LOCAL)
         ready = service.readiness()
     finally:
         service.stop(drain_seconds=5)
@@ -70,8 +71,8 @@ def test_a_job_that_kills_its_engine_every_time_fails_after_max_attempts(setting
     settings = settings.replace(worker_isolation="process", max_attempts=2)
     service = _start(settings, process_fakes.AlwaysKilledEngine)
     try:
-        job = service.submit(str(inputs.audio), str(inputs.video))
-        done = service.wait(job.id, JOB_S)
+        job = service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL)
+        done = service.wait(job.id, JOB_S, principal=LOCAL)
         # The server (this process) is still serving, and its engine comes back for the next job.
         ready = service.readiness()
         status = service.engine_status()
@@ -91,8 +92,8 @@ def test_the_memory_limit_ends_the_engine_process_not_the_server(settings, input
     settings = settings.replace(worker_isolation="process", worker_memory_mb=MEMORY_LIMIT_MB, max_attempts=1)
     service = _start(settings, process_fakes.MemoryHogEngine)
     try:
-        job = service.submit(str(inputs.audio), str(inputs.video))
-        done = service.wait(job.id, JOB_S)
+        job = service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL)
+        done = service.wait(job.id, JOB_S, principal=LOCAL)
     finally:
         service.stop(drain_seconds=5)
     assert done.status == JobStatus.FAILED
@@ -104,12 +105,14 @@ def test_cancel_ends_an_engine_that_reports_no_progress_within_seconds(settings,
     settings = settings.replace(worker_isolation="process")
     service = _start(settings, process_fakes.StuckEngine)
     try:
-        job = service.submit(str(inputs.audio), str(inputs.video))
-        wait_until(lambda: service.get(job.id).stage == "detect", JOB_S, message="the run to start")
+        job = service.submit(str(inputs.audio), str(inputs.video), principal=LOCAL)
+        wait_until(
+            lambda: service.get(job.id, principal=LOCAL).stage == "detect", JOB_S, message="the run to start"
+        )
         (pid,) = process_fakes.engine_pids(settings)
         started = time.monotonic()
-        service.cancel(job.id)
-        done = service.wait(job.id, CANCEL_WITHIN_S)
+        service.cancel(job.id, principal=LOCAL)
+        done = service.wait(job.id, CANCEL_WITHIN_S, principal=LOCAL)
         took = time.monotonic() - started
     finally:
         service.stop(drain_seconds=5)
@@ -136,12 +139,14 @@ def test_the_real_engine_process_killed_mid_run_is_restarted_and_the_job_retried
         assert first_pid is not None and first_pid != os.getpid()
         assert service.engine_status().engine == "preview"  # answered through the child
         assert service.deep_check(JOB_S) >= 0.0  # a warm-up inference in the child
-        job = service.submit(str(audio), str(face))
+        job = service.submit(str(audio), str(face), principal=LOCAL)
         wait_until(
-            lambda: service.get(job.id).stage in ("detect", "synthesize"), JOB_S, message="the run to start"
+            lambda: service.get(job.id, principal=LOCAL).stage in ("detect", "synthesize"),
+            JOB_S,
+            message="the run to start",
         )
         os.kill(first_pid, signal.SIGKILL)
-        done = service.wait(job.id, JOB_S)
+        done = service.wait(job.id, JOB_S, principal=LOCAL)
         second_pid = engine.pid
     finally:
         service.stop(drain_seconds=5)
@@ -158,11 +163,15 @@ def test_cancel_during_detection_of_the_real_engine_stops_within_seconds(setting
     audio = media.make_tone(settings.inputs_dir / "tone.wav", seconds=20.0)
     service = _start(settings)
     try:
-        job = service.submit(str(audio), str(face))
-        wait_until(lambda: service.get(job.id).stage == "detect", JOB_S, message="detection to start")
+        job = service.submit(str(audio), str(face), principal=LOCAL)
+        wait_until(
+            lambda: service.get(job.id, principal=LOCAL).stage == "detect",
+            JOB_S,
+            message="detection to start",
+        )
         started = time.monotonic()
-        service.cancel(job.id)
-        done = service.wait(job.id, CANCEL_WITHIN_S)
+        service.cancel(job.id, principal=LOCAL)
+        done = service.wait(job.id, CANCEL_WITHIN_S, principal=LOCAL)
         took = time.monotonic() - started
     finally:
         service.stop(drain_seconds=5)
