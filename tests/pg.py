@@ -75,7 +75,7 @@ def _version_key(path: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -128,7 +128,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             "--no-sync",
         ]
     )
-    port = _free_port()
+    port = free_port()
     with (data / "postgresql.conf").open("a") as conf:
         conf.write(SERVER_CONF.format(port=port, folder=folder))
     pg_ctl = find_binary("pg_ctl")
