@@ -44,6 +44,7 @@ COMPAT_FOLDER = "compat"  # default HeyGem shared folder, under the data folder
 # A tenant's name: what API keys and UI users map to; safe in logs, paths and SQL parameters.
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OUTPUT_PREFIX_SCHEMES = ("s3://", "obs://")
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,19}$")
 SQLITE_URL = "sqlite://"  # sqlite:///srv/jobs.db names /srv/jobs.db
 POSTGRES_URLS = ("postgresql://", "postgres://")
 
@@ -381,6 +382,7 @@ def _check_database(settings: Settings) -> None:
     """database_url: empty, sqlite:///path or postgresql://...; errors never echo the URL itself
     (it may carry a password), only its scheme or the part at fault."""
     url = settings.database_url
+    name = "database_url (HEYGEM_DATABASE_URL, --database-url)"
     if settings.lease_s <= 0:
         raise ValueError(f"lease_s must be positive, got {settings.lease_s}")
     if settings.instance_id and not TENANT_NAME.match(settings.instance_id):
@@ -390,25 +392,22 @@ def _check_database(settings: Settings) -> None:
     lowered = url.lower()
     if lowered.startswith(SQLITE_URL):
         if not url[len(SQLITE_URL) :].startswith("/") or len(url) <= len(SQLITE_URL) + 1:
-            raise ValueError("database_url: a SQLite URL must name a file, like sqlite:///srv/heygem.db")
+            raise ValueError(f"{name}: a SQLite URL must name a file, like sqlite:///srv/heygem.db")
         return
     if not lowered.startswith(POSTGRES_URLS):
-        scheme = url.split(URL_MARK, 1)[0][:20] if URL_MARK in url else "no scheme"
+        scheme = url.split(URL_MARK, 1)[0] if URL_MARK in url else "no scheme"
+        if scheme != "no scheme" and not URL_SCHEME.match(scheme):
+            scheme = "an unreadable scheme"  # text before :// that is no scheme may hold a secret
         raise ValueError(
-            "database_url (HEYGEM_DATABASE_URL) must be sqlite:///path or "
-            f"postgresql://user:password@host:port/db; got {scheme}"
+            f"{name} must be sqlite:///path or postgresql://user:password@host:port/db; got {scheme}"
         )
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - reading it validates it (ValueError when not a number)
     except ValueError:
-        raise ValueError(
-            f"database_url (HEYGEM_DATABASE_URL): cannot read {mask_url(url)}: the port must be a number"
-        ) from None
+        raise ValueError(f"{name}: cannot read {mask_url(url)}: the port must be a number") from None
     if not parts.hostname or not parts.path.strip("/"):
-        raise ValueError(
-            f"database_url (HEYGEM_DATABASE_URL): {mask_url(url)} must name a host and a database"
-        )
+        raise ValueError(f"{name}: {mask_url(url)} must name a host and a database")
 
 
 @functools.cache

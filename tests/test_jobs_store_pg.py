@@ -242,6 +242,8 @@ def test_the_password_is_masked_wherever_settings_are_shown(postgres_server, cap
         ("postgresql://root:s3cr3t-pw@db:port/jobs", "the port must be a number"),
         ("postgresql://root:s3cr3t-pw@db", "must name a host and a database"),
         ("sqlite://relative.db", "must name a file"),
+        ("root:s3cr3t-pw@db://jobs", "got an unreadable scheme"),
+        ("root:s3cr3t-pw@db/jobs", "got no scheme"),
     ],
 )
 def test_a_bad_url_is_one_line_naming_the_setting_without_the_password(url, message):

@@ -199,16 +199,24 @@ class PostgresJobStore:
                 self._migrate(conn)
         except psycopg.Error as exc:
             raise HeygemError(self._describe_error(exc)) from None
-        self._pool = ConnectionPool(
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self._url,
             min_size=1,
             max_size=self._pool_size,
             timeout=POOL_TIMEOUT_S,
             kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
+            # A pooled connection may have died with a server restart or failover: check it when
+            # it is handed out, so one broken socket does not fail a claim or a request.
+            check=ConnectionPool.check_connection,
             name="heygem-jobs",
             open=False,
         )
-        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        try:
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as exc:
+            pool.close()
+            raise HeygemError(self._describe_error(exc)) from None
+        self._pool = pool
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
