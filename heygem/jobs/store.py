@@ -3,7 +3,8 @@
 SQLite (standard library) runs in WAL mode with a busy timeout; each thread gets its own
 connection, and every write that reads first (queue bound, claim, recovery) runs in one
 `BEGIN IMMEDIATE` transaction, so several threads or processes can share one database file.
-A shared database for several hosts would be another class with the same methods.
+A database shared by several hosts is heygem.jobs.store_pg (PostgreSQL, with leased claims);
+open_store() picks one from Settings.database_url.
 
 A claimed job carries a random run token; a worker's later writes (progress, result) only land
 while the token still matches, so a run that was handed back to the queue (drain) or deleted
