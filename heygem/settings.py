@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import re
+import socket
 import types
 import typing
+import urllib.parse
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,9 @@ COMPAT_FOLDER = "compat"  # default HeyGem shared folder, under the data folder
 # A tenant's name: what API keys and UI users map to; safe in logs, paths and SQL parameters.
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OUTPUT_PREFIX_SCHEMES = ("s3://", "obs://")
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,19}$")
+SQLITE_URL = "sqlite://"  # sqlite:///srv/jobs.db names /srv/jobs.db
+POSTGRES_URLS = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,11 @@ class Settings:
     # output_prefix (admins keep the default rules).
     tenant_output_prefixes: str = ""  # "teamA=s3://a/,obs://x/out/;teamB=/mnt/b/"; empty = no rule
     max_avatars: int = 100  # avatars one tenant may keep (each holds a video); 0 = no limit
+    # Where jobs live: empty = <data_dir>/heygem.db; sqlite:///path; or a PostgreSQL server shared by
+    # every instance of a fleet (postgresql://user:password@host:port/db; the password is masked).
+    database_url: str = ""  # empty or sqlite:///path = embedded SQLite; postgresql://... = shared
+    lease_s: float = 60.0  # PostgreSQL: a running job is re-queued this long after its last sign of life
+    instance_id: str = ""  # names this instance in the job store's claims; empty = host-pid-random
 
     # --- object storage ------------------------------------------------------------------------
     s3_endpoint: str = ""  # S3-compatible endpoint URL (OBS: https://obs.<region>.myhuaweicloud.com)
@@ -163,7 +175,22 @@ class Settings:
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file: the path of a sqlite:/// database_url, else <data_dir>/heygem.db."""
+        if self.database_url.lower().startswith(SQLITE_URL):
+            return Path(self.database_url[len(SQLITE_URL) :]).expanduser()
         return self.data_dir / "heygem.db"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.lower().startswith(POSTGRES_URLS)
+
+    @property
+    def resolved_instance_id(self) -> str:
+        """instance_id, or one made for this process (host, pid and a random part, so a restarted
+        process with a recycled pid is still told apart)."""
+        if self.instance_id:
+            return self.instance_id
+        return _process_instance_id()
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -249,6 +276,7 @@ class Settings:
         if self.login_attempts_per_minute < 0:
             raise ValueError("login_attempts_per_minute must not be negative")
         _check_speech(self)
+        _check_database(self)
 
     def describe(self) -> dict[str, str]:
         """Every setting as text, secrets masked: safe to log or to show in the UI."""
@@ -348,6 +376,43 @@ def _check_speech(settings: Settings) -> None:
         raise ValueError("tts_reference_audio and tts_reference_text go together: set both or neither")
     if settings.tts_timeout_s <= 0 or settings.tts_pause_s < 0:
         raise ValueError("tts_timeout_s must be positive and tts_pause_s not negative")
+
+
+def _check_database(settings: Settings) -> None:
+    """database_url: empty, sqlite:///path or postgresql://...; errors never echo the URL itself
+    (it may carry a password), only its scheme or the part at fault."""
+    url = settings.database_url
+    name = "database_url (HEYGEM_DATABASE_URL, --database-url)"
+    if settings.lease_s <= 0:
+        raise ValueError(f"lease_s must be positive, got {settings.lease_s}")
+    if settings.instance_id and not TENANT_NAME.match(settings.instance_id):
+        raise ValueError("instance_id must be 1-64 letters, digits, '.', '_' or '-'")
+    if not url:
+        return
+    lowered = url.lower()
+    if lowered.startswith(SQLITE_URL):
+        if not url[len(SQLITE_URL) :].startswith("/") or len(url) <= len(SQLITE_URL) + 1:
+            raise ValueError(f"{name}: a SQLite URL must name a file, like sqlite:///srv/heygem.db")
+        return
+    if not lowered.startswith(POSTGRES_URLS):
+        scheme = url.split(URL_MARK, 1)[0] if URL_MARK in url else "no scheme"
+        if scheme != "no scheme" and not URL_SCHEME.match(scheme):
+            scheme = "an unreadable scheme"  # text before :// that is no scheme may hold a secret
+        raise ValueError(
+            f"{name} must be sqlite:///path or postgresql://user:password@host:port/db; got {scheme}"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - reading it validates it (ValueError when not a number)
+    except ValueError:
+        raise ValueError(f"{name}: cannot read {mask_url(url)}: the port must be a number") from None
+    if not parts.hostname or not parts.path.strip("/"):
+        raise ValueError(f"{name}: {mask_url(url)} must name a host and a database")
+
+
+@functools.cache
+def _process_instance_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def _check_web(settings: Settings) -> None:

@@ -12,10 +12,15 @@ apt_install() {
   fi
 }
 
-# Each extra argument names an apt package whose command has the same name (espeak-ng, chromium...).
+# Each extra argument names an apt package whose command has the same name (espeak-ng, chromium...),
+# or package=command when they differ (postgresql=initdb).
+have() {
+  # Debian keeps PostgreSQL's server programs off PATH, in /usr/lib/postgresql/<version>/bin.
+  command -v "$1" >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
+}
 missing=()
-for pkg in "$@" ffmpeg; do
-  command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+for arg in "$@" ffmpeg; do
+  have "${arg#*=}" || missing+=("${arg%%=*}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"

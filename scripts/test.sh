@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HEYGEM_REQUIREMENTS=requirements-dev.txt bash scripts/setup.sh espeak-ng chromium shellcheck
+# postgresql: the job store's tests start a real server from it (tests/pg.py).
+HEYGEM_REQUIREMENTS=requirements-dev.txt bash scripts/setup.sh espeak-ng chromium shellcheck postgresql=initdb
 
 # Each check stops the script on its first finding (set -e); configuration is in pyproject.toml.
 step() {

@@ -11,8 +11,8 @@ import pytest
 from heygem.settings import Settings
 from tests import media
 
-# The kit's fixtures (start_service, servers) for every test module.
-pytest_plugins = ["tests.kit"]
+# The kit's fixtures (start_service, servers) and a real PostgreSQL (tests.pg) for every module.
+pytest_plugins = ["tests.kit", "tests.pg"]
 
 # Torch and OpenCV each want every core; two test processes on 2 cores must not oversubscribe.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

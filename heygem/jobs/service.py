@@ -48,7 +48,7 @@ from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import default_output_name, shown_ref
 from heygem.jobs.options import options_dict
 from heygem.jobs.records import Batch, Job, JobStatus, NewJob
-from heygem.jobs.store import JobStore, SQLiteJobStore, Tombstone
+from heygem.jobs.store import JobStore, Tombstone, open_store
 from heygem.jobs.tenancy import Principal, check_key, check_tenant_prefix
 from heygem.jobs.worker import Worker
 from heygem.settings import Settings
@@ -91,7 +91,7 @@ class JobService:
         store: JobStore | None = None,
     ) -> None:
         self.settings = settings
-        self.store: JobStore = store if store is not None else SQLiteJobStore(settings.database_path)
+        self.store: JobStore = store if store is not None else open_store(settings)
         self._pipeline_factory = pipeline_factory
         self._state = _NEW
         self._state_lock = threading.Lock()

@@ -3,7 +3,8 @@
 SQLite (standard library) runs in WAL mode with a busy timeout; each thread gets its own
 connection, and every write that reads first (queue bound, claim, recovery) runs in one
 `BEGIN IMMEDIATE` transaction, so several threads or processes can share one database file.
-A shared database for several hosts would be another class with the same methods.
+A database shared by several hosts is heygem.jobs.store_pg (PostgreSQL, with leased claims);
+open_store() picks one from Settings.database_url.
 
 A claimed job carries a random run token; a worker's later writes (progress, result) only land
 while the token still matches, so a run that was handed back to the queue (drain) or deleted
@@ -39,6 +40,7 @@ from heygem.jobs.records import (
     Outcome,
     job_fields,
 )
+from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.store")
 
@@ -175,7 +177,7 @@ ALTER TABLE jobs ADD COLUMN voice TEXT;
 # version -> script that brings version-1 to it; released scripts are never edited
 _MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 # Avatar fields the store may change after creation, and how each is written.
-_AVATAR_UPDATES: dict[str, Callable[[Any], Any]] = {
+AVATAR_UPDATES: dict[str, Callable[[Any], Any]] = {
     "name": str,
     "status": str,
     "error": lambda value: value,
@@ -185,8 +187,8 @@ _AVATAR_UPDATES: dict[str, Callable[[Any], Any]] = {
     "track_key": lambda value: value,
 }
 
-_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
-_RETRYABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(RETRYABLE_STATUSES))
+TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
+RETRYABLE_SQL = ", ".join(f"'{s.value}'" for s in sorted(RETRYABLE_STATUSES))
 
 
 class RunState(Enum):
@@ -228,7 +230,7 @@ class AvatarStore(Protocol):
 
     def count_avatars(self, tenant: str | None = None) -> int: ...
     def update_avatar(self, avatar_id: str, **changes: Any) -> Avatar | None:
-        """Change the given fields (_AVATAR_UPDATES); None when the avatar is gone."""
+        """Change the given fields (AVATAR_UPDATES); None when the avatar is gone."""
         ...
 
     def delete_avatar(self, avatar_id: str) -> Avatar | None: ...
@@ -263,7 +265,19 @@ class JobStore(AvatarStore, Protocol):
     def count_queued(self, tenant: str | None = None) -> int: ...
     def count_by_status(self) -> dict[str, int]: ...
     def claim(self) -> Claim | None: ...
-    def report_progress(self, job_id: str, token: str, progress: float, stage: str) -> RunState: ...
+    def report_progress(self, job_id: str, token: str, progress: float, stage: str) -> RunState:
+        """Record progress; a leasing store also renews the run's lease."""
+        ...
+
+    def heartbeat(self, job_id: str, token: str) -> RunState:
+        """Renew the run's lease while a long stage runs; tells the worker whether to go on."""
+        ...
+
+    def requeue_expired(self, max_attempts: int) -> tuple[list[Job], list[Job]]:
+        """Runs whose lease expired go back to the queue (or fail once out of attempts):
+        (requeued, failed). A store without leases returns ([], [])."""
+        ...
+
     def finish(self, job_id: str, token: str, outcome: Outcome) -> bool: ...
     def release(self, job_id: str, token: str, *, count_attempt: bool) -> bool: ...
     def cancel(self, job_id: str) -> Job | None: ...
@@ -342,7 +356,7 @@ class SQLiteJobStore:
         conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Job]:
-        return [_job(row) for row in self._conn().execute(sql, params).fetchall()]
+        return [job_from_row(row) for row in self._conn().execute(sql, params).fetchall()]
 
     # --- submitting ----------------------------------------------------------------------------
     def add(
@@ -370,7 +384,7 @@ class SQLiteJobStore:
                     (tenant, jobs[0].idempotency_key),
                 ).fetchone()
                 if row is not None:
-                    return None, [_job(row)]
+                    return None, [job_from_row(row)]
             _check_room(conn, len(jobs), queue_limit)
             _check_tenant_room(conn, len(jobs), tenant, tenant_limit)
             batch_id = uuid.uuid4().hex if as_batch else None
@@ -460,7 +474,7 @@ class SQLiteJobStore:
 
     def finished_before(self, cutoff: float) -> list[Job]:
         return self._rows(
-            f"SELECT * FROM jobs WHERE status IN ({_TERMINAL_SQL}) AND finished_at < ?", (cutoff,)
+            f"SELECT * FROM jobs WHERE status IN ({TERMINAL_SQL}) AND finished_at < ?", (cutoff,)
         )
 
     def references(self, *, active_only: bool) -> set[str]:
@@ -500,7 +514,7 @@ class SQLiteJobStore:
             )
             .fetchall()
         )
-        return Claim(_job(rows[0]), token) if rows else None
+        return Claim(job_from_row(rows[0]), token) if rows else None
 
     def report_progress(self, job_id: str, token: str, progress: float, stage: str) -> RunState:
         rows = (
@@ -515,6 +529,24 @@ class SQLiteJobStore:
         if not rows:
             return RunState.GONE
         return RunState.CANCEL if rows[0][0] else RunState.ACTIVE
+
+    def heartbeat(self, job_id: str, token: str) -> RunState:
+        """No lease to renew (one host owns the file); only tells whether the run goes on."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT cancel_requested FROM jobs WHERE id = ? AND run_token = ? AND status = 'running'",
+                (job_id, token),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return RunState.GONE
+        return RunState.CANCEL if row[0] else RunState.ACTIVE
+
+    def requeue_expired(self, max_attempts: int) -> tuple[list[Job], list[Job]]:
+        """No leases here: the service starting on this file recovers its runs (recover())."""
+        return [], []
 
     def finish(self, job_id: str, token: str, outcome: Outcome) -> bool:
         """Record the end of a run; False when the run was no longer this worker's."""
@@ -605,7 +637,7 @@ class SQLiteJobStore:
                 "UPDATE jobs SET status = 'queued', run_token = NULL, progress = 0,"
                 " stage = 'queued', started_at = NULL WHERE status = 'running' RETURNING *"
             ).fetchall()
-        return [_job(row) for row in requeued], [_job(row) for row in failed]
+        return [job_from_row(row) for row in requeued], [job_from_row(row) for row in failed]
 
     # --- batches -------------------------------------------------------------------------------
     def retry(self, batch_id: str, *, queue_limit: int, tenant_limit: int | None = None) -> list[Job]:
@@ -613,7 +645,7 @@ class SQLiteJobStore:
         within the queue bound and the batch's tenant's bound."""
         with self._write() as conn:
             rows = conn.execute(
-                f"SELECT id, tenant FROM jobs WHERE batch_id = ? AND status IN ({_RETRYABLE_SQL})",
+                f"SELECT id, tenant FROM jobs WHERE batch_id = ? AND status IN ({RETRYABLE_SQL})",
                 (batch_id,),
             ).fetchall()
             ids = [row[0] for row in rows]
@@ -630,7 +662,7 @@ class SQLiteJobStore:
                 f" queued_at = ? WHERE id IN ({marks}) RETURNING *",
                 (time.time(), *ids),
             ).fetchall()
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     # --- deleting ------------------------------------------------------------------------------
     def delete(self, job_ids: Sequence[str]) -> list[Job]:
@@ -643,7 +675,7 @@ class SQLiteJobStore:
                 rows = conn.execute(
                     "DELETE FROM jobs WHERE id = ? AND status != 'running' RETURNING *", (job_id,)
                 ).fetchall()
-                deleted.extend(_job(row) for row in rows)
+                deleted.extend(job_from_row(row) for row in rows)
         return deleted
 
     def expire(self, job_ids: Sequence[str], expired_at: float) -> list[Job]:
@@ -658,7 +690,7 @@ class SQLiteJobStore:
                 ).fetchall()
                 for row in rows:
                     _bury(conn, row["id"], TOMBSTONE_JOB, row["tenant"], expired_at)
-                    deleted.append(_job(row))
+                    deleted.append(job_from_row(row))
         return deleted
 
     def delete_empty_batches(self, expired_at: float | None = None) -> list[str]:
@@ -706,7 +738,7 @@ class SQLiteJobStore:
 
     def get_avatar(self, avatar_id: str) -> Avatar | None:
         row = self._conn().execute("SELECT * FROM avatars WHERE id = ?", (avatar_id,)).fetchone()
-        return _avatar(row) if row is not None else None
+        return avatar_from_row(row) if row is not None else None
 
     def list_avatars(self, tenant: str | None = None) -> list[Avatar]:
         where, params = _tenant_filter(tenant)
@@ -715,30 +747,30 @@ class SQLiteJobStore:
             .execute(f"SELECT * FROM avatars{where} ORDER BY created_at DESC, rowid DESC", params)
             .fetchall()
         )
-        return [_avatar(row) for row in rows]
+        return [avatar_from_row(row) for row in rows]
 
     def count_avatars(self, tenant: str | None = None) -> int:
         where, params = _tenant_filter(tenant)
         return _count(self._conn(), f"SELECT COUNT(*) FROM avatars{where}", params)
 
     def update_avatar(self, avatar_id: str, **changes: Any) -> Avatar | None:
-        unknown = sorted(set(changes) - set(_AVATAR_UPDATES))
+        unknown = sorted(set(changes) - set(AVATAR_UPDATES))
         if unknown:
             raise ValueError(f"avatar fields that cannot change: {', '.join(unknown)}")
         if not changes:
             return self.get_avatar(avatar_id)
         columns = ", ".join(f"{name} = ?" for name in changes)
-        values = [_AVATAR_UPDATES[name](value) for name, value in changes.items()]
+        values = [AVATAR_UPDATES[name](value) for name, value in changes.items()]
         row = (
             self._conn()
             .execute(f"UPDATE avatars SET {columns} WHERE id = ? RETURNING *", (*values, avatar_id))
             .fetchone()
         )
-        return _avatar(row) if row is not None else None
+        return avatar_from_row(row) if row is not None else None
 
     def delete_avatar(self, avatar_id: str) -> Avatar | None:
         row = self._conn().execute("DELETE FROM avatars WHERE id = ? RETURNING *", (avatar_id,)).fetchone()
-        return _avatar(row) if row is not None else None
+        return avatar_from_row(row) if row is not None else None
 
     def avatar_track_keys(self) -> set[str]:
         rows = self._conn().execute("SELECT track_key FROM avatars WHERE track_key IS NOT NULL").fetchall()
@@ -780,9 +812,16 @@ def _count(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> in
 
 def _check_tenant_room(conn: sqlite3.Connection, needed: int, tenant: str, tenant_limit: int | None) -> None:
     """The tenant's own bound: one department cannot fill the queue for the others."""
-    if tenant_limit is None:
-        return
-    waiting = _queued(conn, tenant)
+    if tenant_limit is not None:
+        check_tenant_room(_queued(conn, tenant), needed, tenant, tenant_limit)
+
+
+def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None:
+    check_room(_queued(conn), needed, queue_limit)
+
+
+def check_tenant_room(waiting: int, needed: int, tenant: str, tenant_limit: int) -> None:
+    """Raise QueueFullError when the tenant, with `waiting` queued jobs, has no room for `needed`."""
     free = max(0, tenant_limit - waiting)
     if needed <= free:
         return
@@ -793,8 +832,8 @@ def _check_tenant_room(conn: sqlite3.Connection, needed: int, tenant: str, tenan
     )
 
 
-def _check_room(conn: sqlite3.Connection, needed: int, queue_limit: int) -> None:
-    waiting = _queued(conn)
+def check_room(waiting: int, needed: int, queue_limit: int) -> None:
+    """Raise QueueFullError when a queue holding `waiting` jobs has no room for `needed`."""
     free = max(0, queue_limit - waiting)
     if needed <= free:
         return
@@ -814,7 +853,13 @@ def _path_text(path: Path | None) -> str | None:
     return str(path) if path is not None else None
 
 
-def _avatar(row: sqlite3.Row) -> Avatar:
+class Row(Protocol):
+    """A result row read by column name: sqlite3.Row, or psycopg's dict rows."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def avatar_from_row(row: Row) -> Avatar:
     return Avatar(
         id=row["id"],
         tenant=row["tenant"],
@@ -847,10 +892,31 @@ _FROM_COLUMN: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _job(row: sqlite3.Row) -> Job:
+def job_from_row(row: Row) -> Job:
     values = {}
     for spec in job_fields():
         value = row[spec.name]
         convert = _FROM_COLUMN.get(spec.name)
         values[spec.name] = convert(value) if convert is not None else value
     return Job(**values)
+
+
+SQLITE_SCHEME = "sqlite://"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The store settings.database_url names, not opened yet (the caller calls open()).
+
+    Unset or sqlite:///path: the embedded SQLite file; postgresql://...: the shared PostgreSQL
+    store (imported only then, so a single machine never loads the driver).
+    """
+    if settings.database_url.lower().startswith(POSTGRES_SCHEMES):
+        from heygem.jobs.store_pg import PostgresJobStore
+
+        return PostgresJobStore(
+            settings.database_url,
+            instance_id=settings.resolved_instance_id,
+            lease_s=settings.lease_s,
+        )
+    return SQLiteJobStore(settings.database_path)
