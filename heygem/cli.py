@@ -258,9 +258,9 @@ class _AvatarStore:
     """The service's job database in the data folder, opened for one command."""
 
     def __init__(self, settings: Settings) -> None:
-        from heygem.jobs.store import SQLiteJobStore
+        from heygem.jobs.store import open_store
 
-        self.store = SQLiteJobStore(settings.database_path)
+        self.store = open_store(settings)
 
     def __enter__(self) -> Any:
         self.store.open()

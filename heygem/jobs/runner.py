@@ -23,7 +23,7 @@ from heygem.jobs.execute import RunRequest, default_engine, run_one
 from heygem.jobs.manifest import ManifestItem, parse_manifest
 from heygem.jobs.options import options_dict, sync_options
 from heygem.jobs.records import DEFAULT_TENANT, JobStatus, Outcome
-from heygem.jobs.store import SQLiteJobStore
+from heygem.jobs.store import POSTGRES_SCHEMES, open_store
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.runner")
@@ -198,9 +198,10 @@ def _avatar_face(ref: str, settings: Settings) -> RunFace | None:
     database in the data folder; None for any other reference."""
     if avatar_id_of(ref) is None:
         return None
-    if not settings.database_path.is_file():
+    shared = settings.database_url.lower().startswith(POSTGRES_SCHEMES)
+    if not shared and not settings.database_path.is_file():
         raise InputError(f"{ref}: there are no avatars in {settings.data_dir} (no job database)")
-    store = SQLiteJobStore(settings.database_path)
+    store = open_store(settings)
     store.open()
     try:
         return face_for_run(store, settings, ref, DEFAULT_TENANT)
