@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,11 +12,24 @@ import pytest
 from heygem.settings import Settings
 from tests import media
 
-# The kit's fixtures (start_service, servers) and a real PostgreSQL (tests.pg) for every module.
-pytest_plugins = ["tests.kit", "tests.pg"]
+# The kit's fixtures (start_service, servers), a real PostgreSQL (tests.pg) and a headless
+# Chromium (tests.browser) for every module.
+pytest_plugins = ["tests.kit", "tests.pg", "tests.browser"]
 
 # Torch and OpenCV each want every core; two test processes on 2 cores must not oversubscribe.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A test that runs the CLI in-process installs the CLI's stdout handler on the root logger;
+    put the root logger back, so later tests neither lose their log capture nor write to a
+    captured stream pytest has closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ from heygem.web.compat import (
 )
 from heygem.web.identity import Identity, IdentityGate
 from tests import media
-from tests.kit import Pipelines, free_port, wait_until
+from tests.kit import FakePipeline, Pipelines, free_port, wait_until
 
 JOB_TIMEOUT_S = 60.0
 
@@ -483,3 +483,15 @@ def test_every_query_reply_carries_data_code(compat_settings):
         assert done["data"]["code"] == "proxy-1" and done["data"]["msg"] == "任务完成"
     finally:
         h.close()
+
+
+def test_with_the_compat_api_off_the_main_port_has_no_easy_routes(settings):
+    from heygem.web.server import create_app
+
+    service = JobService(settings, pipeline_factory=FakePipeline)
+    with TestClient(create_app(settings, service, ui=False)) as client:
+        assert client.get("/easy/query", params={"code": "x"}).status_code == 404
+        assert client.post("/easy/submit", json={"code": "x"}).status_code == 404
+    on = settings.replace(compat_root=settings.data_dir / "shared")
+    with TestClient(create_app(on, JobService(on, pipeline_factory=FakePipeline), ui=False)) as client:
+        assert client.get("/easy/query", params={"code": "x"}).status_code == 200

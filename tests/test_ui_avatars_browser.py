@@ -14,21 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.kit import PROJECT, ServerProcess
 
 pytestmark = pytest.mark.slow  # a live server subprocess and a browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = PROJECT / "test-artifacts"
 DOCS_SCREENSHOT = PROJECT / "docs" / "avatars.png"
 SCREENSHOT_LIMIT = 300 * 1024
@@ -38,14 +29,6 @@ WAIT_MS = 90_000  # avatar preparation, speech and the job, on a shared machine
 MP4_URL = re.compile(r"\.mp4$")
 AVATAR_ID = re.compile(r"[0-9a-f]{32}")
 SCRIPT = "Hello! This clip was made from typed text."
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,22 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests import media
 from tests.kit import PROJECT, ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow  # a live server subprocess
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = PROJECT / "test-artifacts"
 DOCS_SCREENSHOT = PROJECT / "docs" / "screenshot.png"
 SCREENSHOT_LIMIT = 300 * 1024
@@ -39,14 +30,6 @@ UI_TIMEOUT_S = 120.0  # importing gradio and building the page, on a busy 2-core
 WAIT_MS = 60_000  # generous: jobs, timers and uploads on a shared machine
 MP4_URL = re.compile(r"\.mp4$")
 GATEWAY_PREFIX = "/v1/infers/0a1b2c"  # as on ModelArts
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

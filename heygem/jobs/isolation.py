@@ -34,6 +34,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -259,6 +260,17 @@ class ProcessEngine:
         _signal_group(proc, signal.SIGKILL)
         proc.join(TERM_GRACE_S)
         proc.close()
+
+
+def end_process_helpers() -> None:
+    """Reap multiprocessing's resource tracker, a child started with the first engine process.
+
+    Left to itself it exits just after the server and stays a zombie wherever PID 1 does not reap
+    orphans (many containers); the next engine process starts a new one if needed."""
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)  # private in 3.11, but the only way to join it
+    if callable(stop):
+        stop()
 
 
 def _signal_group(proc: BaseProcess, signum: signal.Signals) -> None:

@@ -44,6 +44,7 @@ from heygem.jobs.avatars import (
     check_usable,
 )
 from heygem.jobs.execute import default_engine
+from heygem.jobs.isolation import end_process_helpers
 from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import default_output_name, shown_ref
 from heygem.jobs.options import options_dict
@@ -168,6 +169,7 @@ class JobService:
             stragglers += [self._retention] if self._retention.is_alive() else []
         if not stragglers:
             self.store.close()  # else a thread may still use it; the process exit closes it
+        end_process_helpers()
         with self._state_lock:
             self._state = _STOPPED
         with self._finished:

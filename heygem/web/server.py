@@ -184,7 +184,8 @@ def create_app(
     app.state.heygem = state
     app.add_middleware(WebGuard, settings=settings)  # hosts, origins, body caps, UI upload quota, headers
     register_api(app, state)
-    app.include_router(create_compat_router(service, settings))
+    if settings.compat_enabled:  # only then is its shared folder open to jobs
+        app.include_router(create_compat_router(service, settings))
     app.add_middleware(
         IdentityGate, identity=gate, public_paths=MAIN_PUBLIC_PATHS, public_prefixes=MAIN_PUBLIC_PREFIXES
     )

@@ -19,13 +19,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
 
 from heygem.web.identity import key_line
+from tests.browser import launch
 from tests.kit import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow  # live server subprocesses
 
 START_TIMEOUT_S = 180.0
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 BROWSER_WAIT_MS = 60_000
 JOB_TIMEOUT_S = 120.0
 TOKEN = "legacy-token-for-tests"
@@ -93,7 +92,8 @@ def _start(tmp_path_factory, name: str, env: dict[str, str]) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory):
-    live = _start(tmp_path_factory, "token", {"HEYGEM_API_TOKEN": TOKEN})
+    shared = tmp_path_factory.mktemp("token-shared")  # the compat API is on: /easy on the main port
+    live = _start(tmp_path_factory, "token", {"HEYGEM_API_TOKEN": TOKEN, "HEYGEM_COMPAT_ROOT": str(shared)})
     yield live
     live.stop_cleanly()
 
@@ -237,7 +237,7 @@ def test_the_browser_login_form_signs_in_and_the_admin_sees_the_log(login_server
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch(playwright.chromium)
         try:
             page = browser.new_context(locale="en-US").new_page()
             page.set_default_timeout(BROWSER_WAIT_MS)
