@@ -715,26 +715,7 @@ class SQLiteJobStore:
 
     # --- avatars -------------------------------------------------------------------------------
     def add_avatar(self, avatar: Avatar) -> None:
-        self._conn().execute(
-            "INSERT INTO avatars (id, tenant, name, status, error, media, thumbnail, voice_audio,"
-            " voice_text, created_at, duration_s, is_image, track_key)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                avatar.id,
-                avatar.tenant,
-                avatar.name,
-                avatar.status,
-                avatar.error,
-                str(avatar.media),
-                _path_text(avatar.thumbnail),
-                _path_text(avatar.voice_audio),
-                avatar.voice_text,
-                avatar.created_at,
-                avatar.duration_s,
-                int(avatar.is_image),
-                avatar.track_key,
-            ),
-        )
+        self._conn().execute(avatar_insert_sql("?"), avatar_values(avatar))
 
     def get_avatar(self, avatar_id: str) -> Avatar | None:
         row = self._conn().execute("SELECT * FROM avatars WHERE id = ?", (avatar_id,)).fetchone()
@@ -851,6 +832,37 @@ def _optional_path(text: str | None) -> Path | None:
 
 def _path_text(path: Path | None) -> str | None:
     return str(path) if path is not None else None
+
+
+AVATAR_COLUMNS = (
+    "id", "tenant", "name", "status", "error", "media", "thumbnail", "voice_audio", "voice_text",
+    "created_at", "duration_s", "is_image", "track_key",
+)  # fmt: skip
+
+
+def avatar_insert_sql(placeholder: str) -> str:
+    """The INSERT of one avatar row, with the driver's parameter placeholder ("?" or "%s")."""
+    marks = ", ".join([placeholder] * len(AVATAR_COLUMNS))
+    return f"INSERT INTO avatars ({', '.join(AVATAR_COLUMNS)}) VALUES ({marks})"
+
+
+def avatar_values(avatar: Avatar) -> tuple[object, ...]:
+    """An avatar as the row values AVATAR_COLUMNS names, for both stores."""
+    return (
+        avatar.id,
+        avatar.tenant,
+        avatar.name,
+        avatar.status,
+        avatar.error,
+        str(avatar.media),
+        _path_text(avatar.thumbnail),
+        _path_text(avatar.voice_audio),
+        avatar.voice_text,
+        avatar.created_at,
+        avatar.duration_s,
+        int(avatar.is_image),
+        avatar.track_key,
+    )
 
 
 class Row(Protocol):

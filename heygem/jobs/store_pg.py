@@ -47,6 +47,8 @@ from heygem.jobs.store import (
     RunState,
     Tombstone,
     avatar_from_row,
+    avatar_insert_sql,
+    avatar_values,
     check_room,
     check_tenant_room,
     job_from_row,
@@ -573,26 +575,7 @@ class PostgresJobStore:
     # --- avatars -------------------------------------------------------------------------------
     def add_avatar(self, avatar: Avatar) -> None:
         with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO avatars (id, tenant, name, status, error, media, thumbnail,"
-                " voice_audio, voice_text, created_at, duration_s, is_image, track_key)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    avatar.id,
-                    avatar.tenant,
-                    avatar.name,
-                    avatar.status,
-                    avatar.error,
-                    str(avatar.media),
-                    _path_text(avatar.thumbnail),
-                    _path_text(avatar.voice_audio),
-                    avatar.voice_text,
-                    avatar.created_at,
-                    avatar.duration_s,
-                    int(avatar.is_image),
-                    avatar.track_key,
-                ),
-            )
+            cur.execute(avatar_insert_sql("%s"), avatar_values(avatar))
 
     def get_avatar(self, avatar_id: str) -> Avatar | None:
         row = self._one("SELECT * FROM avatars WHERE id = %s", (avatar_id,))
@@ -702,7 +685,3 @@ def _passwords(url: str) -> set[str]:
     if not password:
         return set()
     return {password, urllib.parse.unquote(password)}
-
-
-def _path_text(path: object) -> str | None:
-    return str(path) if path is not None else None
