@@ -398,31 +398,7 @@ class SQLiteJobStore:
             for index, spec in enumerate(jobs):
                 job_id = uuid.uuid4().hex
                 ids.append(job_id)
-                conn.execute(
-                    "INSERT INTO jobs (id, tenant, kind, batch_id, item_index, audio, video,"
-                    " options, output_name, output_prefix, idempotency_key, status, created_at,"
-                    " queued_at, uploads, text, voice)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        tenant,
-                        (JobKind.BATCH_ITEM if batch_id else JobKind.SINGLE).value,
-                        batch_id,
-                        index if batch_id else None,
-                        spec.audio,
-                        spec.video,
-                        json.dumps(spec.options),
-                        spec.output_name,
-                        spec.output_prefix,
-                        spec.idempotency_key,
-                        JobStatus.QUEUED.value,
-                        now,
-                        now,
-                        json.dumps(list(spec.uploads)),
-                        spec.text,
-                        spec.voice,
-                    ),
-                )
+                conn.execute(job_insert_sql("?"), new_job_values(job_id, spec, tenant, batch_id, index, now))
         added = [self.get(job_id) for job_id in ids]
         batch = self.get_batch(batch_id) if batch_id else None
         return batch, [job for job in added if job is not None]
@@ -550,7 +526,6 @@ class SQLiteJobStore:
 
     def finish(self, job_id: str, token: str, outcome: Outcome) -> bool:
         """Record the end of a run; False when the run was no longer this worker's."""
-        done = outcome.status == JobStatus.SUCCEEDED
         rows = (
             self._conn()
             .execute(
@@ -560,22 +535,7 @@ class SQLiteJobStore:
                 " finished_at = ?, progress = CASE WHEN ? THEN 1.0 ELSE progress END,"
                 " stage = CASE WHEN ? THEN 'done' ELSE stage END, run_token = NULL"
                 " WHERE id = ? AND run_token = ? AND status = 'running' RETURNING id",
-                (
-                    outcome.status.value,
-                    outcome.error,
-                    outcome.engine,
-                    outcome.frames_without_face,
-                    outcome.frames,
-                    outcome.run_seconds,
-                    str(outcome.output_path) if outcome.output_path else None,
-                    outcome.output_url,
-                    outcome.presigned_url,
-                    time.time(),
-                    done,
-                    done,
-                    job_id,
-                    token,
-                ),
+                finish_values(outcome, job_id, token),
             )
             .fetchall()
         )
@@ -834,6 +794,70 @@ def _path_text(path: Path | None) -> str | None:
     return str(path) if path is not None else None
 
 
+NEW_JOB_COLUMNS = (
+    "id", "tenant", "kind", "batch_id", "item_index", "audio", "video", "options", "output_name",
+    "output_prefix", "idempotency_key", "status", "created_at", "queued_at", "uploads", "text",
+    "voice",
+)  # fmt: skip
+
+
+def job_insert_sql(placeholder: str) -> str:
+    """The INSERT of one new job row, with the driver's parameter placeholder ("?" or "%s")."""
+    return _insert_sql("jobs", NEW_JOB_COLUMNS, placeholder)
+
+
+def new_job_values(
+    job_id: str, spec: NewJob, tenant: str, batch_id: str | None, index: int, now: float
+) -> tuple[object, ...]:
+    """A queued job as the row values NEW_JOB_COLUMNS names, for both stores."""
+    return (
+        job_id,
+        tenant,
+        (JobKind.BATCH_ITEM if batch_id else JobKind.SINGLE).value,
+        batch_id,
+        index if batch_id else None,
+        spec.audio,
+        spec.video,
+        json.dumps(spec.options),
+        spec.output_name,
+        spec.output_prefix,
+        spec.idempotency_key,
+        JobStatus.QUEUED.value,
+        now,
+        now,
+        json.dumps(list(spec.uploads)),
+        spec.text,
+        spec.voice,
+    )
+
+
+def _insert_sql(table: str, columns: tuple[str, ...], placeholder: str) -> str:
+    marks = ", ".join([placeholder] * len(columns))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def finish_values(outcome: Outcome, job_id: str, token: str) -> tuple[object, ...]:
+    """The parameters of both stores' finish UPDATE: the outcome's columns, the finish time, the
+    succeeded flag twice (progress 1.0, stage "done"), then the run's id and token."""
+    done = outcome.status == JobStatus.SUCCEEDED
+    return (
+        outcome.status.value,
+        outcome.error,
+        outcome.engine,
+        outcome.frames_without_face,
+        outcome.frames,
+        outcome.run_seconds,
+        str(outcome.output_path) if outcome.output_path else None,
+        outcome.output_url,
+        outcome.presigned_url,
+        time.time(),
+        done,
+        done,
+        job_id,
+        token,
+    )
+
+
 AVATAR_COLUMNS = (
     "id", "tenant", "name", "status", "error", "media", "thumbnail", "voice_audio", "voice_text",
     "created_at", "duration_s", "is_image", "track_key",
@@ -842,8 +866,7 @@ AVATAR_COLUMNS = (
 
 def avatar_insert_sql(placeholder: str) -> str:
     """The INSERT of one avatar row, with the driver's parameter placeholder ("?" or "%s")."""
-    marks = ", ".join([placeholder] * len(AVATAR_COLUMNS))
-    return f"INSERT INTO avatars ({', '.join(AVATAR_COLUMNS)}) VALUES ({marks})"
+    return _insert_sql("avatars", AVATAR_COLUMNS, placeholder)
 
 
 def avatar_values(avatar: Avatar) -> tuple[object, ...]:

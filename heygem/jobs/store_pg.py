@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool
 
 from heygem.errors import HeygemError
 from heygem.jobs.avatars import Avatar
-from heygem.jobs.records import DEFAULT_TENANT, Batch, Job, JobKind, JobStatus, NewJob, Outcome
+from heygem.jobs.records import DEFAULT_TENANT, Batch, Job, NewJob, Outcome
 from heygem.jobs.store import (
     AVATAR_UPDATES,
     RETRYABLE_SQL,
@@ -51,7 +51,10 @@ from heygem.jobs.store import (
     avatar_values,
     check_room,
     check_tenant_room,
+    finish_values,
     job_from_row,
+    job_insert_sql,
+    new_job_values,
 )
 from heygem.settings import MASK, mask_url
 
@@ -418,7 +421,6 @@ class PostgresJobStore:
 
     def finish(self, job_id: str, token: str, outcome: Outcome) -> bool:
         """Record the end of a run; False when the run was no longer this worker's."""
-        done = outcome.status == JobStatus.SUCCEEDED
         row = self._one(
             "UPDATE jobs SET status = %s, error = %s, engine = COALESCE(%s, engine),"
             " frames_without_face = %s, frames = %s, run_seconds = %s,"
@@ -426,22 +428,7 @@ class PostgresJobStore:
             " finished_at = %s, progress = CASE WHEN %s THEN 1.0 ELSE progress END,"
             " stage = CASE WHEN %s THEN 'done' ELSE stage END, run_token = NULL, lease_until = NULL"
             " WHERE id = %s AND run_token = %s AND status = 'running' RETURNING id",
-            (
-                outcome.status.value,
-                outcome.error,
-                outcome.engine,
-                outcome.frames_without_face,
-                outcome.frames,
-                outcome.run_seconds,
-                str(outcome.output_path) if outcome.output_path else None,
-                outcome.output_url,
-                outcome.presigned_url,
-                time.time(),
-                done,
-                done,
-                job_id,
-                token,
-            ),
+            finish_values(outcome, job_id, token),
         )
         return row is not None
 
@@ -622,30 +609,7 @@ def _admit(cur: Cursor) -> None:
 
 def _insert_job(cur: Cursor, spec: NewJob, tenant: str, batch_id: str | None, index: int, now: float) -> str:
     job_id = uuid.uuid4().hex
-    cur.execute(
-        "INSERT INTO jobs (id, tenant, kind, batch_id, item_index, audio, video, options,"
-        " output_name, output_prefix, idempotency_key, status, created_at, queued_at, uploads,"
-        " text, voice) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            job_id,
-            tenant,
-            (JobKind.BATCH_ITEM if batch_id else JobKind.SINGLE).value,
-            batch_id,
-            index if batch_id else None,
-            spec.audio,
-            spec.video,
-            json.dumps(spec.options),
-            spec.output_name,
-            spec.output_prefix,
-            spec.idempotency_key,
-            JobStatus.QUEUED.value,
-            now,
-            now,
-            json.dumps(list(spec.uploads)),
-            spec.text,
-            spec.voice,
-        ),
-    )
+    cur.execute(job_insert_sql("%s"), new_job_values(job_id, spec, tenant, batch_id, index, now))
     return job_id
 
 
