@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,10 @@ def write_video(
     size: tuple[int, int] | None = None,
     pix_fmt: str = "yuv420p",
     crf: int = 18,
+    output_args: Sequence[str] = (),
 ) -> Path:
-    """Encode BGR frames (side x side, or size=(width, height)) to H.264 mp4 with real ffmpeg."""
+    """Encode BGR frames (side x side, or size=(width, height)) to H.264 mp4 with real ffmpeg;
+    `output_args` go before the codec (e.g. a filter)."""
     width, height = size or (side, side)
     cmd = [
         "ffmpeg",
@@ -67,6 +70,7 @@ def write_video(
         str(fps),
         "-i",
         "-",
+        *output_args,
         "-c:v",
         "libx264",
         "-pix_fmt",

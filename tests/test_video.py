@@ -16,36 +16,7 @@ GRAY_STEP = 20  # frame i of an "indexed" video is flat gray 20*i: survives H.26
 
 
 def _encode(path: Path, frames, width: int, height: int, fps: float = 25, extra: list[str] = ()) -> Path:
-    cmd = [
-        "ffmpeg",
-        "-y",
-        "-loglevel",
-        "error",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "bgr24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        str(fps),
-        "-i",
-        "-",
-        *extra,
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        "-crf",
-        "10",
-        str(path),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-    for frame in frames:
-        proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-    proc.stdin.close()
-    assert proc.wait() == 0
-    return path
+    return media.write_video(path, frames, fps, size=(width, height), crf=10, output_args=extra)
 
 
 def _indexed_frames(count: int, width: int = 64, height: int = 48):
