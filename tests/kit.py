@@ -57,6 +57,24 @@ LOG_TAIL = 4000
 # --- ports and polling ---------------------------------------------------------------------------
 
 
+# The Gradio /generate endpoint's option parameters with the panel's defaults, in API order, for
+# gradio_client calls that pass them positionally (as older scripts do).
+GENERATE_DEFAULTS = {
+    "engine": "auto",
+    "pad_top": 0,
+    "pad_bottom": 10,
+    "pad_left": 0,
+    "pad_right": 0,
+    "smooth": True,
+    "blend": "feather",
+    "duration_policy": "loop",
+    "face_choice": "largest",
+    "face_x": None,
+    "face_y": None,
+    "watermark": "",
+}
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports that nothing listens on now; all are held open until all are chosen."""
     with contextlib.ExitStack() as stack:

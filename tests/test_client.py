@@ -11,26 +11,12 @@ import pytest
 from gradio_client import Client, handle_file
 
 from tests import media
-from tests.kit import REAL_LAUNCHER, ServerProcess
+from tests.kit import GENERATE_DEFAULTS, REAL_LAUNCHER, ServerProcess
 
 pytestmark = pytest.mark.slow  # a live server subprocess
 
 READY_TIMEOUT_S = 240.0  # import torch + gradio, load the generator, warm up: a busy 2-core machine
 JOB_TIMEOUT_S = 300.0
-DEFAULT_OPTIONS = {
-    "engine": "wav2lip",
-    "pad_top": 0,
-    "pad_bottom": 10,
-    "pad_left": 0,
-    "pad_right": 0,
-    "smooth": True,
-    "blend": "feather",
-    "duration_policy": "loop",
-    "face_choice": "largest",
-    "face_x": None,
-    "face_y": None,
-    "watermark": "",
-}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +39,7 @@ def test_gradio_client_runs_one_job_on_the_real_engine(real_server, speech_wav, 
     job = client.submit(
         handle_file(str(speech_wav)),
         handle_file(str(face_video)),
-        *DEFAULT_OPTIONS.values(),
+        *{**GENERATE_DEFAULTS, "engine": "wav2lip"}.values(),
         api_name="/generate",
     )
     video, download, summary = job.result(timeout=JOB_TIMEOUT_S)

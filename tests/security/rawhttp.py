@@ -33,6 +33,13 @@ def multipart(boundary: str, parts: Iterable[tuple[str, str | None, bytes]]) -> 
     yield f"--{boundary}--\r\n".encode()
 
 
+def in_pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The same bytes cut into pieces of at most `size`, as a slow streaming client sends them."""
+    for chunk in chunks:
+        for start in range(0, len(chunk), size):
+            yield chunk[start : start + size]
+
+
 def request(
     port: int,
     method: str,

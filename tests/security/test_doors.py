@@ -20,7 +20,7 @@ from gradio_client.exceptions import AuthenticationError
 
 from heygem.web.identity import key_line
 from tests.browser import launch
-from tests.kit import ServerProcess, free_port
+from tests.kit import GENERATE_DEFAULTS, ServerProcess, free_port
 
 pytestmark = pytest.mark.slow  # live server subprocesses
 
@@ -32,20 +32,6 @@ UI_USER, UI_PASSWORD = "ann", "ann-password-1"
 ACME_KEY, OPS_KEY, COMPAT_TOKEN = "acme-key-0123456789", "ops-key-0123456789", "heygem-client-key"
 SECRET_FILE = "secret-result.txt"
 # The generate endpoint's inputs after audio and face, as the UI's option panel names them.
-GENERATE_OPTIONS = {
-    "engine": "auto",
-    "pad_top": 0,
-    "pad_bottom": 10,
-    "pad_left": 0,
-    "pad_right": 0,
-    "smooth": True,
-    "blend": "feather",
-    "duration_policy": "loop",
-    "face_choice": "largest",
-    "face_x": None,
-    "face_y": None,
-    "watermark": "",
-}
 # Every kind of /gradio_api route (and Gradio's own routes at the root) that ran, listed or
 # served files without credentials when only HEYGEM_API_TOKEN was set.
 GRADIO_DOORS = [
@@ -173,7 +159,7 @@ def test_gradio_client_with_the_token_runs_a_job(token_server, speech_wav, face_
     video, _download, summary = client.predict(
         handle_file(str(speech_wav)),
         handle_file(str(face_video)),
-        *GENERATE_OPTIONS.values(),
+        *GENERATE_DEFAULTS.values(),
         api_name="/generate",
     )
     assert "fake" in summary

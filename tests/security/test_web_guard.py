@@ -286,11 +286,7 @@ def test_upload_bytes_per_hour_are_capped_while_streaming(guarded):
         "POST",
         "/gradio_api/upload",
         {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        (
-            piece[i : i + 64 * KB]
-            for piece in rawhttp.multipart(boundary, parts)
-            for i in range(0, len(piece), 64 * KB)
-        ),
+        rawhttp.in_pieces(rawhttp.multipart(boundary, parts), 64 * KB),
         chunked=True,
         source_ip="127.0.0.4",
     )
@@ -497,11 +493,7 @@ def test_a_full_volume_answers_507_and_recovers(tiny_volume, speech_wav, face_vi
             "POST",
             "/api/v1/jobs",
             {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-            (
-                p[i : i + 256 * KB]
-                for p in rawhttp.multipart(boundary, parts)
-                for i in range(0, len(p), 256 * KB)
-            ),
+            rawhttp.in_pieces(rawhttp.multipart(boundary, parts), 256 * KB),
             chunked=True,
         )
         assert answer.status == 507, answer
