@@ -34,6 +34,7 @@ from heygem.errors import (
     SpeechError,
     StorageError,
 )
+from heygem.jobs.records import scrub_paths
 
 KB = 1 << 10
 MB = 1 << 20
@@ -114,11 +115,10 @@ def one_line(text: object) -> str:
 
 
 def strip_paths(text: str, data_dir: Path | None = None) -> str:
-    """`text` without absolute server paths: relative to data_dir when inside it, else the last part."""
+    """`text` without absolute server paths: relative to data_dir when inside it (the job records'
+    own rule), else the last part."""
     if data_dir is not None:
-        for root in {str(data_dir), str(data_dir.resolve())}:
-            if len(root) > 1:
-                text = text.replace(root.rstrip("/") + "/", "")
+        text = scrub_paths(text, data_dir) or ""
     return ABSOLUTE_PATH.sub(lambda match: match.group(1) or "", text)
 
 
