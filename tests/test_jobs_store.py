@@ -1,4 +1,5 @@
-"""SQLiteJobStore on its own: schema, atomic claims, run tokens, cancel and recovery rules."""
+"""SQLiteJobStore on its own: schema, migrations, concurrency on one file. The behaviour every store
+shares (claims, run tokens, cancel, recovery, retry, queue bounds) is in test_jobs_store_contract.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import threading
 
 import pytest
 
-from heygem.errors import HeygemError, QueueFullError
+from heygem.errors import HeygemError
 from heygem.jobs import store as store_module
 from heygem.jobs.records import JobStatus, NewJob, Outcome
-from heygem.jobs.store import SCHEMA_VERSION, RunState, SQLiteJobStore
+from heygem.jobs.store import SCHEMA_VERSION, SQLiteJobStore
 
 
 @pytest.fixture
@@ -67,48 +68,12 @@ def test_claims_are_atomic_across_threads(store):
     assert store.count_queued() == 0
 
 
-def test_claim_takes_the_oldest_first_and_counts_the_attempt(store):
-    first, second = add(store, 2)
-    claim = store.claim()
-    assert claim.job.id == first.id
-    assert (claim.job.status, claim.job.attempts) == (JobStatus.RUNNING, 1)
-
-
-def test_a_run_handed_back_cannot_write_any_more(store):
-    (job,) = add(store)
-    old = store.claim()
-    assert store.release(job.id, old.token, count_attempt=False)
-    assert store.get(job.id).attempts == 0
-    new = store.claim()
-    assert store.report_progress(job.id, old.token, 0.5, "detect") == RunState.GONE
-    assert not store.finish(job.id, old.token, Outcome(JobStatus.FAILED, error="stale"))
-    assert store.report_progress(job.id, new.token, 0.5, "detect") == RunState.ACTIVE
-    assert store.finish(job.id, new.token, Outcome(JobStatus.SUCCEEDED, engine="fake"))
-    done = store.get(job.id)
-    assert (done.status, done.error, done.progress, done.engine) == (JobStatus.SUCCEEDED, None, 1.0, "fake")
-
-
-def test_cancel_of_running_job_reaches_the_worker(store):
-    (job,) = add(store)
-    claim = store.claim()
-    assert store.cancel(job.id).cancel_requested
-    assert store.report_progress(job.id, claim.token, 0.1, "detect") == RunState.CANCEL
-
-
 def test_cancel_leaves_finished_jobs_alone(store):
     (job,) = add(store)
     claim = store.claim()
     store.finish(job.id, claim.token, Outcome(JobStatus.SUCCEEDED))
     assert store.cancel(job.id).status == JobStatus.SUCCEEDED
     assert store.cancel("missing") is None
-
-
-def test_queue_bound_counts_only_waiting_jobs(store):
-    store.add([NewJob("a", "v")] * 2, queue_limit=2)
-    store.claim()
-    store.add([NewJob("a", "v")], queue_limit=2)  # the running one frees a place
-    with pytest.raises(QueueFullError, match=r"queue is full \(2 jobs waiting\)"):
-        store.add([NewJob("a", "v")], queue_limit=2)
 
 
 def test_idempotency_key_is_unique_and_returns_the_first_job(store):
@@ -129,61 +94,6 @@ def test_recover_requeues_running_jobs_and_fails_exhausted_ones(store):
     assert [job.id for job in requeued] == [fresh.id] and requeued[0].attempts == 1
     assert [job.id for job in failed] == [tired.id]
     assert failed[0].error == "interrupted 3 times (the service restarted while it ran); giving up"
-
-
-def test_retry_resets_only_failed_and_cancelled_items(store):
-    batch, items = store.add(
-        [NewJob("a", "v", output_name=f"{i}.mp4") for i in range(3)], queue_limit=10, as_batch=True
-    )
-    outcomes = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED]
-    for status in outcomes:
-        claim = store.claim()
-        store.finish(
-            claim.job.id, claim.token, Outcome(status, error="bad" if status == JobStatus.FAILED else None)
-        )
-    store.cancel(items[2].id)  # finished: stays succeeded
-    retried = store.retry(batch.id, queue_limit=10)
-    assert [job.id for job in retried] == [items[1].id]
-    assert (retried[0].status, retried[0].attempts, retried[0].error) == (JobStatus.QUEUED, 0, None)
-    assert [item.status for item in store.get_batch(batch.id).items] == [
-        JobStatus.SUCCEEDED,
-        JobStatus.QUEUED,
-        JobStatus.SUCCEEDED,
-    ]
-
-
-def test_delete_skips_running_jobs_and_empty_batches_go(store):
-    batch, (one, two) = store.add([NewJob("a", "v")] * 2, queue_limit=10, as_batch=True)
-    claim = store.claim()
-    assert [job.id for job in store.delete([one.id, two.id])] == [two.id]
-    assert store.delete_empty_batches() == []
-    store.finish(one.id, claim.token, Outcome(JobStatus.FAILED, error="x"))
-    store.delete([one.id])
-    assert store.delete_empty_batches() == [batch.id]
-
-
-def test_a_cancel_asked_before_a_crash_or_drain_still_counts(store):
-    crashed, drained = add(store, 2)
-    store.claim()
-    drained_claim = store.claim()
-    store.cancel(crashed.id)
-    store.cancel(drained.id)
-    assert store.release(drained.id, drained_claim.token, count_attempt=False)
-    requeued, failed = store.recover(max_attempts=3)
-    assert requeued == [] and failed == []
-    assert [store.get(j.id).status for j in (crashed, drained)] == [JobStatus.CANCELLED] * 2
-    assert store.claim() is None
-
-
-def test_count_by_status_groups_every_row(store):
-    assert store.count_by_status() == {}
-    jobs = add(store, 5)
-    running = store.claim()
-    failed = store.claim()
-    store.finish(failed.job.id, failed.token, Outcome(JobStatus.FAILED, error="x"))
-    store.cancel(jobs[4].id)
-    assert store.count_by_status() == {"queued": 2, "running": 1, "failed": 1, "cancelled": 1}
-    assert running.job.id == jobs[0].id
 
 
 def test_a_run_records_its_frames_and_engine_seconds_until_retried(store):
