@@ -4,15 +4,24 @@
 #   docker build -t heygem .
 #   docker build -t heygem:offline --build-arg BAKE_WEIGHTS=1 .     # weights inside the image
 #
-# Base: CUDA 12.8 runtime on Ubuntu 24.04. Ubuntu 24.04 ships Python 3.12, which the pinned
-# requirements accept (numpy, scipy and fastapi need >= 3.11, so 22.04's 3.10 is too old) without
-# a third-party PPA. The torch wheel brings its own CUDA and cuDNN libraries; the base provides
-# the CUDA runtime environment the NVIDIA container toolkit expects and checks the host driver.
-# Host driver: >= 525 for any CUDA 12.x wheel (minor-version compatibility); see README.md.
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04
+# Base: the CUDA 12.6 *base* image on Ubuntu 24.04. Ubuntu 24.04 ships Python 3.12, which the
+# pinned requirements accept (numpy, scipy and fastapi need >= 3.11, so 22.04's 3.10 is too old)
+# without a third-party PPA. The torch wheel brings its own CUDA runtime, cuBLAS and cuDNN, so the
+# `-runtime-` flavour would only add a second copy of them: `-base-` gives the environment the
+# NVIDIA container toolkit expects, and nothing more.
+#
+# Why 12.6: torch 2.13 publishes CUDA 12.6 and 13.0 wheels (13.2 experimental), none for 12.8.
+# The cu126 wheel keeps kernels for Maxwell to Hopper (sm_50 to sm_90, so P100, V100, T4, A10,
+# A100, L4, H100) and runs on any driver >= 525 (CUDA 12 minor-version compatibility), which is
+# the README's promise. Blackwell needs the cu130 wheel and a >= 580 driver: build with
+# `--build-arg CUDA_BASE=nvidia/cuda:13.0.2-base-ubuntu24.04 --build-arg
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130` (heygem checks the GPU against the
+# wheel's architectures at start-up and falls back to the CPU with one line if they do not match).
+ARG CUDA_BASE=nvidia/cuda:12.6.3-base-ubuntu24.04
+FROM ${CUDA_BASE}
 
-# The PyTorch wheel index must match the CUDA major version of the base (cu126, cu128, ...).
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# The PyTorch wheel index must match the CUDA major version of the base (cu126 or cu130).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 # Same version as requirements.txt (a test checks that they agree).
 ARG TORCH_VERSION=2.13.0
 # 1 = download the weights at build time (offline hosts; check the licence before shipping).
@@ -52,6 +61,11 @@ COPY requirements.txt ./
 # the headless build; its real dependencies are in requirements.txt (as scripts/setup.sh does).
 RUN pip install --no-cache-dir -r requirements.txt \
     && pip install --no-cache-dir --no-deps face-alignment==1.5.0
+
+# The base image's NVIDIA_REQUIRE_CUDA asks for a driver that reports CUDA >= 12.6 (>= 560) and
+# only lets a few older branches through by brand, so Docker would refuse drivers 525-555 that the
+# wheel runs on. The promise is "driver >= 525", which is what "cuda>=12.0" checks.
+ENV NVIDIA_REQUIRE_CUDA="cuda>=12.0"
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

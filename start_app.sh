@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the heygem server: detect the GPU, check that torch agrees, print the effective settings,
+# Start the heygem server: list the GPUs, let torch decide the device, print the effective settings,
 # then `exec` the server so that it (not bash) is the process that receives SIGTERM and drains.
 #
 #   bash start_app.sh [--host H] [--port P] [--root-path /prefix] [any app.py flag ...]
@@ -42,7 +42,10 @@ parse_args() {
 
 gpu_found=0
 driver_version=""
+torch_sees_gpu=unknown  # 1, 0, or unknown when torch could not be asked
 
+# nvidia-smi is only a report: a container may lack it (no `utility` capability) or it may hang
+# while torch drives the GPU fine, so the device is decided by what torch sees (choose_device).
 detect_gpu() {
   local listing=""
   if command -v nvidia-smi >/dev/null 2>&1 \
@@ -55,12 +58,7 @@ detect_gpu() {
       [ -n "$line" ] && say "GPU found: $line (name, driver, memory)"
     done <<<"$listing"
     driver_version=$(head -n 1 <<<"$listing" | cut -d, -f2 | tr -d ' ')
-    export HEYGEM_DEVICE="${HEYGEM_DEVICE:-cuda}"
-  else
-    say "no GPU found, running on CPU (slow)"
-    export HEYGEM_DEVICE="${HEYGEM_DEVICE:-cpu}"
   fi
-  say "device: HEYGEM_DEVICE=$HEYGEM_DEVICE"
 }
 
 check_torch() {
@@ -72,20 +70,36 @@ check_torch() {
     return 0
   fi
   read -r cuda_ok torch_cuda torch_version <<<"$report"
+  torch_sees_gpu=$([ "$cuda_ok" = 1 ] && echo 1 || echo 0)
   say "torch $torch_version, built for CUDA $torch_cuda, sees a GPU: $([ "$cuda_ok" = 1 ] && echo yes || echo no)"
   if [ "$gpu_found" = 1 ] && [ "$cuda_ok" != 1 ]; then
     if [ "$torch_cuda" = none ]; then
       warn "nvidia-smi sees a GPU but torch $torch_version is a CPU-only build:" \
-        "install the CUDA wheel (pip install torch --index-url https://download.pytorch.org/whl/cu128)"
+        "install the CUDA wheel (pip install torch --index-url https://download.pytorch.org/whl/cu126)"
     else
       warn "nvidia-smi sees a GPU but torch cannot use it: the driver ($driver_version) is probably" \
         "too old for the wheel's CUDA $torch_cuda (CUDA 12.x needs driver >= $MIN_DRIVER_CUDA12," \
         "13.x needs >= $MIN_DRIVER_CUDA13); upgrade the driver or install a wheel for an older CUDA"
     fi
   elif [ "$gpu_found" = 0 ] && [ "$cuda_ok" = 1 ]; then
-    warn "torch sees a GPU but nvidia-smi does not: in Docker set" \
-      "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video so the toolkit mounts nvidia-smi"
+    warn "torch sees a GPU but nvidia-smi does not (missing or not answering): using the GPU;" \
+      "in Docker set NVIDIA_DRIVER_CAPABILITIES=compute,utility,video so the toolkit mounts nvidia-smi"
   fi
+}
+
+choose_device() {
+  # A device set by the operator always wins; otherwise torch's view decides. When torch could
+  # not be asked, HEYGEM_DEVICE stays unset and the app's own "auto" decides once torch loads.
+  if [ -z "${HEYGEM_DEVICE:-}" ]; then
+    case "$torch_sees_gpu" in
+      1) export HEYGEM_DEVICE=cuda ;;
+      0)
+        export HEYGEM_DEVICE=cpu
+        [ "$gpu_found" = 0 ] && say "no GPU found, running on CPU (slow)"
+        ;;
+    esac
+  fi
+  say "device: HEYGEM_DEVICE=${HEYGEM_DEVICE:-auto}"
 }
 
 print_settings() {
@@ -111,6 +125,7 @@ main() {
   cd "$APP_DIR"
   detect_gpu
   check_torch
+  choose_device
   print_settings "$@"
   # The arguments are not echoed: they may carry a secret such as --api-token.
   say "starting the server: $PYTHON app.py (with $# argument(s))"

@@ -81,14 +81,21 @@ def healthcheck_command(instructions) -> list[str]:
 # --- the deployment contract ------------------------------------------------------------------
 
 
-def test_base_is_a_cuda_runtime_image(instructions):
+def base_image(instructions) -> str:
+    """The FROM image with a build argument default substituted (FROM ${CUDA_BASE})."""
     (base,) = args_of(instructions, "FROM")
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d+\.\d+", base), base
+    defaults = arg_defaults(instructions)
+    return re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], base)
+
+
+def test_base_is_a_cuda_base_image(instructions):
+    # The torch wheel ships cuBLAS and cuDNN itself: a -runtime- or -devel- base doubles them.
+    base = base_image(instructions)
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-base-ubuntu\d+\.\d+", base), base
 
 
 def test_torch_wheel_matches_base_cuda_and_requirements(instructions):
-    (base,) = args_of(instructions, "FROM")
-    major, minor = re.search(r"cuda:(\d+)\.(\d+)", base).groups()
+    major, minor = re.search(r"cuda:(\d+)\.(\d+)", base_image(instructions)).groups()
     args = arg_defaults(instructions)
     assert args["TORCH_INDEX_URL"] == f"https://download.pytorch.org/whl/cu{major}{minor}"
     pinned = re.search(r"^torch==(\S+)$", (PROJECT / "requirements.txt").read_text(), re.M)
@@ -97,6 +104,28 @@ def test_torch_wheel_matches_base_cuda_and_requirements(instructions):
         '--index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"' in run
         for run in run_commands(instructions)
     )
+
+
+# The CUDA builds torch publishes wheels for, by torch minor version (PyTorch's release
+# compatibility matrix): 2.13 has 12.6 and 13.0 (13.2 experimental) and no 12.8.
+TORCH_CUDA_WHEELS = {"2.13": {"126", "130", "132"}, "2.14": {"126", "130", "132"}}
+
+
+def test_the_wheel_index_has_a_build_of_the_pinned_torch(instructions):
+    args = arg_defaults(instructions)
+    minor_version = ".".join(args["TORCH_VERSION"].split(".")[:2])
+    cuda = args["TORCH_INDEX_URL"].rsplit("/cu", 1)[1]
+    assert cuda in TORCH_CUDA_WHEELS[minor_version], (minor_version, cuda)
+
+
+def test_driver_requirement_matches_the_readme_promise(instructions):
+    # A CUDA 12 wheel runs on any driver >= 525 (minor-version compatibility); the base image's own
+    # NVIDIA_REQUIRE_CUDA would refuse 525-555, so the image states the promise the README makes.
+    major = re.search(r"cuda:(\d+)\.", base_image(instructions)).group(1)
+    promised = {"12": ("cuda>=12.0", "525"), "13": ("cuda>=13.0", "580")}[major]
+    assert env_of(instructions)["NVIDIA_REQUIRE_CUDA"] == promised[0]
+    readme = (PROJECT / "README.md").read_text()
+    assert f"driver **>= {promised[1]}**" in readme
 
 
 def test_port_8080_is_exposed_and_configured(instructions):

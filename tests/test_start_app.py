@@ -265,7 +265,9 @@ def settings_lines(app: App) -> dict[str, str]:
 # --- GPU detection -------------------------------------------------------------------------------
 
 
-def test_gpu_found_exports_cuda_and_the_server_still_works(launch, tmp_path, speech_wav, face_video):
+def test_gpu_listed_but_unusable_by_torch_means_cpu_a_warning_and_a_working_server(
+    launch, tmp_path, speech_wav, face_video
+):
     marker = fake_nvidia_smi(tmp_path / "gpu-bin", fails=False)
     app = launch([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()], env={"HEYGEM_API_TOKEN": SECRET})
     assert app.wait_healthy().json() == {"health": "true"}
@@ -276,15 +278,17 @@ def test_gpu_found_exports_cuda_and_the_server_still_works(launch, tmp_path, spe
     ]
     gpu_lines = [line for line in app.lines if line.startswith("start_app: GPU found: ")]
     assert len(gpu_lines) == 2 and FAKE_GPUS[0] in gpu_lines[0]
-    assert settings_lines(app)["device"] == "cuda"
+    # torch decides the device: a GPU that torch cannot drive is not used.
+    assert settings_lines(app)["device"] == "cpu"
+    assert "start_app: no GPU found" not in app.output
     # The app itself got the device: its own settings summary says so.
-    assert any("heygem.settings" in line and " device=cuda " in line for line in app.lines)
+    assert any("heygem.settings" in line and " device=cpu " in line for line in app.lines)
     # torch here is a CPU build: the mismatch is reported with torch's CUDA version.
     assert "start_app: torch " in app.output and "built for CUDA none" in app.output
     assert "WARNING: nvidia-smi sees a GPU but torch" in app.output
     # Secrets are masked everywhere, including the echo of the command line.
     assert settings_lines(app)["api_token"] == "***"
-    # HEYGEM_DEVICE=cuda without a usable GPU must not break the service: a job still succeeds.
+    # A GPU listed but unusable must not break the service: a job still succeeds.
     auth = {"Authorization": f"Bearer {SECRET}"}
     job = wait_finished(app, submit_job(app, speech_wav, face_video, auth), auth)
     assert job["status"] == "succeeded", json.dumps(job)[:2000] + "\n" + app.output[-3000:]
@@ -335,6 +339,50 @@ def test_a_device_already_set_is_kept_and_bad_settings_stop_early(tmp_path):
     assert result.stderr.strip().endswith("start_app: bad setting: unknown option(s): --no-such-flag")
     assert "Traceback" not in result.stdout + result.stderr
     assert "effective settings" not in result.stdout
+
+
+def fake_cuda_torch(folder: Path) -> Path:
+    """A `torch` package that only answers start_app.sh's question: CUDA 12.6 build, GPU visible."""
+    package = folder / "torch"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "from types import SimpleNamespace\n"
+        "__version__ = '2.13.0+cu126'\n"
+        "cuda = SimpleNamespace(is_available=lambda: True)\n"
+        "version = SimpleNamespace(cuda='12.6')\n"
+    )
+    return folder
+
+
+def run_until_settings_check(tmp_path: Path, path_dirs: list[str]) -> subprocess.CompletedProcess[str]:
+    """start_app.sh with a torch that sees a GPU, stopped by a bad flag right before exec."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
+    env.update(
+        PATH=os.pathsep.join(path_dirs),
+        PYTHONPATH=os.pathsep.join([str(fake_cuda_torch(tmp_path / "fake-torch")), str(PROJECT)]),
+    )
+    return subprocess.run(
+        ["bash", str(START_APP), "--no-such-flag"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("nvidia_smi", ["missing", "failing"])
+def test_torch_seeing_a_gpu_wins_over_a_missing_or_failing_nvidia_smi(tmp_path, nvidia_smi):
+    path_dirs = path_without_nvidia_smi()
+    if nvidia_smi == "failing":
+        fake_nvidia_smi(tmp_path / "broken-bin", fails=True)
+        path_dirs = [str(tmp_path / "broken-bin"), *path_dirs]
+    result = run_until_settings_check(tmp_path, path_dirs)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "start_app: torch 2.13.0+cu126, built for CUDA 12.6, sees a GPU: yes" in result.stdout
+    assert "start_app: device: HEYGEM_DEVICE=cuda" in result.stdout
+    assert "no GPU found" not in result.stdout
+    assert "torch sees a GPU but nvidia-smi does not" in result.stderr
 
 
 def test_help_describes_the_script_and_starts_nothing(tmp_path):
