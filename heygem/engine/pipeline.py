@@ -7,7 +7,6 @@ detector and generator once, and `run` streams one job through two frame passes.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import tempfile
 import threading
@@ -33,7 +32,7 @@ from heygem.engine.api import (
     SyncResult,
 )
 from heygem.engine.audio import SAMPLE_RATE, frames_for_audio, load_audio, mel_chunks, melspectrogram
-from heygem.engine.faces.detect import FaceDetector, create_detector
+from heygem.engine.faces.detect import FaceDetector, shared_detector
 from heygem.engine.faces.track import (
     CachedVideo,
     FaceTrack,
@@ -104,7 +103,7 @@ class LipSyncPipeline:
             from heygem.engine.model.inference import choose_placement
 
             placement = choose_placement(self.settings.device, self.settings.precision)
-            detector = create_detector(self.settings, str(placement.device))
+            detector = shared_detector(self.settings, str(placement.device))
             checkpoint = resolve_checkpoint(self.settings)
             engine, reason = choose_engine(self.settings.engine, checkpoint)
             loaded = _Loaded(placement, detector, checkpoint, engine, reason)
@@ -311,7 +310,8 @@ def face_track(
 def preview_face(settings: Settings, face: Path) -> tuple[Frame, Box | None]:
     """The first frame (RGB) with the face box the engine would use drawn on it, and that box.
 
-    For the UI's "check face" button: one frame, no model, no job.
+    For the UI's "check face" button: one frame, no generator, no job. The detector is the one the
+    engine uses on the configured device (shared_detector), not a second copy on the CPU.
     """
     import cv2
 
@@ -321,7 +321,7 @@ def preview_face(settings: Settings, face: Path) -> tuple[Frame, Box | None]:
         frame = next(frames)
     finally:
         frames.close()
-    raw = detect_faces([frame], _cached_detector(settings), info.size)
+    raw = detect_faces([frame], shared_detector(settings), info.size)
     box = choose_face(raw.faces[0]) if raw.faces and raw.faces[0] else None
     if box is not None:
         box = pad_box(box, SyncOptions().pads, info.size)
@@ -330,11 +330,6 @@ def preview_face(settings: Settings, face: Path) -> tuple[Frame, Box | None]:
         cv2.rectangle(frame, box[:2], box[2:], BOX_COLOUR_BGR, thickness)
     # cv2's stubs type every image as MatLike; a colour conversion keeps the uint8 dtype.
     return cast(Frame, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)), box
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_detector(settings: Settings) -> FaceDetector:
-    return create_detector(settings, "cpu")
 
 
 class _Job:

@@ -75,6 +75,7 @@ class Worker(threading.Thread):
     ) -> None:
         # Daemon: a run still going after the drain window must not keep the process alive.
         super().__init__(name=f"heygem-worker-{index}", daemon=True)
+        self.index = index
         self.settings = settings
         self.store = store
         self.pipeline_factory = pipeline_factory
@@ -173,9 +174,19 @@ class Worker(threading.Thread):
         return self._engine
 
     def _build_engine(self) -> Engine:
-        if use_process(self.settings, self.pipeline_factory):
-            return ProcessEngine(self.settings, self.pipeline_factory)
-        return self.pipeline_factory(self.settings)
+        settings = self._own_device()
+        if use_process(settings, self.pipeline_factory):
+            return ProcessEngine(settings, self.pipeline_factory)
+        return self.pipeline_factory(settings)
+
+    def _own_device(self) -> Settings:
+        """These settings with this worker's GPU: worker i of n takes GPU i mod (GPU count)."""
+        from heygem.engine.model.devices import worker_device
+
+        device = worker_device(self.settings.device, self.index, self.settings.workers)
+        if device != self.settings.device:
+            log.info("%s uses %s", self.name, device)
+        return self.settings.replace(device=device)
 
     def _close_engine(self) -> None:
         # Only a ProcessEngine holds something to release: its child process.

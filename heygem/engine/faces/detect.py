@@ -7,6 +7,7 @@ that frame's pixels. `create_detector` picks one from the settings and caps dete
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -28,6 +29,16 @@ log = logging.getLogger("heygem.engine.faces.detect")
 
 S3FD_THRESHOLD = 0.5  # the reference keeps boxes scoring above this after NMS
 S3FD_NMS_IOU = 0.3
+S3FD_MIN_SCORE = 0.05  # face_alignment's candidate floor; boxes below it never count
+S3FD_MEAN = (104.0, 117.0, 123.0)  # subtracted after the channel flip, as face_alignment does
+S3FD_ANCHOR_SCALE = 4  # an anchor is 4 strides wide at each of the six levels (strides 4 to 128)
+S3FD_CENTRE_VARIANCE = 0.1
+S3FD_SIZE_VARIANCE = 0.2
+# Anchors per frame that go through NMS: a face gives a few dozen above 0.5; 256 leaves room for
+# several faces while keeping the per-frame overlap matrix small.
+S3FD_MAX_CANDIDATES = 256
+S3FD_BATCH = 8  # frames per forward pass on a GPU (the tracker's batches are padded to this)
+DETECTING = "detecting faces"
 DATA_PARALLEL_PREFIX = "module."
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
@@ -73,64 +84,158 @@ class FaceDetector(Protocol):
 
 
 class S3FDDetector:
-    """S3FD through face_alignment's network and decoder, fed exactly like the reference.
+    """S3FD through face_alignment's network, fed exactly like the reference, decoded here.
 
-    Frames go in as BGR; face_alignment's batch decoder flips channels and subtracts (104, 117, 123),
-    which is the reference's pre-processing. NMS at IoU 0.3, then boxes scoring above 0.5 are kept.
+    Frames go in as BGR uint8; like face_alignment's batch decoder the channels are flipped and
+    (104, 117, 123) subtracted, which is the reference's pre-processing. Boxes scoring above 0.5
+    survive NMS at IoU 0.3. Only uint8 pixels cross to the device; the network runs in fp16 on
+    CUDA; the anchors are decoded, thresholded and compared for NMS there too, and one transfer per
+    batch brings back a fixed-size table of the best candidates per frame.
     """
 
     name = "s3fd"
 
     def __init__(
-        self, weights_path: Path | str, device: str = "cpu", threshold: float = S3FD_THRESHOLD
+        self,
+        weights_path: Path | str,
+        device: str = "cpu",
+        threshold: float = S3FD_THRESHOLD,
+        batch_size: int = S3FD_BATCH,
+        half: bool = True,
     ) -> None:
+        import torch
+
         self.weights_path = Path(weights_path)
-        self.device = device
+        self.device = torch.device(device)
         self.threshold = threshold
         self.cache_tag = f"s3fd:threshold={threshold}"
-        self._net = _load_s3fd(self.weights_path, device)
+        on_gpu = self.device.type == "cuda"
+        self._dtype = torch.float16 if on_gpu and half else torch.float32
+        self._net = _load_s3fd(self.weights_path, str(self.device)).to(self._dtype)
+        self._batch_size = batch_size
         self._lock = threading.Lock()
+        if on_gpu:
+            from heygem.engine.model.devices import use_device
+
+            use_device(self.device)
+            torch.backends.cudnn.benchmark = True  # batches are padded to one shape per video size
 
     def detect(self, frames: list[Frame]) -> list[list[Detection]]:
         if not frames:
             return []
         _check_same_size(frames)
-        with self._lock:
-            return self._detect_splitting_on_oom(frames)
+        with self._lock, self._device_context():
+            return self._detect_in_batches(frames)
 
-    def _detect_splitting_on_oom(self, frames: list[Frame]) -> list[list[Detection]]:
+    def _device_context(self) -> contextlib.AbstractContextManager[object]:
         import torch
 
-        try:
-            return self._detect_batch(frames)
-        except torch.cuda.OutOfMemoryError:
-            if len(frames) == 1:
-                raise ModelError(
-                    "out of GPU memory detecting faces in a single frame; lower detect_max_side"
-                ) from None
-            torch.cuda.empty_cache()
-            half = len(frames) // 2
-            log.warning("out of GPU memory detecting %d frames; retrying in halves", len(frames))
-            first = self._detect_splitting_on_oom(frames[:half])
-            return first + self._detect_splitting_on_oom(frames[half:])
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
-    def _detect_batch(self, frames: list[Frame]) -> list[list[Detection]]:
+    def _detect_in_batches(self, frames: list[Frame]) -> list[list[Detection]]:
+        from heygem.engine.model.devices import BatchBackoff, shared_backoff
+
+        size = max(self._batch_size, len(frames)) if self.device.type == "cpu" else self._batch_size
+        backoff = (
+            shared_backoff(DETECTING, str(self.device), size)
+            if self.device.type == "cuda"
+            else BatchBackoff(size, DETECTING)
+        )
+        pad_to = backoff.size if self.device.type == "cuda" else 0
+        results = backoff.run(len(frames), lambda a, b: self._detect_batch(frames[a:b], pad_to))
+        return [faces for batch in results for faces in batch]
+
+    def _detect_batch(self, frames: list[Frame], pad_to: int = 0) -> list[list[Detection]]:
         import torch
-        from face_alignment.detection.sfd.detect import batch_detect
 
-        batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # uint8 NCHW, still BGR
+        stacked = np.stack(frames)
+        if pad_to > len(frames):  # cuDNN benchmark mode tunes once per shape: keep one shape
+            stacked = np.concatenate([stacked, np.repeat(stacked[-1:], pad_to - len(frames), axis=0)])
         with torch.inference_mode():
-            candidates = batch_detect(self._net, batch, device=self.device)
-        return [self._keep(candidates[i]) for i in range(len(frames))]
+            pixels = torch.from_numpy(stacked).to(self.device, non_blocking=True)  # uint8 NHWC, BGR
+            outputs = self._net(_s3fd_input(pixels, self._dtype))
+            table = s3fd_candidates(outputs, max(self.threshold, S3FD_MIN_SCORE)).cpu().numpy()
+        return [self._keep(table[i]) for i in range(len(frames))]
 
-    def _keep(self, candidates: NDArray[np.float32]) -> list[Detection]:
-        """(N, 5) rows of x1, y1, x2, y2, score -> the boxes kept after NMS and the threshold."""
-        from face_alignment.detection.sfd.bbox import nms
+    def _keep(self, table: NDArray[np.float32]) -> list[Detection]:
+        """One frame's candidate table -> Detections kept by greedy NMS, best first."""
+        return [Detection(*map(float, row[:5])) for row in greedy_nms(table)]
 
-        if len(candidates) == 0:
-            return []
-        boxes = candidates[nms(candidates, S3FD_NMS_IOU)]
-        return [Detection(*map(float, box[:5])) for box in boxes if box[4] > self.threshold]
+
+def _s3fd_input(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 NHWC BGR -> NCHW in `dtype`, channels flipped and the mean subtracted (on the device)."""
+    import torch
+
+    mean = torch.tensor(S3FD_MEAN, device=pixels.device, dtype=dtype).view(1, 3, 1, 1)
+    return pixels.permute(0, 3, 1, 2).flip(1).to(dtype) - mean
+
+
+def s3fd_candidates(outputs: list[torch.Tensor], min_score: float) -> torch.Tensor:
+    """The network's six (scores, offsets) pairs -> (N, K, 5 + K) per frame: the K best anchors'
+    boxes (x1, y1, x2, y2, score; score 0 when below `min_score`) in descending score order, then
+    a K x K flag matrix: row i marks the later candidates box i overlaps above the NMS IoU.
+
+    All decoded on the tensors' device in float32 (fp16 outputs are cast first: exp() of an fp16
+    offset overflows), with no host synchronisation; the caller copies the table back once.
+    """
+    import torch
+
+    boxes, scores = [], []
+    for level in range(len(outputs) // 2):
+        logits, offsets = outputs[2 * level].float(), outputs[2 * level + 1].float()
+        stride = 2 ** (level + 2)
+        height, width = logits.shape[2:]
+        ys = torch.arange(height, device=logits.device, dtype=torch.float32) * stride + stride / 2
+        xs = torch.arange(width, device=logits.device, dtype=torch.float32) * stride + stride / 2
+        anchor = stride * S3FD_ANCHOR_SCALE
+        cx = xs.view(1, 1, -1) + offsets[:, 0] * S3FD_CENTRE_VARIANCE * anchor
+        cy = ys.view(1, -1, 1) + offsets[:, 1] * S3FD_CENTRE_VARIANCE * anchor
+        w = anchor * torch.exp(offsets[:, 2] * S3FD_SIZE_VARIANCE)
+        h = anchor * torch.exp(offsets[:, 3] * S3FD_SIZE_VARIANCE)
+        x1, y1 = cx - w / 2, cy - h / 2
+        boxes.append(torch.stack([x1, y1, x1 + w, y1 + h], dim=-1).flatten(1, 2))
+        scores.append(torch.softmax(logits, dim=1)[:, 1].flatten(1))
+    all_boxes, all_scores = torch.cat(boxes, dim=1), torch.cat(scores, dim=1)
+    k = min(S3FD_MAX_CANDIDATES, all_scores.shape[1])
+    best, index = all_scores.topk(k, dim=1)
+    best = torch.where(best > min_score, best, torch.zeros_like(best))
+    chosen = all_boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
+    overlaps = _overlaps(chosen) > S3FD_NMS_IOU
+    later = torch.ones(k, k, dtype=torch.bool, device=chosen.device).triu(1)
+    return torch.cat([chosen, best.unsqueeze(-1), (overlaps & later).float()], dim=-1)
+
+
+def _overlaps(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, K, 4) -> (N, K, K) IoU, with the reference's +1 pixel convention for widths."""
+    import torch
+
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    w = (torch.minimum(x2[:, :, None], x2[:, None]) - torch.maximum(x1[:, :, None], x1[:, None]) + 1).clamp(
+        min=0
+    )
+    h = (torch.minimum(y2[:, :, None], y2[:, None]) - torch.maximum(y1[:, :, None], y1[:, None]) + 1).clamp(
+        min=0
+    )
+    inter = w * h
+    return inter / (areas[:, :, None] + areas[:, None] - inter)
+
+
+def greedy_nms(table: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Rows (x1, y1, x2, y2, score, K overlap flags) in descending score order -> the kept rows.
+
+    The overlaps were computed on the device; what is left is the order-dependent greedy walk,
+    over the few candidates above the threshold.
+    """
+    live = np.flatnonzero(table[:, 4] > 0)
+    flags = table[:, 5:] > 0
+    suppressed = np.zeros(len(table), bool)
+    kept = []
+    for i in live:
+        if not suppressed[i]:
+            kept.append(i)
+            suppressed |= flags[i]
+    return table[kept, :5]
 
 
 def _load_s3fd(path: Path, device: str) -> torch.nn.Module:
@@ -243,12 +348,15 @@ class ScaledDetector:
 def create_detector(settings: Settings, device: str | None = None) -> ScaledDetector:
     """S3FD when its weights file exists, else the Haar cascade; detection capped at detect_max_side.
 
-    `device` defaults to settings.device ("auto" = cuda when torch sees a GPU). Logs the choice.
+    `device` defaults to settings.device, resolved like the generator's (a GPU torch cannot drive
+    means the CPU). S3FD runs in fp16 on CUDA unless the precision is fp32. Logs the choice.
     """
     weights = settings.resolved_detector_weights
     if weights.is_file():
         resolved = device or _resolve_device(settings.device)
-        inner: FaceDetector = S3FDDetector(weights, resolved)
+        inner: FaceDetector = S3FDDetector(
+            weights, resolved, batch_size=settings.detect_batch_size, half=settings.precision != "fp32"
+        )
         reason = f"weights at {weights}, device {resolved}"
     else:
         inner = HaarDetector()
@@ -259,12 +367,33 @@ def create_detector(settings: Settings, device: str | None = None) -> ScaledDete
     return ScaledDetector(inner, settings.detect_max_side)
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
+_shared: dict[tuple[object, ...], ScaledDetector] = {}
+_shared_lock = threading.Lock()
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def shared_detector(settings: Settings, device: str | None = None) -> ScaledDetector:
+    """One detector per (weights, device, detection settings) in this process: the engine's jobs and
+    the UI's face check use the same loaded network on the configured device, not a copy each."""
+    # Haar runs on the CPU whatever the device: no need to load torch to resolve it.
+    has_s3fd = settings.resolved_detector_weights.is_file()
+    resolved = device or (_resolve_device(settings.device) if has_s3fd else "cpu")
+    key = (
+        settings.resolved_detector_weights,
+        resolved,
+        settings.detect_max_side,
+        settings.detect_batch_size,
+        settings.precision,
+    )
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = create_detector(settings, resolved)
+        return _shared[key]
+
+
+def _resolve_device(device: str) -> str:
+    from heygem.engine.model.devices import resolve_device
+
+    return resolve_device(device)
 
 
 def _check_same_size(frames: Sequence[Frame]) -> None:
@@ -280,4 +409,5 @@ __all__ = [
     "HaarDetector",
     "ScaledDetector",
     "create_detector",
+    "shared_detector",
 ]
