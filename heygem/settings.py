@@ -62,7 +62,7 @@ class Settings:
     engine: str = "auto"  # auto = wav2lip when its weights exist, else preview
     device: str = "auto"  # auto = cuda when torch sees a GPU, else cpu; or cpu, cuda, cuda:N
     precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU; bf16 is opt-in on CPU
-    batch_size: int = 32  # faces per generator forward pass (halved on CUDA out-of-memory)
+    batch_size: int = 0  # faces per generator pass; 0 = auto: 32 on CPU, 64 on CUDA
     detect_batch_size: int = 8  # frames per face-detector pass
     detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection
     warmup: bool = True  # run one inference on a built-in sample at start-up before reporting ready
@@ -261,7 +261,9 @@ class Settings:
         _check_choice("worker_isolation", self.worker_isolation, WORKER_ISOLATIONS)
         if self.max_pixels < 1 or self.worker_memory_mb < 0:
             raise ValueError("max_pixels must be at least 1 and worker_memory_mb not negative")
-        for name in ("batch_size", "detect_batch_size", "detect_max_side", "queue_size", "workers"):
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be 0 (auto) or more, got {self.batch_size}")
+        for name in ("detect_batch_size", "detect_max_side", "queue_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535 or not 0 <= self.compat_port <= 65535:

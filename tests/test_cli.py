@@ -242,7 +242,7 @@ def test_models_verify_without_weights_fails_with_one_line(folders):
 
 def test_settings_environment_then_flags():
     env = {"HEYGEM_BATCH_SIZE": "4", "HEYGEM_DEVICE": "cpu", "HEYGEM_PRECISION": "bf16"}
-    assert Settings.load(environ={}).batch_size == 32
+    assert Settings.load(environ={}).batch_size == 0  # auto: the engine picks by device
     from_env = Settings.load(environ=env)
     assert (from_env.batch_size, from_env.device, from_env.precision) == (4, "cpu", "bf16")
     flags = Settings.load(environ=env, argv=["--batch-size", "2", "--precision", "fp32"])

@@ -3,8 +3,12 @@ and the device-side code (S3FD decoding, the generator's input) compared with th
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +90,16 @@ def test_the_cpu_path_is_unchanged():
     assert inference.choose_placement("auto", "auto") == inference.Placement(torch.device("cpu"), "fp32")
     assert inference.choose_placement("cpu", "bf16").precision == "bf16"
     assert inference.choose_placement("cpu", "fp16").precision == "fp32"
+
+
+def test_the_batch_size_setting_0_means_a_bigger_batch_on_cuda(settings):
+    cpu = inference.Placement(torch.device("cpu"), "fp32")
+    gpu = inference.Placement(torch.device("cuda:0"), "fp16")
+    assert (inference.auto_batch_size(cpu), inference.auto_batch_size(gpu)) == (32, 64)
+    assert inference.auto_batch_size(gpu, 8) == 8  # a set value always wins
+    assert settings.replace(batch_size=0).batch_size == 0
+    with pytest.raises(ValueError, match="batch_size must be 0"):
+        settings.replace(batch_size=-1)
 
 
 def test_workers_spread_over_the_gpus(monkeypatch):
@@ -315,3 +329,29 @@ def random_s3fd_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("s3fd-gpu") / "s3fd.pth"
     torch.save(s3fd().state_dict(), path)
     return path
+
+
+# --- bench/gpu_check.py --------------------------------------------------------------------------
+
+GPU_CHECK = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line_and_fails():
+    result = subprocess.run(
+        [sys.executable, str(GPU_CHECK)], capture_output=True, text=True, timeout=120, cwd=GPU_CHECK.parent
+    )
+    assert result.returncode == 1
+    expected = f"gpu_check: no CUDA GPU visible to torch {torch.__version__} (built for CUDA none)"
+    assert result.stdout.splitlines() == [f"{expected}; run this on a GPU host"]
+    assert result.stderr == ""
+
+
+def test_gpu_check_names_a_gpu_the_wheel_cannot_drive(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    FakeGpus(monkeypatch, 1, (12, 0), CU126_ARCHES)
+    reason = gpu_check.no_gpu_reason()
+    assert reason.startswith("gpu_check: GPU 0 (Fake GPU, compute capability 12.0) is not supported")
+    FakeGpus(monkeypatch, 1, (8, 0), CU126_ARCHES)
+    assert gpu_check.no_gpu_reason() is None

@@ -293,8 +293,8 @@ def test_second_run_and_new_pads_reuse_cached_face_boxes(
         counters.append(CountingDetector(real_create(*args, **kwargs)))
         return counters[-1]
 
-    real_create = pipeline_module.create_detector
-    monkeypatch.setattr(pipeline_module, "create_detector", counting)
+    real_create = pipeline_module.shared_detector
+    monkeypatch.setattr(pipeline_module, "shared_detector", counting)
     engine = LipSyncPipeline(settings)
     audio = clip(0.3)
 

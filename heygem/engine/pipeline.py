@@ -100,9 +100,11 @@ class LipSyncPipeline:
         with self._lock:
             if self._loaded is not None:
                 return self._loaded
-            from heygem.engine.model.inference import choose_placement
+            from heygem.engine.model.inference import auto_batch_size, choose_placement
 
             placement = choose_placement(self.settings.device, self.settings.precision)
+            if self.settings.batch_size == 0:  # auto: the device decides (bigger on a GPU)
+                self.settings = self.settings.replace(batch_size=auto_batch_size(placement))
             detector = shared_detector(self.settings, str(placement.device))
             checkpoint = resolve_checkpoint(self.settings)
             engine, reason = choose_engine(self.settings.engine, checkpoint)
