@@ -355,3 +355,34 @@ def test_gpu_check_names_a_gpu_the_wheel_cannot_drive(monkeypatch):
     assert reason.startswith("gpu_check: GPU 0 (Fake GPU, compute capability 12.0) is not supported")
     FakeGpus(monkeypatch, 1, (8, 0), CU126_ARCHES)
     assert gpu_check.no_gpu_reason() is None
+
+
+def test_nan_scores_neither_count_nor_crowd_out_real_candidates():
+    outputs = synthetic_outputs(1, 256, 0)
+    expected = detect.greedy_nms(detect.s3fd_candidates(outputs, 0.5).numpy()[0])
+    assert len(expected) > 0
+    poisoned = [o.clone() for o in outputs]
+    low = poisoned[0][:, 1] < 0  # background anchors of the finest level: thousands of them
+    poisoned[0][:, 1][low] = float("nan")
+    got = detect.greedy_nms(detect.s3fd_candidates(poisoned, 0.5).numpy()[0])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_s3fd_half_precision_runs_convolutions_in_fp16_under_autocast(random_s3fd_weights):
+    detector = detect.S3FDDetector(random_s3fd_weights, "cpu")
+    detector._half = True  # what CUDA gets; CPU autocast runs the same fp16 convolutions
+    seen: list[torch.dtype] = []
+    detector._net.conv1_1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    frames = [np.random.default_rng(7).integers(0, 256, (64, 64, 3), np.uint8)] * 2
+    found = detector.detect(frames)
+    assert seen == [torch.float16]
+    assert len(found) == 2 and found[0] == found[1]
+    assert all(np.isfinite([d.x1, d.y1, d.x2, d.y2, d.score]).all() for d in found[0])
+
+
+def test_each_gpu_call_runs_under_its_own_device():
+    runner = inference.GeneratorRunner(
+        torch.nn.Identity(), inference.Placement(torch.device("cuda:1"), "fp16"), batch_size=4
+    )
+    context = runner._device_context()
+    assert isinstance(context, torch.cuda.device) and context.idx == 1

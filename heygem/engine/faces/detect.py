@@ -89,7 +89,7 @@ class S3FDDetector:
     Frames go in as BGR uint8; like face_alignment's batch decoder the channels are flipped and
     (104, 117, 123) subtracted, which is the reference's pre-processing. Boxes scoring above 0.5
     survive NMS at IoU 0.3. Only uint8 pixels cross to the device; the network runs in fp16 on
-    CUDA; the anchors are decoded, thresholded and compared for NMS there too, and one transfer per
+    CUDA (autocast); the anchors are decoded, thresholded and compared for NMS there too, and one transfer per
     batch brings back a fixed-size table of the best candidates per frame.
     """
 
@@ -110,8 +110,11 @@ class S3FDDetector:
         self.threshold = threshold
         self.cache_tag = f"s3fd:threshold={threshold}"
         on_gpu = self.device.type == "cuda"
-        self._dtype = torch.float16 if on_gpu and half else torch.float32
-        self._net = _load_s3fd(self.weights_path, str(self.device)).to(self._dtype)
+        # Autocast rather than a half-precision copy of the net: the convolutions run in fp16 while
+        # the L2 normalisation's squares and sums stay in fp32 (in fp16 they overflow past 65504,
+        # and its 1e-10 epsilon is zero, so a dark patch would divide 0 by 0).
+        self._half = on_gpu and half
+        self._net = _load_s3fd(self.weights_path, str(self.device))
         self._batch_size = batch_size
         self._lock = threading.Lock()
         if on_gpu:
@@ -153,21 +156,29 @@ class S3FDDetector:
             stacked = np.concatenate([stacked, np.repeat(stacked[-1:], pad_to - len(frames), axis=0)])
         with torch.inference_mode():
             pixels = torch.from_numpy(stacked).to(self.device, non_blocking=True)  # uint8 NHWC, BGR
-            outputs = self._net(_s3fd_input(pixels, self._dtype))
+            with self._precision():
+                outputs = self._net(_s3fd_input(pixels))
             table = s3fd_candidates(outputs, max(self.threshold, S3FD_MIN_SCORE)).cpu().numpy()
         return [self._keep(table[i]) for i in range(len(frames))]
+
+    def _precision(self) -> contextlib.AbstractContextManager[object]:
+        import torch
+
+        if not self._half:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
 
     def _keep(self, table: NDArray[np.float32]) -> list[Detection]:
         """One frame's candidate table -> Detections kept by greedy NMS, best first."""
         return [Detection(*map(float, row[:5])) for row in greedy_nms(table)]
 
 
-def _s3fd_input(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 NHWC BGR -> NCHW in `dtype`, channels flipped and the mean subtracted (on the device)."""
+def _s3fd_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC BGR -> float NCHW, channels flipped and the mean subtracted (on the device)."""
     import torch
 
-    mean = torch.tensor(S3FD_MEAN, device=pixels.device, dtype=dtype).view(1, 3, 1, 1)
-    return pixels.permute(0, 3, 1, 2).flip(1).to(dtype) - mean
+    mean = torch.tensor(S3FD_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    return pixels.permute(0, 3, 1, 2).flip(1).float() - mean
 
 
 def s3fd_candidates(outputs: list[torch.Tensor], min_score: float) -> torch.Tensor:
@@ -175,34 +186,57 @@ def s3fd_candidates(outputs: list[torch.Tensor], min_score: float) -> torch.Tens
     boxes (x1, y1, x2, y2, score; score 0 when below `min_score`) in descending score order, then
     a K x K flag matrix: row i marks the later candidates box i overlaps above the NMS IoU.
 
-    All decoded on the tensors' device in float32 (fp16 outputs are cast first: exp() of an fp16
-    offset overflows), with no host synchronisation; the caller copies the table back once.
+    Computed on the tensors' device in float32 (fp16 outputs are cast first: exp() of an fp16
+    offset overflows). Only the K best anchors are decoded. On a GPU K is fixed, so nothing waits
+    for the device until the caller copies the table back; on the CPU, where waiting is free, K
+    shrinks to the anchors above `min_score`.
     """
     import torch
 
-    boxes, scores = [], []
+    scores, offsets, anchors = [], [], []
     for level in range(len(outputs) // 2):
-        logits, offsets = outputs[2 * level].float(), outputs[2 * level + 1].float()
-        stride = 2 ** (level + 2)
-        height, width = logits.shape[2:]
-        ys = torch.arange(height, device=logits.device, dtype=torch.float32) * stride + stride / 2
-        xs = torch.arange(width, device=logits.device, dtype=torch.float32) * stride + stride / 2
-        anchor = stride * S3FD_ANCHOR_SCALE
-        cx = xs.view(1, 1, -1) + offsets[:, 0] * S3FD_CENTRE_VARIANCE * anchor
-        cy = ys.view(1, -1, 1) + offsets[:, 1] * S3FD_CENTRE_VARIANCE * anchor
-        w = anchor * torch.exp(offsets[:, 2] * S3FD_SIZE_VARIANCE)
-        h = anchor * torch.exp(offsets[:, 3] * S3FD_SIZE_VARIANCE)
-        x1, y1 = cx - w / 2, cy - h / 2
-        boxes.append(torch.stack([x1, y1, x1 + w, y1 + h], dim=-1).flatten(1, 2))
-        scores.append(torch.softmax(logits, dim=1)[:, 1].flatten(1))
-    all_boxes, all_scores = torch.cat(boxes, dim=1), torch.cat(scores, dim=1)
+        logits, deltas = outputs[2 * level].float(), outputs[2 * level + 1].float()
+        # softmax over (background, face), face column: the same as a sigmoid of the difference.
+        scores.append(torch.sigmoid(logits[:, 1] - logits[:, 0]).flatten(1))
+        offsets.append(deltas.flatten(2))
+        anchors.append(_anchors(level, logits.shape[2], logits.shape[3], logits.device))
+    # A NaN score (a reduced-precision overflow) must neither count nor crowd out real candidates.
+    all_scores = torch.cat(scores, dim=1).nan_to_num(nan=0.0)
+    all_offsets, all_anchors = torch.cat(offsets, dim=2), torch.cat(anchors, dim=1)
     k = min(S3FD_MAX_CANDIDATES, all_scores.shape[1])
+    if all_scores.device.type == "cpu":
+        k = max(1, min(k, int((all_scores > min_score).sum(dim=1).max())))
     best, index = all_scores.topk(k, dim=1)
     best = torch.where(best > min_score, best, torch.zeros_like(best))
-    chosen = all_boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
+    chosen = _decode(all_offsets.gather(2, index.unsqueeze(1).expand(-1, 4, -1)), all_anchors[:, index])
     overlaps = _overlaps(chosen) > S3FD_NMS_IOU
     later = torch.ones(k, k, dtype=torch.bool, device=chosen.device).triu(1)
     return torch.cat([chosen, best.unsqueeze(-1), (overlaps & later).float()], dim=-1)
+
+
+def _anchors(level: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(3, H * W) centre x, centre y and size of one level's anchors, row-major like its outputs."""
+    import torch
+
+    stride = 2 ** (level + 2)
+    ys = torch.arange(height, device=device, dtype=torch.float32) * stride + stride / 2
+    xs = torch.arange(width, device=device, dtype=torch.float32) * stride + stride / 2
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    size = torch.full_like(grid_x, float(stride * S3FD_ANCHOR_SCALE))
+    return torch.stack([grid_x.flatten(), grid_y.flatten(), size.flatten()])
+
+
+def _decode(offsets: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """offsets (N, 4, K) and their anchors (3, N, K) -> boxes (N, K, 4) as x1, y1, x2, y2."""
+    import torch
+
+    cx0, cy0, size = anchors
+    cx = cx0 + offsets[:, 0] * S3FD_CENTRE_VARIANCE * size
+    cy = cy0 + offsets[:, 1] * S3FD_CENTRE_VARIANCE * size
+    w = size * torch.exp(offsets[:, 2] * S3FD_SIZE_VARIANCE)
+    h = size * torch.exp(offsets[:, 3] * S3FD_SIZE_VARIANCE)
+    x1, y1 = cx - w / 2, cy - h / 2
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=-1)
 
 
 def _overlaps(boxes: torch.Tensor) -> torch.Tensor:
