@@ -218,9 +218,9 @@ def test_the_gpu_input_is_built_like_the_cpu_one():
 
 def test_padding_repeats_the_last_item_to_one_shape():
     items = np.arange(6).reshape(3, 2)
-    padded = inference._padded(items, 5)
-    assert padded.shape == (5, 2) and (padded[3:] == items[-1]).all()
-    assert inference._padded(items, 2) is not None and len(inference._padded(items, 2)) == 3
+    longer = devices.padded(items, 5)
+    assert longer.shape == (5, 2) and (longer[:3] == items).all() and (longer[3:] == items[-1]).all()
+    assert len(devices.padded(items, 2)) == 3  # never cut
 
 
 # --- S3FD decoding -------------------------------------------------------------------------------

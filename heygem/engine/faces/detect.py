@@ -89,8 +89,8 @@ class S3FDDetector:
     Frames go in as BGR uint8; like face_alignment's batch decoder the channels are flipped and
     (104, 117, 123) subtracted, which is the reference's pre-processing. Boxes scoring above 0.5
     survive NMS at IoU 0.3. Only uint8 pixels cross to the device; the network runs in fp16 on
-    CUDA (autocast); the anchors are decoded, thresholded and compared for NMS there too, and one transfer per
-    batch brings back a fixed-size table of the best candidates per frame.
+    CUDA (autocast); the anchors are decoded, thresholded and compared for NMS there too, and one
+    transfer per batch brings back a fixed-size table of the best candidates per frame.
     """
 
     name = "s3fd"
@@ -151,9 +151,9 @@ class S3FDDetector:
     def _detect_batch(self, frames: list[Frame], pad_to: int = 0) -> list[list[Detection]]:
         import torch
 
-        stacked = np.stack(frames)
-        if pad_to > len(frames):  # cuDNN benchmark mode tunes once per shape: keep one shape
-            stacked = np.concatenate([stacked, np.repeat(stacked[-1:], pad_to - len(frames), axis=0)])
+        from heygem.engine.model.devices import padded
+
+        stacked = padded(np.stack(frames), pad_to)
         with torch.inference_mode():
             pixels = torch.from_numpy(stacked).to(self.device, non_blocking=True)  # uint8 NHWC, BGR
             with self._precision():

@@ -22,6 +22,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 from heygem.errors import ModelError
 
 if TYPE_CHECKING:
@@ -138,6 +141,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in OUT_OF_MEMORY_MARKERS)
+
+
+def padded(items: NDArray[np.generic], size: int) -> NDArray[np.generic]:
+    """`items` with the last one repeated up to `size` rows. cuDNN's benchmark mode tunes once per
+    input shape, so every GPU batch, the last and the warm-up included, gets the same shape."""
+    missing = size - len(items)
+    if missing <= 0:
+        return np.ascontiguousarray(items)
+    return np.concatenate([items, np.repeat(items[-1:], missing, axis=0)])
 
 
 def free_cached_memory() -> None:

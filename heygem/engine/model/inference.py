@@ -22,6 +22,7 @@ from heygem.engine.model.devices import (
     CPU,
     BatchBackoff,
     bf16_supported,
+    padded,
     resolve_device,
     shared_backoff,
     use_device,
@@ -138,8 +139,8 @@ class GeneratorRunner:
         blocking, and build the masked six-channel input on the GPU."""
         size = self.backoff.size
         device = self.placement.device
-        faces_gpu = self._upload("faces", _padded(faces, size), device)
-        mels_gpu = self._upload("mels", _padded(np.asarray(mels, np.float32), size), device)
+        faces_gpu = self._upload("faces", padded(faces, size), device)
+        mels_gpu = self._upload("mels", padded(np.asarray(mels, np.float32), size), device)
         return mels_gpu.unsqueeze(1), device_network_input(faces_gpu)
 
     def _upload(self, name: str, array: NDArray[np.generic], device: torch.device) -> torch.Tensor:
@@ -157,14 +158,6 @@ class GeneratorRunner:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.placement.device.type, dtype=dtype)
-
-
-def _padded(items: NDArray[np.generic], size: int) -> NDArray[np.generic]:
-    """`items` repeated at the end up to `size` rows: every batch then has the same shape."""
-    missing = size - len(items)
-    if missing <= 0:
-        return np.ascontiguousarray(items)
-    return np.concatenate([items, np.repeat(items[-1:], missing, axis=0)])
 
 
 def device_network_input(faces: torch.Tensor) -> torch.Tensor:
