@@ -226,7 +226,9 @@ def test_open_store_follows_database_url(tmp_path, postgres_url):
 
 def test_the_password_is_masked_wherever_settings_are_shown(postgres_server, caplog):
     secret = postgres_server.password
-    settings = Settings.load({"HEYGEM_DATABASE_URL": postgres_server.url("jobs")})
+    settings = Settings.load(
+        {"HEYGEM_DATABASE_URL": postgres_server.url("jobs"), "HEYGEM_SHARED_DATA_DIR": "true"}
+    )
     shown = settings.describe()["database_url"]
     assert secret not in shown and shown == f"postgresql://***@127.0.0.1:{postgres_server.port}/jobs"
     with caplog.at_level(logging.INFO, logger="heygem.settings"):

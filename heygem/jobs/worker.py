@@ -20,7 +20,7 @@ from concurrent.futures import Future
 
 from heygem.engine.api import Engine
 from heygem.errors import HeygemError
-from heygem.jobs import files
+from heygem.jobs import files, fleetfiles
 from heygem.jobs.api import EngineFactory
 from heygem.jobs.avatars import face_for_run
 from heygem.jobs.execute import (
@@ -32,6 +32,7 @@ from heygem.jobs.execute import (
     RunStopped,
     run_one,
 )
+from heygem.jobs.fleet import RunHeartbeat, tick_seconds
 from heygem.jobs.isolation import ProcessEngine, use_process
 from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import shown_ref
@@ -230,9 +231,12 @@ class JobRun:
             shown_ref(self.job.video),
         )
         self.scratch.mkdir(parents=True, exist_ok=True)
+        heartbeat = RunHeartbeat(self.store, self.job.id, self.token, tick_seconds(self.settings), self._lost)
+        heartbeat.start()
         try:
             outcome = self._attempt()
         finally:
+            heartbeat.stop()
             files.remove_scratch(self.scratch)
         if outcome is None or not self.store.finish(self.job.id, self.token, outcome):
             log.info("handed back before it finished; it stays queued")
@@ -251,7 +255,8 @@ class JobRun:
             options=self.job.options,
             target=files.output_dir(self.settings, self.job.id) / self.job.result_name,
             scratch=self.scratch,
-            publish_prefix=self.job.output_prefix,
+            # The caller's place, else the fleet's: any instance can then serve the result.
+            publish_prefix=self.job.output_prefix or fleetfiles.result_prefix(self.settings, self.job.id),
             publish_name=self.job.output_name or f"{self.job.id}.mp4",
             job_id=self.job.id,
             text=self.job.text,
@@ -303,6 +308,14 @@ class JobRun:
         if state != RunState.ACTIVE:
             self._stop = state
             self._check_stop()
+
+    def _lost(self, state: RunState) -> None:
+        """The heartbeat learnt that the run must end: the next progress report stops it."""
+        log.info(
+            "the store says %s; stopping the run",
+            "it was cancelled" if state == RunState.CANCEL else "it is no longer this run's",
+        )
+        self._stop = state
 
     def _stopped(self) -> bool:
         if self._stop == RunState.ACTIVE:
