@@ -96,7 +96,10 @@ def build_zip(batch: Batch, settings: Settings) -> Path:
 def _result_file(item: Job, downloads: Path, settings: Settings) -> Path | None:
     """The item's video here: this instance's file, else (a fleet) a download of the copy
     published to the object store; None when neither exists."""
-    if item.output_path and item.output_path.is_file():
+    here = item.output_path is not None and item.output_path.resolve().is_relative_to(
+        settings.outputs_dir.resolve()
+    )
+    if here and item.output_path is not None and item.output_path.is_file():
         return item.output_path
     if not item.output_url or not storage.is_remote(item.output_url):
         return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from heygem.jobs.records import Instance
@@ -90,18 +91,30 @@ class FleetTask(threading.Thread):
         self._settings = settings
         self._stopping = stopping
         self._describe = describe
+        self._poked = threading.Event()
+
+    def poke(self) -> None:
+        """A worker took or ended a run, or the service is stopping: act now, not at the tick."""
+        self._poked.set()
 
     def run(self) -> None:
-        while True:
-            self.tick()
-            if self._stopping.wait(tick_seconds(self._settings)):
-                return
+        next_sweep = 0.0
+        while not self._stopping.is_set():
+            sweep = time.monotonic() >= next_sweep
+            if sweep:
+                next_sweep = time.monotonic() + tick_seconds(self._settings)
+            self.tick(sweep=sweep)
+            self._poked.wait(max(0.0, next_sweep - time.monotonic()))
+            self._poked.clear()
 
-    def tick(self) -> None:
+    def tick(self, *, sweep: bool = True) -> None:
+        """Write this instance's row; with sweep, also take back expired leases and forget
+        instances silent for long."""
         try:
             self._store.record_instance(self._describe())
-            self._requeue_expired()
-            self._store.forget_instances(silent_for_s=FORGET_AFTER_LEASES * self._settings.lease_s)
+            if sweep:
+                self._requeue_expired()
+                self._store.forget_instances(silent_for_s=FORGET_AFTER_LEASES * self._settings.lease_s)
         except Exception:  # noqa: BLE001 - the database may be briefly away; next tick retries
             log.warning(
                 "fleet heartbeat failed; trying again in %.1f s", tick_seconds(self._settings), exc_info=True

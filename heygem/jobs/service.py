@@ -131,6 +131,7 @@ class JobService:
                 stopping=self._stopping,
                 cancels=self._cancels,
                 on_finish=self._job_finished,
+                on_busy_change=self._busy_changed,
             )
             worker.start()
             self._workers.append(worker)
@@ -165,6 +166,7 @@ class JobService:
         log.info("shutting down: refusing new jobs, draining for up to %g s", window)
         self._stopping.set()
         self._wake.set()
+        self._busy_changed()  # the fleet task notices the stop at once
         if self._preparer is not None:
             self._preparer.stop()
         self._drain(time.monotonic() + window)
@@ -198,6 +200,10 @@ class JobService:
         for job in failed:
             with job_context(job.id):
                 log.error("%s", job.error)
+
+    def _busy_changed(self) -> None:
+        if self._fleet is not None:
+            self._fleet.poke()
 
     def _running_elsewhere(self, job_id: str) -> bool:
         """A scratch folder in a shared data folder may be another instance's live run."""

@@ -14,6 +14,7 @@ cannot overwrite the job's newer state.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import sqlite3
@@ -326,7 +327,6 @@ class SQLiteJobStore:
         self._connections_lock = threading.Lock()
         # One host owns the file: the instance list is this process's own heartbeat.
         self._instances: dict[str, Instance] = {}
-        self._locks: dict[str, threading.Lock] = {}
 
     # --- connections ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -766,14 +766,17 @@ class SQLiteJobStore:
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """Within this process: one service per SQLite file, so a thread lock is enough."""
-        lock = self._locks.setdefault(name, threading.Lock())
-        got = lock.acquire(blocking=False)
-        try:
-            yield got
-        finally:
-            if got:
-                lock.release()
+        """An flock on <database>.<name>.lock: processes sharing the file take turns."""
+        with open(self.path.with_name(f"{self.path.name}.{name}.lock"), "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # The next job to claim (see SQLiteJobStore.claim): per tenant, its running jobs and its latest

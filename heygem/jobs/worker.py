@@ -73,6 +73,7 @@ class Worker(threading.Thread):
         stopping: threading.Event,
         cancels: set[str],
         on_finish: Callable[[Job], None],
+        on_busy_change: Callable[[], None] = lambda: None,
     ) -> None:
         # Daemon: a run still going after the drain window must not keep the process alive.
         super().__init__(name=f"heygem-worker-{index}", daemon=True)
@@ -86,6 +87,7 @@ class Worker(threading.Thread):
         self._stopping = stopping
         self._cancels = cancels
         self._on_finish = on_finish
+        self._on_busy_change = on_busy_change  # took or ended a run (the fleet row shows it)
         self._current: Claim | None = None
         self._abandoned = threading.Event()
         self._claim_lock = threading.Lock()  # abandon() and taking on a claim exclude each other
@@ -134,6 +136,7 @@ class Worker(threading.Thread):
                 job = None
             finally:
                 self._current = None
+                self._on_busy_change()
             if job is not None:
                 self._on_finish(job)
 
@@ -164,7 +167,8 @@ class Worker(threading.Thread):
                 self.store.release(claim.job.id, claim.token, count_attempt=False)
                 return False
             self._current = claim
-            return True
+        self._on_busy_change()
+        return True
 
     @property
     def engine(self) -> Engine:

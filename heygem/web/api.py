@@ -166,11 +166,20 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
 def result_response(job: Job, settings: Settings) -> Response:
     """The job's video: this instance's file, else (a fleet: another instance made it) the copy
     published to the object store, streamed through."""
-    here = job.output_path is not None and job.output_path.is_file()
-    if not here and job.output_url and storage.is_remote(job.output_url):
+    if not _is_here(job.output_path, settings) and job.output_url and storage.is_remote(job.output_url):
         return _stream_object(job.output_url, settings, job.result_name)
     path = output_file(settings, job.output_path, f"job {job.id}")
     return FileResponse(path, media_type="video/mp4", filename=job.result_name)
+
+
+def _is_here(path: Path | None, settings: Settings) -> bool:
+    """The file exists in this instance's outputs folder."""
+    if path is None:
+        return False
+    try:
+        return resolve_under(path, [settings.outputs_dir]).is_file()
+    except HeygemError:
+        return False
 
 
 def _stream_object(url: str, settings: Settings, filename: str) -> StreamingResponse:
