@@ -9,6 +9,7 @@ counts the runs across processes (a duplicate run shows up as a repeated line).
 from __future__ import annotations
 
 import io
+import shutil
 import time
 import uuid
 import zipfile
@@ -19,7 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.kit import RUN_LOG_ENV, ServerProcess, wait_until
+from heygem.jobs.records import JobStatus
+from heygem.jobs.tenancy import LOCAL
+from tests.kit import RUN_LOG_ENV, FakePipeline, ServerProcess, running_service, wait_until
 from tests.s3server import BUCKET
 
 pytest_plugins = ["tests.s3server"]  # the s3_server and aws_env fixtures
@@ -271,3 +274,38 @@ def test_cancel_sigterm_and_kill_lose_nothing_and_run_nothing_twice(start_fleet,
     assert fleet.runs() == Counter(rest)  # none twice, none lost; the cancelled one never finished
     assert sorted(key.split("/")[-2] for key in fleet.keys("outputs")) == sorted(rest)
     fleet.instances[0].stop_cleanly()
+
+
+def test_an_avatar_prepared_on_one_instance_runs_on_another_without_detecting_again(
+    settings, postgres_url, s3_server, aws_env, speech_wav, face_video, tmp_path
+):
+    prefix = f"fleet-{uuid.uuid4().hex[:8]}/"
+    shared = dict(
+        database_url=postgres_url,
+        storage_url=f"s3://{BUCKET}/{prefix}",
+        s3_endpoint=s3_server.endpoint,
+        s3_region="us-east-1",
+        retention_days=0.0,
+    )
+    first = settings.replace(data_dir=tmp_path / "a", instance_id="a", **shared)
+    second = settings.replace(data_dir=tmp_path / "b", instance_id="b", **shared)
+    first.inputs_dir.mkdir(parents=True)
+    with running_service(first, FakePipeline) as service:
+        made = service.create_avatar("Anna", shutil.copy(face_video, first.inputs_dir), principal=LOCAL)
+        ready = wait_until(
+            lambda: (found := service.get_avatar(made.id, principal=LOCAL)).status != "preparing" and found,
+            JOB_S,
+            message="the avatar",
+        )
+        assert ready.status == "ready", ready.error
+    assert not second.avatars_dir.exists() and not second.track_cache_dir.exists()
+
+    s3 = s3_server.client()
+    s3.upload_file(str(speech_wav), BUCKET, f"refs-{prefix}speech.wav")
+    with running_service(second, FakePipeline) as service:
+        job = service.submit(f"s3://{BUCKET}/refs-{prefix}speech.wav", ready.ref, principal=LOCAL)
+        done = service.wait(job.id, JOB_S, principal=LOCAL)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    # b fetched a's avatar and a's face track: the engine there finds the detections cached.
+    assert (second.avatars_dir / ready.id / ready.media.name).read_bytes() == ready.media.read_bytes()
+    assert (second.track_cache_dir / f"{ready.track_key}.json").is_file()

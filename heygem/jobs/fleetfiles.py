@@ -126,6 +126,41 @@ def pull_track(settings: Settings, key: str, scratch: Path) -> bool:
     return True
 
 
+def push_avatar(settings: Settings, avatar_id: str, paths: Sequence[Path], track_key: str | None) -> None:
+    """Share a prepared avatar (its files and its face track) with the fleet."""
+    if not settings.uses_object_store:
+        return
+    prefix = area(settings, AVATARS_AREA, avatar_id)
+    for path in paths:
+        if path.is_file():
+            storage.publish_output(path, prefix, settings)
+    if track_key:
+        push_track(settings, track_key)
+
+
+def pull_avatar(settings: Settings, avatar_id: str, paths: Sequence[Path], track_key: str | None) -> None:
+    """Bring an avatar another instance prepared into this instance's avatars folder (the same
+    names under settings.avatars_dir/<id>/), with its face track, so a run here detects nothing.
+    StorageError when its files are gone from the store."""
+    if not settings.uses_object_store:
+        return
+    prefix = area(settings, AVATARS_AREA, avatar_id)
+    scratch = settings.avatars_dir / avatar_id / files.temp_name()
+    try:
+        for path in paths:
+            if not path.is_file():
+                files.move_atomic(storage.fetch_input(prefix + path.name, scratch, settings), path)
+        if track_key:
+            pull_track(settings, track_key, scratch)
+    finally:
+        files.remove_tree(scratch)
+
+
+def remove_avatar_objects(settings: Settings, avatar_id: str) -> None:
+    if settings.uses_object_store:
+        remove_prefix(area(settings, AVATARS_AREA, avatar_id), settings)
+
+
 def _staged_ref(ref: str, owned: list[Path], settings: Settings, staged: dict[str, str]) -> str:
     if not ref or storage.is_remote(ref):
         return ref

@@ -698,6 +698,7 @@ class JobService:
         """Remove the avatar and its folder. Finished jobs keep their videos; a queued job that
         names it fails when it runs ("no longer exists")."""
         self._avatar_book().delete(avatar_id, principal=principal)
+        fleetfiles.remove_avatar_objects(self.settings, avatar_id)
 
     def _avatar_book(self) -> AvatarBook:
         def prepare(avatar: Avatar) -> None:
