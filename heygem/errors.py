@@ -33,6 +33,10 @@ class ForbiddenPathError(InputError):
     """A path or URL points outside the places jobs may read or write."""
 
 
+class ForbiddenError(HeygemError):
+    """The caller is known but its role may not do this (an admin-only view)."""
+
+
 class ModelError(HeygemError):
     """Weights are missing, corrupt, or do not fit the network."""
 

@@ -44,6 +44,11 @@ COMPAT_FOLDER = "compat"  # default HeyGem shared folder, under the data folder
 # A tenant's name: what API keys and UI users map to; safe in logs, paths and SQL parameters.
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OUTPUT_PREFIX_SCHEMES = ("s3://", "obs://")
+FLEET_FILES_MESSAGE = (
+    "fleet mode (a postgresql database_url) needs files every instance can read: set storage_url "
+    "(HEYGEM_STORAGE_URL=s3://bucket/prefix/ or obs://..., --storage-url) or shared_data_dir "
+    "(HEYGEM_SHARED_DATA_DIR=true with HEYGEM_DATA_DIR on a shared mount, --shared-data-dir)"
+)
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,19}$")
 SQLITE_URL = "sqlite://"  # sqlite:///srv/jobs.db names /srv/jobs.db
 POSTGRES_URLS = ("postgresql://", "postgres://")
@@ -115,6 +120,10 @@ class Settings:
     database_url: str = ""  # empty or sqlite:///path = embedded SQLite; postgresql://... = shared
     lease_s: float = 60.0  # PostgreSQL: a running job is re-queued this long after its last sign of life
     instance_id: str = ""  # names this instance in the job store's claims; empty = host-pid-random
+    # Fleet mode (a postgresql database_url) needs every instance to read every job's files: an
+    # object store (storage_url) or a data folder mounted on every instance (shared_data_dir).
+    storage_url: str = ""  # s3://bucket/prefix/ or obs://...: uploads, results and face tracks for the fleet
+    shared_data_dir: bool = False  # data_dir is one shared mount (NFS, SFS Turbo, CephFS) on every instance
 
     # --- object storage ------------------------------------------------------------------------
     s3_endpoint: str = ""  # S3-compatible endpoint URL (OBS: https://obs.<region>.myhuaweicloud.com)
@@ -183,6 +192,11 @@ class Settings:
     @property
     def uses_postgres(self) -> bool:
         return self.database_url.lower().startswith(POSTGRES_URLS)
+
+    @property
+    def uses_object_store(self) -> bool:
+        """Fleet files live in the object store named by storage_url."""
+        return bool(self.storage_url)
 
     @property
     def resolved_instance_id(self) -> str:
@@ -389,6 +403,7 @@ def _check_database(settings: Settings) -> None:
         raise ValueError(f"lease_s must be positive, got {settings.lease_s}")
     if settings.instance_id and not TENANT_NAME.match(settings.instance_id):
         raise ValueError("instance_id must be 1-64 letters, digits, '.', '_' or '-'")
+    _check_storage_url(settings.storage_url)
     if not url:
         return
     lowered = url.lower()
@@ -410,6 +425,23 @@ def _check_database(settings: Settings) -> None:
         raise ValueError(f"{name}: cannot read {mask_url(url)}: the port must be a number") from None
     if not parts.hostname or not parts.path.strip("/"):
         raise ValueError(f"{name}: {mask_url(url)} must name a host and a database")
+    if not (settings.storage_url or settings.shared_data_dir):
+        raise ValueError(FLEET_FILES_MESSAGE)
+
+
+def _check_storage_url(url: str) -> None:
+    """storage_url: empty, or s3:// / obs:// with a bucket; only the scheme is ever echoed."""
+    if not url:
+        return
+    name = "storage_url (HEYGEM_STORAGE_URL, --storage-url)"
+    if not url.lower().startswith(OUTPUT_PREFIX_SCHEMES):
+        scheme = url.split(URL_MARK, 1)[0] if URL_MARK in url else "no scheme"
+        if scheme != "no scheme" and not URL_SCHEME.match(scheme):
+            scheme = "an unreadable scheme"
+        raise ValueError(f"{name} must be s3://bucket/prefix/ or obs://bucket/prefix/; got {scheme}")
+    bucket = url.split(URL_MARK, 1)[1].split("/", 1)[0]
+    if not bucket or "@" in bucket or "?" in url or "#" in url:
+        raise ValueError(f"{name} must name a bucket, like s3://bucket/prefix/ (no user, query or fragment)")
 
 
 @functools.cache

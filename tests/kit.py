@@ -45,6 +45,7 @@ HTTP_PROBE_S = 2.0
 # The fake engine's knobs for subprocess servers, which cannot be handed Python objects.
 DELAY_ENV = "HEYGEM_FAKE_DELAY_S"  # every run takes this long (in ten progress steps)
 LOAD_GATE_ENV = "HEYGEM_FAKE_LOAD_GATE"  # load() lasts until this file exists
+RUN_LOG_ENV = "HEYGEM_FAKE_RUN_LOG"  # every finished run appends its job id to this file
 GATE_TIMEOUT_S = 600.0  # a gate nobody opens ends with the test's own timeout, not never
 FAKE_STEPS = 10
 
@@ -131,8 +132,8 @@ class FakePipeline:
     ten steps spread over `delay_s`, and writes a real mp4: the face video's frames with the audio
     muxed in. `load` waits for the gate: a threading.Event in-process, or the file named by
     HEYGEM_FAKE_LOAD_GATE in a server subprocess, like a model that takes long to load. With
-    `run_log`, each finished run appends its job id (the output's grandparent folder) to that file,
-    so tests can count runs across process restarts.
+    `run_log` (or HEYGEM_FAKE_RUN_LOG in a server subprocess), each finished run appends its job id
+    (the output's grandparent folder) to that file, so tests can count runs across processes.
     """
 
     def __init__(
@@ -148,7 +149,8 @@ class FakePipeline:
         gate_file = os.environ.get(LOAD_GATE_ENV)
         self.gate_file = Path(gate_file) if gate_file else None
         self.gate = gate
-        self.run_log = run_log
+        shared_log = os.environ.get(RUN_LOG_ENV)
+        self.run_log = run_log or (Path(shared_log) if shared_log else None)
         self.loaded = False
         self.runs: list[tuple[Path, Path]] = []
         self._lock = threading.Lock()

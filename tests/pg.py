@@ -8,6 +8,7 @@ each test gets a fresh database (`postgres_url`).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -104,8 +105,10 @@ def _run(argv: list[str]) -> None:
         pytest.fail(f"{Path(argv[0]).name} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for as long as the block runs (the fixture's, and the fleet
+    benchmark's)."""
     folder = Path(tempfile.mkdtemp(prefix="heygem-pg-"))
     data = folder / "data"
     password = secrets.token_hex(12)
@@ -143,6 +146,12 @@ def postgres_server() -> Iterator[PostgresServer]:
             timeout=START_TIMEOUT_S,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture

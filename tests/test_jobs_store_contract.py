@@ -7,13 +7,14 @@ is tested in that store's own module.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from heygem.errors import QueueFullError
 from heygem.jobs.avatars import Avatar
-from heygem.jobs.records import JobStatus, NewJob, Outcome
+from heygem.jobs.records import Instance, JobStatus, NewJob, Outcome
 from heygem.jobs.store import TOMBSTONE_BATCH, TOMBSTONE_JOB, JobStore, RunState, SQLiteJobStore
 from heygem.jobs.store_pg import PostgresJobStore
 
@@ -487,3 +488,41 @@ def test_avatar_updates_and_deletes(store):
     assert store.update_avatar("missing", name="x") is None
     assert store.delete_avatar("a1") == updated
     assert store.delete_avatar("a1") is None and store.get_avatar("a1") is None
+
+
+# --- the fleet's signals -----------------------------------------------------------------------
+
+
+def test_the_oldest_queued_job_is_the_one_waiting_longest(store):
+    assert store.oldest_queued_at() is None
+    first, second = add(store, "alpha", 2)
+    assert store.oldest_queued_at() == pytest.approx(min(first.queued_at, second.queued_at))
+    claim = store.claim()
+    left = second if claim.job.id == first.id else first
+    assert store.oldest_queued_at() == pytest.approx(left.queued_at)
+    store.claim()
+    assert store.oldest_queued_at() is None  # running jobs do not wait
+
+
+def test_an_instance_heartbeat_row_is_written_updated_and_forgotten(store):
+    before = time.time()
+    store.record_instance(Instance("n1", "", (), 1, started_at=before, heartbeat_at=0.0))
+    store.record_instance(Instance("n1", "cpu", ("j1",), 1, started_at=before, heartbeat_at=0.0))
+    (row,) = store.list_instances()
+    assert (row.id, row.device, row.jobs, row.workers) == ("n1", "cpu", ("j1",), 1)
+    assert before - 1 <= row.heartbeat_at <= time.time() + 1  # the store's clock, not ours
+    assert store.forget_instances(silent_for_s=3600) == 0  # it is fresh
+    assert store.forget_instances(instance_id="n1") == 1
+    assert store.list_instances() == []
+
+
+def test_an_exclusive_block_runs_in_one_store_at_a_time(make_store):
+    first, second = make_store(), make_store()
+    with first.exclusive("retention") as mine:
+        assert mine
+        with second.exclusive("retention") as theirs:
+            assert not theirs
+        with second.exclusive("another") as other:
+            assert other  # names are independent
+    with second.exclusive("retention") as theirs:
+        assert theirs  # released at the end of the block

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -226,7 +229,9 @@ def test_open_store_follows_database_url(tmp_path, postgres_url):
 
 def test_the_password_is_masked_wherever_settings_are_shown(postgres_server, caplog):
     secret = postgres_server.password
-    settings = Settings.load({"HEYGEM_DATABASE_URL": postgres_server.url("jobs")})
+    settings = Settings.load(
+        {"HEYGEM_DATABASE_URL": postgres_server.url("jobs"), "HEYGEM_SHARED_DATA_DIR": "true"}
+    )
     shown = settings.describe()["database_url"]
     assert secret not in shown and shown == f"postgresql://***@127.0.0.1:{postgres_server.port}/jobs"
     with caplog.at_level(logging.INFO, logger="heygem.settings"):
@@ -323,3 +328,45 @@ def test_four_processes_race_for_500_jobs(postgres_url):
 
 def test_path_of_a_sqlite_url_is_absolute(tmp_path):
     assert Settings(database_url=f"sqlite://{tmp_path}/a.db").database_path == Path(tmp_path) / "a.db"
+
+
+# --- fleet files -------------------------------------------------------------------------------
+
+
+def test_fleet_mode_without_shared_files_refuses_to_start_naming_both_settings(postgres_server):
+    url = postgres_server.url("jobs")
+    with pytest.raises(ValueError) as caught:
+        Settings.load({"HEYGEM_DATABASE_URL": url})
+    text = str(caught.value)
+    assert "HEYGEM_STORAGE_URL" in text and "HEYGEM_SHARED_DATA_DIR" in text and "\n" not in text
+    assert postgres_server.password not in text
+    assert Settings.load(
+        {"HEYGEM_DATABASE_URL": url, "HEYGEM_STORAGE_URL": "obs://b/heygem/"}
+    ).uses_object_store
+    assert Settings.load({"HEYGEM_DATABASE_URL": url}, ["--shared-data-dir", "true"]).shared_data_dir
+    done = subprocess.run(
+        [sys.executable, "app.py", "--port", "0"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "HEYGEM_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "HEYGEM_STORAGE_URL" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://bucket/prefix/", "must be s3://bucket/prefix/ or obs://bucket/prefix/; got https"),
+        ("s3:///prefix/", "must name a bucket"),
+        ("s3://key:secret@bucket/", "must name a bucket"),
+        ("/mnt/shared", "got no scheme"),
+    ],
+)
+def test_a_bad_storage_url_is_one_line_naming_the_setting(value, message):
+    with pytest.raises(ValueError) as caught:
+        Settings.load({"HEYGEM_STORAGE_URL": value})
+    assert "storage_url (HEYGEM_STORAGE_URL, --storage-url)" in str(caught.value)
+    assert message in str(caught.value) and "secret" not in str(caught.value)

@@ -178,6 +178,19 @@ class JobQueue(Protocol):
         """Queued jobs over every tenant."""
         ...
 
+    def oldest_queued_age(self) -> float:
+        """Seconds the longest-waiting queued job has waited, over every tenant; 0 when none."""
+        ...
+
+    def busy_workers(self) -> tuple[int, int]:
+        """This instance's (workers running a job, workers): its own state, not the fleet's."""
+        ...
+
+    def fleet(self, *, principal: Principal) -> list[dict[str, Any]]:
+        """The instances serving the queue (id, device, current jobs, last heartbeat, alive);
+        admins only (ForbiddenError otherwise): instance names and job ids span every tenant."""
+        ...
+
     def cancel(self, job_id: str, *, principal: Principal) -> Job:
         """A queued job is cancelled at once; a running one is asked to stop."""
         ...

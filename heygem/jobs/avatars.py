@@ -13,6 +13,7 @@ Avatars are not subject to retention: they stay until deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from heygem import storage
 from heygem.errors import HeygemError, InputError, JobNotFoundError
+from heygem.jobs import fleetfiles
 from heygem.jobs.records import shown_path
 from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
@@ -305,10 +307,33 @@ def face_for_run(store: AvatarStore, settings: Settings, ref: str, tenant: str) 
     if avatar is None or avatar.tenant != tenant:
         raise InputError(f"avatar {avatar_id} no longer exists (it was deleted)")
     check_usable(avatar)
+    if settings.uses_object_store:  # prepared on any instance: its files come from the store
+        avatar = rooted_here(avatar, settings)
+        fleetfiles.pull_avatar(settings, avatar.id, avatar_files(avatar), avatar.track_key)
     media = avatar.media
     if not media.is_file() or not media.resolve().is_relative_to(settings.avatars_dir.resolve()):
         raise InputError(f"avatar {avatar_id} has lost its video; create it again")
     return RunFace(media, voice_reference(avatar))
+
+
+def avatar_files(avatar: Avatar) -> list[Path]:
+    """The files an avatar keeps in its folder: media, and thumbnail and voice sample if any."""
+    return [path for path in (avatar.media, avatar.thumbnail, avatar.voice_audio) if path is not None]
+
+
+def rooted_here(avatar: Avatar, settings: Settings) -> Avatar:
+    """The avatar with its files in this instance's avatars folder (same names)."""
+    folder = settings.avatars_dir / avatar.id
+
+    def here(path: Path | None) -> Path | None:
+        return folder / path.name if path is not None else None
+
+    return dataclasses.replace(
+        avatar,
+        media=folder / avatar.media.name,
+        thumbnail=here(avatar.thumbnail),
+        voice_audio=here(avatar.voice_audio),
+    )
 
 
 def check_usable(avatar: Avatar) -> None:
@@ -371,6 +396,7 @@ class AvatarPreparer:
         if updated is None:  # deleted while it was prepared: leave nothing behind
             remove_folder(self.settings, avatar.id)
             return None
+        fleetfiles.push_avatar(self.settings, avatar.id, avatar_files(updated), updated.track_key)
         log.info("avatar %s (%s) is ready", avatar.id, avatar.name)
         return updated
 

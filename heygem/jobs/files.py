@@ -16,7 +16,9 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from heygem.settings import Settings
@@ -28,6 +30,8 @@ SCRATCH_FOLDER = "jobs"
 # How the web layer names one request's upload folder under inputs/ (uuid4().hex): such folders
 # belong to the request that made them; other folders in inputs/ are the operator's.
 UPLOAD_FOLDER_NAME = re.compile(r"^[0-9a-f]{32}$")
+# A shared data folder: temporary files younger than this may be another instance's work.
+SHARED_TEMP_KEEP_S = 3600.0
 
 
 def scratch_root(settings: Settings) -> Path:
@@ -126,31 +130,51 @@ def remove_upload_folder(settings: Settings, folder: Path) -> bool:
     return True
 
 
-def sweep_stale(settings: Settings) -> list[Path]:
-    """At start-up, before any worker runs: remove every scratch folder and temporary file."""
+def sweep_stale(
+    settings: Settings, still_running: Callable[[str], bool] = lambda job_id: False
+) -> list[Path]:
+    """At start-up, before any worker runs: remove every scratch folder and temporary file.
+
+    In a data folder shared by a fleet, other instances are working in it: the scratch folders of
+    jobs still running (still_running(job id)) stay, and so do temporary files younger than
+    SHARED_TEMP_KEEP_S (an upload or a move in progress elsewhere).
+    """
     removed: list[Path] = []
     root = scratch_root(settings)
     if root.is_dir():
         for entry in root.iterdir():
+            if still_running(entry.name):
+                continue
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
+    younger_kept = SHARED_TEMP_KEEP_S if settings.shared_data_dir else None
     for folder in (settings.outputs_dir, settings.inputs_dir):
-        removed.extend(_remove_temp_files(folder))
+        removed.extend(_remove_temp_files(folder, younger_kept))
     if removed:
         log.info("removed %d stale temporary file(s) or folder(s) from an earlier run", len(removed))
     return removed
 
 
-def _remove_temp_files(folder: Path) -> list[Path]:
+def _remove_temp_files(folder: Path, younger_kept: float | None = None) -> list[Path]:
     if not folder.is_dir():
         return []
     stale = sorted(folder.rglob(TEMP_PREFIX + "*"), reverse=True)
+    if younger_kept is not None:
+        cutoff = time.time() - younger_kept
+        stale = [path for path in stale if _mtime(path) < cutoff]
     for path in stale:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
     return stale
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return float("inf")  # gone meanwhile: nothing to remove

@@ -136,6 +136,31 @@ class Job:
         return view
 
 
+@dataclass(frozen=True)
+class Instance:
+    """One heygem process serving the queue, as its last heartbeat described it."""
+
+    id: str
+    device: str  # what its engine runs on ("cuda:0", "cpu"), "" while loading
+    jobs: tuple[str, ...]  # ids of the jobs its workers are running now
+    workers: int
+    started_at: float  # unix seconds
+    heartbeat_at: float  # unix seconds, by the store's clock
+
+    def to_dict(self, now: float, lease_s: float) -> dict[str, Any]:
+        """The API's view: `alive` while its last heartbeat is younger than one lease."""
+        return {
+            "id": self.id,
+            "device": self.device,
+            "current_jobs": list(self.jobs),
+            "workers": self.workers,
+            "started_at": self.started_at,
+            "last_heartbeat": self.heartbeat_at,
+            "heartbeat_age_s": round(max(0.0, now - self.heartbeat_at), 3),
+            "alive": now - self.heartbeat_at < lease_s,
+        }
+
+
 def _path_text(path: Path | None) -> str | None:
     return str(path) if path else None
 

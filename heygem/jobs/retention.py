@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heygem.jobs import files
+from heygem.jobs import files, fleetfiles
 from heygem.jobs.store import JobStore
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.retention")
+
+RETENTION_LOCK = "retention"  # JobStore.exclusive() name: one instance of a fleet sweeps at a time
 
 SECONDS_PER_DAY = 86400.0
 # How long an expired job's tombstone (id, tenant, date) is kept, so that its id answers
@@ -48,8 +50,11 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
     cutoff = now - settings.retention_days * SECONDS_PER_DAY
     report = SweepReport()
     old = store.finished_before(cutoff)
-    for job in store.expire([job.id for job in old], now):
+    expired = store.expire([job.id for job in old], now)
+    remote = {ref for ref in store.references(active_only=False) if "://" in ref} if expired else set()
+    for job in expired:
         files.remove_job_files(settings, job.id)
+        fleetfiles.remove_job_objects(settings, job.id, job.uploads, remote)
         report.jobs.append(job.id)
     for batch_id in store.delete_empty_batches(expired_at=now):
         files.remove_tree(files.output_dir(settings, batch_id))
@@ -138,7 +143,15 @@ class RetentionTask(threading.Thread):
     def run(self) -> None:
         while not self._stopping.is_set():
             try:
-                sweep(self.store, self.settings)
+                self.sweep_once()
             except Exception:
                 log.exception("retention sweep failed; trying again next interval")
             self._stopping.wait(self.settings.retention_interval_s)
+
+    def sweep_once(self) -> SweepReport | None:
+        """One sweep, unless another instance sharing the store is sweeping (None then)."""
+        with self.store.exclusive(RETENTION_LOCK) as mine:
+            if not mine:
+                log.info("retention: another instance is sweeping; skipping this round")
+                return None
+            return sweep(self.store, self.settings)

@@ -6,8 +6,10 @@ task. `stop(drain_seconds)` refuses new work, gives the running job the drain wi
 back to the queue if it is not done by then. Signal handling belongs to the entry point, which
 calls `stop()` on SIGTERM.
 
-One service per data folder: start-up treats every 'running' row and every scratch folder as
-left over from a crash. (Other processes may still add jobs to the same database.)
+On SQLite, one service per data folder: start-up treats every 'running' row and every scratch
+folder as left over from a crash (other processes may still add jobs to the same database). On
+PostgreSQL, a fleet shares the queue: start-up takes back only expired leases and this instance's
+own earlier claims, and a FleetTask (heygem.jobs.fleet) keeps the leases honest while it runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from heygem import storage
 from heygem.engine.api import EngineStatus, SyncOptions
 from heygem.errors import (
+    ForbiddenError,
     ForbiddenPathError,
     HeygemError,
     InputError,
@@ -34,7 +37,7 @@ from heygem.errors import (
     ModelError,
     ShuttingDownError,
 )
-from heygem.jobs import archive, avatars, files, retention
+from heygem.jobs import archive, avatars, files, fleetfiles, retention
 from heygem.jobs.api import EngineFactory
 from heygem.jobs.avatars import (
     Avatar,
@@ -44,11 +47,12 @@ from heygem.jobs.avatars import (
     check_usable,
 )
 from heygem.jobs.execute import default_engine
+from heygem.jobs.fleet import FleetTask
 from heygem.jobs.isolation import end_process_helpers
 from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import default_output_name, shown_ref
 from heygem.jobs.options import options_dict
-from heygem.jobs.records import Batch, Job, JobStatus, NewJob
+from heygem.jobs.records import Batch, Instance, Job, JobStatus, NewJob
 from heygem.jobs.store import JobStore, Tombstone, open_store
 from heygem.jobs.tenancy import Principal, check_key, check_tenant_prefix
 from heygem.jobs.worker import Worker
@@ -103,6 +107,8 @@ class JobService:
         self._workers: list[Worker] = []
         self._retention: retention.RetentionTask | None = None
         self._preparer: AvatarPreparer | None = None
+        self._fleet: FleetTask | None = None
+        self._started_at = time.time()
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,7 +120,7 @@ class JobService:
         files.ensure_folders(self.settings)
         self.store.open()
         self._recover()
-        files.sweep_stale(self.settings)
+        files.sweep_stale(self.settings, still_running=self._running_elsewhere)
         for index in range(self.settings.workers):
             worker = Worker(
                 index,
@@ -125,9 +131,12 @@ class JobService:
                 stopping=self._stopping,
                 cancels=self._cancels,
                 on_finish=self._job_finished,
+                on_busy_change=self._busy_changed,
             )
             worker.start()
             self._workers.append(worker)
+        self._fleet = FleetTask(self.store, self.settings, self._stopping, self._instance)
+        self._fleet.start()
         if retention.enabled(self.settings):
             self._retention = retention.RetentionTask(self.store, self.settings, self._stopping)
             self._retention.start()
@@ -157,6 +166,7 @@ class JobService:
         log.info("shutting down: refusing new jobs, draining for up to %g s", window)
         self._stopping.set()
         self._wake.set()
+        self._busy_changed()  # the fleet task notices the stop at once
         if self._preparer is not None:
             self._preparer.stop()
         self._drain(time.monotonic() + window)
@@ -164,9 +174,12 @@ class JobService:
         for worker in self._workers:
             if worker.is_alive():
                 self._hand_back(worker)
-        if self._retention is not None:
-            self._retention.join(IDLE_EXIT_S)
-            stragglers += [self._retention] if self._retention.is_alive() else []
+        for task in (self._retention, self._fleet):
+            if task is not None:
+                task.join(IDLE_EXIT_S)
+                stragglers += [task] if task.is_alive() else []
+        if self._fleet is not None:
+            self._fleet.leave()
         if not stragglers:
             self.store.close()  # else a thread may still use it; the process exit closes it
         end_process_helpers()
@@ -187,6 +200,29 @@ class JobService:
         for job in failed:
             with job_context(job.id):
                 log.error("%s", job.error)
+
+    def _busy_changed(self) -> None:
+        if self._fleet is not None:
+            self._fleet.poke()
+
+    def _running_elsewhere(self, job_id: str) -> bool:
+        """A scratch folder in a shared data folder may be another instance's live run."""
+        if not self.settings.shared_data_dir:
+            return False
+        job = self.store.get(job_id)
+        return job is not None and job.status == JobStatus.RUNNING
+
+    def _instance(self) -> Instance:
+        """This instance now, for its heartbeat row."""
+        status = self.engine_status()
+        return Instance(
+            id=self.settings.resolved_instance_id,
+            device=status.device if status is not None else "",
+            jobs=tuple(w.current.job.id for w in self._workers if w.current is not None),
+            workers=len(self._workers),
+            started_at=self._started_at,
+            heartbeat_at=time.time(),
+        )
 
     def _drain(self, deadline: float) -> None:
         while True:
@@ -253,13 +289,19 @@ class JobService:
             idempotency_key=key,
             uploads=owned,
         )
-        _, (job,) = self.store.add(
-            [spec],
-            queue_limit=self.settings.queue_size,
-            tenant=principal.tenant,
-            tenant_limit=self.settings.resolved_tenant_queue_size,
-        )
-        if job.uploads != owned:  # another request with the same key won the race
+        (spec,) = self._share_uploads([spec], owned)
+        try:
+            _, (job,) = self.store.add(
+                [spec],
+                queue_limit=self.settings.queue_size,
+                tenant=principal.tenant,
+                tenant_limit=self.settings.resolved_tenant_queue_size,
+            )
+        except HeygemError:
+            fleetfiles.discard_staged([spec], self.settings)
+            raise
+        if job.uploads != spec.uploads:  # another request with the same key won the race
+            fleetfiles.discard_staged([spec], self.settings)
             self._discard_replayed(owned, job)
             return job
         self._wake.set()
@@ -301,15 +343,20 @@ class JobService:
                 raise type(exc)(f"item {number}: {exc}") from None
             names[spec.output_name or ""] = number
             specs.append(spec)
-        batch, _ = self.store.add(
-            specs,
-            queue_limit=self.settings.queue_size,
-            tenant=principal.tenant,
-            tenant_limit=self.settings.resolved_tenant_queue_size,
-            batch_options=shared,
-            batch_prefix=prefix,
-            as_batch=True,
-        )
+        specs = self._share_uploads(specs, owned)
+        try:
+            batch, _ = self.store.add(
+                specs,
+                queue_limit=self.settings.queue_size,
+                tenant=principal.tenant,
+                tenant_limit=self.settings.resolved_tenant_queue_size,
+                batch_options=shared,
+                batch_prefix=prefix,
+                as_batch=True,
+            )
+        except HeygemError:
+            fleetfiles.discard_staged(specs, self.settings)
+            raise
         assert batch is not None
         self._wake.set()
         log.info("batch %s: queued %d item(s) for tenant %s", batch.id, len(batch.items), batch.tenant)
@@ -390,6 +437,17 @@ class JobService:
         check_usable(avatar)
         return avatar.ref
 
+    def _share_uploads(self, specs: list[NewJob], owned: tuple[str, ...]) -> list[NewJob]:
+        """With storage_url, the uploads go to the object store for the worker that claims the
+        job (any instance); this instance's copies are removed. Unchanged otherwise."""
+        if not self.settings.uses_object_store:
+            return specs
+        shared = fleetfiles.stage_uploads(specs, self.settings)
+        for entry in owned:
+            _remove_path(Path(entry))
+            files.remove_upload_folder(self.settings, Path(entry).parent)
+        return shared
+
     def _check_accepting(self) -> None:
         with self._state_lock:
             state = self._state
@@ -412,6 +470,7 @@ class JobService:
         # Checks the roots and refuses the data folder's own state (database, outputs...).
         storage.check_reference(ref, self.settings)
         if is_remote(ref):
+            fleetfiles.check_not_fleet_area(ref, self.settings, kind)
             return ref
         # Relative paths mean files in the inputs folder, as storage.fetch_input reads them.
         path = resolve_under(ref, self.settings.allowed_input_roots, base=self.settings.inputs_dir)
@@ -462,6 +521,7 @@ class JobService:
             return None
         # The check publish_output repeats: a prefix accepted here cannot fail only after rendering.
         checked = storage.check_output_prefix(prefix, self.settings)
+        fleetfiles.check_not_fleet_area(checked, self.settings, "output_prefix")
         if not internal:
             check_tenant_prefix(checked, principal, self.settings)
         return checked
@@ -498,6 +558,19 @@ class JobService:
     def queue_depth(self) -> int:
         """Queued jobs over every tenant (a number, no job details)."""
         return self.store.count_queued()
+
+    def oldest_queued_age(self) -> float:
+        oldest = self.store.oldest_queued_at()
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+
+    def busy_workers(self) -> tuple[int, int]:
+        return sum(1 for w in self._workers if w.current is not None), len(self._workers)
+
+    def fleet(self, *, principal: Principal) -> list[dict[str, Any]]:
+        if not principal.is_admin:
+            raise ForbiddenError("the fleet view is for admins: it names every tenant's running jobs")
+        now = time.time()
+        return [item.to_dict(now, self.settings.lease_s) for item in self.store.list_instances()]
 
     def get_batch(self, batch_id: str, *, principal: Principal) -> Batch:
         batch = self.store.get_batch(batch_id)
@@ -625,6 +698,7 @@ class JobService:
         """Remove the avatar and its folder. Finished jobs keep their videos; a queued job that
         names it fails when it runs ("no longer exists")."""
         self._avatar_book().delete(avatar_id, principal=principal)
+        fleetfiles.remove_avatar_objects(self.settings, avatar_id)
 
     def _avatar_book(self) -> AvatarBook:
         def prepare(avatar: Avatar) -> None:
@@ -729,13 +803,12 @@ class JobService:
     def _remove_files(self, jobs: Sequence[Job]) -> None:
         """The jobs' scratch and outputs, and what they uploaded unless a remaining job still
         reads from it. A file a job merely referenced (an operator's) is never touched."""
+        references = self.store.references(active_only=False)
+        remote = {ref for ref in references if is_remote(ref)}
         for job in jobs:
             files.remove_job_files(self.settings, job.id)
-        still_used = [
-            Path(os.path.realpath(ref))
-            for ref in self.store.references(active_only=False)
-            if not is_remote(ref)
-        ]
+            fleetfiles.remove_job_objects(self.settings, job.id, job.uploads, remote)
+        still_used = [Path(os.path.realpath(ref)) for ref in references if not is_remote(ref)]
         for entry in sorted({Path(owned) for job in jobs for owned in job.uploads}):
             if any(ref == entry or ref.is_relative_to(entry) for ref in still_used):
                 continue

@@ -13,6 +13,8 @@ cannot overwrite the job's newer state.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import logging
 import sqlite3
@@ -20,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -33,6 +35,7 @@ from heygem.jobs.records import (
     RETRYABLE_STATUSES,
     TERMINAL_STATUSES,
     Batch,
+    Instance,
     Job,
     JobKind,
     JobStatus,
@@ -292,6 +295,26 @@ class JobStore(AvatarStore, Protocol):
     def references(self, *, active_only: bool) -> set[str]: ...
     def all_job_ids(self, tenant: str | None = None) -> set[str]: ...
     def delete_empty_batches(self, expired_at: float | None = None) -> list[str]: ...
+    def oldest_queued_at(self) -> float | None:
+        """When the longest-waiting queued job was queued (unix seconds); None if none waits."""
+        ...
+
+    def record_instance(self, instance: Instance) -> None:
+        """Write this instance's heartbeat row (its heartbeat_at is the store's clock)."""
+        ...
+
+    def list_instances(self) -> list[Instance]:
+        """The instances serving this queue, most recent heartbeat first."""
+        ...
+
+    def forget_instances(self, *, instance_id: str | None = None, silent_for_s: float | None = None) -> int:
+        """Remove one instance's row (a clean stop), or every row silent for that long."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """Hold a fleet-wide lock named `name` for the block if free: True when this caller got
+        it (one instance at a time runs the block), False when another holds it."""
+        ...
 
 
 class SQLiteJobStore:
@@ -302,6 +325,8 @@ class SQLiteJobStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # One host owns the file: the instance list is this process's own heartbeat.
+        self._instances: dict[str, Instance] = {}
 
     # --- connections ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -716,6 +741,42 @@ class SQLiteJobStore:
     def avatar_track_keys(self) -> set[str]:
         rows = self._conn().execute("SELECT track_key FROM avatars WHERE track_key IS NOT NULL").fetchall()
         return {row[0] for row in rows}
+
+    # --- the fleet (one instance here) -------------------------------------------------------------
+    def oldest_queued_at(self) -> float | None:
+        row = self._conn().execute("SELECT MIN(queued_at) FROM jobs WHERE status = 'queued'").fetchone()
+        return float(row[0]) if row is not None and row[0] is not None else None
+
+    def record_instance(self, instance: Instance) -> None:
+        self._instances[instance.id] = dataclasses.replace(instance, heartbeat_at=time.time())
+
+    def list_instances(self) -> list[Instance]:
+        return sorted(self._instances.values(), key=lambda item: item.heartbeat_at, reverse=True)
+
+    def forget_instances(self, *, instance_id: str | None = None, silent_for_s: float | None = None) -> int:
+        cutoff = time.time() - silent_for_s if silent_for_s is not None else None
+        gone = [
+            key
+            for key, item in self._instances.items()
+            if key == instance_id or (cutoff is not None and item.heartbeat_at < cutoff)
+        ]
+        for key in gone:
+            del self._instances[key]
+        return len(gone)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """An flock on <database>.<name>.lock: processes sharing the file take turns."""
+        with open(self.path.with_name(f"{self.path.name}.{name}.lock"), "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # The next job to claim (see SQLiteJobStore.claim): per tenant, its running jobs and its latest

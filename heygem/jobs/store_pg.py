@@ -26,6 +26,7 @@ import logging
 import time
 import urllib.parse
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,7 +37,7 @@ from psycopg_pool import ConnectionPool
 
 from heygem.errors import HeygemError
 from heygem.jobs.avatars import Avatar
-from heygem.jobs.records import DEFAULT_TENANT, Batch, Job, NewJob, Outcome
+from heygem.jobs.records import DEFAULT_TENANT, Batch, Instance, Job, NewJob, Outcome
 from heygem.jobs.store import (
     AVATAR_UPDATES,
     RETRYABLE_SQL,
@@ -60,13 +61,15 @@ from heygem.settings import MASK, mask_url
 
 log = logging.getLogger("heygem.jobs.store_pg")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_POOL_SIZE = 10  # workers plus web threads of one instance
 CONNECT_TIMEOUT_S = 10  # how long open() waits for the server before giving up
 POOL_TIMEOUT_S = 30.0  # how long a call waits for a free pooled connection
 # Advisory lock keys (any 64-bit numbers, fixed so every instance takes the same lock).
 MIGRATION_LOCK = 0x6865_7967_656D_0001
 ADMISSION_LOCK = 0x6865_7967_656D_0002
+# exclusive(name) locks: the high 32 bits mark heygem's, the low 32 bits are a hash of the name.
+NAMED_LOCK_BASE = 0x6865_7967_0000_0000
 # The database clock in unix seconds; leases are compared against it, never a host's clock.
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
 
@@ -148,8 +151,19 @@ CREATE TABLE avatars (
 );
 CREATE INDEX avatars_tenant_created ON avatars(tenant, created_at);
 """
+# Version 2: the instances of the fleet, one row per process, written by its heartbeat.
+_SCHEMA_V2 = """
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    device TEXT NOT NULL DEFAULT '',
+    jobs TEXT NOT NULL DEFAULT '[]',
+    workers INTEGER NOT NULL DEFAULT 0,
+    started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL
+);
+"""
 # version -> script that brings version-1 to it; released scripts are never edited
-MIGRATIONS = {1: _SCHEMA_V1}
+MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 _SCHEMA_TABLE = """
 CREATE TABLE IF NOT EXISTS heygem_schema (
     version INTEGER PRIMARY KEY,
@@ -600,6 +614,62 @@ class PostgresJobStore:
         with self._tx() as cur:
             rows = cur.execute("SELECT track_key FROM avatars WHERE track_key IS NOT NULL").fetchall()
         return {row["track_key"] for row in rows}
+
+    # --- the fleet -----------------------------------------------------------------------------
+    def oldest_queued_at(self) -> float | None:
+        row = self._one("SELECT MIN(queued_at) AS oldest FROM jobs WHERE status = 'queued'")
+        return float(row["oldest"]) if row is not None and row["oldest"] is not None else None
+
+    def record_instance(self, instance: Instance) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO instances (id, device, jobs, workers, started_at, heartbeat_at)"
+                f" VALUES (%s, %s, %s, %s, %s, {_NOW}) ON CONFLICT (id) DO UPDATE SET"
+                " device = EXCLUDED.device, jobs = EXCLUDED.jobs, workers = EXCLUDED.workers,"
+                " heartbeat_at = EXCLUDED.heartbeat_at",
+                (instance.id, instance.device, json.dumps(list(instance.jobs)), instance.workers,
+                 instance.started_at),
+            )  # fmt: skip
+
+    def list_instances(self) -> list[Instance]:
+        with self._tx() as cur:
+            rows = cur.execute("SELECT * FROM instances ORDER BY heartbeat_at DESC, id").fetchall()
+        return [
+            Instance(
+                id=row["id"],
+                device=row["device"],
+                jobs=tuple(json.loads(row["jobs"])),
+                workers=int(row["workers"]),
+                started_at=float(row["started_at"]),
+                heartbeat_at=float(row["heartbeat_at"]),
+            )
+            for row in rows
+        ]
+
+    def forget_instances(self, *, instance_id: str | None = None, silent_for_s: float | None = None) -> int:
+        with self._tx() as cur:
+            return cur.execute(
+                f"DELETE FROM instances WHERE id = %s OR heartbeat_at < {_NOW} - %s",
+                (instance_id, silent_for_s if silent_for_s is not None else float("inf")),
+            ).rowcount
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A session advisory lock on one pooled connection for the block: instances that try
+        while it is held get False at once instead of waiting."""
+        if self._pool is None:
+            raise HeygemError("the job store is not open")
+        key = NAMED_LOCK_BASE + zlib.crc32(name.encode())
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            conn.commit()
+            got = bool(row and row[0])
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    conn.commit()
 
 
 def _admit(cur: Cursor) -> None:

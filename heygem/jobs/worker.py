@@ -20,7 +20,7 @@ from concurrent.futures import Future
 
 from heygem.engine.api import Engine
 from heygem.errors import HeygemError
-from heygem.jobs import files
+from heygem.jobs import files, fleetfiles
 from heygem.jobs.api import EngineFactory
 from heygem.jobs.avatars import face_for_run
 from heygem.jobs.execute import (
@@ -32,6 +32,7 @@ from heygem.jobs.execute import (
     RunStopped,
     run_one,
 )
+from heygem.jobs.fleet import RunHeartbeat, tick_seconds
 from heygem.jobs.isolation import ProcessEngine, use_process
 from heygem.jobs.joblog import job_context, job_logger
 from heygem.jobs.manifest import shown_ref
@@ -72,6 +73,7 @@ class Worker(threading.Thread):
         stopping: threading.Event,
         cancels: set[str],
         on_finish: Callable[[Job], None],
+        on_busy_change: Callable[[], None] = lambda: None,
     ) -> None:
         # Daemon: a run still going after the drain window must not keep the process alive.
         super().__init__(name=f"heygem-worker-{index}", daemon=True)
@@ -86,6 +88,7 @@ class Worker(threading.Thread):
         self._stopping = stopping
         self._cancels = cancels
         self._on_finish = on_finish
+        self._on_busy_change = on_busy_change  # took or ended a run (the fleet row shows it)
         self._current: Claim | None = None
         self._abandoned = threading.Event()
         self._claim_lock = threading.Lock()  # abandon() and taking on a claim exclude each other
@@ -134,6 +137,7 @@ class Worker(threading.Thread):
                 job = None
             finally:
                 self._current = None
+                self._on_busy_change()
             if job is not None:
                 self._on_finish(job)
 
@@ -164,7 +168,8 @@ class Worker(threading.Thread):
                 self.store.release(claim.job.id, claim.token, count_attempt=False)
                 return False
             self._current = claim
-            return True
+        self._on_busy_change()
+        return True
 
     @property
     def engine(self) -> Engine:
@@ -241,9 +246,12 @@ class JobRun:
             shown_ref(self.job.video),
         )
         self.scratch.mkdir(parents=True, exist_ok=True)
+        heartbeat = RunHeartbeat(self.store, self.job.id, self.token, tick_seconds(self.settings), self._lost)
+        heartbeat.start()
         try:
             outcome = self._attempt()
         finally:
+            heartbeat.stop()
             files.remove_scratch(self.scratch)
         if outcome is None or not self.store.finish(self.job.id, self.token, outcome):
             log.info("handed back before it finished; it stays queued")
@@ -262,7 +270,8 @@ class JobRun:
             options=self.job.options,
             target=files.output_dir(self.settings, self.job.id) / self.job.result_name,
             scratch=self.scratch,
-            publish_prefix=self.job.output_prefix,
+            # The caller's place, else the fleet's: any instance can then serve the result.
+            publish_prefix=self.job.output_prefix or fleetfiles.result_prefix(self.settings, self.job.id),
             publish_name=self.job.output_name or f"{self.job.id}.mp4",
             job_id=self.job.id,
             text=self.job.text,
@@ -314,6 +323,14 @@ class JobRun:
         if state != RunState.ACTIVE:
             self._stop = state
             self._check_stop()
+
+    def _lost(self, state: RunState) -> None:
+        """The heartbeat learnt that the run must end: the next progress report stops it."""
+        log.info(
+            "the store says %s; stopping the run",
+            "it was cancelled" if state == RunState.CANCEL else "it is no longer this run's",
+        )
+        self._stop = state
 
     def _stopped(self) -> bool:
         if self._stop == RunState.ACTIVE:

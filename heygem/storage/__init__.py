@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -735,6 +735,63 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+# --- a fleet's own objects -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectStream:
+    """An object being read: its chunks (close() when done, even half-read) and its length."""
+
+    chunks: Iterator[bytes]
+    length: int | None
+    close: Callable[[], None]
+
+
+def open_object(url: str, settings: Settings) -> ObjectStream:
+    """Start reading an s3:// or obs:// object (a result another instance published), so the
+    web layer can stream it; StorageError (one line) when it is missing or unreadable."""
+    import botocore.exceptions
+
+    obj = _parse_object_url(url, need_key=True)
+    try:
+        response = _client(settings).get_object(Bucket=obj.bucket, Key=obj.key)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise _storage_error(exc, obj, settings, "read") from None
+    body = response["Body"]
+    return ObjectStream(body.iter_chunks(DOWNLOAD_CHUNK), response.get("ContentLength"), body.close)
+
+
+def is_under(url: str, prefix: str) -> bool:
+    """True when the object URL lies under the s3:// or obs:// prefix (the two schemes are one)."""
+    if _scheme(url) not in S3_SCHEMES or _scheme(prefix) not in S3_SCHEMES:
+        return False
+    try:
+        obj, base = _parse_object_url(url, need_key=False), _parse_object_url(prefix, need_key=False)
+    except HeygemError:
+        return False
+    folder = base.key if not base.key or base.key.endswith("/") else base.key + "/"
+    return obj.bucket == base.bucket and obj.key.startswith(folder)
+
+
+def delete_objects(prefix: str, settings: Settings) -> int:
+    """Delete every object under an s3:// or obs:// prefix (a job's staged uploads or result);
+    how many were deleted. StorageError when the store refuses."""
+    import botocore.exceptions
+
+    base = _parse_object_url(prefix, need_key=False)
+    client = _client(settings)
+    deleted = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=base.bucket, Prefix=base.key):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=base.bucket, Delete={"Objects": keys, "Quiet": True})
+                deleted += len(keys)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise _storage_error(exc, base, settings, "delete") from None
+    return deleted
+
+
 def _with_retries(
     action: Callable[[], T],
     what: str,
@@ -779,4 +836,8 @@ __all__ = [
     "fetch_input",
     "publish_output",
     "presign",
+    "ObjectStream",
+    "open_object",
+    "is_under",
+    "delete_objects",
 ]

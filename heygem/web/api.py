@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -161,6 +161,40 @@ def output_file(settings: Settings, path: Path | None, what: str) -> Path:
     if not resolved.is_file():
         raise StarletteHTTPException(404, f"{what} file is gone (deleted or expired)")
     return resolved
+
+
+def result_response(job: Job, settings: Settings) -> Response:
+    """The job's video: this instance's file, else (a fleet: another instance made it) the copy
+    published to the object store, streamed through."""
+    if not _is_here(job.output_path, settings) and job.output_url and storage.is_remote(job.output_url):
+        return _stream_object(job.output_url, settings, job.result_name)
+    path = output_file(settings, job.output_path, f"job {job.id}")
+    return FileResponse(path, media_type="video/mp4", filename=job.result_name)
+
+
+def _is_here(path: Path | None, settings: Settings) -> bool:
+    """The file exists in this instance's outputs folder."""
+    if path is None:
+        return False
+    try:
+        return resolve_under(path, [settings.outputs_dir]).is_file()
+    except HeygemError:
+        return False
+
+
+def _stream_object(url: str, settings: Settings, filename: str) -> StreamingResponse:
+    stream = storage.open_object(url, settings)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            yield from stream.chunks
+        finally:
+            stream.close()
+
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if stream.length is not None:
+        headers["Content-Length"] = str(stream.length)
+    return StreamingResponse(chunks(), media_type="video/mp4", headers=headers)
 
 
 def job_view(job: Job, request: Request, settings: Settings) -> dict[str, Any]:
@@ -441,12 +475,11 @@ def job_routes(state: ApiState) -> APIRouter:
         return job_view(service.get(check_id(job_id), principal=principal_of(request)), request, settings)
 
     @router.get("/jobs/{job_id}/result", response_class=FileResponse)
-    def get_result(job_id: str, request: Request) -> FileResponse:
+    def get_result(job_id: str, request: Request) -> Response:
         job = service.get(check_id(job_id), principal=principal_of(request))
         if not job.has_result:
             raise StarletteHTTPException(409, f"job {job.id} is {job.status}; it has no video to download")
-        path = output_file(settings, job.output_path, f"job {job.id}")
-        return FileResponse(path, media_type="video/mp4", filename=job.result_name)
+        return result_response(job, settings)
 
     @router.delete("/jobs/{job_id}")
     def delete_job(job_id: str, request: Request) -> dict[str, Any]:
@@ -476,6 +509,15 @@ def job_routes(state: ApiState) -> APIRouter:
         path = service.batch_zip(check_id(batch_id, "batch"), principal=principal_of(request))
         path = output_file(settings, path, f"batch {batch_id}")
         return FileResponse(path, media_type="application/zip", filename=f"batch-{batch_id}.zip")
+
+    @router.get("/fleet")
+    def fleet(request: Request) -> dict[str, Any]:
+        """The instances serving the queue (admins only), and the scaling signals."""
+        return {
+            "instances": service.fleet(principal=principal_of(request)),
+            "queue_depth": service.queue_depth(),
+            "oldest_queued_age_s": round(service.oldest_queued_age(), 3),
+        }
 
     @router.post("/batches/{batch_id}/retry", status_code=202)
     def retry_batch(batch_id: str, request: Request) -> JSONResponse:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from heygem.errors import (
     DiskFullError,
+    ForbiddenError,
     ForbiddenPathError,
     HeygemError,
     InputError,
@@ -76,6 +77,7 @@ ERROR_TABLE: tuple[tuple[type[HeygemError], ErrorClass], ...] = (
     (LimitExceededError, ErrorClass(413, "too_large", Fault.CLIENT)),
     (ForbiddenPathError, ErrorClass(403, "bad_input", Fault.CLIENT)),
     (InputError, ErrorClass(400, "bad_input", Fault.CLIENT)),
+    (ForbiddenError, ErrorClass(403, "failed", Fault.CLIENT)),
     (JobExpiredError, ErrorClass(410, "failed", Fault.CLIENT)),
     (JobNotFoundError, ErrorClass(404, "failed", Fault.CLIENT)),
     (QueueFullError, ErrorClass(429, "busy", Fault.BUSY, retry=True)),

@@ -1,5 +1,9 @@
 """Prometheus metrics for /metrics, read from the job store at scrape time.
 
+Job counts, the queue depth and the oldest queued job's age come from the store, so in a fleet
+they are the whole fleet's (any instance answers the same); heygem_ready and
+heygem_instance_workers are this instance's own.
+
 Each app gets its own CollectorRegistry (tests build several apps in one process). Counts come from
 the store, so jobs run through the UI, the API or another process sharing the database all show up.
 Durations and frame rates are observed at scrape time for jobs that finished since the last scrape
@@ -42,6 +46,18 @@ class _StoreCollector(Collector):
         depth = GaugeMetricFamily("heygem_queue_depth", "Jobs waiting for a worker")
         depth.add_metric([], self.service.queue_depth())
         yield depth
+        age = GaugeMetricFamily(
+            "heygem_oldest_queued_age_seconds", "How long the longest-waiting queued job has waited"
+        )
+        age.add_metric([], self.service.oldest_queued_age())
+        yield age
+        busy, workers = self.service.busy_workers()
+        own = GaugeMetricFamily(
+            "heygem_instance_workers", "This instance's workers, by state", labels=["state"]
+        )
+        own.add_metric(["busy"], busy)
+        own.add_metric(["idle"], workers - busy)
+        yield own
         ready, _ = self.service.readiness()
         ready_gauge = GaugeMetricFamily("heygem_ready", "1 when the engine is loaded and warmed up")
         ready_gauge.add_metric([], 1.0 if ready else 0.0)

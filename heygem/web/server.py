@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from heygem.errors import HeygemError
 from heygem.jobs.api import EngineFactory, JobService
 from heygem.settings import Settings
 from heygem.web.api import ApiState, register_api
@@ -258,7 +259,12 @@ def serve(settings: Settings, pipeline_factory: EngineFactory | None = None) -> 
         compat_service_settings(settings),
         pipeline_factory=pipeline_factory,  # None: heygem.jobs.execute.default_engine
     )
-    service.start()
+    try:
+        service.start()
+    except HeygemError as exc:  # the job database cannot be opened: one line, no traceback
+        log.error("cannot start: %s", exc)
+        service.stop(0)
+        return 1
     app = create_app(settings, service, log_buffer=log_buffer, ui_in_background=True, identity=identity)
     state: ApiState = app.state.heygem
     try:
