@@ -342,8 +342,9 @@ def test_single_tab_generates_from_typed_text_on_an_avatar(settings, service, fa
             None, None, {}, _as("support"), lambda *a, **k: None, avatar=avatar_id, text="Hello"
         )
     # The Batch tab: lines of text on the picked avatar, one job per line.
-    with pytest.raises(gr.Error, match="either a speech audio or text"):
-        handlers.submit_batch(["x.wav"], None, None, {}, ann, avatar=avatar_id, texts="One.")
+    # The Batch tab's errors go to the note by its Run button (its last output), not a toast.
+    refused = handlers.submit_batch(["x.wav"], None, None, {}, ann, avatar=avatar_id, texts="One.")
+    assert "either a speech audio or text" in refused[-1] and "heygem-error" in refused[-1]
     batch_id = handlers.submit_batch(
         None, None, None, {}, ann, avatar=avatar_id, texts="First line.\n\n  Second line.  \n"
     )[0]
@@ -380,3 +381,29 @@ def test_batch_texts_pair_with_faces():
         pair_texts(["a", "b", "c"], ["x", "y"])
     with pytest.raises(InputError, match="at least one face"):
         pair_texts(["a"], [])
+
+
+def test_the_studio_doors_show_nothing_of_another_department(settings, service, speech_wav, face_video):
+    """?job=, ?batch=, Cancel, Reuse and "Open its batch" read through the caller's principal:
+    another department's ids are "not here", with nothing of the job shown."""
+    import shutil
+
+    from heygem.web.ui import Handlers
+
+    handlers = Handlers(settings, service, lambda count: [])
+    folder = settings.inputs_dir / "0123456789abcdef0123456789abcdef"
+    folder.mkdir(parents=True)
+    audio, video = shutil.copy(speech_wav, folder), shutil.copy(face_video, folder)
+    batch = service.submit_batch(
+        [{"audio": audio, "video": video}], principal=principal_of(_as("sales")), uploaded=[folder]
+    )
+    job_id = batch.items[0].id
+    spy = _as("support")
+    video_out, download, summary, note = handlers.follow_job(job_id, spy, lambda *a, **k: None)
+    assert "not here" in note and job_id not in str((video_out, download, summary))
+    assert "not here" in handlers.open_batch(batch.id, spy)[-1]
+    assert "heygem-error" in handlers.cancel_single(job_id, spy)
+    assert "heygem-error" in handlers.reuse_inputs(job_id, spy)[-1]
+    opened = handlers.open_job_batch(job_id, spy)
+    assert "heygem-error" in opened[-1] and batch.id not in str(opened)
+    assert service.get(job_id, principal=principal_of(_as("sales"))).status != "cancelled"

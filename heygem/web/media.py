@@ -7,6 +7,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from heygem.engine.media import probe as video
 from heygem.engine.media.guard import input_args
 from heygem.errors import LimitExceededError, MediaProcessError
@@ -69,3 +71,37 @@ def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise MediaProcessError(f"thumbnail of {clip.name} took longer than {THUMB_TIMEOUT_S:g} s") from None
+
+
+SPEECH_RATE = 16_000  # Hz: enough to judge loudness, and the engine's own rate
+SPEECH_SAMPLE_BYTES = 2
+
+
+def speech_level(path: Path) -> tuple[float, float]:
+    """(seconds, RMS level in [0, 1]) of a speech file (or a video's audio track), decoded by
+    ffmpeg under the media guard to 16 kHz mono; MediaProcessError when it has no audio."""
+    argv = [
+        "ffmpeg",
+        "-loglevel",
+        "error",
+        *input_args(path),
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(SPEECH_RATE),
+        "-f",
+        "s16le",
+        "-",
+    ]
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=THUMB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise MediaProcessError(f"reading the speech in {path.name} took too long") from None
+    if result.returncode != 0 or not result.stdout:
+        raise MediaProcessError(f"{path.name} has no readable audio")
+    count = len(result.stdout) // SPEECH_SAMPLE_BYTES
+    samples = (
+        np.frombuffer(result.stdout[: count * SPEECH_SAMPLE_BYTES], dtype="<i2").astype(np.float32) / 32768.0
+    )
+    return count / SPEECH_RATE, float(np.sqrt(np.mean(np.square(samples)))) if count else 0.0

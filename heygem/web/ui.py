@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
 import wave
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -25,6 +28,7 @@ import pandas as pd
 from fastapi import FastAPI
 from gradio.components import Component
 from gradio.i18n import I18nData
+from gradio.utils import get_upload_folder as gradio_upload_folder
 from PIL import Image
 
 from heygem.engine.api import (
@@ -38,12 +42,13 @@ from heygem.engine.api import (
 from heygem.errors import HeygemError, InputError, LimitExceededError
 from heygem.jobs.api import JobService
 from heygem.jobs.avatars import AVATAR_PREFIX, PREPARING, READY, Avatar
-from heygem.jobs.records import Batch, Job
+from heygem.jobs.manifest import ref_stem
+from heygem.jobs.records import Batch, Job, JobStatus
 from heygem.jobs.tenancy import Principal
 from heygem.settings import Settings
 from heygem.speech import ESPEAK, make_provider
 from heygem.storage.paths import free_name, safe_file_name
-from heygem.web import batching, i18n, media
+from heygem.web import batching, eta, i18n, media
 from heygem.web.http import Fault, classify, one_line
 from heygem.web.identity import Identity, gradio_user, principal_of
 
@@ -58,6 +63,8 @@ BANNER_REFRESH_S = 2.0
 SYSTEM_REFRESH_S = 5.0
 UI_CONCURRENCY = 8  # handlers mostly wait on JobService; its own queue does the real limiting
 HISTORY_PAGE = 12
+SECONDS_PER_DAY = 86_400
+DATE_CHARS = 16  # "YYYY-MM-DD HH:MM" of a timestamp
 LOG_LINES = 60
 # Gradio copies every upload and every file it shows into its cache: sweep copies older than an
 # hour, every quarter hour, so unauthenticated uploads cannot pile up for a day (issue 12).
@@ -90,9 +97,57 @@ NEAREST_FACE: FaceChoice = "nearest"  # the face choice a picked point stands fo
 P = ParamSpec("P")
 R = TypeVar("R")
 Translate = Callable[[str], I18nData]
+HISTORY_REFRESH_S = 2.0  # how often History looks again while a listed job is queued or running
+HISTORY_SCAN = 500  # newest jobs a History search or filter looks through
+CAPTION_NAME_CHARS = 28
+DETAIL_TEXT_CHARS = 200
+PHONE_WIDTH_PX = 768  # below this the columns stack: Generate scrolls the progress into view
+# Read ?job= and ?batch= once at page load: the work this tab follows survives a reload.
+READ_URL_JS = """() => {
+  const query = new URLSearchParams(window.location.search);
+  return [query.get("job") || "", query.get("batch") || ""];
+}"""
+SCROLL_TO_PROGRESS_JS = f"""() => {{
+  if (window.innerWidth < {PHONE_WIDTH_PX}) {{
+    document.getElementById("single-status")?.scrollIntoView({{behavior: "smooth", block: "start"}});
+  }}
+}}"""
+# An error note is dismissed by clicking it. Every upload control gets an accessible name of its
+# own, from its field's (translated) label, also when Gradio renders it again.
+PAGE_JS = """() => {
+  document.addEventListener("click", (event) => {
+    const note = event.target.closest(".heygem-error");
+    if (note) note.remove();
+  });
+  const name = () => {
+    for (const input of document.querySelectorAll("input[type=file]")) {
+      const block = input.closest("[id]");
+      const label = block?.querySelector("[data-testid=block-info], label span")?.textContent?.trim();
+      if (label && input.getAttribute("aria-label") !== label) input.setAttribute("aria-label", label);
+    }
+  };
+  name();
+  new MutationObserver(name).observe(document.body, {childList: true, subtree: true});
+}"""
 CSS = """
 #heygem-banner {border-radius: 8px; padding: 0 12px; background: var(--color-accent-soft);}
+.heygem-banner-preview {border-radius: 8px; padding: 0 12px; background: var(--color-accent-soft);}
+.heygem-error {border-left: 4px solid var(--error-border-color, #d33); padding: 4px 10px;
+  background: var(--error-background-fill, #fee); cursor: pointer; white-space: normal;
+  overflow-wrap: anywhere;}
+.heygem-note {padding: 4px 10px; overflow-wrap: anywhere;}
+#batch-table td, #batch-table span {white-space: normal; overflow-wrap: anywhere;}
+#history-gallery .caption-label, #batch-gallery .caption-label {white-space: normal;}
 """
+SHORT_SPEECH_S = 1.0  # shorter speech makes a clip too short to judge
+SILENT_LEVEL = 0.003  # RMS of samples in [-1, 1]; quieter is silence (or a far-off microphone)
+JOB_STATUSES = tuple(str(status) for status in JobStatus)
+SKIP = "__heygem_skip__"
+CODE_SPAN = re.compile(r"`([^`]+)`")
+LOG_TO_END_JS = """() => {
+  const area = document.querySelector("#system-log textarea");
+  if (area) area.scrollTop = area.scrollHeight;
+}"""  # stands for gr.skip() in a note handler's fallback outputs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,17 +175,65 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - error_text logs the internal ones with their traceback
             lang = language(_request_in(args, kwargs))
+            text = error_text(exc, lang, getattr(fn, "__name__", "?"))
             error_class = classify(exc)
             if error_class.fault == Fault.INTERNAL:
-                log.exception("web UI handler %s failed", getattr(fn, "__name__", fn))
-                raise gr.Error(i18n.t("err_internal", lang), print_exception=False) from None
+                raise gr.Error(text, duration=None, print_exception=False) from None
             title = i18n.t(f"title_{error_class.title}", lang)
-            # Gradio 6 shows only the message in its toast: lead with the (translated) title.
-            raise gr.Error(f"{title}: {one_line(exc)}", title=title, print_exception=False) from None
+            # Gradio 6 shows only the message in its toast: it leads with the (translated) title,
+            # and it stays until the user closes it.
+            raise gr.Error(text, title=title, duration=None, print_exception=False) from None
 
     return wrapper
+
+
+def error_text(exc: BaseException, lang: str, where: str) -> str:
+    """The one line a user reads for `exc`, in their language: the error's title, then its
+    message (known back-end messages re-worded for the page); internal errors stay in the log."""
+    if isinstance(exc, gr.Error):
+        return str(exc.message)
+    error_class = classify(exc)
+    if error_class.fault == Fault.INTERNAL:
+        log.error("web UI handler %s failed", where, exc_info=exc)
+        return i18n.t("err_internal", lang)
+    title = i18n.t(f"title_{error_class.title}", lang)
+    return f"{title}: {i18n.backend_message(one_line(exc), lang)}"
+
+
+def error_note(text: str) -> str:
+    """A persistent error beside the control that failed (click to dismiss)."""
+    return f'<div class="heygem-error" role="alert">⚠️ {_note_html(text)}</div>'
+
+
+def info_note(text: str) -> str:
+    return f'<div class="heygem-note" role="status">{_note_html(text)}</div>'
+
+
+def _note_html(text: str) -> str:
+    """Escaped text; `ids` (as the translations write them) become <code>."""
+    return CODE_SPAN.sub(r"<code>\1</code>", html.escape(text))
+
+
+def in_note(*fallback: Any) -> Callable[[Callable[P, R]], Callable[P, Any]]:
+    """Errors go to the handler's last output, a note by its control, and the other outputs get
+    `fallback` (SKIP keeps what they show): a failed action never blanks the work on the page."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - error_text logs the internal ones with their traceback
+                lang = language(_request_in(args, kwargs))
+                text = error_text(exc, lang, getattr(fn, "__name__", "?"))
+                kept = tuple(gr.skip() if value == SKIP else value for value in fallback)
+                return (*kept, error_note(text)) if kept else error_note(text)
+
+        return wrapper
+
+    return decorate
 
 
 def stage_upload(settings: Settings, folder: Path, path: str, *, require_video: bool | None) -> Path:
@@ -218,6 +321,32 @@ def result_file(job: Job) -> str | None:
     return None
 
 
+def download_name(job: Job) -> str:
+    """What a result is saved as: its output name, or its inputs' names (face, then speech)."""
+    if job.output_name:
+        return job.output_name
+    speech = ref_stem(job.audio) if job.audio else "text"
+    return f"{ref_stem(job.video)}_{speech}.mp4"
+
+
+def named_download(job: Job) -> str | None:
+    """The result under its download name: a hard link beside it in the job's own output folder
+    (deleting the job removes both); the result itself when linking is impossible."""
+    path = result_file(job)
+    if path is None:
+        return None
+    result = Path(path)
+    named = result.with_name(download_name(job))
+    if named == result or named.exists():
+        return str(named)
+    try:
+        os.link(result, named)
+    except OSError as exc:
+        log.info("job %s: download keeps its own name: %s", job.id, exc)
+        return str(result)
+    return str(named)
+
+
 def avatar_reference(avatar_id: str) -> str:
     """How a job names an avatar as its face ("video"): avatar:<id>."""
     return AVATAR_PREFIX + avatar_id
@@ -295,12 +424,15 @@ class Handlers:
 
     # --- banner and system ----------------------------------------------------------------------
     def banner(self, request: gr.Request) -> tuple[Any, ...]:
-        """The "model is loading" notice; its timer stops once the engine is ready."""
+        """The "model is loading" notice, its timer (stopped once the engine is ready), and the
+        Single and Batch tabs' preview-engine banners, shown once the ready engine is the preview."""
         ready, reason = self.service.readiness()
         if ready:
-            return gr.update(value="", visible=False), gr.Timer(active=False)
+            status = self.service.engine_status()
+            preview = gr.update(visible=status is not None and status.engine == PREVIEW)
+            return gr.update(value="", visible=False), gr.Timer(active=False), preview, preview
         text = i18n.t("banner_loading", language(request), reason=reason)
-        return gr.update(value=text, visible=True), gr.Timer(active=True)
+        return gr.update(value=text, visible=True), gr.Timer(active=True), gr.skip(), gr.skip()
 
     def system(self, request: gr.Request) -> tuple[str, str]:
         lang = language(request)
@@ -343,6 +475,30 @@ class Handlers:
         x1, y1, x2, y2 = (int(v) for v in box)
         return image, i18n.t("face_found", lang, w=x2 - x1, h=y2 - y1, x=x1, y=y1)
 
+    def check_face_quietly(self, face: str | None, request: gr.Request) -> tuple[Any, str]:
+        """The automatic face check on upload: a problem is a note by the picture, not a toast."""
+        if not face:
+            return gr.skip(), ""
+        try:
+            return self.check_face.__wrapped__(self, face, request)  # type: ignore[attr-defined, no-any-return]
+        except Exception as exc:  # noqa: BLE001 - error_text logs the internal ones with their traceback
+            return None, error_note(error_text(exc, language(request), "check_face_quietly"))
+
+    def check_speech(self, audio: str | None, request: gr.Request) -> str:
+        """Before Generate: the speech's length, and a warning when it is very short or silent."""
+        if not audio:
+            return ""
+        lang = language(request)
+        try:
+            seconds, level = media.speech_level(Path(audio))
+        except Exception as exc:  # noqa: BLE001 - error_text logs the internal ones with their traceback
+            return error_note(error_text(exc, lang, "check_speech"))
+        if seconds < SHORT_SPEECH_S:
+            return error_note(i18n.t("note_speech_short", lang, seconds=seconds))
+        if level < SILENT_LEVEL:
+            return error_note(i18n.t("note_speech_silent", lang))
+        return info_note(i18n.t("note_speech_ok", lang, seconds=seconds))
+
     def pick_point(self, evt: gr.SelectData) -> tuple[str, int, int]:
         x, y = evt.index[0], evt.index[1]
         return NEAREST_FACE, int(x), int(y)
@@ -360,9 +516,59 @@ class Handlers:
         text: str | None = None,
         voice: str | None = None,
     ) -> tuple[str, str, str]:
-        """Submit one job from the Single tab and wait for it; `fields` are the panel's values.
-        The speech is the audio or the typed text (one of them); the face is the upload or the
-        picked avatar."""
+        """The /generate API: submit one job as the Single tab does, and wait for it."""
+        lang = language(request)
+        who = principal_of(request)
+        job = self._submit_single(audio, face, fields, request, avatar=avatar, text=text, voice=voice)
+        job = self._wait(job, progress, lang, who)
+        if str(job.status) != "succeeded":
+            title = i18n.t("title_failed", lang)
+            reason = job.error or i18n.t(f"status_{job.status}", lang)
+            raise gr.Error(f"{title}: {reason}", title=title, print_exception=False)
+        return str(job.output_path), str(job.output_path), self._done_summary(job, lang)
+
+    def _done_summary(self, job: Job, lang: str) -> str:
+        summary = i18n.t(
+            "done_summary",
+            lang,
+            id=job.id,
+            engine=job.engine or "-",
+            seconds=f"{job.seconds or 0:.1f}",
+            noface=job.frames_without_face or 0,
+        )
+        if job.engine == PREVIEW:
+            summary += f"  \n⚠️ *{i18n.t('preview_label', lang)}*"
+        return summary
+
+    @in_note("")
+    def submit_single(
+        self,
+        audio: str | None,
+        face: str | None,
+        fields: Mapping[str, Any],
+        request: gr.Request,
+        *,
+        avatar: str | None = None,
+        text: str | None = None,
+        voice: str | None = None,
+    ) -> tuple[str, str]:
+        """The Generate button: submit, and hand the job id on (to the URL and to follow_job)."""
+        job = self._submit_single(audio, face, fields, request, avatar=avatar, text=text, voice=voice)
+        return job.id, info_note(i18n.t("note_submitted", language(request), id=job.id))
+
+    def _submit_single(
+        self,
+        audio: str | None,
+        face: str | None,
+        fields: Mapping[str, Any],
+        request: gr.Request,
+        *,
+        avatar: str | None,
+        text: str | None,
+        voice: str | None,
+    ) -> Job:
+        """Submit one job; `fields` are the panel's values. The speech is the audio or the typed
+        text (one of them); the face is the upload or the picked avatar."""
         lang = language(request)
         who = principal_of(request)
         options = build_options(fields)
@@ -392,20 +598,52 @@ class Handlers:
                 uploaded=[folder] if folder.exists() else [],
             )
         log.info("job %s submitted from the web UI", job.id)
+        return job
+
+    @in_note(SKIP, SKIP, SKIP)
+    def follow_job(
+        self,
+        job_id: str | None,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - how Gradio injects its progress
+    ) -> tuple[Any, ...]:
+        """Show a job's live progress, then its result (video, named download, summary, note).
+        After a reload the page calls this with the id from ?job=; another tenant's id is "not
+        found", like a deleted one."""
+        if not job_id:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        lang = language(request)
+        who = principal_of(request)
+        try:
+            job = self.service.get(job_id, principal=who)
+        except HeygemError:
+            return gr.skip(), gr.skip(), gr.skip(), error_note(i18n.t("note_not_found", lang))
         job = self._wait(job, progress, lang, who)
-        if str(job.status) != "succeeded":
-            title = i18n.t("title_failed", lang)
-            reason = job.error or i18n.t(f"status_{job.status}", lang)
-            raise gr.Error(f"{title}: {reason}", title=title, print_exception=False)
-        summary = i18n.t(
-            "done_summary",
-            lang,
-            id=job.id,
-            engine=job.engine or "-",
-            seconds=f"{job.seconds or 0:.1f}",
-            noface=job.frames_without_face or 0,
+        if str(job.status) == "succeeded" and job.output_path is not None:
+            return str(job.output_path), named_download(job), self._done_summary(job, lang), ""
+        if str(job.status) == "cancelled":
+            return gr.skip(), gr.skip(), gr.skip(), info_note(i18n.t("note_cancelled", lang, id=job.id))
+        reason = i18n.backend_message(job.error or i18n.t(f"status_{job.status}", lang), lang)
+        return (
+            gr.skip(),
+            gr.skip(),
+            gr.skip(),
+            error_note(i18n.t("note_failed", lang, id=job.id, reason=reason)),
         )
-        return str(job.output_path), str(job.output_path), summary
+
+    @in_note()
+    def cancel_single(self, job_id: str | None, request: gr.Request) -> str:
+        """The Single tab's Cancel: a real cancel of the job the tab follows (it stays in History
+        as cancelled; follow_job then reports it)."""
+        lang = language(request)
+        if not job_id:
+            return info_note(i18n.t("note_no_job", lang))
+        job = self.service.get(job_id, principal=principal_of(request))
+        if job.terminal:
+            return info_note(i18n.t("note_no_job", lang))
+        self.service.cancel(job_id, principal=principal_of(request))
+        log.info("job %s cancelled from the web UI", job_id)
+        return info_note(i18n.t("note_cancelling", lang, id=job_id))
 
     @user_errors
     def hear_it(
@@ -440,18 +678,29 @@ class Handlers:
         return None, avatar_picture(chosen), note
 
     def _wait(self, job: Job, progress: gr.Progress, lang: str, who: Principal) -> Job:
+        speech_s = eta.speech_seconds(job) if not job.terminal else None
+        fps = eta.recent_fps(self.visible_jobs(who, eta.RECENT_JOBS, 0)) if not job.terminal else None
         while not job.terminal:
+            left = eta.render_seconds(job, speech_s, fps)
             if str(job.status) == "queued":
-                progress(0.0, desc=i18n.t("progress_queued", lang, ahead=self.service.queue_depth()))
+                depth = self.service.queue_depth()
+                desc = i18n.t("progress_queued", lang, ahead=depth)
+                if left is not None:
+                    # The jobs ahead are assumed to be as long as this one: their speech is unread.
+                    ahead = max(depth - 1, 0)
+                    desc = i18n.t("eta_queued", lang, ahead=ahead, seconds=round(left * ahead))
+                progress(0.0, desc=desc)
             else:
-                stage = i18n.t(f"stage_{job.stage}", lang, default=job.stage or "")
-                progress(float(job.progress), desc=stage)
+                desc = i18n.t(f"stage_{job.stage}", lang, default=job.stage or "")
+                if left is not None:
+                    desc += f" · {i18n.t('eta', lang, seconds=max(1, round(left)))}"
+                progress(float(job.progress), desc=desc)
             time.sleep(POLL_S)
             job = self.service.get(job.id, principal=who)
         return job
 
     # --- batch ----------------------------------------------------------------------------------
-    @user_errors
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP)
     def submit_batch(
         self,
         audios: list[str] | None,
@@ -471,8 +720,8 @@ class Handlers:
         if lines and audios:
             raise InputError(i18n.t("err_audio_and_text", lang))
         with staging(self.settings) as folder:
-            audio_paths = self._stage_many(folder, audios, require_video=False)
-            faces = [str(path) for path in self._stage_many(folder, videos, require_video=True)]
+            audio_paths = self._stage_items(folder, audios, require_video=False)
+            faces = [str(path) for path in self._stage_items(folder, videos, require_video=True)]
             faces += [avatar_reference(avatar)] if avatar else []
             if manifest:
                 staged = stage_upload(self.settings, folder, manifest, require_video=None)
@@ -485,12 +734,39 @@ class Handlers:
                 items, options, principal=principal_of(request), uploaded=[folder] if folder.exists() else []
             )
         log.info("batch %s submitted from the web UI with %d items", batch.id, len(items))
-        return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True))
+        return (batch.id, *self._batch_view(batch, lang), gr.Timer(active=True), "")
 
-    def _stage_many(self, folder: Path, paths: list[str] | None, *, require_video: bool) -> list[Path]:
-        return [
-            stage_upload(self.settings, folder, path, require_video=require_video) for path in paths or []
-        ]
+    def _stage_items(self, folder: Path, paths: list[str] | None, *, require_video: bool) -> list[Path]:
+        """A batch's uploads, each within the size and duration limits. A file that cannot be
+        read at all is staged anyway: its item fails alone, with the reason, and the rest run."""
+        staged = []
+        for path in paths or []:
+            try:
+                staged.append(stage_upload(self.settings, folder, path, require_video=require_video))
+            except LimitExceededError:
+                raise
+            except HeygemError as exc:
+                log.info("batch upload %s is unreadable; its item will fail: %s", Path(path).name, exc)
+                staged.append(stage_upload(self.settings, folder, path, require_video=None))
+        return staged
+
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP)
+    def open_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Show a batch (from ?batch= after a reload, or from History) on the Batch tab, live:
+        table, gallery, summary, timer, the tab switch, and a note."""
+        if not batch_id:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        lang = language(request)
+        try:
+            batch = self.service.get_batch(batch_id, principal=principal_of(request))
+        except HeygemError:
+            return (gr.skip(),) * 5 + (error_note(i18n.t("note_batch_not_found", lang)),)
+        return (
+            *self._batch_view(batch, lang),
+            gr.Timer(active=not batch.finished),
+            gr.Tabs(selected="batch"),
+            "",
+        )
 
     def refresh_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Timer tick: never raises, so one bad moment (a busy disk) does not stop the live table."""
@@ -508,27 +784,28 @@ class Handlers:
             return (gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=True))
 
     def _empty_batch(self, lang: str) -> tuple[Any, ...]:
-        return pd.DataFrame(columns=self._batch_columns(lang)), [], ""
+        return gr.update(value=None, visible=False), [], ""
 
     def _batch_columns(self, lang: str) -> list[str]:
-        return [
-            i18n.t(key, lang)
-            for key in ("col_item", "col_video", "col_status", "col_progress", "col_stage", "col_error")
-        ]
+        keys = ("col_item", "col_audio", "col_video", "col_output", "col_status", "col_progress", "col_error")
+        return [i18n.t(key, lang) for key in keys]
 
-    def _batch_view(self, batch: Batch, lang: str) -> tuple[pd.DataFrame, list[Any], str]:
+    def _batch_view(self, batch: Batch, lang: str) -> tuple[Any, list[Any], str]:
+        """The items table (shown once there is a batch), the gallery of finished videos (each
+        plays and downloads as its mp4) and the summary."""
         rows = [
             [
                 (item.item_index or 0) + 1,
+                Path(item.audio).name if item.audio else i18n.t("speech_text", lang),
                 Path(item.video).name,
+                item.result_name,
                 i18n.t(f"status_{item.status}", lang),
                 f"{item.progress * 100:.0f}%",
-                i18n.t(f"stage_{item.stage}", lang, default=item.stage),
-                item.error or "",
+                i18n.backend_message(item.error, lang) if item.error else "",
             ]
             for item in batch.items
         ]
-        gallery = [(thumbnail_for(item), item.result_name) for item in batch.succeeded]
+        gallery = [(named_download(item), item.result_name) for item in batch.succeeded if result_file(item)]
         summary = i18n.t(
             "batch_summary",
             lang,
@@ -537,21 +814,24 @@ class Handlers:
             failed=len(batch.failed),
             total=len(batch.items),
         )
-        return pd.DataFrame(rows, columns=self._batch_columns(lang)), gallery, summary
+        if any(item.engine == PREVIEW for item in batch.succeeded):
+            summary += f"  \n⚠️ *{i18n.t('preview_label', lang)}*"
+        table = pd.DataFrame(rows, columns=self._batch_columns(lang))
+        return gr.update(value=table, visible=True), gallery, summary
 
-    @user_errors
-    def batch_zip(self, batch_id: str | None, request: gr.Request) -> str:
+    @in_note(SKIP)
+    def batch_zip(self, batch_id: str | None, request: gr.Request) -> tuple[str, str]:
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", language(request)))
-        return str(self.service.batch_zip(batch_id, principal=principal_of(request)))
+        return str(self.service.batch_zip(batch_id, principal=principal_of(request))), ""
 
-    @user_errors
+    @in_note(SKIP, SKIP, SKIP, SKIP)
     def retry_batch(self, batch_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         lang = language(request)
         if not batch_id:
             raise InputError(i18n.t("err_no_batch", lang))
         batch = self.service.retry_failed(batch_id, principal=principal_of(request))
-        return (*self._batch_view(batch, lang), gr.Timer(active=True))
+        return (*self._batch_view(batch, lang), gr.Timer(active=True), "")
 
     # --- avatars --------------------------------------------------------------------------------
     def avatar_listing(
@@ -702,69 +982,240 @@ class Handlers:
         )
 
     # --- history --------------------------------------------------------------------------------
-    @user_errors
-    def history(self, page: int, request: gr.Request) -> tuple[Any, ...]:
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP)
+    def history(
+        self, page: int, status: str | None, query: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        """One page of the tenant's jobs, filtered by status and a text search: page, ids,
+        gallery, page label, the refresh timer (on while a listed job is queued or running), note."""
         lang = language(request)
         who = principal_of(request)
-        total = self.visible_count(who)
+        status, query = status or "", (query or "").strip().lower()
+        matched = self._filtered(who, status, query) if status or query else None
+        total = len(matched) if matched is not None else self.visible_count(who)
         pages = max(1, -(-total // HISTORY_PAGE))
         page = min(max(0, int(page or 0)), pages - 1)
-        jobs = self.visible_jobs(who, HISTORY_PAGE, page * HISTORY_PAGE)
-        gallery = [
-            (thumbnail_for(job), f"{i18n.t(f'status_{job.status}', lang)} · {when(job.created_at)}")
-            for job in jobs
-        ]
+        if matched is None:
+            shown = self.visible_jobs(who, HISTORY_PAGE, page * HISTORY_PAGE)
+        else:
+            shown = matched[page * HISTORY_PAGE : (page + 1) * HISTORY_PAGE]
+        gallery = [(thumbnail_for(job), self._caption(job, lang)) for job in shown]
         label = i18n.t("history_page", lang, page=page + 1, pages=pages, total=total)
-        return page, [job.id for job in jobs], gallery, label
+        live = any(not job.terminal for job in shown)
+        return page, [job.id for job in shown], gallery, label, gr.Timer(active=live), ""
 
-    # The one place the History tab asks which jobs `who` may see. Until the job service takes
-    # principal= (the tenancy work), these list every job; connecting them filters the tab.
+    def _filtered(self, who: Principal, status: str, query: str) -> list[Job]:
+        """The newest HISTORY_SCAN jobs with this status whose names, inputs or text hold `query`."""
+        return [
+            job
+            for job in self.visible_jobs(who, HISTORY_SCAN, 0)
+            if (not status or str(job.status) == status) and (not query or query in searchable(job))
+        ]
+
+    def history_tick(
+        self, page: int, status: str | None, query: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        """Timer tick: never raises, so one bad moment does not stop the live list."""
+        try:
+            return self.history(page, status, query, request)  # type: ignore[no-any-return]
+        except Exception:
+            log.exception("refreshing the history failed; trying again")
+            return (gr.skip(),) * 4 + (gr.Timer(active=True), gr.skip())
+
+    def _caption(self, job: Job, lang: str) -> str:
+        """A tile's caption: output name, status, inputs, length, engine, batch and expiry."""
+        parts = [download_name(job)[:CAPTION_NAME_CHARS], i18n.t(f"status_{job.status}", lang)]
+        parts.append(inputs_text(job))
+        if job.seconds is not None:
+            parts.append(f"{job.seconds:.0f} s")
+        if job.engine:
+            parts.append(job.engine)
+        if job.batch_id:
+            parts.append(f"batch {job.batch_id[:8]}")
+        expiry = self._expiry(job, lang)
+        if expiry:
+            parts.append(expiry)
+        return " · ".join(parts)
+
+    def _expiry(self, job: Job, lang: str) -> str:
+        """When retention deletes the job (days after it finished); "" while it runs."""
+        if job.finished_at is None:
+            return ""
+        if self.settings.retention_days <= 0:
+            return i18n.t("history_kept", lang)
+        expires = job.finished_at + self.settings.retention_days * SECONDS_PER_DAY
+        return i18n.t("history_expires", lang, date=when(expires)[:DATE_CHARS])
+
+    # The one place the History tab asks which jobs `who` may see.
     def visible_jobs(self, who: Principal, limit: int, offset: int) -> list[Job]:
         return self.service.list_jobs(limit=limit, offset=offset, principal=who)
 
     def visible_count(self, who: Principal) -> int:
         return self.service.count_jobs(principal=who)
 
-    def history_step(self, page: int, step: int, request: gr.Request) -> tuple[Any, ...]:
-        return self.history(int(page or 0) + step, request)
+    def history_step(
+        self, page: int, step: int, status: str | None, query: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        return self.history(int(page or 0) + step, status, query, request)  # type: ignore[no-any-return]
 
-    @user_errors
+    @in_note(SKIP, SKIP, SKIP, SKIP)
     def history_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
+        """The picked job: id, its video, its named download, its details (inputs, options,
+        batch, expiry), and a cleared note."""
         lang = language(request)
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not ids or index >= len(ids):
-            return None, None, None, ""
+            return None, None, None, "", ""
         job = self.service.get(ids[index], principal=principal_of(request))
-        details = i18n.t(
-            "history_details",
-            lang,
-            id=job.id,
-            status=i18n.t(f"status_{job.status}", lang),
-            created=when(job.created_at),
-            engine=job.engine or "-",
-            error=job.error or "-",
-        )
-        path = result_file(job)
-        return job.id, path, path, details
+        return job.id, result_file(job), named_download(job), self._details(job, lang), ""
 
-    @user_errors
-    def delete_selected(self, job_id: str | None, page: int, request: gr.Request) -> tuple[Any, ...]:
+    def _details(self, job: Job, lang: str) -> str:
+        lines = [
+            i18n.t(
+                "history_details",
+                lang,
+                id=job.id,
+                status=i18n.t(f"status_{job.status}", lang),
+                created=when(job.created_at),
+                engine=job.engine or "-",
+                error=i18n.backend_message(job.error, lang) if job.error else "-",
+            ),
+            i18n.t(
+                "history_inputs",
+                lang,
+                audio=Path(job.audio).name if job.audio else "-",
+                video=Path(job.video).name,
+                text=(job.text or "-")[:DETAIL_TEXT_CHARS],
+                options=", ".join(f"{key}={value}" for key, value in sorted(job.options.items())) or "-",
+            ),
+        ]
+        if job.batch_id:
+            lines.append(i18n.t("history_batch", lang, batch=job.batch_id, item=(job.item_index or 0) + 1))
+        expiry = self._expiry(job, lang)
+        if expiry:
+            lines.append(i18n.t("history_expiry", lang, date=expiry))
+        if job.engine == PREVIEW:
+            lines.append(f"⚠️ *{i18n.t('preview_label', lang)}*")
+        return "  \n".join(lines)
+
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP)
+    def cancel_selected(
+        self, job_id: str | None, page: int, status: str | None, query: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        """History's Cancel: a real cancel; the job stays listed, as cancelled."""
+        lang = language(request)
         if not job_id:
-            raise InputError(i18n.t("err_no_selection", language(request)))
+            raise InputError(i18n.t("err_no_selection", lang))
         job = self.service.get(job_id, principal=principal_of(request))
-        if not job.terminal:
-            self.service.cancel(job_id, principal=principal_of(request))
-        else:
-            self.service.delete(job_id, principal=principal_of(request))
-        log.info("job %s deleted from the web UI", job_id)
-        return (None, None, None, "", *self.history(page, request))
+        if job.terminal:
+            return (*self.history(page, status, query, request)[:-1], info_note(i18n.t("note_no_job", lang)))
+        self.service.cancel(job_id, principal=principal_of(request))
+        log.info("job %s cancelled from the History tab", job_id)
+        listing = self.history(page, status, query, request)[:-1]
+        return (*listing, info_note(i18n.t("note_cancelling", lang, id=job_id)))
 
-    @user_errors
-    def delete_all(self, request: gr.Request) -> tuple[Any, ...]:
+    @in_note(SKIP, SKIP)
+    def ask_delete(self, job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Delete selected: first ask, naming the job (the confirm row and its text)."""
+        lang = language(request)
+        if not job_id:
+            raise InputError(i18n.t("err_no_selection", lang))
+        return gr.update(visible=True), i18n.t("history_confirm_one", lang, id=job_id), ""
+
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP)
+    def delete_selected(
+        self, job_id: str | None, page: int, status: str | None, query: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        """Delete the confirmed job (a running one is cancelled first), report it and clear the
+        selection: selected, video, download, details, confirm row, listing, note."""
+        lang = language(request)
+        if not job_id:
+            raise InputError(i18n.t("err_no_selection", lang))
+        self.service.delete(job_id, principal=principal_of(request))
+        log.info("job %s deleted from the web UI", job_id)
+        listing = self.history(page, status, query, request)[:-1]
+        note = info_note(i18n.t("history_deleted", lang, id=job_id))
+        return (None, None, None, "", gr.update(visible=False), *listing, note)
+
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP)
+    def delete_all(self, status: str | None, query: str | None, request: gr.Request) -> tuple[Any, ...]:
+        lang = language(request)
         removed = self.service.delete_all(principal=principal_of(request))
         log.info("%d jobs deleted from the web UI", removed)
-        gr.Info(i18n.t("history_deleted_all", language(request), count=removed))
-        return (None, None, None, "", gr.update(visible=False), *self.history(0, request))
+        listing = self.history(0, status, query, request)[:-1]
+        note = info_note(i18n.t("history_deleted_all", lang, count=removed))
+        return (None, None, None, "", gr.update(visible=False), *listing, note)
+
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP, SKIP)
+    def open_job_batch(self, job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """History's "Open its batch": the Batch tab follows the selected job's batch (batch id,
+        table, gallery, summary, timer, tab switch), then the note."""
+        lang = language(request)
+        if not job_id:
+            raise InputError(i18n.t("err_no_selection", lang))
+        job = self.service.get(job_id, principal=principal_of(request))
+        if not job.batch_id:
+            raise InputError(i18n.t("err_not_batch", lang))
+        opened = self.open_batch(job.batch_id, request)
+        return (job.batch_id, *opened)
+
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP)
+    def reuse_inputs(self, job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Put the selected job's inputs on the Single tab: tab switch, text, voice, avatar, audio,
+        face, the Single tab's note, and History's note."""
+        lang = language(request)
+        if not job_id:
+            raise InputError(i18n.t("err_no_selection", lang))
+        job = self.service.get(job_id, principal=principal_of(request))
+        avatar = job.video[len(AVATAR_PREFIX) :] if job.video.startswith(AVATAR_PREFIX) else ""
+        audio = reusable_copy(job.audio) if job.audio else None
+        face = None if avatar else reusable_copy(job.video)
+        missing = (job.audio and audio is None) or (not avatar and face is None)
+        note = i18n.t("reuse_missing" if missing else "reused", lang, id=job.id)
+        return (
+            gr.Tabs(selected="single"),
+            job.text or "",
+            job.voice or gr.skip(),
+            avatar,
+            audio,
+            face,
+            info_note(note),
+            "",
+        )
+
+
+def searchable(job: Job) -> str:
+    """What a History search looks in: id, output name, input names, text, status, engine, batch."""
+    fields = (
+        job.id,
+        download_name(job),
+        job.audio,
+        job.video,
+        job.text,
+        str(job.status),
+        job.engine,
+        job.batch_id,
+    )
+    return " ".join(field for field in fields if field).lower()
+
+
+def inputs_text(job: Job) -> str:
+    speech = Path(job.audio).name if job.audio else f"“{(job.text or '')[:CAPTION_NAME_CHARS]}”"
+    return f"{speech} + {Path(job.video).name}"
+
+
+def reusable_copy(ref: str) -> str | None:
+    """A copy of a job's local input in Gradio's cache folder (swept with the rest of it), so the
+    page may show it; None when the file is gone or remote. The job was read through the
+    tenant's own principal first."""
+    source = Path(ref)
+    if not source.is_file():
+        return None
+    folder = Path(gradio_upload_folder()) / uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    shutil.copyfile(source, target)
+    return str(target)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -825,7 +1276,12 @@ def _widget(t: Translate, name: str, spec: OptionSpec) -> Component:
     default = option_default(name)
     info = t(f"{name}_info") if f"{name}_info" in i18n.EN else None
     if spec.widget == "choice":
-        return gr.Radio(list(spec.choices), value=default, label=t(name), info=info)
+        # Values stay the API's words; the labels are translated where a translation exists.
+        labels = [
+            (t(f"option_{choice}") if f"option_{choice}" in i18n.EN else choice, choice)
+            for choice in spec.choices
+        ]
+        return gr.Radio(labels, value=default, label=t(name), info=info)
     if spec.widget == "check":
         return gr.Checkbox(default, label=t(name), info=info)
     if spec.widget == "number":
@@ -861,7 +1317,63 @@ def _voice_choices(settings: Settings) -> list[str]:
     return voices
 
 
-def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
+@dataclass
+class SingleTab:
+    """The Single tab's parts that other tabs and the page load write to."""
+
+    job: gr.Textbox
+    status: gr.Markdown
+    video: gr.Video
+    download: gr.File
+    summary: gr.Markdown
+    avatar: gr.Dropdown
+    audio: gr.Audio
+    face: gr.File
+    text: gr.Textbox
+    voice: gr.Dropdown
+    banner: gr.Markdown
+
+    @property
+    def result(self) -> list[Any]:
+        return [self.video, self.download, self.summary, self.status]
+
+
+@dataclass
+class BatchTab:
+    batch: gr.Textbox
+    view: list[Any]  # table, gallery, summary
+    timer: gr.Timer
+    note: gr.Markdown
+    avatar: gr.Dropdown
+    banner: gr.Markdown
+
+
+def _set_url_js(key: str, other: str) -> str:
+    """Put the id this tab now follows in the address (?job= or ?batch=), so a reload returns."""
+    return f"""(value) => {{
+  if (value) {{
+    const url = new URL(window.location.href);
+    url.searchParams.set("{key}", value);
+    url.searchParams.delete("{other}");
+    window.history.replaceState(null, "", url);
+  }}
+  return [];
+}}"""
+
+
+def _preview_banner(t: Translate, elem_id: str) -> gr.Markdown:
+    """Shown while the weight-free preview engine runs (the page load and banner timer decide)."""
+    return gr.Markdown(
+        t("preview_banner"), visible=False, elem_id=elem_id, elem_classes="heygem-banner-preview"
+    )
+
+
+def _single_tab(t: Translate, h: Handlers) -> SingleTab:
+    banner = _preview_banner(t, "single-preview-banner")
+    gr.Markdown(
+        i18n.t("limits", mb=h.settings.max_upload_mb, seconds=h.settings.max_duration_s),
+        elem_id="single-limits",
+    )
     with gr.Row():
         with gr.Column():
             with gr.Row():
@@ -876,6 +1388,7 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             audio = gr.Audio(
                 sources=["upload", "microphone"], type="filepath", label=t("audio"), elem_id="single-audio"
             )
+            speech_note = gr.Markdown(elem_id="speech-check")
             text = gr.Textbox(
                 label=t("speech_text"),
                 placeholder=t("speech_text_hint"),
@@ -900,7 +1413,11 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             with gr.Row():
                 check = gr.Button(t("check_face"), variant="secondary", elem_id="check-face")
                 generate = gr.Button(t("generate"), variant="primary", elem_id="generate")
+                cancel = gr.Button(t("cancel_job"), variant="stop", elem_id="single-cancel")
+            # The /generate API (submit and wait, as before): the button itself follows the job.
+            api_generate = gr.Button(visible=False, elem_id="generate-api")
         with gr.Column():
+            status = gr.Markdown(elem_id="single-status")
             preview = gr.Image(
                 label=t("face_preview"), interactive=False, height=PREVIEW_HEIGHT, elem_id="face-preview"
             )
@@ -910,6 +1427,15 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             )
             download = gr.File(label=t("download"), interactive=False, elem_id="result-file")
             summary = gr.Markdown(elem_id="result-summary")
+    job = gr.Textbox(visible="hidden", elem_id="single-job")
+    inputs_kwargs: dict[str, Any] = {  # options right after audio and face, new inputs last (see /generate)
+        "audio": audio,
+        "face": face,
+        **panel.kwargs,
+        "avatar": avatar,
+        "text": text,
+        "voice": voice,
+    }
 
     # Gradio injects gr.Request and gr.Progress by signature, and the inputs by name.
     # The inputs added with avatars and text have defaults, so API callers written before them
@@ -934,7 +1460,29 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             voice=voice,
         )
 
+    def submit(
+        request: gr.Request,
+        *,
+        avatar: str | None = None,
+        text: str | None = None,
+        voice: str | None = None,
+        **values: Any,
+    ) -> tuple[str, str]:
+        return h.submit_single(  # type: ignore[no-any-return]
+            values.pop("audio"),
+            values.pop("face"),
+            panel.fields(values),
+            request,
+            avatar=avatar,
+            text=text,
+            voice=voice,
+        )
+
+    tab = SingleTab(job, status, video, download, summary, avatar, audio, face, text, voice, banner)
     check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
+    # The face is checked as soon as it is uploaded, and the speech as soon as it is given.
+    face.upload(h.check_face_quietly, [face], [preview, face_note], api_visibility="private")
+    audio.change(h.check_speech, [audio], [speech_note], api_visibility="private", show_progress="hidden")
     preview.select(
         h.pick_point,
         None,
@@ -945,29 +1493,26 @@ def _single_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     avatar.input(h.avatar_chosen, [avatar], [face, preview, face_note], api_visibility="private")
     face.upload(lambda: "", None, [avatar], api_visibility="private")
     hear.click(h.hear_it, [text, voice, avatar], [heard], api_name="hear_it")
-    generate.click(
-        run_generate,
-        None,
-        [video, download, summary],
-        api_name="generate",
-        # The options keep their places right after audio and face, as before avatars and text
-        # existed, so positional gradio_client callers are not broken; the new inputs come last.
-        inputs_kwargs={
-            "audio": audio,
-            "face": face,
-            **panel.kwargs,
-            "avatar": avatar,
-            "text": text,
-            "voice": voice,
-        },
+    generate.click(None, js=SCROLL_TO_PROGRESS_JS)
+    submitted = generate.click(
+        submit, None, [job, status], api_visibility="private", inputs_kwargs=inputs_kwargs
     )
-    return avatar
+    submitted.then(None, [job], None, js=_set_url_js("job", "batch")).then(
+        h.follow_job, [job], tab.result, api_visibility="private"
+    )
+    cancel.click(h.cancel_single, [job], [status], api_visibility="private")
+    api_generate.click(
+        run_generate, None, [video, download, summary], api_name="generate", inputs_kwargs=inputs_kwargs
+    )
+    return tab
 
 
-def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
-    batch_id = gr.State(None)
+def _batch_tab(t: Translate, h: Handlers) -> BatchTab:
+    batch_id = gr.Textbox(visible="hidden", elem_id="batch-id")
     timer = gr.Timer(BATCH_REFRESH_S, active=False)
+    banner = _preview_banner(t, "batch-preview-banner")
     gr.Markdown(t("batch_help"))
+    gr.Markdown(i18n.t("limits", mb=h.settings.max_upload_mb, seconds=h.settings.max_duration_s))
     with gr.Row():
         audios = gr.File(
             file_count="multiple", file_types=AUDIO_TYPES, label=t("batch_audio"), elem_id="batch-audio"
@@ -982,8 +1527,12 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     )
     panel = OptionsPanel(t)
     run = gr.Button(t("batch_run"), variant="primary", elem_id="batch-run")
+    note = gr.Markdown(elem_id="batch-note")
     summary = gr.Markdown(elem_id="batch-summary")
-    table = gr.Dataframe(label=t("batch_table"), interactive=False, elem_id="batch-table")
+    # Hidden until there is a batch: an empty table would show made-up headers.
+    table = gr.Dataframe(
+        label=t("batch_table"), interactive=False, wrap=True, visible=False, elem_id="batch-table"
+    )
     gallery = gr.Gallery(
         label=t("batch_gallery"),
         columns=GALLERY_COLUMNS,
@@ -1001,7 +1550,7 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
     def submit_batch(
         request: gr.Request, *, avatar: str | None = None, texts: str | None = None, **values: Any
     ) -> tuple[Any, ...]:
-        return h.submit_batch(
+        return h.submit_batch(  # type: ignore[no-any-return]
             values.pop("audios"),
             values.pop("videos"),
             values.pop("manifest"),
@@ -1011,10 +1560,10 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             texts=texts or "",
         )
 
-    run.click(
+    submitted = run.click(
         submit_batch,
         None,
-        [batch_id, *view, timer],
+        [batch_id, *view, timer, note],
         api_name="batch",
         inputs_kwargs={  # new inputs last, as for /generate
             "audios": audios,
@@ -1025,10 +1574,11 @@ def _batch_tab(t: Translate, h: Handlers) -> gr.Dropdown:
             "texts": texts,
         },
     )
+    submitted.then(None, [batch_id], None, js=_set_url_js("batch", "job"))
     timer.tick(h.refresh_batch, [batch_id], [*view, timer], api_visibility="private", show_progress="hidden")
-    zip_button.click(h.batch_zip, [batch_id], [zip_file], api_name="batch_zip")
-    retry.click(h.retry_batch, [batch_id], [*view, timer], api_name="batch_retry")
-    return avatar
+    zip_button.click(h.batch_zip, [batch_id], [zip_file, note], api_name="batch_zip")
+    retry.click(h.retry_batch, [batch_id], [*view, timer, note], api_name="batch_retry")
+    return BatchTab(batch_id, view, timer, note, avatar, banner)
 
 
 def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Callable[[Any], None]:
@@ -1096,10 +1646,29 @@ def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Calla
     return hook
 
 
-def _history_tab(t: Translate, h: Handlers) -> list[Any]:
+@dataclass
+class HistoryTab:
+    filters: list[Any]  # page, status, search: the inputs of every listing
+    listing: list[Any]  # page, ids, gallery, page label, refresh timer
+    note: gr.Markdown
+    selected: gr.State
+    open_batch: gr.Button
+    reuse: gr.Button
+
+
+def _status_filter(t: Translate) -> gr.Radio:
+    choices = [(t("status_all"), ""), *((t(f"status_{status}"), status) for status in JOB_STATUSES)]
+    return gr.Radio(choices, value="", label=t("history_status"), elem_id="history-status")
+
+
+def _history_tab(t: Translate, h: Handlers) -> HistoryTab:
     page = gr.State(0)
     ids = gr.State([])
     selected = gr.State(None)
+    timer = gr.Timer(HISTORY_REFRESH_S, active=False)
+    with gr.Row():
+        search = gr.Textbox(label=t("history_search"), elem_id="history-search", scale=2)
+        status = _status_filter(t)
     with gr.Row():
         prev_page = gr.Button(t("history_prev"), size="sm")
         page_label = gr.Markdown(elem_id="history-page")
@@ -1114,50 +1683,61 @@ def _history_tab(t: Translate, h: Handlers) -> list[Any]:
         allow_preview=False,
         elem_id="history-gallery",
     )
+    note = gr.Markdown(elem_id="history-note")
     with gr.Row():
         with gr.Column():
             details = gr.Markdown(elem_id="history-details")
+            with gr.Row():
+                cancel_job = gr.Button(t("history_cancel"), size="sm", elem_id="history-cancel")
+                reuse = gr.Button(t("history_reuse"), size="sm", elem_id="history-reuse")
+                open_batch = gr.Button(t("history_open_batch"), size="sm", elem_id="history-open-batch")
             with gr.Row():
                 delete = gr.Button(t("history_delete"), variant="stop", size="sm", elem_id="history-delete")
                 delete_all = gr.Button(
                     t("history_delete_all"), variant="stop", size="sm", elem_id="history-delete-all"
                 )
+            with gr.Row(visible=False) as confirm_one_row:
+                confirm_one_text = gr.Markdown(elem_id="history-confirm-one-text")
+                confirm_one = gr.Button(
+                    t("history_confirm_yes_one"), variant="stop", size="sm", elem_id="history-confirm-one-yes"
+                )
+                keep_one = gr.Button(t("history_confirm_no"), size="sm", elem_id="history-confirm-one-no")
             with gr.Row(visible=False) as confirm_row:
                 gr.Markdown(t("history_confirm"))
                 confirm = gr.Button(
                     t("history_confirm_yes"), variant="stop", size="sm", elem_id="history-confirm-yes"
                 )
-                cancel = gr.Button(t("history_confirm_no"), size="sm", elem_id="history-confirm-no")
+                keep = gr.Button(t("history_confirm_no"), size="sm", elem_id="history-confirm-no")
         with gr.Column():
             video = gr.Video(
                 label=t("history_preview"), interactive=False, height=PREVIEW_HEIGHT, elem_id="history-video"
             )
             download = gr.File(label=t("download"), interactive=False, elem_id="history-file")
-    listing = [page, ids, gallery, page_label]
-    refresh.click(h.history, [page], listing, api_visibility="private")
-    prev_page.click(_stepper(h, -1), [page], listing, api_visibility="private")
-    next_page.click(_stepper(h, 1), [page], listing, api_visibility="private")
-    gallery.select(h.history_select, [ids], [selected, video, download, details], api_visibility="private")
-    delete.click(
-        h.delete_selected,
-        [selected, page],
-        [selected, video, download, details, *listing],
-        api_visibility="private",
-    )
-    delete_all.click(lambda: gr.update(visible=True), None, [confirm_row], api_visibility="private")
-    cancel.click(lambda: gr.update(visible=False), None, [confirm_row], api_visibility="private")
-    confirm.click(
-        h.delete_all,
-        None,
-        [selected, video, download, details, confirm_row, *listing],
-        api_visibility="private",
-    )
-    return listing
+    filters = [page, status, search]
+    listing = [page, ids, gallery, page_label, timer]
+    shown = [*listing, note]
+    cleared = [selected, video, download, details]
+    private: dict[str, Any] = {"api_visibility": "private"}
+    refresh.click(h.history, filters, shown, **private)
+    search.submit(h.history, filters, shown, **private)
+    status.change(h.history, filters, shown, **private)
+    timer.tick(h.history_tick, filters, shown, show_progress="hidden", **private)
+    prev_page.click(_stepper(h, -1), filters, shown, **private)
+    next_page.click(_stepper(h, 1), filters, shown, **private)
+    gallery.select(h.history_select, [ids], [*cleared, note], **private)
+    cancel_job.click(h.cancel_selected, [selected, *filters], shown, **private)
+    delete.click(h.ask_delete, [selected], [confirm_one_row, confirm_one_text, note], **private)
+    keep_one.click(lambda: gr.update(visible=False), None, [confirm_one_row], **private)
+    confirm_one.click(h.delete_selected, [selected, *filters], [*cleared, confirm_one_row, *shown], **private)
+    delete_all.click(lambda: gr.update(visible=True), None, [confirm_row], **private)
+    keep.click(lambda: gr.update(visible=False), None, [confirm_row], **private)
+    confirm.click(h.delete_all, filters[1:], [*cleared, confirm_row, *shown], **private)
+    return HistoryTab(filters, listing, note, selected, open_batch, reuse)
 
 
-def _stepper(h: Handlers, step: int) -> Callable[[int, gr.Request], tuple[Any, ...]]:
-    def step_page(page: int, request: gr.Request) -> tuple[Any, ...]:
-        return h.history_step(page, step, request)
+def _stepper(h: Handlers, step: int) -> Callable[..., tuple[Any, ...]]:
+    def step_page(page: int, status: str | None, query: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return h.history_step(page, step, status, query, request)
 
     return step_page
 
@@ -1175,7 +1755,7 @@ def _system_tab(t: Translate, h: Handlers) -> tuple[gr.Markdown, gr.Textbox]:
     )
     with gr.Accordion(t("system_settings"), open=False):
         gr.JSON(h.settings.describe())
-    refresh.click(h.system, None, [status, logs], api_visibility="private")
+    refresh.click(h.system, None, [status, logs], api_visibility="private").then(None, js=LOG_TO_END_JS)
     return status, logs
 
 
@@ -1189,28 +1769,59 @@ def build_blocks(settings: Settings, service: JobService, log_lines: Callable[[i
     demo = gr.Blocks(title="heygem", analytics_enabled=False, delete_cache=(CACHE_SWEEP_S, CACHE_MAX_AGE_S))
     with demo:
         gr.Markdown(t("title"))
+        gr.Markdown(f"[{i18n.t('api_docs')}](docs)", elem_id="api-docs-link")
         banner = gr.Markdown(t("banner_starting"), elem_id="heygem-banner")
         banner_timer = gr.Timer(BANNER_REFRESH_S)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab(t("tab_single"), id="single") as single_tab:
-                single_picker = _single_tab(t, h)
+                single = _single_tab(t, h)
             with gr.Tab(t("tab_batch"), id="batch") as batch_tab:
-                batch_picker = _batch_tab(t, h)
+                batch = _batch_tab(t, h)
             with gr.Tab(t("tab_avatars"), id="avatars", elem_id="avatars-tab") as avatars_tab:
-                show_avatars = _avatars_tab(t, h, [single_picker, batch_picker])
+                show_avatars = _avatars_tab(t, h, [single.avatar, batch.avatar])
             with gr.Tab(t("tab_history"), id="history") as history_tab:
-                listing = _history_tab(t, h)
+                history = _history_tab(t, h)
             with gr.Tab(t("tab_system"), id="system") as system_tab:
                 system_view = _system_tab(t, h)
         system_timer = gr.Timer(SYSTEM_REFRESH_S)
+        banners = [banner, banner_timer, single.banner, batch.banner]
         for trigger in (banner_timer.tick, demo.load):
-            trigger(h.banner, None, [banner, banner_timer], api_visibility="private", show_progress="hidden")
+            trigger(h.banner, None, banners, api_visibility="private", show_progress="hidden")
         for trigger in (demo.load, single_tab.select, batch_tab.select, avatars_tab.select):
             show_avatars(trigger)
-        history_tab.select(h.history, [listing[0]], listing, api_visibility="private")
-        demo.load(h.history, [listing[0]], listing, api_visibility="private", show_progress="hidden")
-        system_tab.select(h.system, None, list(system_view), api_visibility="private")
+        shown = [*history.listing, history.note]
+        history_tab.select(h.history, history.filters, shown, api_visibility="private")
+        demo.load(h.history, history.filters, shown, api_visibility="private", show_progress="hidden")
+        system_tab.select(h.system, None, list(system_view), api_visibility="private").then(
+            None, js=LOG_TO_END_JS
+        )
         system_timer.tick(h.system, None, list(system_view), api_visibility="private", show_progress="hidden")
+        read = demo.load(None, None, [single.job, batch.batch], js=READ_URL_JS)
+        read.then(h.follow_job, [single.job], single.result, api_visibility="private")
+        batch_view = [*batch.view, batch.timer, tabs, batch.note]
+        read.then(h.open_batch, [batch.batch], batch_view, api_visibility="private")
+        history.open_batch.click(
+            h.open_job_batch,
+            [history.selected],
+            [batch.batch, *batch_view[:-1], history.note],
+            api_visibility="private",
+        ).then(None, [batch.batch], None, js=_set_url_js("batch", "job"))
+        history.reuse.click(
+            h.reuse_inputs,
+            [history.selected],
+            [
+                tabs,
+                single.text,
+                single.voice,
+                single.avatar,
+                single.audio,
+                single.face,
+                single.status,
+                history.note,
+            ],
+            api_visibility="private",
+        )
+        demo.load(None, js=PAGE_JS)
     return demo
 
 
@@ -1246,7 +1857,7 @@ def mount_ui(
         max_file_size=f"{settings.max_upload_mb}mb",
         show_error=False,
         i18n=make_i18n(),
-        footer_links=["api"],
+        footer_links=[],  # "Use via API" is a link to /docs on the page instead
         run_history=False,
         ssr_mode=False,
         mcp_server=False,
