@@ -76,7 +76,9 @@ PREVIEW_HEIGHT = 320  # px of the face check, result and history players
 GALLERY_COLUMNS = 6
 GALLERY_HEIGHT = 360
 AUDIO_TYPES = [".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm"]
-FACE_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
+VIDEO_TYPES = [".mp4", ".mov", ".mkv", ".avi", ".webm"]
+FACE_TYPES = [*VIDEO_TYPES, ".png", ".jpg", ".jpeg", ".bmp", ".webp"]
+SPEECH_TYPES = [*AUDIO_TYPES, *VIDEO_TYPES]  # a video's sound track is speech as well
 MANIFEST_TYPES = [".jsonl", ".json", ".txt"]
 AVATAR_REFRESH_S = 1.5  # how often the Avatars tab looks again while an avatar is preparing
 AVATAR_LISTING = 6  # outputs of Handlers.avatar_listing: ids, gallery, details, two pickers, timer
@@ -463,9 +465,18 @@ class Handlers:
     # --- single ---------------------------------------------------------------------------------
     @user_errors
     def check_face(self, face: str | None, request: gr.Request) -> tuple[np.ndarray, str]:
+        """The /check_face API: the first frame with the face box drawn, and a sentence."""
+        return self._face_check(face, language(request))
+
+    @in_note(SKIP)
+    def check_face_noted(self, face: str | None, request: gr.Request) -> tuple[Any, str]:
+        """Check face, and the automatic check on upload: a problem is a note by the picture,
+        and the picture shown before stays."""
+        return self._face_check(face, language(request))
+
+    def _face_check(self, face: str | None, lang: str) -> tuple[np.ndarray, str]:
         from heygem.engine import pipeline
 
-        lang = language(request)
         if not face:
             raise InputError(i18n.t("err_need_face", lang))
         media.check_duration(Path(face), self.settings.max_duration_s, "the video", require_video=True)
@@ -474,15 +485,6 @@ class Handlers:
             return image, i18n.t("face_none", lang)
         x1, y1, x2, y2 = (int(v) for v in box)
         return image, i18n.t("face_found", lang, w=x2 - x1, h=y2 - y1, x=x1, y=y1)
-
-    def check_face_quietly(self, face: str | None, request: gr.Request) -> tuple[Any, str]:
-        """The automatic face check on upload: a problem is a note by the picture, not a toast."""
-        if not face:
-            return gr.skip(), ""
-        try:
-            return self.check_face.__wrapped__(self, face, request)  # type: ignore[attr-defined, no-any-return]
-        except Exception as exc:  # noqa: BLE001 - error_text logs the internal ones with their traceback
-            return None, error_note(error_text(exc, language(request), "check_face_quietly"))
 
     def check_speech(self, audio: str | None, request: gr.Request) -> str:
         """Before Generate: the speech's length, and a warning when it is very short or silent."""
@@ -551,8 +553,13 @@ class Handlers:
         avatar: str | None = None,
         text: str | None = None,
         voice: str | None = None,
+        speech_video: str | None = None,
     ) -> tuple[str, str]:
-        """The Generate button: submit, and hand the job id on (to the URL and to follow_job)."""
+        """The Generate button: submit, and hand the job id on (to the URL and to follow_job).
+        The speech may be a video's sound track (`speech_video`) instead of an audio file."""
+        if audio and speech_video:
+            raise InputError(i18n.t("err_two_speeches", language(request)))
+        audio = audio or speech_video
         job = self._submit_single(audio, face, fields, request, avatar=avatar, text=text, voice=voice)
         return job.id, info_note(i18n.t("note_submitted", language(request), id=job.id))
 
@@ -860,7 +867,6 @@ class Handlers:
             gr.Timer(active=preparing),
         )
 
-    @user_errors
     def avatars(
         self,
         selected: str | None,
@@ -868,7 +874,8 @@ class Handlers:
         batch: str | None,
         request: gr.Request,
     ) -> tuple[Any, ...]:
-        return self.avatar_listing(selected, single, batch, request)
+        """Page load, tab select and Refresh: like the timer tick, a failure keeps what is shown."""
+        return self.avatars_tick(selected, single, batch, request)
 
     def avatars_tick(
         self,
@@ -884,7 +891,7 @@ class Handlers:
             log.exception("refreshing the avatars failed; trying again")
             return (gr.skip(),) * (AVATAR_LISTING - 1) + (gr.Timer(active=True),)
 
-    @user_errors
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP)
     def create_avatar(
         self,
         upload: str | None,
@@ -916,17 +923,17 @@ class Handlers:
                 uploaded=[folder],
             )
         log.info("avatar %s created from the web UI", avatar.id)
-        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request))
+        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request), "")
 
-    @user_errors
+    @in_note(SKIP, SKIP, SKIP)
     def avatar_select(self, ids: list[str], evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not ids or index >= len(ids):
-            return None, "", ""
+            return None, "", "", ""
         avatar = self.service.get_avatar(ids[index], principal=principal_of(request))
-        return avatar.id, self._avatar_details(avatar, language(request)), avatar.name
+        return avatar.id, self._avatar_details(avatar, language(request)), avatar.name, ""
 
-    @user_errors
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP)
     def rename_avatar(
         self,
         avatar_id: str | None,
@@ -943,9 +950,9 @@ class Handlers:
             raise InputError(i18n.t("err_need_avatar_name", lang))
         avatar = self.service.rename_avatar(avatar_id, name, principal=principal_of(request))
         log.info("avatar %s renamed from the web UI", avatar.id)
-        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request))
+        return (avatar.id, avatar.name, *self.avatar_listing(avatar.id, single, batch, request), "")
 
-    @user_errors
+    @in_note(SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP, SKIP)
     def delete_avatar(
         self,
         avatar_id: str | None,
@@ -960,8 +967,8 @@ class Handlers:
         name = self.service.get_avatar(avatar_id, principal=who).name
         self.service.delete_avatar(avatar_id, principal=who)
         log.info("avatar %s deleted from the web UI", avatar_id)
-        gr.Info(i18n.t("avatar_deleted", lang, name=name))
-        return (None, "", *self.avatar_listing(None, single, batch, request))
+        note = info_note(i18n.t("avatar_deleted", lang, name=name))
+        return (None, "", *self.avatar_listing(None, single, batch, request), note)
 
     def _avatar_details(self, avatar: Avatar, lang: str) -> str:
         if avatar.is_image:
@@ -1388,6 +1395,13 @@ def _single_tab(t: Translate, h: Handlers) -> SingleTab:
             audio = gr.Audio(
                 sources=["upload", "microphone"], type="filepath", label=t("audio"), elem_id="single-audio"
             )
+            speech_video = gr.File(
+                file_types=VIDEO_TYPES,
+                type="filepath",
+                label=t("speech_video"),
+                height=FACE_UPLOAD_HEIGHT,
+                elem_id="single-speech-video",
+            )
             speech_note = gr.Markdown(elem_id="speech-check")
             text = gr.Textbox(
                 label=t("speech_text"),
@@ -1466,6 +1480,7 @@ def _single_tab(t: Translate, h: Handlers) -> SingleTab:
         avatar: str | None = None,
         text: str | None = None,
         voice: str | None = None,
+        speech_video: str | None = None,
         **values: Any,
     ) -> tuple[str, str]:
         return h.submit_single(  # type: ignore[no-any-return]
@@ -1476,13 +1491,19 @@ def _single_tab(t: Translate, h: Handlers) -> SingleTab:
             avatar=avatar,
             text=text,
             voice=voice,
+            speech_video=speech_video,
         )
 
     tab = SingleTab(job, status, video, download, summary, avatar, audio, face, text, voice, banner)
-    check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
+    check.click(h.check_face_noted, [face], [preview, face_note], api_visibility="private")
+    api_check = gr.Button(visible=False, elem_id="check-face-api")  # the /check_face API, as before
+    api_check.click(h.check_face, [face], [preview, face_note], api_name="check_face")
     # The face is checked as soon as it is uploaded, and the speech as soon as it is given.
-    face.upload(h.check_face_quietly, [face], [preview, face_note], api_visibility="private")
-    audio.change(h.check_speech, [audio], [speech_note], api_visibility="private", show_progress="hidden")
+    face.upload(h.check_face_noted, [face], [preview, face_note], api_visibility="private")
+    for speech in (audio, speech_video):
+        speech.change(
+            h.check_speech, [speech], [speech_note], api_visibility="private", show_progress="hidden"
+        )
     preview.select(
         h.pick_point,
         None,
@@ -1495,7 +1516,11 @@ def _single_tab(t: Translate, h: Handlers) -> SingleTab:
     hear.click(h.hear_it, [text, voice, avatar], [heard], api_name="hear_it")
     generate.click(None, js=SCROLL_TO_PROGRESS_JS)
     submitted = generate.click(
-        submit, None, [job, status], api_visibility="private", inputs_kwargs=inputs_kwargs
+        submit,
+        None,
+        [job, status],
+        api_visibility="private",
+        inputs_kwargs={**inputs_kwargs, "speech_video": speech_video},
     )
     submitted.then(None, [job], None, js=_set_url_js("job", "batch")).then(
         h.follow_job, [job], tab.result, api_visibility="private"
@@ -1515,7 +1540,7 @@ def _batch_tab(t: Translate, h: Handlers) -> BatchTab:
     gr.Markdown(i18n.t("limits", mb=h.settings.max_upload_mb, seconds=h.settings.max_duration_s))
     with gr.Row():
         audios = gr.File(
-            file_count="multiple", file_types=AUDIO_TYPES, label=t("batch_audio"), elem_id="batch-audio"
+            file_count="multiple", file_types=SPEECH_TYPES, label=t("batch_audio"), elem_id="batch-audio"
         )
         videos = gr.File(
             file_count="multiple", file_types=FACE_TYPES, label=t("batch_videos"), elem_id="batch-videos"
@@ -1620,6 +1645,7 @@ def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Calla
                 elem_id="avatar-gallery",
             )
             refresh = gr.Button(t("refresh"), size="sm", elem_id="avatar-refresh")
+            note = gr.Markdown(elem_id="avatar-note")
             details = gr.Markdown(elem_id="avatar-details")
             with gr.Row():
                 new_name = gr.Textbox(label=t("avatar_new_name"), elem_id="avatar-new-name", scale=3)
@@ -1630,11 +1656,11 @@ def _avatars_tab(t: Translate, h: Handlers, pickers: list[gr.Dropdown]) -> Calla
     # The listing refreshes the selected avatar's details too: its status changes while shown.
     listing = [ids, gallery, details, *pickers, timer]
     current = [selected, *pickers]
-    changed = [selected, new_name, *listing]
+    changed = [selected, new_name, *listing, note]
     create.click(
         h.create_avatar, [upload, name, voice, voice_text, *pickers], changed, api_visibility="private"
     )
-    gallery.select(h.avatar_select, [ids], [selected, details, new_name], api_visibility="private")
+    gallery.select(h.avatar_select, [ids], [selected, details, new_name, note], api_visibility="private")
     rename.click(h.rename_avatar, [selected, new_name, *pickers], changed, api_visibility="private")
     delete.click(h.delete_avatar, [selected, *pickers], changed, api_visibility="private")
     refresh.click(h.avatars, current, listing, api_visibility="private")
