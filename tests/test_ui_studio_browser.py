@@ -92,6 +92,16 @@ def start_single(page: Page, speech_wav, face_video) -> None:
     expect(page).to_have_url(JOB_URL)
 
 
+def open_history(page: Page) -> None:
+    """The History tab, once the listing its opening asked for has arrived (a search typed
+    before that would be overwritten by it)."""
+    page.get_by_role("tab", name="History").click()
+    label = page.locator("#history-page")
+    expect(label).to_contain_text("jobs)")
+    page.wait_for_timeout(300)
+    expect(label).not_to_contain_text("processing")
+
+
 def test_a_reload_mid_job_reconnects_to_progress_and_the_named_result(
     page, server, held, speech_wav, face_video, tmp_path
 ):
@@ -112,6 +122,20 @@ def test_a_reload_mid_job_reconnects_to_progress_and_the_named_result(
     saved = tmp_path / "named.mp4"
     info.value.save_as(saved)
     assert media.stream_types(saved) == ["video", "audio"]
+    # Accessibility and polish: uploads named after their field, no raw translation keys, and
+    # "Use via API" leads to the API's own documentation.
+    expect(page.locator("#single-face input[type=file]")).to_have_attribute(
+        "aria-label", "Face video or photo"
+    )
+    expect(page.locator("#single-speech-video input[type=file]")).to_have_attribute(
+        "aria-label", re.compile("video whose sound")
+    )
+    # no raw translation key in what is shown or read out
+    assert "common." not in page.locator("body").inner_text()
+    expect(page.locator("[aria-label*='common.'], [title*='common.']")).to_have_count(0)
+    docs = page.locator("#api-docs-link a")
+    expect(docs).to_have_attribute("href", "docs")
+    assert httpx.get(server.url + "/docs", timeout=10).status_code == 200
 
 
 def test_cancel_from_the_single_tab_really_cancels(page, server, held, speech_wav, face_video):
@@ -151,6 +175,21 @@ def test_a_reload_mid_batch_brings_back_its_table_gallery_zip_and_retry(
     expect(page.locator("#batch-zip-file a[download]")).to_have_count(1)  # not "Run a batch first"
     page.locator("#batch-retry").click()
     expect(page.locator("#batch-note .heygem-error")).to_have_count(0)
+    # Later, from a fresh page: History reopens the batch with its table.
+    batch_id = url_id(page, "batch")
+    page.goto(server.url + "/")
+    page.locator("#generate").wait_for()
+    open_history(page)
+    search = page.locator("#history-search textarea, #history-search input").first
+    search.fill(batch_id)
+    search.press("Enter")
+    expect(page.locator("#history-page")).to_contain_text("(2 jobs)")
+    page.locator("#history-gallery button img").first.click()
+    page.locator("#history-open-batch").click()
+    expect(page.get_by_role("tab", name="Batch")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#batch-summary")).to_contain_text(batch_id)
+    expect(page.locator("#batch-table")).to_contain_text("succeeded")
+    expect(page).to_have_url(re.compile(f"batch={batch_id}"))
 
 
 def test_a_manifest_with_one_corrupt_video_runs_the_others(page, speech_wav, face_video, tmp_path):
@@ -184,7 +223,7 @@ def test_history_updates_on_its_own_and_searches_and_filters(page, server, held,
         )
     job_id = response.json()["id"]
     wait_status(server, job_id, "running")
-    page.get_by_role("tab", name="History").click()
+    open_history(page)
     gallery = page.locator("#history-gallery")
     # Delete with nothing picked: a note by the buttons, and the list stays.
     page.locator("#history-delete").click()
@@ -208,6 +247,14 @@ def test_history_updates_on_its_own_and_searches_and_filters(page, server, held,
     expect(details).to_contain_text(speech_wav.name)  # the inputs
     expect(details).to_contain_text("Expires")
     shoot(page, "history-search")
+    page.locator("#history-reuse").click()
+    expect(page.get_by_role("tab", name="Single")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#single-status")).to_contain_text(f"The inputs of job {job_id}")
+    expect(
+        page.locator("#single-audio audio, #single-audio [data-testid=waveform-controls]").first
+    ).to_be_attached()
+    expect(page.locator("#single-face").get_by_role("cell", name=face_video.name)).to_be_visible()
+    page.get_by_role("tab", name="History").click()
     page.locator("#history-delete").click()
     page.locator("#history-confirm-one-yes").click()
     expect(page.locator("#history-note")).to_contain_text(f"Deleted job {job_id}")
@@ -239,6 +286,14 @@ def test_a_phone_scrolls_to_the_progress_on_generate(browser, server):
     expect(page.locator("#single-status")).to_be_in_viewport()
     expect(page.locator("#single-status")).to_contain_text("speech audio")
     context.close()
+
+
+def test_the_system_log_opens_at_its_latest_lines(page):
+    page.get_by_role("tab", name="System").click()
+    area = page.locator("#system-log textarea")
+    expect(area).not_to_have_value("")
+    at_end = "(a) => a.scrollHeight <= a.clientHeight || a.scrollTop + a.clientHeight >= a.scrollHeight - 4"
+    wait_until(lambda: area.evaluate(at_end), WAIT_MS / 1000, interval=0.2, message="the log at its end")
 
 
 def test_screenshots_of_each_tab_desktop_and_phone(browser, server):

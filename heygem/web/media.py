@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import uuid
@@ -11,7 +12,7 @@ import numpy as np
 
 from heygem.engine.media import probe as video
 from heygem.engine.media.guard import input_args
-from heygem.errors import LimitExceededError, MediaProcessError
+from heygem.errors import HeygemError, LimitExceededError, MediaProcessError
 
 log = logging.getLogger("heygem.web.media")
 
@@ -19,6 +20,7 @@ THUMB_TIMEOUT_S = 30.0
 THUMB_WIDTH = 320
 THUMB_AT_S = 0.5  # a frame a little in, past any fade-in
 STDERR_TAIL = 300
+CLIP_CACHE = 512  # History pages seen recently
 
 
 def check_duration(path: Path, max_duration_s: float, label: str, *, require_video: bool) -> float:
@@ -27,6 +29,21 @@ def check_duration(path: Path, max_duration_s: float, label: str, *, require_vid
     if seconds > max_duration_s:
         raise LimitExceededError(f"{label} is {seconds:.1f} s long; the limit is {max_duration_s:g} s")
     return seconds
+
+
+def clip_seconds(clip: Path) -> float | None:
+    """A finished clip's length, for History tiles; None when it cannot be read. Cached per
+    file version, since the History list asks again every few seconds while jobs run."""
+    try:
+        return _clip_seconds(str(clip), clip.stat().st_mtime_ns)
+    except (OSError, HeygemError) as exc:
+        log.debug("no length for %s: %s", clip.name, exc)
+        return None
+
+
+@functools.lru_cache(maxsize=CLIP_CACHE)
+def _clip_seconds(clip: str, version: int) -> float:
+    return video.probe(Path(clip), require_video=True, verify=False).duration_s
 
 
 def thumbnail_path(clip: Path) -> Path:

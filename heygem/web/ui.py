@@ -123,9 +123,12 @@ PAGE_JS = """() => {
   });
   const name = () => {
     for (const input of document.querySelectorAll("input[type=file]")) {
-      const block = input.closest("[id]");
-      const label = block?.querySelector("[data-testid=block-info], label span")?.textContent?.trim();
-      if (label && input.getAttribute("aria-label") !== label) input.setAttribute("aria-label", label);
+      const block = input.closest(".block");
+      const label = block?.querySelector("[data-testid=block-label], [data-testid=block-info]")?.textContent?.trim();
+      if (!label) continue;
+      for (const control of [input, input.closest("button")]) {
+        if (control && control.getAttribute("aria-label") !== label) control.setAttribute("aria-label", label);
+      }
     }
   };
   name();
@@ -1033,8 +1036,9 @@ class Handlers:
         """A tile's caption: output name, status, inputs, length, engine, batch and expiry."""
         parts = [download_name(job)[:CAPTION_NAME_CHARS], i18n.t(f"status_{job.status}", lang)]
         parts.append(inputs_text(job))
-        if job.seconds is not None:
-            parts.append(f"{job.seconds:.0f} s")
+        length = media.clip_seconds(job.output_path) if result_file(job) and job.output_path else None
+        if length is not None:
+            parts.append(f"{length:.1f} s")
         if job.engine:
             parts.append(job.engine)
         if job.batch_id:
