@@ -124,10 +124,13 @@ PAGE_JS = """() => {
   const name = () => {
     for (const input of document.querySelectorAll("input[type=file]")) {
       const block = input.closest(".block");
-      const label = block?.querySelector("[data-testid=block-label], [data-testid=block-info]")?.textContent?.trim();
+      const title = block?.querySelector("[data-testid=block-label], [data-testid=block-info]");
+      const label = title?.textContent?.trim();
       if (!label) continue;
       for (const control of [input, input.closest("button")]) {
-        if (control && control.getAttribute("aria-label") !== label) control.setAttribute("aria-label", label);
+        if (control && control.getAttribute("aria-label") !== label) {
+          control.setAttribute("aria-label", label);
+        }
       }
     }
   };
