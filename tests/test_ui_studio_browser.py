@@ -25,11 +25,20 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 UI_TIMEOUT_S = 120.0
 WAIT_MS = 60_000
+EXPECT_DEFAULT_MS = 5_000  # Playwright's own
 SCREENSHOTS = PROJECT / "docs" / "screenshots"
 SCREENSHOT_LIMIT = 400 * 1024
 MP4_URL = re.compile(r"\.mp4")
 JOB_URL = re.compile(r"[?&]job=[0-9a-f]{32}")
 BATCH_URL = re.compile(r"[?&]batch=[0-9a-f]{32}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patient_expect():
+    """Jobs, timers and uploads on a shared 2-core machine: expect waits as long as actions."""
+    expect.set_options(timeout=WAIT_MS)
+    yield
+    expect.set_options(timeout=EXPECT_DEFAULT_MS)
 
 
 @pytest.fixture(scope="module")
