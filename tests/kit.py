@@ -46,7 +46,9 @@ HTTP_PROBE_S = 2.0
 DELAY_ENV = "HEYGEM_FAKE_DELAY_S"  # every run takes this long (in ten progress steps)
 LOAD_GATE_ENV = "HEYGEM_FAKE_LOAD_GATE"  # load() lasts until this file exists
 RUN_LOG_ENV = "HEYGEM_FAKE_RUN_LOG"  # every finished run appends its job id to this file
+RUN_GATE_ENV = "HEYGEM_FAKE_RUN_GATE"  # <file>: every run holds at its first step until it exists
 GATE_TIMEOUT_S = 600.0  # a gate nobody opens ends with the test's own timeout, not never
+GATE_POLL_S = 0.1
 FAKE_STEPS = 10
 
 FAKE_LAUNCHER = PROJECT / "tests" / "web_server.py"  # the real app on FakePipeline
@@ -148,6 +150,8 @@ class FakePipeline:
         self.delay_s = float(os.environ.get(DELAY_ENV, "0")) if delay_s is None else delay_s
         gate_file = os.environ.get(LOAD_GATE_ENV)
         self.gate_file = Path(gate_file) if gate_file else None
+        run_gate = os.environ.get(RUN_GATE_ENV)
+        self.run_gate = Path(run_gate) if run_gate else None
         self.gate = gate
         shared_log = os.environ.get(RUN_LOG_ENV)
         self.run_log = run_log or (Path(shared_log) if shared_log else None)
@@ -192,6 +196,7 @@ class FakePipeline:
         # Muxing first doubles as the input check: ffprobe runs only when ffmpeg has failed.
         partial = output.with_name(output.stem + ".partial.mp4")
         _mux(face, audio, partial)
+        self._hold(on_progress)
         for step in range(FAKE_STEPS):
             if on_progress:
                 on_progress(step, FAKE_STEPS, "synthesize")
@@ -211,6 +216,15 @@ class FakePipeline:
             duration_s=0.0,
             seconds=time.monotonic() - started,
         )
+
+    def _hold(self, on_progress: ProgressCallback | None) -> None:
+        """With a run gate, stay "running" until its file exists, reporting progress (which is
+        where a cancel request is noticed) so that a test can cancel or reload mid-job."""
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while self.run_gate is not None and not self.run_gate.exists() and time.monotonic() < deadline:
+            if on_progress:
+                on_progress(1, FAKE_STEPS, "synthesize")
+            time.sleep(GATE_POLL_S)
 
 
 def _mux(face: Path, audio: Path, partial: Path) -> None:

@@ -108,7 +108,7 @@ def test_batch_tab_runs_two_items_and_downloads_the_zip(page, speech_wav, face_v
     expect(page.locator("#batch-videos")).to_contain_text("face")
     page.locator("#batch-run").click()
     expect(page.locator("#batch-summary")).to_contain_text("2 of 2 done, 0 failed")
-    expect(page.locator("#batch-gallery img")).to_have_count(2)
+    expect(page.locator("#batch-gallery video")).to_have_count(2)  # the mp4s, not thumbnails
     expect(page.locator("#batch-table")).to_contain_text("succeeded")
     page.locator("#batch-zip").click()
     saved = download(page, page.locator("#batch-zip-file a[download]").first, tmp_path / "batch.zip")
@@ -148,6 +148,7 @@ def test_history_previews_deletes_one_and_deletes_all(page, server, speech_wav, 
     expect(page.locator("#history-file a[download]")).to_have_count(1)
     screenshot(page, "history-tab.png")
     page.locator("#history-delete").click()
+    page.locator("#history-confirm-one-yes").click()  # delete asks first
     expect(page.locator("#history-details")).not_to_contain_text(newest)
     assert httpx.get(f"{server.url}/api/v1/jobs/{newest}").status_code == 404
     assert httpx.get(f"{server.url}/api/v1/jobs/{kept}").status_code == 200

@@ -88,7 +88,7 @@ def parse_manifest_text(text: str, *, base: Path, roots: Sequence[Path]) -> list
 
 def default_output_name(number: int, audio: str, video: str) -> str:
     """Deterministic, so a second run of the same manifest finds the first run's outputs."""
-    return f"{number:04d}_{_stem(video)}_{_stem(audio)}.mp4"
+    return f"{number:04d}_{ref_stem(video)}_{ref_stem(audio)}.mp4"
 
 
 def _parse_line(raw: str, number: int, base: Path, roots: Sequence[Path]) -> ManifestItem:
@@ -139,7 +139,8 @@ def _passes_through(ref: str) -> bool:
     return is_url(ref) or ref.lower().startswith(AVATAR_PREFIX)
 
 
-def _stem(ref: str) -> str:
+def ref_stem(ref: str) -> str:
+    """A short, file-name-safe stem of a reference (its last path part, no extension)."""
     last = ref.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     stem = last.rsplit(".", 1)[0] if "." in last else last
     return UNSAFE_NAME_CHARS.sub("-", stem).strip("-.")[:STEM_CHARS] or "input"

@@ -8,6 +8,7 @@ in ui.py). Text made at run time (progress, status, error titles) goes through `
 from __future__ import annotations
 
 import logging
+import re
 
 log = logging.getLogger("heygem.web.i18n")
 
@@ -190,6 +191,68 @@ EN: dict[str, str] = {
     "title_failed": "The job failed",
     "err_internal": "Something went wrong on the server. The details are in the service log.",
     "err_need_face": "Please add a face video or photo first.",
+    # studio: reload, cancel, notes, history search (issue 16)
+    "cancel_job": "Cancel job",
+    "note_submitted": "Job `{id}` submitted. This page's address now leads back to it.",
+    "note_cancelling": "Cancelling job `{id}`…",
+    "note_cancelled": "Job `{id}` was cancelled.",
+    "note_no_job": "There is no running job to cancel.",
+    "note_failed": "Job `{id}` failed: {reason}",
+    "note_not_found": "That job is not here any more (deleted, expired, or not yours).",
+    "note_batch_not_found": "That batch is not here any more (deleted, expired, or not yours).",
+    "note_speech_short": "The speech is only {seconds:.1f} s long: the video will be very short.",
+    "note_speech_silent": "The speech seems silent: the mouth will hardly move.",
+    "note_speech_ok": "Speech: {seconds:.1f} s.",
+    "limits": "Limits: files up to {mb} MB, speech and video up to {seconds:g} s.",
+    "eta": "about {seconds} s left",
+    "eta_queued": "{ahead} ahead; starts in about {seconds} s",
+    "preview_banner": (
+        "⚠️ **Preview engine**: the neural lip-sync weights are not installed, so mouths are only "
+        "approximated. Results are labelled *preview*. See the System tab."
+    ),
+    "preview_label": "preview engine: mouth approximated, not the neural model",
+    "col_audio": "Audio",
+    "col_output": "Output",
+    "history_search": "Search (name, input, id)",
+    "history_status": "Status",
+    "status_all": "all",
+    "history_cancel": "Cancel selected",
+    "history_reuse": "Reuse these inputs",
+    "history_open_batch": "Open its batch",
+    "history_confirm_one": "Delete job `{id}` and its files? This cannot be undone.",
+    "history_deleted": "Deleted job `{id}` and its files.",
+    "history_expires": "expires {date}",
+    "history_kept": "kept until deleted",
+    "history_inputs": "**Audio**: {audio}  \n**Face**: {video}  \n**Text**: {text}  \n**Options**: {options}",
+    "history_batch": "**Batch**: `{batch}` (item {item})",
+    "history_expiry": "**Expires**: {date}",
+    "reused": "The inputs of job `{id}` are on the Single tab.",
+    "reuse_missing": "The uploaded files of job `{id}` are gone; its text and options were reused.",
+    "api_docs": "Use via API (/docs)",
+    "speech_video": "…or a video whose sound is the speech",
+    "err_two_speeches": "Give either a speech audio or a speech video, not both.",
+    "history_confirm_yes_one": "Yes, delete it",
+    "err_not_batch": "This job is not part of a batch.",
+    "upload_audio_name": "Upload speech audio",
+    "upload_face_name": "Upload face video or photo",
+    "upload_batch_audio_name": "Upload batch audio files",
+    "upload_batch_videos_name": "Upload batch face files",
+    "upload_manifest_name": "Upload batch manifest",
+    "upload_avatar_name": "Upload avatar face",
+    "upload_avatar_voice_name": "Upload avatar voice sample",
+    # back-end messages, as the UI says them: the fix named by its control, not a CLI flag
+    "msg_no_face": "no face found in {name}: set the face point in Options (Which face: nearest, then click the face in the face check picture), or use a clearer frontal video",
+    "msg_file_not_found": "{kind} file not found: {name}",
+    "msg_too_long": "{name} is {seconds} s long; the limit is {limit} s",
+    "option_auto": "auto",
+    "option_wav2lip": "neural (wav2lip)",
+    "option_preview": "preview",
+    "option_feather": "feather",
+    "option_rect": "rectangle",
+    "option_loop": "loop",
+    "option_pingpong": "ping-pong",
+    "option_largest": "largest",
+    "option_nearest": "nearest to a point",
 }
 
 ZH: dict[str, str] = {
@@ -351,6 +414,64 @@ ZH: dict[str, str] = {
     "title_failed": "任务失败",
     "err_internal": "服务器出现错误，详情请查看服务日志。",
     "err_need_face": "请先添加人脸视频或照片。",
+    # studio
+    "cancel_job": "取消任务",
+    "note_submitted": "任务 `{id}` 已提交。当前页面地址可随时回到该任务。",
+    "note_cancelling": "正在取消任务 `{id}`……",
+    "note_cancelled": "任务 `{id}` 已取消。",
+    "note_no_job": "没有可取消的运行中任务。",
+    "note_failed": "任务 `{id}` 失败：{reason}",
+    "note_not_found": "该任务已不存在（已删除、已过期或不属于您）。",
+    "note_batch_not_found": "该批量任务已不存在（已删除、已过期或不属于您）。",
+    "note_speech_short": "语音只有 {seconds:.1f} 秒：生成的视频会很短。",
+    "note_speech_silent": "语音似乎是静音的：嘴几乎不会动。",
+    "note_speech_ok": "语音：{seconds:.1f} 秒。",
+    "limits": "限制：文件不超过 {mb} MB，语音和视频不超过 {seconds:g} 秒。",
+    "eta": "约剩 {seconds} 秒",
+    "eta_queued": "前面还有 {ahead} 个；约 {seconds} 秒后开始",
+    "preview_banner": "⚠️ **预览引擎**：未安装神经网络口型权重，嘴型只是近似效果。结果会标注 *预览*。详见“系统”页。",
+    "preview_label": "预览引擎：嘴型为近似效果，并非神经网络模型",
+    "col_audio": "音频",
+    "col_output": "输出",
+    "history_search": "搜索（名称、输入、编号）",
+    "history_status": "状态",
+    "status_all": "全部",
+    "history_cancel": "取消所选任务",
+    "history_reuse": "复用这些输入",
+    "history_open_batch": "打开所属批量任务",
+    "history_confirm_one": "删除任务 `{id}` 及其文件？此操作无法撤销。",
+    "history_deleted": "已删除任务 `{id}` 及其文件。",
+    "history_expires": "{date} 过期",
+    "history_kept": "保留至手动删除",
+    "history_inputs": "**音频**：{audio}  \n**人脸**：{video}  \n**文本**：{text}  \n**选项**：{options}",
+    "history_batch": "**批量任务**：`{batch}`（第 {item} 项）",
+    "history_expiry": "**过期时间**：{date}",
+    "reused": "任务 `{id}` 的输入已填入“单个任务”页。",
+    "reuse_missing": "任务 `{id}` 上传的文件已不存在；已复用其文本和选项。",
+    "api_docs": "通过 API 使用（/docs）",
+    "speech_video": "……或用一段视频的声音作为语音",
+    "err_two_speeches": "请只提供语音音频或语音视频其中之一。",
+    "history_confirm_yes_one": "确定删除",
+    "err_not_batch": "该任务不属于批量任务。",
+    "upload_audio_name": "上传语音音频",
+    "upload_face_name": "上传人脸视频或照片",
+    "upload_batch_audio_name": "上传批量音频文件",
+    "upload_batch_videos_name": "上传批量人脸文件",
+    "upload_manifest_name": "上传批量清单",
+    "upload_avatar_name": "上传形象人脸",
+    "upload_avatar_voice_name": "上传形象声音样本",
+    "msg_no_face": "在 {name} 中没有找到人脸：请在“选项”中设置人脸位置（“哪张脸”选“离点最近”，然后在人脸检查图片中点击人脸），或换一段更清晰的正脸视频",
+    "msg_file_not_found": "找不到{kind}文件：{name}",
+    "msg_too_long": "{name} 长 {seconds} 秒；上限为 {limit} 秒",
+    "option_auto": "自动",
+    "option_wav2lip": "神经网络（wav2lip）",
+    "option_preview": "预览",
+    "option_feather": "羽化",
+    "option_rect": "矩形",
+    "option_loop": "循环",
+    "option_pingpong": "往返播放",
+    "option_largest": "最大的",
+    "option_nearest": "离点最近的",
 }
 
 # Gradio's own translations use keys such as "audio" for nested tables: prefix ours in the browser.
@@ -361,8 +482,16 @@ def _browser(table: dict[str, str]) -> dict[str, str]:
     return {BROWSER_PREFIX + key: text for key, text in table.items()}
 
 
+# Keys of Gradio's own texts that its status tracker reads out and that are missing from its
+# locale once a gr.I18n is given: without them screen readers hear the raw key.
+GRADIO_KEYS = {"en": {"common.complete": "Complete"}, CHINESE: {"common.complete": "完成"}}
+
 # Browsers report Chinese as zh-CN, zh-Hans, zh...: register the plain language code too.
-TRANSLATIONS: dict[str, dict[str, str]] = {"en": _browser(EN), CHINESE: _browser(ZH), "zh": _browser(ZH)}
+TRANSLATIONS: dict[str, dict[str, str]] = {
+    "en": {**GRADIO_KEYS["en"], **_browser(EN)},
+    CHINESE: {**GRADIO_KEYS[CHINESE], **_browser(ZH)},
+    "zh": {**GRADIO_KEYS[CHINESE], **_browser(ZH)},
+}
 _BY_LANGUAGE = {DEFAULT_LANGUAGE: EN, CHINESE: ZH}
 
 
@@ -397,3 +526,37 @@ def t(key: str, language: str = DEFAULT_LANGUAGE, default: str | None = None, **
     except (KeyError, IndexError):
         log.warning("translation %r is missing a value", key)
         return text
+
+
+# Back-end messages the UI re-words: the engine and the job layer speak for the CLI and the API
+# ("give --box"); the page names its own controls instead, in the user's language.
+_BACKEND_MESSAGES = (
+    (re.compile(r"no face found in (?P<name>.+?) \(checked \d+ frames?\).*--box"), "msg_no_face"),
+    (re.compile(r"^(?P<kind>audio|video) file not found: (?P<name>.+)$"), "msg_file_not_found"),
+    (
+        re.compile(r"^(?P<name>.+) is (?P<seconds>[\d.]+) s long; the limit is (?P<limit>[\d.]+) s$"),
+        "msg_too_long",
+    ),
+)
+
+
+def backend_message(message: str, language: str = DEFAULT_LANGUAGE) -> str:
+    """A back-end error message as the page shows it: known ones re-worded (and translated),
+    any other unchanged. A prefix such as "item 3: " is kept."""
+    prefix, rest = _split_item_prefix(message)
+    for pattern, key in _BACKEND_MESSAGES:
+        match = pattern.search(rest)
+        if match:
+            values = match.groupdict()
+            if "kind" in values and language == CHINESE:
+                values["kind"] = {"audio": "音频", "video": "视频"}[values["kind"]]
+            return prefix + t(key, language, **values)
+    return message
+
+
+_ITEM_PREFIX = re.compile(r"^((?:item|manifest line) \d+: )")
+
+
+def _split_item_prefix(message: str) -> tuple[str, str]:
+    match = _ITEM_PREFIX.match(message)
+    return (match.group(1), message[match.end() :]) if match else ("", message)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from heygem.engine.media import probe as video
 from heygem.engine.media.guard import input_args
-from heygem.errors import LimitExceededError, MediaProcessError
+from heygem.errors import HeygemError, LimitExceededError, MediaProcessError
 
 log = logging.getLogger("heygem.web.media")
 
@@ -17,6 +20,7 @@ THUMB_TIMEOUT_S = 30.0
 THUMB_WIDTH = 320
 THUMB_AT_S = 0.5  # a frame a little in, past any fade-in
 STDERR_TAIL = 300
+CLIP_CACHE = 512  # History pages seen recently
 
 
 def check_duration(path: Path, max_duration_s: float, label: str, *, require_video: bool) -> float:
@@ -25,6 +29,21 @@ def check_duration(path: Path, max_duration_s: float, label: str, *, require_vid
     if seconds > max_duration_s:
         raise LimitExceededError(f"{label} is {seconds:.1f} s long; the limit is {max_duration_s:g} s")
     return seconds
+
+
+def clip_seconds(clip: Path) -> float | None:
+    """A finished clip's length, for History tiles; None when it cannot be read. Cached per
+    file version, since the History list asks again every few seconds while jobs run."""
+    try:
+        return _clip_seconds(str(clip), clip.stat().st_mtime_ns)
+    except (OSError, HeygemError) as exc:
+        log.debug("no length for %s: %s", clip.name, exc)
+        return None
+
+
+@functools.lru_cache(maxsize=CLIP_CACHE)
+def _clip_seconds(clip: str, version: int) -> float:
+    return video.probe(Path(clip), require_video=True, verify=False).duration_s
 
 
 def thumbnail_path(clip: Path) -> Path:
@@ -69,3 +88,37 @@ def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, capture_output=True, text=True, timeout=THUMB_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise MediaProcessError(f"thumbnail of {clip.name} took longer than {THUMB_TIMEOUT_S:g} s") from None
+
+
+SPEECH_RATE = 16_000  # Hz: enough to judge loudness, and the engine's own rate
+SPEECH_SAMPLE_BYTES = 2
+
+
+def speech_level(path: Path) -> tuple[float, float]:
+    """(seconds, RMS level in [0, 1]) of a speech file (or a video's audio track), decoded by
+    ffmpeg under the media guard to 16 kHz mono; MediaProcessError when it has no audio."""
+    argv = [
+        "ffmpeg",
+        "-loglevel",
+        "error",
+        *input_args(path),
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(SPEECH_RATE),
+        "-f",
+        "s16le",
+        "-",
+    ]
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=THUMB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise MediaProcessError(f"reading the speech in {path.name} took too long") from None
+    if result.returncode != 0 or not result.stdout:
+        raise MediaProcessError(f"{path.name} has no readable audio")
+    count = len(result.stdout) // SPEECH_SAMPLE_BYTES
+    samples = (
+        np.frombuffer(result.stdout[: count * SPEECH_SAMPLE_BYTES], dtype="<i2").astype(np.float32) / 32768.0
+    )
+    return count / SPEECH_RATE, float(np.sqrt(np.mean(np.square(samples)))) if count else 0.0
