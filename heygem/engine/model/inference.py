@@ -15,6 +15,7 @@ import torch
 from numpy.typing import NDArray
 
 from heygem.engine.api import FACE_SIZE
+from heygem.engine.model.backends import Backend, mouth_pixels
 from heygem.errors import ModelError
 
 log = logging.getLogger("heygem.engine.model.inference")
@@ -70,10 +71,13 @@ def prepare_model(model: torch.nn.Module, placement: Placement) -> torch.nn.Modu
 class GeneratorRunner:
     """Feeds (mel window, face crop) batches to the generator and returns 96x96 BGR mouths."""
 
-    def __init__(self, model: torch.nn.Module, placement: Placement, batch_size: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, placement: Placement, batch_size: int, backend: Backend | None = None
+    ) -> None:
         self.model = model
         self.placement = placement
         self.batch_size = batch_size
+        self.backend = backend  # None or a torch backend: the eager path below
 
     def infer(self, mels: MelWindows, faces: Faces) -> Faces:
         """mels (N, 80, 16) float32, faces (N, 96, 96, 3) uint8 BGR -> (N, 96, 96, 3) uint8 BGR."""
@@ -97,6 +101,9 @@ class GeneratorRunner:
         log.warning("GPU out of memory; retrying with batch size %d", self.batch_size)
 
     def _forward(self, mels: MelWindows, faces: Faces) -> Faces:
+        if self.backend is not None and self.backend.forward is not None:
+            network_mels = np.ascontiguousarray(mels[:, np.newaxis], np.float32)
+            return mouth_pixels(self.backend.forward(network_mels, _network_input(faces)))
         device = self.placement.device
         face_tensor = torch.from_numpy(_network_input(faces)).to(device)
         mel_tensor = torch.from_numpy(np.ascontiguousarray(mels, np.float32)).unsqueeze(1).to(device)
