@@ -236,7 +236,11 @@ def test_a_broken_runtime_falls_back_to_torch_with_one_warning(
     monkeypatch.setattr(openvino, "Core", broken_core)
     with caplog.at_level(logging.INFO, logger=BACKEND_LOGGER):
         backend = select_backend(model, _request(checkpoint_file, tmp_path))
-    assert backend.name == TORCH and backend.precision == "fp32"
+    assert (backend.name, backend.precision, backend.drift) == (
+        TORCH,
+        "fp32",
+        0,
+    )  # fp32 eager is the reference
     assert _warnings(caplog) == [
         "backend openvino unavailable (Cannot load library 'libopenvino_intel_cpu_plugin.so'); using torch"
     ]
@@ -254,4 +258,5 @@ def test_openvino_on_a_gpu_device_gives_torch_and_one_warning(model, checkpoint_
 def test_torch_requested_never_touches_openvino(model, checkpoint_file, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     backend = select_backend(model, _request(checkpoint_file, tmp_path, backend=TORCH, precision="bf16"))
-    assert (backend.name, backend.precision, backend.drift) == (TORCH, "bf16", None)
+    assert (backend.name, backend.precision, backend.forward) == (TORCH, "bf16", None)
+    assert backend.drift is not None and f"{backend.drift} grey level" in backend.label  # autocast, measured

@@ -7,6 +7,7 @@ never a traceback. Settings come from HEYGEM_* variables and flags, and flags wi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -232,6 +233,20 @@ def test_models_verify_loads_the_checkpoint(folders, checkpoint_file):
     assert proc.returncode == 0, proc.stderr
     checkpoint = folders["models"] / "wav2lip_gan.pth"
     assert f"ok: {checkpoint} loads into the Wav2Lip generator" in proc.stdout
+    backend = re.search(
+        r"ok: generator backend openvino (bf16|fp32), (\d+) grey level\(s\) from fp32 eager", proc.stdout
+    )
+    assert backend is not None, proc.stdout
+    assert int(backend.group(2)) <= 1
+
+
+def test_models_verify_reports_the_torch_autocast_drift(folders, checkpoint_file):
+    media.install_checkpoint(checkpoint_file, folders["models"])
+    proc = heygem("models", "verify", *folder_flags(folders), "--backend", "torch", "--precision", "bf16")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(
+        r"ok: generator backend torch bf16, \d+ grey level\(s\) from fp32 eager on cpu", proc.stdout
+    )
 
 
 def test_models_verify_without_weights_fails_with_one_line(folders):

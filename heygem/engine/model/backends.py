@@ -100,23 +100,25 @@ class BackendRequest:
 
 def select_backend(model: torch.nn.Module, request: BackendRequest) -> Backend:
     """The backend that serves `request`; torch (with one warning) when OpenVINO cannot."""
-    fallback = Backend(TORCH, request.torch_precision)
+    backend = _openvino_or_none(model, request) or _torch_backend(model, request.torch_precision)
+    log.info("generator backend: %s", backend.label)
+    return backend
+
+
+def _openvino_or_none(model: torch.nn.Module, request: BackendRequest) -> Backend | None:
     if request.backend == TORCH:
-        return fallback
+        return None
     if request.device_type != "cpu":
         if request.backend == OPENVINO:
             log.warning("backend openvino runs on the CPU only; using torch on %s", request.device_type)
-        return fallback
+        return None
     try:
-        backend = _openvino_backend(model, request)
+        return _openvino_backend(model, request)
     except BackendMissing as exc:
         (log.warning if request.backend == OPENVINO else log.info)("%s; using torch", exc)
-        return fallback
     except BackendUnavailable as exc:
         log.warning("backend openvino unavailable (%s); using torch", exc)
-        return fallback
-    log.info("generator backend: %s", backend.label)
-    return backend
+    return None
 
 
 def mouth_pixels(generated: NDArray[np.float32]) -> NDArray[np.uint8]:
@@ -135,13 +137,33 @@ def smoke_sample() -> tuple[MelBatch, FaceBatch]:
 
 
 def eager_fp32(model: torch.nn.Module, mels: MelBatch, faces: FaceBatch) -> NDArray[np.float32]:
-    """The reference every backend is held to: the torch module, fp32, on the CPU."""
+    """The reference every backend is held to: the torch module in fp32, where it lives."""
+    return eager(model, mels, faces, "fp32")
+
+
+def eager(model: torch.nn.Module, mels: MelBatch, faces: FaceBatch, precision: str) -> NDArray[np.float32]:
+    """The torch module on the sample, under autocast for fp16/bf16 as the runner runs it."""
     import torch
 
-    with torch.inference_mode():
-        generated = model(torch.from_numpy(mels), torch.from_numpy(faces))
+    device = next(model.parameters()).device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        generated = model(torch.from_numpy(mels).to(device), torch.from_numpy(faces).to(device))
     result: NDArray[np.float32] = generated.float().cpu().numpy()
     return result
+
+
+def _torch_backend(model: torch.nn.Module, precision: str) -> Backend:
+    """Torch eager; fp32 is the reference itself, autocast precisions are measured against it."""
+    if precision == "fp32":
+        return Backend(TORCH, precision, drift=0)
+    try:
+        sample = smoke_sample()
+        drift = grey_drift(eager(model, *sample, precision), eager_fp32(model, *sample))
+    except Exception as exc:  # noqa: BLE001 - a measurement, never a reason to fail the load
+        log.info("could not measure torch %s drift: %s", precision, _short(exc))
+        return Backend(TORCH, precision)
+    return Backend(TORCH, precision, drift=drift)
 
 
 def grey_drift(generated: NDArray[np.float32], reference: NDArray[np.float32]) -> int:
