@@ -377,7 +377,9 @@ def _report_backend(settings: Settings) -> None:
     from heygem.engine.pipeline import LipSyncPipeline
 
     status = LipSyncPipeline(settings.replace(engine="wav2lip", warmup=False)).status()
-    print(f"ok: generator backend {status.backend} on {status.device} (default bound: {DRIFT_BOUND} grey level)")
+    print(
+        f"ok: generator backend {status.backend} on {status.device} (default bound: {DRIFT_BOUND} grey level)"
+    )
 
 
 def _add_keys(commands) -> None:

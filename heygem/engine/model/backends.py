@@ -300,13 +300,13 @@ class ConvertedModelCache:
         self.checkpoint = checkpoint
         self.cache_dirs = cache_dirs
         self.version = version
-        self._name = _entry_name(checkpoint, sha256_of(checkpoint), version)
+        self.entry_name = _entry_name(checkpoint, sha256_of(checkpoint), version)
 
     @property
     def entry(self) -> Path | None:
         """The existing entry (first cache folder holding one), else None."""
         for folder in self.cache_dirs:
-            candidate = folder / self._name
+            candidate = folder / self.entry_name
             if candidate.is_dir():
                 return candidate
         return None
@@ -340,12 +340,12 @@ class ConvertedModelCache:
 
     def _store_in(self, ov: Any, ov_model: Any, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        scratch = folder / f".{self._name}.{uuid.uuid4().hex}.tmp"
+        scratch = folder / f".{self.entry_name}.{uuid.uuid4().hex}.tmp"
         scratch.mkdir()
         try:
             ov.save_model(ov_model, str(scratch / MODEL_FILE), compress_to_fp16=False)
             _write_manifest(scratch, self.version)
-            final = folder / self._name
+            final = folder / self.entry_name
             try:
                 os.rename(scratch, final)
             except OSError:
@@ -360,7 +360,7 @@ class ConvertedModelCache:
     def _prune_stale(self, folder: Path) -> None:
         """Entries of the same weights file for older contents or versions: 140+ MB each."""
         for other in folder.glob(f"{self.checkpoint.stem}-*"):
-            if other.name != self._name and other.is_dir():
+            if other.name != self.entry_name and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
 
 
