@@ -141,6 +141,8 @@ def test_explicit_precisions_are_served_and_measured(model, converted, checkpoin
     assert exact.drift is not None and exact.drift <= DRIFT_BOUND
     assert fast.name == OPENVINO and fast.drift is not None
     assert f"{fast.drift} grey level" in fast.label
+    half = select_backend(model, _request(checkpoint_file, converted, precision="fp16"))
+    assert (half.name, half.precision) == (OPENVINO, "fp32")  # fp16 on a CPU is fp32, as with torch
 
 
 def test_auto_keeps_fp32_when_bf16_drifts_past_the_bound(model, converted, checkpoint_file, monkeypatch):

@@ -95,7 +95,6 @@ class BackendRequest:
     device_type: str  # cpu | cuda
     checkpoint: Path
     cache_dirs: tuple[Path, ...]  # where a converted model may be kept, first writable wins
-    threads: int = 0  # CPU threads for OpenVINO; 0 = its own choice
 
 
 def select_backend(model: torch.nn.Module, request: BackendRequest) -> Backend:
@@ -196,24 +195,24 @@ def _checked_openvino(ov: Any, model: torch.nn.Module, request: BackendRequest) 
     cache = ConvertedModelCache(request.checkpoint, request.cache_dirs, _openvino_version())
     cached = cache.load(core)
     if cached is not None:
-        exact = _exact_or_none(core, cached, sample, reference, request.threads)
+        exact = _exact_or_none(core, cached, sample, reference)
         if exact is not None:
             return _with_precision(core, cached, exact, sample, reference, request)
         log.warning("cached openvino model %s does not match the weights; converting again", cache.entry)
         cache.discard()
     converted = _convert(ov, model, sample)
     cache.store(ov, converted)
-    exact = _exact_or_none(core, converted, sample, reference, request.threads)
+    exact = _exact_or_none(core, converted, sample, reference)
     if exact is None:
         raise BackendUnavailable(f"the converted model drifts more than {DRIFT_BOUND} grey level from torch")
     return _with_precision(core, converted, exact, sample, reference, request)
 
 
 def _exact_or_none(
-    core: Any, ov_model: Any, sample: tuple[MelBatch, FaceBatch], reference: NDArray[np.float32], threads: int
+    core: Any, ov_model: Any, sample: tuple[MelBatch, FaceBatch], reference: NDArray[np.float32]
 ) -> Backend | None:
     """The fp32 backend when the model reproduces fp32 eager within the bound (a sound file)."""
-    forward = OpenVinoForward(core.compile_model(ov_model, OV_DEVICE, _compile_config("fp32", threads)))
+    forward = OpenVinoForward(core.compile_model(ov_model, OV_DEVICE, _compile_config("fp32")))
     drift = grey_drift(forward(*sample), reference)
     return Backend(OPENVINO, "fp32", forward, drift) if drift <= DRIFT_BOUND else None
 
@@ -229,7 +228,7 @@ def _with_precision(
     wanted = _openvino_precision(core, request.precision)
     if wanted == "fp32":
         return exact
-    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(wanted, request.threads))
+    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(wanted))
     forward = OpenVinoForward(compiled)
     drift = grey_drift(forward(*sample), reference)
     if drift <= DRIFT_BOUND or request.precision == wanted:
@@ -239,9 +238,12 @@ def _with_precision(
 
 
 def _openvino_precision(core: Any, requested: str) -> str:
-    """auto = bf16 where the CPU computes it natively (it is checked against the bound after)."""
+    """auto = bf16 where the CPU computes it natively (it is checked against the bound after);
+    fp16 on a CPU is fp32, as on the torch path."""
     if requested in OV_HINTS:
         return requested
+    if requested == "fp16":
+        return "fp32"
     capabilities = core.get_property(OV_DEVICE, "OPTIMIZATION_CAPABILITIES")
     return "bf16" if BF16_CAPABILITY in capabilities else "fp32"
 
@@ -254,11 +256,14 @@ def _compiled_precision(compiled: Any, asked: str) -> str:
     return OV_PRECISIONS.get(hint.lower(), asked)
 
 
-def _compile_config(precision: str, threads: int) -> dict[str, str]:
-    config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision]}
-    if threads > 0:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
-    return config
+def _compile_config(precision: str) -> dict[str, str]:
+    import torch
+
+    # The same thread count as torch, so OMP_NUM_THREADS and per-worker tuning apply to both.
+    return {
+        "INFERENCE_PRECISION_HINT": OV_HINTS[precision],
+        "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
+    }
 
 
 def _convert(ov: Any, model: torch.nn.Module, sample: tuple[MelBatch, FaceBatch]) -> Any:
