@@ -367,7 +367,19 @@ def _verify_models(settings: Settings) -> int:
 
         verify_file(checkpoint, settings.checkpoint_sha256)
         print(f"ok: {checkpoint} matches the expected SHA-256")
+    _report_backend(settings)
     return EXIT_OK
+
+
+def _report_backend(settings: Settings) -> None:
+    """Load the engine as a job would and say which backend runs and how far it is from fp32."""
+    from heygem.engine.model.backends import DRIFT_BOUND
+    from heygem.engine.pipeline import LipSyncPipeline
+
+    status = LipSyncPipeline(settings.replace(engine="wav2lip", warmup=False)).status()
+    print(
+        f"ok: generator backend {status.backend} on {status.device} (default bound: {DRIFT_BOUND} grey level)"
+    )
 
 
 def _add_keys(commands) -> None:

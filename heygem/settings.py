@@ -33,6 +33,8 @@ URL_MARK = "://"  # any setting value holding this is treated as a URL and maske
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "openvino")
+BACKEND_CACHE_FOLDER = "backend-cache"
 ENGINES = ("auto", "wav2lip", "preview")
 # auto = a supervised engine process for the built-in engine, in-process for an engine factory a
 # caller passes (test fakes that share state with the test through threads, embedding).
@@ -66,7 +68,8 @@ class Settings:
     # --- engine --------------------------------------------------------------------------------
     engine: str = "auto"  # auto = wav2lip when its weights exist, else preview
     device: str = "auto"  # auto = cuda when torch sees a GPU, else cpu; or cpu, cuda, cuda:N
-    precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU; bf16 is opt-in on CPU
+    precision: str = "auto"  # auto = fp16 on CUDA; CPU: bf16 on openvino if within 1 grey level, else fp32
+    backend: str = "auto"  # generator runtime; auto = openvino on CPU when installed and it passes a check
     batch_size: int = 0  # faces per generator pass; 0 = auto: 32 on CPU, 64 on CUDA
     detect_batch_size: int = 8  # frames per face-detector pass
     detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection
@@ -172,6 +175,10 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
+    def backend_cache_dirs(self, checkpoint: Path) -> tuple[Path, ...]:
+        """Where converted generator models go: next to the weights, else (read-only there) cache/."""
+        return (checkpoint.parent / BACKEND_CACHE_FOLDER, self.cache_dir / BACKEND_CACHE_FOLDER)
+
     @property
     def track_cache_dir(self) -> Path:
         """Face boxes cached per video; pruned by retention like any other old data."""
@@ -270,6 +277,7 @@ class Settings:
     def validate(self) -> None:
         _check_choice("device", self.device.split(":")[0], DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("backend", self.backend, BACKENDS)
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("log_level", self.log_level.upper(), LOG_LEVELS)
         _check_choice("worker_isolation", self.worker_isolation, WORKER_ISOLATIONS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -92,5 +91,5 @@ def settings(data_dir) -> Settings:
 @pytest.fixture
 def settings_with_weights(settings, checkpoint_file) -> Settings:
     """Like `settings`, with the random checkpoint installed as models/wav2lip_gan.pth."""
-    shutil.copy(checkpoint_file, settings.models_dir / "wav2lip_gan.pth")
+    media.install_checkpoint(checkpoint_file, settings.models_dir)
     return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,3 +161,20 @@ def save_random_checkpoint(path: Path, seed: int = 0, prefix: str = "module.") -
     state = {prefix + name: tensor for name, tensor in model.state_dict().items()}
     torch.save({"state_dict": state, "optimizer": None, "global_step": 0, "global_epoch": 0}, path)
     return path
+
+
+def install_checkpoint(checkpoint: Path, models: Path) -> Path:
+    """Copy a checkpoint into a models folder whose backend cache is the one next to `checkpoint`.
+
+    The converted OpenVINO model is keyed by the file's contents, so every test that installs the
+    session's random checkpoint reuses one conversion (10 s) instead of paying it again.
+    """
+    from heygem.settings import BACKEND_CACHE_FOLDER
+
+    models.mkdir(parents=True, exist_ok=True)
+    installed = models / checkpoint.name
+    shutil.copy(checkpoint, installed)
+    shared = checkpoint.parent / BACKEND_CACHE_FOLDER
+    shared.mkdir(exist_ok=True)
+    (models / BACKEND_CACHE_FOLDER).symlink_to(shared, target_is_directory=True)
+    return installed

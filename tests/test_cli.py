@@ -7,7 +7,7 @@ never a traceback. Settings come from HEYGEM_* variables and flags, and flags wi
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -104,7 +104,7 @@ def test_without_weights_generate_uses_preview_and_says_so(short_speech, face_im
 def test_flags_win_over_environment_bf16_wav2lip(
     short_speech, face_video, folders, checkpoint_file, tmp_path
 ):
-    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    media.install_checkpoint(checkpoint_file, folders["models"])
     output = tmp_path / "bf16.mp4"
     env = {"HEYGEM_ENGINE": "preview", "HEYGEM_PRECISION": "fp32"}
     proc = heygem(
@@ -209,14 +209,14 @@ def test_models_status_lists_generator_and_detector(folders, checkpoint_file):
     assert str(folders["models"] / "wav2lip_gan.pth") in rows["generator"]
     assert "missing" in rows["detector"] and str(folders["models"] / "s3fd.pth") in rows["detector"]
 
-    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    media.install_checkpoint(checkpoint_file, folders["models"])
     proc = heygem("models", "status", *folder_flags(folders))
     rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
     assert "present" in rows["generator"] and "missing" in rows["detector"]
 
 
 def test_models_folder_from_environment_and_flag_wins(folders, checkpoint_file, tmp_path):
-    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    media.install_checkpoint(checkpoint_file, folders["models"])
     env = {"HEYGEM_MODELS_DIR": str(folders["models"]), "HEYGEM_DATA_DIR": str(folders["data"])}
     from_env = heygem("models", "status", env=env)
     assert str(folders["models"]) in from_env.stdout and "present" in from_env.stdout
@@ -228,11 +228,25 @@ def test_models_folder_from_environment_and_flag_wins(folders, checkpoint_file, 
 
 
 def test_models_verify_loads_the_checkpoint(folders, checkpoint_file):
-    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    media.install_checkpoint(checkpoint_file, folders["models"])
     proc = heygem("models", "verify", *folder_flags(folders))
     assert proc.returncode == 0, proc.stderr
     checkpoint = folders["models"] / "wav2lip_gan.pth"
     assert f"ok: {checkpoint} loads into the Wav2Lip generator" in proc.stdout
+    backend = re.search(
+        r"ok: generator backend openvino (bf16|fp32), (\d+) grey level\(s\) from fp32 eager", proc.stdout
+    )
+    assert backend is not None, proc.stdout
+    assert int(backend.group(2)) <= 1
+
+
+def test_models_verify_reports_the_torch_autocast_drift(folders, checkpoint_file):
+    media.install_checkpoint(checkpoint_file, folders["models"])
+    proc = heygem("models", "verify", *folder_flags(folders), "--backend", "torch", "--precision", "bf16")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(
+        r"ok: generator backend torch bf16, \d+ grey level\(s\) from fp32 eager on cpu", proc.stdout
+    )
 
 
 def test_models_verify_without_weights_fails_with_one_line(folders):

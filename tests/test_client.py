@@ -24,7 +24,7 @@ def real_server(tmp_path_factory, checkpoint_file):
     data = tmp_path_factory.mktemp("client") / "data"
     models = data / "models"
     models.mkdir(parents=True)
-    (models / "wav2lip_gan.pth").write_bytes(checkpoint_file.read_bytes())
+    media.install_checkpoint(checkpoint_file, models)
     live = ServerProcess(data, argv=(str(REAL_LAUNCHER),), env={"HEYGEM_MODELS_DIR": str(models)})
     try:
         live.wait_for("/ready", 200, READY_TIMEOUT_S)

@@ -31,7 +31,7 @@ def live(tmp_path_factory, checkpoint_file, face_video):
     base = tmp_path_factory.mktemp("compat-live")
     models = base / "data" / "models"
     models.mkdir(parents=True)
-    shutil.copy(checkpoint_file, models / "wav2lip_gan.pth")
+    media.install_checkpoint(checkpoint_file, models)
     shared = base / "heygem_data" / "face2face"  # what HeyGem mounts at /code/data
     (shared / "temp").mkdir(parents=True)
     media.make_speech(shared / "temp" / "hello.wav", SHORT_SPEECH)

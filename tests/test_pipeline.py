@@ -61,7 +61,7 @@ def _settings(folder: Path, checkpoint: Path | None = None) -> Settings:
     models = folder / "models"
     models.mkdir(parents=True)
     if checkpoint is not None:
-        shutil.copy(checkpoint, models / "wav2lip_gan.pth")
+        media.install_checkpoint(checkpoint, models)
     return Settings(data_dir=folder, models_dir=models, warmup=False)
 
 

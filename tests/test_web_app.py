@@ -186,6 +186,25 @@ def test_system_panel_explains_how_to_get_the_weights_in_preview_mode(settings):
     assert log_tail.endswith("hello log")
 
 
+class OpenVinoPipeline(FakePipeline):
+    def status(self):
+        status = super().status()
+        status.backend = "openvino bf16, 1 grey level(s) from fp32 eager"
+        return status
+
+
+def test_system_panel_names_the_generator_backend_and_its_drift(settings):
+    import gradio as gr
+
+    from heygem.web.ui import Handlers
+
+    with running_service(settings, OpenVinoPipeline) as service:
+        wait_until(lambda: service.readiness()[0], message="the service to be ready")
+        admin = gr.Request(username="default:admin", headers={})
+        status, _log_tail = Handlers(settings, service, LogBuffer().tail).system(admin)
+    assert "- **backend**: openvino bf16, 1 grey level(s) from fp32 eager" in status
+
+
 def test_the_options_panel_is_built_from_the_schema_and_maps_back_to_fields():
     import gradio as gr
 

@@ -253,6 +253,7 @@ class EngineStatus:
     device: str  # "cpu", "cuda:0"
     device_name: str  # GPU name or CPU description
     loaded: bool
+    backend: str = ""  # what runs the generator, e.g. "openvino bf16, 1 grey level(s) from fp32 eager"
 
 
 class Engine(Protocol):

@@ -56,6 +56,7 @@ from heygem.settings import Settings
 if TYPE_CHECKING:
     import torch
 
+    from heygem.engine.model.backends import Backend
     from heygem.engine.model.inference import Placement
 
 log = logging.getLogger("heygem.engine.pipeline")
@@ -89,6 +90,7 @@ class LipSyncPipeline:
         self._lock = threading.RLock()
         self._loaded: _Loaded | None = None
         self._generator: torch.nn.Module | None = None
+        self._backends: dict[str, Backend] = {}  # by requested precision
         self._track_cache = TrackCache(settings.track_cache_dir)
 
     # -- loading --------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class LipSyncPipeline:
             engine, reason = choose_engine(self.settings.engine, checkpoint)
             loaded = _Loaded(placement, detector, checkpoint, engine, reason)
             if engine == WAV2LIP:
-                self._load_generator(loaded)
+                self._backend(loaded, self.settings.precision)
             self._loaded = loaded
             log.info("engine: %s (%s) on %s", engine, reason, placement.label)
             return loaded
@@ -125,6 +127,21 @@ class LipSyncPipeline:
                 self._generator = prepare_model(model, loaded.placement)
             return self._generator
 
+    def _backend(self, loaded: _Loaded, precision: str) -> Backend:
+        """The generator's backend for one requested precision, chosen (and checked) once."""
+        with self._lock:
+            if precision not in self._backends:
+                from heygem.engine.model.backends import BackendRequest, select_backend
+                from heygem.engine.model.inference import choose_placement
+
+                placement = choose_placement(str(loaded.placement.device), precision)
+                request = BackendRequest(
+                    self.settings.backend, precision, placement.precision, placement.device.type,
+                    loaded.checkpoint, self.settings.backend_cache_dirs(loaded.checkpoint),
+                )  # fmt: skip
+                self._backends[precision] = select_backend(self._load_generator(loaded), request)
+            return self._backends[precision]
+
     def status(self) -> EngineStatus:
         loaded = self._ready()
         from heygem.engine.model.inference import device_name
@@ -137,6 +154,7 @@ class LipSyncPipeline:
             device=str(loaded.placement.device),
             device_name=device_name(loaded.placement),
             loaded=True,
+            backend=backend.label if (backend := self._backends.get(self.settings.precision)) else "",
         )
 
     def warmup(self) -> float:
@@ -236,7 +254,9 @@ class LipSyncPipeline:
             from heygem.engine.model.inference import choose_placement
 
             placement = choose_placement(str(placement.device), options.precision)
-        runner = GeneratorRunner(self._load_generator(loaded), placement, batch_size)
+        precision = options.precision if options.precision not in (None, "auto") else self.settings.precision
+        backend = self._backend(loaded, precision)
+        runner = GeneratorRunner(self._load_generator(loaded), placement, batch_size, backend)
         return Wav2LipRenderer(runner, windows, options.blend)
 
     def _synthesize(

@@ -18,6 +18,7 @@ import torch
 from numpy.typing import NDArray
 
 from heygem.engine.api import FACE_SIZE
+from heygem.engine.model.backends import Backend, mouth_pixels
 from heygem.engine.model.devices import (
     CPU,
     BatchBackoff,
@@ -95,7 +96,9 @@ def prepare_model(model: torch.nn.Module, placement: Placement) -> torch.nn.Modu
 class GeneratorRunner:
     """Feeds (mel window, face crop) batches to the generator and returns 96x96 BGR mouths."""
 
-    def __init__(self, model: torch.nn.Module, placement: Placement, batch_size: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, placement: Placement, batch_size: int, backend: Backend | None = None
+    ) -> None:
         self.model = model
         self.placement = placement
         self.batch_size = batch_size = auto_batch_size(placement, batch_size)
@@ -107,6 +110,7 @@ class GeneratorRunner:
             else BatchBackoff(batch_size, GENERATING)
         )
         self._staging: dict[str, torch.Tensor] = {}
+        self.backend = backend  # None or a torch backend: the eager path below
 
     def infer(self, mels: MelWindows, faces: Faces) -> Faces:
         """mels (N, 80, 16) float32, faces (N, 96, 96, 3) uint8 BGR -> (N, 96, 96, 3) uint8 BGR."""
@@ -121,6 +125,9 @@ class GeneratorRunner:
         return torch.cuda.device(self.placement.device) if self._on_gpu else contextlib.nullcontext()
 
     def _forward(self, mels: MelWindows, faces: Faces) -> Faces:
+        if self.backend is not None and self.backend.forward is not None:
+            network_mels = np.ascontiguousarray(mels[:, np.newaxis], np.float32)
+            return mouth_pixels(self.backend.forward(network_mels, _network_input(faces)))
         with torch.inference_mode():
             if self._on_gpu:
                 mel_tensor, face_tensor = self._gpu_inputs(mels, faces)

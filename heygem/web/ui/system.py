@@ -38,7 +38,7 @@ class SystemHandlers(HandlerBase):
         if status is None:
             lines.append(i18n.t("system_loading", lang, reason=reason))
         else:
-            for key in ("engine", "reason", "checkpoint", "detector", "device", "device_name"):
+            for key in ("engine", "reason", "backend", "checkpoint", "detector", "device", "device_name"):
                 lines.append(f"- **{key}**: {getattr(status, key) or '-'}")
             if status.engine == PREVIEW:
                 lines.append("\n> " + i18n.t("system_preview_notice", lang))

@@ -1,0 +1,392 @@
+"""Where the generator's arithmetic runs: torch eager, or OpenVINO on the CPU.
+
+`select_backend` settles this once per engine load and precision. OpenVINO runs the same network
+about 1.7x (fp32) to 3x (bf16) faster than torch eager on a CPU; its converted model is cached
+next to the weights, so only the first start pays the ~10 s conversion. Every OpenVINO model is
+checked against torch fp32 eager on a fixed sample before it serves a job: a model that drifts
+more than the bound is treated as broken (rebuilt once, then torch takes over), and a bf16
+hint that drifts more than the bound is only kept when bf16 was asked for by name.
+
+Nothing here fails a job: whatever goes wrong, the answer is the torch backend and one warning.
+`openvino` is imported inside functions only, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from heygem.engine.api import FACE_SIZE
+from heygem.engine.hashing import sha256_of
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+AUTO, TORCH, OPENVINO = "auto", "torch", "openvino"
+DRIFT_BOUND = 1  # grey levels (max abs over 0-255 mouth pixels) a default precision may differ from fp32
+PIXEL_SCALE = 255.0
+MEL_BINS, MEL_STEPS = 80, 16
+NETWORK_CHANNELS = 6  # masked face + reference face, 3 colour channels each
+SMOKE_BATCH = 4
+SMOKE_SEED = 14
+OV_DEVICE = "CPU"
+# OpenVINO's inference precision hints and the names heygem uses for them.
+OV_HINTS = {"fp32": "f32", "bf16": "bf16"}
+OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+BF16_CAPABILITY = "BF16"
+MODEL_FILE = "model.xml"
+MANIFEST_FILE = "manifest.json"
+# The converted file keeps fp32 weights; the inference precision is a hint applied when it is
+# compiled (0.1 s), so one converted file serves every precision.
+STORED_PRECISION = "fp32"
+KEY_TEXT = re.compile(r"[^A-Za-z0-9.]+")
+HASH_CHARS = 16
+
+MelBatch = NDArray[np.float32]  # (N, 1, 80, 16)
+FaceBatch = NDArray[np.float32]  # (N, 6, 96, 96), 0-1
+ArrayForward = Callable[[MelBatch, FaceBatch], NDArray[np.float32]]  # -> (N, 3, 96, 96), 0-1
+
+
+class BackendUnavailable(Exception):
+    """The requested backend cannot serve here; the message says why in a few words."""
+
+
+class BackendMissing(BackendUnavailable):
+    """The backend's package is not installed: normal for `auto`, worth a warning when named."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How the generator runs. `forward` None means the runner's own torch path."""
+
+    name: str  # torch | openvino
+    precision: str  # fp32 | bf16 | fp16: what actually computes
+    forward: ArrayForward | None = None
+    drift: int | None = None  # grey levels from torch fp32 eager on the check sample; None = not measured
+
+    @property
+    def label(self) -> str:
+        measured = "" if self.drift is None else f", {self.drift} grey level(s) from fp32 eager"
+        return f"{self.name} {self.precision}{measured}"
+
+
+@dataclass(frozen=True)
+class BackendRequest:
+    """What `select_backend` needs to know besides the network itself."""
+
+    backend: str  # auto | torch | openvino (Settings.backend)
+    precision: str  # as asked: auto | fp32 | bf16 | fp16
+    torch_precision: str  # what the torch path resolved "auto" to on this device
+    device_type: str  # cpu | cuda
+    checkpoint: Path
+    cache_dirs: tuple[Path, ...]  # where a converted model may be kept, first writable wins
+
+
+def select_backend(model: torch.nn.Module, request: BackendRequest) -> Backend:
+    """The backend that serves `request`; torch (with one warning) when OpenVINO cannot."""
+    backend = _openvino_or_none(model, request) or _torch_backend(model, request.torch_precision)
+    log.info("generator backend: %s", backend.label)
+    return backend
+
+
+def _openvino_or_none(model: torch.nn.Module, request: BackendRequest) -> Backend | None:
+    if request.backend == TORCH:
+        return None
+    if request.device_type != "cpu":
+        if request.backend == OPENVINO:
+            log.warning("backend openvino runs on the CPU only; using torch on %s", request.device_type)
+        return None
+    try:
+        return _openvino_backend(model, request)
+    except BackendMissing as exc:
+        (log.warning if request.backend == OPENVINO else log.info)("%s; using torch", exc)
+    except BackendUnavailable as exc:
+        log.warning("backend openvino unavailable (%s); using torch", exc)
+    return None
+
+
+def mouth_pixels(generated: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """(N, 3, 96, 96) 0-1 -> (N, 96, 96, 3) uint8, truncated like the torch path (and the reference)."""
+    pixels = np.clip(generated, 0.0, 1.0) * np.float32(PIXEL_SCALE)
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)).astype(np.uint8)
+
+
+def smoke_sample() -> tuple[MelBatch, FaceBatch]:
+    """A fixed batch of network inputs: mel-like noise and random faces, lower half masked."""
+    rng = np.random.default_rng(SMOKE_SEED)
+    mels = rng.normal(-1.0, 1.5, (SMOKE_BATCH, 1, MEL_BINS, MEL_STEPS)).astype(np.float32)
+    faces = rng.random((SMOKE_BATCH, NETWORK_CHANNELS, FACE_SIZE, FACE_SIZE), dtype=np.float32)
+    faces[:, :3, FACE_SIZE // 2 :] = 0.0
+    return mels, faces
+
+
+def eager_fp32(model: torch.nn.Module, mels: MelBatch, faces: FaceBatch) -> NDArray[np.float32]:
+    """The reference every backend is held to: the torch module in fp32, where it lives."""
+    return eager(model, mels, faces, "fp32")
+
+
+def eager(model: torch.nn.Module, mels: MelBatch, faces: FaceBatch, precision: str) -> NDArray[np.float32]:
+    """The torch module on the sample, under autocast for fp16/bf16 as the runner runs it."""
+    import torch
+
+    device = next(model.parameters()).device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        generated = model(torch.from_numpy(mels).to(device), torch.from_numpy(faces).to(device))
+    result: NDArray[np.float32] = generated.float().cpu().numpy()
+    return result
+
+
+def _torch_backend(model: torch.nn.Module, precision: str) -> Backend:
+    """Torch eager; fp32 is the reference itself, autocast precisions are measured against it."""
+    if precision == "fp32":
+        return Backend(TORCH, precision, drift=0)
+    try:
+        sample = smoke_sample()
+        drift = grey_drift(eager(model, *sample, precision), eager_fp32(model, *sample))
+    except Exception as exc:  # noqa: BLE001 - a measurement, never a reason to fail the load
+        log.info("could not measure torch %s drift: %s", precision, _short(exc))
+        return Backend(TORCH, precision)
+    return Backend(TORCH, precision, drift=drift)
+
+
+def grey_drift(generated: NDArray[np.float32], reference: NDArray[np.float32]) -> int:
+    """Max abs difference of the two outputs as 0-255 mouth pixels; NaN counts as the worst."""
+    if not np.isfinite(generated).all():
+        return int(PIXEL_SCALE)
+    diff = mouth_pixels(generated).astype(np.int16) - mouth_pixels(reference).astype(np.int16)
+    return int(np.abs(diff).max())
+
+
+# -- OpenVINO ------------------------------------------------------------------------------------
+def _openvino_backend(model: torch.nn.Module, request: BackendRequest) -> Backend:
+    try:
+        import openvino
+    except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
+        raise BackendMissing(f"openvino is not installed or does not import: {_short(exc)}") from None
+    try:
+        return _checked_openvino(openvino, model, request)
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any runtime failure means "use torch", never a failed job
+        raise BackendUnavailable(_short(exc)) from None
+
+
+def _checked_openvino(ov: Any, model: torch.nn.Module, request: BackendRequest) -> Backend:
+    """Load (or convert) the model, prove it against fp32 eager, then pick the precision."""
+    core = ov.Core()
+    sample = smoke_sample()
+    reference = eager_fp32(model, *sample)
+    cache = ConvertedModelCache(request.checkpoint, request.cache_dirs, _openvino_version())
+    cached = cache.load(core)
+    if cached is not None:
+        exact = _exact_or_none(core, cached, sample, reference)
+        if exact is not None:
+            return _with_precision(core, cached, exact, sample, reference, request)
+        log.warning("cached openvino model %s does not match the weights; converting again", cache.entry)
+        cache.discard()
+    converted = _convert(ov, model, sample)
+    cache.store(ov, converted)
+    exact = _exact_or_none(core, converted, sample, reference)
+    if exact is None:
+        raise BackendUnavailable(f"the converted model drifts more than {DRIFT_BOUND} grey level from torch")
+    return _with_precision(core, converted, exact, sample, reference, request)
+
+
+def _exact_or_none(
+    core: Any, ov_model: Any, sample: tuple[MelBatch, FaceBatch], reference: NDArray[np.float32]
+) -> Backend | None:
+    """The fp32 backend when the model reproduces fp32 eager within the bound (a sound file)."""
+    forward = OpenVinoForward(core.compile_model(ov_model, OV_DEVICE, _compile_config("fp32")))
+    drift = grey_drift(forward(*sample), reference)
+    return Backend(OPENVINO, "fp32", forward, drift) if drift <= DRIFT_BOUND else None
+
+
+def _with_precision(
+    core: Any,
+    ov_model: Any,
+    exact: Backend,
+    sample: tuple[MelBatch, FaceBatch],
+    reference: NDArray[np.float32],
+    request: BackendRequest,
+) -> Backend:
+    wanted = _openvino_precision(core, request.precision)
+    if wanted == "fp32":
+        return exact
+    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(wanted))
+    forward = OpenVinoForward(compiled)
+    drift = grey_drift(forward(*sample), reference)
+    if drift <= DRIFT_BOUND or request.precision == wanted:
+        return Backend(OPENVINO, _compiled_precision(compiled, wanted), forward, drift)
+    log.info("openvino %s drifts %d grey levels from fp32 (bound %d); using fp32", wanted, drift, DRIFT_BOUND)
+    return exact
+
+
+def _openvino_precision(core: Any, requested: str) -> str:
+    """auto = bf16 where the CPU computes it natively (it is checked against the bound after);
+    fp16 on a CPU is fp32, as on the torch path."""
+    if requested in OV_HINTS:
+        return requested
+    if requested == "fp16":
+        return "fp32"
+    capabilities = core.get_property(OV_DEVICE, "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if BF16_CAPABILITY in capabilities else "fp32"
+
+
+def _compiled_precision(compiled: Any, asked: str) -> str:
+    try:
+        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    except Exception:  # noqa: BLE001 - older runtimes do not report it; the request is then the answer
+        return asked
+    return OV_PRECISIONS.get(hint.lower(), asked)
+
+
+def _compile_config(precision: str) -> dict[str, str]:
+    import torch
+
+    # The same thread count as torch, so OMP_NUM_THREADS and per-worker tuning apply to both.
+    return {
+        "INFERENCE_PRECISION_HINT": OV_HINTS[precision],
+        "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
+    }
+
+
+def _convert(ov: Any, model: torch.nn.Module, sample: tuple[MelBatch, FaceBatch]) -> Any:
+    import torch
+
+    log.info("converting the generator for openvino (once per checkpoint and openvino version)")
+    mels, faces = (torch.from_numpy(part) for part in sample)
+    with torch.inference_mode(False), torch.no_grad():
+        return ov.convert_model(model, example_input=(mels, faces))
+
+
+def _openvino_version() -> str:
+    return importlib.metadata.version("openvino")
+
+
+class OpenVinoForward:
+    """A compiled model as an ArrayForward; one request at a time (an infer request is not shared)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, mels: MelBatch, faces: FaceBatch) -> NDArray[np.float32]:
+        with self._lock:
+            self._request.infer([np.ascontiguousarray(mels), np.ascontiguousarray(faces)])
+            # The output tensor's memory is reused by the next request: copy it out.
+            return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+
+# -- the cache of converted models ------------------------------------------------------------------
+class ConvertedModelCache:
+    """One converted model per (checkpoint contents, backend version, stored precision).
+
+    An entry is a folder written under a temporary name and renamed into place, so a reader sees
+    a whole entry or none; its manifest records the file sizes, so a truncated file is noticed.
+    """
+
+    def __init__(self, checkpoint: Path, cache_dirs: tuple[Path, ...], version: str) -> None:
+        self.checkpoint = checkpoint
+        self.cache_dirs = cache_dirs
+        self.version = version
+        self.entry_name = _entry_name(checkpoint, sha256_of(checkpoint), version)
+
+    @property
+    def entry(self) -> Path | None:
+        """The existing entry (first cache folder holding one), else None."""
+        for folder in self.cache_dirs:
+            candidate = folder / self.entry_name
+            if candidate.is_dir():
+                return candidate
+        return None
+
+    def load(self, core: Any) -> Any | None:
+        entry = self.entry
+        if entry is None:
+            return None
+        try:
+            _check_manifest(entry)
+            return core.read_model(str(entry / MODEL_FILE))
+        except Exception as exc:  # noqa: BLE001 - any unreadable entry is rebuilt, never fatal
+            log.warning("cached openvino model %s is unreadable (%s); converting again", entry, _short(exc))
+            self.discard()
+            return None
+
+    def discard(self) -> None:
+        entry = self.entry
+        if entry is not None:
+            shutil.rmtree(entry, ignore_errors=True)
+
+    def store(self, ov: Any, ov_model: Any) -> Path | None:
+        """Write the entry atomically into the first writable cache folder; None when none is."""
+        for folder in self.cache_dirs:
+            try:
+                return self._store_in(ov, ov_model, folder)
+            except Exception as exc:  # noqa: BLE001 - a failed write costs the cache, not the model
+                log.info("cannot cache the converted model in %s (%s)", folder, _short(exc))
+        log.warning("no writable cache folder for the converted model; it is converted at every start")
+        return None
+
+    def _store_in(self, ov: Any, ov_model: Any, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        scratch = folder / f".{self.entry_name}.{uuid.uuid4().hex}.tmp"
+        scratch.mkdir()
+        try:
+            ov.save_model(ov_model, str(scratch / MODEL_FILE), compress_to_fp16=False)
+            _write_manifest(scratch, self.version)
+            final = folder / self.entry_name
+            try:
+                os.rename(scratch, final)
+            except OSError:
+                if not final.is_dir():  # another process did not just write the same entry
+                    raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._prune_stale(folder)
+        log.info("cached the converted model in %s", final)
+        return final
+
+    def _prune_stale(self, folder: Path) -> None:
+        """Entries of the same weights file for older contents or versions: 140+ MB each."""
+        for other in folder.glob(f"{self.checkpoint.stem}-*"):
+            if other.name != self.entry_name and other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+
+
+def _entry_name(checkpoint: Path, digest: str, version: str) -> str:
+    return f"{checkpoint.stem}-{digest[:HASH_CHARS]}-openvino{KEY_TEXT.sub('_', version)}-{STORED_PRECISION}"
+
+
+def _write_manifest(entry: Path, version: str) -> None:
+    sizes = {path.name: path.stat().st_size for path in entry.iterdir()}
+    manifest = {"backend": OPENVINO, "version": version, "precision": STORED_PRECISION, "sizes": sizes}
+    (entry / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
+
+
+def _check_manifest(entry: Path) -> None:
+    manifest = json.loads((entry / MANIFEST_FILE).read_text(encoding="utf-8"))
+    for name, size in manifest["sizes"].items():
+        actual = (entry / name).stat().st_size
+        if actual != size:
+            raise ValueError(f"{name} is {actual} bytes, expected {size}")
+
+
+def _short(exc: BaseException) -> str:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return (first or type(exc).__name__)[:200]

@@ -1,0 +1,88 @@
+"""The converted-model cache next to the weights: planted or damaged entries, links out of the folder.
+
+Whoever can write the models folder can replace the weights too, so the cache trusts the folder;
+what it must not do is delete outside it, or serve an entry it cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from heygem.engine.model.backends import MANIFEST_FILE, MODEL_FILE, ConvertedModelCache
+
+VERSION = "2026.4.1"
+
+
+class RefusingCore:
+    """Stands in for openvino.Core: records what it was asked to read, reads nothing."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    def read_model(self, path: str) -> object:
+        self.read.append(path)
+        raise RuntimeError("not an IR file")
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "models" / "wav2lip_gan.pth"
+    path.parent.mkdir()
+    path.write_bytes(b"weights")
+    return path
+
+
+@pytest.fixture
+def cache_dir(checkpoint):
+    return checkpoint.parent / "backend-cache"
+
+
+def _planted_entry(cache: ConvertedModelCache, cache_dir, sizes: dict[str, int]):
+    entry = cache_dir / cache.entry_name
+    entry.mkdir(parents=True)
+    (entry / MODEL_FILE).write_text("<net/>")
+    (entry / MANIFEST_FILE).write_text(json.dumps({"sizes": sizes}))
+    return entry
+
+
+def test_pruning_stale_entries_never_follows_a_link_out_of_the_cache(checkpoint, cache_dir, tmp_path):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the cache's")
+    cache_dir.mkdir()
+    (cache_dir / "wav2lip_gan-link").symlink_to(outside, target_is_directory=True)
+    (cache_dir / "wav2lip_gan-0000-openvino1.0-fp32").mkdir()  # a real stale entry
+
+    ConvertedModelCache(checkpoint, (cache_dir,), VERSION)._prune_stale(cache_dir)
+
+    assert (outside / "keep.txt").read_text() == "not the cache's"
+    assert not (cache_dir / "wav2lip_gan-0000-openvino1.0-fp32").exists()
+
+
+def test_an_entry_whose_files_do_not_match_its_manifest_is_never_read(checkpoint, cache_dir, caplog):
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION)
+    entry = _planted_entry(cache, cache_dir, {MODEL_FILE: 10_000, "model.bin": 10_000})
+    core = RefusingCore()
+    with caplog.at_level(logging.WARNING, logger="heygem.engine.model.backends"):
+        assert cache.load(core) is None
+    assert core.read == []  # the size check stops it before the runtime parses anything
+    assert not entry.exists()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "unreadable" in message and "converting again" in message and "\n" not in message
+
+
+def test_an_entry_the_runtime_cannot_parse_is_discarded_not_fatal(checkpoint, cache_dir):
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION)
+    entry = _planted_entry(cache, cache_dir, {MODEL_FILE: len("<net/>")})
+    core = RefusingCore()
+    assert cache.load(core) is None
+    assert core.read == [str(entry / MODEL_FILE)] and not entry.exists()
+
+
+def test_a_strange_version_text_still_names_one_folder_inside_the_cache(checkpoint, cache_dir):
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), "../../etc 2026/4")
+    assert (cache_dir / cache.entry_name).parent == cache_dir and "/" not in cache.entry_name
+    assert cache.entry_name.startswith("wav2lip_gan-") and cache.entry_name.endswith("-fp32")
