@@ -34,6 +34,10 @@ URL_MARK = "://"  # any setting value holding this is treated as a URL and maske
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "wav2lip", "preview")
+VIDEO_ENCODERS = ("auto", "libx264", "h264_nvenc")
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
 # auto = a supervised engine process for the built-in engine, in-process for an engine factory a
 # caller passes (test fakes that share state with the test through threads, embedding).
 WORKER_ISOLATIONS = ("auto", "process", "thread")
@@ -65,6 +69,9 @@ class Settings:
     batch_size: int = 32  # faces per generator forward pass (halved on CUDA out-of-memory)
     detect_batch_size: int = 8  # frames per face-detector pass
     detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection
+    detect_every: int = 1  # run the face detector on every Nth frame; tracking fills the rest
+    video_encoder: str = "auto"  # auto = h264_nvenc on CUDA when ffmpeg can open it, else libx264
+    x264_preset: str = "veryfast"  # libx264 speed preset, ultrafast .. veryslow (medium: 2x the CPU)
     warmup: bool = True  # run one inference on a built-in sample at start-up before reporting ready
     preview_watermark: bool = False  # stamp "preview" on videos made by the preview engine
 
@@ -259,9 +266,13 @@ class Settings:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("log_level", self.log_level.upper(), LOG_LEVELS)
         _check_choice("worker_isolation", self.worker_isolation, WORKER_ISOLATIONS)
+        _check_choice("video_encoder", self.video_encoder, VIDEO_ENCODERS)
+        _check_choice("x264_preset", self.x264_preset, X264_PRESETS)
         if self.max_pixels < 1 or self.worker_memory_mb < 0:
             raise ValueError("max_pixels must be at least 1 and worker_memory_mb not negative")
-        for name in ("batch_size", "detect_batch_size", "detect_max_side", "queue_size", "workers"):
+        for name in (
+            "batch_size", "detect_batch_size", "detect_max_side", "detect_every", "queue_size", "workers",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535 or not 0 <= self.compat_port <= 65535:

@@ -45,7 +45,7 @@ from heygem.engine.faces.track import (
     track_faces,
 )
 from heygem.engine.media.decode import read_frames
-from heygem.engine.media.encode import FrameWriter
+from heygem.engine.media.encode import FrameWriter, choose_encoder
 from heygem.engine.media.guard import MediaLimits
 from heygem.engine.media.probe import MediaInfo, probe
 from heygem.engine.media.schedule import scheduled_frames
@@ -80,6 +80,7 @@ class _Loaded:
     checkpoint: Path
     engine: str  # the engine "auto" resolves to
     reason: str  # why that engine
+    encoder: str  # the H.264 encoder the output videos use
 
 
 class LipSyncPipeline:
@@ -107,7 +108,8 @@ class LipSyncPipeline:
             detector = create_detector(self.settings, str(placement.device))
             checkpoint = resolve_checkpoint(self.settings)
             engine, reason = choose_engine(self.settings.engine, checkpoint)
-            loaded = _Loaded(placement, detector, checkpoint, engine, reason)
+            encoder = choose_encoder(self.settings.video_encoder, str(placement.device))
+            loaded = _Loaded(placement, detector, checkpoint, engine, reason, encoder)
             if engine == WAV2LIP:
                 self._load_generator(loaded)
             self._loaded = loaded
@@ -257,7 +259,7 @@ class LipSyncPipeline:
             job.face, info, n_out, job.options.duration_policy, scratch,
             fps=None if info.is_image else info.fps_text, n_src=len(track) if track.fixed is None else None,
         )  # fmt: skip
-        writer = FrameWriter(job.output, info.width, info.height, fps, job.audio, label=job.options.watermark)
+        writer = self._frame_writer(job, info, fps)
         done = missing = 0
         with writer, job.timed("synthesize"):
             for batch in _batched(source, batch_size):
@@ -275,6 +277,12 @@ class LipSyncPipeline:
             job.report(n_out, n_out, "encode")
         job.report(n_out, n_out, "done")
         return missing
+
+    def _frame_writer(self, job: _Job, info: MediaInfo, fps: float) -> FrameWriter:
+        return FrameWriter(
+            job.output, info.width, info.height, fps, job.audio, label=job.options.watermark,
+            preset=self.settings.x264_preset, encoder=self._ready().encoder,
+        )  # fmt: skip
 
 
 def cached_face(settings: Settings, cache: TrackCache, info: MediaInfo) -> CachedVideo:
