@@ -69,7 +69,7 @@ class Settings:
     batch_size: int = 32  # faces per generator forward pass (halved on CUDA out-of-memory)
     detect_batch_size: int = 8  # frames per face-detector pass
     detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection
-    detect_every: int = 1  # run the face detector on every Nth frame; tracking fills the rest
+    detect_every: int = 5  # face detector on every Nth frame (cuts, lost faces: every frame); 1 = all
     video_encoder: str = "auto"  # auto = h264_nvenc on CUDA when ffmpeg can open it, else libx264
     x264_preset: str = "veryfast"  # libx264 speed preset, ultrafast .. veryslow (medium: 2x the CPU)
     warmup: bool = True  # run one inference on a built-in sample at start-up before reporting ready
