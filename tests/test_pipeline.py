@@ -352,7 +352,8 @@ def test_prefetched_keeps_order_and_runs_at_most_one_item_ahead():
     source = CountedSource(20)
     ahead = []
     for item in prefetched(source):
-        wait_until(lambda: source.produced >= min(item + 2, 20), message="the producer to run ahead")
+        wanted = min(item + 2, 20)
+        wait_until(lambda wanted=wanted: source.produced >= wanted, message="the producer to run ahead")
         ahead.append(source.produced - item - 1)  # items produced but not yet consumed
     assert ahead[:-1] and max(ahead) == 1 and source.closed
 
