@@ -744,6 +744,8 @@ def reference_rows(
         ref_line,
     ]
     for label, runs in cli.items():
+        if not runs:
+            continue  # not measured yet (--render-only on an interrupted run)
         r = summary(runs)
         speedup = ref["command_s"] / r["command_s"]
         cpu_speedup = ref["command_cpu_s"] / r["command_cpu_s"]
@@ -859,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reference-python", default=sys.executable, help="the Python that runs the reference"
     )
     parser.add_argument("--backend", help="heygem's generator backend, when this checkout has the setting")
+    parser.add_argument("--render-only", action="store_true", help="only render <work-dir>/results.json")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -873,6 +876,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(work: Path, args: argparse.Namespace) -> int:
+    """Measure in order of importance; each result is kept in <work>/results.json as it arrives, so
+    an interrupted run resumes where it stopped (same --work-dir) and --render-only prints what
+    is there."""
     info = machine() | {"batch_size": args.batch_size, "backend": args.backend or "default"}
     long_s, short_s = (4.0, 2.0) if args.quick else (60.0, 10.0)
     ref_s = min(REFERENCE_SPEECH_S, short_s)
@@ -881,8 +887,13 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
     if args.backend:
         base["backend"] = args.backend
     hd_box, ref_box = {"box": inputs["hd_box"]}, {"box": inputs["ref_box"]}
-    step("stages")
-    stages = run_child("stages", base | {"input": inputs["hd_short"], "box": inputs["hd_box"]})
+    results = Results(work / "results.json", measure=not args.render_only)
+    results.info = results.get("info", lambda: info)
+    stages = results.get("stages", lambda: run_child("stages", base | {"input": inputs["hd_short"]} | hd_box))
+    ref_spec = base | {"input": inputs["ref_short"]} | ref_box
+    cli, reference = compare_with_reference(ref_spec, args, ref_s, results)
+    long_spec = base | {"input": inputs["ref_long"], "flags": []} | ref_box
+    cli_long = results.get(f"cli {long_s:g} s", lambda: run_child("cli", long_spec))
     plan = {
         f"720p, {short_s:g} s, detection": {"input": inputs["hd_short"]},
         f"720p, {short_s:g} s, fixed box": {"input": inputs["hd_short"]} | hd_box,
@@ -891,19 +902,19 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
     }
     runs = {}
     for label, spec in plan.items():
-        step(label)
-        runs[label] = run_child("run", base | spec)
-    cli, reference = compare_with_reference(base | {"input": inputs["ref_short"]} | ref_box, args, ref_s)
-    step(f"cli {long_s:g} s")
-    cli_long = run_child("cli", base | {"input": inputs["ref_long"], "flags": []} | ref_box)
-    info["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    flat = {
-        "`python -m heygem generate` (defaults)": (summary(cli[DEFAULTS]), cli_long),
-        "library call (`LipSyncPipeline.run`)": (
-            runs[f"480x480, {ref_s:g} s, fixed box"],
-            runs[f"480x480, {long_s:g} s, fixed box"],
-        ),
-    }
+        run = results.get(label, lambda spec=spec: run_child("run", base | spec))
+        if run is not None:
+            runs[label] = run
+    info = results.info | {"load_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+    flat = {}
+    if cli[DEFAULTS] and cli_long is not None:
+        flat["`python -m heygem generate` (defaults)"] = (summary(cli[DEFAULTS]), cli_long)
+    short_run, long_run = (
+        runs.get(f"480x480, {ref_s:g} s, fixed box"),
+        runs.get(f"480x480, {long_s:g} s, fixed box"),
+    )
+    if short_run and long_run:
+        flat["library call (`LipSyncPipeline.run`)"] = (short_run, long_run)
     text = render(info, stages, runs, cli, reference, flat, (ref_s, long_s))
     print(text)
     if str(args.output) != "-":
@@ -911,25 +922,48 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+class Results:
+    """Measurements by step name in a JSON file, written after each one (resume, render-only)."""
+
+    def __init__(self, path: Path, measure: bool) -> None:
+        self.path, self.measure = path, measure
+        self.saved: dict[str, object] = json.loads(path.read_text()) if path.exists() else {}
+        self.info: dict = {}
+
+    def get(self, name: str, measure: Callable[[], object]):
+        if name in self.saved or not self.measure:
+            return self.saved.get(name)
+        step(name)
+        self.saved[name] = measure()
+        self.path.write_text(json.dumps(self.saved, indent=1))
+        return self.saved[name]
+
+
 def compare_with_reference(
-    spec: dict, args: argparse.Namespace, ref_s: float
+    spec: dict, args: argparse.Namespace, ref_s: float, results: Results
 ) -> tuple[dict[str, list[dict]], list[dict]]:
     """heygem's CLI variants, with the defaults alternating with the reference when it is given."""
     cli: dict[str, list[dict]] = {label: [] for label in CLI_VARIANTS}
     reference: list[dict] = []
     rounds = REFERENCE_ROUNDS if args.reference else 1
-    for round_no in range(rounds):
+    for round_no in range(1, rounds + 1):
         if args.reference:
-            step(f"reference {ref_s:g} s, round {round_no + 1}")
             ref_spec = spec | {"reference": str(args.reference.resolve()), "python": args.reference_python}
             ref_spec.pop("env", None)  # the reference runs as its users run it
-            reference.append(run_child("reference", ref_spec))
-        step(f"cli {ref_s:g} s {DEFAULTS}, round {round_no + 1}")
-        cli[DEFAULTS].append(run_child("cli", spec | {"flags": []}))
+            ref = results.get(
+                f"reference {ref_s:g} s, round {round_no}", lambda s=ref_spec: run_child("reference", s)
+            )
+            reference += [ref] if ref else []
+        own = results.get(
+            f"cli {ref_s:g} s {DEFAULTS}, round {round_no}", lambda: run_child("cli", spec | {"flags": []})
+        )
+        cli[DEFAULTS] += [own] if own else []
     for label, flags in CLI_VARIANTS.items():
         if label != DEFAULTS:
-            step(f"cli {ref_s:g} s {label}")
-            cli[label].append(run_child("cli", spec | {"flags": flags}))
+            run = results.get(
+                f"cli {ref_s:g} s {label}", lambda f=flags: run_child("cli", spec | {"flags": f})
+            )
+            cli[label] += [run] if run else []
     return cli, reference
 
 
