@@ -36,6 +36,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "openvino")
 BACKEND_CACHE_FOLDER = "backend-cache"
 ENGINES = ("auto", "wav2lip", "preview")
+VIDEO_ENCODERS = ("auto", "libx264", "h264_nvenc")
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
 # auto = a supervised engine process for the built-in engine, in-process for an engine factory a
 # caller passes (test fakes that share state with the test through threads, embedding).
 WORKER_ISOLATIONS = ("auto", "process", "thread")
@@ -73,6 +77,9 @@ class Settings:
     batch_size: int = 0  # faces per generator pass; 0 = auto: 32 on CPU, 64 on CUDA
     detect_batch_size: int = 8  # frames per face-detector pass
     detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection
+    detect_every: int = 5  # face detector on every Nth frame (cuts, lost faces: every frame); 1 = all
+    video_encoder: str = "auto"  # auto = h264_nvenc on CUDA when ffmpeg can open it, else libx264
+    x264_preset: str = "veryfast"  # libx264 speed preset, ultrafast .. veryslow (medium: 2x the CPU)
     warmup: bool = True  # run one inference on a built-in sample at start-up before reporting ready
     preview_watermark: bool = False  # stamp "preview" on videos made by the preview engine
 
@@ -281,11 +288,13 @@ class Settings:
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("log_level", self.log_level.upper(), LOG_LEVELS)
         _check_choice("worker_isolation", self.worker_isolation, WORKER_ISOLATIONS)
+        _check_choice("video_encoder", self.video_encoder, VIDEO_ENCODERS)
+        _check_choice("x264_preset", self.x264_preset, X264_PRESETS)
         if self.max_pixels < 1 or self.worker_memory_mb < 0:
             raise ValueError("max_pixels must be at least 1 and worker_memory_mb not negative")
         if self.batch_size < 0:
             raise ValueError(f"batch_size must be 0 (auto) or more, got {self.batch_size}")
-        for name in ("detect_batch_size", "detect_max_side", "queue_size", "workers"):
+        for name in ("detect_batch_size", "detect_max_side", "detect_every", "queue_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535 or not 0 <= self.compat_port <= 65535:

@@ -130,6 +130,23 @@ def test_flags_win_over_environment_bf16_wav2lip(
     assert int(kinds["video"]["nb_frames"]) == 10
 
 
+def test_generate_on_the_neural_engine_never_imports_librosa(
+    short_speech, face_video, folders, checkpoint_file, tmp_path
+):
+    """The mel is numpy: librosa (seconds and 100+ MiB to import) stays off the generate path."""
+    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    output = tmp_path / "nolibrosa.mp4"
+    proc = heygem(
+        "generate", "--audio", short_speech, "--video", face_video, "--output", output,
+        *folder_flags(folders), "--engine", "wav2lip", env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "heygem.engine.audio" in imported and "heygem.engine.model.inference" in imported
+    assert not {name for name in imported if name.split(".")[0] == "librosa"}
+    assert media.stream_types(output) == ["video", "audio"]
+
+
 def test_requested_wav2lip_without_weights_names_path_and_command(
     short_speech, face_video, folders, tmp_path
 ):

@@ -157,7 +157,8 @@ def test_s3fd_weight_errors_name_the_file(tmp_path):
 def test_create_detector_prefers_s3fd_weights_and_falls_back_to_haar(settings, random_s3fd, caplog):
     caplog.set_level("INFO", logger="heygem.engine.faces.detect")
     fallback = detect.create_detector(settings)
-    assert fallback.name == "haar" and fallback.max_side == settings.detect_max_side
+    assert fallback.name == "haar" and fallback.max_side == detect.HAAR_MAX_SIDE < settings.detect_max_side
+    assert detect.create_detector(settings.replace(detect_max_side=200)).max_side == 200
     assert "no S3FD weights" in caplog.text
 
     (settings.models_dir / "s3fd.pth").write_bytes(random_s3fd.read_bytes())
@@ -165,6 +166,7 @@ def test_create_detector_prefers_s3fd_weights_and_falls_back_to_haar(settings, r
     assert chosen.name == "s3fd" and "max_side=320" in chosen.cache_tag
     explicit = detect.create_detector(settings.replace(detector_weights=random_s3fd), device="cpu")
     assert isinstance(explicit.inner, S3FDDetector) and explicit.inner.weights_path == random_s3fd
+    assert explicit.max_side == settings.detect_max_side  # S3FD keeps the 640 px it was built for
 
 
 # --- choosing, padding, filling, smoothing -------------------------------------------------------
@@ -264,6 +266,76 @@ def test_fixed_box_is_used_as_given_and_clamped():
     tracked = track.track_faces(never(), counting, (256, 256), TrackOptions(box=(31, 84, 88, 140)))
     assert counting.frames_seen == 0
     assert tracked.fixed == (88, 31, 140, 84)
+
+
+# --- detection on every Nth frame ----------------------------------------------------------------
+
+
+class ScriptedDetector:
+    """Faces by frame number: frame i is flat grey i (see `numbered_frames`), `script(i)` its faces."""
+
+    name = "scripted"
+    cache_tag = "scripted"
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.seen: list[int] = []
+
+    def detect(self, frames):
+        numbers = [int(frame[0, 0, 0]) for frame in frames]
+        self.seen += numbers
+        return [[Detection(*box, 0.9) for box in self.script(i)] for i in numbers]
+
+
+def numbered_frames(count: int, cut_at: int | None = None):
+    """Flat 64x64 frames whose pixel (0, 0) is their index; after `cut_at` the rest turns white."""
+    for i in range(count):
+        frame = np.full((64, 64, 3), 255 if cut_at is not None and i >= cut_at else 40, np.uint8)
+        frame[0, 0] = i
+        yield frame
+
+
+def sliding_face(i: int) -> list[tuple[float, float, float, float]]:
+    return [(10.0 + i, 12.0, 40.0 + i, 44.0)]  # one face moving one pixel right per frame
+
+
+def test_sparse_detection_looks_at_every_nth_frame_and_the_last_and_fills_the_rest():
+    detector = ScriptedDetector(sliding_face)
+    sparse = track.detect_faces(numbered_frames(23), detector, (64, 64), batch_size=2, every=5)
+    dense = track.detect_faces(numbered_frames(23), ScriptedDetector(sliding_face), (64, 64), batch_size=2)
+    assert detector.seen == [0, 5, 10, 15, 20, 22]
+    assert sparse.faces == dense.faces  # linear motion is filled in exactly
+
+
+def test_a_lost_face_makes_the_detector_look_at_every_frame_around_it():
+    present = ScriptedDetector(lambda i: sliding_face(i) if i < 7 or i >= 17 else [])
+    raw = track.detect_faces(numbered_frames(25), present, (64, 64), batch_size=8, every=5)
+    assert sorted(present.seen) == [0, 5, 6, 7, 8, 9, 10, 15, 16, 17, 18, 19, 20, 24]
+    assert [bool(f) for f in raw.faces] == [i < 7 or i >= 17 for i in range(25)]
+
+
+def test_a_face_that_jumps_or_a_scene_cut_makes_it_look_at_every_frame():
+    jumping = ScriptedDetector(lambda i: [(2.0, 2.0, 20.0, 20.0)] if i < 8 else [(40.0, 40.0, 60.0, 60.0)])
+    raw = track.detect_faces(numbered_frames(11), jumping, (64, 64), every=5)
+    assert sorted(jumping.seen) == [0, 5, 6, 7, 8, 9, 10]  # only between the key frames around the jump
+    assert raw.faces[7][0][:4] == (2, 2, 20, 20) and raw.faces[8][0][:4] == (40, 40, 60, 60)
+
+    still = ScriptedDetector(lambda i: [(10.0, 10.0, 40.0, 40.0)])
+    track.detect_faces(numbered_frames(11, cut_at=3), still, (64, 64), every=5)
+    assert sorted(still.seen) == [0, 1, 2, 3, 4, 5, 10]  # the cut is between 0 and 5 only
+
+
+def test_sparse_boxes_on_the_fixture_video_stay_within_two_pixels_of_every_frame(face_video, haar):
+    info = probe(face_video)
+    options = TrackOptions(batch_size=8)
+    every_frame = track.build_track(track.detect_faces(read_frames(face_video, info), haar, info.size))
+    counting = CountingDetector(haar)
+    for every in (3, 5):
+        raw = track.detect_faces(read_frames(face_video, info), counting, info.size, every=every)
+        sparse = track.build_track(raw, options)
+        gap = np.abs(np.array(sparse.boxes) - np.array(every_frame.boxes))
+        assert gap.max() <= 2, (every, gap.max())
+    assert counting.frames_seen < 50 // 3 + 50 // 5 + 10  # about one frame in N, plus the last ones
 
 
 # --- cache ---------------------------------------------------------------------------------------

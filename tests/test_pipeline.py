@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,11 +18,12 @@ import pytest
 
 from heygem.engine.api import SyncOptions
 from heygem.engine.media.schedule import pingpong_index
-from heygem.engine.pipeline import LipSyncPipeline
+from heygem.engine.pipeline import LipSyncPipeline, prefetched
 from heygem.errors import NoFaceError
 from heygem.settings import Settings
 from tests import e2e_media as em
 from tests import media
+from tests.kit import wait_until
 
 pytestmark = pytest.mark.slow  # the real engine end to end, on random weights
 
@@ -300,15 +302,75 @@ def test_second_run_and_new_pads_reuse_cached_face_boxes(
 
     engine.run(audio, face_video, tmp_path / "first.mp4")
     (detector,) = counters
-    assert detector.frames == 2 * FPS
+    key_frames = len(range(0, 2 * FPS, settings.detect_every)) + 1  # every Nth frame and the last
+    assert settings.detect_every > 1 and detector.frames == key_frames
     caplog.set_level(logging.INFO, logger="heygem.engine.faces.track")
     engine.run(audio, face_video, tmp_path / "second.mp4")
     engine.run(audio, face_video, tmp_path / "pads.mp4", SyncOptions(pads=(5, 20, 5, 5), smooth=False))
     renamed = shutil.copy(face_video, tmp_path / "same-content.mp4")
     engine.run(audio, renamed, tmp_path / "renamed.mp4")
-    assert detector.frames == 2 * FPS, "a cached video was detected again"
+    assert detector.frames == key_frames, "a cached video was detected again"
     assert caplog.text.count("face boxes from cache") == 3
 
     # A new pipeline (a restarted server) finds the boxes on disk.
     LipSyncPipeline(settings).run(audio, face_video, tmp_path / "restarted.mp4")
     assert counters[-1].frames == 0
+
+
+# --- prefetching ---------------------------------------------------------------------------------
+
+
+class CountedSource:
+    """An iterator that counts what it has produced and whether it was closed."""
+
+    def __init__(self, count: int, fail_at: int | None = None) -> None:
+        self.produced = 0
+        self.closed = False
+        self._items = self._generate(count, fail_at)
+
+    def _generate(self, count: int, fail_at: int | None):
+        try:
+            for i in range(count):
+                if i == fail_at:
+                    raise NoFaceError(f"item {i} is bad")
+                self.produced += 1
+                yield i
+        finally:
+            self.closed = True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._items)
+
+    def close(self) -> None:
+        self._items.close()
+
+
+def test_prefetched_keeps_order_and_runs_at_most_one_item_ahead():
+    source = CountedSource(20)
+    ahead = []
+    for item in prefetched(source):
+        wanted = min(item + 2, 20)
+        wait_until(lambda wanted=wanted: source.produced >= wanted, message="the producer to run ahead")
+        ahead.append(source.produced - item - 1)  # items produced but not yet consumed
+    assert ahead[:-1] and max(ahead) == 1 and source.closed
+
+
+def test_prefetched_raises_the_producers_error_in_the_consumer():
+    source = CountedSource(10, fail_at=4)
+    got = []
+    with pytest.raises(NoFaceError, match="item 4 is bad"):
+        for item in prefetched(source):
+            got.append(item)
+    assert got == [0, 1, 2, 3] and source.closed
+
+
+def test_a_consumer_that_stops_early_stops_and_closes_the_producer():
+    source = CountedSource(1000)
+    for item in prefetched(source):
+        if item == 3:
+            break
+    assert source.closed and source.produced <= 6
+    assert not [t for t in threading.enumerate() if t.name == "heygem-prefetch"]

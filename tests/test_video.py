@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from heygem.engine.media import decode, encode, probe, schedule
 from heygem.errors import MediaProcessError, UnsupportedMediaError
+from heygem.settings import Settings
 from tests import media
 
 GRAY_STEP = 20  # frame i of an "indexed" video is flat gray 20*i: survives H.264 within a few levels
@@ -288,6 +290,106 @@ def test_writer_rejects_frames_of_the_wrong_size(tmp_path):
         with encode.FrameWriter(tmp_path / "x.mp4", 64, 48, 25) as writer:
             writer.write(np.zeros((48, 65, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- choosing the encoder ------------------------------------------------------------------------
+
+FAILING_ENCODER = "h264_heygem_fails"  # listed by the fake `ffmpeg -encoders`, unknown to real ffmpeg
+
+
+@pytest.fixture
+def fresh_encoder_probes():
+    """The per-process probe caches, emptied around a test (held here: tests patch the names)."""
+    caches = (encode.ffmpeg_encoders, encode.encoder_problem)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+def _x264_options(path: Path) -> str:
+    """The options x264 writes into the stream as plain text (its SEI): they reveal the preset."""
+    data = path.read_bytes()
+    start = data.index(b"x264 - core")
+    return data[start : data.index(b"\x00", start)].decode("ascii", "replace")
+
+
+def test_the_real_ffmpeg_lists_libx264():
+    assert encode.LIBX264 in encode.ffmpeg_encoders()
+    assert encode.encoder_problem(encode.LIBX264) == ""
+
+
+def test_auto_is_libx264_on_cpu_and_nvenc_on_cuda_when_it_opens(monkeypatch, fresh_encoder_probes):
+    monkeypatch.setattr(encode, "ffmpeg_encoders", lambda: frozenset({encode.LIBX264, encode.NVENC}))
+    monkeypatch.setattr(encode, "encoder_problem", lambda name: "")
+    assert encode.choose_encoder("auto", "cpu") == encode.LIBX264
+    assert encode.choose_encoder("auto", "cuda:1") == encode.NVENC
+    assert encode.choose_encoder("libx264", "cuda") == encode.LIBX264
+    monkeypatch.setattr(encode, "ffmpeg_encoders", lambda: frozenset({encode.LIBX264}))
+    assert encode.choose_encoder("auto", "cuda") == encode.LIBX264  # this ffmpeg has no NVENC
+
+
+def test_an_encoder_that_fails_to_open_falls_back_to_libx264(monkeypatch, caplog, fresh_encoder_probes):
+    """auto on a GPU host picks NVENC; here "NVENC" is a name real ffmpeg cannot open."""
+    monkeypatch.setattr(encode, "ffmpeg_encoders", lambda: frozenset({encode.LIBX264, FAILING_ENCODER}))
+    monkeypatch.setattr(encode, "NVENC", FAILING_ENCODER)
+    with caplog.at_level("WARNING", logger="heygem.engine.media.encode"):
+        assert encode.choose_encoder("auto", "cuda:0") == encode.LIBX264
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and FAILING_ENCODER in warnings[0] and "libx264" in warnings[0]
+    assert "\n" not in warnings[0] and "Unknown encoder" in warnings[0]
+
+
+def test_an_encoder_this_ffmpeg_lacks_falls_back_without_trying_it(caplog, fresh_encoder_probes):
+    with caplog.at_level("WARNING", logger="heygem.engine.media.encode"):
+        assert encode.choose_encoder("h264_not_built_in", "cuda") == encode.LIBX264
+    assert "does not have it" in caplog.text
+
+
+def test_nvenc_gets_constant_quality_arguments():
+    args = encode.video_codec_args(encode.NVENC, "veryfast", 20)
+    assert args[:2] == ["-c:v", "h264_nvenc"] and "-cq" in args and "veryfast" not in args
+    assert encode.video_codec_args(encode.LIBX264, "slow", 18) == [
+        "-c:v", "libx264", "-preset", "slow", "-crf", "18",
+    ]  # fmt: skip
+
+
+def test_writer_uses_veryfast_by_default_and_the_preset_it_is_given(tmp_path):
+    fast, medium = tmp_path / "fast.mp4", tmp_path / "medium.mp4"
+    for output, kwargs in ((fast, {}), (medium, {"preset": "medium"})):
+        with encode.FrameWriter(output, 64, 48, 25, **kwargs) as writer:
+            for frame in media.moving_frames(5, side=64):
+                writer.write(np.ascontiguousarray(frame[:48]))
+    assert "subme=2" in _x264_options(fast)  # veryfast's sub-pixel refinement level
+    assert "subme=7" in _x264_options(medium)
+
+
+def test_encoding_and_detection_settings_come_from_environment_and_flags():
+    env = {"HEYGEM_X264_PRESET": "faster", "HEYGEM_VIDEO_ENCODER": "h264_nvenc", "HEYGEM_DETECT_EVERY": "3"}
+    settings = Settings.load(env, ["--x264-preset", "medium", "--detect-every", "4"])
+    assert (settings.x264_preset, settings.video_encoder, settings.detect_every) == (
+        "medium",
+        "h264_nvenc",
+        4,
+    )
+    assert (Settings().x264_preset, Settings().video_encoder, Settings().detect_every)[:2] == (
+        "veryfast",
+        "auto",
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"x264_preset": "ludicrous"}, "x264_preset must be one of ultrafast"),
+        ({"video_encoder": "h264_vaapi"}, "video_encoder must be one of auto, libx264, h264_nvenc"),
+        ({"detect_every": 0}, "detect_every must be at least 1"),
+    ],
+)
+def test_bad_encoding_and_detection_settings_are_one_line(changes, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Settings().replace(**changes)
 
 
 # --- schedules -----------------------------------------------------------------------------------

@@ -217,21 +217,43 @@ def hann_window() -> Float64s:
 
 @lru_cache(maxsize=1)
 def mel_basis() -> Float64s:
-    """Slaney-scale, Slaney-normalised filterbank, (N_MELS, N_FFT // 2 + 1). Built once."""
-    import librosa  # slow to import; only needed once per process
+    """Slaney-scale, Slaney-normalised filterbank, (N_MELS, N_FFT // 2 + 1). Built once.
 
-    basis = librosa.filters.mel(
-        sr=SAMPLE_RATE,
-        n_fft=N_FFT,
-        n_mels=N_MELS,
-        fmin=FMIN,
-        fmax=FMAX,
-        htk=False,
-        norm="slaney",
-        dtype=np.float64,
-    )
+    Written in numpy rather than taken from librosa: importing librosa costs seconds and over
+    100 MiB per process, for a matrix that is a few lines of arithmetic (tests/test_audio.py
+    holds librosa's filterbank as the oracle).
+    """
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(FMIN), _hz_to_mel(FMAX), N_MELS + 2))
+    bins = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    widths = np.diff(edges)
+    # Each filter is a triangle from edges[i] up to edges[i+1] and down to edges[i+2].
+    rising = (bins[None, :] - edges[:-2, None]) / widths[:-1, None]
+    falling = (edges[2:, None] - bins[None, :]) / widths[1:, None]
+    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    # Slaney's area normalisation: every filter integrates to the same value over frequency.
+    basis: Float64s = triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]
     basis.setflags(write=False)
     return basis
+
+
+# Slaney's mel scale: linear below SLANEY_BREAK_HZ, logarithmic above.
+SLANEY_HZ_PER_MEL = 200.0 / 3.0
+SLANEY_BREAK_HZ = 1000.0
+SLANEY_BREAK_MEL = SLANEY_BREAK_HZ / SLANEY_HZ_PER_MEL
+SLANEY_LOG_STEP = math.log(6.4) / 27.0  # 27 mels per factor 6.4 in frequency
+
+
+def _hz_to_mel(hz: float) -> float:
+    if hz < SLANEY_BREAK_HZ:
+        return hz / SLANEY_HZ_PER_MEL
+    return SLANEY_BREAK_MEL + math.log(hz / SLANEY_BREAK_HZ) / SLANEY_LOG_STEP
+
+
+def _mel_to_hz(mels: Float64s) -> Float64s:
+    linear = mels * SLANEY_HZ_PER_MEL
+    logarithmic = SLANEY_BREAK_HZ * np.exp(SLANEY_LOG_STEP * (mels - SLANEY_BREAK_MEL))
+    hz: Float64s = np.where(mels >= SLANEY_BREAK_MEL, logarithmic, linear)
+    return hz
 
 
 # --- per-frame windows ------------------------------------------------------------------------

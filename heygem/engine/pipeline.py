@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import tempfile
 import threading
 import time
@@ -44,7 +45,7 @@ from heygem.engine.faces.track import (
     track_faces,
 )
 from heygem.engine.media.decode import read_frames
-from heygem.engine.media.encode import FrameWriter
+from heygem.engine.media.encode import FrameWriter, choose_encoder
 from heygem.engine.media.guard import MediaLimits
 from heygem.engine.media.probe import MediaInfo, probe
 from heygem.engine.media.schedule import scheduled_frames
@@ -67,6 +68,7 @@ WARMUP_FPS = 25.0
 WARMUP_SAMPLES = SAMPLE_RATE  # one second of silence: enough for a full mel window
 BOX_COLOUR_BGR = (0, 200, 0)
 BOX_LINE_DIVISOR = 200  # box outline thickness = frame width / this, at least 2 px
+PREFETCH_AHEAD = 1  # batches decoded ahead of the one rendering: overlap for one batch of memory
 
 T = TypeVar("T")
 
@@ -80,6 +82,7 @@ class _Loaded:
     checkpoint: Path
     engine: str  # the engine "auto" resolves to
     reason: str  # why that engine
+    encoder: str  # the H.264 encoder the output videos use
 
 
 class LipSyncPipeline:
@@ -110,7 +113,8 @@ class LipSyncPipeline:
             detector = shared_detector(self.settings, str(placement.device))
             checkpoint = resolve_checkpoint(self.settings)
             engine, reason = choose_engine(self.settings.engine, checkpoint)
-            loaded = _Loaded(placement, detector, checkpoint, engine, reason)
+            encoder = choose_encoder(self.settings.video_encoder, str(placement.device))
+            loaded = _Loaded(placement, detector, checkpoint, engine, reason, encoder)
             if engine == WAV2LIP:
                 self._backend(loaded, self.settings.precision)
             self._loaded = loaded
@@ -278,10 +282,11 @@ class LipSyncPipeline:
             job.face, info, n_out, job.options.duration_policy, scratch,
             fps=None if info.is_image else info.fps_text, n_src=len(track) if track.fixed is None else None,
         )  # fmt: skip
-        writer = FrameWriter(job.output, info.width, info.height, fps, job.audio, label=job.options.watermark)
+        writer = self._frame_writer(job, info, fps)
         done = missing = 0
         with writer, job.timed("synthesize"):
-            for batch in _batched(source, batch_size):
+            # The next batch is decoded while this one renders; the encoder has its own thread.
+            for batch in prefetched(_batched(source, batch_size)):
                 indices = range(done, done + len(batch))
                 boxes = [track.box_at(src) for src, _ in batch]
                 missing += boxes.count(None)
@@ -297,12 +302,20 @@ class LipSyncPipeline:
         job.report(n_out, n_out, "done")
         return missing
 
+    def _frame_writer(self, job: _Job, info: MediaInfo, fps: float) -> FrameWriter:
+        return FrameWriter(
+            job.output, info.width, info.height, fps, job.audio, label=job.options.watermark,
+            preset=self.settings.x264_preset, encoder=self._ready().encoder,
+        )  # fmt: skip
+
 
 def cached_face(settings: Settings, cache: TrackCache, info: MediaInfo) -> CachedVideo:
     """The face file's entry in the track cache, with every parameter that changes its frames;
     an avatar prepared through it is a cache hit for every later run on the same file."""
     detect_fps = None if info.is_image else info.fps_text
-    params = {"fps": detect_fps or "still", "max_side": settings.detect_max_side}
+    params: dict[str, object] = {"fps": detect_fps or "still", "max_side": settings.detect_max_side}
+    if settings.detect_every > 1:  # every-frame entries keep their keys (prepared avatars stay hits)
+        params["detect_every"] = settings.detect_every
     return CachedVideo(cache, info.path, params)
 
 
@@ -397,6 +410,61 @@ def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def prefetched(items: Iterator[T], ahead: int = PREFETCH_AHEAD) -> Iterator[T]:
+    """`items`, produced by a thread at most `ahead` items in front of the consumer.
+
+    An item counts as in use until the consumer asks for the next one, so at most `ahead` + 1
+    items are alive at once. The producer's exception is raised in the consumer; a consumer that
+    stops early stops the producer, which closes `items` in its own thread.
+    """
+    handoff: queue.Queue[tuple[str, object]] = queue.Queue()
+    room = threading.Semaphore(ahead)
+    stop = threading.Event()
+    producer = threading.Thread(
+        target=_produce, args=(items, handoff, room, stop), name="heygem-prefetch", daemon=True
+    )
+    producer.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                raise cast(BaseException, value)
+            yield cast(T, value)
+            del value  # the consumer is done with it: room for one more
+            room.release()
+    finally:
+        stop.set()
+        room.release(ahead + 2)  # wake a producer waiting for room, so it sees `stop`
+        producer.join()
+
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+
+
+def _produce(
+    items: Iterator[T],
+    handoff: queue.Queue[tuple[str, object]],
+    room: threading.Semaphore,
+    stop: threading.Event,
+) -> None:
+    try:
+        for item in items:
+            handoff.put((_ITEM, item))
+            del item
+            room.acquire()
+            if stop.is_set():
+                return
+    except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+        handoff.put((_ERROR, exc))
+    finally:
+        handoff.put((_END, None))  # after an error too: a consumer never waits for nothing
+        close = getattr(items, "close", None)
+        if callable(close):
+            close()
 
 
 def _no_progress(done: int, total: int, stage: str) -> None:

@@ -51,6 +51,9 @@ HAAR_MIN_FACE_PX = 24  # the cascade's own training window
 # hits with less than half the support of the frame's strongest one are dropped.
 HAAR_RELATIVE_SUPPORT = 0.5
 HAAR_FULL_SUPPORT = 25  # neighbours that count as score 1.0
+# Haar at 320 px found the face in 100 of 100 720p frames at 37% of the CPU of 640 px
+# (docs/benchmarks.md); faces must then be at least HAAR_MIN_FACE_PX of the shrunk frame.
+HAAR_MAX_SIDE = 320
 
 
 @dataclass(frozen=True)
@@ -397,8 +400,11 @@ def create_detector(settings: Settings, device: str | None = None) -> ScaledDete
         reason = f"no S3FD weights at {weights}"
         if settings.detector_weights is not None:
             log.warning("detector_weights is set but %s does not exist", weights)
-    log.info("face detector: %s (%s); detection at most %d px", inner.name, reason, settings.detect_max_side)
-    return ScaledDetector(inner, settings.detect_max_side)
+    side = settings.detect_max_side
+    if isinstance(inner, HaarDetector):
+        side = min(side, HAAR_MAX_SIDE)
+    log.info("face detector: %s (%s); detection at most %d px", inner.name, reason, side)
+    return ScaledDetector(inner, side)
 
 
 _shared: dict[tuple[object, ...], ScaledDetector] = {}

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, SupportsInt
@@ -56,6 +56,12 @@ MAX_GAP_FRAMES = 5  # gaps up to this long (0.2 s at 25 fps) hold the neighbouri
 PROGRESS_STAGE = "detect"
 CACHE_FORMAT = 1  # bump when the stored layout changes; old entries then simply miss
 SCORE_DIGITS = 4
+# Sparse detection: key-frame faces must overlap this much to count as the same face, and a mean
+# grey change above CUT_GREY_CHANGE (0-255) between consecutive CUT_THUMB_SIDE-px thumbnails is a
+# scene cut. A talking head moves a few grey levels per frame; a cut moves tens.
+SPARSE_MIN_IOU = 0.5
+CUT_THUMB_SIDE = 32
+CUT_GREY_CHANGE = 24.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,6 +84,7 @@ class TrackOptions:
     box: Quad | None = option_default("box")  # fixed box, top bottom left right: no detection
     batch_size: int = DETECT_BATCH  # frames per detector pass
     max_gap: int = MAX_GAP_FRAMES
+    detect_every: int = 1  # detector on every Nth frame, the rest filled in (settings.detect_every)
 
     @classmethod
     def from_job(cls, options: SyncOptions, settings: Settings) -> TrackOptions:
@@ -89,6 +96,7 @@ class TrackOptions:
             face_point=options.face_point,
             box=options.box,
             batch_size=settings.detect_batch_size,
+            detect_every=settings.detect_every,
         )
 
 
@@ -197,14 +205,19 @@ def detect_faces(
     batch_size: int = DETECT_BATCH,
     on_progress: ProgressCallback | None = None,
     total: int = 0,
+    every: int = 1,
 ) -> RawDetections:
     """Stream frames through the detector in batches, keeping only boxes.
 
     `frame_size` is the full (width, height) the boxes are wanted in; frames may be smaller (read
     downscaled for detection) and their boxes are scaled up. `total` is only for progress.
+    `every` > 1 runs the detector on every Nth frame only (see `_SparseDetection`).
     """
     width, height = frame_size
     raw = RawDetections(width=width, height=height)
+    if every > 1:
+        _SparseDetection(detector, raw, every, batch_size, _Progress(on_progress, total)).run(frames)
+        return raw
     batch: list[Frame] = []
     for frame in frames:
         batch.append(frame)
@@ -223,13 +236,148 @@ def _detect_batch(
     on_progress: ProgressCallback | None,
     total: int,
 ) -> None:
-    frame_h, frame_w = batch[0].shape[:2]
-    sx, sy = raw.width / frame_w, raw.height / frame_h
-    for faces in detector.detect(batch):
-        raw.faces.append([_to_raw(d.scaled(sx, sy)) for d in faces])
+    raw.faces.extend(_detect_scaled(batch, detector, raw))
     if on_progress is not None:
         done = len(raw.faces)
         on_progress(done, max(total, done), PROGRESS_STAGE)
+
+
+def _detect_scaled(batch: list[Frame], detector: FaceDetector, raw: RawDetections) -> list[list[RawFace]]:
+    """The detector's faces in each frame, in the full-frame pixels `raw` is kept in."""
+    frame_h, frame_w = batch[0].shape[:2]
+    sx, sy = raw.width / frame_w, raw.height / frame_h
+    return [[_to_raw(d.scaled(sx, sy)) for d in faces] for faces in detector.detect(batch)]
+
+
+@dataclass
+class _Progress:
+    callback: ProgressCallback | None
+    total: int
+
+    def __call__(self, done: int) -> None:
+        if self.callback is not None:
+            self.callback(done, max(self.total, done), PROGRESS_STAGE)
+
+
+@dataclass
+class _Stride:
+    """A detected key frame and the frames since the previous key frame, not detected yet."""
+
+    key: Frame
+    between: list[Frame]
+    key_faces: list[RawFace] = field(default_factory=list)
+
+
+class _SparseDetection:
+    """Detection on every Nth frame (and the last), with the frames between filled in.
+
+    Between two key frames whose faces match (same count, each overlapping its counterpart by
+    SPARSE_MIN_IOU) and with no scene cut, each face moves linearly from one key frame to the
+    next; the track's smoothing then treats those frames like detected ones. A face that appears,
+    disappears or jumps, or a cut, makes the detector look at every frame between the two key frames,
+    so the result there is exactly what every-frame detection gives. Key frames go to the detector
+    `batch_size` at a time; memory holds about `every * batch_size` detection-sized frames.
+    """
+
+    def __init__(
+        self, detector: FaceDetector, raw: RawDetections, every: int, batch_size: int, progress: _Progress
+    ) -> None:
+        self.detector, self.raw, self.every = detector, raw, every
+        self.batch_size, self.progress = batch_size, progress
+        self.previous: _Stride | None = None
+        self.dense_frames = 0  # frames between key frames that needed the detector after all
+
+    def run(self, frames: Iterable[Frame]) -> None:
+        pending: list[_Stride] = []
+        for stride in self._strides(frames):
+            pending.append(stride)
+            if len(pending) == self.batch_size:
+                self._resolve(pending)
+                pending = []
+        if pending:
+            self._resolve(pending)
+        if self.dense_frames:
+            log.info(
+                "face detection on every frame for %d frames (cuts or faces changing)", self.dense_frames
+            )
+
+    def _strides(self, frames: Iterable[Frame]) -> Iterator[_Stride]:
+        between: list[Frame] = []
+        for index, frame in enumerate(frames):
+            if index % self.every == 0:
+                yield _Stride(frame, between)
+                between = []
+            else:
+                between.append(frame)
+        if between:  # the final frame is always a key frame: nothing is extrapolated
+            last = between.pop()
+            yield _Stride(last, between)
+
+    def _resolve(self, strides: list[_Stride]) -> None:
+        found = _detect_scaled([s.key for s in strides], self.detector, self.raw)
+        for stride, faces in zip(strides, found, strict=True):
+            stride.key_faces = faces
+            self.raw.faces.extend(self._between(stride))
+            self.raw.faces.append(faces)
+            self.previous = stride
+        self.progress(len(self.raw.faces))
+
+    def _between(self, stride: _Stride) -> list[list[RawFace]]:
+        if not stride.between:
+            return []
+        before = self.previous
+        assert before is not None, "only the first key frame has no predecessor, and nothing before it"
+        matched = _match_faces(before.key_faces, stride.key_faces)
+        if matched is not None and not _has_cut([before.key, *stride.between, stride.key]):
+            steps = len(stride.between) + 1
+            return [_interpolate(matched, k / steps) for k in range(1, steps)]
+        self.dense_frames += len(stride.between)
+        return _detect_scaled(stride.between, self.detector, self.raw)
+
+
+def _match_faces(before: Sequence[RawFace], after: Sequence[RawFace]) -> list[tuple[RawFace, RawFace]] | None:
+    """Pairs of the same face in two key frames, or None when the faces do not correspond."""
+    if len(before) != len(after):
+        return None
+    pairs = []
+    unused = list(after)
+    for face in before:
+        best = max(unused, key=lambda other: _overlap(face, other), default=None)
+        if best is None or _overlap(face, best) < SPARSE_MIN_IOU:
+            return None
+        unused.remove(best)
+        pairs.append((face, best))
+    return pairs
+
+
+def _overlap(a: RawFace, b: RawFace) -> float:
+    """Intersection over union of two boxes."""
+    inter_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _interpolate(pairs: list[tuple[RawFace, RawFace]], t: float) -> list[RawFace]:
+    faces = []
+    for a, b in pairs:
+        x1, y1, x2, y2 = (int(round(p + (q - p) * t)) for p, q in zip(a[:4], b[:4], strict=True))
+        faces.append((x1, y1, x2, y2, min(a[4], b[4])))
+    return faces
+
+
+def _has_cut(frames: list[Frame]) -> bool:
+    """Whether consecutive frames differ like a scene cut: mean grey change of a tiny thumbnail."""
+    import cv2
+
+    thumbs = []
+    for frame in frames:
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        thumbs.append(cv2.resize(grey, (CUT_THUMB_SIDE, CUT_THUMB_SIDE), interpolation=cv2.INTER_AREA))
+    return any(
+        float(np.mean(cv2.absdiff(a, b))) > CUT_GREY_CHANGE for a, b in zip(thumbs, thumbs[1:], strict=False)
+    )
 
 
 def _to_raw(d: Detection) -> RawFace:
@@ -402,7 +550,9 @@ def track_faces(
         key = cache.key(detector.cache_tag, frame_size)
         raw = cache.cache.get(key)
     if raw is None:
-        raw = detect_faces(frames, detector, frame_size, options.batch_size, on_progress, total)
+        raw = detect_faces(
+            frames, detector, frame_size, options.batch_size, on_progress, total, options.detect_every
+        )
         if cache is not None and key is not None:
             cache.cache.put(key, raw)
     else:
