@@ -134,7 +134,7 @@ def test_generate_on_the_neural_engine_never_imports_librosa(
     short_speech, face_video, folders, checkpoint_file, tmp_path
 ):
     """The mel is numpy: librosa (seconds and 100+ MiB to import) stays off the generate path."""
-    shutil.copy(checkpoint_file, folders["models"] / "wav2lip_gan.pth")
+    media.install_checkpoint(checkpoint_file, folders["models"])
     output = tmp_path / "nolibrosa.mp4"
     proc = heygem(
         "generate", "--audio", short_speech, "--video", face_video, "--output", output,
