@@ -140,11 +140,11 @@ def test_the_preview_engine_shows_banners_and_labels_its_results(
     assert "preview engine" not in handlers._done_summary(job, "en")  # the fake engine ran it
 
 
-def test_downloads_are_named_after_the_inputs(finished):
+def test_downloads_are_named_after_the_inputs(finished, settings):
     from heygem.web.ui import download_name, named_download
 
     _, job = finished
     assert download_name(job) == "face_speech.mp4"
-    named = Path(named_download(job) or "")
+    named = Path(named_download(job, settings) or "")
     assert named.name == "face_speech.mp4" and named.read_bytes() == job.output_path.read_bytes()
     assert download_name(dataclasses.replace(job, output_name="clip.mp4")) == "clip.mp4"

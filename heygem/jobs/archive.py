@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from heygem import storage
-from heygem.jobs import files
+from heygem.jobs import files, fleetfiles
 from heygem.jobs.manifest import shown_ref
-from heygem.jobs.records import Batch, Job, JobStatus
+from heygem.jobs.records import Batch
 from heygem.settings import Settings
 
 log = logging.getLogger("heygem.jobs.archive")
@@ -64,14 +64,11 @@ def build_zip(batch: Batch, settings: Settings) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / zip_name(batch.id)
     staging = folder / files.temp_name(".zip")
-    downloads = folder / files.temp_name()
     rows = summary_rows(batch)
     try:
         with zipfile.ZipFile(staging, "w") as archive:
             for item in batch.items:
-                video = (
-                    _result_file(item, downloads, settings) if item.status == JobStatus.SUCCEEDED else None
-                )
+                video = fleetfiles.local_result(item, settings)
                 if video is not None:
                     # mp4 is already compressed: store it as is.
                     archive.write(video, item.result_name, compress_type=zipfile.ZIP_STORED)
@@ -88,22 +85,8 @@ def build_zip(batch: Batch, settings: Settings) -> Path:
         raise
     finally:
         staging.unlink(missing_ok=True)
-        files.remove_tree(downloads)
     log.info("batch %s: ZIP with %d video(s) at %s", batch.id, len(batch.succeeded), target)
     return target
-
-
-def _result_file(item: Job, downloads: Path, settings: Settings) -> Path | None:
-    """The item's video here: this instance's file, else (a fleet) a download of the copy
-    published to the object store; None when neither exists."""
-    here = item.output_path is not None and item.output_path.resolve().is_relative_to(
-        settings.outputs_dir.resolve()
-    )
-    if here and item.output_path is not None and item.output_path.is_file():
-        return item.output_path
-    if not item.output_url or not storage.is_remote(item.output_url):
-        return None
-    return storage.fetch_input(item.output_url, downloads / item.id, settings)
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from heygem import storage
 from heygem.errors import ForbiddenPathError, StorageError
 from heygem.jobs import files
-from heygem.jobs.records import NewJob
+from heygem.jobs.records import Job, JobStatus, NewJob
 from heygem.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,31 @@ def remove_prefix(prefix: str, settings: Settings) -> None:
         storage.delete_objects(prefix, settings)
     except StorageError as exc:  # the files stay behind; the job record goes anyway
         log.warning("could not delete %s from the object store: %s", prefix, exc)
+
+
+def local_result(job: Job, settings: Settings) -> Path | None:
+    """A succeeded job's video on this instance: its own file, else (a fleet: another instance
+    made it) a copy of the object it published, fetched once into this instance's folder for the
+    job; None when neither exists. StorageError (one line) when the object cannot be read."""
+    if job.status != JobStatus.SUCCEEDED:
+        return None
+    if job.output_path is not None and _is_local_output(job.output_path, settings):
+        return job.output_path
+    if not job.output_url or not storage.is_remote(job.output_url):
+        return None
+    folder = files.output_dir(settings, job.id)
+    copy = folder / job.result_name
+    if not copy.is_file():
+        downloads = folder / files.temp_name()
+        try:
+            files.move_atomic(storage.fetch_input(job.output_url, downloads, settings), copy)
+        finally:
+            files.remove_tree(downloads)
+    return copy
+
+
+def _is_local_output(path: Path, settings: Settings) -> bool:
+    return path.resolve().is_relative_to(settings.outputs_dir.resolve()) and path.is_file()
 
 
 def push_track(settings: Settings, key: str) -> None:

@@ -37,7 +37,6 @@ from heygem.web.ui.common import (
     language,
     named_download,
     pair_texts,
-    result_file,
     stage_upload,
     staging,
 )
@@ -154,7 +153,8 @@ class BatchHandlers(HandlerBase):
             ]
             for item in batch.items
         ]
-        gallery = [(named_download(item), item.result_name) for item in batch.succeeded if result_file(item)]
+        downloads = ((named_download(item, self.settings), item.result_name) for item in batch.succeeded)
+        gallery = [(path, name) for path, name in downloads if path]
         summary = i18n.t(
             "batch_summary",
             lang,

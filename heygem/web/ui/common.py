@@ -30,6 +30,7 @@ from heygem.engine.api import (
     option_type,
 )
 from heygem.errors import HeygemError, InputError, LimitExceededError
+from heygem.jobs import fleetfiles
 from heygem.jobs.avatars import AVATAR_PREFIX, Avatar
 from heygem.jobs.manifest import ref_stem
 from heygem.jobs.records import Job, JobStatus
@@ -304,9 +305,17 @@ def when(timestamp: float | None) -> str:
 
 
 def result_file(job: Job) -> str | None:
+    """The result if this instance has it (listings: nothing is fetched for a tile)."""
     if str(job.status) == "succeeded" and job.output_path is not None and job.output_path.exists():
         return str(job.output_path)
     return None
+
+
+def playable_result(job: Job, settings: Settings) -> str | None:
+    """The result to play or download here: this instance's file, or (a fleet: another instance
+    made it) a copy of the published object fetched once."""
+    path = fleetfiles.local_result(job, settings)
+    return str(path) if path is not None else None
 
 
 def download_name(job: Job) -> str:
@@ -317,10 +326,10 @@ def download_name(job: Job) -> str:
     return f"{ref_stem(job.video)}_{speech}.mp4"
 
 
-def named_download(job: Job) -> str | None:
+def named_download(job: Job, settings: Settings) -> str | None:
     """The result under its download name: a hard link beside it in the job's own output folder
     (deleting the job removes both); the result itself when linking is impossible."""
-    path = result_file(job)
+    path = playable_result(job, settings)
     if path is None:
         return None
     result = Path(path)

@@ -43,6 +43,7 @@ from heygem.web.ui.common import (
     info_note,
     language,
     named_download,
+    playable_result,
     result_file,
     thumbnail_for,
     when,
@@ -133,7 +134,13 @@ class HistoryHandlers(BatchHandlers):
         if not ids or index >= len(ids):
             return None, None, None, "", ""
         job = self.service.get(ids[index], principal=principal_of(request))
-        return job.id, result_file(job), named_download(job), self._details(job, lang), ""
+        return (
+            job.id,
+            playable_result(job, self.settings),
+            named_download(job, self.settings),
+            self._details(job, lang),
+            "",
+        )
 
     def _details(self, job: Job, lang: str) -> str:
         lines = [

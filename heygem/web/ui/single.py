@@ -228,7 +228,7 @@ class SingleHandlers(HandlerBase):
             return gr.skip(), gr.skip(), gr.skip(), error_note(i18n.t("note_not_found", lang))
         job = self._wait(job, progress, lang, who)
         if str(job.status) == "succeeded" and job.output_path is not None:
-            return str(job.output_path), named_download(job), self._done_summary(job, lang), ""
+            return str(job.output_path), named_download(job, self.settings), self._done_summary(job, lang), ""
         if str(job.status) == "cancelled":
             return gr.skip(), gr.skip(), gr.skip(), info_note(i18n.t("note_cancelled", lang, id=job.id))
         reason = i18n.backend_message(job.error or i18n.t(f"status_{job.status}", lang), lang)
