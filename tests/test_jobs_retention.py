@@ -62,3 +62,27 @@ def test_retention_prunes_track_cache_entries_unused_for_the_period(settings, st
 def test_retention_without_a_track_cache_folder_is_fine(settings, store):
     report = retention.sweep(store, settings.replace(retention_days=1.0), now=time.time() + 9 * DAY_S)
     assert report.tracks == [] and report.empty
+
+
+def test_each_instance_removes_its_own_output_folders_of_jobs_gone_from_the_store(settings, store):
+    """In a fleet the sweeping instance deletes the rows and its own files; another instance's
+    copies of the same results (its runs, its fetched copies) go in its own local pass."""
+    from heygem.jobs.records import NewJob
+
+    settings = settings.replace(retention_days=2.0)
+    _, (live,) = store.add([NewJob("a.wav", "v.mp4")], queue_limit=10)
+    batch, _ = store.add([NewJob("a.wav", "v.mp4")] * 2, queue_limit=10, as_batch=True)
+    outputs = settings.outputs_dir
+    gone, recent = "ab" * 16, "cd" * 16  # job ids the store no longer knows
+    user_folder = outputs / "team-a"  # a local output prefix, not a job's folder
+    for name in (live.id, batch.id, gone, recent, user_folder.name):
+        (outputs / name).mkdir(parents=True)
+        (outputs / name / "result.mp4").write_bytes(b"mp4")
+    for name in (live.id, batch.id, gone, user_folder.name):
+        _age(outputs / name, 5)
+
+    removed = retention.sweep_local_outputs(store, settings)
+
+    assert removed == [outputs / gone]
+    assert sorted(p.name for p in outputs.iterdir()) == sorted([live.id, batch.id, recent, "team-a"])
+    assert retention.sweep_local_outputs(store, settings) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ TOMBSTONE_DAYS = 90.0
 # Under Settings.cache_dir: where the pipeline's TrackCache keeps one <key>.json per video (named
 # here rather than imported, so retention does not load the engine's modules).
 TRACK_CACHE_PATTERN = "*.json"
+# Job and batch ids are uuid4 hex: only folders named so are ever taken for a job's leftovers.
+OWNER_FOLDER = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -119,6 +122,31 @@ def _sweep_track_cache(settings: Settings, cutoff: float, keep: set[str]) -> lis
     return removed
 
 
+def sweep_local_outputs(store: JobStore, settings: Settings, now: float | None = None) -> list[Path]:
+    """This instance's own output folders whose job or batch is gone and which nobody touched
+    since the cutoff. In a fleet the instance that sweeps (under the lock) removes only its own
+    files; every other instance removes its copies of the same results here."""
+    root = settings.outputs_dir
+    if not root.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - settings.retention_days * SECONDS_PER_DAY
+    known: set[str] | None = None
+    removed = []
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or folder.is_symlink() or not OWNER_FOLDER.fullmatch(folder.name):
+            continue
+        if folder.stat().st_mtime >= cutoff:
+            continue
+        known = store.all_job_ids() if known is None else known
+        if folder.name in known or store.get_batch(folder.name) is not None:
+            continue
+        files.remove_tree(folder)
+        removed.append(folder)
+    if removed:
+        log.info("retention: removed %d output folder(s) of jobs gone from the store", len(removed))
+    return removed
+
+
 def _remove_empty_folders(root: Path) -> None:
     for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
         try:
@@ -144,6 +172,7 @@ class RetentionTask(threading.Thread):
         while not self._stopping.is_set():
             try:
                 self.sweep_once()
+                sweep_local_outputs(self.store, self.settings)
             except Exception:
                 log.exception("retention sweep failed; trying again next interval")
             self._stopping.wait(self.settings.retention_interval_s)
