@@ -74,7 +74,7 @@ class Settings:
     device: str = "auto"  # auto = cuda when torch sees a GPU, else cpu; or cpu, cuda, cuda:N
     precision: str = "auto"  # auto = fp16 on CUDA; CPU: bf16 on openvino if within 1 grey level, else fp32
     backend: str = "auto"  # generator runtime; auto = openvino on CPU when installed and it passes a check
-    batch_size: int = 0  # faces per generator pass; 0 = auto: 32 on CPU, 64 on CUDA
+    batch_size: int = 0  # faces per generator pass; 0 = auto: 16 on OpenVINO, 32 on CPU, 64 on CUDA
     detect_batch_size: int = 8  # frames per face-detector pass
     detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection
     detect_every: int = 5  # face detector on every Nth frame (cuts, lost faces: every frame); 1 = all

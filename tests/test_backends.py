@@ -6,6 +6,7 @@ one conversion serves the module (copied where a test needs its own cache folder
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -18,6 +19,7 @@ import pytest
 from heygem.engine.audio import load_audio, mel_chunks, melspectrogram
 from heygem.engine.blend import crop_face
 from heygem.engine.model import backends, load_checkpoint
+from heygem.engine.model.array_runner import ArrayRunner
 from heygem.engine.model.backends import (
     DRIFT_BOUND,
     MANIFEST_FILE,
@@ -25,6 +27,7 @@ from heygem.engine.model.backends import (
     OPENVINO,
     TORCH,
     BackendRequest,
+    cached_backend,
     select_backend,
 )
 from heygem.engine.model.inference import GeneratorRunner, choose_placement
@@ -99,6 +102,19 @@ def _entry(folder: Path) -> Path:
     return entry
 
 
+def _recorded_drift(folder: Path) -> dict[str, int]:
+    manifest = json.loads((_entry(folder) / MANIFEST_FILE).read_text())
+    return manifest.get("drift", {})
+
+
+def _forget_drift(folder: Path) -> None:
+    """Make the entry look like one written before drift was recorded."""
+    path = _entry(folder) / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest.pop("drift", None)
+    path.write_text(json.dumps(manifest))
+
+
 def _warnings(caplog) -> list[str]:
     return [
         r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == BACKEND_LOGGER
@@ -145,7 +161,9 @@ def test_explicit_precisions_are_served_and_measured(model, converted, checkpoin
     assert (half.name, half.precision) == (OPENVINO, "fp32")  # fp16 on a CPU is fp32, as with torch
 
 
-def test_auto_keeps_fp32_when_bf16_drifts_past_the_bound(model, converted, checkpoint_file, monkeypatch):
+def test_auto_keeps_fp32_when_bf16_drifts_past_the_bound(
+    model, converted, checkpoint_file, monkeypatch, tmp_path
+):
     real = backends.grey_drift
     calls: list[int] = []
 
@@ -155,9 +173,14 @@ def test_auto_keeps_fp32_when_bf16_drifts_past_the_bound(model, converted, check
 
     monkeypatch.setattr(backends, "_openvino_precision", lambda core, requested: "bf16")
     monkeypatch.setattr(backends, "grey_drift", bf16_worse)
-    backend = select_backend(model, _request(checkpoint_file, converted))
+    cache = _own_cache(converted, tmp_path)  # the bad bf16 drift is recorded in the entry
+    backend = select_backend(model, _request(checkpoint_file, cache))
     assert (backend.name, backend.precision) == (OPENVINO, "fp32")
     assert len(calls) == 2
+    assert _recorded_drift(cache)["bf16"] == DRIFT_BOUND + 5
+    # A later start without torch applies the same policy to what was recorded.
+    fast = cached_backend(_request(checkpoint_file, cache))
+    assert fast is not None and (fast.name, fast.precision) == (OPENVINO, "fp32")
 
 
 # -- the cache of converted models --------------------------------------------------------------------
@@ -172,6 +195,55 @@ def test_second_load_reuses_the_converted_model(model, converted, checkpoint_fil
 
     assert conversions == []
     assert {path.name: path.stat().st_mtime_ns for path in entry.iterdir()} == stamps
+
+
+# -- the fast start: a verified entry serves without torch ----------------------------------------------
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_an_entry_without_recorded_drift_goes_the_checked_way_then_serves_without_torch(
+    model, converted, checkpoint_file, face_video, speech_wav, tmp_path, precision
+):
+    cache = _own_cache(converted, tmp_path)
+    _forget_drift(cache)
+    request = _request(checkpoint_file, cache, precision=precision)
+    assert cached_backend(request) is None  # unverified: only the torch-checked path may serve it
+
+    checked = select_backend(model, request)
+    recorded = _recorded_drift(cache)
+    assert recorded["fp32"] <= DRIFT_BOUND and recorded.get(checked.precision) == checked.drift
+
+    fast = cached_backend(request)
+    assert fast is not None
+    assert (fast.name, fast.precision, fast.drift) == (checked.name, checked.precision, checked.drift)
+    windows, crops = _fixture_batches(face_video, speech_wav)
+    served = ArrayRunner(fast.forward, BATCH).infer(windows, crops)
+    through_torch_runner = GeneratorRunner(model, choose_placement("cpu", "fp32"), BATCH, checked).infer(
+        windows, crops
+    )
+    assert served.dtype == np.uint8 and served.shape == through_torch_runner.shape
+    assert np.abs(served.astype(np.int16) - through_torch_runner.astype(np.int16)).max() <= DRIFT_BOUND
+    if fast.precision == "fp32":
+        np.testing.assert_array_equal(served, through_torch_runner)
+
+
+def test_a_precision_never_checked_is_left_to_the_torch_path(converted, checkpoint_file, tmp_path):
+    cache = _own_cache(converted, tmp_path)
+    path = _entry(cache) / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "drift": {"fp32": 0}}))
+    assert cached_backend(_request(checkpoint_file, cache, precision="bf16")) is None
+    exact = cached_backend(_request(checkpoint_file, cache, precision="fp32"))
+    assert exact is not None and (exact.precision, exact.drift) == ("fp32", 0)
+
+
+def test_an_unsound_or_foreign_request_is_never_served_from_the_entry(converted, checkpoint_file, tmp_path):
+    cache = _own_cache(converted, tmp_path)
+    path = _entry(cache) / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "drift": {"fp32": DRIFT_BOUND + 1, "bf16": 0}}))
+    assert cached_backend(_request(checkpoint_file, cache)) is None  # fp32 itself drifted: rebuild via torch
+    assert cached_backend(_request(checkpoint_file, cache, backend=TORCH)) is None
+    gpu = BackendRequest("auto", "auto", "fp16", "cuda", checkpoint_file, (cache,))
+    assert cached_backend(gpu) is None
 
 
 def test_first_load_converts_once_writes_a_whole_entry_and_drops_the_stale_one(first_load):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from heygem.errors import DOWNLOAD_COMMAND
@@ -141,10 +143,40 @@ def test_generate_on_the_neural_engine_never_imports_librosa(
         *folder_flags(folders), "--engine", "wav2lip", env={"PYTHONPROFILEIMPORTTIME": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "heygem.engine.audio" in imported and "heygem.engine.model.inference" in imported
+    imported = _imported_modules(proc)
+    assert "heygem.engine.audio" in imported and "heygem.engine.model.array_runner" in imported
     assert not {name for name in imported if name.split(".")[0] == "librosa"}
     assert media.stream_types(output) == ["video", "audio"]
+
+
+def _imported_modules(proc: subprocess.CompletedProcess) -> set[str]:
+    """The modules a run imported, from its PYTHONPROFILEIMPORTTIME report on stderr."""
+    return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+
+
+@pytest.mark.slow
+def test_generate_with_a_checked_openvino_cache_never_imports_torch(
+    short_speech, face_video, checkpoint_file, tmp_path
+):
+    """The first start converts and checks against torch, recording the drift; the next one
+    runs OpenVINO without torch or the torch model, and renders the same frames."""
+    models = tmp_path / "models"  # not install_checkpoint: its shared cache may hold a checked entry
+    models.mkdir()
+    shutil.copy(checkpoint_file, models / checkpoint_file.name)
+    outputs, imported = [], []
+    for run in ("checked", "fast"):
+        outputs.append(tmp_path / f"{run}.mp4")
+        proc = heygem(
+            "generate", "--audio", short_speech, "--video", face_video, "--output", outputs[-1],
+            "--data-dir", tmp_path / "data", "--models-dir", models, "--engine", "wav2lip",
+            "--precision", "fp32", env={"PYTHONPROFILEIMPORTTIME": "1", "HEYGEM_BACKEND": "openvino"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "on cpu fp32" in proc.stdout + proc.stderr  # the engine line names the precision used
+        imported.append({name.split(".")[0] for name in _imported_modules(proc)})
+    assert "torch" in imported[0] and "openvino" in imported[0]
+    assert "torch" not in imported[1] and "openvino" in imported[1]
+    np.testing.assert_array_equal(media.read_frames(outputs[0]), media.read_frames(outputs[1]))
 
 
 def test_requested_wav2lip_without_weights_names_path_and_command(

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from heygem.engine.faces import detect
-from heygem.engine.model import devices, inference
+from heygem.engine.model import array_runner, devices, inference
 from heygem.engine.model.devices import BatchBackoff, kernels_exist, worker_device
 from heygem.errors import ModelError
 
@@ -34,6 +34,9 @@ class FakeGpus:
         monkeypatch.setattr(cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(cuda, "get_arch_list", lambda: arches)
         monkeypatch.setattr(cuda, "get_device_name", lambda device=None: "Fake GPU")
+        # The host has a driver too (any existing file stands in for /dev/nvidia0), or "auto"
+        # would settle on the CPU without asking torch.
+        monkeypatch.setattr(devices, "NVIDIA_DEVICE_NODE", Path(__file__))
 
 
 CU126_ARCHES = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
@@ -56,6 +59,19 @@ CU126_ARCHES = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
 )
 def test_kernels_exist_for_a_gpu(capability, arches, expected):
     assert kernels_exist(*capability, arches) is expected
+
+
+def test_auto_on_a_host_without_an_nvidia_driver_is_the_cpu_without_torch(monkeypatch, tmp_path):
+    FakeGpus(monkeypatch, 1, (8, 6), CU126_ARCHES)  # torch would say cuda, but there is no driver
+    monkeypatch.setattr(devices, "NVIDIA_DEVICE_NODE", tmp_path / "nvidia0")
+    monkeypatch.setattr(devices, "NVIDIA_GPU_LIST", tmp_path / "gpus")
+    assert devices.cpu_without_torch("auto") and devices.cpu_without_torch("cpu")
+    assert devices.resolve_device("auto") == "cpu"
+    (tmp_path / "gpus").mkdir()
+    assert devices.cpu_without_torch("auto")  # the driver's folder with no GPU in it
+    (tmp_path / "gpus" / "0000:01:00.0").mkdir()
+    assert not devices.cpu_without_torch("auto") and not devices.cpu_without_torch("cuda")
+    assert devices.resolve_device("auto") == "cuda:0"  # with a driver, torch decides
 
 
 def test_a_gpu_the_wheel_cannot_drive_falls_back_to_cpu_with_one_line(monkeypatch, caplog):
@@ -213,7 +229,7 @@ def test_the_gpu_input_is_built_like_the_cpu_one():
     faces = np.random.default_rng(2).integers(0, 256, (3, 96, 96, 3), np.uint8)
     on_device = inference.device_network_input(torch.from_numpy(faces))
     assert on_device.is_contiguous(memory_format=torch.channels_last)
-    np.testing.assert_array_equal(on_device.numpy(), inference._network_input(faces))
+    np.testing.assert_array_equal(on_device.numpy(), array_runner.network_input(faces))
 
 
 def test_padding_repeats_the_last_item_to_one_shape():

@@ -7,6 +7,7 @@ detector and generator once, and `run` streams one job through two frame passes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import tempfile
@@ -49,6 +50,9 @@ from heygem.engine.media.encode import FrameWriter, choose_encoder
 from heygem.engine.media.guard import MediaLimits
 from heygem.engine.media.probe import MediaInfo, probe
 from heygem.engine.media.schedule import scheduled_frames
+from heygem.engine.model.array_runner import ArrayRunner
+from heygem.engine.model.backends import configured_threads
+from heygem.engine.model.devices import AUTO_BATCH_SIZES, CPU, cpu_precision, cpu_without_torch
 from heygem.engine.model.download import resolve_checkpoint
 from heygem.engine.renderers import Wav2LipRenderer, choose_engine
 from heygem.errors import LimitExceededError, ModelError
@@ -57,7 +61,7 @@ from heygem.settings import Settings
 if TYPE_CHECKING:
     import torch
 
-    from heygem.engine.model.backends import Backend
+    from heygem.engine.model.backends import Backend, BackendRequest
     from heygem.engine.model.inference import Placement
 
 log = logging.getLogger("heygem.engine.pipeline")
@@ -68,6 +72,9 @@ WARMUP_FPS = 25.0
 WARMUP_SAMPLES = SAMPLE_RATE  # one second of silence: enough for a full mel window
 BOX_COLOUR_BGR = (0, 200, 0)
 BOX_LINE_DIVISOR = 200  # box outline thickness = frame width / this, at least 2 px
+# Faces per OpenVINO pass when batch_size is auto: as many frames per CPU-second as 32 on the
+# reference workload (bf16, 2 cores), with 85 MiB less peak memory (activations scale with it).
+OPENVINO_BATCH_SIZE = 16
 PREFETCH_AHEAD = 1  # batches decoded ahead of the one rendering: overlap for one batch of memory
 
 T = TypeVar("T")
@@ -77,7 +84,8 @@ T = TypeVar("T")
 class _Loaded:
     """What `load` settles once: where the generator runs, the detector, what "auto" means."""
 
-    placement: Placement
+    device: str  # cpu | cuda:N
+    precision: str  # what the torch path computes in for the configured precision
     detector: FaceDetector
     checkpoint: Path
     engine: str  # the engine "auto" resolves to
@@ -105,21 +113,37 @@ class LipSyncPipeline:
         with self._lock:
             if self._loaded is not None:
                 return self._loaded
-            from heygem.engine.model.inference import auto_batch_size, choose_placement
-
-            placement = choose_placement(self.settings.device, self.settings.precision)
-            if self.settings.batch_size == 0:  # auto: the device decides (bigger on a GPU)
-                self.settings = self.settings.replace(batch_size=auto_batch_size(placement))
-            detector = shared_detector(self.settings, str(placement.device))
+            device, precision = self._device_and_precision()
+            detector = shared_detector(self.settings, device)
             checkpoint = resolve_checkpoint(self.settings)
             engine, reason = choose_engine(self.settings.engine, checkpoint)
-            encoder = choose_encoder(self.settings.video_encoder, str(placement.device))
-            loaded = _Loaded(placement, detector, checkpoint, engine, reason, encoder)
+            encoder = choose_encoder(self.settings.video_encoder, device)
+            loaded = _Loaded(device, precision, detector, checkpoint, engine, reason, encoder)
+            batch_size = AUTO_BATCH_SIZES[device.split(":")[0]]
             if engine == WAV2LIP:
-                self._backend(loaded, self.settings.precision)
+                backend = self._backend(loaded, self.settings.precision)
+                precision = backend.precision
+                if backend.forward is not None:
+                    batch_size = OPENVINO_BATCH_SIZE
+            if self.settings.batch_size == 0:  # auto: the device and backend decide
+                self.settings = self.settings.replace(batch_size=batch_size)
             self._loaded = loaded
-            log.info("engine: %s (%s) on %s", engine, reason, placement.label)
+            log.info("engine: %s (%s) on %s %s", engine, reason, device, precision)
             return loaded
+
+    def _device_and_precision(self) -> tuple[str, str]:
+        """The configured device and precision resolved; torch is only imported to ask about a GPU."""
+        if cpu_without_torch(self.settings.device):
+            return CPU, cpu_precision(self.settings.precision)
+        from heygem.engine.model.inference import choose_placement
+
+        placement = choose_placement(self.settings.device, self.settings.precision)
+        return str(placement.device), placement.precision
+
+    def _placement(self, loaded: _Loaded, precision: str | None = None) -> Placement:
+        from heygem.engine.model.inference import choose_placement
+
+        return choose_placement(loaded.device, precision or loaded.precision)
 
     def _load_generator(self, loaded: _Loaded) -> torch.nn.Module:
         with self._lock:
@@ -127,39 +151,54 @@ class LipSyncPipeline:
                 from heygem.engine.model.checkpoint import load_checkpoint
                 from heygem.engine.model.inference import prepare_model
 
-                model = load_checkpoint(loaded.checkpoint, str(loaded.placement.device))
-                self._generator = prepare_model(model, loaded.placement)
+                model = load_checkpoint(loaded.checkpoint, loaded.device)
+                self._generator = prepare_model(model, self._placement(loaded))
             return self._generator
 
     def _backend(self, loaded: _Loaded, precision: str) -> Backend:
-        """The generator's backend for one requested precision, chosen (and checked) once."""
+        """The generator's backend for one requested precision, chosen (and checked) once: from a
+        verified OpenVINO cache entry without torch when possible, else checked against torch."""
         with self._lock:
             if precision not in self._backends:
-                from heygem.engine.model.backends import BackendRequest, select_backend
-                from heygem.engine.model.inference import choose_placement
+                from heygem.engine.model.backends import BackendRequest, cached_backend
 
-                placement = choose_placement(str(loaded.placement.device), precision)
+                on_cpu = loaded.device == CPU
                 request = BackendRequest(
-                    self.settings.backend, precision, placement.precision, placement.device.type,
-                    loaded.checkpoint, self.settings.backend_cache_dirs(loaded.checkpoint),
+                    self.settings.backend, precision, "",  # torch_precision: set by _checked_backend
+                    loaded.device.split(":")[0], loaded.checkpoint,
+                    self.settings.backend_cache_dirs(loaded.checkpoint),
                 )  # fmt: skip
-                self._backends[precision] = select_backend(self._load_generator(loaded), request)
+                backend = cached_backend(request) if on_cpu else None
+                self._backends[precision] = backend or self._checked_backend(loaded, request)
             return self._backends[precision]
+
+    def _checked_backend(self, loaded: _Loaded, request: BackendRequest) -> Backend:
+        from heygem.engine.model.backends import select_backend
+
+        placement = self._placement(loaded, request.precision)
+        request = dataclasses.replace(request, torch_precision=placement.precision)
+        return select_backend(self._load_generator(loaded), request)
 
     def status(self) -> EngineStatus:
         loaded = self._ready()
-        from heygem.engine.model.inference import device_name
-
         return EngineStatus(
             engine=loaded.engine,
             reason=loaded.reason,
-            checkpoint=str(loaded.checkpoint) if self._generator is not None else "",
+            checkpoint=str(loaded.checkpoint) if self._generator is not None or self._backends else "",
             detector=loaded.detector.name,
-            device=str(loaded.placement.device),
-            device_name=device_name(loaded.placement),
+            device=loaded.device,
+            device_name=self._device_name(loaded),
             loaded=True,
             backend=backend.label if (backend := self._backends.get(self.settings.precision)) else "",
         )
+
+    def _device_name(self, loaded: _Loaded) -> str:
+        if self._generator is None and loaded.device == CPU:
+            threads = configured_threads()
+            return f"CPU ({threads} threads)" if threads else "CPU"
+        from heygem.engine.model.inference import device_name
+
+        return device_name(self._placement(loaded))
 
     def warmup(self) -> float:
         """Render one built-in frame with the default engine: proves the model runs, not just loads."""
@@ -196,7 +235,7 @@ class LipSyncPipeline:
         loaded = self._ready()
         engine = self._engine_for(options, loaded)
         if engine == WAV2LIP:
-            self._load_generator(loaded)
+            self._backend(loaded, self._job_precision(options))
         with job.timed("detect"):
             track = self._face_track(job, info, loaded.detector)
         renderer = self._renderer(loaded, engine, wav, fps, n_out, options)
@@ -249,19 +288,20 @@ class LipSyncPipeline:
 
             motion = mouth_motion(wav, fps, n_out)
             return PreviewRenderer(motion, options.blend, watermark=self.settings.preview_watermark)
-        from heygem.engine.model.inference import GeneratorRunner
-
         windows = mel_chunks(melspectrogram(wav), fps, frames=n_out)
         batch_size = options.batch_size or self.settings.batch_size
-        placement = loaded.placement
-        if options.precision not in (None, "auto", placement.precision):
-            from heygem.engine.model.inference import choose_placement
-
-            placement = choose_placement(str(placement.device), options.precision)
-        precision = options.precision if options.precision not in (None, "auto") else self.settings.precision
+        precision = self._job_precision(options)
         backend = self._backend(loaded, precision)
+        if backend.forward is not None:  # OpenVINO: arrays in and out, torch not needed
+            return Wav2LipRenderer(ArrayRunner(backend.forward, batch_size), windows, options.blend)
+        from heygem.engine.model.inference import GeneratorRunner
+
+        placement = self._placement(loaded, options.precision if options.precision != "auto" else None)
         runner = GeneratorRunner(self._load_generator(loaded), placement, batch_size, backend)
         return Wav2LipRenderer(runner, windows, options.blend)
+
+    def _job_precision(self, options: SyncOptions) -> str:
+        return options.precision if options.precision not in (None, "auto") else self.settings.precision
 
     def _synthesize(
         self,

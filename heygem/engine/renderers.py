@@ -19,6 +19,7 @@ from heygem.engine.blend import crop_face, paste_feathered, paste_rect
 from heygem.errors import DOWNLOAD_COMMAND
 
 if TYPE_CHECKING:
+    from heygem.engine.model.array_runner import ArrayRunner
     from heygem.engine.model.inference import GeneratorRunner
 
 log = logging.getLogger("heygem.engine.renderers")
@@ -29,7 +30,9 @@ class Wav2LipRenderer:
 
     name = WAV2LIP
 
-    def __init__(self, runner: GeneratorRunner, mel_windows: NDArray[np.float32], blend: Blend) -> None:
+    def __init__(
+        self, runner: GeneratorRunner | ArrayRunner, mel_windows: NDArray[np.float32], blend: Blend
+    ) -> None:
         self.runner = runner
         self.mel_windows = mel_windows
         self.paste = paste_rect if blend == "rect" else paste_feathered

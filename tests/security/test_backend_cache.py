@@ -86,3 +86,33 @@ def test_a_strange_version_text_still_names_one_folder_inside_the_cache(checkpoi
     cache = ConvertedModelCache(checkpoint, (cache_dir,), "../../etc 2026/4")
     assert (cache_dir / cache.entry_name).parent == cache_dir and "/" not in cache.entry_name
     assert cache.entry_name.startswith("wav2lip_gan-") and cache.entry_name.endswith("-fp32")
+
+
+@pytest.mark.parametrize(
+    "drift",
+    [
+        {"fp32": "0", "bf16": 0.5},  # not whole numbers
+        {"fp32": -1},  # a drift below zero
+        {"fp32": 10**9},  # more than any grey level
+        {"fp32": True},  # a bool is an int to Python, not a measurement
+        {"fp16": 0, "../fp32": 0},  # precisions the check never measures
+        ["fp32", 0],  # not a mapping at all
+    ],
+)
+def test_a_forged_drift_record_never_counts_as_checked(checkpoint, cache_dir, drift):
+    """Recorded drift lets a start skip the torch check; anything but a real measurement is ignored."""
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION)
+    entry = _planted_entry(cache, cache_dir, {MODEL_FILE: len("<net/>")})
+    manifest = json.loads((entry / MANIFEST_FILE).read_text())
+    (entry / MANIFEST_FILE).write_text(json.dumps({**manifest, "drift": drift}))
+    assert cache.drifts() == {}
+
+
+def test_a_recorded_entry_whose_files_changed_is_still_never_read(checkpoint, cache_dir, caplog):
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION)
+    entry = _planted_entry(cache, cache_dir, {MODEL_FILE: 10_000})
+    (entry / MANIFEST_FILE).write_text(json.dumps({"sizes": {MODEL_FILE: 10_000}, "drift": {"fp32": 0}}))
+    assert cache.drifts() == {"fp32": 0}
+    core = RefusingCore()
+    assert cache.load(core) is None
+    assert core.read == [] and not entry.exists()

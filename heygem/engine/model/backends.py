@@ -51,11 +51,14 @@ OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 BF16_CAPABILITY = "BF16"
 MODEL_FILE = "model.xml"
 MANIFEST_FILE = "manifest.json"
+DRIFT_KEY = "drift"  # manifest: grey levels from fp32 eager per precision, measured at check time
 # The converted file keeps fp32 weights; the inference precision is a hint applied when it is
 # compiled (0.1 s), so one converted file serves every precision.
 STORED_PRECISION = "fp32"
 KEY_TEXT = re.compile(r"[^A-Za-z0-9.]+")
 HASH_CHARS = 16
+OMP_THREADS_VARIABLE = "OMP_NUM_THREADS"
+MAX_GREY = 255
 
 MelBatch = NDArray[np.float32]  # (N, 1, 80, 16)
 FaceBatch = NDArray[np.float32]  # (N, 6, 96, 96), 0-1
@@ -197,7 +200,7 @@ def _checked_openvino(ov: Any, model: torch.nn.Module, request: BackendRequest) 
     if cached is not None:
         exact = _exact_or_none(core, cached, sample, reference)
         if exact is not None:
-            return _with_precision(core, cached, exact, sample, reference, request)
+            return _with_precision(core, cached, exact, (sample, reference), request, cache)
         log.warning("cached openvino model %s does not match the weights; converting again", cache.entry)
         cache.discard()
     converted = _convert(ov, model, sample)
@@ -205,7 +208,7 @@ def _checked_openvino(ov: Any, model: torch.nn.Module, request: BackendRequest) 
     exact = _exact_or_none(core, converted, sample, reference)
     if exact is None:
         raise BackendUnavailable(f"the converted model drifts more than {DRIFT_BOUND} grey level from torch")
-    return _with_precision(core, converted, exact, sample, reference, request)
+    return _with_precision(core, converted, exact, (sample, reference), request, cache)
 
 
 def _exact_or_none(
@@ -221,16 +224,21 @@ def _with_precision(
     core: Any,
     ov_model: Any,
     exact: Backend,
-    sample: tuple[MelBatch, FaceBatch],
-    reference: NDArray[np.float32],
+    check: tuple[tuple[MelBatch, FaceBatch], NDArray[np.float32]],
     request: BackendRequest,
+    cache: ConvertedModelCache,
 ) -> Backend:
+    """The precision policy: bf16 only within the bound unless asked for by name. Every drift
+    measured is recorded in the cache entry, so that later starts apply the policy without torch."""
+    sample, reference = check
     wanted = _openvino_precision(core, request.precision)
+    cache.record({"fp32": exact.drift})
     if wanted == "fp32":
         return exact
     compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(wanted))
     forward = OpenVinoForward(compiled)
     drift = grey_drift(forward(*sample), reference)
+    cache.record({wanted: drift})
     if drift <= DRIFT_BOUND or request.precision == wanted:
         return Backend(OPENVINO, _compiled_precision(compiled, wanted), forward, drift)
     log.info("openvino %s drifts %d grey levels from fp32 (bound %d); using fp32", wanted, drift, DRIFT_BOUND)
@@ -257,13 +265,13 @@ def _compiled_precision(compiled: Any, asked: str) -> str:
 
 
 def _compile_config(precision: str) -> dict[str, str]:
-    import torch
-
-    # The same thread count as torch, so OMP_NUM_THREADS and per-worker tuning apply to both.
-    return {
-        "INFERENCE_PRECISION_HINT": OV_HINTS[precision],
-        "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
-    }
+    config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision]}
+    # Unset, OpenVINO uses one thread per physical core, as torch does; OMP_NUM_THREADS (what
+    # torch obeys) limits both paths alike.
+    threads = configured_threads()
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
 
 
 def _convert(ov: Any, model: torch.nn.Module, sample: tuple[MelBatch, FaceBatch]) -> Any:
@@ -273,6 +281,62 @@ def _convert(ov: Any, model: torch.nn.Module, sample: tuple[MelBatch, FaceBatch]
     mels, faces = (torch.from_numpy(part) for part in sample)
     with torch.inference_mode(False), torch.no_grad():
         return ov.convert_model(model, example_input=(mels, faces))
+
+
+# -- the fast start: a verified cache entry, no torch ---------------------------------------------
+def cached_backend(request: BackendRequest) -> Backend | None:
+    """OpenVINO straight from a cache entry whose check results are recorded, without torch.
+
+    None (the caller then loads torch and runs `select_backend`) when the request is not for
+    OpenVINO on the CPU, no verified entry exists, or the entry cannot serve the precision asked.
+    """
+    if request.backend == TORCH or request.device_type != "cpu":
+        return None
+    try:
+        import openvino
+    except Exception:  # noqa: BLE001 - select_backend reports a missing or broken install
+        return None
+    try:
+        return _verified_openvino(openvino, request)
+    except Exception as exc:  # noqa: BLE001 - any failure: the checked torch path instead
+        log.warning("fast openvino start failed (%s); loading torch to check the model", _short(exc))
+        return None
+
+
+def _verified_openvino(ov: Any, request: BackendRequest) -> Backend | None:
+    cache = ConvertedModelCache(request.checkpoint, request.cache_dirs, _openvino_version())
+    drifts = cache.drifts()
+    if drifts.get("fp32", DRIFT_BOUND + 1) > DRIFT_BOUND:
+        return None  # no entry, an entry checked before drift was recorded, or an unsound one
+    core = ov.Core()
+    precision = _recorded_precision(_openvino_precision(core, request.precision), request.precision, drifts)
+    if precision is None:
+        return None
+    ov_model = cache.load(core)
+    if ov_model is None:
+        return None
+    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(precision))
+    del ov_model  # the compiled model holds its own weights: the IR's 140 MB can go
+    backend = Backend(
+        OPENVINO, _compiled_precision(compiled, precision), OpenVinoForward(compiled), drifts[precision]
+    )
+    log.info("generator backend: %s (checked when the cache entry was built)", backend.label)
+    return backend
+
+
+def _recorded_precision(wanted: str, requested: str, drifts: dict[str, int]) -> str | None:
+    """The policy of _with_precision applied to recorded drift; None when it was not measured."""
+    if wanted not in drifts:
+        return None
+    if wanted == "fp32" or drifts[wanted] <= DRIFT_BOUND or requested == wanted:
+        return wanted
+    return "fp32"
+
+
+def configured_threads() -> int | None:
+    """OMP_NUM_THREADS when it is a positive number: the thread limit torch obeys."""
+    configured = os.environ.get(OMP_THREADS_VARIABLE, "").strip()
+    return int(configured) if configured.isdigit() and int(configured) > 0 else None
 
 
 def _openvino_version() -> str:
@@ -328,6 +392,38 @@ class ConvertedModelCache:
             self.discard()
             return None
 
+    def drifts(self) -> dict[str, int]:
+        """Grey levels from fp32 eager per precision, as recorded in the entry's manifest when
+        it was checked; empty when there is no entry or nothing valid is recorded."""
+        entry = self.entry
+        if entry is None:
+            return {}
+        try:
+            recorded = _read_manifest(entry).get(DRIFT_KEY, {})
+        except Exception as exc:  # noqa: BLE001 - an unreadable manifest is an unverified entry
+            log.info("cached openvino model %s has no readable manifest (%s)", entry, _short(exc))
+            return {}
+        if not isinstance(recorded, dict):
+            return {}
+        return {
+            precision: drift
+            for precision, drift in recorded.items()
+            if precision in OV_HINTS and type(drift) is int and 0 <= drift <= MAX_GREY
+        }
+
+    def record(self, measured: dict[str, int | None]) -> None:
+        """Add check results (grey levels from fp32 eager per precision) to the entry's manifest."""
+        entry = self.entry
+        if entry is None:
+            return
+        try:
+            manifest = _read_manifest(entry)
+            recorded = {**manifest.get(DRIFT_KEY, {}), **measured}
+            if recorded != manifest.get(DRIFT_KEY):  # a re-check that agrees leaves the entry untouched
+                _write_json_atomically(entry / MANIFEST_FILE, {**manifest, DRIFT_KEY: recorded})
+        except Exception as exc:  # noqa: BLE001 - an unrecorded check only costs the next start time
+            log.info("cannot record the check in %s (%s)", entry, _short(exc))
+
     def discard(self) -> None:
         entry = self.entry
         if entry is not None:
@@ -379,8 +475,24 @@ def _write_manifest(entry: Path, version: str) -> None:
     (entry / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
 
 
-def _check_manifest(entry: Path) -> None:
+def _read_manifest(entry: Path) -> dict[str, Any]:
     manifest = json.loads((entry / MANIFEST_FILE).read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict):
+        raise ValueError("the manifest is not an object")
+    return manifest
+
+
+def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        scratch.write_text(json.dumps(value, sort_keys=True), encoding="utf-8")
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _check_manifest(entry: Path) -> None:
+    manifest = _read_manifest(entry)
     for name, size in manifest["sizes"].items():
         actual = (entry / name).stat().st_size
         if actual != size:

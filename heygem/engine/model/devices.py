@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -45,7 +46,38 @@ OUT_OF_MEMORY_MARKERS = (
     "cudaErrorMemoryAllocation",
 )
 
+# Faces per generator pass when the batch_size setting is 0 (auto). A GPU wants bigger batches to
+# stay busy; the pipeline also holds this many full frames per batch in host memory, which is what
+# keeps the CUDA default from going higher (64 frames of 1080p are 400 MB).
+AUTO_BATCH_SIZES = {CPU: 32, CUDA: 64}
+# Where the NVIDIA kernel driver shows itself; a host with neither has no GPU torch could drive.
+NVIDIA_GPU_LIST = Path("/proc/driver/nvidia/gpus")
+NVIDIA_DEVICE_NODE = Path("/dev/nvidia0")
+
 Result = TypeVar("Result")
+
+
+def cpu_without_torch(requested: str) -> bool:
+    """True when `requested` surely means the CPU: "cpu", or "auto" on a host without an NVIDIA
+    driver. Answers without importing torch (1.5 s and 100+ MiB); False means "ask torch"."""
+    if requested == CPU:
+        return True
+    return requested == "auto" and not _nvidia_driver_present()
+
+
+def _nvidia_driver_present() -> bool:
+    try:
+        listed = NVIDIA_GPU_LIST.is_dir() and any(NVIDIA_GPU_LIST.iterdir())
+    except OSError:
+        listed = True  # unreadable: let torch decide
+    return listed or NVIDIA_DEVICE_NODE.exists()
+
+
+def cpu_precision(requested: str) -> str:
+    """What the generator computes in on a CPU: "auto" and fp16 (slow and inexact there) are fp32."""
+    if requested == "fp16":
+        log.warning("fp16 is slow and inexact on CPU; using fp32 (bf16 is the fast CPU option)")
+    return "fp32" if requested in ("auto", "fp16") else requested
 
 
 def capability_problem(index: int) -> str | None:
@@ -81,7 +113,7 @@ def kernels_exist(major: int, minor: int, arches: list[str]) -> bool:
 
 def resolve_device(requested: str) -> str:
     """ "auto", "cpu", "cuda" or "cuda:N" -> a device torch can really run on, logging any fallback."""
-    if requested == CPU:
+    if cpu_without_torch(requested):
         return CPU
     import torch
 

@@ -18,11 +18,14 @@ import torch
 from numpy.typing import NDArray
 
 from heygem.engine.api import FACE_SIZE
-from heygem.engine.model.backends import Backend, mouth_pixels
+from heygem.engine.model.array_runner import MASKED_ROWS, Faces, MelWindows, forward_mouths, network_input
+from heygem.engine.model.backends import Backend
 from heygem.engine.model.devices import (
+    AUTO_BATCH_SIZES,
     CPU,
     BatchBackoff,
     bf16_supported,
+    cpu_precision,
     padded,
     resolve_device,
     shared_backoff,
@@ -31,17 +34,9 @@ from heygem.engine.model.devices import (
 
 log = logging.getLogger("heygem.engine.model.inference")
 
-MASKED_ROWS = slice(FACE_SIZE // 2, FACE_SIZE)  # the lower half the network must fill in
 PIXEL_SCALE = 255.0
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 GENERATING = "generating faces"
-# Faces per generator pass when the batch_size setting is 0 (auto). A GPU wants bigger batches to
-# stay busy; the pipeline also holds this many full frames per batch in host memory, which is what
-# keeps the CUDA default from going higher (64 frames of 1080p are 400 MB).
-AUTO_BATCH_SIZES = {"cpu": 32, "cuda": 64}
-
-MelWindows = NDArray[np.float32]  # (N, 80, 16)
-Faces = NDArray[np.uint8]  # (N, 96, 96, 3) BGR
 
 
 @dataclass(frozen=True)
@@ -60,11 +55,10 @@ def choose_placement(device: str = "auto", precision: str = "auto") -> Placement
     bf16 on a GPU without native bf16 (compute capability below 8.0) becomes fp16.
     """
     resolved = torch.device(resolve_device(device))
-    if precision == "auto":
-        precision = "fp16" if resolved.type == "cuda" else "fp32"
-    if precision == "fp16" and resolved.type == CPU:
-        log.warning("fp16 is slow and inexact on CPU; using fp32 (bf16 is the fast CPU option)")
-        precision = "fp32"
+    if resolved.type == CPU:
+        precision = cpu_precision(precision)
+    elif precision == "auto":
+        precision = "fp16"
     if precision == "bf16" and not bf16_supported(resolved):
         log.warning("bf16 needs compute capability 8.0 (this GPU has less); using fp16")
         precision = "fp16"
@@ -126,13 +120,12 @@ class GeneratorRunner:
 
     def _forward(self, mels: MelWindows, faces: Faces) -> Faces:
         if self.backend is not None and self.backend.forward is not None:
-            network_mels = np.ascontiguousarray(mels[:, np.newaxis], np.float32)
-            return mouth_pixels(self.backend.forward(network_mels, _network_input(faces)))
+            return forward_mouths(self.backend.forward, mels, faces)
         with torch.inference_mode():
             if self._on_gpu:
                 mel_tensor, face_tensor = self._gpu_inputs(mels, faces)
             else:
-                face_tensor = torch.from_numpy(_network_input(faces))
+                face_tensor = torch.from_numpy(network_input(faces))
                 mel_tensor = torch.from_numpy(np.ascontiguousarray(mels, np.float32)).unsqueeze(1)
             with self._autocast():
                 generated = self.model(mel_tensor, face_tensor)
@@ -173,12 +166,3 @@ def device_network_input(faces: torch.Tensor) -> torch.Tensor:
     masked = scaled.clone()
     masked[:, :, MASKED_ROWS] = 0.0
     return torch.cat([masked, scaled], dim=1).contiguous(memory_format=torch.channels_last)
-
-
-def _network_input(faces: Faces) -> NDArray[np.float32]:
-    """(N, 96, 96, 3) uint8 -> (N, 6, 96, 96) float32: lower-half-masked copy, then the full face."""
-    scaled = faces.astype(np.float32) / PIXEL_SCALE
-    masked = scaled.copy()
-    masked[:, MASKED_ROWS] = 0.0
-    stacked = np.concatenate([masked, scaled], axis=3)
-    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
