@@ -441,25 +441,31 @@ def instrument(timers: StageTimers) -> None:
     from heygem.engine import pipeline
     from heygem.engine import renderers as engines
     from heygem.engine.media.encode import FrameWriter
-    from heygem.engine.model import inference
+    from heygem.engine.model import array_runner, inference
 
     # Decoding runs in the prefetch thread; "frame wait" is the main thread waiting for it.
     pipeline.scheduled_frames = timers.wrap_iterator("decode", pipeline.scheduled_frames)
     pipeline.prefetched = timers.wrap_iterator("frame wait", pipeline.prefetched)
     pipeline.melspectrogram = timers.wrap("mel", pipeline.melspectrogram)
     pipeline.mel_chunks = timers.wrap("mel", pipeline.mel_chunks)
-    infer = timers.wrap("model", inference.GeneratorRunner.infer)
-
-    def remembered_infer(runner, *args, **kwargs):
-        timers.runner = runner
-        return infer(runner, *args, **kwargs)
-
-    inference.GeneratorRunner.infer = remembered_infer
+    # torch's runner, or the array runner that serves OpenVINO without torch
+    for runner_class in (inference.GeneratorRunner, array_runner.ArrayRunner):
+        runner_class.infer = remembering(timers, timers.wrap("model", runner_class.infer))
     engines.crop_face = timers.wrap("blend", engines.crop_face)
     engines.paste_feathered = timers.wrap("blend", engines.paste_feathered)
     engines.paste_rect = timers.wrap("blend", engines.paste_rect)
     FrameWriter.write = timers.wrap("encode wait", FrameWriter.write)
     FrameWriter.close = timers.wrap("encode tail", FrameWriter.close)
+
+
+def remembering(timers: StageTimers, infer: Callable) -> Callable:
+    """The runner's infer, noting which runner served the run (model-only reuses it)."""
+
+    def remembered_infer(runner, *args, **kwargs):
+        timers.runner = runner
+        return infer(runner, *args, **kwargs)
+
+    return remembered_infer
 
 
 def measure_run(spec: dict) -> dict:
@@ -492,21 +498,22 @@ def measure_run(spec: dict) -> dict:
         "peak_mib": round(peak, 1),
         "stages": stages,
         "frames": result.frames,
-        "model_only": model_only(timers.runner, settings),
+        "model_only": model_only(timers.runner),
     }
 
 
-def model_only(runner, settings) -> dict:
+def model_only(runner) -> dict:
     """Generator throughput alone, in the same process right after the run, with the very runner
     the run used (same backend, batch and precision).
 
     Measured here rather than once per benchmark because the shared machine's load drifts.
     """
-    frames = max(MODEL_ONLY_FRAMES, settings.batch_size)
+    batch = runner.batch_size  # the size the run used (the setting may be 0: auto)
+    frames = max(MODEL_ONLY_FRAMES, batch)
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (frames, 96, 96, 3), dtype=np.uint8)
     mels = rng.standard_normal((frames, 80, 16)).astype(np.float32)
-    runner.infer(mels[: settings.batch_size], crops[: settings.batch_size])  # warm-up
+    runner.infer(mels[:batch], crops[:batch])  # warm-up
     with Clock() as clock:
         runner.infer(mels, crops)
     return clock.rate(frames)
@@ -852,7 +859,12 @@ def main(argv: list[str] | None = None) -> int:
         help="markdown file to (re)write; '-' prints only",
     )
     parser.add_argument("--work-dir", type=Path, help="where inputs are built (default: a temp dir)")
-    parser.add_argument("--batch-size", type=int, default=32, help="generator batch (Settings default 32)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="generator batch for library runs (0 = auto, the Settings default)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 s and 2 s inputs: checks the script runs")
     parser.add_argument(
         "--reference", type=Path, help="a Wav2Lip checkout to run side by side (outside the repo)"
