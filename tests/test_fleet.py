@@ -270,7 +270,9 @@ def test_cancel_sigterm_and_kill_lose_nothing_and_run_nothing_twice(start_fleet,
     rest = [job_id for job_id in ids if job_id != cancelled]
     finished = [wait_status(fleet.url(0), job_id, {"succeeded", "failed"}) for job_id in rest]
     assert [item["status"] for item in finished] == ["succeeded"] * len(rest), finished
-    assert job(fleet.url(0), handed_back)["attempts"] == 1  # a planned stop is not the job's fault
+    # A planned stop is not the job's fault; the kill is, when the handed-back job was the one the
+    # killed instance happened to take next.
+    assert job(fleet.url(0), handed_back)["attempts"] == (2 if handed_back == lost else 1)
     assert fleet.runs() == Counter(rest)  # none twice, none lost; the cancelled one never finished
     assert sorted(key.split("/")[-2] for key in fleet.keys("outputs")) == sorted(rest)
     fleet.instances[0].stop_cleanly()
