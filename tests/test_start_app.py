@@ -321,18 +321,8 @@ def assert_cpu_detected(app: App) -> None:
 def test_a_device_already_set_is_kept_and_bad_settings_stop_early(tmp_path):
     """No server here: a bad flag must stop the script before exec, with one line and code 2."""
     fake_nvidia_smi(tmp_path / "gpu-bin", fails=False)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
-    env.update(
-        PATH=os.pathsep.join([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()]), HEYGEM_DEVICE="cpu"
-    )
-    result = subprocess.run(
-        ["bash", str(START_APP), "--no-such-flag"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    path = os.pathsep.join([str(tmp_path / "gpu-bin"), *path_without_nvidia_smi()])
+    result = start_app_with_a_bad_flag(tmp_path, PATH=path, HEYGEM_DEVICE="cpu")
     assert result.returncode == 2
     assert "start_app: GPU found: " in result.stdout
     assert "start_app: device: HEYGEM_DEVICE=cpu" in result.stdout
@@ -356,11 +346,16 @@ def fake_cuda_torch(folder: Path) -> Path:
 
 def run_until_settings_check(tmp_path: Path, path_dirs: list[str]) -> subprocess.CompletedProcess[str]:
     """start_app.sh with a torch that sees a GPU, stopped by a bad flag right before exec."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")}
-    env.update(
+    return start_app_with_a_bad_flag(
+        tmp_path,
         PATH=os.pathsep.join(path_dirs),
         PYTHONPATH=os.pathsep.join([str(fake_cuda_torch(tmp_path / "fake-torch")), str(PROJECT)]),
     )
+
+
+def start_app_with_a_bad_flag(tmp_path: Path, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    """start_app.sh in a clean HEYGEM_ environment plus env_vars, stopped before exec by a bad flag."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEYGEM_")} | env_vars
     return subprocess.run(
         ["bash", str(START_APP), "--no-such-flag"],
         env=env,

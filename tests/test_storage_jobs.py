@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from heygem.errors import ForbiddenPathError, StorageError
+from heygem.jobs import fleetfiles
 from heygem.jobs.records import JobStatus
 from heygem.jobs.tenancy import LOCAL
 from heygem.web.server import create_app
@@ -64,34 +65,17 @@ def test_job_with_object_inputs_publishes_an_mp4_with_audio(
     assert media.duration_of(result) > 1.0
     assert result.read_bytes() == job.output_path.read_bytes()  # the local copy stays too
 
-
-def test_another_instance_plays_a_published_result_from_a_copy_fetched_once(
-    s3_server, s3_settings, start_service, objects, tmp_path
-):
-    """A fleet instance that did not run the job (its own data folder) plays and downloads the
-    result in the UI from the published object, fetched once into its own outputs folder."""
-    from heygem.jobs import fleetfiles
-
-    service = start_service(s3_settings)
-    job = service.submit(
-        f"s3://{BUCKET}/{objects}/speech.wav",
-        f"s3://{BUCKET}/{objects}/face.mp4",
-        output_name="talk.mp4",
-        output_prefix=f"s3://{BUCKET}/{objects}/shared/",
-        principal=LOCAL,
-    )
-    job = service.wait(job.id, JOB_TIMEOUT_S, principal=LOCAL)
-    assert job.status == JobStatus.SUCCEEDED, job.error
+    # A fleet instance that did not run the job (its own data folder) plays and downloads it in
+    # the UI from the published object, fetched once into its own outputs folder.
     assert fleetfiles.local_result(job, s3_settings) == job.output_path  # the instance that ran it
     other = s3_settings.replace(data_dir=tmp_path / "other-instance")
     copy = fleetfiles.local_result(job, other)
     assert copy is not None and copy.is_relative_to(other.outputs_dir)
     assert copy.read_bytes() == job.output_path.read_bytes()
-    s3_server.client().delete_object(Bucket=BUCKET, Key=f"{objects}/shared/talk.mp4")
+    s3_server.client().delete_object(Bucket=BUCKET, Key=f"{objects}/out/talk.mp4")
     assert fleetfiles.local_result(job, other) == copy  # kept: not fetched again
-    elsewhere = s3_settings.replace(data_dir=tmp_path / "third-instance")
     with pytest.raises(StorageError, match="object not found"):
-        fleetfiles.local_result(job, elsewhere)
+        fleetfiles.local_result(job, s3_settings.replace(data_dir=tmp_path / "third-instance"))
 
 
 def test_batch_item_with_missing_key_or_bucket_fails_alone(s3_server, s3_settings, start_service, objects):
