@@ -126,40 +126,11 @@ def face_box(side: int, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def write_motion(path: Path, side: int, canvas: tuple[int, int]) -> Path:
-    width, height = canvas
-    cmd = [
-        "ffmpeg",
-        "-y",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "bgr24",
-        "-s",
-        f"{width}x{height}",
-        "-r",
-        str(FPS),
-        "-i",
-        "-",
-        "-c:v",
-        "libx264",
-        "-preset",
-        ENCODE_PRESET,
-        "-crf",
-        "18",
-        "-pix_fmt",
-        "yuv420p",
-        str(path),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-    for frame in motion_frames(side, canvas):
-        proc.stdin.write(frame.tobytes())
-    proc.stdin.close()
-    if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {path}")
-    return path
+    from tests import media  # the tests' H.264 writer (real ffmpeg), also used for the fixtures
+
+    return media.write_video(
+        path, motion_frames(side, canvas), fps=FPS, size=canvas, output_args=("-preset", ENCODE_PRESET)
+    )
 
 
 def looped_video(cycle: Path, path: Path, seconds: float) -> Path:
