@@ -190,26 +190,20 @@ def build_inputs(work: Path, long_s: float, short_s: float) -> dict[str, object]
     if not ref_cycle.exists():
         write_motion(ref_cycle, REFERENCE_SIDE, (REFERENCE_SIDE, REFERENCE_SIDE))
     ref_speech_s = min(REFERENCE_SPEECH_S, short_s)
+
+    def looped(cycle: Path, tag: str, seconds: float) -> tuple[str, str]:
+        """(video, speech) of `seconds`: the motion cycle and the speech looped to that length."""
+        video = looped_video(cycle, work / f"{tag}-{seconds:g}s.mp4", seconds)
+        return str(video), str(looped_audio(speech, work / f"speech-{seconds:g}s.wav", seconds))
+
     return {
         "models": str(random_checkpoint(work / "models" / "wav2lip_gan.pth").parent),
         "hd_box": face_box(HD[1], HD),
         "ref_box": face_box(REFERENCE_SIDE, (REFERENCE_SIDE, REFERENCE_SIDE)),
-        "hd_short": (
-            str(looped_video(hd_cycle, work / f"hd-{short_s:g}s.mp4", short_s)),
-            str(looped_audio(speech, work / f"speech-{short_s:g}s.wav", short_s)),
-        ),
-        "hd_long": (
-            str(looped_video(hd_cycle, work / f"hd-{long_s:g}s.mp4", long_s)),
-            str(looped_audio(speech, work / f"speech-{long_s:g}s.wav", long_s)),
-        ),
-        "ref_short": (
-            str(looped_video(ref_cycle, work / f"ref-{ref_speech_s:g}s.mp4", ref_speech_s)),
-            str(looped_audio(speech, work / f"speech-{ref_speech_s:g}s.wav", ref_speech_s)),
-        ),
-        "ref_long": (
-            str(looped_video(ref_cycle, work / f"ref-{long_s:g}s.mp4", long_s)),
-            str(looped_audio(speech, work / f"speech-{long_s:g}s.wav", long_s)),
-        ),
+        "hd_short": looped(hd_cycle, "hd", short_s),
+        "hd_long": looped(hd_cycle, "hd", long_s),
+        "ref_short": looped(ref_cycle, "ref", ref_speech_s),
+        "ref_long": looped(ref_cycle, "ref", long_s),
     }
 
 
