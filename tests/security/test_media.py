@@ -254,3 +254,16 @@ def test_a_picture_named_like_a_sequence_is_read_as_that_one_file(uploads):
     info = probe(named)
     assert info.is_image and info.size == (16, 16)
     assert decode_image(named).max() == 0
+
+
+@pytest.mark.parametrize("kind", ["absolute", "relative", "disguised", "concat"])
+def test_the_ui_speech_check_never_reads_the_file_a_playlist_names(kind, attacks, speech_wav):
+    """The Single tab checks the speech (length, loudness) as soon as it is uploaded, a video's
+    sound track included: a playlist or concat list must not lead that check to another file."""
+    from heygem.errors import MediaProcessError
+    from heygem.web.media import speech_level
+
+    seconds, level = speech_level(speech_wav)  # the check does read real speech
+    assert seconds > 0.5 and level > 0
+    with pytest.raises(MediaProcessError, match="has no readable audio"):
+        speech_level(attacks[kind])
