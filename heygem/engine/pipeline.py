@@ -1,7 +1,8 @@
 """LipSyncPipeline: audio + face video/photo in, lip-synced mp4 out, in bounded memory.
 
 LipSyncPipeline implements heygem.engine.api.Engine: constructing it is cheap, `load` loads the
-detector and generator once, and `run` streams one job through two frame passes.
+detector and generator once, and `run` streams one job through its frames: one pass when the
+output shows the whole video (faces are detected as it is read), else a detection pass first.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class _Loaded:
 
 
 class LipSyncPipeline:
-    """Loads detector and generator once; each `run` streams one job through two frame passes."""
+    """Loads detector and generator once; each `run` streams one job through one or two frame passes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
