@@ -365,14 +365,12 @@ class SparseDetection:
 
     def _resolve(self) -> None:
         strides, self.pending = self.pending, []
-        if getattr(self.detector, "batched", False):  # a GPU wants the key frames together
-            found: list[list[RawFace] | None] = list(
-                _detect_scaled([s.key for s in strides], self.detector, self.raw)
-            )
-        else:
-            found = [None] * len(strides)  # searched one by one, near the previous key frame's faces
-        for stride, faces in zip(strides, found, strict=True):
-            stride.key_faces = faces if faces is not None else self._detect_key(stride)
+        # A GPU wants the key frames together; otherwise each is searched alone, near the faces
+        # of the key frame before it.
+        batched = bool(getattr(self.detector, "batched", False))
+        together = _detect_scaled([s.key for s in strides], self.detector, self.raw) if batched else []
+        for index, stride in enumerate(strides):
+            stride.key_faces = together[index] if batched else self._detect_key(stride)
             self.raw.faces.extend(self._between(stride))
             self.raw.faces.append(stride.key_faces)
             self.previous = stride
@@ -417,32 +415,45 @@ class SparseDetection:
 
 def _find_near(frame: Frame, face: RawFace, detector: FaceDetector, raw: RawDetections) -> RawFace | None:
     """The face in `frame` that overlaps `face` (full-frame pixels) the most, searching only its
-    neighbourhood shrunk so the face is about NEAR_FACE_PX wide; None when nothing overlaps enough."""
-    import cv2
-
-    frame_h, frame_w = frame.shape[:2]
-    to_frame = frame_w / raw.width, frame_h / raw.height
-    x1, y1, x2, y2 = (face[i] * to_frame[i % 2] for i in range(4))
-    side = max(x2 - x1, y2 - y1, 1.0)
-    reach = side * NEAR_CONTEXT / 2
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left, top = max(0, int(cx - reach)), max(0, int(cy - reach))
-    right, bottom = min(frame_w, int(cx + reach) + 1), min(frame_h, int(cy + reach) + 1)
-    shrink = min(1.0, NEAR_FACE_PX / side)
-    size = max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink))
-    # cv2's stubs type every image as MatLike; area resizing keeps the uint8 dtype.
-    region = cast(Frame, cv2.resize(frame[top:bottom, left:right], size, interpolation=cv2.INTER_AREA))
-    sx, sy = (right - left) / size[0], (bottom - top) / size[1]
-    found = [
-        _to_raw(
-            Detection(left + d.x1 * sx, top + d.y1 * sy, left + d.x2 * sx, top + d.y2 * sy, d.score).scaled(
-                1 / to_frame[0], 1 / to_frame[1]
-            )
-        )
-        for d in detector.detect([region])[0]
-    ]
+    neighbourhood; None when nothing there overlaps it enough."""
+    region = _Neighbourhood.around(frame, face, raw)
+    found = [region.to_full(d) for d in detector.detect([region.pixels])[0]]
     best = max(found, key=lambda other: _overlap(face, other), default=None)
     return best if best is not None and _overlap(face, best) >= NEAR_MIN_IOU else None
+
+
+@dataclass(frozen=True)
+class _Neighbourhood:
+    """A face's surroundings cut from a detection frame, shrunk so the face is about NEAR_FACE_PX."""
+
+    pixels: Frame
+    left: float  # its top-left corner in full-frame pixels
+    top: float
+    scale_x: float  # full-frame pixels per pixel of `pixels`
+    scale_y: float
+
+    @classmethod
+    def around(cls, frame: Frame, face: RawFace, raw: RawDetections) -> _Neighbourhood:
+        import cv2
+
+        frame_h, frame_w = frame.shape[:2]
+        fx, fy = frame_w / raw.width, frame_h / raw.height  # frame pixels per full-frame pixel
+        x1, y1, x2, y2 = face[0] * fx, face[1] * fy, face[2] * fx, face[3] * fy
+        side = max(x2 - x1, y2 - y1, 1.0)
+        reach = side * NEAR_CONTEXT / 2
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        left, top = max(0, int(cx - reach)), max(0, int(cy - reach))
+        right, bottom = min(frame_w, int(cx + reach) + 1), min(frame_h, int(cy + reach) + 1)
+        shrink = min(1.0, NEAR_FACE_PX / side)
+        size = max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink))
+        # cv2's stubs type every image as MatLike; area resizing keeps the uint8 dtype.
+        pixels = cast(Frame, cv2.resize(frame[top:bottom, left:right], size, interpolation=cv2.INTER_AREA))
+        return cls(pixels, left / fx, top / fy, (right - left) / size[0] / fx, (bottom - top) / size[1] / fy)
+
+    def to_full(self, d: Detection) -> RawFace:
+        x1, y1 = self.left + d.x1 * self.scale_x, self.top + d.y1 * self.scale_y
+        x2, y2 = self.left + d.x2 * self.scale_x, self.top + d.y2 * self.scale_y
+        return _to_raw(Detection(x1, y1, x2, y2, d.score))
 
 
 def _match_faces(before: Sequence[RawFace], after: Sequence[RawFace]) -> list[tuple[RawFace, RawFace]] | None:
