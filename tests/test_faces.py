@@ -378,10 +378,19 @@ def test_key_frames_are_searched_near_the_last_faces_with_a_whole_frame_now_and_
     assert len(squares.searched) == 21  # the key frames, each searched once
     assert len(whole) == 5  # the first, then every NEAR_FULL_EVERY-th key frame
     near = [size for size in squares.searched if size != (320, 240)]
-    assert all(max(size) <= track.NEAR_FACE_PX * track.NEAR_CONTEXT + 2 for size in near)
+    assert all(max(size) <= 40 * track.NEAR_CONTEXT + 2 for size in near)  # the 40 px square's surroundings
     full = track.detect_faces(square_frames(101), SquareDetector(), (320, 240), batch_size=4)
     gap = np.abs(np.array([f[0][:4] for f in raw.faces]) - np.array([f[0][:4] for f in full.faces]))
     assert gap.max() <= 1
+
+
+def test_the_neighbourhood_is_searched_at_the_scale_whole_frames_are():
+    squares = SquareDetector()
+    raw = track.detect_faces(square_frames(11), ScaledDetector(squares, 160), (320, 240), every=5)
+    whole, near = squares.searched[0], squares.searched[1]
+    assert whole == (160, 120)  # the whole frame, halved by the detector's cap
+    assert max(near) <= (40 * track.NEAR_CONTEXT + 2) / 2  # the square's surroundings, halved too
+    assert abs(raw.faces[5][0][2] - raw.faces[5][0][0] - 40) <= 2  # boxes back in full-frame pixels
 
 
 def test_a_face_entering_the_picture_is_found_at_the_next_whole_frame_search():

@@ -347,7 +347,7 @@ class LipSyncPipeline:
         frames: Iterator[BoxedFrame],
         renderer: MouthRenderer,
     ) -> int:
-        """Pass 2: boxed frames -> renderer in batches -> encoder, muxing audio.
+        """The synthesis pass: boxed frames -> renderer in batches -> encoder, muxing audio.
 
         Returns how many output frames had no face and passed through unchanged.
         """

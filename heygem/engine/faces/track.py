@@ -63,12 +63,11 @@ SPARSE_MIN_IOU = 0.5
 CUT_THUMB_SIDE = 32
 CUT_GREY_CHANGE = 24.0
 # A key frame is first searched only around the previous key frame's faces: each face's
-# neighbourhood (NEAR_CONTEXT times its size) shrunk so the face is about NEAR_FACE_PX wide, which
-# costs a Haar cascade about a fifth of the whole (shrunk) frame. Every NEAR_FULL_EVERY-th key
-# frame, and whenever a face is not found again near where it was, the whole frame is searched,
-# so a face entering the picture is found within that many strides.
+# neighbourhood (NEAR_CONTEXT times its size), at the scale the detector searches whole frames
+# (so the boxes are alike), costs a Haar cascade about a sixth of the whole frame. Every
+# NEAR_FULL_EVERY-th key frame, and whenever a face is not found again near where it was, the
+# whole frame is searched, so a face entering the picture is found within that many strides.
 NEAR_CONTEXT = 2.5
-NEAR_FACE_PX = 48
 NEAR_MIN_IOU = 0.3
 NEAR_FULL_EVERY = 5
 
@@ -416,7 +415,7 @@ class SparseDetection:
 def _find_near(frame: Frame, face: RawFace, detector: FaceDetector, raw: RawDetections) -> RawFace | None:
     """The face in `frame` that overlaps `face` (full-frame pixels) the most, searching only its
     neighbourhood; None when nothing there overlaps it enough."""
-    region = _Neighbourhood.around(frame, face, raw)
+    region = _Neighbourhood.around(frame, face, raw, getattr(detector, "max_side", None))
     found = [region.to_full(d) for d in detector.detect([region.pixels])[0]]
     best = max(found, key=lambda other: _overlap(face, other), default=None)
     return best if best is not None and _overlap(face, best) >= NEAR_MIN_IOU else None
@@ -424,7 +423,7 @@ def _find_near(frame: Frame, face: RawFace, detector: FaceDetector, raw: RawDete
 
 @dataclass(frozen=True)
 class _Neighbourhood:
-    """A face's surroundings cut from a detection frame, shrunk so the face is about NEAR_FACE_PX."""
+    """A face's surroundings cut from a detection frame, shrunk to the detector's `max_side` scale."""
 
     pixels: Frame
     left: float  # its top-left corner in full-frame pixels
@@ -433,7 +432,7 @@ class _Neighbourhood:
     scale_y: float
 
     @classmethod
-    def around(cls, frame: Frame, face: RawFace, raw: RawDetections) -> _Neighbourhood:
+    def around(cls, frame: Frame, face: RawFace, raw: RawDetections, max_side: int | None) -> _Neighbourhood:
         import cv2
 
         frame_h, frame_w = frame.shape[:2]
@@ -444,7 +443,7 @@ class _Neighbourhood:
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         left, top = max(0, int(cx - reach)), max(0, int(cy - reach))
         right, bottom = min(frame_w, int(cx + reach) + 1), min(frame_h, int(cy + reach) + 1)
-        shrink = min(1.0, NEAR_FACE_PX / side)
+        shrink = min(1.0, max_side / max(frame_w, frame_h)) if max_side else 1.0
         size = max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink))
         # cv2's stubs type every image as MatLike; area resizing keeps the uint8 dtype.
         pixels = cast(Frame, cv2.resize(frame[top:bottom, left:right], size, interpolation=cv2.INTER_AREA))
