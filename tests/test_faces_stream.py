@@ -148,3 +148,10 @@ def _video(tmp_path):
 def test_settle_boxes_matches_build_track_on_a_whole_video():
     raw = RawDetections(64, 64, [[(1, 2, 30, 40, 0.9)], [], [(3, 2, 32, 40, 0.9)]])
     assert track.settle_boxes(raw) == track.build_track(raw).boxes
+
+
+def test_big_frames_get_fewer_key_frames_per_detector_pass():
+    options = TrackOptions(batch_size=8, detect_every=5)
+    assert stream._key_batch(options, 1280 * 720 * 3) == 8
+    assert stream._key_batch(options, 3840 * 2160 * 3) == 1  # 5 held 4K frames per key frame: 124 MB
+    assert 5 * 3840 * 2160 * 3 * stream._key_batch(options, 3840 * 2160 * 3) <= stream.HELD_FRAMES_BUDGET_BYTES
