@@ -64,6 +64,7 @@ STAGE_KEEP_FRAMES = 64  # decoded frames kept in memory for the blend and encode
 STAGE_ENCODE_FRAMES = 250
 STAGE_MODEL_BATCHES = 3  # timed generator batches after one warm-up batch
 MODEL_ONLY_FRAMES = 64  # generator frames timed after each end-to-end run
+TORCH_STAGE_BATCH = 32  # the torch generator rows' batch when --batch-size is 0 (auto)
 WIDE_DETECT_SIDE = 640  # what-if: Haar at S3FD's detection size instead of its own
 SLOW_PRESET = "medium"  # what-if: the x264 preset the writer used before veryfast
 DEFAULTS = "defaults"
@@ -318,22 +319,24 @@ def measure_stages(spec: dict) -> dict:
         windows = mel_chunks(melspectrogram(wav), info.fps)
     out["mel"] = clock.rate(len(windows))
 
-    placement = choose_placement("cpu", settings.precision)
+    out["model default"] = default_generator(settings)
+    batch = settings.batch_size or TORCH_STAGE_BATCH
+    placement = choose_placement("cpu", "fp32")
     model = prepare_model(load_checkpoint(Path(spec["models"]) / "wav2lip_gan.pth", "cpu"), placement)
-    runner = GeneratorRunner(model, placement, settings.batch_size)
-    crops = np.stack([crop_face(kept[i % len(kept)], box) for i in range(settings.batch_size)])
-    mels = windows[: settings.batch_size]
+    runner = GeneratorRunner(model, placement, batch)
+    crops = np.stack([crop_face(kept[i % len(kept)], box) for i in range(batch)])
+    mels = windows[:batch]
     mouths = runner.infer(mels, crops)  # warm-up: oneDNN picks its kernels on the first call
     with Clock() as clock:
         for _ in range(STAGE_MODEL_BATCHES):
             mouths = runner.infer(mels, crops)
-    out["model"] = clock.rate(STAGE_MODEL_BATCHES * settings.batch_size)
-    bf16 = GeneratorRunner(model, choose_placement("cpu", "bf16"), settings.batch_size)
+    out["model"] = clock.rate(STAGE_MODEL_BATCHES * batch)
+    bf16 = GeneratorRunner(model, choose_placement("cpu", "bf16"), batch)
     bf16.infer(mels, crops)
     with Clock() as clock:
         for _ in range(STAGE_MODEL_BATCHES):
             bf16.infer(mels, crops)
-    out["model bf16"] = clock.rate(STAGE_MODEL_BATCHES * settings.batch_size)
+    out["model bf16"] = clock.rate(STAGE_MODEL_BATCHES * batch)
 
     blended = []
     with Clock() as clock:
@@ -356,6 +359,18 @@ def measure_stages(spec: dict) -> dict:
     out["encode medium"] = clock.rate(STAGE_ENCODE_FRAMES)
     out["threads"] = __import__("torch").get_num_threads()
     return out
+
+
+def default_generator(settings) -> dict:
+    """The generator as the pipeline runs it by default (backend, precision and batch chosen by
+    the settings), caught through the instrumented runner its warm-up uses."""
+    from heygem.engine.pipeline import LipSyncPipeline
+
+    timers = StageTimers()
+    instrument(timers)
+    pipeline = LipSyncPipeline(settings)
+    pipeline.warmup()
+    return model_only(timers.runner) | {"backend": pipeline.status().backend}
 
 
 def found(raw) -> str:
@@ -608,8 +623,10 @@ def stage_table(stages: dict) -> list[str]:
         f"the default), the rest filled in: {stages['detect sparse']['found']}",
         "detect 640": f"what-if: Haar at {WIDE_DETECT_SIDE} px (before): {stages['detect 640']['found']}",
         "mel": "ffmpeg decode to 16 kHz + numpy mel + windows",
-        "model": "generator only, torch eager, batch of 96x96 faces, fp32",
-        "model bf16": "the same with bf16 autocast (opt-in `--precision bf16`)",
+        "model default": f"generator only as jobs run it by default: {stages['model default']['backend']}, "
+        "batch chosen by the backend",
+        "model": "generator only, torch eager (`--backend torch`), batch of 96x96 faces, fp32",
+        "model bf16": "the same with bf16 autocast (opt-in `--backend torch --precision bf16`)",
         "blend": "crop to 96x96 + feathered paste at 720p",
         "encode": f"FrameWriter: x264 (preset {stages['encode']['preset']}, the default) + AAC mux, 720p",
         "encode medium": f"what-if: the same with x264 preset {SLOW_PRESET} (before)",

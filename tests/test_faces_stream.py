@@ -154,4 +154,6 @@ def test_big_frames_get_fewer_key_frames_per_detector_pass():
     options = TrackOptions(batch_size=8, detect_every=5)
     assert stream._key_batch(options, 1280 * 720 * 3) == 8
     assert stream._key_batch(options, 3840 * 2160 * 3) == 1  # 5 held 4K frames per key frame: 124 MB
-    assert 5 * 3840 * 2160 * 3 * stream._key_batch(options, 3840 * 2160 * 3) <= stream.HELD_FRAMES_BUDGET_BYTES
+    assert (
+        5 * 3840 * 2160 * 3 * stream._key_batch(options, 3840 * 2160 * 3) <= stream.HELD_FRAMES_BUDGET_BYTES
+    )
