@@ -316,7 +316,8 @@ def test_a_broken_runtime_falls_back_to_torch_with_one_warning(
         0,
     )  # fp32 eager is the reference
     assert _warnings(caplog) == [
-        "backend openvino unavailable (Cannot load library 'libopenvino_intel_cpu_plugin.so'); using torch"
+        "backend openvino unavailable for the generator"
+        " (Cannot load library 'libopenvino_intel_cpu_plugin.so'); using torch"
     ]
 
 
@@ -325,7 +326,7 @@ def test_openvino_on_a_gpu_device_gives_torch_and_one_warning(model, checkpoint_
     with caplog.at_level(logging.INFO, logger=BACKEND_LOGGER):
         backend = select_backend(model, request)
     assert (backend.name, backend.precision) == (TORCH, "fp16")
-    assert _warnings(caplog) == ["backend openvino runs on the CPU only; using torch on cuda"]
+    assert _warnings(caplog) == ["backend openvino runs on the CPU only; using torch on cuda for the generator"]
     assert not any(tmp_path.iterdir())  # nothing converted
 
 

@@ -162,9 +162,10 @@ def test_create_detector_prefers_s3fd_weights_and_falls_back_to_haar(settings, r
     assert "no S3FD weights" in caplog.text
 
     (settings.models_dir / "s3fd.pth").write_bytes(random_s3fd.read_bytes())
-    chosen = detect.create_detector(settings.replace(detect_max_side=320), device="cpu")
+    on_torch = settings.replace(backend="torch")  # OpenVINO's S3FD: tests/test_s3fd_openvino.py
+    chosen = detect.create_detector(on_torch.replace(detect_max_side=320), device="cpu")
     assert chosen.name == "s3fd" and "max_side=320" in chosen.cache_tag
-    explicit = detect.create_detector(settings.replace(detector_weights=random_s3fd), device="cpu")
+    explicit = detect.create_detector(on_torch.replace(detector_weights=random_s3fd), device="cpu")
     assert isinstance(explicit.inner, S3FDDetector) and explicit.inner.weights_path == random_s3fd
     assert explicit.max_side == settings.detect_max_side  # S3FD keeps the 640 px it was built for
 

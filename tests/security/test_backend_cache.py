@@ -14,6 +14,7 @@ import pytest
 from heygem.engine.model.backends import MANIFEST_FILE, MODEL_FILE, ConvertedModelCache
 
 VERSION = "2026.4.1"
+STALE = "wav2lip_gan-0000000000000000-openvino1.0-fp32"
 
 
 class RefusingCore:
@@ -53,13 +54,14 @@ def test_pruning_stale_entries_never_follows_a_link_out_of_the_cache(checkpoint,
     outside.mkdir()
     (outside / "keep.txt").write_text("not the cache's")
     cache_dir.mkdir()
-    (cache_dir / "wav2lip_gan-link").symlink_to(outside, target_is_directory=True)
-    (cache_dir / "wav2lip_gan-0000-openvino1.0-fp32").mkdir()  # a real stale entry
+    link = cache_dir / "wav2lip_gan-1111111111111111-openvino1.0-fp32"  # named like a stale entry
+    link.symlink_to(outside, target_is_directory=True)
+    (cache_dir / STALE).mkdir()  # a real stale entry
 
     ConvertedModelCache(checkpoint, (cache_dir,), VERSION)._prune_stale(cache_dir)
 
     assert (outside / "keep.txt").read_text() == "not the cache's"
-    assert not (cache_dir / "wav2lip_gan-0000-openvino1.0-fp32").exists()
+    assert not (cache_dir / STALE).exists()
 
 
 def test_an_entry_whose_files_do_not_match_its_manifest_is_never_read(checkpoint, cache_dir, caplog):
