@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from heygem.engine.media.probe import probe
 from heygem.errors import InputError, ModelError, NoFaceError, WeightsMissingError
 from tests import media
 
-SPEC_DIR = Path(__file__).parent / "spec"
 # Where the astronaut's face sits in the 256x256 fixture (x1, y1, x2, y2), give or take the drift.
 ASTRONAUT_FACE = (88, 31, 140, 84)
 
@@ -61,23 +59,6 @@ class FixedDetector:
 @pytest.fixture(scope="module")
 def haar() -> HaarDetector:
     return HaarDetector()
-
-
-@pytest.fixture(scope="module")
-def random_s3fd(tmp_path_factory) -> Path:
-    """S3FD with random weights, saved as a plain state dict like the public s3fd.pth."""
-    import torch
-    from face_alignment.detection.sfd.net_s3fd import s3fd
-
-    torch.manual_seed(0)
-    state = s3fd().state_dict()
-    manifest = [line.split("\t") for line in (SPEC_DIR / "s3fd.tsv").read_text().splitlines() if line]
-    assert [(name, "x".join(map(str, t.shape)) or "scalar") for name, t in state.items()] == [
-        (name, shape) for name, shape in manifest
-    ]
-    path = tmp_path_factory.mktemp("s3fd") / "s3fd.pth"
-    torch.save(state, path)
-    return path
 
 
 # --- detectors -----------------------------------------------------------------------------------
