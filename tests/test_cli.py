@@ -179,6 +179,32 @@ def test_generate_with_a_checked_openvino_cache_never_imports_torch(
     np.testing.assert_array_equal(media.read_frames(outputs[0]), media.read_frames(outputs[1]))
 
 
+def test_generate_with_checked_caches_of_both_networks_detects_faces_without_torch(
+    short_speech, face_video, checkpoint_file, random_s3fd, tmp_path
+):
+    """No box: S3FD finds the face. The first start converts and checks the generator and the
+    detector; the next one serves both from their cache entries, without torch, the same frames."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(checkpoint_file, models / checkpoint_file.name)
+    shutil.copy(random_s3fd, models / "s3fd.pth")
+    outputs, imported, logs = [], [], []
+    for run in ("checked", "fast"):
+        outputs.append(tmp_path / f"{run}.mp4")
+        proc = heygem(
+            "generate", "--audio", short_speech, "--video", face_video, "--output", outputs[-1],
+            "--data-dir", tmp_path / "data", "--models-dir", models, "--engine", "wav2lip",
+            "--precision", "fp32", env={"PYTHONPROFILEIMPORTTIME": "1", "HEYGEM_BACKEND": "openvino"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        imported.append({name.split(".")[0] for name in _imported_modules(proc)})
+        logs.append(proc.stdout + proc.stderr)
+    assert "torch" in imported[0] and "torch" not in imported[1] and "openvino" in imported[1]
+    assert "face detector: s3fd" in logs[1] and "openvino fp32" in logs[1]
+    assert len(list((models / "backend-cache").iterdir())) == 2  # one entry per network
+    np.testing.assert_array_equal(media.read_frames(outputs[0]), media.read_frames(outputs[1]))
+
+
 def test_requested_wav2lip_without_weights_names_path_and_command(
     short_speech, face_video, folders, tmp_path
 ):

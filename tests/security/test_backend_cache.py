@@ -118,3 +118,52 @@ def test_a_recorded_entry_whose_files_changed_is_still_never_read(checkpoint, ca
     core = RefusingCore()
     assert cache.load(core) is None
     assert core.read == [] and not entry.exists()
+
+
+def test_an_entry_that_is_a_link_elsewhere_is_never_read(checkpoint, cache_dir, tmp_path):
+    """A link named like the entry could point at any IR on the machine: it is not an entry."""
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION, "s3fd")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / MODEL_FILE).write_text("<net/>")
+    (elsewhere / MANIFEST_FILE).write_text(json.dumps({"sizes": {MODEL_FILE: 6}, "drift": {"fp32": 0}}))
+    cache_dir.mkdir()
+    (cache_dir / cache.entry_name).symlink_to(elsewhere, target_is_directory=True)
+    core = RefusingCore()
+    assert cache.entry is None and cache.drifts() == {} and cache.load(core) is None
+    assert core.read == [] and (elsewhere / MODEL_FILE).exists()
+
+
+@pytest.mark.parametrize("planted", ["link", "unlisted"])
+def test_an_entry_holding_a_file_its_manifest_does_not_vouch_for_is_never_read(
+    checkpoint, cache_dir, tmp_path, planted
+):
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION, "s3fd")
+    entry = _planted_entry(cache, cache_dir, {MODEL_FILE: len("<net/>"), "model.bin": 4})
+    outside = tmp_path / "weights-of-someone-else.bin"
+    outside.write_bytes(b"1234")
+    if planted == "link":  # the right size, but read from outside the cache
+        (entry / "model.bin").symlink_to(outside)
+    else:
+        (entry / "model.bin").write_bytes(b"1234")
+        (entry / "extra.bin").write_bytes(b"x")  # something the converter never wrote
+    core = RefusingCore()
+    assert cache.load(core) is None
+    assert core.read == [] and not entry.exists() and outside.read_bytes() == b"1234"
+
+
+def test_two_networks_whose_weights_share_a_name_never_prune_each_other(tmp_path):
+    shared_cache = tmp_path / "cache"
+    generator_weights = tmp_path / "a" / "model.pth"
+    detector_weights = tmp_path / "b" / "model.pth"
+    for path, data in ((generator_weights, b"generator"), (detector_weights, b"detector")):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    generator = ConvertedModelCache(generator_weights, (shared_cache,), VERSION)
+    detector = ConvertedModelCache(detector_weights, (shared_cache,), VERSION, "s3fd")
+    assert generator.entry_name != detector.entry_name
+    for cache in (generator, detector):
+        (shared_cache / cache.entry_name).mkdir(parents=True)
+    generator._prune_stale(shared_cache)
+    detector._prune_stale(shared_cache)
+    assert (shared_cache / generator.entry_name).is_dir() and (shared_cache / detector.entry_name).is_dir()
