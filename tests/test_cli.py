@@ -313,6 +313,7 @@ def test_models_verify_loads_the_checkpoint(folders, checkpoint_file):
     )
     assert backend is not None, proc.stdout
     assert int(backend.group(2)) <= 1
+    assert "ok: face detector haar (" in proc.stdout  # no S3FD weights installed
 
 
 def test_models_verify_reports_the_torch_autocast_drift(folders, checkpoint_file):

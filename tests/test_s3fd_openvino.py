@@ -142,6 +142,8 @@ def test_openvino_detector_finds_what_the_torch_detector_finds_within_a_pixel(co
     assert np.abs(ov_boxes - torch_boxes).max() <= 1.0  # every anchor of every frame, in pixels
     assert np.abs(ov_scores - torch_scores).max() <= 1e-3
 
+    assert detect.detector_label(served).startswith("s3fd on openvino fp32, ")
+    assert detect.detector_label(reference) == "s3fd on torch cpu"
     ours, theirs = served.detect(frames), reference.detect(frames)
     for found, expected in zip(ours, theirs):
         assert len(found) > 0 and abs(len(found) - len(expected)) <= max(2, len(expected) // 20)

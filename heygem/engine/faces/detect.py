@@ -513,6 +513,17 @@ def create_detector(settings: Settings, device: str | None = None) -> ScaledDete
     return ScaledDetector(inner, side)
 
 
+def detector_label(detector: FaceDetector) -> str:
+    """What finds the faces, for `models verify`: e.g. "s3fd on openvino bf16, 1 pixel(s) from
+    fp32 eager", "s3fd on torch cpu", "haar"."""
+    inner = detector.inner if isinstance(detector, ScaledDetector) else detector
+    if isinstance(inner, OpenVinoS3FD):
+        return f"{inner.name} on {inner.backend.label}"
+    if isinstance(inner, S3FDDetector):
+        return f"{inner.name} on torch {inner.device}"
+    return inner.name
+
+
 _shared: dict[tuple[object, ...], ScaledDetector] = {}
 _shared_lock = threading.Lock()
 
@@ -556,5 +567,6 @@ __all__ = [
     "HaarDetector",
     "ScaledDetector",
     "create_detector",
+    "detector_label",
     "shared_detector",
 ]
