@@ -94,6 +94,22 @@ def random_s3fd(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def conversions(monkeypatch) -> list[int]:
+    """Counts OpenVINO conversions: appends one entry per call of the real converter."""
+    from heygem.engine.model import backends
+
+    calls: list[int] = []
+    real = backends._convert
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "_convert", counted)
+    return calls
+
+
+@pytest.fixture
 def data_dir(tmp_path) -> Path:
     path = tmp_path / "data"
     path.mkdir()

@@ -71,20 +71,6 @@ def converted(first_load) -> Path:
     return first_load[0]
 
 
-@pytest.fixture
-def conversions(monkeypatch) -> list[int]:
-    """Counts conversions: appends one entry per call of the real converter."""
-    calls: list[int] = []
-    real = backends._convert
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(backends, "_convert", counted)
-    return calls
-
-
 def _request(
     checkpoint: Path, *cache_dirs: Path, backend: str = "auto", precision: str = "auto"
 ) -> BackendRequest:

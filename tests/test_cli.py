@@ -155,39 +155,18 @@ def _imported_modules(proc: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("detector", ["haar", "s3fd"])
 def test_generate_with_a_checked_openvino_cache_never_imports_torch(
-    short_speech, face_video, checkpoint_file, tmp_path
+    short_speech, face_video, checkpoint_file, random_s3fd, tmp_path, detector
 ):
     """The first start converts and checks against torch, recording the drift; the next one
-    runs OpenVINO without torch or the torch model, and renders the same frames."""
+    runs OpenVINO without torch or the torch model, and renders the same frames. With S3FD
+    weights (no box: S3FD finds the face) the detector is converted, checked and served so too."""
     models = tmp_path / "models"  # not install_checkpoint: its shared cache may hold a checked entry
     models.mkdir()
     shutil.copy(checkpoint_file, models / checkpoint_file.name)
-    outputs, imported = [], []
-    for run in ("checked", "fast"):
-        outputs.append(tmp_path / f"{run}.mp4")
-        proc = heygem(
-            "generate", "--audio", short_speech, "--video", face_video, "--output", outputs[-1],
-            "--data-dir", tmp_path / "data", "--models-dir", models, "--engine", "wav2lip",
-            "--precision", "fp32", env={"PYTHONPROFILEIMPORTTIME": "1", "HEYGEM_BACKEND": "openvino"},
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert "on cpu fp32" in proc.stdout + proc.stderr  # the engine line names the precision used
-        imported.append({name.split(".")[0] for name in _imported_modules(proc)})
-    assert "torch" in imported[0] and "openvino" in imported[0]
-    assert "torch" not in imported[1] and "openvino" in imported[1]
-    np.testing.assert_array_equal(media.read_frames(outputs[0]), media.read_frames(outputs[1]))
-
-
-def test_generate_with_checked_caches_of_both_networks_detects_faces_without_torch(
-    short_speech, face_video, checkpoint_file, random_s3fd, tmp_path
-):
-    """No box: S3FD finds the face. The first start converts and checks the generator and the
-    detector; the next one serves both from their cache entries, without torch, the same frames."""
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy(checkpoint_file, models / checkpoint_file.name)
-    shutil.copy(random_s3fd, models / "s3fd.pth")
+    if detector == "s3fd":
+        shutil.copy(random_s3fd, models / "s3fd.pth")
     outputs, imported, logs = [], [], []
     for run in ("checked", "fast"):
         outputs.append(tmp_path / f"{run}.mp4")
@@ -197,11 +176,15 @@ def test_generate_with_checked_caches_of_both_networks_detects_faces_without_tor
             "--precision", "fp32", env={"PYTHONPROFILEIMPORTTIME": "1", "HEYGEM_BACKEND": "openvino"},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        imported.append({name.split(".")[0] for name in _imported_modules(proc)})
         logs.append(proc.stdout + proc.stderr)
-    assert "torch" in imported[0] and "torch" not in imported[1] and "openvino" in imported[1]
-    assert "face detector: s3fd" in logs[1] and "openvino fp32" in logs[1]
-    assert len(list((models / "backend-cache").iterdir())) == 2  # one entry per network
+        assert "on cpu fp32" in logs[-1]  # the engine line names the precision used
+        imported.append({name.split(".")[0] for name in _imported_modules(proc)})
+    assert "torch" in imported[0] and "openvino" in imported[0]
+    assert "torch" not in imported[1] and "openvino" in imported[1]
+    assert f"face detector: {detector} (" in logs[1]
+    if detector == "s3fd":
+        assert "openvino fp32" in logs[1]
+        assert len(list((models / "backend-cache").iterdir())) == 2  # one entry per network
     np.testing.assert_array_equal(media.read_frames(outputs[0]), media.read_frames(outputs[1]))
 
 

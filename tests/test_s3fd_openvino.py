@@ -21,7 +21,6 @@ import torch
 
 from heygem.engine.faces import detect, s3fd
 from heygem.engine.faces.detect import OpenVinoS3FD, S3FDDetector
-from heygem.engine.model import backends
 from heygem.engine.model.backends import MANIFEST_FILE, OPENVINO
 from heygem.settings import Settings
 from tests.test_gpu_path import synthetic_outputs
@@ -49,19 +48,6 @@ def _warnings(caplog) -> list[str]:
 def _entry(weights: Path) -> Path:
     (entry,) = [path for path in (weights.parent / "backend-cache").iterdir() if path.is_dir()]
     return entry
-
-
-@pytest.fixture
-def conversions(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = backends._convert
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(backends, "_convert", counted)
-    return calls
 
 
 # -- the numpy decode is the torch decode ------------------------------------------------------------
