@@ -64,11 +64,9 @@ STAGE_KEEP_FRAMES = 64  # decoded frames kept in memory for the blend and encode
 STAGE_ENCODE_FRAMES = 250
 STAGE_MODEL_BATCHES = 3  # timed generator batches after one warm-up batch
 MODEL_ONLY_FRAMES = 64  # generator frames timed after each end-to-end run
+TORCH_STAGE_BATCH = 32  # the torch generator rows' batch when --batch-size is 0 (auto)
 WIDE_DETECT_SIDE = 640  # what-if: Haar at S3FD's detection size instead of its own
 SLOW_PRESET = "medium"  # what-if: the x264 preset the writer used before veryfast
-# What heygem.engine.runtime.tune_process() sets in the CLI and the server, as environment for library
-# runs: passive OpenMP waiting, and a fixed glibc mmap threshold.
-TUNED_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": "131072"}
 DEFAULTS = "defaults"
 CLI_VARIANTS = {  # label -> extra `python -m heygem generate` flags
     DEFAULTS: [],
@@ -321,22 +319,24 @@ def measure_stages(spec: dict) -> dict:
         windows = mel_chunks(melspectrogram(wav), info.fps)
     out["mel"] = clock.rate(len(windows))
 
-    placement = choose_placement("cpu", settings.precision)
+    out["model default"] = default_generator(settings)
+    batch = settings.batch_size or TORCH_STAGE_BATCH
+    placement = choose_placement("cpu", "fp32")
     model = prepare_model(load_checkpoint(Path(spec["models"]) / "wav2lip_gan.pth", "cpu"), placement)
-    runner = GeneratorRunner(model, placement, settings.batch_size)
-    crops = np.stack([crop_face(kept[i % len(kept)], box) for i in range(settings.batch_size)])
-    mels = windows[: settings.batch_size]
+    runner = GeneratorRunner(model, placement, batch)
+    crops = np.stack([crop_face(kept[i % len(kept)], box) for i in range(batch)])
+    mels = windows[:batch]
     mouths = runner.infer(mels, crops)  # warm-up: oneDNN picks its kernels on the first call
     with Clock() as clock:
         for _ in range(STAGE_MODEL_BATCHES):
             mouths = runner.infer(mels, crops)
-    out["model"] = clock.rate(STAGE_MODEL_BATCHES * settings.batch_size)
-    bf16 = GeneratorRunner(model, choose_placement("cpu", "bf16"), settings.batch_size)
+    out["model"] = clock.rate(STAGE_MODEL_BATCHES * batch)
+    bf16 = GeneratorRunner(model, choose_placement("cpu", "bf16"), batch)
     bf16.infer(mels, crops)
     with Clock() as clock:
         for _ in range(STAGE_MODEL_BATCHES):
             bf16.infer(mels, crops)
-    out["model bf16"] = clock.rate(STAGE_MODEL_BATCHES * settings.batch_size)
+    out["model bf16"] = clock.rate(STAGE_MODEL_BATCHES * batch)
 
     blended = []
     with Clock() as clock:
@@ -359,6 +359,18 @@ def measure_stages(spec: dict) -> dict:
     out["encode medium"] = clock.rate(STAGE_ENCODE_FRAMES)
     out["threads"] = __import__("torch").get_num_threads()
     return out
+
+
+def default_generator(settings) -> dict:
+    """The generator as the pipeline runs it by default (backend, precision and batch chosen by
+    the settings), caught through the instrumented runner its warm-up uses."""
+    from heygem.engine.pipeline import LipSyncPipeline
+
+    timers = StageTimers()
+    instrument(timers)
+    pipeline = LipSyncPipeline(settings)
+    pipeline.warmup()
+    return model_only(timers.runner) | {"backend": pipeline.status().backend}
 
 
 def found(raw) -> str:
@@ -551,17 +563,17 @@ def measure_reference(spec: dict) -> dict:
 
 
 CHILDREN = {"stages": measure_stages, "run": measure_run, "cli": measure_cli, "reference": measure_reference}
+TUNED_CHILDREN = ("stages", "run", "cli")  # heygem's own runs; the reference runs as its users run it
 
 
 def run_child(kind: str, spec: dict) -> dict:
     """Run one measurement in a fresh interpreter; also time the whole command as a user sees it."""
     spec = dict(spec)
-    env = os.environ | spec.pop("env", {})
     spec["launched_at"] = time.time()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--spec", json.dumps(spec)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT)
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -611,8 +623,10 @@ def stage_table(stages: dict) -> list[str]:
         f"the default), the rest filled in: {stages['detect sparse']['found']}",
         "detect 640": f"what-if: Haar at {WIDE_DETECT_SIDE} px (before): {stages['detect 640']['found']}",
         "mel": "ffmpeg decode to 16 kHz + numpy mel + windows",
-        "model": "generator only, torch eager, batch of 96x96 faces, fp32",
-        "model bf16": "the same with bf16 autocast (opt-in `--precision bf16`)",
+        "model default": f"generator only as jobs run it by default: {stages['model default']['backend']}, "
+        "batch chosen by the backend",
+        "model": "generator only, torch eager (`--backend torch`), batch of 96x96 faces, fp32",
+        "model bf16": "the same with bf16 autocast (opt-in `--backend torch --precision bf16`)",
         "blend": "crop to 96x96 + feathered paste at 720p",
         "encode": f"FrameWriter: x264 (preset {stages['encode']['preset']}, the default) + AAC mux, 720p",
         "encode medium": f"what-if: the same with x264 preset {SLOW_PRESET} (before)",
@@ -770,8 +784,8 @@ def render(
         f"- machine: {info['cpu']}, {info['memory']} RAM, Python {info['python']}, "
         f"torch {info['torch']}, {info['threads']} torch threads; library runs use batch size "
         f"{info['batch_size']}, device cpu, precision auto, backend {info['backend']} unless the row says "
-        "otherwise; they run with the environment heygem.engine.runtime.tune_process() sets in "
-        f"`python -m heygem` and the server ({' '.join(f'{k}={v}' for k, v in TUNED_ENV.items())})",
+        "otherwise; heygem's runs first call heygem.engine.runtime.tune_process(), as `python -m heygem` "
+        "and the server do (passive OpenMP waiting, a fixed mmap threshold set in-process)",
         f"- load average when the benchmark started / ended: {info['load']} / {info['load_end']}",
         "- **the CPU was shared** with other engineers' test runs while this ran, so wall-clock "
         "numbers are pessimistic and noisy; CPU-seconds (this process plus its ffmpeg "
@@ -843,6 +857,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        if args.child in TUNED_CHILDREN:
+            # What `python -m heygem` and the server do first. In-process (mallopt), not through the
+            # environment: ffmpeg children must not inherit a fixed mmap threshold, which doubles
+            # their system time.
+            from heygem.engine.runtime import tune_process
+
+            tune_process()
         print(json.dumps(CHILDREN[args.child](json.loads(args.spec))))
         return 0
     if args.backend and not has_backend_setting():
@@ -860,7 +881,7 @@ def benchmark(work: Path, args: argparse.Namespace) -> int:
     long_s, short_s = (4.0, 2.0) if args.quick else (60.0, 10.0)
     ref_s = min(REFERENCE_SPEECH_S, short_s)
     inputs = build_inputs(work, long_s, short_s)
-    base = {"work": str(work), "models": inputs["models"], "batch_size": args.batch_size, "env": TUNED_ENV}
+    base = {"work": str(work), "models": inputs["models"], "batch_size": args.batch_size}
     if args.backend:
         base["backend"] = args.backend
     hd_box, ref_box = {"box": inputs["hd_box"]}, {"box": inputs["ref_box"]}
@@ -926,7 +947,6 @@ def compare_with_reference(
     for round_no in range(1, rounds + 1):
         if args.reference:
             ref_spec = spec | {"reference": str(args.reference.resolve()), "python": args.reference_python}
-            ref_spec.pop("env", None)  # the reference runs as its users run it
             ref = results.get(
                 f"reference {ref_s:g} s, round {round_no}", lambda s=ref_spec: run_child("reference", s)
             )

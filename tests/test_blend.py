@@ -66,6 +66,21 @@ def test_feathered_paste_touches_only_the_lower_face(frame, patch):
     assert np.abs(mouth - (20, 220, 60)).max() <= 3
 
 
+@pytest.mark.parametrize("paste", [blend.paste_rect, blend.paste_feathered])
+def test_in_place_paste_draws_on_a_writable_frame_and_copies_a_read_only_one(frame, patch, paste):
+    expected = paste(frame, patch, BOX)
+    drawn = paste(frame, patch, BOX, in_place=True)
+    assert drawn is frame
+    np.testing.assert_array_equal(drawn, expected)
+
+    still = media.astronaut_bgr()
+    still.flags.writeable = False  # a still is shared by every output frame
+    copied = paste(still, patch, BOX, in_place=True)
+    assert copied is not still
+    np.testing.assert_array_equal(still, media.astronaut_bgr())
+    np.testing.assert_array_equal(copied, expected)
+
+
 def test_mask_is_soft_bounded_and_zero_at_the_edges():
     for width, height in [(52, 63), (17, 11), (300, 360)]:
         mask = blend.lower_face_mask(width, height)

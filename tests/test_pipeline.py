@@ -317,6 +317,47 @@ def test_second_run_and_new_pads_reuse_cached_face_boxes(
     assert counters[-1].frames == 0
 
 
+def test_a_job_that_shows_the_whole_video_decodes_it_once(settings, clip, face_video, tmp_path, monkeypatch):
+    from heygem.engine import pipeline as pipeline_module
+    from heygem.engine.media import schedule
+
+    reads: list[int | None] = []  # max_side of each decoder that ran: None is full size
+
+    def counted(real):
+        def read_frames(path, info, fps=None, max_side=None):
+            frames = real(path, info, fps=fps, max_side=max_side)
+            try:
+                yield next(frames)  # ffmpeg starts with the first frame asked for
+            except StopIteration:
+                return
+            reads.append(max_side)
+            yield from frames
+
+        return read_frames
+
+    monkeypatch.setattr(pipeline_module, "read_frames", counted(pipeline_module.read_frames))
+    monkeypatch.setattr(schedule, "read_frames", counted(schedule.read_frames))
+    engine = LipSyncPipeline(settings)
+    result = engine.run(clip(2.4), face_video, tmp_path / "once.mp4")  # 2.4 s of speech, 2 s of video
+    assert result.frames == 60 and result.frames_without_face == 0
+    assert reads == [None, None], "a detection pass decoded the video besides the synthesis pass"
+
+    # Its detections were cached: a shorter job (which detects before synthesis) finds them ...
+    del reads[:]
+    engine.run(clip(0.3), face_video, tmp_path / "short.mp4")
+    assert reads == [None]
+    # ... and they are the boxes a separate detection pass finds, give or take the downscaler.
+    info = pipeline_module.probe(face_video)
+    detector = pipeline_module.shared_detector(settings)
+    options = pipeline_module.TrackOptions.from_job(SyncOptions(), settings)
+    streamed = pipeline_module.face_track(settings, engine._track_cache, info, detector, options)
+    fresh = pipeline_module.face_track(
+        settings, pipeline_module.TrackCache(tmp_path / "fresh"), info, detector, options
+    )
+    assert len(streamed) == len(fresh) == 50
+    assert np.abs(np.array(streamed.boxes) - np.array(fresh.boxes)).max() <= 2
+
+
 # --- prefetching ---------------------------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ def test_the_eta_comes_from_the_speech_length_and_the_recent_speed(finished, spe
     slower = dataclasses.replace(job, frames=100, run_seconds=5.0)
     assert eta.recent_fps([timed, slower]) == pytest.approx(35.0)
     speech_s = eta.speech_seconds(job)
-    assert speech_s == pytest.approx(media.speech_level(speech_wav)[0], abs=0.05)
+    assert speech_s == pytest.approx(media.speech_level(speech_wav, 600.0)[0], abs=0.05)
     queued = dataclasses.replace(job, progress=0.0, options={})
     # 25 fps (the default output rate) x speech length, at 50 fps of rendering
     assert eta.render_seconds(queued, speech_s, 50.0) == pytest.approx(speech_s * 25 / 50)

@@ -416,6 +416,15 @@ def test_scheduled_frames_stream_the_schedule(indexed_video, tmp_path, policy):
     assert not scratch.exists() or list(scratch.iterdir()) == []  # the spool is gone
 
 
+def test_pingpong_replays_the_frames_as_decoded_even_when_the_consumer_drew_on_them(indexed_video, tmp_path):
+    info = probe.probe(indexed_video)
+    got = []
+    for index, frame in schedule.scheduled_frames(indexed_video, info, 9, "pingpong", tmp_path):
+        got.append((index, _index_of(frame)))
+        frame[:] = 0  # the renderer pastes into the frames it is handed
+    assert got == [(i, i) for i in (0, 1, 2, 3, 4, 3, 2, 1, 0)]
+
+
 def test_pingpong_spool_is_removed_when_closed_early(indexed_video, tmp_path):
     info = probe.probe(indexed_video)
     frames = schedule.scheduled_frames(indexed_video, info, 20, "pingpong", tmp_path)
@@ -437,3 +446,41 @@ def test_scheduled_still_repeats_one_read_only_frame(face_image, tmp_path):
     got = list(schedule.scheduled_frames(face_image, info, 4, "pingpong", tmp_path))
     assert [i for i, _ in got] == [0, 0, 0, 0]
     assert all(f is got[0][1] for _, f in got) and not got[0][1].flags.writeable
+
+
+# --- frame buffers -------------------------------------------------------------------------------
+
+
+def test_a_frame_buffer_is_reused_only_once_nothing_refers_to_it():
+    buffers = decode.FrameBuffers(12, keep=2)
+    frame = np.frombuffer(buffers.take(), np.uint8).reshape(2, 2, 3)
+    first = id(_buffer_of(frame))
+    view = frame[1:]
+    del frame
+    other = np.frombuffer(buffers.take(), np.uint8)
+    assert id(_buffer_of(other)) != first  # a view of the first frame is still alive
+    del view
+    again = np.frombuffer(buffers.take(), np.uint8)
+    assert id(_buffer_of(again)) == first
+    extra = np.frombuffer(buffers.take(), np.uint8)  # both kept buffers in use: a new one
+    assert id(_buffer_of(extra)) not in (first, id(_buffer_of(other)))
+    del again, extra
+    assert id(buffers.take()) == first
+
+
+def test_decoded_frames_stay_intact_while_held_though_buffers_are_recycled(indexed_video):
+    info = probe.probe(indexed_video)
+    held = []
+    for frame in decode.read_frames(indexed_video, info):
+        held.append((frame, _index_of(frame)))
+        if len(held) > 2:
+            held.pop(0)  # the consumer lets go of old frames: their buffers are reused
+        assert all(_index_of(f) == index for f, index in held)
+
+
+def _buffer_of(array: np.ndarray) -> object:
+    """The bytes object a decoded frame's memory belongs to."""
+    base = array.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base

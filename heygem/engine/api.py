@@ -290,5 +290,9 @@ class MouthRenderer(Protocol):
     def render(
         self, frames: list[Frame], boxes: list[Box | None], frame_indices: Sequence[int]
     ) -> list[Frame]:
-        """New frames with the mouth redrawn; frames whose box is None come back unchanged."""
+        """The frames with the mouth redrawn; frames whose box is None come back unchanged.
+
+        A writable frame may be redrawn in place (the pipeline hands over frames it no longer
+        needs); a read-only one (a still shown in every frame) is copied first.
+        """
         ...

@@ -2,7 +2,9 @@
 
 `paste_rect` is the reference's hard rectangle (bit-exact parity). `paste_feathered` blends only a
 soft ellipse over the mouth and jaw, so neither the box edge nor the model's blurrier upper face
-shows. Both return a new frame and leave the input untouched (stills and looped frames are reused).
+shows. Both return a new frame and leave the input untouched, unless asked to draw in place: a
+full-frame copy costs about as much as the paste itself at 720p (it is a fresh, page-faulted
+allocation every frame).
 """
 
 from __future__ import annotations
@@ -32,29 +34,36 @@ def crop_face(frame: Frame, box: Box, size: int = FACE_SIZE) -> Frame:
     return cast(Frame, cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR))
 
 
-def paste_rect(frame: Frame, patch: Frame, box: Box) -> Frame:
-    """Reference paste: `patch` resized bilinearly to the box overwrites it; a new frame is returned."""
+def paste_rect(frame: Frame, patch: Frame, box: Box, in_place: bool = False) -> Frame:
+    """Reference paste: `patch` resized bilinearly to the box overwrites it.
+
+    Into `frame` itself when `in_place` and it is writable, else into a copy."""
     x1, y1, x2, y2 = box
-    out = frame.copy()
+    out = _target(frame, in_place)
     out[y1:y2, x1:x2] = cv2.resize(patch, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
     return out
 
 
-def paste_feathered(frame: Frame, patch: Frame, box: Box) -> Frame:
+def paste_feathered(frame: Frame, patch: Frame, box: Box, in_place: bool = False) -> Frame:
     """Blend `patch` (resized to the box) into the lower face through `lower_face_mask`.
 
     Outside the soft ellipse, including the whole box border and the upper face, the frame is
-    unchanged, so no rectangle edge can show.
+    unchanged, so no rectangle edge can show. Into `frame` itself when `in_place` and it is
+    writable, else into a copy.
     """
     x1, y1, x2, y2 = box
     width, height = x2 - x1, y2 - y1
     resized = cv2.resize(patch, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     mask = lower_face_mask(width, height)[:, :, None]
-    out = frame.copy()
+    out = _target(frame, in_place)
     region = out[y1:y2, x1:x2].astype(np.float32)
     blended = region + (resized - region) * mask
     out[y1:y2, x1:x2] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
+
+
+def _target(frame: Frame, in_place: bool) -> Frame:
+    return frame if in_place and frame.flags.writeable else frame.copy()
 
 
 @lru_cache(maxsize=MASK_CACHE_SIZE)

@@ -1,7 +1,8 @@
 """LipSyncPipeline: audio + face video/photo in, lip-synced mp4 out, in bounded memory.
 
 LipSyncPipeline implements heygem.engine.api.Engine: constructing it is cheap, `load` loads the
-detector and generator once, and `run` streams one job through two frame passes.
+detector and generator once, and `run` streams one job through its frames: one pass when the
+output shows the whole video (faces are detected as it is read), else a detection pass first.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from heygem.engine.api import (
 )
 from heygem.engine.audio import SAMPLE_RATE, frames_for_audio, load_audio, mel_chunks, melspectrogram
 from heygem.engine.faces.detect import FaceDetector, shared_detector
+from heygem.engine.faces.stream import BoxedFrame, tracked_frames
 from heygem.engine.faces.track import (
     CachedVideo,
     FaceTrack,
@@ -42,6 +44,7 @@ from heygem.engine.faces.track import (
     TrackOptions,
     choose_face,
     detect_faces,
+    known_track,
     pad_box,
     track_faces,
 )
@@ -75,6 +78,9 @@ BOX_LINE_DIVISOR = 200  # box outline thickness = frame width / this, at least 2
 # Faces per OpenVINO pass when batch_size is auto: as many frames per CPU-second as 32 on the
 # reference workload (bf16, 2 cores), with 85 MiB less peak memory (activations scale with it).
 OPENVINO_BATCH_SIZE = 16
+# Names how sparse detection searches key frames (faces.track: near the last faces first), so
+# entries made by an earlier search are not taken for this one's.
+KEY_FRAME_SEARCH = "near-previous"
 PREFETCH_AHEAD = 1  # batches decoded ahead of the one rendering: overlap for one batch of memory
 
 T = TypeVar("T")
@@ -94,7 +100,7 @@ class _Loaded:
 
 
 class LipSyncPipeline:
-    """Loads detector and generator once; each `run` streams one job through two frame passes."""
+    """Loads detector and generator once; each `run` streams one job through one or two frame passes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -237,11 +243,12 @@ class LipSyncPipeline:
         if engine == WAV2LIP:
             self._backend(loaded, self._job_precision(options))
         with job.timed("detect"):
-            track = self._face_track(job, info, loaded.detector)
+            track = self._face_track(job, info, loaded.detector, n_out)
         renderer = self._renderer(loaded, engine, wav, fps, n_out, options)
         job.output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".heygem-", dir=job.output.parent) as scratch:
-            missing = self._synthesize(job, info, fps, n_out, track, renderer, Path(scratch))
+            frames = self._boxed_frames(job, info, n_out, track, loaded.detector, Path(scratch))
+            missing = self._synthesize(job, info, fps, n_out, frames, renderer)
         return job.result(engine, n_out, fps, missing)
 
     def _engine_for(self, options: SyncOptions, loaded: _Loaded) -> str:
@@ -264,15 +271,43 @@ class LipSyncPipeline:
             )
         return wav
 
-    def _face_track(self, job: _Job, info: MediaInfo, detector: FaceDetector) -> FaceTrack:
-        return face_track(
-            self.settings,
-            self._track_cache,
-            info,
-            detector,
-            TrackOptions.from_job(job.options, self.settings),
-            on_progress=job.report,
-        )
+    def _face_track(self, job: _Job, info: MediaInfo, detector: FaceDetector, n_out: int) -> FaceTrack | None:
+        """The job's face track before synthesis, or None when the synthesis pass detects as it reads.
+
+        A video the output shows in full (the speech is at least as long) has every frame decoded at
+        full size by the synthesis pass anyway, so it is detected there instead of decoded twice.
+        """
+        options = TrackOptions.from_job(job.options, self.settings)
+        if info.is_image or n_out < info.frame_count:
+            return face_track(
+                self.settings, self._track_cache, info, detector, options, on_progress=job.report
+            )
+        cache = cached_face(self.settings, self._track_cache, info)
+        return known_track(detector, info.size, options, cache, info.path.name)
+
+    def _boxed_frames(
+        self,
+        job: _Job,
+        info: MediaInfo,
+        n_out: int,
+        track: FaceTrack | None,
+        detector: FaceDetector,
+        scratch: Path,
+    ) -> Iterator[BoxedFrame]:
+        """(source index, frame, box) for every output frame, by the job's duration policy."""
+        source = scheduled_frames(
+            job.face, info, n_out, job.options.duration_policy, scratch,
+            fps=None if info.is_image else info.fps_text,
+            n_src=_source_frames(info, track),
+        )  # fmt: skip
+        if track is not None:
+            return ((index, frame, track.box_at(index)) for index, frame in source)
+        return tracked_frames(
+            source, detector, TrackOptions.from_job(job.options, self.settings),
+            frame_size=info.size, detect_side=self.settings.detect_max_side,
+            expected_frames=info.frame_count, cache=cached_face(self.settings, self._track_cache, info),
+            name=info.path.name,
+        )  # fmt: skip
 
     def _renderer(
         self,
@@ -309,35 +344,31 @@ class LipSyncPipeline:
         info: MediaInfo,
         fps: float,
         n_out: int,
-        track: FaceTrack,
+        frames: Iterator[BoxedFrame],
         renderer: MouthRenderer,
-        scratch: Path,
     ) -> int:
-        """Pass 2: frames by the duration policy -> renderer in batches -> encoder, muxing audio.
+        """The synthesis pass: boxed frames -> renderer in batches -> encoder, muxing audio.
 
         Returns how many output frames had no face and passed through unchanged.
         """
         batch_size = job.options.batch_size or self.settings.batch_size
-        source = scheduled_frames(
-            job.face, info, n_out, job.options.duration_policy, scratch,
-            fps=None if info.is_image else info.fps_text, n_src=len(track) if track.fixed is None else None,
-        )  # fmt: skip
         writer = self._frame_writer(job, info, fps)
         done = missing = 0
         with writer, job.timed("synthesize"):
-            # The next batch is decoded while this one renders; the encoder has its own thread.
-            for batch in prefetched(_batched(source, batch_size)):
+            # The next batch is decoded (and detected, when that happens here) while this one
+            # renders; the encoder has its own thread.
+            for batch in prefetched(_batched(frames, batch_size)):
                 indices = range(done, done + len(batch))
-                boxes = [track.box_at(src) for src, _ in batch]
+                boxes = [box for _, _, box in batch]
                 missing += boxes.count(None)
-                frames = renderer.render([frame for _, frame in batch], boxes, indices)
-                for frame in frames:
+                rendered = renderer.render([frame for _, frame, _ in batch], boxes, indices)
+                for frame in rendered:
                     writer.write(frame)
                 done += len(batch)
                 job.report(done, n_out, "synthesize")
                 # Drop this batch before the next is decoded: otherwise two batches of source
                 # frames and one of rendered frames are alive at once.
-                del batch, boxes, frames
+                del batch, boxes, rendered
             job.report(n_out, n_out, "encode")
         job.report(n_out, n_out, "done")
         return missing
@@ -356,6 +387,7 @@ def cached_face(settings: Settings, cache: TrackCache, info: MediaInfo) -> Cache
     params: dict[str, object] = {"fps": detect_fps or "still", "max_side": settings.detect_max_side}
     if settings.detect_every > 1:  # every-frame entries keep their keys (prepared avatars stay hits)
         params["detect_every"] = settings.detect_every
+        params["key_frames"] = KEY_FRAME_SEARCH
     return CachedVideo(cache, info.path, params)
 
 
@@ -439,6 +471,13 @@ class _Job:
             output=self.output, engine=engine, frames=frames, frames_without_face=missing, fps=fps,
             duration_s=frames / fps, seconds=seconds, stage_seconds=dict(self.stage_seconds),
         )  # fmt: skip
+
+
+def _source_frames(info: MediaInfo, track: FaceTrack | None) -> int | None:
+    """How many source frames the schedule may count on (pingpong spools only beyond them)."""
+    if track is None:  # detected while reading: the container's count
+        return info.frame_count
+    return len(track) if track.fixed is None else None
 
 
 def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -48,7 +48,7 @@ class Wav2LipRenderer:
         windows = self.mel_windows[[frame_indices[k] for k, _ in with_face]]
         mouths = self.runner.infer(windows, crops)
         for (k, box), mouth in zip(with_face, mouths):
-            out[k] = self.paste(frames[k], mouth, box)
+            out[k] = self.paste(frames[k], mouth, box, in_place=True)
         return out
 
 

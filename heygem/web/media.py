@@ -92,25 +92,21 @@ def _ffmpeg(argv: list[str], clip: Path) -> subprocess.CompletedProcess[str]:
 
 SPEECH_RATE = 16_000  # Hz: enough to judge loudness, and the engine's own rate
 SPEECH_SAMPLE_BYTES = 2
+PAST_LIMIT_S = 1.0  # decoded beyond the duration limit: enough to tell "too long" from "at the limit"
 
 
-def speech_level(path: Path) -> tuple[float, float]:
+def speech_level(path: Path, max_duration_s: float) -> tuple[float, float]:
     """(seconds, RMS level in [0, 1]) of a speech file (or a video's audio track), decoded by
-    ffmpeg under the media guard to 16 kHz mono; MediaProcessError when it has no audio."""
+    ffmpeg under the media guard to 16 kHz mono; MediaProcessError when it has no audio.
+
+    At most just past `max_duration_s` is decoded, whatever the header says, so a long upload
+    costs no more memory than the longest accepted one; a longer one is refused (one line).
+    """
     argv = [
-        "ffmpeg",
-        "-loglevel",
-        "error",
-        *input_args(path),
-        "-vn",
-        "-ac",
-        "1",
-        "-ar",
-        str(SPEECH_RATE),
-        "-f",
-        "s16le",
-        "-",
-    ]
+        "ffmpeg", "-loglevel", "error", *input_args(path),
+        "-vn", "-ac", "1", "-ar", str(SPEECH_RATE), "-t", f"{max_duration_s + PAST_LIMIT_S:g}",
+        "-f", "s16le", "-",
+    ]  # fmt: skip
     try:
         result = subprocess.run(argv, capture_output=True, timeout=THUMB_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -118,6 +114,8 @@ def speech_level(path: Path) -> tuple[float, float]:
     if result.returncode != 0 or not result.stdout:
         raise MediaProcessError(f"{path.name} has no readable audio")
     count = len(result.stdout) // SPEECH_SAMPLE_BYTES
+    if count / SPEECH_RATE > max_duration_s:
+        raise LimitExceededError(f"the speech is longer than the limit of {max_duration_s:g} s")
     samples = (
         np.frombuffer(result.stdout[: count * SPEECH_SAMPLE_BYTES], dtype="<i2").astype(np.float32) / 32768.0
     )

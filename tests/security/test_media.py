@@ -263,7 +263,31 @@ def test_the_ui_speech_check_never_reads_the_file_a_playlist_names(kind, attacks
     from heygem.errors import MediaProcessError
     from heygem.web.media import speech_level
 
-    seconds, level = speech_level(speech_wav)  # the check does read real speech
+    seconds, level = speech_level(speech_wav, 600.0)  # the check does read real speech
     assert seconds > 0.5 and level > 0
     with pytest.raises(MediaProcessError, match="has no readable audio"):
-        speech_level(attacks[kind])
+        speech_level(attacks[kind], 600.0)
+
+
+def test_the_ui_speech_check_decodes_no_more_than_the_duration_limit(tmp_path, monkeypatch):
+    """A file whose header hides its length (raw ADTS/MP3 streams declare none) must not be decoded
+    whole into memory by the upload check: it stops just past the limit and refuses the file."""
+    from heygem.errors import LimitExceededError
+    from heygem.web import media as web_media
+
+    decoded: list[int] = []
+    real_run = subprocess.run
+
+    def measured_run(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        decoded.append(len(result.stdout))
+        return result
+
+    long_stream = media.make_tone(tmp_path / "long.aac", 20.0)
+    monkeypatch.setattr(web_media.subprocess, "run", measured_run)
+    with pytest.raises(LimitExceededError, match="longer than the limit of 3 s"):
+        web_media.speech_level(long_stream, 3.0)
+    assert decoded[-1] <= (3 + web_media.PAST_LIMIT_S) * web_media.SPEECH_RATE * web_media.SPEECH_SAMPLE_BYTES
+    speech_level = web_media.speech_level
+    seconds, _level = speech_level(long_stream, 30.0)
+    assert seconds == pytest.approx(20.0, abs=0.2)

@@ -84,7 +84,11 @@ class Detection:
 
 @runtime_checkable
 class FaceDetector(Protocol):
-    """Finds faces. `name` is short ("s3fd", "haar"); `cache_tag` also names what changes results."""
+    """Finds faces. `name` is short ("s3fd", "haar"); `cache_tag` also names what changes results.
+
+    A detector with a true `batched` attribute (S3FD on a GPU) gets whole key frames together;
+    the others are given each key frame alone, first only around the last faces (faces.track).
+    """
 
     name: str
     cache_tag: str
@@ -125,6 +129,7 @@ class S3FDDetector:
         # the L2 normalisation's squares and sums stay in fp32 (in fp16 they overflow past 65504,
         # and its 1e-10 epsilon is zero, so a dark patch would divide 0 by 0).
         self._half = on_gpu and half
+        self.batched = on_gpu
         self._net = _load_s3fd(self.weights_path, str(self.device))
         self._batch_size = batch_size
         self._lock = threading.Lock()
@@ -365,6 +370,7 @@ class ScaledDetector:
         self.inner = inner
         self.max_side = max_side
         self.name = inner.name
+        self.batched = bool(getattr(inner, "batched", False))
         self.cache_tag = f"{inner.cache_tag}:max_side={max_side}"
 
     def detect(self, frames: list[Frame]) -> list[list[Detection]]:
@@ -401,6 +407,7 @@ class OpenVinoS3FD:
     its boxes are held within S3FD_DRIFT_BOUND pixels of it (the check in backends.py)."""
 
     name = "s3fd"
+    batched = False  # on the CPU, like torch there: key frames one by one, near the last faces first
 
     def __init__(self, backend: Backend, threshold: float = S3FD_THRESHOLD) -> None:
         if backend.forward is None:

@@ -19,10 +19,10 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, SupportsInt
+from typing import Any, Protocol, SupportsInt, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,6 +62,14 @@ SCORE_DIGITS = 4
 SPARSE_MIN_IOU = 0.5
 CUT_THUMB_SIDE = 32
 CUT_GREY_CHANGE = 24.0
+# A key frame is first searched only around the previous key frame's faces: each face's
+# neighbourhood (NEAR_CONTEXT times its size), at the scale the detector searches whole frames
+# (so the boxes are alike), costs a Haar cascade about a sixth of the whole frame. Every
+# NEAR_FULL_EVERY-th key frame, and whenever a face is not found again near where it was, the
+# whole frame is searched, so a face entering the picture is found within that many strides.
+NEAR_CONTEXT = 2.5
+NEAR_MIN_IOU = 0.3
+NEAR_FULL_EVERY = 5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,6 +126,12 @@ class CachedVideo:
         """The cache key of this video's detections (also what keeps an avatar's entry alive)."""
         params = {"frame_size": list(frame_size), **self.params}
         return self.cache.key(self.video, detector_tag, **params)
+
+    def load(self, detector_tag: str, frame_size: tuple[int, int]) -> RawDetections | None:
+        return self.cache.get(self.key(detector_tag, frame_size))
+
+    def store(self, detector_tag: str, frame_size: tuple[int, int], raw: RawDetections) -> None:
+        self.cache.put(self.key(detector_tag, frame_size), raw)
 
 
 @dataclass
@@ -211,35 +225,41 @@ def detect_faces(
 
     `frame_size` is the full (width, height) the boxes are wanted in; frames may be smaller (read
     downscaled for detection) and their boxes are scaled up. `total` is only for progress.
-    `every` > 1 runs the detector on every Nth frame only (see `_SparseDetection`).
+    `every` > 1 runs the detector on every Nth frame only (see `SparseDetection`).
     """
     width, height = frame_size
     raw = RawDetections(width=width, height=height)
-    if every > 1:
-        _SparseDetection(detector, raw, every, batch_size, _Progress(on_progress, total)).run(frames)
-        return raw
-    batch: list[Frame] = []
+    detection = start_detection(detector, raw, batch_size, every, _Progress(on_progress, total))
     for frame in frames:
-        batch.append(frame)
-        if len(batch) == batch_size:
-            _detect_batch(batch, detector, raw, on_progress, total)
-            batch = []
-    if batch:
-        _detect_batch(batch, detector, raw, on_progress, total)
+        detection.add(frame)
+    detection.finish()
     return raw
 
 
-def _detect_batch(
-    batch: list[Frame],
+class FaceDetection(Protocol):
+    """A detection pass fed one frame at a time: `raw.faces` grows as batches are resolved."""
+
+    raw: RawDetections
+
+    def add(self, frame: Frame) -> None: ...
+
+    def finish(self) -> None:
+        """Resolve what is still pending; afterwards `raw` has one entry per frame added."""
+        ...
+
+
+def start_detection(
     detector: FaceDetector,
     raw: RawDetections,
-    on_progress: ProgressCallback | None,
-    total: int,
-) -> None:
-    raw.faces.extend(_detect_scaled(batch, detector, raw))
-    if on_progress is not None:
-        done = len(raw.faces)
-        on_progress(done, max(total, done), PROGRESS_STAGE)
+    batch_size: int = DETECT_BATCH,
+    every: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> FaceDetection:
+    """A detection pass appending to `raw`: on every frame, or on every `every`th (sparse)."""
+    report = progress or _Progress(None, 0)
+    if every > 1:
+        return SparseDetection(detector, raw, every, batch_size, report)
+    return DenseDetection(detector, raw, batch_size, report)
 
 
 def _detect_scaled(batch: list[Frame], detector: FaceDetector, raw: RawDetections) -> list[list[RawFace]]:
@@ -259,6 +279,27 @@ class _Progress:
             self.callback(done, max(self.total, done), PROGRESS_STAGE)
 
 
+class DenseDetection:
+    """The detector on every frame, `batch_size` frames per pass."""
+
+    def __init__(
+        self, detector: FaceDetector, raw: RawDetections, batch_size: int, progress: Callable[[int], None]
+    ) -> None:
+        self.detector, self.raw, self.batch_size, self.progress = detector, raw, batch_size, progress
+        self.batch: list[Frame] = []
+
+    def add(self, frame: Frame) -> None:
+        self.batch.append(frame)
+        if len(self.batch) == self.batch_size:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.batch:
+            self.raw.faces.extend(_detect_scaled(self.batch, self.detector, self.raw))
+            self.batch = []
+            self.progress(len(self.raw.faces))
+
+
 @dataclass
 class _Stride:
     """A detected key frame and the frames since the previous key frame, not detected yet."""
@@ -266,9 +307,10 @@ class _Stride:
     key: Frame
     between: list[Frame]
     key_faces: list[RawFace] = field(default_factory=list)
+    cut: bool | None = None  # a scene cut since the previous key frame; None until checked
 
 
-class _SparseDetection:
+class SparseDetection:
     """Detection on every Nth frame (and the last), with the frames between filled in.
 
     Between two key frames whose faces match (same count, each overlapping its counterpart by
@@ -280,47 +322,82 @@ class _SparseDetection:
     """
 
     def __init__(
-        self, detector: FaceDetector, raw: RawDetections, every: int, batch_size: int, progress: _Progress
+        self,
+        detector: FaceDetector,
+        raw: RawDetections,
+        every: int,
+        batch_size: int,
+        progress: Callable[[int], None],
     ) -> None:
         self.detector, self.raw, self.every = detector, raw, every
         self.batch_size, self.progress = batch_size, progress
         self.previous: _Stride | None = None
+        self.pending: list[_Stride] = []
+        self.between: list[Frame] = []
+        self.added = 0
+        self.keys_since_full = 0  # key frames searched only near the previous faces, in a row
         self.dense_frames = 0  # frames between key frames that needed the detector after all
 
-    def run(self, frames: Iterable[Frame]) -> None:
-        pending: list[_Stride] = []
-        for stride in self._strides(frames):
-            pending.append(stride)
-            if len(pending) == self.batch_size:
-                self._resolve(pending)
-                pending = []
-        if pending:
-            self._resolve(pending)
+    def add(self, frame: Frame) -> None:
+        if self.added % self.every == 0:
+            self._key(frame)
+        else:
+            self.between.append(frame)
+        self.added += 1
+
+    def finish(self) -> None:
+        if self.between:  # the final frame is always a key frame: nothing is extrapolated
+            self._key(self.between.pop())
+        if self.pending:
+            self._resolve()
         if self.dense_frames:
             log.info(
                 "face detection on every frame for %d frames (cuts or faces changing)", self.dense_frames
             )
+            self.dense_frames = 0
 
-    def _strides(self, frames: Iterable[Frame]) -> Iterator[_Stride]:
-        between: list[Frame] = []
-        for index, frame in enumerate(frames):
-            if index % self.every == 0:
-                yield _Stride(frame, between)
-                between = []
-            else:
-                between.append(frame)
-        if between:  # the final frame is always a key frame: nothing is extrapolated
-            last = between.pop()
-            yield _Stride(last, between)
+    def _key(self, frame: Frame) -> None:
+        self.pending.append(_Stride(frame, self.between))
+        self.between = []
+        if len(self.pending) == self.batch_size:
+            self._resolve()
 
-    def _resolve(self, strides: list[_Stride]) -> None:
-        found = _detect_scaled([s.key for s in strides], self.detector, self.raw)
-        for stride, faces in zip(strides, found, strict=True):
-            stride.key_faces = faces
+    def _resolve(self) -> None:
+        strides, self.pending = self.pending, []
+        # A GPU wants the key frames together; otherwise each is searched alone, near the faces
+        # of the key frame before it.
+        batched = bool(getattr(self.detector, "batched", False))
+        together = _detect_scaled([s.key for s in strides], self.detector, self.raw) if batched else []
+        for index, stride in enumerate(strides):
+            stride.key_faces = together[index] if batched else self._detect_key(stride)
             self.raw.faces.extend(self._between(stride))
-            self.raw.faces.append(faces)
+            self.raw.faces.append(stride.key_faces)
             self.previous = stride
         self.progress(len(self.raw.faces))
+
+    def _detect_key(self, stride: _Stride) -> list[RawFace]:
+        near = self._near_previous(stride)
+        if near is not None:
+            self.keys_since_full += 1
+            return near
+        self.keys_since_full = 0
+        return _detect_scaled([stride.key], self.detector, self.raw)[0]
+
+    def _near_previous(self, stride: _Stride) -> list[RawFace] | None:
+        """The previous key frame's faces found again near where they were; None: search it all."""
+        before = self.previous
+        due = self.keys_since_full >= NEAR_FULL_EVERY - 1
+        if before is None or not before.key_faces or due or self._cut_before(stride):
+            return None
+        near = [_find_near(stride.key, face, self.detector, self.raw) for face in before.key_faces]
+        found = [face for face in near if face is not None]
+        return found if len(found) == len(near) else None
+
+    def _cut_before(self, stride: _Stride) -> bool:
+        if stride.cut is None:
+            assert self.previous is not None
+            stride.cut = _has_cut([self.previous.key, *stride.between, stride.key])
+        return stride.cut
 
     def _between(self, stride: _Stride) -> list[list[RawFace]]:
         if not stride.between:
@@ -328,11 +405,54 @@ class _SparseDetection:
         before = self.previous
         assert before is not None, "only the first key frame has no predecessor, and nothing before it"
         matched = _match_faces(before.key_faces, stride.key_faces)
-        if matched is not None and not _has_cut([before.key, *stride.between, stride.key]):
+        if matched is not None and not self._cut_before(stride):
             steps = len(stride.between) + 1
             return [_interpolate(matched, k / steps) for k in range(1, steps)]
         self.dense_frames += len(stride.between)
         return _detect_scaled(stride.between, self.detector, self.raw)
+
+
+def _find_near(frame: Frame, face: RawFace, detector: FaceDetector, raw: RawDetections) -> RawFace | None:
+    """The face in `frame` that overlaps `face` (full-frame pixels) the most, searching only its
+    neighbourhood; None when nothing there overlaps it enough."""
+    region = _Neighbourhood.around(frame, face, raw, getattr(detector, "max_side", None))
+    found = [region.to_full(d) for d in detector.detect([region.pixels])[0]]
+    best = max(found, key=lambda other: _overlap(face, other), default=None)
+    return best if best is not None and _overlap(face, best) >= NEAR_MIN_IOU else None
+
+
+@dataclass(frozen=True)
+class _Neighbourhood:
+    """A face's surroundings cut from a detection frame, shrunk to the detector's `max_side` scale."""
+
+    pixels: Frame
+    left: float  # its top-left corner in full-frame pixels
+    top: float
+    scale_x: float  # full-frame pixels per pixel of `pixels`
+    scale_y: float
+
+    @classmethod
+    def around(cls, frame: Frame, face: RawFace, raw: RawDetections, max_side: int | None) -> _Neighbourhood:
+        import cv2
+
+        frame_h, frame_w = frame.shape[:2]
+        fx, fy = frame_w / raw.width, frame_h / raw.height  # frame pixels per full-frame pixel
+        x1, y1, x2, y2 = face[0] * fx, face[1] * fy, face[2] * fx, face[3] * fy
+        side = max(x2 - x1, y2 - y1, 1.0)
+        reach = side * NEAR_CONTEXT / 2
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        left, top = max(0, int(cx - reach)), max(0, int(cy - reach))
+        right, bottom = min(frame_w, int(cx + reach) + 1), min(frame_h, int(cy + reach) + 1)
+        shrink = min(1.0, max_side / max(frame_w, frame_h)) if max_side else 1.0
+        size = max(1, round((right - left) * shrink)), max(1, round((bottom - top) * shrink))
+        # cv2's stubs type every image as MatLike; area resizing keeps the uint8 dtype.
+        pixels = cast(Frame, cv2.resize(frame[top:bottom, left:right], size, interpolation=cv2.INTER_AREA))
+        return cls(pixels, left / fx, top / fy, (right - left) / size[0] / fx, (bottom - top) / size[1] / fy)
+
+    def to_full(self, d: Detection) -> RawFace:
+        x1, y1 = self.left + d.x1 * self.scale_x, self.top + d.y1 * self.scale_y
+        x2, y2 = self.left + d.x2 * self.scale_x, self.top + d.y2 * self.scale_y
+        return _to_raw(Detection(x1, y1, x2, y2, d.score))
 
 
 def _match_faces(before: Sequence[RawFace], after: Sequence[RawFace]) -> list[tuple[RawFace, RawFace]] | None:
@@ -397,21 +517,40 @@ def build_track(
 
     Raises NoFaceError only when no frame has a face. Frames in longer gaps stay None.
     """
-    chosen = [choose_face(faces, options.face_choice, options.face_point) for faces in raw.faces]
-    if not any(box is not None for box in chosen):
+    check_any_face(raw, options, name)
+    boxes = settle_boxes(raw, options)
+    missing = sum(box is None for box in boxes)
+    if missing:
+        log.info("%d of %d frames of %s have no face and pass through unchanged", missing, len(boxes), name)
+    return FaceTrack(width=raw.width, height=raw.height, boxes=boxes)
+
+
+def check_any_face(raw: RawDetections, options: TrackOptions, name: str) -> None:
+    """Raise NoFaceError when no frame of `raw` has a face `options` would choose."""
+    if not any(choose_face(faces, options.face_choice, options.face_point) for faces in raw.faces):
         raise NoFaceError(
-            f"no face found in {name} (checked {len(chosen)} frames); "
-            "try a clearer frontal video or give --box"
+            f"no face found in {name} (checked {len(raw)} frames); try a clearer frontal video or give --box"
         )
+
+
+def settle_boxes(raw: RawDetections, options: TrackOptions = DEFAULT_TRACK) -> list[Box | None]:
+    """One box per frame of `raw` (None: no face), chosen, padded, gap-filled and smoothed.
+
+    A frame's box depends on at most `options.max_gap + 1` frames before it and
+    `settle_lookahead(options)` frames after it, so a window of `raw` settles its middle exactly.
+    """
+    chosen = [choose_face(faces, options.face_choice, options.face_point) for faces in raw.faces]
     size = (raw.width, raw.height)
     boxes = [pad_box(box, options.pads, size) if box is not None else None for box in chosen]
     boxes = fill_gaps(boxes, options.max_gap)
     if options.smooth:
         boxes = smooth_runs(boxes, options.smooth_window)
-    missing = sum(box is None for box in boxes)
-    if missing:
-        log.info("%d of %d frames of %s have no face and pass through unchanged", missing, len(boxes), name)
-    return FaceTrack(width=raw.width, height=raw.height, boxes=boxes)
+    return boxes
+
+
+def settle_lookahead(options: TrackOptions) -> int:
+    """Frames after a frame that can change its box: a gap's far end, then the smoothing window."""
+    return options.max_gap + 1 + (options.smooth_window if options.smooth else 0)
 
 
 def choose_face(
@@ -541,25 +680,35 @@ def track_faces(
     lazy iterator such as `read_frames(path, info, max_side=settings.detect_max_side)`. `total` is
     the expected frame count, for progress only; `name` names the video in messages.
     """
-    if options.box is not None:
+    known = known_track(detector, frame_size, options, cache, name)
+    if known is not None:
         _close(frames)
-        return fixed_track(options.box, frame_size)
-    key = None
-    raw = None
+        if on_progress is not None and known.fixed is None:
+            on_progress(len(known), len(known), PROGRESS_STAGE)
+        return known
+    raw = detect_faces(
+        frames, detector, frame_size, options.batch_size, on_progress, total, options.detect_every
+    )
     if cache is not None:
-        key = cache.key(detector.cache_tag, frame_size)
-        raw = cache.cache.get(key)
-    if raw is None:
-        raw = detect_faces(
-            frames, detector, frame_size, options.batch_size, on_progress, total, options.detect_every
-        )
-        if cache is not None and key is not None:
-            cache.cache.put(key, raw)
-    else:
-        _close(frames)
-        if on_progress is not None:
-            on_progress(len(raw), len(raw), PROGRESS_STAGE)
+        cache.store(detector.cache_tag, frame_size, raw)
     return build_track(raw, options, name)
+
+
+def known_track(
+    detector: FaceDetector,
+    frame_size: tuple[int, int],
+    options: TrackOptions = DEFAULT_TRACK,
+    cache: CachedVideo | None = None,
+    name: str = "the video",
+) -> FaceTrack | None:
+    """The track without running the detector: the fixed `options.box`, or cached detections.
+    None when the video has to be detected."""
+    if options.box is not None:
+        return fixed_track(options.box, frame_size)
+    if cache is None:
+        return None
+    raw = cache.load(detector.cache_tag, frame_size)
+    return None if raw is None else build_track(raw, options, name)
 
 
 def _close(frames: Iterable[Frame]) -> None:
@@ -657,6 +806,10 @@ __all__ = [
     "smooth_runs",
     "fixed_track",
     "track_faces",
+    "known_track",
+    "settle_boxes",
+    "settle_lookahead",
+    "start_detection",
     "count_missing",
     "TrackCache",
     "MAX_GAP_FRAMES",

@@ -66,7 +66,7 @@ def scheduled_frames(
       so the first forward pass also spools the raw frames to a file in `scratch_dir` (width x
       height x 3 bytes per source frame); later passes read it by offset. The file is deleted when
       the iterator finishes or is closed. No spool is written when `n_src` says none is needed.
-    Treat the frames as read-only: with a still they are shared.
+    A still's frame is shared and read-only; every other frame is the consumer's to draw on.
     """
     _check_policy(policy)
     if info.is_image:
@@ -120,10 +120,11 @@ def _pingpong(
             for frame in frames:
                 if count == n_out:
                     return
-                if count >= start:
-                    yield count, frame
+                # Spooled before it is handed on: the consumer may draw on it.
                 if spool is not None:
                     _spool_write(spool, frame, spool_path)
+                if count >= start:
+                    yield count, frame
                 count += 1
             if count < n_out:
                 if spool is None:  # n_src promised more frames than the video has

@@ -93,7 +93,7 @@ class SingleHandlers(HandlerBase):
             return ""
         lang = language(request)
         try:
-            seconds, level = media.speech_level(Path(audio))
+            seconds, level = media.speech_level(Path(audio), self.settings.max_duration_s)
         except Exception as exc:  # noqa: BLE001 - error_text logs the internal ones with their traceback
             return error_note(error_text(exc, lang, "check_speech"))
         if seconds < SHORT_SPEECH_S:
