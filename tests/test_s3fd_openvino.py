@@ -76,10 +76,22 @@ def test_numpy_decode_matches_torch_on_saturated_scores_from_the_network(random_
     np.testing.assert_allclose(in_numpy, on_torch, rtol=1e-5, atol=1e-3)
 
 
-def test_the_numpy_input_is_the_torch_input():
-    frames = np.stack(_frames(2))
+@pytest.mark.parametrize("shape", [FRAME_SHAPE, (20, 31, 3), (8, 200, 3)])
+def test_the_numpy_input_is_the_torch_input(shape):
+    frames = np.random.default_rng(1).integers(0, 256, (2, *shape), np.uint8)
     on_torch = detect._s3fd_input(torch.from_numpy(frames)).numpy()
-    np.testing.assert_array_equal(s3fd.network_input(frames), on_torch)
+    in_numpy = s3fd.network_input(frames)
+    np.testing.assert_array_equal(in_numpy, on_torch)
+    assert min(in_numpy.shape[2:]) >= s3fd.S3FD_MIN_SIDE
+
+
+def test_a_region_smaller_than_the_network_takes_is_searched_not_an_error(random_s3fd):
+    """A tiny face's neighbourhood (sparse detection searches near the last faces) is padded:
+    the network's fourth pooling cannot take fewer than 32 rows or columns."""
+    detector = S3FDDetector(random_s3fd, "cpu")
+    tiny = [np.random.default_rng(2).integers(0, 256, (20, 24, 3), np.uint8)]
+    found = detector.detect(tiny)
+    assert len(found) == 1 and all(np.isfinite([d.x1, d.y1, d.x2, d.y2]).all() for d in found[0])
 
 
 def test_nan_scores_in_numpy_neither_count_nor_crowd_out_candidates():
@@ -130,6 +142,8 @@ def test_openvino_detector_finds_what_the_torch_detector_finds_within_a_pixel(co
 
     assert detect.detector_label(served).startswith("s3fd on openvino fp32, ")
     assert detect.detector_label(reference) == "s3fd on torch cpu"
+    tiny = [np.random.default_rng(2).integers(0, 256, (20, 24, 3), np.uint8)]
+    assert len(served.detect(tiny)[0]) == len(reference.detect(tiny)[0])  # padded alike, no error
     ours, theirs = served.detect(frames), reference.detect(frames)
     for found, expected in zip(ours, theirs):
         assert len(found) > 0 and abs(len(found) - len(expected)) <= max(2, len(expected) // 20)

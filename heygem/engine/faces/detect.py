@@ -34,6 +34,7 @@ from heygem.engine.faces.s3fd import (
     candidate_table,
     greedy_nms,
     network_input,
+    padding,
 )
 from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 from heygem.settings import Settings
@@ -199,11 +200,16 @@ def kept_detections(table: NDArray[np.float32]) -> list[Detection]:
 
 
 def _s3fd_input(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC BGR -> float NCHW, channels flipped and the mean subtracted (on the device)."""
+    """uint8 NHWC BGR -> float NCHW, channels flipped and the mean subtracted (on the device),
+    padded to the network's smallest input like `network_input`."""
     import torch
 
     mean = torch.tensor(S3FD_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    return pixels.permute(0, 3, 1, 2).flip(1).float() - mean
+    centred = pixels.permute(0, 3, 1, 2).flip(1).float() - mean
+    missing_rows, missing_columns = padding(pixels.shape[1]), padding(pixels.shape[2])
+    if missing_rows or missing_columns:  # the mean colour, as the numpy input pads
+        centred = torch.nn.functional.pad(centred, (0, missing_columns, 0, missing_rows))
+    return centred
 
 
 def s3fd_candidates(outputs: list[torch.Tensor], min_score: float) -> torch.Tensor:

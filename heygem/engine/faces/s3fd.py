@@ -22,6 +22,9 @@ S3FD_SIZE_VARIANCE = 0.2
 # Anchors per frame that go through NMS: a face gives a few dozen above 0.5; 256 leaves room for
 # several faces while keeping the per-frame overlap matrix small.
 S3FD_MAX_CANDIDATES = 256
+# The network's fourth pooling needs two rows and columns at stride 16: a smaller frame (a tiny
+# face's neighbourhood) is padded to this with the mean colour, which the network sees as zero.
+S3FD_MIN_SIDE = 32
 BOX_COLUMNS = 5  # x1, y1, x2, y2, score; the overlap flags follow in a candidate table
 
 Frames = NDArray[np.uint8]  # (N, H, W, 3) BGR
@@ -29,9 +32,19 @@ NetworkOutputs = list[NDArray[np.float32]]  # six (class logits (N, 2, H, W), of
 
 
 def network_input(frames: Frames) -> NDArray[np.float32]:
-    """(N, H, W, 3) uint8 BGR -> (N, 3, H, W) float32: channels flipped, the mean subtracted."""
+    """(N, H, W, 3) uint8 BGR -> (N, 3, H', W') float32: channels flipped, the mean subtracted,
+    padded on the bottom and right to S3FD_MIN_SIDE (boxes keep the frame's coordinates)."""
     flipped = frames[..., ::-1].astype(np.float32) - np.asarray(S3FD_MEAN, np.float32)
+    height, width = frames.shape[1:3]
+    missing_rows, missing_columns = padding(height), padding(width)
+    if missing_rows or missing_columns:
+        flipped = np.pad(flipped, ((0, 0), (0, missing_rows), (0, missing_columns), (0, 0)))
     return np.ascontiguousarray(flipped.transpose(0, 3, 1, 2))
+
+
+def padding(side: int) -> int:
+    """Pixels to add to a side shorter than the network can take."""
+    return max(0, S3FD_MIN_SIDE - side)
 
 
 def anchor_stride(level: int) -> int:
