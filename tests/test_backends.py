@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +18,6 @@ import numpy as np
 import openvino
 import pytest
 
-from heygem.engine.audio import load_audio, mel_chunks, melspectrogram
-from heygem.engine.blend import crop_face
 from heygem.engine.model import backends, load_checkpoint
 from heygem.engine.model.array_runner import ArrayRunner
 from heygem.engine.model.backends import (
@@ -32,14 +31,13 @@ from heygem.engine.model.backends import (
     select_backend,
 )
 from heygem.engine.model.inference import GeneratorRunner, choose_placement
-from tests import e2e_media as em
-from tests import media
+from tests.generator_probe import fixture_input
 
-TOP, BOTTOM, LEFT, RIGHT = em.FACE_BOX_256
-FACE_BOX = (LEFT, TOP, RIGHT, BOTTOM)  # crop_face's x1, y1, x2, y2
-FIXTURE_FPS = 25.0
 BATCH = 16
 BACKEND_LOGGER = "heygem.engine.model.backends"
+PROBE = Path(__file__).resolve().parent / "generator_probe.py"
+REPEAT_FRAMES = 20  # one full batch of BATCH and a partial last one
+OTHER_BATCH = 7  # the same frames split 7 + 7 + 6
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +108,7 @@ def _warnings(caplog) -> list[str]:
 
 def _fixture_batches(face_video: Path, speech_wav: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every frame of the fixture video cropped to the generator's face, with its mel window."""
-    frames = media.read_frames(face_video)
-    crops = np.stack([crop_face(frame, FACE_BOX) for frame in frames])
-    windows = mel_chunks(melspectrogram(load_audio(speech_wav)), FIXTURE_FPS, frames=len(frames))
-    return windows, crops
+    return fixture_input(face_video, speech_wav)
 
 
 # -- precision: the default path is held to fp32 eager ------------------------------------------------
@@ -146,6 +141,32 @@ def test_explicit_precisions_are_served_and_measured(model, converted, checkpoin
     assert f"{fast.drift} grey level" in fast.label
     half = select_backend(model, _request(checkpoint_file, converted, precision="fp16"))
     assert (half.name, half.precision) == (OPENVINO, "fp32")  # fp16 on a CPU is fp32, as with torch
+
+
+def _probe(checkpoint: Path, cache: Path, video: Path, audio: Path, batch: int) -> dict:
+    argv = [sys.executable, str(PROBE), "--checkpoint", str(checkpoint), "--cache-dir", str(cache)]
+    argv += ["--video", str(video), "--audio", str(audio), "--precision", "bf16"]
+    argv += ["--batch-size", str(batch), "--frames", str(REPEAT_FRAMES)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_bf16_gives_the_same_bytes_in_separate_processes_whatever_the_batch_split(
+    model, converted, checkpoint_file, face_video, speech_wav
+):
+    """Run to run, the bf16 network output is bit-identical: a fresh process and compile each time,
+    a full batch then a partial last one, or another split of the same frames (docs/backends.md)."""
+    checked = select_backend(
+        model, _request(checkpoint_file, converted, precision="bf16")
+    )  # records its drift
+    first, second = (_probe(checkpoint_file, converted, face_video, speech_wav, BATCH) for _ in range(2))
+    assert first["precision"] == checked.precision  # bf16 where the CPU computes it natively
+    assert first["batches"] == [BATCH, REPEAT_FRAMES - BATCH]
+    assert second == first
+    other_split = _probe(checkpoint_file, converted, face_video, speech_wav, OTHER_BATCH)
+    assert other_split["batches"] == [OTHER_BATCH, OTHER_BATCH, REPEAT_FRAMES - 2 * OTHER_BATCH]
+    assert (other_split["network"], other_split["mouths"]) == (first["network"], first["mouths"])
 
 
 def test_auto_keeps_fp32_when_bf16_drifts_past_the_bound(

@@ -351,7 +351,7 @@ def test_nvenc_gets_constant_quality_arguments():
     args = encode.video_codec_args(encode.NVENC, "veryfast", 20)
     assert args[:2] == ["-c:v", "h264_nvenc"] and "-cq" in args and "veryfast" not in args
     assert encode.video_codec_args(encode.LIBX264, "slow", 18) == [
-        "-c:v", "libx264", "-preset", "slow", "-crf", "18",
+        "-c:v", "libx264", "-preset", "slow", "-crf", "18", "-x264-params", "sync-lookahead=0",
     ]  # fmt: skip
 
 

@@ -275,10 +275,11 @@ class LipSyncPipeline:
         """The job's face track before synthesis, or None when the synthesis pass detects as it reads.
 
         A video the output shows in full (the speech is at least as long) has every frame decoded at
-        full size by the synthesis pass anyway, so it is detected there instead of decoded twice.
+        full size by the synthesis pass anyway, so it is detected there instead of decoded twice. A
+        video whose header gives no length is read whole first (which also enforces the limits).
         """
         options = TrackOptions.from_job(job.options, self.settings)
-        if info.is_image or n_out < info.frame_count:
+        if info.is_image or info.duration_s <= 0 or n_out < info.frame_count:
             return face_track(
                 self.settings, self._track_cache, info, detector, options, on_progress=job.report
             )

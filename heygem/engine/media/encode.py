@@ -39,6 +39,11 @@ NVENC = "h264_nvenc"
 # veryfast costs half of medium's CPU per frame at 720p (docs/benchmarks.md) for a slightly larger
 # file at the same CRF; on a CPU host every encoder cycle is one the generator does not get.
 X264_PRESET = "veryfast"
+# libx264's lookahead in a thread of its own decides frame types and quantizers from the frames that
+# have arrived when it runs, so a job fed in bursts (one generator batch at a time, cores busy in
+# between) came out as a different file on every run. Run inside the frame threads, it gives the
+# stream it gives when frames arrive fast, every time, at the same CPU cost (docs/backends.md).
+X264_REPEATABLE = ["-x264-params", "sync-lookahead=0"]
 NVENC_PRESET = "p4"  # NVENC's middle speed/quality preset (p1 fastest .. p7 best)
 # One black frame is encoded to see whether an encoder opens; NVENC refuses tiny frames.
 PROBE_SIDE = 256
@@ -247,7 +252,7 @@ class FrameWriter:
 def video_codec_args(encoder: str, x264_preset: str, crf: int) -> list[str]:
     """ffmpeg output arguments for one H.264 encoder at a comparable constant quality."""
     if encoder == LIBX264:
-        return ["-c:v", LIBX264, "-preset", x264_preset, "-crf", str(crf)]
+        return ["-c:v", LIBX264, "-preset", x264_preset, "-crf", str(crf), *X264_REPEATABLE]
     if encoder == NVENC:
         # Constant-quality VBR: -cq plays the role of x264's CRF; -b:v 0 lifts the bitrate cap.
         return ["-c:v", NVENC, "-preset", NVENC_PRESET, "-rc", "vbr", "-cq", str(crf), "-b:v", "0"]
