@@ -373,13 +373,18 @@ def _verify_models(settings: Settings) -> int:
 
 def _report_backend(settings: Settings) -> None:
     """Load the engine as a job would and say which backend runs and how far it is from fp32."""
+    from heygem.engine.faces.detect import S3FD_DRIFT_BOUND, detector_label, shared_detector
     from heygem.engine.model.backends import DRIFT_BOUND
     from heygem.engine.pipeline import LipSyncPipeline
 
-    status = LipSyncPipeline(settings.replace(engine="wav2lip", warmup=False)).status()
+    engine_settings = settings.replace(engine="wav2lip", warmup=False)
+    status = LipSyncPipeline(engine_settings).status()
     print(
         f"ok: generator backend {status.backend} on {status.device} (default bound: {DRIFT_BOUND} grey level)"
     )
+    # The engine loaded this detector: shared_detector hands back that same one.
+    detector = detector_label(shared_detector(engine_settings, status.device))
+    print(f"ok: face detector {detector} (default bound for openvino: {S3FD_DRIFT_BOUND} pixel)")
 
 
 def _add_keys(commands) -> None:

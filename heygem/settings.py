@@ -73,7 +73,7 @@ class Settings:
     engine: str = "auto"  # auto = wav2lip when its weights exist, else preview
     device: str = "auto"  # auto = cuda when torch sees a GPU, else cpu; or cpu, cuda, cuda:N
     precision: str = "auto"  # auto = fp16 on CUDA; CPU: bf16 on openvino if within 1 grey level, else fp32
-    backend: str = "auto"  # generator runtime; auto = openvino on CPU when installed and it passes a check
+    backend: str = "auto"  # generator and S3FD runtime; auto = openvino on CPU if installed and checked
     batch_size: int = 0  # faces per generator pass; 0 = auto: 16 on OpenVINO, 32 on CPU, 64 on CUDA
     detect_batch_size: int = 8  # frames per face-detector pass
     detect_max_side: int = 640  # frames are downscaled so the longer side is at most this for detection

@@ -13,6 +13,8 @@ from tests import media
 
 # The kit's fixtures (start_service, servers), a real PostgreSQL (tests.pg) and a headless
 # Chromium (tests.browser) for every module.
+SPEC_DIR = Path(__file__).parent / "spec"
+
 pytest_plugins = ["tests.kit", "tests.pg", "tests.browser"]
 
 # Torch and OpenCV each want every core; two test processes on 2 cores must not oversubscribe.
@@ -71,6 +73,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def checkpoint_file(fixture_dir) -> Path:
     """Random-initialised Wav2Lip generator in the official format, keys prefixed `module.`."""
     return media.save_random_checkpoint(fixture_dir / "wav2lip_gan.pth")
+
+
+@pytest.fixture(scope="session")
+def random_s3fd(tmp_path_factory) -> Path:
+    """S3FD with random weights of the exact architecture, saved as a plain state dict like the
+    public s3fd.pth (the layer names and shapes are checked against tests/spec/s3fd.tsv)."""
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+
+    torch.manual_seed(0)
+    state = s3fd().state_dict()
+    manifest = [line.split("\t") for line in (SPEC_DIR / "s3fd.tsv").read_text().splitlines() if line]
+    assert [(name, "x".join(map(str, t.shape)) or "scalar") for name, t in state.items()] == [
+        (name, shape) for name, shape in manifest
+    ]
+    path = tmp_path_factory.mktemp("s3fd") / "s3fd.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def conversions(monkeypatch) -> list[int]:
+    """Counts OpenVINO conversions: appends one entry per call of the real converter."""
+    from heygem.engine.model import backends
+
+    calls: list[int] = []
+    real = backends._convert
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "_convert", counted)
+    return calls
 
 
 @pytest.fixture

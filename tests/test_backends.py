@@ -6,6 +6,7 @@ one conversion serves the module (copied where a test needs its own cache folder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -66,20 +67,6 @@ def first_load(tmp_path_factory, checkpoint_file, model) -> tuple[Path, int]:
 @pytest.fixture
 def converted(first_load) -> Path:
     return first_load[0]
-
-
-@pytest.fixture
-def conversions(monkeypatch) -> list[int]:
-    """Counts conversions: appends one entry per call of the real converter."""
-    calls: list[int] = []
-    real = backends._convert
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(backends, "_convert", counted)
-    return calls
 
 
 def _request(
@@ -193,7 +180,7 @@ def test_auto_keeps_fp32_when_bf16_drifts_past_the_bound(
         return real(generated, reference) if len(calls) == 1 else DRIFT_BOUND + 5  # the second is bf16
 
     monkeypatch.setattr(backends, "_openvino_precision", lambda core, requested: "bf16")
-    monkeypatch.setattr(backends, "grey_drift", bf16_worse)
+    monkeypatch.setattr(backends, "GENERATOR", dataclasses.replace(backends.GENERATOR, drift=bf16_worse))
     cache = _own_cache(converted, tmp_path)  # the bad bf16 drift is recorded in the entry
     backend = select_backend(model, _request(checkpoint_file, cache))
     assert (backend.name, backend.precision) == (OPENVINO, "fp32")
@@ -337,7 +324,8 @@ def test_a_broken_runtime_falls_back_to_torch_with_one_warning(
         0,
     )  # fp32 eager is the reference
     assert _warnings(caplog) == [
-        "backend openvino unavailable (Cannot load library 'libopenvino_intel_cpu_plugin.so'); using torch"
+        "backend openvino unavailable for the generator"
+        " (Cannot load library 'libopenvino_intel_cpu_plugin.so'); using torch"
     ]
 
 
@@ -346,7 +334,9 @@ def test_openvino_on_a_gpu_device_gives_torch_and_one_warning(model, checkpoint_
     with caplog.at_level(logging.INFO, logger=BACKEND_LOGGER):
         backend = select_backend(model, request)
     assert (backend.name, backend.precision) == (TORCH, "fp16")
-    assert _warnings(caplog) == ["backend openvino runs on the CPU only; using torch on cuda"]
+    assert _warnings(caplog) == [
+        "backend openvino runs on the CPU only; using torch on cuda for the generator"
+    ]
     assert not any(tmp_path.iterdir())  # nothing converted
 
 

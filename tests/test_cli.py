@@ -155,15 +155,19 @@ def _imported_modules(proc: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("detector", ["haar", "s3fd"])
 def test_generate_with_a_checked_openvino_cache_never_imports_torch(
-    short_speech, face_video, checkpoint_file, tmp_path
+    short_speech, face_video, checkpoint_file, random_s3fd, tmp_path, detector
 ):
     """The first start converts and checks against torch, recording the drift; the next one
-    runs OpenVINO without torch or the torch model, and renders the same frames."""
+    runs OpenVINO without torch or the torch model, and renders the same frames. With S3FD
+    weights (no box: S3FD finds the face) the detector is converted, checked and served so too."""
     models = tmp_path / "models"  # not install_checkpoint: its shared cache may hold a checked entry
     models.mkdir()
     shutil.copy(checkpoint_file, models / checkpoint_file.name)
-    outputs, imported = [], []
+    if detector == "s3fd":
+        shutil.copy(random_s3fd, models / "s3fd.pth")
+    outputs, imported, logs = [], [], []
     for run in ("checked", "fast"):
         outputs.append(tmp_path / f"{run}.mp4")
         proc = heygem(
@@ -172,10 +176,15 @@ def test_generate_with_a_checked_openvino_cache_never_imports_torch(
             "--precision", "fp32", env={"PYTHONPROFILEIMPORTTIME": "1", "HEYGEM_BACKEND": "openvino"},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        assert "on cpu fp32" in proc.stdout + proc.stderr  # the engine line names the precision used
+        logs.append(proc.stdout + proc.stderr)
+        assert "on cpu fp32" in logs[-1]  # the engine line names the precision used
         imported.append({name.split(".")[0] for name in _imported_modules(proc)})
     assert "torch" in imported[0] and "openvino" in imported[0]
     assert "torch" not in imported[1] and "openvino" in imported[1]
+    assert f"face detector: {detector} (" in logs[1]
+    if detector == "s3fd":
+        assert "openvino fp32" in logs[1]
+        assert len(list((models / "backend-cache").iterdir())) == 2  # one entry per network
     np.testing.assert_array_equal(media.read_frames(outputs[0]), media.read_frames(outputs[1]))
 
 
@@ -287,6 +296,7 @@ def test_models_verify_loads_the_checkpoint(folders, checkpoint_file):
     )
     assert backend is not None, proc.stdout
     assert int(backend.group(2)) <= 1
+    assert "ok: face detector haar (" in proc.stdout  # no S3FD weights installed
 
 
 def test_models_verify_reports_the_torch_autocast_drift(folders, checkpoint_file):

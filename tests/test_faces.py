@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,7 +16,6 @@ from heygem.engine.media.probe import probe
 from heygem.errors import InputError, ModelError, NoFaceError, WeightsMissingError
 from tests import media
 
-SPEC_DIR = Path(__file__).parent / "spec"
 # Where the astronaut's face sits in the 256x256 fixture (x1, y1, x2, y2), give or take the drift.
 ASTRONAUT_FACE = (88, 31, 140, 84)
 
@@ -62,23 +60,6 @@ class FixedDetector:
 @pytest.fixture(scope="module")
 def haar() -> HaarDetector:
     return HaarDetector()
-
-
-@pytest.fixture(scope="module")
-def random_s3fd(tmp_path_factory) -> Path:
-    """S3FD with random weights, saved as a plain state dict like the public s3fd.pth."""
-    import torch
-    from face_alignment.detection.sfd.net_s3fd import s3fd
-
-    torch.manual_seed(0)
-    state = s3fd().state_dict()
-    manifest = [line.split("\t") for line in (SPEC_DIR / "s3fd.tsv").read_text().splitlines() if line]
-    assert [(name, "x".join(map(str, t.shape)) or "scalar") for name, t in state.items()] == [
-        (name, shape) for name, shape in manifest
-    ]
-    path = tmp_path_factory.mktemp("s3fd") / "s3fd.pth"
-    torch.save(state, path)
-    return path
 
 
 # --- detectors -----------------------------------------------------------------------------------
@@ -163,9 +144,10 @@ def test_create_detector_prefers_s3fd_weights_and_falls_back_to_haar(settings, r
     assert "no S3FD weights" in caplog.text
 
     (settings.models_dir / "s3fd.pth").write_bytes(random_s3fd.read_bytes())
-    chosen = detect.create_detector(settings.replace(detect_max_side=320), device="cpu")
+    on_torch = settings.replace(backend="torch")  # OpenVINO's S3FD: tests/test_s3fd_openvino.py
+    chosen = detect.create_detector(on_torch.replace(detect_max_side=320), device="cpu")
     assert chosen.name == "s3fd" and "max_side=320" in chosen.cache_tag
-    explicit = detect.create_detector(settings.replace(detector_weights=random_s3fd), device="cpu")
+    explicit = detect.create_detector(on_torch.replace(detector_weights=random_s3fd), device="cpu")
     assert isinstance(explicit.inner, S3FDDetector) and explicit.inner.weights_path == random_s3fd
     assert explicit.max_side == settings.detect_max_side  # S3FD keeps the 640 px it was built for
 

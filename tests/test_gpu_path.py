@@ -300,11 +300,11 @@ def test_fp16_network_outputs_decode_like_fp32():
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=1.5)
 
 
-def test_s3fd_detector_matches_face_alignment_end_to_end_and_survives_fake_oom(random_s3fd_weights):
+def test_s3fd_detector_matches_face_alignment_end_to_end_and_survives_fake_oom(random_s3fd):
     from face_alignment.detection.sfd.bbox import nms
     from face_alignment.detection.sfd.detect import batch_detect
 
-    detector = detect.S3FDDetector(random_s3fd_weights, "cpu", threshold=0.5)
+    detector = detect.S3FDDetector(random_s3fd, "cpu", threshold=0.5)
     frames = [np.random.default_rng(i).integers(0, 256, (64, 96, 3), np.uint8) for i in range(3)]
     ours = detector.detect(frames)
     batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
@@ -335,16 +335,6 @@ def test_s3fd_detector_matches_face_alignment_end_to_end_and_survives_fake_oom(r
     detector._net = oom_above_one
     again = detector.detect(frames)
     assert sizes[0] == 3 and sizes[-1] == 1 and again == ours  # halved until one frame fits
-
-
-@pytest.fixture(scope="module")
-def random_s3fd_weights(tmp_path_factory):
-    from face_alignment.detection.sfd.net_s3fd import s3fd
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("s3fd-gpu") / "s3fd.pth"
-    torch.save(s3fd().state_dict(), path)
-    return path
 
 
 # --- bench/gpu_check.py --------------------------------------------------------------------------
@@ -384,8 +374,8 @@ def test_nan_scores_neither_count_nor_crowd_out_real_candidates():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_s3fd_half_precision_runs_convolutions_in_fp16_under_autocast(random_s3fd_weights):
-    detector = detect.S3FDDetector(random_s3fd_weights, "cpu")
+def test_s3fd_half_precision_runs_convolutions_in_fp16_under_autocast(random_s3fd):
+    detector = detect.S3FDDetector(random_s3fd, "cpu")
     detector._half = True  # what CUDA gets; CPU autocast runs the same fp16 convolutions
     seen: list[torch.dtype] = []
     detector._net.conv1_1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))

@@ -14,6 +14,7 @@ import pytest
 from heygem.engine.model.backends import MANIFEST_FILE, MODEL_FILE, ConvertedModelCache
 
 VERSION = "2026.4.1"
+STALE = "wav2lip_gan-0000000000000000-openvino1.0-fp32"
 
 
 class RefusingCore:
@@ -53,13 +54,14 @@ def test_pruning_stale_entries_never_follows_a_link_out_of_the_cache(checkpoint,
     outside.mkdir()
     (outside / "keep.txt").write_text("not the cache's")
     cache_dir.mkdir()
-    (cache_dir / "wav2lip_gan-link").symlink_to(outside, target_is_directory=True)
-    (cache_dir / "wav2lip_gan-0000-openvino1.0-fp32").mkdir()  # a real stale entry
+    link = cache_dir / "wav2lip_gan-1111111111111111-openvino1.0-fp32"  # named like a stale entry
+    link.symlink_to(outside, target_is_directory=True)
+    (cache_dir / STALE).mkdir()  # a real stale entry
 
     ConvertedModelCache(checkpoint, (cache_dir,), VERSION)._prune_stale(cache_dir)
 
     assert (outside / "keep.txt").read_text() == "not the cache's"
-    assert not (cache_dir / "wav2lip_gan-0000-openvino1.0-fp32").exists()
+    assert not (cache_dir / STALE).exists()
 
 
 def test_an_entry_whose_files_do_not_match_its_manifest_is_never_read(checkpoint, cache_dir, caplog):
@@ -116,3 +118,52 @@ def test_a_recorded_entry_whose_files_changed_is_still_never_read(checkpoint, ca
     core = RefusingCore()
     assert cache.load(core) is None
     assert core.read == [] and not entry.exists()
+
+
+def test_an_entry_that_is_a_link_elsewhere_is_never_read(checkpoint, cache_dir, tmp_path):
+    """A link named like the entry could point at any IR on the machine: it is not an entry."""
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION, "s3fd")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / MODEL_FILE).write_text("<net/>")
+    (elsewhere / MANIFEST_FILE).write_text(json.dumps({"sizes": {MODEL_FILE: 6}, "drift": {"fp32": 0}}))
+    cache_dir.mkdir()
+    (cache_dir / cache.entry_name).symlink_to(elsewhere, target_is_directory=True)
+    core = RefusingCore()
+    assert cache.entry is None and cache.drifts() == {} and cache.load(core) is None
+    assert core.read == [] and (elsewhere / MODEL_FILE).exists()
+
+
+@pytest.mark.parametrize("planted", ["link", "unlisted"])
+def test_an_entry_holding_a_file_its_manifest_does_not_vouch_for_is_never_read(
+    checkpoint, cache_dir, tmp_path, planted
+):
+    cache = ConvertedModelCache(checkpoint, (cache_dir,), VERSION, "s3fd")
+    entry = _planted_entry(cache, cache_dir, {MODEL_FILE: len("<net/>"), "model.bin": 4})
+    outside = tmp_path / "weights-of-someone-else.bin"
+    outside.write_bytes(b"1234")
+    if planted == "link":  # the right size, but read from outside the cache
+        (entry / "model.bin").symlink_to(outside)
+    else:
+        (entry / "model.bin").write_bytes(b"1234")
+        (entry / "extra.bin").write_bytes(b"x")  # something the converter never wrote
+    core = RefusingCore()
+    assert cache.load(core) is None
+    assert core.read == [] and not entry.exists() and outside.read_bytes() == b"1234"
+
+
+def test_two_networks_whose_weights_share_a_name_never_prune_each_other(tmp_path):
+    shared_cache = tmp_path / "cache"
+    generator_weights = tmp_path / "a" / "model.pth"
+    detector_weights = tmp_path / "b" / "model.pth"
+    for path, data in ((generator_weights, b"generator"), (detector_weights, b"detector")):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    generator = ConvertedModelCache(generator_weights, (shared_cache,), VERSION)
+    detector = ConvertedModelCache(detector_weights, (shared_cache,), VERSION, "s3fd")
+    assert generator.entry_name != detector.entry_name
+    for cache in (generator, detector):
+        (shared_cache / cache.entry_name).mkdir(parents=True)
+    generator._prune_stale(shared_cache)
+    detector._prune_stale(shared_cache)
+    assert (shared_cache / generator.entry_name).is_dir() and (shared_cache / detector.entry_name).is_dir()

@@ -19,24 +19,33 @@ import numpy as np
 from numpy.typing import NDArray
 
 from heygem.engine.api import Frame
+from heygem.engine.faces.s3fd import (
+    BOX_COLUMNS,
+    S3FD_ANCHOR_SCALE,
+    S3FD_CENTRE_VARIANCE,
+    S3FD_MAX_CANDIDATES,
+    S3FD_MEAN,
+    S3FD_MIN_SCORE,
+    S3FD_NMS_IOU,
+    S3FD_SIZE_VARIANCE,
+    S3FD_THRESHOLD,
+    anchor_boxes,
+    anchor_stride,
+    candidate_table,
+    greedy_nms,
+    network_input,
+    padding,
+)
 from heygem.errors import DOWNLOAD_COMMAND, ModelError, WeightsMissingError
 from heygem.settings import Settings
 
 if TYPE_CHECKING:
     import torch
 
+    from heygem.engine.model.backends import Backend, Network
+
 log = logging.getLogger("heygem.engine.faces.detect")
 
-S3FD_THRESHOLD = 0.5  # the reference keeps boxes scoring above this after NMS
-S3FD_NMS_IOU = 0.3
-S3FD_MIN_SCORE = 0.05  # face_alignment's candidate floor; boxes below it never count
-S3FD_MEAN = (104.0, 117.0, 123.0)  # subtracted after the channel flip, as face_alignment does
-S3FD_ANCHOR_SCALE = 4  # an anchor is 4 strides wide at each of the six levels (strides 4 to 128)
-S3FD_CENTRE_VARIANCE = 0.1
-S3FD_SIZE_VARIANCE = 0.2
-# Anchors per frame that go through NMS: a face gives a few dozen above 0.5; 256 leaves room for
-# several faces while keeping the per-frame overlap matrix small.
-S3FD_MAX_CANDIDATES = 256
 S3FD_BATCH = 8  # frames per forward pass on a GPU (the tracker's batches are padded to this)
 DETECTING = "detecting faces"
 DATA_PARALLEL_PREFIX = "module."
@@ -131,6 +140,11 @@ class S3FDDetector:
             use_device(self.device)
             torch.backends.cudnn.benchmark = True  # batches are padded to one shape per video size
 
+    @property
+    def torch_module(self) -> torch.nn.Module:
+        """The loaded network, for the backend layer to convert."""
+        return self._net
+
     def detect(self, frames: list[Frame]) -> list[list[Detection]]:
         if not frames:
             return []
@@ -177,16 +191,25 @@ class S3FDDetector:
         return torch.autocast(device_type=self.device.type, dtype=torch.float16)
 
     def _keep(self, table: NDArray[np.float32]) -> list[Detection]:
-        """One frame's candidate table -> Detections kept by greedy NMS, best first."""
-        return [Detection(*map(float, row[:5])) for row in greedy_nms(table)]
+        return kept_detections(table)
+
+
+def kept_detections(table: NDArray[np.float32]) -> list[Detection]:
+    """One frame's candidate table -> Detections kept by greedy NMS, best first."""
+    return [Detection(*map(float, row[:BOX_COLUMNS])) for row in greedy_nms(table)]
 
 
 def _s3fd_input(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC BGR -> float NCHW, channels flipped and the mean subtracted (on the device)."""
+    """uint8 NHWC BGR -> float NCHW, channels flipped and the mean subtracted (on the device),
+    padded to the network's smallest input like `network_input`."""
     import torch
 
     mean = torch.tensor(S3FD_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    return pixels.permute(0, 3, 1, 2).flip(1).float() - mean
+    centred = pixels.permute(0, 3, 1, 2).flip(1).float() - mean
+    missing_rows, missing_columns = padding(pixels.shape[1]), padding(pixels.shape[2])
+    if missing_rows or missing_columns:  # the mean colour, as the numpy input pads
+        centred = torch.nn.functional.pad(centred, (0, missing_columns, 0, missing_rows))
+    return centred
 
 
 def s3fd_candidates(outputs: list[torch.Tensor], min_score: float) -> torch.Tensor:
@@ -214,7 +237,8 @@ def s3fd_candidates(outputs: list[torch.Tensor], min_score: float) -> torch.Tens
     k = min(S3FD_MAX_CANDIDATES, all_scores.shape[1])
     if all_scores.device.type == "cpu":
         k = max(1, min(k, int((all_scores > min_score).sum(dim=1).max())))
-    best, index = all_scores.topk(k, dim=1)
+    # A stable sort rather than topk: equal scores keep anchor order, as in the numpy decoder.
+    best, index = (part[:, :k] for part in all_scores.sort(dim=1, descending=True, stable=True))
     best = torch.where(best > min_score, best, torch.zeros_like(best))
     chosen = _decode(all_offsets.gather(2, index.unsqueeze(1).expand(-1, 4, -1)), all_anchors[:, index])
     overlaps = _overlaps(chosen) > S3FD_NMS_IOU
@@ -226,7 +250,7 @@ def _anchors(level: int, height: int, width: int, device: torch.device) -> torch
     """(3, H * W) centre x, centre y and size of one level's anchors, row-major like its outputs."""
     import torch
 
-    stride = 2 ** (level + 2)
+    stride = anchor_stride(level)
     ys = torch.arange(height, device=device, dtype=torch.float32) * stride + stride / 2
     xs = torch.arange(width, device=device, dtype=torch.float32) * stride + stride / 2
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -261,23 +285,6 @@ def _overlaps(boxes: torch.Tensor) -> torch.Tensor:
     )
     inter = w * h
     return inter / (areas[:, :, None] + areas[:, None] - inter)
-
-
-def greedy_nms(table: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Rows (x1, y1, x2, y2, score, K overlap flags) in descending score order -> the kept rows.
-
-    The overlaps were computed on the device; what is left is the order-dependent greedy walk,
-    over the few candidates above the threshold.
-    """
-    live = np.flatnonzero(table[:, 4] > 0)
-    flags = table[:, 5:] > 0
-    suppressed = np.zeros(len(table), bool)
-    kept = []
-    for i in live:
-        if not suppressed[i]:
-            kept.append(i)
-            suppressed |= flags[i]
-    return table[kept, :5]
 
 
 def _load_s3fd(path: Path, device: str) -> torch.nn.Module:
@@ -388,6 +395,113 @@ class ScaledDetector:
         return [[d.scaled(sx, sy) for d in faces] for faces in self.inner.detect(small)]
 
 
+# -- S3FD on OpenVINO -----------------------------------------------------------------------------
+S3FD_DRIFT_BOUND = 1  # pixels any decoded anchor box may move from torch fp32 for a default precision
+# Scores decide which boxes are kept: a precision that moves any anchor's score by more than this
+# counts as drifting past every bound.
+S3FD_SCORE_TOLERANCE = 0.01
+S3FD_WORST_DRIFT = 255  # the largest drift a cache manifest records
+S3FD_SAMPLE_SEED = 3
+S3FD_SAMPLE_FRAMES = 2
+S3FD_SAMPLE_SIZE = (96, 128)  # height, width: every level has anchors, the check takes ~0.1 s
+S3FD_SAMPLE_BLOCK = 8  # pixels per random value: smooth regions and edges, not pure noise
+
+
+class OpenVinoS3FD:
+    """S3FD compiled by OpenVINO on the CPU: fed the torch detector's input, decoded in numpy, so
+    a start from a checked cache entry needs no torch. Same name and cache tag as S3FDDetector:
+    its boxes are held within S3FD_DRIFT_BOUND pixels of it (the check in backends.py)."""
+
+    name = "s3fd"
+    batched = False  # on the CPU, like torch there: key frames one by one, near the last faces first
+
+    def __init__(self, backend: Backend, threshold: float = S3FD_THRESHOLD) -> None:
+        if backend.forward is None:
+            raise ValueError("OpenVinoS3FD needs a backend with a forward")
+        self.backend = backend
+        self._forward = backend.forward
+        self.threshold = threshold
+        self.cache_tag = f"s3fd:threshold={threshold}"
+
+    def detect(self, frames: list[Frame]) -> list[list[Detection]]:
+        if not frames:
+            return []
+        _check_same_size(frames)
+        outputs = self._forward(network_input(np.stack(frames)))
+        table = candidate_table(outputs, max(self.threshold, S3FD_MIN_SCORE))
+        return [kept_detections(table[i]) for i in range(len(frames))]
+
+
+def s3fd_sample() -> tuple[NDArray[np.float32], ...]:
+    """The fixed check input: frames of blocky random colour, as the detector's input."""
+    rng = np.random.default_rng(S3FD_SAMPLE_SEED)
+    height, width = S3FD_SAMPLE_SIZE
+    coarse = (S3FD_SAMPLE_FRAMES, height // S3FD_SAMPLE_BLOCK, width // S3FD_SAMPLE_BLOCK, 3)
+    blocks = rng.integers(0, 256, coarse, dtype=np.uint8)
+    frames = blocks.repeat(S3FD_SAMPLE_BLOCK, axis=1).repeat(S3FD_SAMPLE_BLOCK, axis=2)
+    return (network_input(frames),)
+
+
+def s3fd_torch_outputs(
+    net: object, sample: tuple[NDArray[np.float32], ...], precision: str
+) -> list[NDArray[np.float32]]:
+    """The torch network on the check sample, outputs as float32 arrays."""
+    from heygem.engine.model.backends import torch_outputs
+
+    return [output.float().cpu().numpy() for output in torch_outputs(net, sample, precision)]
+
+
+def s3fd_drift(outputs: list[NDArray[np.float32]], reference: list[NDArray[np.float32]]) -> int:
+    """Whole pixels (rounded up) the furthest decoded anchor box moved from the reference; the
+    worst drift when any score moved more than S3FD_SCORE_TOLERANCE or anything is not finite."""
+    boxes, scores = anchor_boxes(outputs)
+    reference_boxes, reference_scores = anchor_boxes(reference)
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        return S3FD_WORST_DRIFT
+    if float(np.abs(scores - reference_scores).max()) > S3FD_SCORE_TOLERANCE:
+        return S3FD_WORST_DRIFT
+    moved = float(np.abs(boxes - reference_boxes).max())
+    return min(S3FD_WORST_DRIFT, int(np.ceil(moved)))
+
+
+def s3fd_network() -> Network:
+    """S3FD as the backend layer converts, checks and caches it: any batch and frame size."""
+    from heygem.engine.model.backends import Network, OpenVinoOutputs
+
+    return Network(
+        name="s3fd",
+        sample=s3fd_sample,
+        run_torch=s3fd_torch_outputs,
+        drift=s3fd_drift,
+        bound=S3FD_DRIFT_BOUND,
+        unit="pixel(s)",
+        serve=OpenVinoOutputs,
+        dynamic_axes=((-1, 3, -1, -1),),
+        entry_tag="s3fd",
+    )
+
+
+def _s3fd_detector(settings: Settings, weights: Path, device: str) -> FaceDetector:
+    """S3FD on the backend Settings.backend picks: OpenVINO on the CPU from a checked cache entry
+    (no torch), else converted and checked against the torch network; torch on CUDA, for
+    `--backend torch`, and whenever OpenVINO cannot serve (one warning, never an error)."""
+    from heygem.engine.model.backends import TORCH, BackendRequest, cached_backend, select_backend
+
+    half = settings.precision != "fp32"
+    if device != "cpu" or settings.backend == TORCH:
+        return S3FDDetector(weights, device, batch_size=settings.detect_batch_size, half=half)
+    network = s3fd_network()
+    request = BackendRequest(
+        settings.backend, settings.precision, "fp32", "cpu", weights, settings.backend_cache_dirs(weights)
+    )
+    fast = cached_backend(request, network)
+    if fast is not None:
+        return OpenVinoS3FD(fast)
+    torch_detector = S3FDDetector(weights, device, batch_size=settings.detect_batch_size, half=half)
+    backend = select_backend(torch_detector.torch_module, request, network)
+    return torch_detector if backend.forward is None else OpenVinoS3FD(backend)
+
+
 def create_detector(settings: Settings, device: str | None = None) -> ScaledDetector:
     """S3FD when its weights file exists, else the Haar cascade; detection capped at detect_max_side.
 
@@ -397,10 +511,9 @@ def create_detector(settings: Settings, device: str | None = None) -> ScaledDete
     weights = settings.resolved_detector_weights
     if weights.is_file():
         resolved = device or _resolve_device(settings.device)
-        inner: FaceDetector = S3FDDetector(
-            weights, resolved, batch_size=settings.detect_batch_size, half=settings.precision != "fp32"
-        )
-        reason = f"weights at {weights}, device {resolved}"
+        inner: FaceDetector = _s3fd_detector(settings, weights, resolved)
+        runs_on = f"openvino {inner.backend.precision}" if isinstance(inner, OpenVinoS3FD) else "torch"
+        reason = f"weights at {weights}, device {resolved}, {runs_on}"
     else:
         inner = HaarDetector()
         reason = f"no S3FD weights at {weights}"
@@ -411,6 +524,17 @@ def create_detector(settings: Settings, device: str | None = None) -> ScaledDete
         side = min(side, HAAR_MAX_SIDE)
     log.info("face detector: %s (%s); detection at most %d px", inner.name, reason, side)
     return ScaledDetector(inner, side)
+
+
+def detector_label(detector: FaceDetector) -> str:
+    """What finds the faces, for `models verify`: e.g. "s3fd on openvino bf16, 1 pixel(s) from
+    fp32 eager", "s3fd on torch cpu", "haar"."""
+    inner = detector.inner if isinstance(detector, ScaledDetector) else detector
+    if isinstance(inner, OpenVinoS3FD):
+        return f"{inner.name} on {inner.backend.label}"
+    if isinstance(inner, S3FDDetector):
+        return f"{inner.name} on torch {inner.device}"
+    return inner.name
 
 
 _shared: dict[tuple[object, ...], ScaledDetector] = {}
@@ -429,6 +553,7 @@ def shared_detector(settings: Settings, device: str | None = None) -> ScaledDete
         settings.detect_max_side,
         settings.detect_batch_size,
         settings.precision,
+        settings.backend,
     )
     with _shared_lock:
         if key not in _shared:
@@ -455,5 +580,6 @@ __all__ = [
     "HaarDetector",
     "ScaledDetector",
     "create_detector",
+    "detector_label",
     "shared_detector",
 ]

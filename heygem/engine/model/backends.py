@@ -73,18 +73,43 @@ class BackendMissing(BackendUnavailable):
     """The backend's package is not installed: normal for `auto`, worth a warning when named."""
 
 
+Sample = tuple[NDArray[np.float32], ...]  # a network's inputs, in the order its forward takes them
+
+
+@dataclass(frozen=True)
+class Network:
+    """What the backend layer needs to convert, check and serve one network.
+
+    `run_torch(model, sample, precision)` and an OpenVINO forward (`serve(compiled)`) called on
+    the same `sample` give outputs that `drift(outputs, reference)` compares with the torch fp32
+    result as a whole number of `unit`s; `bound` is the most a default precision may drift.
+    """
+
+    name: str  # in log lines; also the cache entry's tag unless it is the generator
+    sample: Callable[[], Sample]
+    run_torch: Callable[[Any, Sample, str], Any]
+    drift: Callable[[Any, Any], int]
+    bound: int
+    unit: str
+    serve: Callable[[Any], Callable[..., Any]]
+    dynamic_axes: tuple[tuple[int, ...], ...] | None = None  # per input, -1 = any size; None = as traced
+    entry_tag: str = ""  # "" keeps the generator's entry names from before other networks were cached
+    compile_config: tuple[tuple[str, str], ...] = ()  # extra compile properties, e.g. denormals
+
+
 @dataclass(frozen=True)
 class Backend:
     """How the generator runs. `forward` None means the runner's own torch path."""
 
     name: str  # torch | openvino
     precision: str  # fp32 | bf16 | fp16: what actually computes
-    forward: ArrayForward | None = None
-    drift: int | None = None  # grey levels from torch fp32 eager on the check sample; None = not measured
+    forward: Callable[..., Any] | None = None  # the network's own call: an ArrayForward for the generator
+    drift: int | None = None  # units from torch fp32 eager on the check sample; None = not measured
+    unit: str = "grey level(s)"
 
     @property
     def label(self) -> str:
-        measured = "" if self.drift is None else f", {self.drift} grey level(s) from fp32 eager"
+        measured = "" if self.drift is None else f", {self.drift} {self.unit} from fp32 eager"
         return f"{self.name} {self.precision}{measured}"
 
 
@@ -100,26 +125,35 @@ class BackendRequest:
     cache_dirs: tuple[Path, ...]  # where a converted model may be kept, first writable wins
 
 
-def select_backend(model: torch.nn.Module, request: BackendRequest) -> Backend:
+def select_backend(
+    model: torch.nn.Module, request: BackendRequest, network: Network | None = None
+) -> Backend:
     """The backend that serves `request`; torch (with one warning) when OpenVINO cannot."""
-    backend = _openvino_or_none(model, request) or _torch_backend(model, request.torch_precision)
-    log.info("generator backend: %s", backend.label)
+    network = network or GENERATOR
+    backend = _openvino_or_none(model, request, network) or _torch_backend(
+        model, request.torch_precision, network
+    )
+    log.info("%s backend: %s", network.name, backend.label)
     return backend
 
 
-def _openvino_or_none(model: torch.nn.Module, request: BackendRequest) -> Backend | None:
+def _openvino_or_none(model: torch.nn.Module, request: BackendRequest, network: Network) -> Backend | None:
     if request.backend == TORCH:
         return None
     if request.device_type != "cpu":
         if request.backend == OPENVINO:
-            log.warning("backend openvino runs on the CPU only; using torch on %s", request.device_type)
+            log.warning(
+                "backend openvino runs on the CPU only; using torch on %s for the %s",
+                request.device_type,
+                network.name,
+            )
         return None
     try:
-        return _openvino_backend(model, request)
+        return _openvino_backend(model, request, network)
     except BackendMissing as exc:
         (log.warning if request.backend == OPENVINO else log.info)("%s; using torch", exc)
     except BackendUnavailable as exc:
-        log.warning("backend openvino unavailable (%s); using torch", exc)
+        log.warning("backend openvino unavailable for the %s (%s); using torch", network.name, exc)
     return None
 
 
@@ -145,27 +179,38 @@ def eager_fp32(model: torch.nn.Module, mels: MelBatch, faces: FaceBatch) -> NDAr
 
 def eager(model: torch.nn.Module, mels: MelBatch, faces: FaceBatch, precision: str) -> NDArray[np.float32]:
     """The torch module on the sample, under autocast for fp16/bf16 as the runner runs it."""
+    generated = torch_outputs(model, (mels, faces), precision)
+    result: NDArray[np.float32] = generated.float().cpu().numpy()
+    return result
+
+
+def torch_outputs(model: Any, sample: Sample, precision: str) -> Any:
+    """The torch module on `sample` (moved to its device), under autocast for fp16/bf16; the raw
+    outputs, as torch gives them."""
     import torch
 
     device = next(model.parameters()).device
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        generated = model(torch.from_numpy(mels).to(device), torch.from_numpy(faces).to(device))
-    result: NDArray[np.float32] = generated.float().cpu().numpy()
-    return result
+        return model(*(torch.from_numpy(part).to(device) for part in sample))
 
 
-def _torch_backend(model: torch.nn.Module, precision: str) -> Backend:
+def _eager_sample(model: Any, sample: Sample, precision: str) -> NDArray[np.float32]:
+    return eager(model, sample[0], sample[1], precision)
+
+
+def _torch_backend(model: torch.nn.Module, precision: str, network: Network) -> Backend:
     """Torch eager; fp32 is the reference itself, autocast precisions are measured against it."""
     if precision == "fp32":
-        return Backend(TORCH, precision, drift=0)
+        return Backend(TORCH, precision, drift=0, unit=network.unit)
     try:
-        sample = smoke_sample()
-        drift = grey_drift(eager(model, *sample, precision), eager_fp32(model, *sample))
+        sample = network.sample()
+        reference = network.run_torch(model, sample, "fp32")
+        drift = network.drift(network.run_torch(model, sample, precision), reference)
     except Exception as exc:  # noqa: BLE001 - a measurement, never a reason to fail the load
         log.info("could not measure torch %s drift: %s", precision, _short(exc))
-        return Backend(TORCH, precision)
-    return Backend(TORCH, precision, drift=drift)
+        return Backend(TORCH, precision, unit=network.unit)
+    return Backend(TORCH, precision, drift=drift, unit=network.unit)
 
 
 def grey_drift(generated: NDArray[np.float32], reference: NDArray[np.float32]) -> int:
@@ -177,71 +222,86 @@ def grey_drift(generated: NDArray[np.float32], reference: NDArray[np.float32]) -
 
 
 # -- OpenVINO ------------------------------------------------------------------------------------
-def _openvino_backend(model: torch.nn.Module, request: BackendRequest) -> Backend:
+def _openvino_backend(model: torch.nn.Module, request: BackendRequest, network: Network) -> Backend:
     try:
         import openvino
     except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
         raise BackendMissing(f"openvino is not installed or does not import: {_short(exc)}") from None
     try:
-        return _checked_openvino(openvino, model, request)
+        return _checked_openvino(openvino, model, request, network)
     except BackendUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - any runtime failure means "use torch", never a failed job
         raise BackendUnavailable(_short(exc)) from None
 
 
-def _checked_openvino(ov: Any, model: torch.nn.Module, request: BackendRequest) -> Backend:
+@dataclass(frozen=True)
+class _Check:
+    """One network's check: its sample, the torch fp32 reference on it, and where results go."""
+
+    network: Network
+    sample: Sample
+    reference: Any
+    cache: ConvertedModelCache
+
+    def drift_of(self, forward: Callable[..., Any]) -> int:
+        return self.network.drift(forward(*self.sample), self.reference)
+
+
+def _checked_openvino(ov: Any, model: torch.nn.Module, request: BackendRequest, network: Network) -> Backend:
     """Load (or convert) the model, prove it against fp32 eager, then pick the precision."""
     core = ov.Core()
-    sample = smoke_sample()
-    reference = eager_fp32(model, *sample)
-    cache = ConvertedModelCache(request.checkpoint, request.cache_dirs, _openvino_version())
+    sample = network.sample()
+    cache = ConvertedModelCache(
+        request.checkpoint, request.cache_dirs, _openvino_version(), network.entry_tag
+    )
+    check = _Check(network, sample, network.run_torch(model, sample, "fp32"), cache)
     cached = cache.load(core)
     if cached is not None:
-        exact = _exact_or_none(core, cached, sample, reference)
+        exact = _exact_or_none(core, cached, check)
         if exact is not None:
-            return _with_precision(core, cached, exact, (sample, reference), request, cache)
+            return _with_precision(core, cached, exact, check, request)
         log.warning("cached openvino model %s does not match the weights; converting again", cache.entry)
         cache.discard()
-    converted = _convert(ov, model, sample)
+    converted = _convert(ov, model, sample, network)
     cache.store(ov, converted)
-    exact = _exact_or_none(core, converted, sample, reference)
+    exact = _exact_or_none(core, converted, check)
     if exact is None:
-        raise BackendUnavailable(f"the converted model drifts more than {DRIFT_BOUND} grey level from torch")
-    return _with_precision(core, converted, exact, (sample, reference), request, cache)
+        raise BackendUnavailable(
+            f"the converted model drifts more than {network.bound} {network.unit} from torch"
+        )
+    return _with_precision(core, converted, exact, check, request)
 
 
-def _exact_or_none(
-    core: Any, ov_model: Any, sample: tuple[MelBatch, FaceBatch], reference: NDArray[np.float32]
-) -> Backend | None:
+def _exact_or_none(core: Any, ov_model: Any, check: _Check) -> Backend | None:
     """The fp32 backend when the model reproduces fp32 eager within the bound (a sound file)."""
-    forward = OpenVinoForward(core.compile_model(ov_model, OV_DEVICE, _compile_config("fp32")))
-    drift = grey_drift(forward(*sample), reference)
-    return Backend(OPENVINO, "fp32", forward, drift) if drift <= DRIFT_BOUND else None
+    network = check.network
+    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config("fp32", network))
+    forward = network.serve(compiled)
+    drift = check.drift_of(forward)
+    return Backend(OPENVINO, "fp32", forward, drift, network.unit) if drift <= network.bound else None
 
 
 def _with_precision(
-    core: Any,
-    ov_model: Any,
-    exact: Backend,
-    check: tuple[tuple[MelBatch, FaceBatch], NDArray[np.float32]],
-    request: BackendRequest,
-    cache: ConvertedModelCache,
+    core: Any, ov_model: Any, exact: Backend, check: _Check, request: BackendRequest
 ) -> Backend:
     """The precision policy: bf16 only within the bound unless asked for by name. Every drift
     measured is recorded in the cache entry, so that later starts apply the policy without torch."""
-    sample, reference = check
+    network = check.network
     wanted = _openvino_precision(core, request.precision)
-    cache.record({"fp32": exact.drift})
+    check.cache.record({"fp32": exact.drift})
     if wanted == "fp32":
         return exact
-    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(wanted))
-    forward = OpenVinoForward(compiled)
-    drift = grey_drift(forward(*sample), reference)
-    cache.record({wanted: drift})
-    if drift <= DRIFT_BOUND or request.precision == wanted:
-        return Backend(OPENVINO, _compiled_precision(compiled, wanted), forward, drift)
-    log.info("openvino %s drifts %d grey levels from fp32 (bound %d); using fp32", wanted, drift, DRIFT_BOUND)
+    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(wanted, network))
+    forward = network.serve(compiled)
+    drift = check.drift_of(forward)
+    check.cache.record({wanted: drift})
+    if drift <= network.bound or request.precision == wanted:
+        return Backend(OPENVINO, _compiled_precision(compiled, wanted), forward, drift, network.unit)
+    log.info(
+        "openvino %s drifts %d %s from fp32 for the %s (bound %d); using fp32",
+        wanted, drift, network.unit, network.name, network.bound,
+    )  # fmt: skip
     return exact
 
 
@@ -264,8 +324,8 @@ def _compiled_precision(compiled: Any, asked: str) -> str:
     return OV_PRECISIONS.get(hint.lower(), asked)
 
 
-def _compile_config(precision: str) -> dict[str, str]:
-    config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision]}
+def _compile_config(precision: str, network: Network) -> dict[str, str]:
+    config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], **dict(network.compile_config)}
     # Unset, OpenVINO uses one thread per physical core, as torch does; OMP_NUM_THREADS (what
     # torch obeys) limits both paths alike.
     threads = configured_threads()
@@ -274,22 +334,28 @@ def _compile_config(precision: str) -> dict[str, str]:
     return config
 
 
-def _convert(ov: Any, model: torch.nn.Module, sample: tuple[MelBatch, FaceBatch]) -> Any:
+def _convert(ov: Any, model: torch.nn.Module, sample: Sample, network: Network) -> Any:
     import torch
 
-    log.info("converting the generator for openvino (once per checkpoint and openvino version)")
-    mels, faces = (torch.from_numpy(part) for part in sample)
+    log.info("converting the %s for openvino (once per weights file and openvino version)", network.name)
+    example = tuple(torch.from_numpy(part) for part in sample)
+    shapes = (
+        None
+        if network.dynamic_axes is None
+        else [ov.PartialShape(list(axes)) for axes in network.dynamic_axes]
+    )
     with torch.inference_mode(False), torch.no_grad():
-        return ov.convert_model(model, example_input=(mels, faces))
+        return ov.convert_model(model, example_input=example, input=shapes)
 
 
 # -- the fast start: a verified cache entry, no torch ---------------------------------------------
-def cached_backend(request: BackendRequest) -> Backend | None:
+def cached_backend(request: BackendRequest, network: Network | None = None) -> Backend | None:
     """OpenVINO straight from a cache entry whose check results are recorded, without torch.
 
     None (the caller then loads torch and runs `select_backend`) when the request is not for
     OpenVINO on the CPU, no verified entry exists, or the entry cannot serve the precision asked.
     """
+    network = network or GENERATOR
     if request.backend == TORCH or request.device_type != "cpu":
         return None
     try:
@@ -297,38 +363,49 @@ def cached_backend(request: BackendRequest) -> Backend | None:
     except Exception:  # noqa: BLE001 - select_backend reports a missing or broken install
         return None
     try:
-        return _verified_openvino(openvino, request)
+        return _verified_openvino(openvino, request, network)
     except Exception as exc:  # noqa: BLE001 - any failure: the checked torch path instead
-        log.warning("fast openvino start failed (%s); loading torch to check the model", _short(exc))
+        log.warning(
+            "fast openvino start of the %s failed (%s); loading torch to check the model",
+            network.name,
+            _short(exc),
+        )
         return None
 
 
-def _verified_openvino(ov: Any, request: BackendRequest) -> Backend | None:
-    cache = ConvertedModelCache(request.checkpoint, request.cache_dirs, _openvino_version())
+def _verified_openvino(ov: Any, request: BackendRequest, network: Network) -> Backend | None:
+    cache = ConvertedModelCache(
+        request.checkpoint, request.cache_dirs, _openvino_version(), network.entry_tag
+    )
     drifts = cache.drifts()
-    if drifts.get("fp32", DRIFT_BOUND + 1) > DRIFT_BOUND:
+    if drifts.get("fp32", network.bound + 1) > network.bound:
         return None  # no entry, an entry checked before drift was recorded, or an unsound one
     core = ov.Core()
-    precision = _recorded_precision(_openvino_precision(core, request.precision), request.precision, drifts)
+    wanted = _openvino_precision(core, request.precision)
+    precision = _recorded_precision(wanted, request.precision, drifts, network.bound)
     if precision is None:
         return None
     ov_model = cache.load(core)
     if ov_model is None:
         return None
-    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(precision))
-    del ov_model  # the compiled model holds its own weights: the IR's 140 MB can go
+    compiled = core.compile_model(ov_model, OV_DEVICE, _compile_config(precision, network))
+    del ov_model  # the compiled model holds its own weights: the IR (140 MB for the generator) can go
     backend = Backend(
-        OPENVINO, _compiled_precision(compiled, precision), OpenVinoForward(compiled), drifts[precision]
+        OPENVINO,
+        _compiled_precision(compiled, precision),
+        network.serve(compiled),
+        drifts[precision],
+        network.unit,
     )
-    log.info("generator backend: %s (checked when the cache entry was built)", backend.label)
+    log.info("%s backend: %s (checked when the cache entry was built)", network.name, backend.label)
     return backend
 
 
-def _recorded_precision(wanted: str, requested: str, drifts: dict[str, int]) -> str | None:
+def _recorded_precision(wanted: str, requested: str, drifts: dict[str, int], bound: int) -> str | None:
     """The policy of _with_precision applied to recorded drift; None when it was not measured."""
     if wanted not in drifts:
         return None
-    if wanted == "fp32" or drifts[wanted] <= DRIFT_BOUND or requested == wanted:
+    if wanted == "fp32" or drifts[wanted] <= bound or requested == wanted:
         return wanted
     return "fp32"
 
@@ -343,40 +420,67 @@ def _openvino_version() -> str:
     return importlib.metadata.version("openvino")
 
 
-class OpenVinoForward:
-    """A compiled model as an ArrayForward; one request at a time (an infer request is not shared)."""
+class OpenVinoOutputs:
+    """A compiled model called on arrays, giving all its outputs as arrays; one request at a time
+    (an infer request is not shared between threads)."""
 
     def __init__(self, compiled: Any) -> None:
         self._request = compiled.create_infer_request()
+        self._outputs = len(compiled.outputs)
         self._lock = threading.Lock()
 
-    def __call__(self, mels: MelBatch, faces: FaceBatch) -> NDArray[np.float32]:
+    def __call__(self, *inputs: NDArray[np.float32]) -> list[NDArray[np.float32]]:
         with self._lock:
-            self._request.infer([np.ascontiguousarray(mels), np.ascontiguousarray(faces)])
-            # The output tensor's memory is reused by the next request: copy it out.
-            return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            self._request.infer([np.ascontiguousarray(part) for part in inputs])
+            # The output tensors' memory is reused by the next request: copy them out.
+            return [
+                np.array(self._request.get_output_tensor(i).data, dtype=np.float32, copy=True)
+                for i in range(self._outputs)
+            ]
+
+
+class OpenVinoForward(OpenVinoOutputs):
+    """The generator's compiled model as an ArrayForward: its one output."""
+
+    def __call__(self, *inputs: NDArray[np.float32]) -> NDArray[np.float32]:  # type: ignore[override]
+        return super().__call__(*inputs)[0]
+
+
+GENERATOR = Network(
+    name="generator",
+    sample=smoke_sample,
+    run_torch=_eager_sample,
+    drift=grey_drift,
+    bound=DRIFT_BOUND,
+    unit="grey level(s)",
+    serve=OpenVinoForward,
+)
 
 
 # -- the cache of converted models ------------------------------------------------------------------
 class ConvertedModelCache:
-    """One converted model per (checkpoint contents, backend version, stored precision).
+    """One converted model per (network, weights contents, backend version, stored precision).
 
     An entry is a folder written under a temporary name and renamed into place, so a reader sees
     a whole entry or none; its manifest records the file sizes, so a truncated file is noticed.
+    `tag` names the network in the entry's name ("" for the generator, whose entries predate the
+    tag), so two networks whose weights files share a name never prune each other's entries.
     """
 
-    def __init__(self, checkpoint: Path, cache_dirs: tuple[Path, ...], version: str) -> None:
+    def __init__(self, checkpoint: Path, cache_dirs: tuple[Path, ...], version: str, tag: str = "") -> None:
         self.checkpoint = checkpoint
         self.cache_dirs = cache_dirs
         self.version = version
-        self.entry_name = _entry_name(checkpoint, sha256_of(checkpoint), version)
+        self.tag = tag
+        self.entry_name = _entry_name(checkpoint, sha256_of(checkpoint), version, tag)
 
     @property
     def entry(self) -> Path | None:
         """The existing entry (first cache folder holding one), else None."""
         for folder in self.cache_dirs:
             candidate = folder / self.entry_name
-            if candidate.is_dir():
+            # A link is not an entry this cache wrote: it could point at files of anyone's choosing.
+            if candidate.is_dir() and not candidate.is_symlink():
                 return candidate
         return None
 
@@ -445,7 +549,7 @@ class ConvertedModelCache:
         scratch.mkdir()
         try:
             ov.save_model(ov_model, str(scratch / MODEL_FILE), compress_to_fp16=False)
-            _write_manifest(scratch, self.version)
+            _write_manifest(scratch, self.version, self.tag)
             final = folder / self.entry_name
             try:
                 os.rename(scratch, final)
@@ -459,19 +563,39 @@ class ConvertedModelCache:
         return final
 
     def _prune_stale(self, folder: Path) -> None:
-        """Entries of the same weights file for older contents or versions: 140+ MB each."""
-        for other in folder.glob(f"{self.checkpoint.stem}-*"):
-            if other.name != self.entry_name and other.is_dir():
+        """Entries of the same weights file and network for older contents or versions: 140+ MB
+        each for the generator. A link is never followed (rmtree refuses one), a folder of
+        another network never matches."""
+        same_weights = re.compile(
+            re.escape(f"{self.checkpoint.stem}-") + _DIGEST + re.escape(_middle(self.tag))
+        )
+        for other in folder.iterdir():
+            if other.name != self.entry_name and same_weights.match(other.name) and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
 
 
-def _entry_name(checkpoint: Path, digest: str, version: str) -> str:
-    return f"{checkpoint.stem}-{digest[:HASH_CHARS]}-openvino{KEY_TEXT.sub('_', version)}-{STORED_PRECISION}"
+_DIGEST = f"[0-9a-f]{{{HASH_CHARS}}}"
 
 
-def _write_manifest(entry: Path, version: str) -> None:
+def _middle(tag: str) -> str:
+    """What follows the digest in an entry's name: the network's tag, then the backend."""
+    return f"-{tag}-openvino" if tag else "-openvino"
+
+
+def _entry_name(checkpoint: Path, digest: str, version: str, tag: str = "") -> str:
+    version_text = KEY_TEXT.sub("_", version)
+    return f"{checkpoint.stem}-{digest[:HASH_CHARS]}{_middle(tag)}{version_text}-{STORED_PRECISION}"
+
+
+def _write_manifest(entry: Path, version: str, tag: str) -> None:
     sizes = {path.name: path.stat().st_size for path in entry.iterdir()}
-    manifest = {"backend": OPENVINO, "version": version, "precision": STORED_PRECISION, "sizes": sizes}
+    manifest = {
+        "backend": OPENVINO,
+        "network": tag or GENERATOR.name,
+        "version": version,
+        "precision": STORED_PRECISION,
+        "sizes": sizes,
+    }
     (entry / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
 
 
@@ -492,9 +616,17 @@ def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
 
 
 def _check_manifest(entry: Path) -> None:
-    manifest = _read_manifest(entry)
-    for name, size in manifest["sizes"].items():
-        actual = (entry / name).stat().st_size
+    """Every file the entry holds is a plain file of the size its manifest records."""
+    sizes = _read_manifest(entry)["sizes"]
+    # A dot file is a manifest update in flight (_write_json_atomically), not part of the model.
+    present = {path.name for path in entry.iterdir() if not path.name.startswith(".")} - {MANIFEST_FILE}
+    if set(sizes) != present:
+        raise ValueError("the manifest does not list the entry's files")
+    for name, size in sizes.items():
+        path = entry / name
+        if path.is_symlink() or not path.is_file():
+            raise ValueError(f"{name} is not a plain file")
+        actual = path.stat().st_size
         if actual != size:
             raise ValueError(f"{name} is {actual} bytes, expected {size}")
 
