@@ -366,6 +366,29 @@ def test_key_frames_are_searched_near_the_last_faces_with_a_whole_frame_now_and_
     assert gap.max() <= 1
 
 
+def test_many_faces_or_a_close_up_are_searched_in_the_whole_frame():
+    crowd = FixedDetector(*[(0.1 * i, 0.1, 0.1 * i + 0.08, 0.2) for i in range(9)])
+    close_up = FixedDetector((0.2, 0.1, 0.8, 0.9))
+    for detector in (crowd, close_up):
+        counting = CountingSizes(detector)
+        track.detect_faces(
+            (np.zeros((100, 200, 3), np.uint8) for _ in range(21)), counting, (200, 100), every=5
+        )
+        assert counting.sizes == [(200, 100)] * 5  # every key frame whole: no neighbourhood searches
+
+
+class CountingSizes:
+    """Records the size of every image a detector is given."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.cache_tag = inner, inner.name, inner.cache_tag
+        self.sizes: list[tuple[int, int]] = []
+
+    def detect(self, frames):
+        self.sizes += [frame.shape[1::-1] for frame in frames]
+        return self.inner.detect(frames)
+
+
 def test_the_neighbourhood_is_searched_at_the_scale_whole_frames_are():
     squares = SquareDetector()
     raw = track.detect_faces(square_frames(11), ScaledDetector(squares, 160), (320, 240), every=5)

@@ -70,6 +70,9 @@ CUT_GREY_CHANGE = 24.0
 NEAR_CONTEXT = 2.5
 NEAR_MIN_IOU = 0.3
 NEAR_FULL_EVERY = 5
+# ...unless the neighbourhoods together cover this much of the frame (many faces, or a close-up),
+# when the whole frame costs less than searching them one by one.
+NEAR_MAX_AREA_FRACTION = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,6 +392,8 @@ class SparseDetection:
         due = self.keys_since_full >= NEAR_FULL_EVERY - 1
         if before is None or not before.key_faces or due or self._cut_before(stride):
             return None
+        if _near_area(before.key_faces) > NEAR_MAX_AREA_FRACTION * self.raw.width * self.raw.height:
+            return None  # many or big faces: one look at the whole frame is cheaper
         near = [_find_near(stride.key, face, self.detector, self.raw) for face in before.key_faces]
         found = [face for face in near if face is not None]
         return found if len(found) == len(near) else None
@@ -410,6 +415,11 @@ class SparseDetection:
             return [_interpolate(matched, k / steps) for k in range(1, steps)]
         self.dense_frames += len(stride.between)
         return _detect_scaled(stride.between, self.detector, self.raw)
+
+
+def _near_area(faces: Sequence[RawFace]) -> float:
+    """Full-frame pixels the neighbourhoods of `faces` cover together (overlaps counted twice)."""
+    return sum((max(f[2] - f[0], f[3] - f[1]) * NEAR_CONTEXT) ** 2 for f in faces)
 
 
 def _find_near(frame: Frame, face: RawFace, detector: FaceDetector, raw: RawDetections) -> RawFace | None:
