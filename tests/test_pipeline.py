@@ -350,10 +350,13 @@ def test_a_job_that_shows_the_whole_video_decodes_it_once(settings, clip, face_v
     info = pipeline_module.probe(face_video)
     detector = pipeline_module.shared_detector(settings)
     options = pipeline_module.TrackOptions.from_job(SyncOptions(), settings)
-    streamed = pipeline_module.face_track(settings, engine._track_cache, info, detector, options)
-    fresh = pipeline_module.face_track(
-        settings, pipeline_module.TrackCache(tmp_path / "fresh"), info, detector, options
-    )
+
+    def boxes_from(cache):
+        cached = pipeline_module.cached_face(settings, cache, info)
+        return pipeline_module.face_track(settings, cached, info, detector, options)
+
+    streamed = boxes_from(engine._track_cache)
+    fresh = boxes_from(pipeline_module.TrackCache(tmp_path / "fresh"))
     assert len(streamed) == len(fresh) == 50
     assert np.abs(np.array(streamed.boxes) - np.array(fresh.boxes)).max() <= 2
 

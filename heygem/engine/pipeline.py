@@ -38,6 +38,7 @@ from heygem.engine.audio import SAMPLE_RATE, frames_for_audio, load_audio, mel_c
 from heygem.engine.faces.detect import FaceDetector, shared_detector
 from heygem.engine.faces.stream import BoxedFrame, tracked_frames
 from heygem.engine.faces.track import (
+    KEY_FRAME_SEARCH,
     CachedVideo,
     FaceTrack,
     TrackCache,
@@ -78,9 +79,6 @@ BOX_LINE_DIVISOR = 200  # box outline thickness = frame width / this, at least 2
 # Faces per OpenVINO pass when batch_size is auto: as many frames per CPU-second as 32 on the
 # reference workload (bf16, 2 cores), with 85 MiB less peak memory (activations scale with it).
 OPENVINO_BATCH_SIZE = 16
-# Names how sparse detection searches key frames (faces.track: near the last faces first), so
-# entries made by an earlier search are not taken for this one's.
-KEY_FRAME_SEARCH = "near-previous"
 PREFETCH_AHEAD = 1  # batches decoded ahead of the one rendering: overlap for one batch of memory
 
 T = TypeVar("T")
@@ -97,6 +95,16 @@ class _Loaded:
     engine: str  # the engine "auto" resolves to
     reason: str  # why that engine
     encoder: str  # the H.264 encoder the output videos use
+
+
+@dataclass(frozen=True)
+class _FaceSource:
+    """One job's face file: what it is, who detects in it, how boxes are made, its cache entry."""
+
+    info: MediaInfo
+    detector: FaceDetector
+    options: TrackOptions
+    cache: CachedVideo
 
 
 class LipSyncPipeline:
@@ -242,12 +250,16 @@ class LipSyncPipeline:
         engine = self._engine_for(options, loaded)
         if engine == WAV2LIP:
             self._backend(loaded, self._job_precision(options))
+        face_source = _FaceSource(
+            info, loaded.detector, TrackOptions.from_job(options, self.settings),
+            cached_face(self.settings, self._track_cache, info),
+        )  # fmt: skip
         with job.timed("detect"):
-            track = self._face_track(job, info, loaded.detector, n_out)
+            track = self._face_track(job, face_source, n_out)
         renderer = self._renderer(loaded, engine, wav, fps, n_out, options)
         job.output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".heygem-", dir=job.output.parent) as scratch:
-            frames = self._boxed_frames(job, info, n_out, track, loaded.detector, Path(scratch))
+            frames = self._boxed_frames(job, face_source, n_out, track, Path(scratch))
             missing = self._synthesize(job, info, fps, n_out, frames, renderer)
         return job.result(engine, n_out, fps, missing)
 
@@ -271,31 +283,25 @@ class LipSyncPipeline:
             )
         return wav
 
-    def _face_track(self, job: _Job, info: MediaInfo, detector: FaceDetector, n_out: int) -> FaceTrack | None:
+    def _face_track(self, job: _Job, face: _FaceSource, n_out: int) -> FaceTrack | None:
         """The job's face track before synthesis, or None when the synthesis pass detects as it reads.
 
         A video the output shows in full (the speech is at least as long) has every frame decoded at
         full size by the synthesis pass anyway, so it is detected there instead of decoded twice. A
         video whose header gives no length is read whole first (which also enforces the limits).
         """
-        options = TrackOptions.from_job(job.options, self.settings)
+        info = face.info
         if info.is_image or info.duration_s <= 0 or n_out < info.frame_count:
             return face_track(
-                self.settings, self._track_cache, info, detector, options, on_progress=job.report
+                self.settings, face.cache, info, face.detector, face.options, on_progress=job.report
             )
-        cache = cached_face(self.settings, self._track_cache, info)
-        return known_track(detector, info.size, options, cache, info.path.name)
+        return known_track(face.detector, info.size, face.options, face.cache, info.path.name)
 
     def _boxed_frames(
-        self,
-        job: _Job,
-        info: MediaInfo,
-        n_out: int,
-        track: FaceTrack | None,
-        detector: FaceDetector,
-        scratch: Path,
+        self, job: _Job, face: _FaceSource, n_out: int, track: FaceTrack | None, scratch: Path
     ) -> Iterator[BoxedFrame]:
         """(source index, frame, box) for every output frame, by the job's duration policy."""
+        info = face.info
         source = scheduled_frames(
             job.face, info, n_out, job.options.duration_policy, scratch,
             fps=None if info.is_image else info.fps_text,
@@ -304,10 +310,9 @@ class LipSyncPipeline:
         if track is not None:
             return ((index, frame, track.box_at(index)) for index, frame in source)
         return tracked_frames(
-            source, detector, TrackOptions.from_job(job.options, self.settings),
+            source, face.detector, face.options,
             frame_size=info.size, detect_side=self.settings.detect_max_side,
-            expected_frames=info.frame_count, cache=cached_face(self.settings, self._track_cache, info),
-            name=info.path.name,
+            expected_frames=info.frame_count, cache=face.cache, name=info.path.name,
         )  # fmt: skip
 
     def _renderer(
@@ -394,13 +399,14 @@ def cached_face(settings: Settings, cache: TrackCache, info: MediaInfo) -> Cache
 
 def face_track(
     settings: Settings,
-    cache: TrackCache,
+    cached: CachedVideo,
     info: MediaInfo,
     detector: FaceDetector,
     options: TrackOptions,
     on_progress: ProgressCallback | None = None,
 ) -> FaceTrack:
-    """Boxes for every frame of a probed face file, from the cache or by detection (then cached)."""
+    """Boxes for every frame of a probed face file, from its entry in the track cache (`cached_face`)
+    or by detection (then cached there)."""
     detect_fps = None if info.is_image else info.fps_text
     frames = read_frames(info.path, info, fps=detect_fps, max_side=settings.detect_max_side)
     return track_faces(
@@ -408,7 +414,7 @@ def face_track(
         detector,
         info.size,
         options,
-        cache=cached_face(settings, cache, info),
+        cache=cached,
         on_progress=on_progress,
         total=info.frame_count,
         name=info.path.name,

@@ -419,8 +419,9 @@ class AvatarPreparer:
         info = probe(avatar.media, limits=limits)
         detector, cache = self._tools()
         # Default track options: the cached part (raw detections) does not depend on them.
-        face_track(self.settings, cache, info, detector, TrackOptions())
-        key = cached_face(self.settings, cache, info).key(detector.cache_tag, info.size)
+        cached = cached_face(self.settings, cache, info)
+        face_track(self.settings, cached, info, detector, TrackOptions())
+        key = cached.key(detector.cache_tag, info.size)
         thumbnail = write_thumbnail(info, avatar.media.parent / THUMBNAIL_NAME)
         return Prepared(info.duration_s, info.is_image, thumbnail, key)
 

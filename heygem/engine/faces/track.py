@@ -73,6 +73,9 @@ NEAR_FULL_EVERY = 5
 # ...unless the neighbourhoods together cover this much of the frame (many faces, or a close-up),
 # when the whole frame costs less than searching them one by one.
 NEAR_MAX_AREA_FRACTION = 0.5
+# Names this key-frame search in cache keys, so entries made by an earlier search are not taken
+# for this one's.
+KEY_FRAME_SEARCH = "near-previous"
 
 
 # --------------------------------------------------------------------------------------------------
