@@ -139,8 +139,7 @@ class AvatarHandlers(HandlerBase):
         request: gr.Request,
     ) -> tuple[Any, ...]:
         lang = language(request)
-        if not avatar_id:
-            raise InputError(i18n.t("err_no_avatar_selected", lang))
+        avatar_id = _selected(avatar_id, lang)
         name = (name or "").strip()
         if not name:
             raise InputError(i18n.t("err_need_avatar_name", lang))
@@ -157,8 +156,7 @@ class AvatarHandlers(HandlerBase):
         request: gr.Request,
     ) -> tuple[Any, ...]:
         lang = language(request)
-        if not avatar_id:
-            raise InputError(i18n.t("err_no_avatar_selected", lang))
+        avatar_id = _selected(avatar_id, lang)
         who = principal_of(request)
         name = self.service.get_avatar(avatar_id, principal=who).name
         self.service.delete_avatar(avatar_id, principal=who)
@@ -249,3 +247,10 @@ def build_avatars_tab(t: Translate, h: AvatarHandlers, pickers: list[gr.Dropdown
         trigger(h.avatars, current, listing, api_visibility="private", show_progress="hidden")
 
     return hook
+
+
+def _selected(avatar_id: str | None, lang: str) -> str:
+    """The avatar a rename or delete acts on; a one-line error when none is selected."""
+    if not avatar_id:
+        raise InputError(i18n.t("err_no_avatar_selected", lang))
+    return avatar_id
