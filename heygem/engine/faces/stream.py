@@ -31,6 +31,7 @@ from heygem.engine.faces.track import (
     start_detection,
 )
 from heygem.engine.media.decode import scaled_size
+from heygem.engine.media.process import BGR_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +61,17 @@ def tracked_frames(
     detections are cached when the first pass covered the video: the schedule wrapped, or it ended
     after at least `expected_frames` (the container's count).
     """
-    tracker = _StreamingTrack(detector, options, frame_size, detect_side)
-    track: FaceTrack | None = None
+    tracker = _StreamingTrack(detector, options, frame_size, detect_side, cache)
     try:
         for source_index, frame in frames:
-            if track is None and source_index != tracker.added:  # wrapped: the video is complete
-                track = tracker.finish(name)
-                if cache is not None:
-                    cache.store(detector.cache_tag, frame_size, tracker.raw)
-                yield from tracker.release(track)
-            if track is not None:
-                yield source_index, frame, track.box_at(source_index)
+            if tracker.track is None and source_index != tracker.added:  # wrapped: the video is complete
+                yield from tracker.complete(name, whole_video=True)
+            if tracker.track is not None:
+                yield source_index, frame, tracker.track.box_at(source_index)
             else:
                 yield from tracker.add(frame)
-        if track is None:
-            track = tracker.finish(name)
-            if cache is not None and tracker.added >= expected_frames:
-                cache.store(detector.cache_tag, frame_size, tracker.raw)
-            yield from tracker.release(track)
+        if tracker.track is None:
+            yield from tracker.complete(name, whole_video=tracker.added >= expected_frames)
     finally:
         close = getattr(frames, "close", None)
         if callable(close):
@@ -88,18 +82,24 @@ class _StreamingTrack:
     """Raw detections of the frames added so far, and the full-size frames whose box is not settled."""
 
     def __init__(
-        self, detector: FaceDetector, options: TrackOptions, frame_size: tuple[int, int], detect_side: int
+        self,
+        detector: FaceDetector,
+        options: TrackOptions,
+        frame_size: tuple[int, int],
+        detect_side: int,
+        cache: CachedVideo | None,
     ) -> None:
         width, height = frame_size
-        self.options = options
+        self.options, self.cache, self.cache_tag = options, cache, detector.cache_tag
         self.raw = RawDetections(width=width, height=height)
         self.detect_size = scaled_size(width, height, detect_side)
         self.margin = settle_lookahead(options)
-        key_batch = _key_batch(options, width * height * 3)
+        key_batch = _key_batch(options, width * height * BGR_CHANNELS)
         self.detection = start_detection(detector, self.raw, key_batch, options.detect_every)
         self.held: deque[Frame] = deque()
         self.added = 0
         self.settled = 0  # frames handed on so far
+        self.track: FaceTrack | None = None  # the first pass's whole track, once it has ended
 
     def add(self, frame: Frame) -> list[BoxedFrame]:
         self.held.append(frame)
@@ -107,13 +107,13 @@ class _StreamingTrack:
         self.added += 1
         return self._settle_up_to(len(self.raw.faces) - self.margin)
 
-    def finish(self, name: str) -> FaceTrack:
-        """The whole first pass's track (raises NoFaceError when it has no face)."""
+    def complete(self, name: str, whole_video: bool) -> list[BoxedFrame]:
+        """End the first pass: build its whole track (NoFaceError when it has no face), cache the
+        detections when they cover the whole video, and hand on every frame still held."""
         self.detection.finish()
-        return build_track(self.raw, self.options, name)
-
-    def release(self, track: FaceTrack) -> list[BoxedFrame]:
-        """Every frame still held, with its box from the finished `track`."""
+        track = self.track = build_track(self.raw, self.options, name)
+        if self.cache is not None and whole_video:
+            self.cache.store(self.cache_tag, (self.raw.width, self.raw.height), self.raw)
         released = [
             (self.settled + k, frame, track.box_at(self.settled + k)) for k, frame in enumerate(self.held)
         ]
